@@ -1,0 +1,224 @@
+"""Command line: ``python -m diffusion_core {train,sample,evaluate,ensemble,cascade,convert} ...``.
+
+Any bad argument ends with a one-line message and a non-zero exit code (never a traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m diffusion_core", description="Train, sample and evaluate diffusion models.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model (also under torchrun for several processes)",
+                       description="Train a model. Every option has a default (see TrainConfig in train.py); a config "
+                                   "file and --set override them. The result is exported to OUT_DIR/model.")
+    t.add_argument("--config", help="JSON file with TrainConfig fields (nested: unet, diffusion, data)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one field, e.g. --set steps=2000 --set data.source=emoji --set unet.base_channels=48")
+    t.add_argument("--resume", action="store_true", help="continue from OUT_DIR/train_state.safetensors if present")
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (default: auto)")
+    t.add_argument("--out", help="output folder (same as --set out_dir=...)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    s = sub.add_parser("sample", help="generate images from a checkpoint folder (model, ensemble or cascade)")
+    s.add_argument("--model", required=True, help="checkpoint folder")
+    s.add_argument("--out", required=True, help="output folder for PNGs")
+    s.add_argument("--n", type=int, default=8, help="number of images (default 8)")
+    s.add_argument("--seed", type=int, default=0, help="image i uses seed+i (default 0)")
+    s.add_argument("--sampler", default=None, choices=["ddpm", "ddim", "dpm++", "cold"], help="default: ddim (cold for cold models)")
+    s.add_argument("--steps", type=int, default=50)
+    s.add_argument("--spacing", default="trailing", choices=["trailing", "leading", "linspace"])
+    s.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1]")
+    s.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale (1: off)")
+    s.add_argument("--label", action="append", default=[], help="class or attribute, by name or index; repeat for several")
+    s.add_argument("--cond-image", help="conditioning image (a stickman drawing) for pose models")
+    s.add_argument("--init-image", help="img2img: start from this image ...")
+    s.add_argument("--strength", type=float, default=0.6, help="... noised to this strength in (0, 1]")
+    s.add_argument("--batch", type=int, default=16, help="images per forward pass")
+    s.add_argument("--grid", action="store_true", help="also write grid.png")
+    s.add_argument("--gif", action="store_true", help="also write process.gif (x0_hat over the run, first image)")
+
+    e = sub.add_parser("evaluate", help="metrics of a checkpoint: FID in classifier features, accuracy / F1 / pose adherence")
+    e.add_argument("--model", required=True)
+    e.add_argument("--classifier", help="classifier folder (default: checkpoints/classifier-<dataset>)")
+    e.add_argument("--n", type=int, default=2000)
+    e.add_argument("--sampler", default=None, choices=["ddpm", "ddim", "dpm++", "cold"])
+    e.add_argument("--steps", type=int, default=50)
+    e.add_argument("--spacing", default="trailing", choices=["trailing", "leading", "linspace"])
+    e.add_argument("--guidance", type=float, default=2.0)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--batch", type=int, default=100)
+    e.add_argument("--out", help="write the metrics JSON here (default: MODEL/metrics[-tag].json)")
+    e.add_argument("--tag", default="", help="suffix of the metrics file name")
+
+    c = sub.add_parser("classifier", help="train the small evaluation classifier for a dataset")
+    c.add_argument("--data", default="fashion", choices=["fashion", "emoji", "pose"])
+    c.add_argument("--out", required=True)
+    c.add_argument("--epochs", type=int, default=5)
+    c.add_argument("--seed", type=int, default=0)
+
+    en = sub.add_parser("ensemble", help="assemble expert folders into an eDiff-I ensemble folder")
+    en.add_argument("--out", required=True)
+    en.add_argument("--expert", action="append", required=True, metavar="FOLDER:T_LO:T_HI")
+    en.add_argument("--description", default="")
+
+    ca = sub.add_parser("cascade", help="assemble a base model and super-resolution stages into a cascade folder")
+    ca.add_argument("--out", required=True)
+    ca.add_argument("--stage", action="append", required=True, metavar="FOLDER[:AUG_LEVEL]")
+    ca.add_argument("--description", default="")
+
+    cv = sub.add_parser("convert", help="convert a pickle .pt state_dict to safetensors (weights only, no code run)")
+    cv.add_argument("checkpoint")
+    cv.add_argument("--config", required=True, help="config.json of the model (ModelConfig)")
+    cv.add_argument("--out", required=True)
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, OSError, FloatingPointError) as err:   # ConfigError etc. are ValueErrors
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    if args.command == "train":
+        from .train import load_train_config, train
+        sets = list(args.set)
+        if args.device:
+            sets.append(f"device={args.device}")
+        if args.out:
+            sets.append(f"out_dir={args.out}")
+        cfg = load_train_config(args.config, sets)
+        out = train(cfg, resume=args.resume, progress=not args.no_progress)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"exported {out}")
+        return 0
+    if args.command == "sample":
+        return _sample(args)
+    if args.command == "evaluate":
+        from .evaluate import evaluate_command
+        return evaluate_command(args)
+    if args.command == "classifier":
+        from .evaluate import train_classifier
+        train_classifier(args.data, Path(args.out), epochs=args.epochs, seed=args.seed)
+        return 0
+    if args.command == "ensemble":
+        from .checkpoint import save_ensemble
+        from .pipeline import load
+        experts = []
+        out = Path(args.out)
+        for item in args.expert:
+            parts = item.rsplit(":", 2)
+            if len(parts) != 3:
+                raise ValueError(f"--expert expects FOLDER:T_LO:T_HI, got {item!r}")
+            experts.append((parts[0], int(parts[1]), int(parts[2])))
+        T = load(Path(out / experts[0][0])).config.diffusion.T
+        save_ensemble(out, experts, T, args.description)
+        load(out)
+        print(f"wrote {out}")
+        return 0
+    if args.command == "cascade":
+        from .checkpoint import save_cascade
+        from .pipeline import load
+        stages = []
+        for item in args.stage:
+            path, _, aug = item.partition(":")
+            st = {"path": path}
+            if aug:
+                st["aug_level"] = float(aug)
+            stages.append(st)
+        save_cascade(Path(args.out), stages, args.description)
+        load(Path(args.out))
+        print(f"wrote {args.out}")
+        return 0
+    if args.command == "convert":
+        return _convert(args)
+    return 2
+
+
+def _sample(args) -> int:
+    import torch
+    from .images import grid, load_image, to_pil
+    from .pipeline import load
+    pipe = load(Path(args.model))
+    if args.n < 1 or args.n > 10000:
+        raise ValueError(f"--n must be in [1, 10000], got {args.n}")
+    if not 0 <= args.eta <= 1:
+        raise ValueError(f"--eta must be in [0, 1], got {args.eta}")
+    if not 0 <= args.guidance <= 30:
+        raise ValueError(f"--guidance must be in [0, 30], got {args.guidance}")
+    sampler = args.sampler or pipe.samplers[0 if pipe.samplers == ("cold",) else 1]
+    ch = pipe.base.config.unet.out_channels
+    size = pipe.base.config.unet.image_size
+    cond = load_image(args.cond_image, size, pipe.base.config.unet.cond_channels or 1) if args.cond_image else None
+    init = load_image(args.init_image, size, ch) if args.init_image else None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    images, frames = [], []
+    from tqdm import tqdm
+    bar = tqdm(total=args.n, unit="img", dynamic_ncols=True)
+    for start in range(0, args.n, args.batch):
+        b = min(args.batch, args.n - start)
+        last = None
+        for rec in pipe.stream(b, sampler=sampler, steps=args.steps, spacing=args.spacing, eta=args.eta,
+                               guidance=args.guidance, labels=args.label, cond_image=cond, init_image=init,
+                               strength=args.strength, seed=args.seed + start):
+            last = rec
+            if args.gif and start == 0:
+                frames.append(to_pil(rec.x0_hat[0].clamp(-1, 1)))
+        images.append(last.x_next.clamp(-1, 1))
+        bar.update(b)
+    bar.close()
+    allimg = torch.cat(images)
+    params = {"model": str(args.model), "sampler": sampler, "steps": args.steps, "spacing": args.spacing,
+              "eta": args.eta, "guidance": args.guidance, "labels": args.label, "seed": args.seed}
+    from PIL.PngImagePlugin import PngInfo
+    for i, img in enumerate(allimg):
+        info = PngInfo()
+        info.add_text("parameters", json.dumps({**params, "seed": args.seed + i, "n": 1}))
+        to_pil(img).save(out / f"{i:05d}.png", pnginfo=info)
+    if args.grid:
+        grid(allimg, nrow=8).save(out / "grid.png")
+    if args.gif and frames:
+        frames = [f.resize((128, 128), 0) for f in frames]
+        frames[0].save(out / "process.gif", save_all=True, append_images=frames[1:], duration=80, loop=0)
+    print(f"wrote {len(allimg)} images to {out}")
+    return 0
+
+
+def _convert(args) -> int:
+    import torch
+    from .checkpoint import load_model_config, save_model
+    from .unet import UNet
+    cfg_path = Path(args.config)
+    cfg = load_model_config(cfg_path.parent) if cfg_path.name == "config.json" else None
+    if cfg is None:
+        raise ValueError("--config must point to a config.json")
+    state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)   # refuses arbitrary objects
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    net = UNet(cfg.unet)
+    net.load_state_dict(state)
+    save_model(Path(args.out), cfg, net.state_dict())
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""The condition object: labels (one-/multi-hot), a conditioning image, and the null condition.
+
+Classifier-free guidance (Ho & Salimans 2022) trains one network on both conditional and
+unconditional inputs by replacing the condition with a *null* condition with probability p. The null
+condition is marked explicitly by ``uncond`` (so an all-zero multi-hot vector, "no attributes", stays
+a valid condition distinct from "unconditional").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A batch of conditions.
+
+    labels:   (B, L) float in {0, 1}: one-hot class or multi-hot attributes; None if the model has no labels.
+    image:    (B, C, H, W) float in [-1, 1]: conditioning image (stickman, or upsampled low-res for SR).
+    uncond:   (B,) bool: True where the condition is dropped (the null condition).
+    aug_level:(B,) float in [0, 1]: noise-augmentation level of ``image`` (cascaded diffusion, Ho et al. 2021).
+    """
+
+    labels: torch.Tensor | None = None
+    image: torch.Tensor | None = None
+    uncond: torch.Tensor | None = None
+    aug_level: torch.Tensor | None = None
+
+    @property
+    def batch_size(self) -> int | None:
+        for v in (self.labels, self.image, self.uncond, self.aug_level):
+            if v is not None:
+                return int(v.shape[0])
+        return None
+
+    def null(self) -> "Condition":
+        """The same batch with every condition dropped (for the unconditional pass of CFG)."""
+        b = self.batch_size
+        if b is None:
+            return self
+        dev = next(v.device for v in (self.labels, self.image, self.uncond, self.aug_level) if v is not None)
+        return replace(self, uncond=torch.ones(b, dtype=torch.bool, device=dev))
+
+    def has_guidable(self) -> bool:
+        return self.labels is not None or (self.image is not None and self.aug_level is None)
+
+    def index(self, idx) -> "Condition":
+        def sel(v):
+            return None if v is None else v[idx]
+        return Condition(sel(self.labels), sel(self.image), sel(self.uncond), sel(self.aug_level))
+
+    def repeat(self, n: int) -> "Condition":
+        def rep(v):
+            return None if v is None else v.repeat_interleave(n, dim=0)
+        return Condition(rep(self.labels), rep(self.image), rep(self.uncond), rep(self.aug_level))
+
+    def to(self, device) -> "Condition":
+        def mv(v):
+            return None if v is None else v.to(device)
+        return Condition(mv(self.labels), mv(self.image), mv(self.uncond), mv(self.aug_level))
+
+
+def cat_conditions(a: Condition, b: Condition) -> Condition:
+    """Concatenate two condition batches along the batch axis (used to batch CFG's two passes)."""
+    def c(x, y, fill):
+        if x is None and y is None:
+            return None
+        return torch.cat([x if x is not None else fill(y), y if y is not None else fill(x)])
+    ba, bb = a.batch_size, b.batch_size
+    ua = a.uncond if a.uncond is not None else torch.zeros(ba or 0, dtype=torch.bool)
+    ub = b.uncond if b.uncond is not None else torch.zeros(bb or 0, dtype=torch.bool)
+    return Condition(c(a.labels, b.labels, torch.zeros_like), c(a.image, b.image, torch.zeros_like),
+                     torch.cat([ua.to(ub.device), ub]) if (ba or bb) else None,
+                     c(a.aug_level, b.aug_level, torch.zeros_like))
+
+
+def labels_to_vector(indices: list[int], num_labels: int, batch: int, multi: bool) -> torch.Tensor:
+    """One- or multi-hot vector (batch, num_labels) for the given label indices."""
+    if not multi and len(indices) > 1:
+        raise ValueError("this model takes one class label; got several")
+    v = torch.zeros(batch, num_labels)
+    for i in indices:
+        if not 0 <= i < num_labels:
+            raise ValueError(f"label index {i} out of range [0, {num_labels})")
+        v[:, i] = 1.0
+    return v
+
+
+def resolve_labels(names_or_indices, label_names: tuple[str, ...]) -> list[int]:
+    """Turn user labels (names, case-insensitive, or integer strings) into indices, with a clear error."""
+    out = []
+    lower = [n.lower() for n in label_names]
+    for item in names_or_indices:
+        s = str(item).strip()
+        if s.lower() in lower:
+            out.append(lower.index(s.lower()))
+        elif s.lstrip("-").isdigit() and 0 <= int(s) < len(label_names):
+            out.append(int(s))
+        else:
+            shown = ", ".join(label_names[:12]) + (" ..." if len(label_names) > 12 else "")
+            raise ValueError(f"unknown label {s!r}; this model knows: {shown or '(no labels)'}")
+    return out
+
+
+def drop_condition(cond: Condition, p: float, generator: torch.Generator | None = None) -> Condition:
+    """Guidance dropout: mark each sample unconditional with probability p (CFG training)."""
+    b = cond.batch_size
+    if b is None or p <= 0:
+        return cond
+    drop = torch.rand(b, generator=generator) < p
+    if cond.uncond is not None:
+        drop = drop | cond.uncond.cpu()
+    dev = (cond.labels if cond.labels is not None else cond.image).device
+    return replace(cond, uncond=drop.to(dev))
+
+
+def resize_cond_image(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize a conditioning image (B, C, h, w) in [-1, 1] to (B, C, size, size) (area / bilinear)."""
+    if image.shape[-1] == size and image.shape[-2] == size:
+        return image
+    mode = "area" if image.shape[-1] > size else "bilinear"
+    kw = {} if mode == "area" else {"align_corners": False}
+    return F.interpolate(image, size=(size, size), mode=mode, **kw)
+
+
+def augment_low_res(up: torch.Tensor, level: torch.Tensor | float, noise: torch.Tensor) -> torch.Tensor:
+    """Noise conditioning augmentation (Ho et al. 2021, "Cascaded Diffusion Models", sec. 3.2):
+    z = sqrt(1 - level^2) * up + level * noise, level in [0, 1] per image."""
+    level = torch.as_tensor(level, dtype=up.dtype, device=up.device).reshape(-1, 1, 1, 1)
+    return (1 - level ** 2).sqrt() * up + level * noise

@@ -1,0 +1,163 @@
+"""Frozen, typed configs saved as JSON beside safetensors weights (DESIGN habit 4).
+
+Unknown keys are rejected with a message naming them; missing keys take the defaults; types are
+checked, so a config file can never smuggle in something other than plain data.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+
+CONFIG_VERSION = 1
+
+
+class ConfigError(ValueError):
+    """A config (or checkpoint) is malformed. The message is one line and names the problem."""
+
+
+def _check_type(name: str, value, tp):
+    origin = typing.get_origin(tp)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}: expected true/false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}: expected a string, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        (inner, *_rest) = typing.get_args(tp)
+        return tuple(_check_type(f"{name}[{i}]", v, inner) for i, v in enumerate(value))
+    if origin is typing.Union or origin is getattr(__import__("types"), "UnionType", None):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _check_type(name, value, args[0])
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, prefix=name + ".")
+    raise ConfigError(f"{name}: unsupported type {tp}")
+
+
+def from_dict(cls, data, prefix: str = ""):
+    """Build dataclass ``cls`` from a plain dict, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or cls.__name__}: expected an object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)} "
+                          f"(allowed: {', '.join(sorted(names))})")
+    kwargs = {k: _check_type(prefix + k, v, hints[k]) for k, v in data.items()}
+    try:
+        obj = cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{prefix or cls.__name__}: {e}") from None
+    return obj
+
+
+def to_dict(obj) -> dict:
+    def conv(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple):
+            return [conv(x) for x in v]
+        return v
+    return conv(obj)
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """The U-Net's shape. Parameter count grows with ``base_channels**2 * sum(mults**2) * blocks``."""
+
+    in_channels: int = 1            # channels of x_t
+    out_channels: int = 1           # channels of the prediction
+    base_channels: int = 32
+    channel_mults: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (8,)   # feature-map sizes that get self-attention
+    num_heads: int = 4
+    dropout: float = 0.1
+    num_labels: int = 0             # length of the one-/multi-hot label vector (0: unconditional)
+    cond_channels: int = 0          # channels of a conditioning image concatenated to the input
+    aug_level_embedding: bool = False   # SR: embed the noise-augmentation level of the condition
+    image_size: int = 32            # the size the network is trained at (it is fully convolutional)
+
+    def __post_init__(self):
+        if self.base_channels * max(self.channel_mults or (1,)) > 4096 or len(self.channel_mults) > 8 \
+                or self.num_res_blocks > 16 or self.image_size > 4096:
+            raise ConfigError("unet: absurd network size requested "
+                              f"(base_channels={self.base_channels}, mults={self.channel_mults}, "
+                              f"blocks={self.num_res_blocks}, image_size={self.image_size})")
+        if not self.channel_mults or min(self.channel_mults) < 1 or self.base_channels < 1:
+            raise ConfigError("unet: channel_mults and base_channels must be positive")
+        if self.base_channels % 8 and self.base_channels >= 8:
+            raise ConfigError("unet: base_channels must be a multiple of 8 (GroupNorm groups)")
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The forward process and what the network predicts."""
+
+    schedule: str = "cosine"        # linear | cosine
+    T: int = 1000
+    beta_1: float = 1e-4
+    beta_T: float = 0.02
+    prediction: str = "eps"         # eps | x0 | v
+    degradation: str = "noise"      # noise (Gaussian diffusion) or a cold degradation: blur | pixelate | mask | noise_fixed
+    t_range: tuple[int, ...] = ()   # expert: [t_lo, t_hi) this model was trained on; () = all
+
+    def __post_init__(self):
+        if self.schedule not in ("linear", "cosine"):
+            raise ConfigError(f"diffusion.schedule must be linear or cosine, got {self.schedule!r}")
+        if self.prediction not in ("eps", "x0", "v"):
+            raise ConfigError(f"diffusion.prediction must be eps, x0 or v, got {self.prediction!r}")
+        if not (1 <= self.T <= 100000):
+            raise ConfigError(f"diffusion.T must be in [1, 100000], got {self.T}")
+        if self.degradation not in ("noise", "noise_fixed", "blur", "pixelate", "mask"):
+            raise ConfigError(f"diffusion.degradation unknown: {self.degradation!r}")
+        if self.degradation != "noise" and self.prediction != "x0":
+            raise ConfigError("cold diffusion (degradation other than 'noise') needs prediction 'x0'")
+        if self.t_range and (len(self.t_range) != 2 or not 0 <= self.t_range[0] < self.t_range[1] <= self.T):
+            raise ConfigError(f"diffusion.t_range must be [t_lo, t_hi) within [0, T], got {list(self.t_range)}")
+
+    @property
+    def is_cold(self) -> bool:
+        return self.degradation != "noise"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild and sample a trained model from its folder."""
+
+    version: int = CONFIG_VERSION
+    kind: str = "model"
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    label_names: tuple[str, ...] = ()   # names of the label vector's entries
+    multi_label: bool = False           # multi-hot attributes (True) or one class (False)
+    task: str = "generate"              # generate | super_resolution | pose
+    low_res: int = 0                    # super-resolution: size of the low-res input
+    description: str = ""
+
+    def __post_init__(self):
+        if self.version != CONFIG_VERSION:
+            raise ConfigError(f"config version {self.version} is not supported (expected {CONFIG_VERSION})")
+        if self.kind != "model":
+            raise ConfigError(f"kind must be 'model' here, got {self.kind!r}")
+        if self.label_names and len(self.label_names) != self.unet.num_labels:
+            raise ConfigError(f"label_names has {len(self.label_names)} names but unet.num_labels is "
+                              f"{self.unet.num_labels}")
+        if self.task not in ("generate", "super_resolution", "pose"):
+            raise ConfigError(f"task must be generate, super_resolution or pose, got {self.task!r}")

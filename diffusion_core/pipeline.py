@@ -1,0 +1,285 @@
+"""Loaded models you can sample from: a single model, an expert ensemble, or a cascade.
+
+``load(folder)`` returns a ``Pipeline``; ``Pipeline.stream(...)`` is the one streaming generator the
+CLI and the app use (it yields ``SampleStep`` records), and ``Pipeline.sample(...)`` runs it to the end.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import (CONFIG, CheckpointError, check_number, folder_kind, load_network, load_prior,
+                         read_json)
+from .conditioning import Condition, augment_low_res, labels_to_vector, resolve_labels
+from .config import ModelConfig
+from .degradations import Degradation, make_degradation
+from .denoisers import ClassifierFreeGuidance, ClipX0, ExpertEnsemble, ModelDenoiser
+from .samplers import (SampleStep, SamplerSpec, make_generators, noised_start, per_image_noise,
+                       sample_stream)
+from .schedules import Schedule, make_schedule, spaced_timesteps
+
+MAX_BATCH = 64
+MAX_STEPS = 1000
+
+
+@dataclass
+class Pipeline:
+    """kind: model | ensemble | cascade. ``config`` is the (first) model's config; for an ensemble,
+    ``experts`` lists (t_lo, t_hi, net); for a cascade, ``stages`` lists pipelines and their options."""
+
+    kind: str
+    config: ModelConfig
+    path: Path
+    net: torch.nn.Module | None = None
+    experts: list = field(default_factory=list)
+    stages: list = field(default_factory=list)      # [(Pipeline, {"aug_level":..., "steps":...})]
+    prior: torch.Tensor | None = None               # cold: fully degraded training images (N, C, H, W)
+    description: str = ""
+
+    # ---- what the model is ------------------------------------------------------------------
+    @property
+    def base(self) -> "Pipeline":
+        return self.stages[0][0] if self.kind == "cascade" else self
+
+    @property
+    def schedule(self) -> Schedule | None:
+        d = self.config.diffusion
+        return make_schedule(d.schedule, d.T, d.beta_1, d.beta_T)
+
+    @property
+    def degradation(self) -> Degradation | None:
+        d = self.config.diffusion
+        return make_degradation(d.degradation, d.T, self.schedule) if d.is_cold else None
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return self.base.config.label_names
+
+    @property
+    def image_size(self) -> int:
+        return self.stages[-1][0].config.unet.image_size if self.kind == "cascade" else self.config.unet.image_size
+
+    @property
+    def channels(self) -> int:
+        return self.config.unet.out_channels
+
+    @property
+    def samplers(self) -> tuple[str, ...]:
+        return ("cold",) if self.base.config.diffusion.is_cold else ("ddpm", "ddim", "dpm++")
+
+    def expert_index(self, t: int) -> int | None:
+        if self.kind != "ensemble":
+            return None
+        return ExpertEnsemble([(lo, hi, None) for lo, hi, _ in self.experts], self.config.diffusion.T).expert_index(t)
+
+    def denoiser(self, guidance: float = 1.0, clip: str = "clip"):
+        """The denoiser this pipeline samples with: model (or expert ensemble) -> CFG -> x0 clipping."""
+        d = self.config.diffusion
+        sched = None if d.is_cold else self.schedule
+        if self.kind == "ensemble":
+            den = ExpertEnsemble([(lo, hi, ModelDenoiser(net, sched, d.prediction)) for lo, hi, net in self.experts], d.T)
+        elif self.kind == "model":
+            den = ModelDenoiser(self.net, sched, d.prediction)
+        else:
+            raise ValueError("a cascade has one denoiser per stage; use its stages")
+        if guidance != 1.0:
+            den = ClassifierFreeGuidance(den, guidance)
+        return ClipX0(den, sched, clip) if clip != "none" else den
+
+    # ---- conditions -------------------------------------------------------------------------
+    def condition(self, n: int, labels: Sequence = (), cond_image: torch.Tensor | None = None,
+                  device="cpu") -> Condition | None:
+        cfg = self.config
+        lab = None
+        if cfg.unet.num_labels:
+            idx = resolve_labels(labels, cfg.label_names) if labels else []
+            if not idx and not cfg.multi_label:
+                lab = None      # no class chosen: sample unconditionally
+            else:
+                lab = labels_to_vector(idx, cfg.unet.num_labels, n, cfg.multi_label)
+        elif labels:
+            raise ValueError("this model takes no labels")
+        img = None
+        if cfg.unet.cond_channels and cfg.task != "super_resolution":
+            if cond_image is None:
+                raise ValueError("this model needs a conditioning image (a stickman drawing)")
+            img = cond_image.expand(n, -1, -1, -1) if cond_image.dim() == 4 else cond_image[None].expand(n, -1, -1, -1)
+        if lab is None and img is None:
+            if cfg.unet.num_labels:
+                return Condition(uncond=torch.ones(n, dtype=torch.bool)).to(device)
+            return None
+        return Condition(labels=lab, image=img, uncond=torch.zeros(n, dtype=torch.bool)).to(device)
+
+    # ---- sampling ---------------------------------------------------------------------------
+    def stream(self, n: int = 1, *, sampler: str = "ddim", steps: int = 50, spacing: str = "trailing",
+               eta: float = 0.0, guidance: float = 1.0, labels: Sequence = (), cond_image: torch.Tensor | None = None,
+               init_image: torch.Tensor | None = None, strength: float = 0.6, seed: int = 0, clip: str = "clip",
+               low_res: torch.Tensor | None = None, sr_steps: int | None = None, sr_sampler: str | None = None,
+               variance: str = "posterior", improved: bool = True, aug_level: float = 0.0,
+               device="cpu") -> Iterator[SampleStep]:
+        """Generate ``n`` images, yielding every step. Images in [-1, 1]; image i uses seed + i.
+
+        labels: class / attribute names or indices; cond_image: (C, H, W) stickman in [-1, 1];
+        init_image: (C, H, W) or (n, C, H, W) for img2img with ``strength``; low_res: (n, C, h, w) input of
+        a super-resolution model. A cascade runs its base then each SR stage (``stage`` in the records).
+        """
+        if not 1 <= n <= MAX_BATCH:
+            raise ValueError(f"batch size must be in [1, {MAX_BATCH}], got {n}")
+        if not 1 <= steps <= MAX_STEPS:
+            raise ValueError(f"steps must be in [1, {MAX_STEPS}], got {steps}")
+        if self.kind == "cascade":
+            yield from self._stream_cascade(n, sampler=sampler, steps=steps, spacing=spacing, eta=eta,
+                                            guidance=guidance, labels=labels, cond_image=cond_image,
+                                            init_image=init_image, strength=strength, seed=seed, clip=clip,
+                                            sr_steps=sr_steps, sr_sampler=sr_sampler, variance=variance,
+                                            device=device)
+            return
+        cfg = self.config
+        spec = SamplerSpec(sampler, eta=eta, variance=variance, improved=improved)
+        if spec.name not in self.samplers:
+            raise ValueError(f"sampler {sampler!r} does not apply to this model (use {', '.join(self.samplers)})")
+        gens = make_generators(seed, n)
+        c, s = cfg.unet.out_channels, cfg.unet.image_size
+        cond = self.condition(n, labels, cond_image, device)
+        if cfg.task == "super_resolution":
+            if low_res is None:
+                raise ValueError("a super-resolution model needs a low-resolution input image")
+            if low_res.dim() == 3:
+                low_res = low_res[None].expand(n, -1, -1, -1)
+            s = low_res.shape[-1] * (cfg.unet.image_size // max(cfg.low_res, 1))
+            up = F.interpolate(low_res.to(device), size=(s, s), mode="bicubic", align_corners=False).clamp(-1, 1)
+            if aug_level > 0:
+                up = augment_low_res(up, aug_level, per_image_noise(up.shape, make_generators(seed + 99_991, n), device))
+            cond = Condition(image=up, aug_level=torch.full((n,), float(aug_level), device=device),
+                             uncond=torch.zeros(n, dtype=torch.bool, device=device))
+        den = self.denoiser(guidance, clip)
+        T = cfg.diffusion.T
+        if cfg.diffusion.is_cold:
+            yield from self._stream_cold(den, n, steps, spacing, gens, cond, init_image, strength, improved, device)
+            return
+        sched = self.schedule
+        if init_image is not None:
+            x0 = init_image if init_image.dim() == 4 else init_image[None].expand(n, -1, -1, -1)
+            x_start, ts = noised_start(sched, x0.to(device), steps, strength, spacing, gens)
+        else:
+            ts = spaced_timesteps(T, steps, spacing)
+            x_start = per_image_noise((n, c, s, s), gens, device)
+        yield from sample_stream(den, x_start, ts, spec, schedule=sched, cond=cond, generators=gens)
+
+    def _stream_cold(self, den, n, steps, spacing, gens, cond, init_image, strength, improved, device):
+        deg = self.degradation
+        T = self.config.diffusion.T
+        c, s = self.config.unet.out_channels, self.config.unet.image_size
+        fixed = per_image_noise((n, c, s, s), gens, device)
+        if init_image is not None:
+            x0 = init_image if init_image.dim() == 4 else init_image[None].expand(n, -1, -1, -1)
+            t_start = max(0, int(round(strength * T)) - 1)
+            ts = spaced_timesteps(T, min(steps, t_start + 1), spacing, t_start=t_start)
+            x_start = deg(x0.to(device), torch.full((n,), int(ts[0]), dtype=torch.long), fixed)
+        else:
+            ts = spaced_timesteps(T, steps, spacing)
+            x_start = self.cold_prior(n, gens, fixed, device)
+        yield from sample_stream(den, x_start, ts, SamplerSpec("cold", improved=improved), cond=cond,
+                                 degradation=deg, fixed_noise=fixed)
+
+    def cold_prior(self, n, gens, fixed, device):
+        """Start of cold generation: the fully degraded state. For noise it is the fixed draw itself;
+        otherwise one of the stored fully degraded training images (``prior.safetensors``), chosen by
+        each image's RNG stream (Bansal et al. sample x_T from degraded data)."""
+        deg = self.degradation
+        T = self.config.diffusion.T
+        if deg.needs_noise:
+            return deg(torch.zeros_like(fixed), torch.full((n,), T - 1, dtype=torch.long), fixed)
+        if self.prior is None or len(self.prior) == 0:
+            raise ValueError("this cold model has no prior.safetensors to start generation from; use img2img")
+        idx = [int(torch.randint(len(self.prior), (1,), generator=g)) for g in gens]
+        return self.prior[idx].to(device)
+
+    def _stream_cascade(self, n, *, sr_steps, sr_sampler, **kw):
+        seed = kw["seed"]
+        x = None
+        for i, (stage, opts) in enumerate(self.stages):
+            if i == 0:
+                gen = stage.stream(n, **kw)
+            else:
+                sk = dict(kw)
+                sk.update(labels=(), cond_image=None, init_image=None, guidance=1.0, eta=0.0,
+                          steps=sr_steps or opts.get("steps", 20), sampler=sr_sampler or opts.get("sampler", "dpm++"),
+                          seed=seed + 10_000 * i, aug_level=opts.get("aug_level", 0.0))
+                gen = stage.stream(n, low_res=x, **sk)
+            last = None
+            for rec in gen:
+                last = rec
+                yield SampleStep(rec.index, rec.num_steps, rec.t, rec.t_next, rec.x_t, rec.x_next, rec.x0_hat,
+                                 rec.eps_hat, stage=i)
+            x = last.x_next
+
+    def sample(self, n: int = 1, **kw) -> torch.Tensor:
+        """Run ``stream`` to the end: (n, C, H, W) in [-1, 1] (clamped)."""
+        last = None
+        for last in self.stream(n, **kw):
+            pass
+        return last.x_next.clamp(-1, 1)
+
+    def upscale(self, low_res: torch.Tensor, steps: int = 20, sampler: str = "dpm++", seed: int = 0,
+                aug_level: float | None = None) -> torch.Tensor:
+        """Super-resolve (n, C, h, w) images with the last SR stage (cascade) or this SR model."""
+        sr = self.stages[-1][0] if self.kind == "cascade" else self
+        if sr.config.task != "super_resolution":
+            raise ValueError("this model has no super-resolution stage")
+        if aug_level is None:
+            aug_level = self.stages[-1][1].get("aug_level", 0.0) if self.kind == "cascade" else 0.0
+        return sr.sample(low_res.shape[0], low_res=low_res, steps=steps, sampler=sampler, seed=seed,
+                         aug_level=aug_level)
+
+
+def load(folder, device="cpu") -> Pipeline:
+    """Load a model, ensemble or cascade folder. Raises CheckpointError with a one-line reason."""
+    folder = Path(folder)
+    kind = folder_kind(folder)
+    if kind == "model":
+        cfg, net = load_network(folder, device)
+        return Pipeline("model", cfg, folder, net=net, prior=load_prior(folder), description=cfg.description)
+    data = read_json(folder / CONFIG)
+    if kind == "ensemble":
+        experts_meta = data.get("experts")
+        if not isinstance(experts_meta, list) or not experts_meta:
+            raise CheckpointError(f"{folder / CONFIG}: an ensemble needs a non-empty 'experts' list")
+        experts, cfg0 = [], None
+        for e in experts_meta:
+            if not isinstance(e, dict) or set(e) - {"path", "t_lo", "t_hi"} or not isinstance(e.get("path"), str):
+                raise CheckpointError(f"{folder / CONFIG}: each expert needs exactly path, t_lo, t_hi")
+            cfg, net = load_network(folder / e["path"], device)
+            lo = int(check_number("t_lo", e.get("t_lo"), 0, cfg.diffusion.T, folder / CONFIG))
+            hi = int(check_number("t_hi", e.get("t_hi"), 0, cfg.diffusion.T, folder / CONFIG))
+            if cfg0 is not None and (cfg.diffusion.schedule, cfg.diffusion.T) != (cfg0.diffusion.schedule, cfg0.diffusion.T):
+                raise CheckpointError(f"{folder / e['path']}: expert schedule differs from the first expert's")
+            cfg0 = cfg0 or cfg
+            experts.append((lo, hi, net))
+        try:
+            ExpertEnsemble([(lo, hi, None) for lo, hi, _ in experts], cfg0.diffusion.T)
+        except ValueError as err:
+            raise CheckpointError(f"{folder / CONFIG}: {err}") from None
+        return Pipeline("ensemble", cfg0, folder, experts=sorted(experts, key=lambda x: x[0]),
+                        description=str(data.get("description", "")))
+    stages_meta = data.get("stages")
+    if not isinstance(stages_meta, list) or len(stages_meta) < 2:
+        raise CheckpointError(f"{folder / CONFIG}: a cascade needs a 'stages' list of at least two folders")
+    stages = []
+    for i, st in enumerate(stages_meta):
+        if not isinstance(st, dict) or not isinstance(st.get("path"), str):
+            raise CheckpointError(f"{folder / CONFIG}: stage {i} needs a 'path'")
+        sub = load(folder / st["path"], device)
+        if sub.kind == "cascade":
+            raise CheckpointError(f"{folder / CONFIG}: stage {i} is itself a cascade")
+        if i > 0 and sub.config.task != "super_resolution":
+            raise CheckpointError(f"{folder / CONFIG}: stage {i} ({st['path']}) is not a super-resolution model")
+        opts = {k: v for k, v in st.items() if k != "path"}
+        if "aug_level" in opts:
+            check_number("aug_level", opts["aug_level"], 0, 1, folder / CONFIG)
+        stages.append((sub, opts))
+    return Pipeline("cascade", stages[0][0].config, folder, stages=stages, description=str(data.get("description", "")))

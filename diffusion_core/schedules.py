@@ -1,0 +1,114 @@
+"""Noise schedules and timestep spacing: pure functions over tensors.
+
+Notation follows Ho et al. 2020 (DDPM) and Nichol & Dhariwal 2021 (improved DDPM):
+``beta_t`` is the per-step variance, ``alpha_t = 1 - beta_t`` and
+``alpha_bar_t = prod_{s<=t} alpha_s``, so that q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)
+(DDPM eq. 4). Timesteps are integers ``t in {0, ..., T-1}``; the special index ``t = -1`` stands for the
+clean image (alpha_bar = 1) so that every sampler can iterate explicit ``(t, t_next)`` pairs that end
+exactly at x_0.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+SPACINGS = ("trailing", "leading", "linspace")
+SCHEDULES = ("linear", "cosine")
+
+
+def linear_betas(T: int, beta_1: float = 1e-4, beta_T: float = 0.02) -> torch.Tensor:
+    """DDPM's linear schedule (Ho et al. 2020, sec. 4): betas from beta_1 to beta_T. Shape (T,), float64."""
+    return torch.linspace(beta_1, beta_T, T, dtype=torch.float64)
+
+
+def cosine_alpha_bar(T: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """Cosine schedule (Nichol & Dhariwal 2021, eq. 17), with betas clipped at ``max_beta``.
+
+    alpha_bar(t) = f(t) / f(0), f(t) = cos(((t/T + s) / (1 + s)) * pi/2)^2. Returns alpha_bar_t for
+    t = 0..T-1 (i.e. the value after t+1 forward steps), shape (T,), float64.
+    """
+    steps = torch.arange(T + 1, dtype=torch.float64)
+    f = torch.cos(((steps / T) + s) / (1 + s) * math.pi / 2) ** 2
+    betas = (1 - f[1:] / f[:-1]).clamp(max=max_beta)
+    return torch.cumprod(1 - betas, dim=0)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A discrete noise schedule. ``alpha_bar`` has shape (T,), float64, strictly decreasing in (0, 1)."""
+
+    alpha_bar: torch.Tensor
+
+    @property
+    def T(self) -> int:
+        return int(self.alpha_bar.shape[0])
+
+    @property
+    def betas(self) -> torch.Tensor:
+        prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alpha_bar[:-1]])
+        return 1 - self.alpha_bar / prev
+
+    def alpha_bar_at(self, t: torch.Tensor | int) -> torch.Tensor:
+        """alpha_bar_t with alpha_bar_{-1} = 1 (the clean image). Accepts an int or an int tensor; float64."""
+        t = torch.as_tensor(t, dtype=torch.long)
+        padded = torch.cat([torch.ones(1, dtype=torch.float64), self.alpha_bar])
+        return padded[t + 1]
+
+    def snr(self) -> torch.Tensor:
+        """Signal-to-noise ratio alpha_bar / (1 - alpha_bar) (Kingma et al. 2021), shape (T,)."""
+        return self.alpha_bar / (1 - self.alpha_bar)
+
+    def log_snr(self) -> torch.Tensor:
+        """lambda_t = log SNR(t), shape (T,)."""
+        return torch.log(self.snr())
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """Forward process x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps (DDPM eq. 4).
+
+        x0, eps: (B, C, H, W); t: (B,) long. Returns x_t with x0's dtype.
+        """
+        ab = self.alpha_bar_at(t).to(x0.dtype).view(-1, *([1] * (x0.dim() - 1)))
+        return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+
+
+def make_schedule(kind: str = "cosine", T: int = 1000, beta_1: float = 1e-4, beta_T: float = 0.02,
+                  cosine_s: float = 0.008) -> Schedule:
+    """Build a schedule by name. ``linear`` uses (beta_1, beta_T); ``cosine`` uses s."""
+    if kind == "linear":
+        if not (0 < beta_1 <= beta_T < 1):
+            raise ValueError(f"linear schedule needs 0 < beta_1 <= beta_T < 1, got {beta_1}, {beta_T}")
+        return Schedule(torch.cumprod(1 - linear_betas(T, beta_1, beta_T), dim=0))
+    if kind == "cosine":
+        return Schedule(cosine_alpha_bar(T, cosine_s))
+    raise ValueError(f"unknown schedule {kind!r}; choose one of {SCHEDULES}")
+
+
+def spaced_timesteps(T: int, num_steps: int, spacing: str = "trailing", t_start: int | None = None) -> torch.Tensor:
+    """Descending timesteps for few-step sampling, followed by -1 (the clean image).
+
+    Spacings as tabulated by Lin et al. 2024 ("Common diffusion noise schedules and sample steps are
+    flawed", Table 2): ``linspace`` rounds linspace(0, T-1, K); ``leading`` takes multiples of T//K from 0;
+    ``trailing`` counts down from T-1 in strides of T/K. ``t_start`` (for img2img) restricts the grid to
+    [0, t_start]. Returns a long tensor of shape (K+1,), strictly decreasing, last entry -1.
+    """
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}; choose one of {SPACINGS}")
+    top = T if t_start is None else int(t_start) + 1
+    if not (1 <= num_steps <= top):
+        raise ValueError(f"steps must be in [1, {top}], got {num_steps}")
+    if spacing == "linspace":
+        ts = torch.linspace(0, top - 1, num_steps, dtype=torch.float64).round().long()
+    elif spacing == "leading":
+        ts = torch.arange(num_steps, dtype=torch.long) * (top // num_steps)
+    else:  # trailing
+        ts = (torch.arange(top, 0, -top / num_steps, dtype=torch.float64).round().long() - 1).flip(0)
+    ts = torch.unique(ts).flip(0)  # strictly decreasing
+    return torch.cat([ts, torch.tensor([-1], dtype=torch.long)])
+
+
+def timestep_pairs(timesteps: torch.Tensor) -> list[tuple[int, int]]:
+    """Explicit (t, t_next) pairs from one descending timesteps tensor (DESIGN habit 2)."""
+    ts = [int(v) for v in timesteps]
+    return list(zip(ts[:-1], ts[1:]))

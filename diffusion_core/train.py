@@ -1,0 +1,456 @@
+"""The training loop: one command for every model we ship (base, linear/cosine, experts, cold, SR, pose).
+
+* objectives: eps / x0 / v prediction (Ho et al. 2020; Salimans & Ho 2022), optional min-SNR-gamma
+  weighting (Hang et al. 2023), label dropout for classifier-free guidance (Ho & Salimans 2022),
+  cold diffusion with any degradation and an L1 loss (Bansal et al. 2022);
+* experts: timesteps drawn from [t_lo, t_hi) and initialised from a parent checkpoint (eDiff-I);
+* super-resolution: the low-res condition is the downsampled target, upsampled back and noise-augmented
+  (Ho et al. 2021), trained on random crops;
+* AdamW + linear warmup, gradient clipping, EMA weights (torch.optim.swa_utils.AveragedModel);
+* atomic checkpoints (model, EMA, optimizer, step, RNG) every N steps and on SIGINT/SIGTERM; --resume;
+* DistributedDataParallel when launched by torchrun (gloo on CPU, nccl on CUDA).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shlex
+import signal
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from .checkpoint import atomic_save_tensors, atomic_write_bytes, load_network, save_model, write_json
+from .conditioning import Condition, augment_low_res, drop_condition
+from .config import ConfigError, DiffusionConfig, ModelConfig, UNetConfig, from_dict, to_dict
+from .data import DataConfig, ImageData, load_data
+from .degradations import make_degradation
+from .schedules import make_schedule
+from .unet import UNet, count_parameters
+
+STATE = "train_state.safetensors"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs. Every field has a default; ``--set key=value`` overrides any."""
+
+    out_dir: str = "runs/default"
+    task: str = "generate"              # generate | super_resolution | pose
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    steps: int = 10000                  # optimizer steps in total (the run stops there)
+    batch_size: int = 64                # per process
+    lr: float = 5e-4
+    warmup: int = 500
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    p_uncond: float = 0.1               # label / image dropout for classifier-free guidance
+    min_snr_gamma: float = 0.0          # 0: off; 5 is the paper's choice
+    low_res: int = 0                    # super-resolution: size of the low-res input
+    crop: int = 0                       # super-resolution: train on random crops of this size (0: full)
+    aug_max: float = 0.2                # super-resolution: max noise-augmentation level of the condition
+    parent: str = ""                    # initialise from this checkpoint folder (experts branch from the base)
+    seed: int = 0
+    threads: int = 0                    # torch threads per process (0: leave torch's default)
+    device: str = "auto"                # auto | cpu | cuda
+    amp: bool = False                   # bf16 autocast, CUDA only
+    checkpoint_every: int = 500
+    sample_every: int = 1000
+    log_every: int = 50
+    sample_steps: int = 25
+    description: str = ""
+
+    def __post_init__(self):
+        if self.task not in ("generate", "super_resolution", "pose"):
+            raise ConfigError(f"task must be generate, super_resolution or pose, got {self.task!r}")
+        if self.task == "super_resolution" and not (0 < self.low_res < self.data.image_size):
+            raise ConfigError("super_resolution needs 0 < low_res < data.image_size")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError("steps and batch_size must be positive")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
+
+
+def parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(data: dict, sets: list[str]) -> dict:
+    """``--set a.b=value``: value is parsed as JSON when possible, else taken as a string."""
+    data = json.loads(json.dumps(data))
+    for item in sets:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {p} is not a section")
+        node[parts[-1]] = parse_value(value)
+    return data
+
+
+def load_train_config(path: str | None, sets: list[str]) -> TrainConfig:
+    data = {}
+    if path:
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    return from_dict(TrainConfig, apply_overrides(data, sets))
+
+
+def model_config(cfg: TrainConfig, data: ImageData) -> ModelConfig:
+    """The ModelConfig saved with the weights; label names and channels come from the data."""
+    c = cfg.data.channels
+    cond_ch = 0
+    if cfg.task == "super_resolution":
+        cond_ch = c
+    elif cfg.task == "pose" or data.cond is not None:
+        cond_ch = data.cond.shape[-1] if data.cond is not None else 1
+    num_labels = 0 if data.labels is None else data.labels.shape[1]
+    unet = replace(cfg.unet, in_channels=c, out_channels=c, num_labels=num_labels, cond_channels=cond_ch,
+                   aug_level_embedding=cfg.task == "super_resolution",
+                   image_size=cfg.crop or cfg.data.image_size)
+    return ModelConfig(unet=unet, diffusion=cfg.diffusion, label_names=data.label_names if num_labels else (),
+                       multi_label=data.multi_label and num_labels > 0, task=cfg.task, low_res=cfg.low_res,
+                       description=cfg.description or data.description)
+
+
+# ------------------------------------------------------------------------------------------------
+class Trainer:
+    def __init__(self, cfg: TrainConfig, command: str = "", resume: bool = False, progress: bool = True):
+        self.cfg, self.command, self.progress = cfg, command, progress
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        dev = cfg.device
+        if dev == "auto":
+            dev = "cuda" if torch.cuda.is_available() else "cpu"
+        if dev == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--device cuda requested but CUDA is not available")
+        if self.world > 1:
+            import torch.distributed as dist
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if dev == "cuda" else "gloo")
+            if dev == "cuda":
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        self.device = torch.device(dev if dev == "cpu" else f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.out = Path(cfg.out_dir)
+        self.data = load_data(cfg.data)
+        self.mcfg = model_config(cfg, self.data)
+        torch.manual_seed(cfg.seed)     # the network's initialisation (identical on every rank)
+        self.net = UNet(self.mcfg.unet).to(self.device)
+        if cfg.parent:
+            pcfg, pnet = load_network(Path(cfg.parent))
+            if pcfg.unet != self.mcfg.unet:
+                raise ConfigError(f"{cfg.parent}: parent network config differs from this run's")
+            self.net.load_state_dict(pnet.state_dict())
+        self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.model = self.net
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+            self.model = DistributedDataParallel(self.net, device_ids=None if dev == "cpu" else [self.device.index])
+        d = cfg.diffusion
+        self.schedule = make_schedule(d.schedule, d.T, d.beta_1, d.beta_T)
+        self.degradation = make_degradation(d.degradation, d.T, self.schedule) if d.is_cold else None
+        self.t_lo, self.t_hi = (d.t_range[0], d.t_range[1]) if d.t_range else (0, d.T)
+        self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.rank + 1)   # data + noise stream
+        self.step, self.wall = 0, 0.0
+        self.stop_requested = False
+        if resume and (self.out / STATE).is_file():
+            self.load_state()
+        elif resume and self.rank == 0:
+            print(f"no {self.out / STATE} yet; starting from scratch", file=sys.stderr)
+
+    # ---- one optimisation step ------------------------------------------------------------------
+    def make_batch(self):
+        cfg, g = self.cfg, self.gen
+        b = cfg.batch_size
+        idx = torch.randint(len(self.data), (b,), generator=g)
+        flip = torch.rand(b, generator=g) < 0.5 if cfg.data.hflip else None
+        batch = self.data.batch(idx, flip)
+        x0 = batch["image"]
+        cond = None
+        if cfg.task == "super_resolution":
+            low = F.interpolate(x0, size=(cfg.low_res, cfg.low_res), mode="area")
+            up = F.interpolate(low, size=x0.shape[-2:], mode="bicubic", align_corners=False).clamp(-1, 1)
+            aug = torch.rand(b, generator=g) * cfg.aug_max
+            up = augment_low_res(up, aug, torch.randn(up.shape, generator=g))
+            if cfg.crop and cfg.crop < x0.shape[-1]:
+                ys = torch.randint(x0.shape[-2] - cfg.crop + 1, (b,), generator=g)
+                xs = torch.randint(x0.shape[-1] - cfg.crop + 1, (b,), generator=g)
+                x0 = torch.stack([x0[i, :, y:y + cfg.crop, x:x + cfg.crop] for i, (y, x) in enumerate(zip(ys, xs))])
+                up = torch.stack([up[i, :, y:y + cfg.crop, x:x + cfg.crop] for i, (y, x) in enumerate(zip(ys, xs))])
+            cond = Condition(image=up, aug_level=aug, uncond=torch.zeros(b, dtype=torch.bool))
+        else:
+            labels = batch.get("labels")
+            image = batch.get("cond")
+            if labels is not None or image is not None:
+                cond = drop_condition(Condition(labels=labels, image=image, uncond=torch.zeros(b, dtype=torch.bool)),
+                                      cfg.p_uncond, g)
+        t = torch.randint(self.t_lo, self.t_hi, (b,), generator=g)
+        eps = torch.randn(x0.shape, generator=g)
+        return x0, t, eps, cond
+
+    def loss(self, x0, t, eps, cond) -> torch.Tensor:
+        d = self.cfg.diffusion
+        dev = self.device
+        x0, t, eps = x0.to(dev), t.to(dev), eps.to(dev)
+        cond = cond.to(dev) if cond is not None else None
+        if d.is_cold:
+            x_t = self.degradation(x0, t, eps)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cfg.amp and dev.type == "cuda"):
+                out = self.model(x_t, t, cond)
+            return (out.float() - x0).abs().mean()      # Bansal et al. 2022 train with an L1 loss
+        ab = self.schedule.alpha_bar_at(t.cpu()).to(dev, torch.float32)
+        x_t = ab.sqrt().view(-1, 1, 1, 1) * x0 + (1 - ab).sqrt().view(-1, 1, 1, 1) * eps   # DDPM eq. 4
+        target = {"eps": eps, "x0": x0,
+                  "v": ab.sqrt().view(-1, 1, 1, 1) * eps - (1 - ab).sqrt().view(-1, 1, 1, 1) * x0}[d.prediction]
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cfg.amp and dev.type == "cuda"):
+            out = self.model(x_t, t, cond)
+        per = (out.float() - target).pow(2).mean(dim=(1, 2, 3))
+        if self.cfg.min_snr_gamma > 0:   # min-SNR-gamma (Hang et al. 2023), expressed per prediction type
+            snr = ab / (1 - ab)
+            clipped = snr.clamp(max=self.cfg.min_snr_gamma)
+            w = {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1)}[d.prediction]
+            per = per * w
+        return per.mean()
+
+    def lr_at(self, step: int) -> float:
+        return self.cfg.lr * min(1.0, (step + 1) / max(1, self.cfg.warmup))
+
+    # ---- state ----------------------------------------------------------------------------------
+    def state_tensors(self) -> tuple[dict, dict]:
+        tensors = {f"model.{k}": v for k, v in self.net.state_dict().items()}
+        tensors.update({f"ema.{k}": v for k, v in self.ema.module.state_dict().items()})
+        tensors["ema.n_averaged"] = self.ema.n_averaged
+        opt = self.opt.state_dict()
+        for pid, st in opt["state"].items():
+            for k, v in st.items():
+                tensors[f"opt.{pid}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.data"] = self.gen.get_state()
+        meta = {"step": str(self.step), "wall": repr(self.wall), "config": json.dumps(to_dict(self.cfg)),
+                "param_groups": json.dumps(opt["param_groups"])}
+        return tensors, meta
+
+    def save_state(self) -> None:
+        if self.rank != 0:
+            return
+        tensors, meta = self.state_tensors()
+        atomic_save_tensors({k: v.detach().cpu() for k, v in tensors.items()}, self.out / STATE, metadata=meta)
+
+    def load_state(self) -> None:
+        from safetensors import safe_open
+        path = self.out / STATE
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata()
+        tensors = load_file(str(path))
+        self.net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        self.ema.module.load_state_dict({k[4:]: v for k, v in tensors.items()
+                                         if k.startswith("ema.") and k != "ema.n_averaged"})
+        self.ema.n_averaged.copy_(tensors["ema.n_averaged"])
+        state = {}
+        for k, v in tensors.items():
+            if k.startswith("opt."):
+                _, pid, name = k.split(".", 2)
+                state.setdefault(int(pid), {})[name] = v
+        self.opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+        torch.set_rng_state(tensors["rng.torch"])
+        self.gen.set_state(tensors["rng.data"])
+        if self.rank:   # every rank keeps its own data stream
+            self.gen.manual_seed(self.cfg.seed * 1000 + self.rank + 1 + int(meta["step"]))
+        self.step = int(meta["step"])
+        self.wall = float(meta["wall"])
+
+    # ---- outputs --------------------------------------------------------------------------------
+    def sample_grid(self, path: Path, n: int = 64) -> None:
+        from .images import grid
+        from .pipeline import Pipeline
+        pipe = Pipeline("model", self.mcfg, self.out, net=self.ema.module.eval())
+        kw = {}
+        cond_img = None
+        if self.mcfg.unet.num_labels and not self.mcfg.multi_label:
+            labels = [i % self.mcfg.unet.num_labels for i in range(n)]
+        else:
+            labels = None
+        imgs = []
+        if self.cfg.task == "super_resolution":
+            idx = torch.arange(min(n, len(self.data)))
+            hi = self.data.batch(idx)["image"]
+            low = F.interpolate(hi, size=(self.cfg.low_res, self.cfg.low_res), mode="area")
+            out = pipe.sample(len(idx), low_res=low, sampler="dpm++", steps=self.cfg.sample_steps, seed=0)
+            up = F.interpolate(low, size=hi.shape[-2:], mode="nearest")
+            grid(torch.cat([up[:16], out[:16], hi[:16]]), nrow=16).save(path)
+            self.net.train()
+            return
+        sampler = "cold" if self.mcfg.diffusion.is_cold else "ddim"
+        if self.mcfg.diffusion.is_cold and pipe.prior is None:
+            pipe.prior = self.cold_prior()
+        for i in range(n):
+            if self.data.cond is not None:
+                cond_img = self.data.batch(torch.tensor([i]))["cond"][0]
+            if labels is not None:
+                kw = {"labels": [labels[i]], "guidance": 2.0}
+            elif self.mcfg.multi_label:
+                lab = self.data.labels[i]
+                kw = {"labels": [int(j) for j in lab.nonzero()[0]], "guidance": 2.0}
+            imgs.append(pipe.sample(1, sampler=sampler, steps=self.cfg.sample_steps, seed=i, cond_image=cond_img, **kw))
+        out = torch.cat(imgs)
+        if self.data.cond is not None:
+            conds = self.data.batch(torch.arange(n))["cond"]
+            conds = conds.expand(-1, out.shape[1], -1, -1)
+            out = torch.cat([torch.stack([c, o]) for c, o in zip(conds[:32], out[:32])])
+        grid(out, nrow=8).save(path)
+        self.net.train()
+
+    def cold_prior(self, n: int = 256) -> torch.Tensor:
+        """Fully degraded training images (Bansal et al.'s generation starts from degraded data)."""
+        g = torch.Generator().manual_seed(12345)
+        idx = torch.randint(len(self.data), (n,), generator=g)
+        x0 = self.data.batch(idx)["image"]
+        return self.degradation(x0, torch.full((n,), self.cfg.diffusion.T - 1, dtype=torch.long),
+                                torch.randn(x0.shape, generator=g))
+
+    def export(self, folder: Path) -> Path:
+        """EMA weights + config + the record of how they were made, into a checkpoint folder."""
+        extra = None
+        if self.cfg.diffusion.is_cold and not self.degradation.needs_noise:
+            extra = {"prior": self.cold_prior().half()}
+        save_model(folder, self.mcfg, self.ema.module.state_dict(), half=True, extra=extra)
+        write_json(folder / "train_config.json", to_dict(self.cfg))
+        record = {"command": self.command, "steps": self.step, "wall_time_s": round(self.wall, 1),
+                  "images_seen": self.step * self.cfg.batch_size * self.world, "processes": self.world,
+                  "parameters": count_parameters(self.net), "data": self.data.description,
+                  "device": str(self.device), "torch": torch.__version__,
+                  "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        write_json(folder / "training.json", record)
+        return folder
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def run(self) -> Path:
+        cfg = self.cfg
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_json(self.out / "train_config.json", to_dict(cfg))
+            (self.out / "samples").mkdir(exist_ok=True)
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)} \
+            if threading_main() else {}
+        log_path = self.out / "log.csv"
+        new_log = not log_path.exists()
+        bar = None
+        if self.progress and self.rank == 0:
+            from tqdm import tqdm
+            bar = tqdm(total=cfg.steps, initial=self.step, unit="step", dynamic_ncols=True, mininterval=2.0)
+        self.net.train()
+        t_last, n_last, loss_acc, loss_n = time.time(), 0, 0.0, 0
+        try:
+            logf = open(log_path, "a", newline="") if self.rank == 0 else None
+            writer = csv.writer(logf) if logf else None
+            if writer and new_log:
+                writer.writerow(["step", "loss", "lr", "images_per_s", "wall_s"])
+            while self.step < cfg.steps and not self.stop_requested:
+                t0 = time.time()
+                for group in self.opt.param_groups:
+                    group["lr"] = self.lr_at(self.step)
+                loss = self.loss(*self.make_batch())
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss became {loss.item()} at step {self.step}; stopping. The last good "
+                                             f"checkpoint is kept in {self.out / STATE} (try a lower lr)")
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
+                self.opt.step()
+                self.ema.update_parameters(self.net)
+                self.step += 1
+                self.wall += time.time() - t0
+                loss_acc += loss.item()
+                loss_n += 1
+                n_last += cfg.batch_size * self.world
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    ips = n_last / max(time.time() - t_last, 1e-9)
+                    if writer:
+                        writer.writerow([self.step, f"{loss_acc / loss_n:.5f}", f"{self.lr_at(self.step):.2e}",
+                                         f"{ips:.1f}", f"{self.wall:.1f}"])
+                        logf.flush()
+                    if bar:
+                        bar.set_postfix(loss=f"{loss_acc / loss_n:.4f}", img_s=f"{ips:.0f}")
+                    t_last, n_last, loss_acc, loss_n = time.time(), 0, 0.0, 0
+                if bar:
+                    bar.update(1)
+                if self.step % cfg.checkpoint_every == 0:
+                    self.save_state()
+                if self.rank == 0 and cfg.sample_every and self.step % cfg.sample_every == 0:
+                    self.sample_grid(self.out / "samples" / f"step{self.step:07d}.png")
+            self.save_state()
+            if self.rank == 0 and not self.stop_requested:
+                export = self.export(self.out / "model")
+                self.sample_grid(export / "samples.png")
+                plot_loss(log_path, export / "loss.png")
+        finally:
+            if bar:
+                bar.close()
+            if self.rank == 0 and logf:
+                logf.close()
+            for s, h in old.items():
+                signal.signal(s, h)
+        return self.out / "model"
+
+    def _on_signal(self, signum, frame):
+        self.stop_requested = True
+        print(f"\nsignal {signum}: saving a checkpoint at the end of this step, then stopping", file=sys.stderr)
+
+
+def threading_main() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def plot_loss(csv_path: Path, out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = list(csv.DictReader(open(csv_path)))
+    if not rows:
+        return
+    steps = [int(r["step"]) for r in rows]
+    loss = [float(r["loss"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, loss)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def command_line() -> str:
+    return " ".join(shlex.quote(a) for a in ["python", "-m", "diffusion_core"] + sys.argv[1:])
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
+    return Trainer(cfg, command_line(), resume, progress).run()

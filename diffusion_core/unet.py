@@ -1,0 +1,179 @@
+"""The U-Net (Ronneberger et al. 2015, as used by Ho et al. 2020 and Dhariwal & Nichol 2021).
+
+* time t enters through a sinusoidal embedding (Vaswani et al. 2017) and an MLP;
+* labels (one-/multi-hot) are projected and added to that embedding; the null condition has its own
+  learned embedding; every residual block reads the embedding through adaptive group norm
+  (scale-and-shift, Dhariwal & Nichol 2021 sec. 3);
+* a conditioning image (stickman drawing, or an upsampled low-res image for super-resolution) is
+  concatenated to x_t as extra input channels (Saharia et al. 2021, SR3);
+* self-attention at chosen resolutions, softmax over keys (``scaled_dot_product_attention``).
+
+Input x_t: (B, in_channels, H, W), H and W divisible by 2**(len(channel_mults)-1). Output: same shape
+with ``out_channels``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .conditioning import Condition, resize_cond_image
+from .config import UNetConfig
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of (B,) timesteps (float or int) -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+
+
+def _norm(ch: int) -> nn.GroupNorm:
+    """GroupNorm with up to 32 groups of at least 4 channels each."""
+    groups = math.gcd(ch, 32)
+    while groups > 1 and ch // groups < 4:
+        groups //= 2
+    return nn.GroupNorm(groups, ch)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float):
+        super().__init__()
+        self.norm1 = _norm(cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * cout)     # AdaGN scale and shift
+        self.norm2 = _norm(cout)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class Attention(nn.Module):
+    def __init__(self, ch: int, heads: int):
+        super().__init__()
+        self.heads = heads if ch % heads == 0 else 1
+        self.norm = _norm(ch)
+        self.qkv = nn.Conv2d(ch, 3 * ch, 1)
+        self.proj = nn.Conv2d(ch, ch, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)
+        # (B, heads, HW, d): softmax(q k^T / sqrt(d)) over the keys' axis
+        out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+
+
+class UNet(nn.Module):
+    def __init__(self, cfg: UNetConfig):
+        super().__init__()
+        self.cfg = cfg
+        ch = cfg.base_channels
+        emb_dim = 4 * ch
+        self.emb_dim = emb_dim
+        self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.label_proj = nn.Linear(cfg.num_labels, emb_dim, bias=False) if cfg.num_labels else None
+        self.null_emb = nn.Parameter(torch.zeros(emb_dim)) if (cfg.num_labels or cfg.cond_channels) else None
+        self.aug_mlp = (nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+                        if cfg.aug_level_embedding else None)
+        self.conv_in = nn.Conv2d(cfg.in_channels + cfg.cond_channels, ch, 3, padding=1)
+
+        self.down = nn.ModuleList()
+        chans = [ch]
+        cur, res = ch, cfg.image_size
+        for level, mult in enumerate(cfg.channel_mults):
+            for _ in range(cfg.num_res_blocks):
+                block = nn.ModuleList([ResBlock(cur, ch * mult, emb_dim, cfg.dropout)])
+                cur = ch * mult
+                if res in cfg.attention_resolutions:
+                    block.append(Attention(cur, cfg.num_heads))
+                self.down.append(block)
+                chans.append(cur)
+            if level != len(cfg.channel_mults) - 1:
+                self.down.append(nn.ModuleList([nn.Conv2d(cur, cur, 3, stride=2, padding=1)]))
+                chans.append(cur)
+                res //= 2
+        self.mid = nn.ModuleList([ResBlock(cur, cur, emb_dim, cfg.dropout), Attention(cur, cfg.num_heads),
+                                  ResBlock(cur, cur, emb_dim, cfg.dropout)])
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(cfg.channel_mults))):
+            for i in range(cfg.num_res_blocks + 1):
+                block = nn.ModuleList([ResBlock(cur + chans.pop(), ch * mult, emb_dim, cfg.dropout)])
+                cur = ch * mult
+                if res in cfg.attention_resolutions:
+                    block.append(Attention(cur, cfg.num_heads))
+                if level != 0 and i == cfg.num_res_blocks:
+                    block.append(nn.Upsample(scale_factor=2, mode="nearest"))
+                    block.append(nn.Conv2d(cur, cur, 3, padding=1))
+                    res *= 2
+                self.up.append(block)
+        self.norm_out = _norm(cur)
+        self.conv_out = nn.Conv2d(cur, cfg.out_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def embed(self, t: torch.Tensor, cond: Condition | None, batch: int) -> torch.Tensor:
+        emb = self.time_mlp(timestep_embedding(t, self.cfg.base_channels))
+        if self.null_emb is not None:
+            uncond = cond.uncond if cond is not None and cond.uncond is not None else None
+            if self.label_proj is not None:
+                labels = cond.labels if cond is not None and cond.labels is not None else None
+                if labels is None:
+                    uncond = torch.ones(batch, dtype=torch.bool, device=t.device)
+                    label_emb = 0.0
+                else:
+                    label_emb = self.label_proj(labels.to(emb.dtype))
+            else:
+                label_emb = 0.0
+            if uncond is None:
+                uncond = torch.zeros(batch, dtype=torch.bool, device=t.device)
+            emb = emb + torch.where(uncond[:, None], self.null_emb[None].expand(batch, -1),
+                                    label_emb if torch.is_tensor(label_emb) else torch.zeros_like(emb))
+        if self.aug_mlp is not None:
+            aug = cond.aug_level if cond is not None and cond.aug_level is not None else torch.zeros(batch, device=t.device)
+            emb = emb + self.aug_mlp(timestep_embedding(aug * 1000, self.cfg.base_channels))
+        return emb
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Condition | None = None) -> torch.Tensor:
+        """x: (B, in_channels, H, W); t: (B,) timesteps; cond: labels / image / uncond mask."""
+        b = x.shape[0]
+        emb = self.embed(t, cond, b)
+        if self.cfg.cond_channels:
+            if cond is None or cond.image is None:
+                img = torch.zeros(b, self.cfg.cond_channels, *x.shape[-2:], dtype=x.dtype, device=x.device)
+            else:
+                img = resize_cond_image(cond.image.to(x.dtype), x.shape[-1])
+                if cond.uncond is not None and cond.aug_level is None:
+                    img = img * (~cond.uncond).to(x.dtype)[:, None, None, None]
+            x = torch.cat([x, img], dim=1)
+        h = self.conv_in(x)
+        hs = [h]
+        for block in self.down:
+            for layer in block:
+                h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+            hs.append(h)
+        for layer in self.mid:
+            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+        for block in self.up:
+            h = torch.cat([h, hs.pop()], dim=1)
+            for layer in block:
+                h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
