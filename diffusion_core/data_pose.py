@@ -173,8 +173,8 @@ def _angles(kind: str, rng: np.random.Generator):
         for s in (1, -1):
             u = s * U(-20, 175)
             arms[s] = (u, u + s * U(-40, 120))
-            t = s * U(-15, 60)
-            legs[s] = (t, t + s * U(-60, 20))
+            t = s * U(-10, 45)
+            legs[s] = (t, t + s * U(-45, 15))
     elif kind != "standing":
         raise ValueError(f"unknown pose kind {kind!r}; expected one of {POSE_KINDS}")
     return lean, arms, legs
@@ -251,19 +251,22 @@ def _head_geometry(pose: Pose):
     return head, neck, max(d, 1e-6)
 
 
-def draw_stickman(pose: Pose, size: int, rng: np.random.Generator, style: str = "random") -> Image.Image:
+def draw_stickman(pose: Pose, size: int, rng: np.random.Generator, style: str = "random",
+                  stroke_width: float | None = None) -> Image.Image:
     """Render ``pose`` as a stickman drawing: an ``"L"`` image, light background, dark strokes.
 
-    Drawn at 4x resolution and downsampled with LANCZOS (antialiased strokes).
+    Drawn at 4x resolution and downsampled with LANCZOS (antialiased strokes). ``stroke_width``
+    (output pixels) overrides the style's stroke width.
 
     ``"clean"``:     black (0) straight lines on white, width ``max(1.25, size / 24)`` px, ring head.
     ``"random"``:    the training style: stroke width log-uniform in [1, max(1, size/10)] px, grey
                      level 0..80, background white (70%) or 225..255 (paper), ring (65%) or filled
                      dot head of random radius, smooth wobble, joint offsets, occasional overshoot.
-    ``"handdrawn"``: held-out style: each bone a jittery polyline with per-segment pressure
-                     (varying width), endpoints off their joints / short gaps, sometimes a retraced
+    ``"handdrawn"``: held-out style: base width log-uniform in [0.7, max(1, size/12)] px, each bone
+                     a jittery polyline with smoothly varying pressure (width x0.65..1.35),
+                     endpoints off their joints / short gaps, sometimes a retraced
                      stroke, head an open ring with a gap (or a filled dot), the whole drawing
-                     rotated by 3..10 deg; near-black on pure white.
+                     rotated by 2..6 deg about its centre; near-black on pure white.
     """
     if style not in STYLES:
         raise ValueError(f"unknown stickman style {style!r}; expected one of {STYLES}")
@@ -275,7 +278,7 @@ def draw_stickman(pose: Pose, size: int, rng: np.random.Generator, style: str = 
     if style == "clean":
         img = Image.new("L", (S, S), 255)
         dr = ImageDraw.Draw(img)
-        w = max(1.25, size / 24.0) * 4
+        w = (stroke_width or max(1.25, size / 24.0)) * 4
         r = HEAD_RADIUS * hn
         for a, b in LIMBS:
             pa, pb = P[a], P[b]
@@ -291,6 +294,8 @@ def draw_stickman(pose: Pose, size: int, rng: np.random.Generator, style: str = 
         bg = 255 if rng.random() < 0.7 else int(rng.integers(225, 256))
         ink = int(rng.integers(0, 81))
         w = math.exp(U(0.0, math.log(max(1.0, size / 10.0)))) * 4
+        if stroke_width:
+            w = stroke_width * 4
         img = Image.new("L", (S, S), bg)
         dr = ImageDraw.Draw(img)
         amp = U(0.0, 0.012)                    # wobble amplitude (frame units)
@@ -327,18 +332,18 @@ def draw_stickman(pose: Pose, size: int, rng: np.random.Generator, style: str = 
     ink = int(rng.integers(0, 61))
     img = Image.new("L", (S, S), 255)
     dr = ImageDraw.Draw(img)
-    w0 = math.exp(U(math.log(0.8), math.log(max(1.0, size / 10.0)))) * 4
-    rot = math.radians(U(3, 10) * rng.choice((-1.0, 1.0)))
+    w0 = (stroke_width if stroke_width else math.exp(U(math.log(0.7), math.log(max(1.0, size / 12.0))))) * 4
+    rot = math.radians(U(2, 6) * rng.choice((-1.0, 1.0)))
     cs, sn = math.cos(rot), math.sin(rot)
     R = np.array([[cs, -sn], [sn, cs]])
-    ctr = np.array([0.5, 0.5])
+    ctr = np.mean([P[j] for j in JOINTS], axis=0)
     P = {j: (q - ctr) @ R.T + ctr for j, q in P.items()}
     head, neck = P["head"], P["neck"]
-    jit = U(0.008, 0.025)
+    jit = U(0.006, 0.018)
     noise = U(0.002, 0.008)
     hc = head + rng.normal(0, jit * 0.5, 2)
     dot = rng.random() < 0.3
-    r = hn * (U(0.45, 0.75) if dot else U(0.7, 1.0))
+    r = hn * (U(0.45, 0.75) if dot else U(0.7, 0.95))
     for a, b in LIMBS:
         pa = P[a] + rng.normal(0, jit, 2)
         pb = P[b] + rng.normal(0, jit, 2)
@@ -350,15 +355,17 @@ def draw_stickman(pose: Pose, size: int, rng: np.random.Generator, style: str = 
         if L < 1e-6:
             continue
         # start a little late / stop a little short or long (limbs off their joints)
-        t0, t1 = U(-0.03, 0.08), U(0.92, 1.08)
+        t0, t1 = U(-0.03, 0.07), U(0.94, 1.06)
         n = int(rng.integers(8, 16))
         t = np.linspace(t0, t1, n)
         nrm = np.array([-v[1], v[0]]) / L
         walk = np.cumsum(rng.normal(0, noise, n))
         walk -= np.linspace(0, 1, n) * walk[-1] * U(0.0, 1.0)
         pts = pa[None] + t[:, None] * v[None] + walk[:, None] * nrm[None]
-        for k in range(n - 1):                 # pressure: width varies along the stroke
-            _line(dr, pts[k:k + 2] * S, ink, w0 * U(0.6, 1.3), caps=True)
+        tm = (np.arange(n - 1) + 0.5) / (n - 1)  # pressure: width varies smoothly along the stroke
+        press = 1.0 + U(0.1, 0.35) * np.sin(np.pi * tm * U(0.5, 2.0) + U(0, 6.3))
+        for k in range(n - 1):
+            _line(dr, pts[k:k + 2] * S, ink, w0 * press[k], caps=True)
         if rng.random() < 0.15:                # retraced stroke
             pts2 = pts + rng.normal(0, noise, (n, 2))
             _line(dr, pts2 * S, ink, w0 * 0.7)
@@ -666,7 +673,7 @@ def _dilate(mask: np.ndarray, r: int = 1) -> np.ndarray:
     return out
 
 
-def pose_adherence(figure: np.ndarray, stick: np.ndarray, dilate: int = 1) -> float:
+def pose_adherence(figure: np.ndarray, stick: np.ndarray, dilate: int = 0) -> float:
     """How well a figure follows a stickman drawing: the fraction of the drawing's skeleton covered
     by the figure.
 
@@ -698,7 +705,8 @@ def pose_adherence(figure: np.ndarray, stick: np.ndarray, dilate: int = 1) -> fl
 
 def write_examples(folder: str | Path = "examples/stickmen", n: int = 8, size: int = 256, seed: int = 1234) -> list[Path]:
     """Write ``n`` hand-drawn-style stickman drawings (``"L"``, black on white, ``size`` px) as
-    ``pose_01.png``, ``pose_02.png``, ... into ``folder``; pose kinds cycle through a varied list.
+    ``pose_01.png``, ``pose_02.png``, ... into ``folder``; pose kinds cycle through a varied list and
+    the pen width is 1.2-3.5% of ``size`` (3-9 px at 256, like a sketch-pad brush).
     Returns the paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -708,7 +716,7 @@ def write_examples(folder: str | Path = "examples/stickmen", n: int = 8, size: i
     for i in range(n):
         rng = np.random.default_rng([seed, i])
         pose = random_pose(rng, kinds[i % len(kinds)])
-        img = draw_stickman(pose, size, rng, "handdrawn")
+        img = draw_stickman(pose, size, rng, "handdrawn", stroke_width=size * rng.uniform(0.012, 0.035))
         p = folder / f"pose_{i + 1:02d}.png"
         img.save(p)
         paths.append(p)

@@ -1,0 +1,249 @@
+"""Evaluation: a small classifier per dataset, trained with the project's own command, gives
+
+* FID in its penultimate features (Heusel et al. 2017's Fréchet distance, in our classifier's feature space
+  instead of Inception's), always printed beside the real-vs-real baseline at the same sample count;
+* conditional accuracy (class labels) and per-attribute F1 (multi-labels) of generated samples;
+* for the pose model, pose adherence (see data_pose.pose_adherence).
+
+Everything is deterministic given a seed.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .checkpoint import atomic_save_tensors, read_json, write_json
+from .data import DataConfig, load_data
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    data: str = "fashion"
+    channels: int = 1
+    image_size: int = 32
+    num_outputs: int = 10
+    multi_label: bool = False
+    width: int = 32
+    feature_dim: int = 128
+    label_names: tuple[str, ...] = ()
+
+
+class Classifier(nn.Module):
+    """A small CNN: 3 conv stages -> global pool -> feature (feature_dim) -> logits."""
+
+    def __init__(self, cfg: ClassifierConfig):
+        super().__init__()
+        w = cfg.width
+        self.cfg = cfg
+
+        def stage(cin, cout):
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
+                                 nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2))
+        self.body = nn.Sequential(stage(cfg.channels, w), stage(w, 2 * w), stage(2 * w, 4 * w),
+                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * w, cfg.feature_dim), nn.ReLU())
+        self.head = nn.Linear(cfg.feature_dim, cfg.num_outputs)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, H, W) in [-1, 1] -> (B, feature_dim)."""
+        if x.shape[-1] != self.cfg.image_size:
+            x = F.interpolate(x, size=(self.cfg.image_size,) * 2, mode="area")
+        return self.body(x)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def save_classifier(folder: Path, cfg: ClassifierConfig, net: Classifier, record: dict) -> None:
+    from .config import to_dict
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_save_tensors(net.state_dict(), folder / "model.safetensors")
+    write_json(folder / "config.json", {"kind": "classifier", **to_dict(cfg)})
+    write_json(folder / "training.json", record)
+
+
+def load_classifier(folder: Path) -> Classifier:
+    from safetensors.torch import load_file
+    from .config import from_dict
+    data = read_json(Path(folder) / "config.json")
+    data.pop("kind", None)
+    cfg = from_dict(ClassifierConfig, data)
+    net = Classifier(cfg)
+    net.load_state_dict(load_file(str(Path(folder) / "model.safetensors")))
+    return net.eval()
+
+
+def _data_for(name: str, split: str) -> DataConfig:
+    if name == "fashion":
+        return DataConfig(source="fashion", split=split, image_size=32, channels=1)
+    if name == "emoji":
+        return DataConfig(source="emoji", split=split, image_size=32, channels=3)
+    raise ValueError(f"no classifier recipe for dataset {name!r}")
+
+
+def train_classifier(name: str, out: Path, epochs: int = 5, seed: int = 0, batch: int = 128) -> dict:
+    """Train the evaluation classifier on the training split; report test accuracy (or mean F1)."""
+    from tqdm import tqdm
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    train, test = load_data(_data_for(name, "train")), load_data(_data_for(name, "test"))
+    multi = train.multi_label
+    cfg = ClassifierConfig(data=name, channels=train.images.shape[-1], image_size=train.images.shape[1],
+                           num_outputs=train.labels.shape[1], multi_label=multi, label_names=train.label_names)
+    net = Classifier(cfg)
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+    steps = epochs * (len(train) // batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
+    t0 = time.time()
+    net.train()
+    for _ in tqdm(range(steps), unit="step", mininterval=2.0):
+        idx = torch.randint(len(train), (batch,), generator=g)
+        b = train.batch(idx, torch.rand(batch, generator=g) < 0.5 if name == "emoji" else None)
+        x = b["image"]
+        x = x + 0.05 * torch.randn(x.shape, generator=g)      # robustness to small sampling noise
+        logits = net(x)
+        y = b["labels"]
+        loss = F.binary_cross_entropy_with_logits(logits, y) if multi else F.cross_entropy(logits, y.argmax(1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    net.eval()
+    with torch.inference_mode():
+        logits = torch.cat([net(test.batch(torch.arange(i, min(i + 500, len(test))))["image"])
+                            for i in range(0, len(test), 500)])
+    y = torch.from_numpy(test.labels)
+    record = {"command": f"python -m diffusion_core classifier --data {name} --out {out} --epochs {epochs} --seed {seed}",
+              "steps": steps, "wall_time_s": round(time.time() - t0, 1), "train_images": len(train),
+              "test_images": len(test)}
+    if multi:
+        record["test_f1_per_attribute"] = dict(zip(train.label_names, f1_per_attribute(logits > 0, y > 0.5).tolist()))
+    else:
+        record["test_accuracy"] = float((logits.argmax(1) == y.argmax(1)).float().mean())
+    save_classifier(out, cfg, net, record)
+    print(json.dumps({k: v for k, v in record.items() if k != "test_f1_per_attribute"}, indent=2))
+    return record
+
+
+# ---- metrics -------------------------------------------------------------------------------------
+def frechet_distance(f1: np.ndarray, f2: np.ndarray) -> float:
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^{1/2}) between Gaussian fits of two feature sets (N, D)."""
+    from scipy import linalg
+    mu1, mu2 = f1.mean(0), f2.mean(0)
+    s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
+    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
+    if not np.isfinite(covmean).all():
+        eps = np.eye(len(s1)) * 1e-6
+        covmean = linalg.sqrtm((s1 + eps) @ (s2 + eps))
+    covmean = covmean.real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+
+def f1_per_attribute(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """pred, truth: (N, L) bool -> (L,) F1 (0 where an attribute never occurs in either)."""
+    tp = (pred & truth).sum(0).float()
+    fp = (pred & ~truth).sum(0).float()
+    fn = (~pred & truth).sum(0).float()
+    return torch.where(tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn).clamp(min=1), torch.zeros_like(tp))
+
+
+@torch.inference_mode()
+def features_of(clf: Classifier, images: torch.Tensor, batch: int = 500) -> tuple[np.ndarray, torch.Tensor]:
+    feats, logits = [], []
+    for i in range(0, len(images), batch):
+        f = clf.features(images[i:i + batch])
+        feats.append(f)
+        logits.append(clf.head(f))
+    return torch.cat(feats).numpy().astype(np.float64), torch.cat(logits)
+
+
+def evaluate_model(model_dir: Path, classifier_dir: Path | None, n: int = 2000, sampler: str | None = None,
+                   steps: int = 50, spacing: str = "trailing", guidance: float = 2.0, seed: int = 0,
+                   batch: int = 100, progress: bool = True) -> dict:
+    """Generate n samples with balanced conditions and measure them against held-out real data."""
+    from tqdm import tqdm
+    from .pipeline import load
+    pipe = load(model_dir)
+    cfg = pipe.base.config
+    sampler = sampler or ("cold" if "cold" in pipe.samplers else "ddim")
+    dataset = "emoji" if cfg.multi_label else ("pose" if cfg.task == "pose" else "fashion")
+    metrics = {"model": str(model_dir), "n": n, "sampler": sampler, "steps": steps, "spacing": spacing,
+               "guidance": guidance, "seed": seed}
+    # conditions: class i % L (single label) / attribute sets of held-out images (multi-label) / held-out drawings
+    if dataset == "pose":
+        from .data_pose import make_pairs
+        real_figs, sticks = make_pairs(n, cfg.unet.image_size, seed=seed + 777, style="handdrawn")
+    elif dataset == "emoji":
+        real = load_data(_data_for("emoji", "all"))
+        ridx = torch.randint(len(real), (n,), generator=torch.Generator().manual_seed(seed))
+        cond_labels = torch.from_numpy(real.labels[ridx.numpy()])
+    t0 = time.time()
+    images = []
+    bar = tqdm(total=n, unit="img", disable=not progress, mininterval=2.0)
+    for start in range(0, n, batch):
+        b = min(batch, n - start)
+        kw = {}
+        if dataset == "fashion" and cfg.unet.num_labels:
+            kw["labels"] = torch.nn.functional.one_hot(torch.arange(start, start + b) % cfg.unet.num_labels,
+                                                       cfg.unet.num_labels).float()
+        elif dataset == "emoji":
+            kw["labels"] = cond_labels[start:start + b]
+        elif dataset == "pose":
+            from .data import to_tensor
+            kw["cond_image"] = to_tensor(sticks[start:start + b])
+        images.append(pipe.sample(b, sampler=sampler, steps=steps, spacing=spacing, guidance=guidance,
+                                  seed=seed + start, **kw))
+        bar.update(b)
+    bar.close()
+    gen = torch.cat(images)
+    metrics["sampling_s"] = round(time.time() - t0, 1)
+    metrics["sampling_s_per_image"] = round((time.time() - t0) / n, 4)
+    if dataset == "pose":
+        from .data_pose import pose_adherence
+        from .images import to_uint8
+        g8 = to_uint8(gen)
+        scores = [pose_adherence(g8[i], sticks[i]) for i in range(n)]
+        real_scores = [pose_adherence(real_figs[i], sticks[i]) for i in range(min(n, 200))]
+        metrics["pose_adherence"] = float(np.mean(scores))
+        metrics["pose_adherence_real"] = float(np.mean(real_scores))
+        metrics["seed_diversity"] = float((gen[0::2][: n // 2 - 1] - gen[1::2][: n // 2 - 1]).abs().mean())
+        return metrics
+    clf = load_classifier(classifier_dir or Path("checkpoints") / f"classifier-{dataset}")
+    f_gen, logits = features_of(clf, gen)
+    real_a = load_data(_data_for(dataset, "test" if dataset == "fashion" else "all"))
+    real_b = load_data(_data_for(dataset, "train"))
+    g = torch.Generator().manual_seed(seed + 1)
+    ia = torch.randperm(len(real_a), generator=g)[:n]
+    ib = torch.randperm(len(real_b), generator=g)[:n]
+    f_a, _ = features_of(clf, real_a.batch(ia)["image"])
+    f_b, _ = features_of(clf, real_b.batch(ib)["image"])
+    metrics["fid"] = frechet_distance(f_gen, f_a)
+    metrics["fid_real_vs_real"] = frechet_distance(f_b, f_a)
+    metrics["fid_reference"] = f"{len(ia)} real {'test' if dataset == 'fashion' else ''} images".replace("  ", " ")
+    if dataset == "fashion" and cfg.unet.num_labels:
+        want = torch.arange(n) % cfg.unet.num_labels
+        metrics["accuracy"] = float((logits.argmax(1) == want).float().mean())
+        metrics["accuracy_per_class"] = {name: float((logits.argmax(1)[want == i] == i).float().mean())
+                                         for i, name in enumerate(cfg.label_names)}
+    elif dataset == "emoji":
+        f1 = f1_per_attribute(logits > 0, cond_labels > 0.5)
+        metrics["f1_per_attribute"] = dict(zip(cfg.label_names, [round(v, 4) for v in f1.tolist()]))
+    return metrics
+
+
+def evaluate_command(args) -> int:
+    m = evaluate_model(Path(args.model), Path(args.classifier) if args.classifier else None, n=args.n,
+                       sampler=args.sampler, steps=args.steps, spacing=args.spacing, guidance=args.guidance,
+                       seed=args.seed, batch=args.batch)
+    out = Path(args.out) if args.out else Path(args.model) / f"metrics{'-' + args.tag if args.tag else ''}.json"
+    write_json(out, m)
+    short = {k: v for k, v in m.items() if not isinstance(v, dict)}
+    print(json.dumps(short, indent=2))
+    print(f"wrote {out}")
+    return 0
