@@ -107,7 +107,8 @@ def _run(args) -> int:
         cfg = load_train_config(args.config, sets)
         out = train(cfg, resume=args.resume, progress=not args.no_progress)
         if int(os.environ.get("RANK", "0")) == 0:
-            print(f"exported {out}")
+            print(f"exported {out}" if (out / "training.json").exists() else
+                  f"stopped; resume with --resume (state in {cfg.out_dir})")
         return 0
     if args.command == "sample":
         return _sample(args)

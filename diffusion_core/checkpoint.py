@@ -41,6 +41,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if os.environ.get("DIFFUSION_FAULT_PAUSE_BEFORE_RENAME"):     # fault injection for the kill -9 test
+            import time
+            time.sleep(float(os.environ["DIFFUSION_FAULT_PAUSE_BEFORE_RENAME"]))
         os.replace(tmp, path)
     except BaseException:
         try:

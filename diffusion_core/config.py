@@ -148,7 +148,8 @@ class ModelConfig:
     label_names: tuple[str, ...] = ()   # names of the label vector's entries
     multi_label: bool = False           # multi-hot attributes (True) or one class (False)
     task: str = "generate"              # generate | super_resolution | pose
-    low_res: int = 0                    # super-resolution: size of the low-res input
+    low_res: int = 0                    # super-resolution: size of the low-res input ...
+    high_res: int = 0                   # ... and of the output (the network itself may train on crops)
     description: str = ""
 
     def __post_init__(self):

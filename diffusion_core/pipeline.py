@@ -95,19 +95,24 @@ class Pipeline:
                   device="cpu") -> Condition | None:
         cfg = self.config
         lab = None
-        if cfg.unet.num_labels:
+        if cfg.unet.num_labels and torch.is_tensor(labels):     # per-image label vectors (n, L)
+            if tuple(labels.shape) != (n, cfg.unet.num_labels):
+                raise ValueError(f"label tensor must have shape ({n}, {cfg.unet.num_labels}), got {tuple(labels.shape)}")
+            lab = labels.float()
+        elif cfg.unet.num_labels:
             idx = resolve_labels(labels, cfg.label_names) if labels else []
             if not idx and not cfg.multi_label:
                 lab = None      # no class chosen: sample unconditionally
             else:
                 lab = labels_to_vector(idx, cfg.unet.num_labels, n, cfg.multi_label)
-        elif labels:
+        elif labels is not None and len(labels):
             raise ValueError("this model takes no labels")
         img = None
         if cfg.unet.cond_channels and cfg.task != "super_resolution":
             if cond_image is None:
                 raise ValueError("this model needs a conditioning image (a stickman drawing)")
-            img = cond_image.expand(n, -1, -1, -1) if cond_image.dim() == 4 else cond_image[None].expand(n, -1, -1, -1)
+            img = cond_image if cond_image.dim() == 4 and len(cond_image) == n else \
+                (cond_image if cond_image.dim() == 4 else cond_image[None]).expand(n, -1, -1, -1)
         if lab is None and img is None:
             if cfg.unet.num_labels:
                 return Condition(uncond=torch.ones(n, dtype=torch.bool)).to(device)

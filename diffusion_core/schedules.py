@@ -52,7 +52,7 @@ class Schedule:
 
     def alpha_bar_at(self, t: torch.Tensor | int) -> torch.Tensor:
         """alpha_bar_t with alpha_bar_{-1} = 1 (the clean image). Accepts an int or an int tensor; float64."""
-        t = torch.as_tensor(t, dtype=torch.long)
+        t = torch.as_tensor(t, dtype=torch.long).cpu()     # the table lives on the CPU; so does the result
         padded = torch.cat([torch.ones(1, dtype=torch.float64), self.alpha_bar])
         return padded[t + 1]
 
@@ -67,10 +67,10 @@ class Schedule:
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """Forward process x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps (DDPM eq. 4).
 
-        x0, eps: (B, C, H, W); t: (B,) long. Returns x_t with x0's dtype.
+        x0, eps: (B, C, H, W); t: (B,) long, any device. Returns x_t with x0's dtype and device.
         """
-        ab = self.alpha_bar_at(t).to(x0.dtype).view(-1, *([1] * (x0.dim() - 1)))
-        return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+        ab = self.alpha_bar_at(t).view(-1, *([1] * (x0.dim() - 1)))   # float64: 1 - ab is exact near ab = 1
+        return ab.sqrt().to(x0) * x0 + (1 - ab).sqrt().to(x0) * eps
 
 
 def make_schedule(kind: str = "cosine", T: int = 1000, beta_1: float = 1e-4, beta_T: float = 0.02,
@@ -98,12 +98,14 @@ def spaced_timesteps(T: int, num_steps: int, spacing: str = "trailing", t_start:
     top = T if t_start is None else int(t_start) + 1
     if not (1 <= num_steps <= top):
         raise ValueError(f"steps must be in [1, {top}], got {num_steps}")
-    if spacing == "linspace":
-        ts = torch.linspace(0, top - 1, num_steps, dtype=torch.float64).round().long()
-    elif spacing == "leading":
+    # Grids are exact integer ratios rounded half-to-even: a float arange/linspace can land an ulp off a
+    # .5 tie, and a float arange can even return K+1 entries (T=1000, K=61 gave a duplicate -1).
+    if spacing == "linspace":    # round(i (top-1) / (K-1)), i = 0..K-1
+        ts = (torch.arange(num_steps, dtype=torch.float64) * (top - 1) / max(num_steps - 1, 1)).round().long()
+    elif spacing == "leading":   # i * (top // K)
         ts = torch.arange(num_steps, dtype=torch.long) * (top // num_steps)
-    else:  # trailing
-        ts = (torch.arange(top, 0, -top / num_steps, dtype=torch.float64).round().long() - 1).flip(0)
+    else:                        # trailing: round(top (K-i) / K) - 1, i = 0..K-1
+        ts = (torch.arange(num_steps, 0, -1, dtype=torch.float64) * top / num_steps).round().long() - 1
     ts = torch.unique(ts).flip(0)  # strictly decreasing
     return torch.cat([ts, torch.tensor([-1], dtype=torch.long)])
 

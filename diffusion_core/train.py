@@ -132,6 +132,7 @@ def model_config(cfg: TrainConfig, data: ImageData) -> ModelConfig:
                    image_size=cfg.crop or cfg.data.image_size)
     return ModelConfig(unet=unet, diffusion=cfg.diffusion, label_names=data.label_names if num_labels else (),
                        multi_label=data.multi_label and num_labels > 0, task=cfg.task, low_res=cfg.low_res,
+                       high_res=cfg.data.image_size if cfg.task == "super_resolution" else 0,
                        description=cfg.description or data.description)
 
 
@@ -310,16 +311,16 @@ class Trainer:
             pipe.prior = self.cold_prior()
         for i in range(n):
             if self.data.cond is not None:
-                cond_img = self.data.batch(torch.tensor([i]))["cond"][0]
+                cond_img = self.data.batch(torch.tensor([i % len(self.data)]))["cond"][0]
             if labels is not None:
                 kw = {"labels": [labels[i]], "guidance": 2.0}
             elif self.mcfg.multi_label:
-                lab = self.data.labels[i]
+                lab = self.data.labels[i % len(self.data)]
                 kw = {"labels": [int(j) for j in lab.nonzero()[0]], "guidance": 2.0}
             imgs.append(pipe.sample(1, sampler=sampler, steps=self.cfg.sample_steps, seed=i, cond_image=cond_img, **kw))
         out = torch.cat(imgs)
         if self.data.cond is not None:
-            conds = self.data.batch(torch.arange(n))["cond"]
+            conds = self.data.batch(torch.arange(n) % len(self.data))["cond"]
             conds = conds.expand(-1, out.shape[1], -1, -1)
             out = torch.cat([torch.stack([c, o]) for c, o in zip(conds[:32], out[:32])])
         grid(out, nrow=8).save(path)
@@ -405,6 +406,8 @@ class Trainer:
                 if self.rank == 0 and cfg.sample_every and self.step % cfg.sample_every == 0:
                     self.sample_grid(self.out / "samples" / f"step{self.step:07d}.png")
             self.save_state()
+            if self.world > 1:
+                self.check_ranks_agree()
             if self.rank == 0 and not self.stop_requested:
                 export = self.export(self.out / "model")
                 self.sample_grid(export / "samples.png")
@@ -417,6 +420,18 @@ class Trainer:
             for s, h in old.items():
                 signal.signal(s, h)
         return self.out / "model"
+
+    def check_ranks_agree(self) -> None:
+        """DDP keeps replicas identical; verify it: every rank's parameter checksum is gathered on rank 0."""
+        import torch.distributed as dist
+        flat = torch.cat([p.detach().double().flatten().cpu() for p in self.net.parameters()])
+        mine = torch.stack([flat.sum(), (flat * torch.arange(1, len(flat) + 1, dtype=torch.float64)).sum()])
+        gathered = [torch.zeros_like(mine) for _ in range(self.world)]
+        dist.all_gather(gathered, mine.to(self.device) if self.device.type == "cuda" else mine)
+        sums = [g.cpu().tolist() for g in gathered]
+        if self.rank == 0:
+            write_json(self.out / "ddp_check.json", {"world_size": self.world, "param_checksums": sums,
+                                                     "identical": all(s == sums[0] for s in sums)})
 
     def _on_signal(self, signum, frame):
         self.stop_requested = True

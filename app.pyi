@@ -1,0 +1,951 @@
+"""Gradio app for diffusion_core: generate with live previews, explore the forward process.
+
+    python app.py                       # serves checkpoints/ on http://127.0.0.1:7860
+    DIFFUSION_CHECKPOINTS=dir python app.py
+
+Environment: DIFFUSION_CHECKPOINTS (model folders, default ``checkpoints``), GRADIO_SERVER_NAME /
+GRADIO_SERVER_PORT, DIFFUSION_CONCURRENCY (sampling runs at once, default 1), DIFFUSION_QUEUE (queued
+requests, default 16), DIFFUSION_DEVICE (default cpu), DIFFUSION_THREADS (torch CPU threads).
+
+Only the package's public API is used (``from diffusion_core import ...``); the package never imports
+Gradio. API endpoints (``gradio_client``): /generate (streaming), /forward, /schedule_plot, /upscale,
+/model_card.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import json  # noqa: E402
+import logging  # noqa: E402
+import math  # noqa: E402
+import random  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from PIL import Image, ImageDraw, ImageOps  # noqa: E402
+from PIL.PngImagePlugin import PngInfo  # noqa: E402
+
+from diffusion_core import (CheckpointError, ImageError, grid, load, make_degradation,  # noqa: E402
+                            make_schedule, to_pil)
+from diffusion_core.images import load_image, open_image, to_mode  # noqa: E402
+
+log = logging.getLogger("diffusion_app")
+
+HERE = Path(__file__).resolve().parent
+STICKMEN_DIR = HERE / "examples" / "stickmen"
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+MAX_BATCH = 16
+MAX_STEPS = 1000
+MAX_GUIDANCE = 20.0
+MAX_SEED = 2**31 - 1 - MAX_BATCH
+MAX_UPSCALE_INPUT = 128          # side of an image handed to a super-resolution model
+PREVIEW_PX = 256                 # previews are nearest-neighbour upscaled to about this size
+GIF_MAX_FRAMES = 60
+ANY = "(any)"
+SAMPLER_CHOICES = [("DDPM", "ddpm"), ("DDIM", "ddim"), ("DPM-Solver++ (2M)", "dpm++"), ("Cold", "cold")]
+SAMPLER_NAMES = dict((v, k) for k, v in SAMPLER_CHOICES)
+DEGRADATIONS = ["noise", "blur", "pixelate", "mask"]
+USER_ERRORS = (ImageError, CheckpointError, ValueError)
+
+from gradio.events import Dependency
+
+class SafeImage(gr.Image):
+    """gr.Image whose upload preprocessing turns any unreadable or huge file into a clear gr.Error
+    (gr.Image opens the upload with PIL before our handler runs; a text file would otherwise surface as
+    a bare traceback). Rendered by the frontend as a plain Image (``is_template``)."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except gr.Error:
+            raise
+        except Image.DecompressionBombError:
+            raise gr.Error(f"{self.label or 'Image'}: image too large (limit 4096x4096 pixels)") from None
+        except Exception:
+            raise gr.Error(f"{self.label or 'Image'}: not a readable image file "
+                           "(PNG, JPEG, WebP, GIF or BMP expected)") from None
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+class LabelChecks(gr.CheckboxGroup):
+    """CheckboxGroup whose choices change with the model: validation happens in the handler (which knows
+    the model), so API clients may pass any attribute names and get a clear message for unknown ones."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        return [str(v) for v in (payload or [])]
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+def user_error(e: Exception) -> gr.Error:
+    msg = str(e).strip() or type(e).__name__
+    return gr.Error(msg)
+
+
+# ---------------------------------------------------------------------------------------------------
+# models on disk
+# ---------------------------------------------------------------------------------------------------
+class Models:
+    """The model folders under ``root`` (each sub-folder with a config.json), loaded lazily and cached.
+    A folder whose files change on disk (a training run re-exporting) is reloaded on next use."""
+
+    def __init__(self, root, device="cpu"):
+        self.root = Path(root)
+        self.device = device
+        self._cache: dict[str, tuple[tuple, object]] = {}
+        self._lock = threading.Lock()
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.is_dir() and not p.name.startswith(".") and (p / "config.json").is_file())
+
+    def default(self) -> str | None:
+        names = self.names()
+        return "fashion" if "fashion" in names else (names[0] if names else None)
+
+    def folder(self, name) -> Path:
+        names = self.names()
+        if not names:
+            raise ValueError(f"no models found in {self.root} (each model is a sub-folder with config.json; "
+                             "train one with `python -m diffusion_core train ...`)")
+        if not isinstance(name, str) or name not in names:
+            raise ValueError(f"unknown model {name!r}; available: {', '.join(names)}")
+        return self.root / name
+
+    @staticmethod
+    def _signature(folder: Path) -> tuple:
+        files = list(folder.glob("*.json")) + list(folder.rglob("*.safetensors"))
+        return tuple(sorted((str(p), p.stat().st_mtime_ns) for p in files if p.is_file()))
+
+    def get(self, name):
+        folder = self.folder(name)
+        sig = self._signature(folder)
+        with self._lock:
+            hit = self._cache.get(name)
+            if hit and hit[0] == sig:
+                return hit[1]
+            pipe = load(folder, device=self.device)
+            self._cache[name] = (sig, pipe)
+            return pipe
+
+    def raw_config(self, name) -> dict:
+        try:
+            return json.loads((self.root / name / "config.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def sr_models(self, channels: int) -> list[str]:
+        """Stand-alone super-resolution models with ``channels`` output channels (config.json only)."""
+        out = []
+        for n in self.names():
+            c = self.raw_config(n)
+            if c.get("kind", "model") == "model" and c.get("task") == "super_resolution" \
+                    and c.get("unet", {}).get("out_channels", 1) == channels:
+                out.append(n)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# images
+# ---------------------------------------------------------------------------------------------------
+def upscale_nearest(img: Image.Image, target: int = PREVIEW_PX) -> Image.Image:
+    f = max(1, round(target / max(img.size)))
+    return img.resize((img.width * f, img.height * f), Image.Resampling.NEAREST) if f > 1 else img
+
+
+def batch_grid(x: torch.Tensor, target: int = PREVIEW_PX) -> Image.Image:
+    """(B, C, H, W) in [-1, 1] -> one RGB grid image, nearest-upscaled to about ``target`` px."""
+    x = x.detach().float().cpu()
+    nrow = max(1, math.ceil(math.sqrt(x.shape[0])))
+    g = grid(x, nrow=nrow, padding=1 if x.shape[0] > 1 else 0)
+    return upscale_nearest(g.convert("RGB"), target)
+
+
+def labelled(images: list[Image.Image], captions: list[str], gap: int = 8) -> Image.Image:
+    """Images side by side with a caption above each (white background)."""
+    head = 16
+    w = sum(im.width for im in images) + gap * (len(images) - 1)
+    h = max(im.height for im in images) + head
+    out = Image.new("RGB", (w, h), (255, 255, 255))
+    draw = ImageDraw.Draw(out)
+    x = 0
+    for im, cap in zip(images, captions):
+        out.paste(im.convert("RGB"), (x, head))
+        draw.text((x + 2, 2), cap, fill=(40, 40, 40))
+        x += im.width + gap
+    return out
+
+
+def side_by_side(x_t: torch.Tensor, x0_hat: torch.Tensor) -> Image.Image:
+    return labelled([batch_grid(x_t), batch_grid(x0_hat)], ["x_t", "x0_hat (predicted clean image)"])
+
+
+def as_pil_uint8(x: torch.Tensor) -> Image.Image:
+    return to_pil(x.detach().float().cpu().clamp(-1, 1))
+
+
+def is_gray(img: Image.Image) -> bool:
+    if img.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"):
+        return True
+    if img.mode == "P":
+        pal = np.asarray(img.convert("RGB"))
+        return bool((pal[..., 0] == pal[..., 1]).all() and (pal[..., 1] == pal[..., 2]).all())
+    return False
+
+
+def save_png(img: Image.Image, path: Path, meta: dict) -> str:
+    info = PngInfo()
+    info.add_text("parameters", json.dumps(meta))
+    img.save(path, pnginfo=info)
+    return str(path)
+
+
+def html_status(text: str, frac: float | None = None) -> str:
+    bar = ""
+    if frac is not None:
+        pct = max(0.0, min(1.0, frac)) * 100
+        bar = (f'<div class="dc-bar"><div class="dc-fill" style="width:{pct:.1f}%"></div></div>')
+    return f'<div class="dc-status">{text}</div>{bar}'
+
+
+def fmt_duration(s: float) -> str:
+    s = float(s)
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 5400:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+# ---------------------------------------------------------------------------------------------------
+# the app
+# ---------------------------------------------------------------------------------------------------
+class DiffusionApp:
+    def __init__(self, checkpoints_dir=None, device=None):
+        root = checkpoints_dir or os.environ.get("DIFFUSION_CHECKPOINTS") or str(HERE / "checkpoints")
+        self.models = Models(root, device or os.environ.get("DIFFUSION_DEVICE", "cpu"))
+        self.out_dir = Path(tempfile.mkdtemp(prefix="diffusion_app_"))
+        self._stops: dict[str, threading.Event] = {}
+        self._fashion = None
+        self._fashion_lock = threading.Lock()
+        self._runs = 0
+
+    # ---- model card / control visibility ---------------------------------------------------------
+    def upscaler_for(self, name, pipe):
+        if pipe.kind == "cascade":
+            return name, pipe
+        if pipe.config.task == "super_resolution":
+            return name, pipe
+        for n in self.models.sr_models(pipe.channels):
+            return n, self.models.get(n)
+        return None, None
+
+    def model_card(self, model):
+        """Markdown card for a model: description, data, schedule, prediction, training, metrics; and its
+        samples.png when present."""
+        try:
+            pipe = self.models.get(model)
+        except USER_ERRORS as e:
+            raise user_error(e) from None
+        folder = self.models.folder(model)
+        base = pipe.base
+        cfg = base.config
+        d = cfg.diffusion
+        rows = []
+        kind = pipe.kind
+        if pipe.kind == "ensemble":
+            kind = f"ensemble of {len(pipe.experts)} experts: " + ", ".join(
+                f"t in [{lo}, {hi})" for lo, hi, _ in pipe.experts)
+        elif pipe.kind == "cascade":
+            kind = "cascade: " + " -> ".join(
+                f"{st.path.name} ({st.config.unet.image_size} px)" for st, _ in pipe.stages)
+        rows.append(("kind", kind))
+        task = cfg.task
+        if cfg.task == "super_resolution":
+            task = f"super-resolution {cfg.low_res} -> {cfg.unet.image_size} px"
+        elif cfg.task == "pose":
+            task = "stickman drawing -> figure"
+        rows.append(("task", task))
+        rows.append(("image", f"{cfg.unet.image_size} px, {cfg.unet.out_channels} channel(s)"))
+        if cfg.label_names:
+            what = "attributes (multi-label)" if cfg.multi_label else "classes"
+            names = ", ".join(cfg.label_names[:12]) + (" ..." if len(cfg.label_names) > 12 else "")
+            rows.append(("conditioning", f"{len(cfg.label_names)} {what}: {names}"))
+        if d.is_cold:
+            rows.append(("forward process", f"cold diffusion, degradation {d.degradation}, T={d.T}"))
+        else:
+            rows.append(("schedule", f"{d.schedule}, T={d.T}"))
+        rows.append(("prediction", d.prediction))
+        rows.append(("samplers", ", ".join(SAMPLER_NAMES.get(s, s) for s in pipe.samplers)))
+        training = self._read_json(folder / "training.json")
+        if not training and pipe.kind in ("cascade", "ensemble"):
+            first = pipe.stages[0][0].path if pipe.kind == "cascade" else None
+            training = self._read_json(first / "training.json") if first else {}
+        if training.get("data"):
+            rows.append(("data", str(training["data"])))
+        if training.get("steps") is not None:
+            t = f"{training['steps']} steps"
+            if training.get("wall_time_s") is not None:
+                t += f", {fmt_duration(training['wall_time_s'])} wall time"
+            if training.get("processes"):
+                t += f", {training['processes']} process(es)"
+            if training.get("device"):
+                t += f" on {training['device']}"
+            rows.append(("training", t))
+        for mpath in sorted(folder.glob("metrics*.json")):
+            for k, v in self._flatten(self._read_json(mpath))[:12]:
+                rows.append((f"{mpath.stem}: {k}", f"{v:.4g}" if isinstance(v, float) else str(v)))
+        sr_name, _ = self.upscaler_for(model, pipe)
+        if sr_name and sr_name != model:
+            rows.append(("upscaler", f"{sr_name}"))
+        desc = pipe.description or cfg.description
+        md = f"### {model}\n\n" + (f"{desc}\n\n" if desc else "")
+        md += "| | |\n|---|---|\n" + "\n".join(f"| {k} | {str(v).replace('|', '/')} |" for k, v in rows)
+        if training.get("command"):
+            md += f"\n\n<small>trained with <code>{training['command']}</code></small>"
+        samples = folder / "samples.png"
+        if not samples.is_file() and pipe.kind == "cascade":
+            samples = pipe.stages[0][0].path / "samples.png"
+        return md, (str(samples) if samples.is_file() else None)
+
+    @staticmethod
+    def _read_json(path: Path) -> dict:
+        try:
+            data = json.loads(Path(path).read_text())
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    @staticmethod
+    def _flatten(d, prefix=""):
+        out = []
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out += DiffusionApp._flatten(v, f"{prefix}{k}.")
+            elif isinstance(v, (int, float, str)) and not isinstance(v, bool):
+                out.append((f"{prefix}{k}", v))
+        return out
+
+    def on_model_change(self, model, sampler, guidance):
+        """Control visibility / choices for the selected model, and its card."""
+        try:
+            pipe = self.models.get(model)
+        except USER_ERRORS as e:
+            raise user_error(e) from None
+        cfg = pipe.base.config
+        samplers = list(pipe.samplers)
+        choices = [c for c in SAMPLER_CHOICES if c[1] in samplers]
+        if sampler not in samplers:
+            sampler = "dpm++" if "dpm++" in samplers else samplers[0]
+        single = bool(cfg.label_names) and not cfg.multi_label
+        multi = bool(cfg.label_names) and cfg.multi_label
+        pose = cfg.task == "pose"
+        sr = cfg.task == "super_resolution"
+        guidable = bool(cfg.unet.num_labels) or pose
+        sr_name, _ = self.upscaler_for(model, pipe)
+        card, samples = self.model_card(model)
+        init_label = "Low-resolution input (required)" if sr else "Init image (optional, img2img)"
+        return (
+            gr.update(choices=choices, value=sampler),
+            gr.update(visible=(sampler == "ddim")),
+            gr.update(visible=guidable, value=(guidance if guidable else 1.0)),
+            gr.update(visible=single, choices=[ANY] + list(cfg.label_names), value=ANY),
+            gr.update(visible=multi, choices=list(cfg.label_names), value=[]),
+            gr.update(visible=pose),
+            gr.update(label=init_label),
+            gr.update(open=sr),
+            gr.update(visible=sr_name is not None),
+            card,
+            samples,
+        )
+
+    def refresh_models(self, current):
+        names = self.models.names()
+        value = current if current in names else self.models.default()
+        return gr.update(choices=names, value=value)
+
+    # ---- generation ------------------------------------------------------------------------------
+    def _cond_image(self, pipe, source, sketch, upload):
+        cfg = pipe.base.config
+        size = cfg.unet.image_size
+        ch = cfg.unet.cond_channels or 1
+        if source == "upload":
+            if upload is None:
+                raise ValueError("this is a pose model: upload a stickman drawing (or pick an example)")
+            return load_image(upload, size, ch)
+        comp = sketch.get("composite") if isinstance(sketch, dict) else sketch
+        if comp is None:
+            raise ValueError("this is a pose model: draw a stickman in the sketch pad (black strokes on white)")
+        img = to_mode(open_image(comp), 1)
+        if np.asarray(img).min() > 200:
+            raise ValueError("the sketch pad is empty: draw a stickman first (black strokes on white)")
+        return load_image(img, size, ch)
+
+    def generate(self, model, sampler="dpm++", steps=25, spacing="trailing", eta=0.0, guidance=2.0, seed=-1,
+                 batch_size=4, preview_every=1, class_label=ANY, attributes=None, stick_source="sketch",
+                 stick_sketch=None, stick_upload=None, init_image=None, strength=0.6, make_gif=False,
+                 gif_frames="x0_hat", request: gr.Request = None):
+        """Stream a sampling run: every ``preview_every`` steps yield x_t | x0_hat, a status line and the
+        progress; finally the gallery of PNGs (tEXt 'parameters' = JSON) and the optional GIF."""
+        try:
+            steps, batch_size, preview_every = int(steps), int(batch_size), int(preview_every)
+            if not 1 <= steps <= MAX_STEPS:
+                raise ValueError(f"steps must be in [1, {MAX_STEPS}], got {steps}")
+            if not 1 <= batch_size <= MAX_BATCH:
+                raise ValueError(f"batch size must be in [1, {MAX_BATCH}], got {batch_size}")
+            if not 0.0 <= float(guidance) <= MAX_GUIDANCE:
+                raise ValueError(f"guidance scale must be in [0, {MAX_GUIDANCE:g}], got {guidance}")
+            if not 0.0 <= float(eta) <= 1.0:
+                raise ValueError(f"eta must be in [0, 1], got {eta}")
+            if not 0.0 < float(strength) <= 1.0:
+                raise ValueError(f"strength must be in (0, 1], got {strength}")
+            preview_every = max(1, preview_every)
+            seed = -1 if seed is None else int(seed)
+            if seed < 0:
+                seed = random.randint(0, MAX_SEED)
+            if seed > MAX_SEED:
+                raise ValueError(f"seed must be in [0, {MAX_SEED}] (or -1 for random), got {seed}")
+            pipe = self.models.get(model)
+            cfg = pipe.base.config
+            if sampler not in pipe.samplers:
+                raise ValueError(f"sampler {sampler!r} does not apply to model {model!r} "
+                                 f"(use {', '.join(pipe.samplers)})")
+            if cfg.multi_label:
+                labels = list(attributes or [])
+            else:
+                labels = [] if class_label in (None, "", ANY) else [class_label]
+            if labels and not cfg.unet.num_labels:
+                raise ValueError(f"model {model!r} takes no labels (got {', '.join(map(str, labels))})")
+            if labels:   # resolve now so a bad label fails before any work, with the model's names
+                pipe.base.condition(1, labels)
+            kw = dict(sampler=sampler, steps=steps, spacing=spacing, eta=float(eta), guidance=float(guidance),
+                      labels=labels, seed=seed, device=self.models.device)
+            if cfg.task == "pose":
+                kw["cond_image"] = self._cond_image(pipe, stick_source, stick_sketch, stick_upload)
+            if cfg.task == "super_resolution":
+                if init_image is None:
+                    raise ValueError("a super-resolution model needs a low-resolution input image (upload one)")
+                kw["low_res"] = load_image(init_image, cfg.low_res, cfg.unet.out_channels)[None]
+            elif init_image is not None:
+                kw["init_image"] = load_image(init_image, cfg.unet.image_size, cfg.unet.in_channels)
+                kw["strength"] = float(strength)
+            stream = pipe.stream(batch_size, **kw)
+        except USER_ERRORS as e:
+            raise user_error(e) from None
+
+        session = getattr(request, "session_hash", None) or "api"
+        stop = threading.Event()
+        self._stops[session] = stop
+        meta = {"model": model, "sampler": sampler, "steps": steps, "spacing": spacing,
+                "eta": float(eta) if sampler == "ddim" else None, "guidance": float(guidance), "labels": labels,
+                "seed": seed, "batch_size": batch_size}
+        if "init_image" in kw:
+            meta["img2img_strength"] = float(strength)
+        if "cond_image" in kw:
+            meta["stickman"] = stick_source
+        n_stages = len(pipe.stages) if pipe.kind == "cascade" else 1
+        frames: list[np.ndarray] = []
+        gif_every = 1
+        t0 = time.time()
+        last = None
+        partial = None
+        try:
+            for rec in stream:
+                last = rec
+                if make_gif:
+                    src = rec.x0_hat if gif_frames == "x0_hat" else rec.x_t
+                    frames.append(np.asarray(batch_grid(src)))
+                if stop.is_set():
+                    break
+                is_last = rec.index == rec.num_steps - 1
+                if rec.index % preview_every == 0 or is_last:
+                    frac = (rec.stage + (rec.index + 1) / rec.num_steps) / n_stages
+                    partial = {"x0": rec.x0_hat.detach().float().cpu().clamp(-1, 1).numpy(), "meta": meta,
+                               "step": f"{rec.index + 1}/{rec.num_steps}", "stage": rec.stage}
+                    yield (side_by_side(rec.x_t, rec.x0_hat), html_status(self._status(pipe, rec, n_stages, t0), frac),
+                           gr.skip(), gr.skip(), seed, partial)
+        except USER_ERRORS as e:
+            raise user_error(e) from None
+        except Exception as e:      # never show a traceback; keep serving
+            log.exception("sampling failed")
+            raise gr.Error(f"sampling failed: {type(e).__name__}: {e}") from None
+        finally:
+            if self._stops.get(session) is stop:
+                del self._stops[session]
+        if last is None:
+            raise gr.Error("sampling produced no steps")
+        stopped = stop.is_set() or not (last.index == last.num_steps - 1 and last.stage == n_stages - 1)
+        final = (last.x0_hat if stopped else last.x_next).detach().float().cpu().clamp(-1, 1)
+        if stopped:
+            meta = dict(meta, partial=True, stopped_at=f"{last.index + 1}/{last.num_steps}")
+        gallery = self._save_gallery(final, meta)
+        gif = self._save_gif(frames, meta) if make_gif and frames else None
+        took = time.time() - t0
+        text = (f"<b>{'Stopped' if stopped else 'Done'}</b> · {batch_size} image(s) · seed {seed} · "
+                f"{SAMPLER_NAMES.get(sampler, sampler)} {steps} steps ({spacing}) · {took:.1f} s")
+        if stopped:
+            text += " · gallery shows the last x0_hat prediction"
+        yield (side_by_side(last.x_t, final), html_status(text, 1.0), gallery, gif, seed,
+               {"x0": final.numpy(), "meta": meta, "done": True})
+
+    def _status(self, pipe, rec, n_stages, t0) -> str:
+        parts = [f"step {rec.index + 1}/{rec.num_steps}", f"t = {rec.t} → {rec.t_next}"]
+        if n_stages > 1:
+            name = pipe.stages[rec.stage][0].path.name
+            parts.append(f"stage {rec.stage + 1}/{n_stages} ({'base' if rec.stage == 0 else 'super-resolution'}: "
+                         f"{name})")
+        if pipe.kind == "ensemble":
+            e = pipe.expert_index(rec.t)
+            if e is not None:
+                lo, hi, _ = pipe.experts[e]
+                parts.append(f"expert {e + 1}/{len(pipe.experts)} (t in [{lo}, {hi}))")
+        el = time.time() - t0
+        parts.append(f"{el:.1f} s")
+        return " · ".join(parts)
+
+    def _run_dir(self, model: str) -> Path:
+        self._runs += 1
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(model))[:40]
+        d = self.out_dir / f"{int(time.time())}-{self._runs:04d}-{safe}"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def _save_gallery(self, x: torch.Tensor, meta: dict) -> list[tuple[str, str]]:
+        d = self._run_dir(meta["model"])
+        out = []
+        for i in range(x.shape[0]):
+            m = dict(meta, seed=meta["seed"] + i, batch_seed=meta["seed"], index=i)
+            path = save_png(as_pil_uint8(x[i]), d / f"{meta['model']}-{meta['seed'] + i}.png", m)
+            out.append((path, f"seed {meta['seed'] + i}" + (" (partial)" if meta.get("partial") else "")))
+        return out
+
+    def _save_gif(self, frames: list[np.ndarray], meta: dict) -> str:
+        if len(frames) > GIF_MAX_FRAMES:
+            idx = np.linspace(0, len(frames) - 1, GIF_MAX_FRAMES).round().astype(int)
+            frames = [frames[i] for i in idx]
+        imgs = [Image.fromarray(f) for f in frames]
+        durations = [80] * (len(imgs) - 1) + [1500]
+        path = self._run_dir(meta["model"]) / f"{meta['model']}-{meta['seed']}-reverse.gif"
+        imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=durations, loop=0)
+        return str(path)
+
+    def stop(self, partial, request: gr.Request = None):
+        """Stop button: end the sampling loop at once and show the latest x0_hat in the gallery."""
+        session = getattr(request, "session_hash", None) or "api"
+        ev = self._stops.get(session)
+        if ev is not None:
+            ev.set()
+        if not partial or partial.get("done"):
+            return gr.skip(), gr.skip()
+        meta = dict(partial["meta"], partial=True, stopped_at=partial.get("step"))
+        gallery = self._save_gallery(torch.from_numpy(np.asarray(partial["x0"])), meta)
+        return gallery, html_status(f"<b>Stopped</b> at step {partial.get('step')} · gallery shows the last "
+                                    f"x0_hat prediction (seed {meta['seed']})", None)
+
+    # ---- upscaling -------------------------------------------------------------------------------
+    def upscale(self, model, image, sr_steps=20, seed=0):
+        """Super-resolve one image with the model's SR stage (cascade), the model itself (SR model), or a
+        stand-alone SR model with matching channels. Returns (before nearest-upsampled, after) and a note."""
+        try:
+            pipe = self.models.get(model)
+            sr_name, sr = self.upscaler_for(model, pipe)
+            if sr is None:
+                raise ValueError(f"no super-resolution model is available for {model!r}")
+            if image is None:
+                raise ValueError("select an image in the gallery (or upload one) to upscale")
+            sr_steps = int(sr_steps)
+            if not 1 <= sr_steps <= MAX_STEPS:
+                raise ValueError(f"steps must be in [1, {MAX_STEPS}], got {sr_steps}")
+            sr_cfg = (sr.stages[-1][0] if sr.kind == "cascade" else sr).config
+            img = open_image(image)
+            side = min(min(img.size), MAX_UPSCALE_INPUT)
+            low = load_image(img, side, sr_cfg.unet.out_channels)[None]
+            t0 = time.time()
+            out = sr.upscale(low, steps=sr_steps, seed=int(seed or 0))[0].clamp(-1, 1)
+        except USER_ERRORS as e:
+            raise user_error(e) from None
+        except Exception as e:
+            log.exception("upscaling failed")
+            raise gr.Error(f"upscaling failed: {type(e).__name__}: {e}") from None
+        after = as_pil_uint8(out)
+        before = as_pil_uint8(low[0]).resize(after.size, Image.Resampling.NEAREST)
+        path = save_png(after, self._run_dir(model) / "upscaled.png",
+                        {"model": sr_name, "upscale_of": model, "steps": sr_steps, "seed": int(seed or 0)})
+        target = max(PREVIEW_PX, after.width)
+        note = (f"{low.shape[-1]} px → {after.width} px with {sr_name} ({sr_steps} DPM-Solver++ steps, "
+                f"{time.time() - t0:.1f} s)")
+        return (upscale_nearest(before, target), upscale_nearest(after, target)), path, note
+
+    # ---- forward process -------------------------------------------------------------------------
+    def fashion_example(self, index=None):
+        """A Fashion-MNIST test image (random unless ``index``) as a PNG path; a pattern without the data."""
+        if FASHION_DIR.is_dir():
+            try:
+                with self._fashion_lock:
+                    if self._fashion is None:
+                        from diffusion_core.data import DataConfig, load_data
+                        self._fashion = load_data(DataConfig(source="fashion", split="test", limit=1000))
+                data = self._fashion
+                i = random.randrange(len(data)) if index is None else int(index) % len(data)
+                arr = data.images[i, ..., 0]
+                name = data.label_names[int(data.labels[i].argmax())] if data.labels is not None else ""
+                path = self.out_dir / f"fashion-test-{i}.png"
+                Image.fromarray(arr).save(path)
+                return str(path), f"Fashion-MNIST test image #{i} ({name})"
+            except (OSError, ValueError) as e:
+                log.warning("Fashion-MNIST unavailable: %s", e)
+        path = self.out_dir / "pattern.png"
+        Image.fromarray(self.pattern()).save(path)
+        return str(path), "generated test pattern (Fashion-MNIST not installed)"
+
+    @staticmethod
+    def pattern(size: int = 32) -> np.ndarray:
+        yy, xx = np.mgrid[0:size, 0:size]
+        r = np.hypot(yy - size / 2 + 0.5, xx - size / 2 + 0.5)
+        img = np.where(r < size * 0.3, 230, 30).astype(np.uint8)
+        img[(yy // 4 + xx // 4) % 2 == 0] //= 2
+        return img
+
+    def _forward_x0(self, image) -> torch.Tensor:
+        if image is None:
+            image, _ = self.fashion_example(index=0)
+        img = open_image(image)
+        ch = 1 if is_gray(img) else 3
+        size = min(64, max(8, min(img.size)))
+        return load_image(img, size, ch)[None]
+
+    def forward(self, image=None, schedule="cosine", degradation="noise", t=250):
+        """q(x_t | x_0) at t, and a strip of x_t at 8 values of t (one fixed noise draw)."""
+        try:
+            t = int(t)
+            if not 0 <= t <= 999:
+                raise ValueError(f"t must be in [0, 999], got {t}")
+            if degradation not in DEGRADATIONS:
+                raise ValueError(f"unknown degradation {degradation!r}; choose {', '.join(DEGRADATIONS)}")
+            sched = make_schedule(schedule, 1000)
+            x0 = self._forward_x0(image)
+            eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+            if degradation == "noise":
+                def q(tt):
+                    return sched.q_sample(x0, torch.full((1,), tt, dtype=torch.long), eps)
+            else:
+                deg = make_degradation(degradation, 1000, sched)
+
+                def q(tt):
+                    return deg(x0, torch.full((1,), tt, dtype=torch.long), eps)
+            xt = q(t)
+            ts = [-1] + [round(1000 * k / 8) - 1 for k in range(1, 9)]
+            cells = [upscale_nearest(as_pil_uint8((x0 if tt < 0 else q(tt))[0]).convert("RGB"), 96) for tt in ts]
+            strip = labelled(cells, ["x_0" if tt < 0 else f"t={tt}" for tt in ts], gap=4)
+        except USER_ERRORS as e:
+            raise user_error(e) from None
+        ab = float(sched.alpha_bar_at(t))
+        if degradation == "noise":
+            info = (f"**t = {t}**, {schedule} schedule: alpha_bar = {ab:.4f}, sqrt(alpha_bar) = {math.sqrt(ab):.3f}, "
+                    f"noise std = {math.sqrt(1 - ab):.3f}, log-SNR = {math.log(ab / (1 - ab)):.2f}")
+        else:
+            info = (f"**t = {t}**, {degradation}: severity {(t + 1) / 1000:.3f} of full degradation "
+                    "(cold diffusion; the noise schedule does not apply)")
+        return upscale_nearest(as_pil_uint8(xt[0]).convert("RGB"), PREVIEW_PX), strip, info
+
+    @staticmethod
+    def schedule_plot(t=250, schedule="cosine"):
+        """alpha_bar(t) and log-SNR(t), linear vs cosine (Nichol & Dhariwal 2021, Fig. 5), t marked."""
+        from matplotlib.figure import Figure
+        fig = Figure(figsize=(8, 3.2), dpi=100, layout="constrained")
+        ax1, ax2 = fig.subplots(1, 2)
+        T = 1000
+        tt = np.arange(T) / T
+        for kind, color in (("linear", "tab:blue"), ("cosine", "tab:orange")):
+            s = make_schedule(kind, T)
+            lw = 2.5 if kind == schedule else 1.2
+            ax1.plot(tt, s.alpha_bar.numpy(), color=color, lw=lw, label=kind)
+            ax2.plot(tt, s.log_snr().numpy(), color=color, lw=lw, label=kind)
+        for ax in (ax1, ax2):
+            ax.axvline(int(t) / T, color="gray", ls="--", lw=1)
+            ax.set_xlabel("diffusion step (t/T)")
+            ax.grid(alpha=0.3)
+            ax.legend()
+        ax1.set_title("alpha_bar(t)")
+        ax2.set_title("log SNR(t) = log(alpha_bar / (1 - alpha_bar))")
+        return fig
+
+
+# ---------------------------------------------------------------------------------------------------
+# layout
+# ---------------------------------------------------------------------------------------------------
+CSS = """
+.dc-status {font-size: 0.95em; min-height: 1.4em; font-variant-numeric: tabular-nums;}
+.dc-bar {height: 8px; background: var(--neutral-200, #e5e7eb); border-radius: 4px; margin-top: 6px; overflow: hidden;}
+.dc-fill {height: 100%; background: var(--color-accent, #f97316); transition: width 0.15s;}
+.dc-seed-btn {min-width: 0 !important; max-width: 4.5em;}
+"""
+
+ABOUT = """
+## What is this?
+
+A from-scratch diffusion package (`diffusion_core`) with a small demo. A diffusion model learns to undo a
+**forward process** that gradually destroys images:
+q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I) (Ho et al. 2020, eq. 4). Generation runs the
+reverse process from pure noise x_T down to x_0; at every step the network predicts the clean image
+**x0_hat**, shown beside the current state **x_t** while it streams.
+
+**Samplers.** *DDPM* (ancestral, stochastic), *DDIM* (Song et al. 2021; eta = 0 deterministic, eta = 1
+DDPM-like), *DPM-Solver++(2M)* (Lu et al. 2022; good images in 15-25 steps) and *Cold* (Bansal et al.
+2022) for models trained on deterministic degradations (blur, pixelate, mask). **Spacing** chooses the
+timesteps of a short run (trailing / leading / linspace, Lin et al. 2024, Table 2).
+
+**Conditioning.** Class labels or multi-label attributes enter through the time embedding; a
+**guidance scale** w > 1 applies classifier-free guidance (Ho & Salimans 2022); 1 is plain conditional
+sampling, 0 unconditional. Pose models take a stickman drawing (black strokes on white) as an extra
+input image. **img2img** (SDEdit, Meng et al. 2022) starts from a noised version of your image; strength 1
+means start from pure noise.
+
+**Ensembles and cascades.** An *ensemble* routes each timestep to the expert trained on that noise range
+(the status line shows which one is active). A *cascade* runs a base model and then super-resolution
+stages conditioned on the upsampled low-resolution image (Ho et al. 2021); *Upscale* runs such a stage on a
+gallery image.
+
+**Reproducibility.** Image i of a run with seed s uses its own random stream seeded s + i, so a seed gives
+the same image at any batch size. Every PNG carries its settings as JSON in the `parameters` text chunk.
+
+**API.** `from gradio_client import Client; c = Client("http://127.0.0.1:7860/")`, then
+`c.predict("fashion", api_name="/model_card")`, `c.submit(model="fashion", steps=20, api_name="/generate")`
+(streams previews), `/forward`, `/schedule_plot`, `/upscale`.
+"""
+
+
+def build_demo(checkpoints_dir=None) -> gr.Blocks:
+    app = DiffusionApp(checkpoints_dir)
+    threads = os.environ.get("DIFFUSION_THREADS")
+    if threads:
+        torch.set_num_threads(max(1, int(threads)))
+    names = app.models.names()
+    default = app.models.default()
+    stickmen = sorted(str(p) for p in STICKMEN_DIR.glob("*.png")) if STICKMEN_DIR.is_dir() else []
+
+    with gr.Blocks(title="diffusion_core") as demo:
+        demo.app_state = app     # for tests and introspection
+        gr.Markdown("# diffusion_core · from-scratch diffusion models")
+        with gr.Tabs():
+            # ---------------------------------------------------------------- generate
+            with gr.Tab("Generate", id="generate"):
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=2, min_width=330):
+                        with gr.Row(equal_height=True):
+                            model = gr.Dropdown(names, value=default, label="Model", allow_custom_value=True,
+                                                scale=5, info=f"folders in {app.models.root}")
+                            refresh = gr.Button("↻", scale=1, min_width=40, size="sm", elem_classes="dc-seed-btn")
+                        class_label = gr.Dropdown([ANY], value=ANY, label="Class", allow_custom_value=True,
+                                                  info="(any) samples unconditionally", visible=False)
+                        attributes = LabelChecks([], value=[], label="Attributes", visible=False)
+                        with gr.Group(visible=False) as pose_group:
+                            stick_source = gr.Radio([("Sketch pad", "sketch"), ("Upload / example", "upload")],
+                                                    value="sketch", label="Stickman (black strokes on white)")
+                            stick_sketch = gr.Sketchpad(label="Draw a stickman", type="numpy", image_mode="RGBA",
+                                                        canvas_size=(256, 256), fixed_canvas=True, height=300,
+                                                        brush=gr.Brush(default_size=10, colors=["#000000"],
+                                                                       color_mode="fixed"),
+                                                        layers=False, elem_id="stick-sketch")
+                            stick_upload = SafeImage(label="Stickman image", type="filepath", image_mode=None,
+                                                     sources=["upload", "clipboard"], height=220, visible=False)
+                            if stickmen:
+                                with gr.Column(visible=False) as stick_examples:
+                                    gr.Examples([[p] for p in stickmen], inputs=[stick_upload],
+                                                label="Example stickmen", examples_per_page=8)
+                            else:
+                                stick_examples = gr.Column(visible=False)
+                        with gr.Row():
+                            run_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+                            stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
+                        sampler = gr.Dropdown(SAMPLER_CHOICES, value="dpm++", label="Sampler")
+                        eta = gr.Slider(0, 1, value=0.0, step=0.05, label="DDIM eta", visible=False,
+                                        info="0 deterministic, 1 DDPM-like")
+                        with gr.Row():
+                            steps = gr.Slider(1, MAX_STEPS, value=25, step=1, label="Steps")
+                            spacing = gr.Radio(["trailing", "leading", "linspace"], value="trailing",
+                                               label="Timestep spacing")
+                        guidance = gr.Slider(0, MAX_GUIDANCE, value=2.0, step=0.25, label="Guidance scale",
+                                             info="classifier-free guidance; 1 = off, 0 = unconditional")
+                        with gr.Row(equal_height=True):
+                            seed = gr.Number(-1, label="Seed (-1 = random)", precision=0, minimum=-1,
+                                             maximum=MAX_SEED, scale=4)
+                            rand_btn = gr.Button("🎲", scale=1, min_width=40, elem_classes="dc-seed-btn")
+                            reuse_btn = gr.Button("♻ last", scale=1, min_width=60, elem_classes="dc-seed-btn")
+                        with gr.Row():
+                            batch_size = gr.Slider(1, MAX_BATCH, value=4, step=1, label="Batch size")
+                            preview_every = gr.Slider(1, 50, value=1, step=1, label="Preview every k steps")
+                        with gr.Accordion("img2img / low-res input", open=False) as init_acc:
+                            init_image = SafeImage(label="Init image (optional, img2img)", type="filepath",
+                                                   image_mode=None, sources=["upload", "clipboard"], height=200)
+                            strength = gr.Slider(0.05, 1.0, value=0.6, step=0.05, label="Strength",
+                                                 info="how much noise is added to the init image (1 = all)")
+                        with gr.Row():
+                            make_gif = gr.Checkbox(False, label="Make GIF of the reverse process")
+                            gif_frames = gr.Radio(["x0_hat", "x_t"], value="x0_hat", label="GIF frames",
+                                                  show_label=False)
+                    with gr.Column(scale=3, min_width=360):
+                        preview = gr.Image(label="x_t | x0_hat", type="pil", format="png", height=300,
+                                           interactive=False, elem_id="preview")
+                        status = gr.HTML(html_status("Pick a model and press Generate."), elem_id="status")
+                        gallery = gr.Gallery(label="Result (PNG with settings in its 'parameters' text chunk)",
+                                             columns=4, height=300, format="png", object_fit="contain",
+                                             interactive=False, elem_id="gallery")
+                        gif = gr.Image(label="Reverse process (GIF)", type="filepath", height=200,
+                                       interactive=False, visible=True)
+                        with gr.Accordion("Upscale (super-resolution)", open=False, visible=False) as up_acc:
+                            with gr.Row():
+                                up_input = SafeImage(label="Image to upscale (click a gallery image)",
+                                                     type="filepath", image_mode=None, height=160,
+                                                     sources=["upload", "clipboard"])
+                                with gr.Column():
+                                    up_steps = gr.Slider(1, 200, value=20, step=1, label="SR steps")
+                                    up_btn = gr.Button("Upscale", elem_id="upscale-btn")
+                            up_note = gr.Markdown()
+                            up_slider = gr.ImageSlider(label="before (nearest) / after", type="pil", height=300)
+                            up_file = gr.File(label="Upscaled PNG (full resolution)")
+                        with gr.Accordion("Model card", open=True):
+                            card = gr.Markdown(elem_id="model-card")
+                            card_img = gr.Image(label="samples.png", type="filepath", height=240, interactive=False)
+                last_seed = gr.State(None)
+                partial = gr.State(None)
+
+            # ---------------------------------------------------------------- forward process
+            with gr.Tab("Forward process", id="forward"):
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=1, min_width=300):
+                        fwd_image = SafeImage(label="x_0 (upload, or use a dataset example)", type="filepath",
+                                              image_mode=None, sources=["upload", "clipboard"], height=220)
+                        example_btn = gr.Button("Dataset example")
+                        example_note = gr.Markdown()
+                        fwd_schedule = gr.Radio(["linear", "cosine"], value="cosine", label="Noise schedule")
+                        fwd_deg = gr.Radio(DEGRADATIONS, value="noise", label="Degradation",
+                                           info="noise = Gaussian diffusion; the rest are cold-diffusion operators")
+                        fwd_t = gr.Slider(0, 999, value=250, step=1, label="t")
+                    with gr.Column(scale=2):
+                        fwd_out = gr.Image(label="x_t ~ q(x_t | x_0)", type="pil", format="png", height=280,
+                                           interactive=False)
+                        fwd_info = gr.Markdown()
+                        fwd_strip = gr.Image(label="x_t at 8 values of t", type="pil", format="png",
+                                             interactive=False)
+                sched_plot = gr.Plot(label="Linear vs cosine schedule (Nichol & Dhariwal 2021, Fig. 5)")
+
+            # ---------------------------------------------------------------- about
+            with gr.Tab("About", id="about"):
+                gr.Markdown(ABOUT)
+
+        # ---------------------------------------------------------------- events
+        model_outputs = [sampler, eta, guidance, class_label, attributes, pose_group, init_image, init_acc, up_acc,
+                         card, card_img]
+        light = dict(concurrency_limit=4, concurrency_id="light")
+        model.change(app.on_model_change, [model, sampler, guidance], model_outputs, api_visibility="private",
+                     **light)
+        model.change(app.model_card, [model], [card, card_img], api_name="model_card", show_progress="hidden",
+                     **light)
+        demo.load(app.on_model_change, [model, sampler, guidance], model_outputs, api_visibility="private", **light)
+        refresh.click(app.refresh_models, [model], [model], api_visibility="private", **light)
+        sampler.change(lambda s: gr.update(visible=(s == "ddim")), [sampler], [eta], api_visibility="private",
+                       queue=False)
+        stick_source.change(lambda s: (gr.update(visible=s == "sketch"), gr.update(visible=s == "upload"),
+                                       gr.update(visible=s == "upload")),
+                            [stick_source], [stick_sketch, stick_upload, stick_examples], api_visibility="private",
+                            queue=False)
+        rand_btn.click(lambda: -1, None, [seed], api_visibility="private", queue=False)
+        reuse_btn.click(lambda s: s if s is not None else gr.skip(), [last_seed], [seed], api_visibility="private",
+                        queue=False)
+
+        gen_inputs = [model, sampler, steps, spacing, eta, guidance, seed, batch_size, preview_every, class_label,
+                      attributes, stick_source, stick_sketch, stick_upload, init_image, strength, make_gif, gif_frames]
+        gen = run_btn.click(app.generate, gen_inputs, [preview, status, gallery, gif, last_seed, partial],
+                            api_name="generate", concurrency_id="sampling", show_progress="minimal")
+        stop_btn.click(app.stop, [partial], [gallery, status], cancels=[gen], api_visibility="private",
+                       queue=False)
+
+        def pick(gal, evt: gr.SelectData):
+            if not gal or evt.index is None or evt.index >= len(gal):
+                return gr.skip()
+            item = gal[evt.index]
+            return item[0] if isinstance(item, (list, tuple)) else item
+        gallery.select(pick, [gallery], [up_input], api_visibility="private", queue=False)
+        up_btn.click(app.upscale, [model, up_input, up_steps], [up_slider, up_file, up_note], api_name="upscale",
+                     concurrency_id="sampling")
+
+        fwd_inputs = [fwd_image, fwd_schedule, fwd_deg, fwd_t]
+        fwd_outputs = [fwd_out, fwd_strip, fwd_info]
+        gr.on([fwd_schedule.change, fwd_deg.change, fwd_t.release, fwd_image.change], app.forward, fwd_inputs,
+              fwd_outputs, api_name="forward", show_progress="hidden", trigger_mode="always_last", **light)
+        gr.on([fwd_t.release, fwd_schedule.change], app.schedule_plot, [fwd_t, fwd_schedule], [sched_plot],
+              api_name="schedule_plot", show_progress="hidden", trigger_mode="always_last", **light)
+        example_btn.click(app.fashion_example, None, [fwd_image, example_note], api_visibility="private", **light)
+        demo.load(app.forward, fwd_inputs, fwd_outputs, api_visibility="private", **light)
+        demo.load(app.schedule_plot, [fwd_t, fwd_schedule], [sched_plot], api_visibility="private", **light)
+
+    demo.queue(default_concurrency_limit=int(os.environ.get("DIFFUSION_CONCURRENCY", "1")),
+               max_size=int(os.environ.get("DIFFUSION_QUEUE", "16")))
+    return demo
+
+
+LAUNCH_KW = dict(theme=gr.themes.Soft(), css=CSS, max_file_size="32mb")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    build_demo().launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                        server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), **LAUNCH_KW)
+class Slider(gr.Slider):
+    """gr.Slider whose out-of-range error names the control ("Steps: Value 0 is less than minimum value 1.")."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except gr.Error as e:
+            raise _named_error(self.label, e) from None
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+    
+class Number(gr.Number):
+    """gr.Number whose out-of-range error names the control."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except gr.Error as e:
+            raise _named_error(self.label, e) from None
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+    

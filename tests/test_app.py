@@ -1,0 +1,246 @@
+"""The Gradio app, end to end through gradio_client, on tiny random-weight checkpoints.
+
+One server is launched in-process for the module; every test talks to it over HTTP like a user's
+script would. Runs are a few steps on 16 px models, so the whole module takes well under a minute.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+
+from app_fixtures import build_checkpoints, launch_app  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    ckpt = build_checkpoints(tmp_path_factory.mktemp("ckpt"))
+    t0 = time.time()
+    demo, url = launch_app(ckpt)
+    assert time.time() - t0 < 30, "the app should start in seconds (models load lazily)"
+    yield url, ckpt
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return Client(server[0], verbose=False)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("uploads")
+    out = {}
+    (d / "notes.txt").write_text("this is not an image\n")
+    out["text"] = d / "notes.txt"
+    rgb = (np.random.default_rng(0).random((20, 24, 3)) * 255).astype(np.uint8)
+    Image.fromarray(rgb).convert("CMYK").save(d / "cmyk.jpg")
+    out["cmyk"] = d / "cmyk.jpg"
+    Image.fromarray((np.arange(400).reshape(20, 20) * 150).astype(np.uint16), mode="I;16").save(d / "gray16.png")
+    out["gray16"] = d / "gray16.png"
+    pal = Image.fromarray(rgb).convert("RGBA")
+    pal.putalpha(128)
+    pal.save(d / "alpha.png")
+    out["alpha"] = d / "alpha.png"
+    Image.fromarray(rgb).convert("P").save(d / "palette.gif")
+    out["palette"] = d / "palette.gif"
+    Image.new("L", (4097, 4097), 255).save(d / "huge.png")
+    out["huge"] = d / "huge.png"
+    stick = Image.new("L", (64, 64), 255)
+    from PIL import ImageDraw
+    dr = ImageDraw.Draw(stick)
+    dr.line([(32, 12), (32, 40), (20, 58)], fill=0, width=3)
+    dr.line([(32, 40), (44, 58)], fill=0, width=3)
+    dr.line([(18, 24), (46, 24)], fill=0, width=3)
+    dr.ellipse([(26, 2), (38, 14)], outline=0, width=2)
+    stick.save(d / "stick.png")
+    out["stick"] = d / "stick.png"
+    return out
+
+
+def run(client, **kw):
+    """Submit /generate and collect every streamed output tuple."""
+    job = client.submit(api_name="/generate", **kw)
+    outs = list(job)
+    job.result()            # iteration ends quietly on an error; result() raises it (AppError)
+    return job, outs
+
+
+def final_gallery(outs):
+    gal = outs[-1][2]
+    assert isinstance(gal, list), f"no gallery in the final output: {outs[-1]!r}"
+    return gal
+
+
+def gallery_path(item) -> str:
+    img = item["image"] if isinstance(item, dict) else item[0]
+    return img["path"] if isinstance(img, dict) else img
+
+
+# ------------------------------------------------------------------------------------------------
+def test_endpoints_have_stable_names(client):
+    names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert {"/generate", "/forward", "/schedule_plot", "/upscale", "/model_card"} <= names
+
+
+def test_model_card(client):
+    md, samples = client.predict("tiny", api_name="/model_card")
+    assert "tiny class-conditional" in md
+    assert "cosine" in md and "eps" in md
+    assert "12 steps" in md and "Fashion-MNIST (test fixture)" in md
+    assert "fid" in md and "123.4" in md
+    assert samples and Path(samples).is_file()
+    md, _ = client.predict("tiny-ensemble", api_name="/model_card")
+    assert "ensemble of 2 experts" in md
+    md, _ = client.predict("tiny-cascade", api_name="/model_card")
+    assert "cascade" in md and "tiny-sr" in md
+
+
+def test_generate_streams_previews_then_gallery(client):
+    job, outs = run(client, model="tiny", sampler="ddim", steps=6, batch_size=3, seed=11, class_label="Bag",
+                    preview_every=2, make_gif=True)
+    assert len(outs) >= 4, "expected intermediate previews before the final result"
+    for o in outs[:-1]:
+        assert Path(o[0]).is_file()                  # x_t | x0_hat preview
+        assert "step" in o[1] and "t = " in o[1]      # status line
+    gal = final_gallery(outs)
+    assert len(gal) == 3
+    for i, item in enumerate(gal):
+        meta = json.loads(Image.open(gallery_path(item)).text["parameters"])
+        assert meta["model"] == "tiny" and meta["sampler"] == "ddim" and meta["steps"] == 6
+        assert meta["seed"] == 11 + i and meta["labels"] == ["Bag"] and meta["spacing"] == "trailing"
+    gif = Image.open(outs[-1][3])
+    assert gif.is_animated and gif.n_frames >= 3
+    assert "Done" in outs[-1][1]
+
+
+def test_seed_reproducible_at_any_batch_size(client):
+    _, a = run(client, model="tiny", steps=3, batch_size=2, seed=5, preview_every=10)
+    _, b = run(client, model="tiny", steps=3, batch_size=1, seed=6, preview_every=10)
+    img_a = np.asarray(Image.open(gallery_path(final_gallery(a)[1])))
+    img_b = np.asarray(Image.open(gallery_path(final_gallery(b)[0])))
+    assert np.array_equal(img_a, img_b)
+
+
+@pytest.mark.parametrize("kw,expect", [
+    (dict(model="tiny-ensemble", sampler="ddpm"), "expert"),
+    (dict(model="tiny-cascade", class_label="Coat", guidance=3.0), "stage 2/2"),
+    (dict(model="tiny-cold", sampler="cold"), "step"),
+    (dict(model="tiny-attr", attributes=["red", "round"], guidance=2.0), "step"),
+])
+def test_generate_model_kinds(client, kw, expect):
+    _, outs = run(client, steps=3, batch_size=2, seed=1, **kw)
+    assert any(expect in o[1] for o in outs[:-1]), [o[1] for o in outs]
+    gal = final_gallery(outs)
+    assert len(gal) == 2
+    if kw["model"] == "tiny-cascade":
+        assert Image.open(gallery_path(gal[0])).size == (32, 32)     # 16 px base, x2 super-resolution
+
+
+def test_generate_pose_sr_and_img2img(client, files):
+    _, outs = run(client, model="tiny-pose", steps=2, batch_size=1, stick_source="upload",
+                  stick_upload=handle_file(str(files["stick"])))
+    assert Image.open(gallery_path(final_gallery(outs)[0])).mode == "RGB"
+    _, outs = run(client, model="tiny-sr", steps=2, batch_size=1, init_image=handle_file(str(files["cmyk"])))
+    assert Image.open(gallery_path(final_gallery(outs)[0])).size == (16, 16)
+    for key in ("cmyk", "gray16", "alpha", "palette"):      # odd modes are converted, not refused
+        _, outs = run(client, model="tiny", steps=2, batch_size=1, init_image=handle_file(str(files[key])),
+                      strength=0.5)
+        meta = json.loads(Image.open(gallery_path(final_gallery(outs)[0])).text["parameters"])
+        assert meta["img2img_strength"] == 0.5
+
+
+def test_cancel_keeps_serving(client):
+    job = client.submit(model="tiny", steps=400, batch_size=1, preview_every=1, api_name="/generate")
+    seen = 0
+    t0 = time.time()
+    while seen < 2 and time.time() - t0 < 30:
+        seen = len(job.outputs())
+        time.sleep(0.05)
+    assert seen >= 2, "no previews streamed"
+    job.cancel()
+    time.sleep(0.5)
+    outs = job.outputs()
+    assert len(outs) < 400 and not isinstance(outs[-1][2], list), "the cancelled run should not finish"
+    _, outs = run(client, model="tiny", steps=2, batch_size=1)
+    assert len(final_gallery(outs)) == 1
+
+
+@pytest.mark.parametrize("degradation", ["noise", "blur", "pixelate", "mask"])
+def test_forward(client, degradation):
+    xt, strip, info = client.predict(None, "linear", degradation, 500, api_name="/forward")
+    assert Image.open(xt).size[0] >= 128
+    assert Image.open(strip).size[0] > Image.open(strip).size[1] * 4
+    assert "t = 500" in info
+
+
+def test_forward_upload_and_plot(client, files):
+    xt, _, _ = client.predict(handle_file(str(files["alpha"])), "cosine", "noise", 10, api_name="/forward")
+    assert Image.open(xt).mode == "RGB"
+    plot = client.predict(100, "cosine", api_name="/schedule_plot")
+    assert plot
+
+
+def test_upscale(client):
+    _, outs = run(client, model="tiny", steps=2, batch_size=1, seed=2)
+    src = gallery_path(final_gallery(outs)[0])
+    for model in ("tiny", "tiny-cascade"):        # tiny uses the stand-alone tiny-sr; the cascade its SR stage
+        pair, path, note = client.predict(model, handle_file(src), 2, api_name="/upscale")
+        assert Image.open(path).size == (32, 32)
+        assert "tiny-sr" in note or "tiny-cascade" in note
+        assert len(pair) == 2
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(model="tiny", init_image="TEXT"), "not a readable image"),
+    (dict(model="tiny", init_image="HUGE"), "too large"),
+    (dict(model="tiny", steps=0), "steps"),
+    (dict(model="tiny", batch_size=1000), "1000"),
+    (dict(model="no-such-model"), "unknown model"),
+    (dict(model="tiny", class_label="Unicorn"), "unknown label"),
+    (dict(model="tiny-attr", attributes=["striped"]), "unknown label"),
+    (dict(model="tiny-cold", sampler="ddim"), "does not apply"),
+    (dict(model="tiny-pose", stick_source="upload"), "stickman"),
+    (dict(model="tiny-sr"), "low-resolution"),
+])
+def test_bad_inputs_give_messages_and_app_keeps_serving(client, files, kw, message):
+    kw = dict(kw)
+    if kw.get("init_image") == "TEXT":
+        kw["init_image"] = handle_file(str(files["text"]))
+    if kw.get("init_image") == "HUGE":
+        kw["init_image"] = handle_file(str(files["huge"]))
+    kw.setdefault("steps", 2)
+    with pytest.raises(Exception) as err:
+        run(client, batch_size=kw.pop("batch_size", 1), **kw)
+    assert message.lower() in str(err.value).lower(), str(err.value)
+    assert "Traceback" not in str(err.value)
+    _, outs = run(client, model="tiny", steps=1, batch_size=1)
+    assert len(final_gallery(outs)) == 1
+
+
+def test_no_models_folder(tmp_path):
+    """An empty (or missing) checkpoints folder still builds; generating says what to do."""
+    import gradio as gr
+
+    import app
+    demo = app.build_demo(str(tmp_path / "missing"))
+    state = demo.app_state
+    assert state.models.names() == []
+    md, _ = state.card_update(None)
+    assert "No models yet" in md
+    with pytest.raises(gr.Error, match="no models found"):
+        next(state.generate(None))
+    xt, strip, info = state.forward(None, "cosine", "noise", 999)      # the forward tab needs no model
+    assert xt.size[0] >= 128 and "t = 999" in info

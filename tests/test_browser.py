@@ -1,0 +1,202 @@
+"""The app in a real browser (Playwright + Debian's chromium) on tiny random-weight checkpoints.
+
+Opens the page, picks a model, generates (intermediate previews, then the final gallery), stops a long
+run (the gallery keeps the partial x0_hat), switches to a pose model and draws a stroke on the sketch
+pad, and visits every tab. Screenshots go to test-artifacts/. Skipped when /usr/bin/chromium is missing.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium not installed")
+sync_api = pytest.importorskip("playwright.sync_api")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from app_fixtures import build_checkpoints, launch_app  # noqa: E402
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory):
+    demo, url = launch_app(build_checkpoints(tmp_path_factory.mktemp("ckpt")))
+    yield url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(url):
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg.set_default_timeout(30_000)
+        pg.goto(url)
+        pg.wait_for_selector("#model-card h3")
+        yield pg
+        browser.close()
+
+
+def choose(page, elem_id: str, value: str):
+    """Pick ``value`` in the Gradio dropdown with elem_id."""
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=value, exact=True).click()
+
+
+def set_number(page, elem_id: str, value):
+    """Type ``value`` into the number box of the slider / number with elem_id."""
+    box = page.locator(f"#{elem_id} input[type=number]").first
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def status(page) -> str:
+    return page.locator("#status").inner_text()
+
+
+def errors(page) -> list[str]:
+    return [t for t in page.locator(".toast-body").all_inner_texts() if t.strip()]
+
+
+WATCH_JS = """() => {
+    window.__statuses = [];
+    const el = document.querySelector('#status');
+    const rec = () => { const t = el.innerText; const a = window.__statuses;
+                        if (!a.length || a[a.length - 1] !== t) a.push(t); };
+    if (window.__obs) window.__obs.disconnect();
+    window.__obs = new MutationObserver(rec);
+    window.__obs.observe(el, {subtree: true, childList: true, characterData: true});
+}"""
+
+
+def is_step(text: str) -> bool:
+    """A status line streamed during a run ("step 3/30 · t = ..."), not the end-of-run summary."""
+    return any(line.startswith("step ") for line in text.splitlines())
+
+
+def ended(text: str) -> bool:
+    return any(line.startswith(("Done", "Stopped")) for line in text.splitlines())
+
+
+def run_and_watch(page, timeout=60.0) -> list[str]:
+    """Click Generate; return every distinct status text the page showed until the run ended (recorded in
+    the page by a MutationObserver, so fast runs lose no frames)."""
+    page.evaluate(WATCH_JS)
+    page.locator("#generate-btn").click()
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        seen = page.evaluate("window.__statuses")
+        first_step = next((i for i, x in enumerate(seen) if is_step(x)), None)
+        if first_step is not None and any(ended(x) for x in seen[first_step:]) \
+                and page.locator("#gallery img").count():
+            return seen
+        assert not errors(page), errors(page)
+        time.sleep(0.05)
+    raise AssertionError(f"run did not finish: {page.evaluate('window.__statuses')}")
+
+
+def test_generate_streams_then_gallery(page):
+    choose(page, "model", "tiny-ensemble")
+    page.wait_for_function("document.querySelector('#model-card h3')?.innerText.includes('tiny-ensemble')")
+    set_number(page, "steps", 30)
+    set_number(page, "batch-size", 4)
+    seen = run_and_watch(page)
+    steps = [s for s in seen if is_step(s) and "/30" in s]
+    assert len(steps) >= 2, f"expected intermediate previews, saw {seen}"
+    assert any("expert" in s for s in steps)
+    assert "Done" in seen[-1], seen
+    assert page.locator("#preview img").count() == 1
+    assert page.locator("#gallery img").count() >= 1
+    page.screenshot(path=str(ARTIFACTS / "generate.png"), full_page=True)
+
+
+def test_stop_keeps_partial_result(page):
+    choose(page, "model", "tiny")
+    page.wait_for_function("document.querySelector('#model-card h3')?.innerText.includes('tiny')")
+    set_number(page, "steps", 1000)
+    set_number(page, "batch-size", 1)
+    page.locator("#generate-btn").click()
+    page.wait_for_function("document.querySelector('#status')?.innerText.includes('/1000')")
+    time.sleep(0.5)
+    page.locator("#stop-btn").click()
+    page.wait_for_function("document.querySelector('#status')?.innerText.includes('Stopped')")
+    page.wait_for_selector("#gallery img")
+    assert "partial" in page.locator("#gallery").inner_text() or page.locator("#gallery img").count() >= 1
+    page.screenshot(path=str(ARTIFACTS / "stopped.png"), full_page=True)
+    set_number(page, "steps", 10)          # and the app still serves the next run
+    assert "Done" in run_and_watch(page)[-1]
+
+
+def test_pose_model_sketch(page):
+    choose(page, "model", "tiny-pose")
+    sketch = page.locator("#stick-sketch")
+    sketch.wait_for(state="visible")
+    sketch.get_by_role("button", name="Brush").first.click()      # the sketch pad starts with no tool
+    canvas = sketch.locator("canvas").first
+    canvas.wait_for(state="visible")
+    box = canvas.bounding_box()
+    x, y, w, h = box["x"], box["y"], box["width"], box["height"]
+    page.mouse.move(x + w * 0.5, y + h * 0.2)
+    page.mouse.down()
+    for k in range(1, 11):                        # body, then a leg
+        page.mouse.move(x + w * 0.5, y + h * (0.2 + 0.05 * k), steps=2)
+    for k in range(1, 6):
+        page.mouse.move(x + w * (0.5 - 0.03 * k), y + h * (0.7 + 0.04 * k), steps=2)
+    page.mouse.up()
+    set_number(page, "steps", 5)
+    time.sleep(0.5)
+    seen = run_and_watch(page)
+    assert "Done" in seen[-1], seen
+    page.screenshot(path=str(ARTIFACTS / "pose.png"), full_page=True)
+
+
+def test_tabs(page):
+    page.get_by_role("tab", name="Forward process").click()
+    page.get_by_role("button", name="Dataset example").click()
+    page.wait_for_selector("img[alt], .js-plotly-plot, canvas, img", state="attached")
+    page.wait_for_timeout(1500)
+    assert not errors(page), errors(page)
+    page.screenshot(path=str(ARTIFACTS / "forward.png"), full_page=True)
+    page.get_by_role("tab", name="About").click()
+    page.get_by_text("What is this?").wait_for()
+    page.screenshot(path=str(ARTIFACTS / "about.png"), full_page=True)
+    page.get_by_role("tab", name="Generate").click()
+    page.locator("#generate-btn").wait_for(state="visible")
+
+
+def screenshot(out: Path, checkpoints: Path | None = None, steps: int = 25, batch: int = 8) -> Path:
+    """Serve ``checkpoints`` (the tiny fixtures when it holds no model), generate once, and save a full-page
+    screenshot of the Generate tab: ``python tests/test_browser.py docs/screenshot.png [checkpoints]``."""
+    import tempfile
+    if checkpoints is None or not any((p / "config.json").is_file() for p in Path(checkpoints).glob("*")):
+        checkpoints = build_checkpoints(Path(tempfile.mkdtemp()) / "ckpt")
+    demo, url = launch_app(checkpoints)
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+            pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+            pg.set_default_timeout(60_000)
+            pg.goto(url)
+            pg.wait_for_selector("#model-card h3")
+            set_number(pg, "steps", steps)
+            set_number(pg, "batch-size", batch)
+            run_and_watch(pg, timeout=300)
+            pg.wait_for_timeout(500)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            pg.screenshot(path=str(out), full_page=True)
+            browser.close()
+    finally:
+        demo.close()
+    return out
+
+
+if __name__ == "__main__":
+    print(screenshot(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/screenshot.png"),
+                     Path(sys.argv[2]) if len(sys.argv) > 2 else Path("checkpoints")))

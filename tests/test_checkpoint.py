@@ -1,0 +1,263 @@
+"""Checkpoints: JSON + safetensors round trips, strict refusals with one-line messages, ensembles, cascades."""
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import diffusion_core
+from diffusion_core import CheckpointError, load, save_cascade, save_ensemble, save_model
+from diffusion_core.checkpoint import write_json
+from diffusion_core.config import to_dict
+from diffusion_core.denoisers import ModelDenoiser
+
+
+def _probe(net, channels=1, size=8, n=2, cond=None):
+    g = torch.Generator().manual_seed(123)
+    x = torch.randn(n, channels, size, size, generator=g)
+    t = torch.tensor([3, 77])[:n]
+    with torch.no_grad():
+        return net(x, t, cond)
+
+
+# ---- round trips --------------------------------------------------------------------------------
+def test_round_trip_fp16_gives_identical_outputs(tmp_path, make_model):
+    cfg, net = make_model(tmp_path / "m", seed=3, half=True)   # net holds the fp16-rounded weights
+    pipe = load(tmp_path / "m")
+    assert pipe.kind == "model" and pipe.config == cfg
+    tensors = load_file(str(tmp_path / "m" / "model.safetensors"))
+    assert all(v.dtype == torch.float16 for v in tensors.values() if v.is_floating_point())
+    out = _probe(pipe.net)
+    assert torch.equal(out, _probe(net))
+    assert out.abs().max() > 0.1            # random weights: the output is not the zero-initialised 0
+
+
+def test_round_trip_full_precision_is_exact(tmp_path, make_model):
+    cfg, net = make_model(tmp_path / "m", seed=4, half=False, unet=dict(num_labels=2),
+                          label_names=("cat", "dog"), multi_label=True, description="tiny")
+    pipe = load(tmp_path / "m")
+    assert pipe.config == cfg and pipe.label_names == ("cat", "dog") and pipe.description == "tiny"
+    for k, v in net.state_dict().items():
+        assert torch.equal(pipe.net.state_dict()[k], v), k
+    from diffusion_core import Condition
+    cond = Condition(labels=torch.tensor([[1.0, 0.0], [1.0, 1.0]]), uncond=torch.zeros(2, dtype=torch.bool))
+    assert torch.equal(_probe(pipe.net, cond=cond), _probe(net, cond=cond))
+    # config.json is plain JSON of the frozen dataclasses
+    assert json.loads((tmp_path / "m" / "config.json").read_text()) == to_dict(cfg)
+
+
+def test_prior_round_trip(tmp_path, make_model):
+    prior = torch.rand(5, 1, 8, 8) * 2 - 1
+    cfg, net = make_model(tmp_path / "m", diffusion=dict(degradation="blur", prediction="x0"))
+    save_model(tmp_path / "m", cfg, net.state_dict(), extra={"prior": prior})
+    assert torch.equal(load(tmp_path / "m").prior, prior)
+
+
+# ---- refusals -----------------------------------------------------------------------------------
+def _refused(path, must_name: Path, *fragments):
+    with pytest.raises(CheckpointError) as err:
+        load(path)
+    msg = str(err.value)
+    assert "\n" not in msg, msg
+    assert str(must_name) in msg, (msg, must_name)
+    for f in fragments:
+        assert f in msg, (msg, f)
+    return msg
+
+
+def _edit_config(folder: Path, edit):
+    data = json.loads((folder / "config.json").read_text())
+    edit(data)
+    (folder / "config.json").write_text(json.dumps(data))
+
+
+def test_refuses_truncated_weights(tmp_path, make_model):
+    make_model(tmp_path / "m")
+    w = tmp_path / "m" / "model.safetensors"
+    data = w.read_bytes()
+    for cut in (len(data) // 2, 5):
+        w.write_bytes(data[:cut])
+        _refused(tmp_path / "m", w, "truncated")
+
+
+def test_refuses_wrong_shapes(tmp_path, make_model):
+    cfg, net32 = make_model(tmp_path / "m", unet=dict(base_channels=32))
+    _edit_config(tmp_path / "m", lambda d: d["unet"].update(base_channels=16))
+    _refused(tmp_path / "m", tmp_path / "m" / "model.safetensors", "has shape", "config needs")
+
+
+def test_refuses_unknown_config_key(tmp_path, make_model):
+    make_model(tmp_path / "m")
+    _edit_config(tmp_path / "m", lambda d: d.update(learning_rate=1e-4))
+    _refused(tmp_path / "m", tmp_path / "m" / "config.json", "unknown config key", "learning_rate")
+    make_model(tmp_path / "n")
+    _edit_config(tmp_path / "n", lambda d: d["unet"].update(widht=3))
+    _refused(tmp_path / "n", tmp_path / "n" / "config.json", "unet.widht")
+
+
+def test_refuses_missing_and_unexpected_weights(tmp_path, make_model):
+    cfg, net = make_model(tmp_path / "m")
+    sd = net.state_dict()
+    missing = sorted(sd)[0]
+    save_file({k: v.half() for k, v in sd.items() if k != missing}, str(tmp_path / "m" / "model.safetensors"))
+    _refused(tmp_path / "m", tmp_path / "m" / "model.safetensors", "missing", missing)
+    save_file({**{k: v.half() for k, v in sd.items()}, "extra.weight": torch.zeros(2)},
+              str(tmp_path / "m" / "model.safetensors"))
+    _refused(tmp_path / "m", tmp_path / "m" / "model.safetensors", "unexpected", "extra.weight")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_refuses_non_finite_weights(tmp_path, make_model, bad):
+    cfg, net = make_model(tmp_path / "m")
+    sd = {k: v.clone() for k, v in net.state_dict().items()}
+    key = "conv_in.weight"
+    sd[key].view(-1)[7] = bad
+    save_model(tmp_path / "m", cfg, sd)
+    _refused(tmp_path / "m", tmp_path / "m" / "model.safetensors", key, "NaN or inf")
+
+
+def test_refuses_pickles_without_unpickling(tmp_path, make_model, monkeypatch):
+    cfg, net = make_model(tmp_path / "m")
+    pt = tmp_path / "m" / "model.pt"
+    torch.save(net.state_dict(), pt)
+    (tmp_path / "m" / "model.safetensors").unlink()
+
+    def boom(*a, **k):
+        raise AssertionError("something tried to unpickle a checkpoint")
+    monkeypatch.setattr(torch, "load", boom)
+    monkeypatch.setattr(pickle, "load", boom)
+    monkeypatch.setattr(pickle, "loads", boom)
+    _refused(pt, pt, "pickle", "convert")                 # pointing at the file
+    _refused(tmp_path / "m", pt, "pickle", "convert")     # a folder that only holds a pickle
+
+
+def test_refuses_absurd_config(tmp_path, make_model):
+    make_model(tmp_path / "m")
+    _edit_config(tmp_path / "m", lambda d: d["unet"].update(base_channels=10 ** 9))
+    _refused(tmp_path / "m", tmp_path / "m" / "config.json", "absurd")
+    # large but individually plausible numbers are caught by the parameter estimate before allocating
+    _edit_config(tmp_path / "m", lambda d: d["unet"].update(base_channels=1024, channel_mults=[4, 4, 4, 4],
+                                                             num_res_blocks=8))
+    _refused(tmp_path / "m", tmp_path / "m" / "config.json", "too large")
+
+
+def test_refuses_bad_config_files(tmp_path, make_model):
+    make_model(tmp_path / "m")
+    cfg_path = tmp_path / "m" / "config.json"
+    cfg_path.write_text('{"version": 1, "unet": {')
+    _refused(tmp_path / "m", cfg_path, "not valid JSON")
+    cfg_path.write_text("[1, 2]")
+    _refused(tmp_path / "m", cfg_path, "JSON object")
+    cfg_path.write_text(json.dumps({"version": 99}))
+    _refused(tmp_path / "m", cfg_path, "version 99")
+    cfg_path.write_text(json.dumps({"kind": "zoo"}))
+    _refused(tmp_path / "m", cfg_path, "unknown kind")
+    cfg_path.write_text(json.dumps({"unet": {"base_channels": "32"}}))
+    _refused(tmp_path / "m", cfg_path, "expected an integer")
+    cfg_path.unlink()
+    _refused(tmp_path / "m", cfg_path, "missing")
+    _refused(tmp_path / "nowhere", tmp_path / "nowhere", "no such checkpoint folder")
+
+
+# ---- ensembles ----------------------------------------------------------------------------------
+def _ensemble(tmp_path, make_model, ranges=((0, 40), (40, 100))):
+    nets = []
+    for i, (lo, hi) in enumerate(ranges):
+        cfg, net = make_model(tmp_path / "ens" / f"e{i}", seed=10 + i, diffusion=dict(t_range=(lo, hi)))
+        nets.append(net)
+    return cfg, nets
+
+
+def test_ensemble_loads_routes_and_samples(tmp_path, make_model):
+    cfg, nets = _ensemble(tmp_path, make_model)
+    save_ensemble(tmp_path / "ens", [("e1", 40, 100), ("e0", 0, 40)], T=100, description="two experts")
+    pipe = load(tmp_path / "ens")
+    assert pipe.kind == "ensemble" and pipe.description == "two experts"
+    assert [pipe.expert_index(t) for t in (0, 39, 40, 99)] == [0, 0, 1, 1]
+    den = pipe.denoiser(clip="none")
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    for t, net in ((39, nets[0]), (40, nets[1])):
+        got = den(x, torch.full((2,), t), None)
+        want = ModelDenoiser(net, pipe.schedule, "eps")(x, torch.full((2,), t), None)
+        assert torch.allclose(got.x0_hat, want.x0_hat, atol=1e-6)
+    recs = list(pipe.stream(2, sampler="ddim", steps=5, seed=1))
+    assert [pipe.expert_index(r.t) for r in recs] == [1, 1, 1, 0, 0]      # t = 99, 79, 59, 39, 19
+    out = pipe.sample(2, sampler="ddpm", steps=5, seed=1)
+    assert out.shape == (2, 1, 8, 8) and torch.isfinite(out).all() and out.abs().max() <= 1
+
+
+def test_ensemble_refusals(tmp_path, make_model):
+    _ensemble(tmp_path, make_model)
+    cfg_path = tmp_path / "ens" / "config.json"
+    with pytest.raises(ValueError, match="gap"):
+        save_ensemble(tmp_path / "ens", [("e0", 0, 30), ("e1", 40, 100)], T=100)
+    write_json(cfg_path, {"version": 1, "kind": "ensemble", "T": 100,
+                          "experts": [{"path": "e0", "t_lo": 0, "t_hi": 30}, {"path": "e1", "t_lo": 40, "t_hi": 100}]})
+    _refused(tmp_path / "ens", cfg_path, "gap")
+    write_json(cfg_path, {"version": 1, "kind": "ensemble", "T": 100,
+                          "experts": [{"path": "e0", "t_lo": 0, "t_hi": 60}, {"path": "e1", "t_lo": 40, "t_hi": 100}]})
+    _refused(tmp_path / "ens", cfg_path, "overlap")
+    write_json(cfg_path, {"version": 1, "kind": "ensemble", "experts": []})
+    _refused(tmp_path / "ens", cfg_path, "non-empty")
+    write_json(cfg_path, {"version": 1, "kind": "ensemble",
+                          "experts": [{"path": "e0", "t_lo": 0, "t_hi": 40, "weight": 2}]})
+    _refused(tmp_path / "ens", cfg_path, "exactly path, t_lo, t_hi")
+    write_json(cfg_path, {"version": 1, "kind": "ensemble",
+                          "experts": [{"path": "e0", "t_lo": "zero", "t_hi": 40}]})
+    _refused(tmp_path / "ens", cfg_path, "t_lo")
+    write_json(cfg_path, {"version": 1, "kind": "ensemble",
+                          "experts": [{"path": "missing", "t_lo": 0, "t_hi": 100}]})
+    _refused(tmp_path / "ens", tmp_path / "ens" / "missing" / "config.json", "missing")
+    # an expert whose own weights are broken is named, not the ensemble
+    (tmp_path / "ens" / "e1" / "model.safetensors").write_bytes(b"\x00" * 3)
+    write_json(cfg_path, {"version": 1, "kind": "ensemble",
+                          "experts": [{"path": "e0", "t_lo": 0, "t_hi": 40}, {"path": "e1", "t_lo": 40, "t_hi": 100}]})
+    _refused(tmp_path / "ens", tmp_path / "ens" / "e1" / "model.safetensors")
+
+
+# ---- cascades -------------------------------------------------------------------------------------
+def _cascade(tmp_path, make_model):
+    make_model(tmp_path / "base", seed=20, unet=dict(in_channels=3, out_channels=3))
+    make_model(tmp_path / "sr", seed=21, task="super_resolution", low_res=8,
+               unet=dict(in_channels=3, out_channels=3, cond_channels=3, aug_level_embedding=True, image_size=16))
+    save_cascade(tmp_path / "casc", [{"path": "../base"}, {"path": "../sr", "aug_level": 0.1, "steps": 3}],
+                 description="8 -> 16")
+
+
+def test_cascade_loads_and_samples(tmp_path, make_model):
+    _cascade(tmp_path, make_model)
+    pipe = load(tmp_path / "casc")
+    assert pipe.kind == "cascade" and pipe.image_size == 16 and pipe.description == "8 -> 16"
+    recs = list(pipe.stream(2, sampler="ddim", steps=4, seed=5))
+    assert [r.stage for r in recs] == [0] * 4 + [1] * 3
+    assert recs[3].x_next.shape == (2, 3, 8, 8) and recs[-1].x_next.shape == (2, 3, 16, 16)
+    out = pipe.sample(2, sampler="ddim", steps=4, seed=5)
+    assert torch.equal(out, recs[-1].x_next.clamp(-1, 1))
+    # the SR stage is the SR model run on the base model's output, with the stage's options
+    base, sr = pipe.stages[0][0], pipe.stages[1][0]
+    low = base.sample(2, sampler="ddim", steps=4, seed=5)
+    want = sr.sample(2, low_res=low, steps=3, sampler="dpm++", seed=5 + 10_000, aug_level=0.1)
+    assert torch.equal(out, want)
+    assert torch.equal(pipe.upscale(low, steps=3, seed=5 + 10_000), want)
+
+
+def test_cascade_refusals(tmp_path, make_model):
+    _cascade(tmp_path, make_model)
+    cfg_path = tmp_path / "casc" / "config.json"
+    save_cascade(tmp_path / "casc", [{"path": "../base"}])
+    _refused(tmp_path / "casc", cfg_path, "at least two")
+    save_cascade(tmp_path / "casc", [{"path": "../base"}, {"path": "../base"}])
+    _refused(tmp_path / "casc", cfg_path, "not a super-resolution model")
+    save_cascade(tmp_path / "casc", [{"path": "../base"}, {"path": "../sr", "aug_level": 3}])
+    _refused(tmp_path / "casc", cfg_path, "aug_level")
+    save_cascade(tmp_path / "casc", [{"path": "../base"}, {"steps": 3}])
+    _refused(tmp_path / "casc", cfg_path, "needs a 'path'")
+
+
+def test_public_api_exports():
+    for name in diffusion_core.__all__:
+        assert hasattr(diffusion_core, name), name

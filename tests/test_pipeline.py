@@ -1,0 +1,152 @@
+"""Pipeline: one RNG stream per image, the streaming contract, img2img and cold models."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from diffusion_core import load, save_model
+from diffusion_core.samplers import make_generators, per_image_noise
+from diffusion_core.schedules import spaced_timesteps, timestep_pairs
+
+
+class PerImage(torch.nn.Module):
+    """Runs the network one image at a time. CPU BLAS picks a different GEMM kernel for a batch of 1 than
+    for a batch of 4, so a batched Linear layer is not bitwise batch-invariant (measured: ~2e-7 differences
+    in the U-Net's time embedding); with this wrapper the test sees only the pipeline's RNG plumbing."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, t, cond=None):
+        return torch.cat([self.net(x[i:i + 1], t[i:i + 1], None if cond is None else cond.index(slice(i, i + 1)))
+                          for i in range(x.shape[0])])
+
+
+@pytest.fixture
+def pipe(tmp_path, make_model):
+    make_model(tmp_path / "m", seed=7, unet=dict(num_labels=3), label_names=("red", "green", "blue"))
+    return load(tmp_path / "m")
+
+
+SEED_CASES = [dict(sampler="ddpm"), dict(sampler="ddpm", variance="beta"), dict(sampler="ddim"),
+              dict(sampler="ddim", eta=0.7), dict(sampler="dpm++"), dict(sampler="ddpm", guidance=3.0, labels=["green"])]
+
+
+@pytest.mark.parametrize("kw", SEED_CASES)
+def test_image_i_of_seed_s_is_image_0_of_seed_s_plus_i(pipe, kw):
+    pipe.net = PerImage(pipe.net)
+    batch = pipe.sample(4, steps=6, seed=11, **kw)
+    for i in range(4):
+        assert torch.equal(batch[i:i + 1], pipe.sample(1, steps=6, seed=11 + i, **kw)), i
+    assert not torch.equal(batch[0], batch[1])
+
+
+def test_seed_contract_with_the_batched_network_up_to_blas_rounding(pipe):
+    batch = pipe.sample(4, sampler="ddpm", steps=6, seed=11)
+    for i in range(4):
+        assert torch.allclose(batch[i:i + 1], pipe.sample(1, sampler="ddpm", steps=6, seed=11 + i), atol=1e-5)
+
+
+def test_img2img_seed_contract(pipe):
+    pipe.net = PerImage(pipe.net)
+    init = torch.rand(1, 8, 8) * 2 - 1
+    batch = pipe.sample(3, sampler="ddpm", steps=5, seed=2, init_image=init, strength=0.5)
+    for i in range(3):
+        assert torch.equal(batch[i:i + 1], pipe.sample(1, sampler="ddpm", steps=5, seed=2 + i, init_image=init, strength=0.5))
+
+
+# ---- streaming -------------------------------------------------------------------------------
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++"])
+@pytest.mark.parametrize("spacing", ["trailing", "leading", "linspace"])
+def test_stream_records(pipe, sampler, spacing):
+    K = 5
+    recs = list(pipe.stream(2, sampler=sampler, steps=K, spacing=spacing, seed=4))
+    assert [r.index for r in recs] == list(range(K)) and all(r.num_steps == K for r in recs)
+    assert [(r.t, r.t_next) for r in recs] == timestep_pairs(spaced_timesteps(pipe.config.diffusion.T, K, spacing))
+    for a, b in zip(recs, recs[1:]):
+        assert torch.equal(a.x_next, b.x_t)
+    # the start is each image's own standard-normal draw, and the last record is the result
+    assert torch.equal(recs[0].x_t, per_image_noise((2, 1, 8, 8), make_generators(4, 2)))
+    assert torch.equal(recs[-1].x_next.clamp(-1, 1), pipe.sample(2, sampler=sampler, steps=K, spacing=spacing, seed=4))
+    assert recs[-1].t_next == -1 and all(r.stage == 0 for r in recs)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++"])
+def test_breaking_out_of_a_stream_leaks_nothing(pipe, sampler):
+    fresh = list(pipe.stream(2, sampler=sampler, steps=6, seed=9))
+    it = pipe.stream(2, sampler=sampler, steps=6, seed=9)
+    first = []
+    for rec in it:
+        first.append(rec)
+        if len(first) == 2:
+            break
+    for a, b in zip(first, fresh):
+        assert torch.equal(a.x_next, b.x_next)
+    again = pipe.sample(2, sampler=sampler, steps=6, seed=9)
+    assert torch.equal(again, fresh[-1].x_next.clamp(-1, 1))
+    it.close()
+    assert torch.equal(pipe.sample(2, sampler=sampler, steps=6, seed=9), again)
+
+
+@pytest.mark.parametrize("strength, steps, t0, K", [(0.6, 10, 59, 10), (1.0, 10, 99, 10), (0.05, 10, 4, 5),
+                                                      (0.333, 4, 32, 4)])
+def test_img2img_starts_at_round_strength_T_minus_one(pipe, strength, steps, t0, K):
+    T = pipe.config.diffusion.T
+    assert t0 == round(strength * T) - 1
+    init = torch.rand(1, 8, 8) * 2 - 1
+    recs = list(pipe.stream(2, sampler="ddim", steps=steps, seed=1, init_image=init, strength=strength))
+    ts = spaced_timesteps(T, K, "trailing", t_start=t0)
+    assert recs[0].t == t0 and len(recs) == K
+    assert [(r.t, r.t_next) for r in recs] == timestep_pairs(ts)
+    ab = float(pipe.schedule.alpha_bar_at(t0))
+    eps = per_image_noise((2, 1, 8, 8), make_generators(1, 2))
+    assert torch.allclose(recs[0].x_t, math.sqrt(ab) * init + math.sqrt(1 - ab) * eps, atol=1e-6)
+
+
+def test_stream_argument_errors(pipe):
+    for kw, msg in ((dict(n=0), "batch size"), (dict(n=65), "batch size"), (dict(steps=0), "steps"),
+                    (dict(steps=1001), "steps"), (dict(sampler="cold"), "does not apply"),
+                    (dict(labels=["purple"]), "unknown label 'purple'"), (dict(labels=["red", "blue"]), "one class"),
+                    (dict(spacing="karras"), "unknown spacing")):
+        with pytest.raises(ValueError, match=msg):
+            next(pipe.stream(**{"n": 1, **kw}))
+
+
+def test_labels_and_guidance_change_the_result(pipe):
+    plain = pipe.sample(2, sampler="ddim", steps=4, seed=0)
+    red = pipe.sample(2, sampler="ddim", steps=4, seed=0, labels=["RED"])
+    assert torch.equal(red, pipe.sample(2, sampler="ddim", steps=4, seed=0, labels=["0"]))
+    assert not torch.equal(plain, red)
+    assert not torch.equal(red, pipe.sample(2, sampler="ddim", steps=4, seed=0, labels=["red"], guidance=4.0))
+
+
+# ---- cold models ----------------------------------------------------------------------------
+@pytest.mark.parametrize("degradation", ["blur", "pixelate", "mask", "noise_fixed"])
+def test_cold_pipeline(tmp_path, make_model, degradation):
+    cfg, net = make_model(tmp_path / "c", diffusion=dict(degradation=degradation, prediction="x0", T=20))
+    prior = torch.rand(3, 1, 8, 8) * 2 - 1
+    save_model(tmp_path / "c", cfg, net.state_dict(), extra={"prior": prior})
+    pipe = load(tmp_path / "c")
+    assert pipe.samplers == ("cold",)
+    with pytest.raises(ValueError, match="does not apply"):
+        next(pipe.stream(1, sampler="ddim"))
+    recs = list(pipe.stream(2, sampler="cold", steps=4, seed=3))
+    assert [(r.t, r.t_next) for r in recs] == timestep_pairs(spaced_timesteps(20, 4, "trailing"))
+    fixed = per_image_noise((2, 1, 8, 8), make_generators(3, 2))
+    if degradation == "noise_fixed":     # x_T = D(0, T-1) with each image's fixed draw
+        ab = float(pipe.schedule.alpha_bar_at(19))
+        assert torch.allclose(recs[0].x_t, math.sqrt(1 - ab) * fixed, atol=1e-6)
+    else:                                # a stored fully degraded image, picked by each image's stream
+        for i in range(2):
+            assert any(torch.equal(recs[0].x_t[i], p) for p in prior)
+    out = pipe.sample(2, sampler="cold", steps=4, seed=3)
+    assert torch.equal(out, recs[-1].x_next.clamp(-1, 1))
+    # img2img starts from D(x0, t_start)
+    init = torch.rand(1, 8, 8) * 2 - 1
+    recs = list(pipe.stream(2, sampler="cold", steps=4, seed=3, init_image=init, strength=0.5))
+    assert recs[0].t == 9
+    want = pipe.degradation(init.expand(2, -1, -1, -1), torch.full((2,), 9), fixed)
+    assert torch.allclose(recs[0].x_t, want, atol=1e-6)

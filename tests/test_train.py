@@ -1,0 +1,292 @@
+"""Training, datasets, CLI and evaluation end to end with tiny configs (a few steps each)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from diffusion_core import load
+from diffusion_core.data import DataConfig, load_data, read_idx
+from diffusion_core.train import STATE, TrainConfig, Trainer, load_train_config
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["unet.base_channels=8", "unet.channel_mults=[1,2]", "unet.num_res_blocks=1", "unet.attention_resolutions=[8]",
+        "batch_size=4", "checkpoint_every=2", "sample_every=0", "log_every=1", "sample_steps=2", "threads=1"]
+HAS_FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists()
+
+
+def run_cli(*args, env=None, timeout=300):
+    e = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
+    return subprocess.run([sys.executable, "-m", "diffusion_core", *args], cwd=ROOT, capture_output=True, text=True,
+                          env=e, timeout=timeout)
+
+
+def write_idx(folder: Path, n: int = 40) -> Path:
+    """A tiny IDX dataset (MNIST layout) as a fixture: class k is a bright square at a class-dependent place."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    imgs = np.zeros((n, 28, 28), np.uint8)
+    for i, k in enumerate(labels):
+        imgs[i, 2 + 2 * k: 8 + 2 * k, 4:20] = 200
+    for name, arr in (("train-images-idx3-ubyte", imgs), ("t10k-images-idx3-ubyte", imgs)):
+        (folder / name).write_bytes(bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in arr.shape) + arr.tobytes())
+    for name in ("train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"):
+        (folder / name).write_bytes(bytes([0, 0, 8, 1]) + n.to_bytes(4, "big") + labels.tobytes())
+    return folder
+
+
+def tiny_cfg(tmp_path, *sets) -> TrainConfig:
+    return load_train_config(None, TINY + [f"out_dir={tmp_path / 'run'}", *sets])
+
+
+def test_idx_reader_and_padding(tmp_path):
+    folder = write_idx(tmp_path / "idx")
+    assert read_idx(folder / "train-images-idx3-ubyte").shape == (40, 28, 28)
+    d = load_data(DataConfig(source="idx", path=str(folder), image_size=32))
+    assert d.images.shape == (40, 32, 32, 1) and d.labels.shape == (40, 10)
+    assert (d.labels.sum(1) == 1).all()
+    x = d.batch(torch.arange(4))["image"]
+    assert x.min() >= -1 and x.max() <= 1 and x[:, :, :2].eq(-1).all()   # padding is background
+
+
+@pytest.mark.skipif(not HAS_FASHION, reason="dataset-fashion-mnist not installed")
+def test_fashion_from_debian_package():
+    d = load_data(DataConfig(source="fashion", split="test", limit=100))
+    assert d.images.shape == (100, 32, 32, 1) and d.label_names[7] == "Sneaker"
+
+
+def test_folder_source_skips_unreadable_and_reads_labels(tmp_path):
+    root = tmp_path / "imgs"
+    for cls, colour in (("cats", 40), ("dogs", 200)):
+        (root / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (50 + i, 40), (colour, colour, 0)).save(root / cls / f"{cls}{i}.png")
+    (root / "cats" / "broken.png").write_bytes(b"not an image")
+    Image.new("P", (20, 20)).save(root / "dogs" / "palette.png")
+    d = load_data(DataConfig(source="folder", path=str(root), image_size=16, channels=3))
+    assert d.skipped == 1 and len(d) == 7 and d.label_names == ("cats", "dogs")
+    assert d.images.shape == (7, 16, 16, 3)
+    csv = tmp_path / "attrs.csv"
+    csv.write_text("filename,smiling,hat\ncats0.png,1,0\ncats1.png,0,1\ndogs0.png,1,1\n")
+    d2 = load_data(DataConfig(source="folder", path=str(root), image_size=16, channels=3, labels_file=str(csv)))
+    assert d2.multi_label and d2.label_names == ("smiling", "hat") and len(d2) == 3
+    celeba = tmp_path / "list_attr_celeba.txt"
+    celeba.write_text("2\nSmiling Eyeglasses\ncats0.png 1 -1\ndogs1.png -1 1\n")
+    d3 = load_data(DataConfig(source="folder", path=str(root), image_size=16, channels=3, labels_file=str(celeba)))
+    assert d3.label_names == ("Smiling", "Eyeglasses") and sorted(map(tuple, d3.labels.tolist())) == [(0, 1), (1, 0)]
+
+
+def test_train_export_sample_roundtrip(tmp_path):
+    folder = write_idx(tmp_path / "idx")
+    cfg = tiny_cfg(tmp_path, "data.source=idx", f"data.path={folder}", "steps=3", "diffusion.prediction=v",
+                   "min_snr_gamma=5")
+    out = Trainer(cfg, "test", progress=False).run()
+    pipe = load(out)
+    assert pipe.config.unet.num_labels == 10 and pipe.config.diffusion.prediction == "v"
+    rec = json.loads((out / "training.json").read_text())
+    assert rec["steps"] == 3 and rec["images_seen"] == 12 and rec["wall_time_s"] > 0
+    assert (out / "samples.png").exists() and (out / "loss.png").exists()
+    assert len((tmp_path / "run" / "log.csv").read_text().splitlines()) == 4
+    a = pipe.sample(2, steps=3, labels=["3"], seed=1)
+    assert a.shape == (2, 1, 32, 32) and torch.equal(a, pipe.sample(2, steps=3, labels=["3"], seed=1))
+
+
+def test_resume_is_exact(tmp_path):
+    """Stopping at step 2 and resuming to 4 gives bit-identical weights to running 4 steps straight."""
+    folder = write_idx(tmp_path / "idx")
+    base = ["data.source=idx", f"data.path={folder}", "unet.dropout=0.0"]
+    straight = Trainer(load_train_config(None, TINY + base + [f"out_dir={tmp_path / 'a'}", "steps=4"]), progress=False)
+    straight.run()
+    first = Trainer(load_train_config(None, TINY + base + [f"out_dir={tmp_path / 'b'}", "steps=2"]), progress=False)
+    first.run()
+    resumed = Trainer(load_train_config(None, TINY + base + [f"out_dir={tmp_path / 'b'}", "steps=4"]), resume=True,
+                      progress=False)
+    assert resumed.step == 2
+    resumed.run()
+    for (k, v), (_, w) in zip(straight.net.state_dict().items(), resumed.net.state_dict().items()):
+        assert torch.equal(v, w), k
+    for (k, v), (_, w) in zip(straight.ema.module.state_dict().items(), resumed.ema.module.state_dict().items()):
+        assert torch.equal(v, w), k
+
+
+def test_nan_loss_stops_and_keeps_checkpoint(tmp_path, monkeypatch):
+    folder = write_idx(tmp_path / "idx")
+    cfg = tiny_cfg(tmp_path, "data.source=idx", f"data.path={folder}", "steps=10")
+    tr = Trainer(cfg, progress=False)
+    real = tr.loss
+    calls = {"n": 0}
+
+    def loss(*a):
+        calls["n"] += 1
+        value = real(*a)
+        return value * float("nan") if calls["n"] == 5 else value
+    monkeypatch.setattr(tr, "loss", loss)
+    with pytest.raises(FloatingPointError, match="step 4"):
+        tr.run()
+    state = load_file(str(tmp_path / "run" / STATE))
+    assert all(torch.isfinite(v).all() for k, v in state.items() if v.is_floating_point())
+    assert Trainer(cfg, resume=True, progress=False).step == 4
+
+
+def test_kill_during_checkpoint_write_then_resume(tmp_path):
+    """kill -9 while a checkpoint is half written (temp file present, not yet renamed): the previous
+    checkpoint stays valid and --resume reaches the same final step count."""
+    folder = write_idx(tmp_path / "idx")
+    out = tmp_path / "run"
+    args = ["train", "--no-progress", *sum([["--set", s] for s in TINY + ["data.source=idx", f"data.path={folder}",
+                                                                          f"out_dir={out}", "steps=8"]], [])]
+    env = dict(os.environ, OMP_NUM_THREADS="1", DIFFUSION_FAULT_PAUSE_BEFORE_RENAME="3")
+    p = subprocess.Popen([sys.executable, "-m", "diffusion_core", *args], cwd=ROOT, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    killed_mid_write = False
+    while time.time() < deadline and p.poll() is None:
+        if (out / STATE).exists() and list(out.glob(f".{STATE}.*.tmp")):   # second write in progress
+            p.send_signal(signal.SIGKILL)
+            killed_mid_write = True
+            break
+        time.sleep(0.05)
+    p.wait(timeout=60)
+    assert killed_mid_write
+    state = load_file(str(out / STATE))           # the previous checkpoint is intact
+    assert "rng.torch" in state
+    r = run_cli(*args, "--resume")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "model" / "training.json").read_text())["steps"] == 8
+
+
+def test_sigterm_saves_a_checkpoint(tmp_path):
+    folder = write_idx(tmp_path / "idx")
+    out = tmp_path / "run"
+    args = ["train", "--no-progress", *sum([["--set", s] for s in TINY + ["data.source=idx", f"data.path={folder}",
+                                                                          f"out_dir={out}", "steps=100000",
+                                                                          "checkpoint_every=100000"]], [])]
+    p = subprocess.Popen([sys.executable, "-m", "diffusion_core", *args], cwd=ROOT,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    def logged_steps():
+        return len((out / "log.csv").read_text().splitlines()) - 1 if (out / "log.csv").exists() else 0
+    while time.time() < deadline and logged_steps() < 2:
+        time.sleep(0.1)
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=60) == 0
+    tr = Trainer(load_train_config(None, TINY + ["data.source=idx", f"data.path={folder}", f"out_dir={out}"]),
+                 resume=True, progress=False)
+    assert tr.step >= 2
+
+
+def test_ddp_two_processes_identical_weights(tmp_path):
+    folder = write_idx(tmp_path / "idx")
+    out = tmp_path / "ddp"
+    sets = sum([["--set", s] for s in TINY + ["data.source=idx", f"data.path={folder}", f"out_dir={out}", "steps=3"]], [])
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+                        "-m", "diffusion_core", "train", "--no-progress", *sets], cwd=ROOT, capture_output=True,
+                       text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    check = json.loads((out / "ddp_check.json").read_text())
+    assert check["world_size"] == 2 and check["identical"]
+    assert json.loads((out / "model" / "training.json").read_text())["images_seen"] == 3 * 4 * 2
+
+
+def test_super_resolution_and_cascade(tmp_path):
+    root = tmp_path / "imgs"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).resize((32, 32)).save(root / f"{i}.png")
+    base = Trainer(load_train_config(None, TINY + ["data.source=folder", f"data.path={root}", "data.image_size=16",
+                                                   "data.channels=3", f"out_dir={tmp_path / 'base'}", "steps=2"]),
+                   progress=False).run()
+    sr = Trainer(load_train_config(None, TINY + ["task=super_resolution", "low_res=16", "crop=16", "data.source=folder",
+                                                 f"data.path={root}", "data.image_size=32", "data.channels=3",
+                                                 f"out_dir={tmp_path / 'sr'}", "steps=2"]), progress=False).run()
+    srp = load(sr)
+    assert srp.config.task == "super_resolution" and srp.config.unet.image_size == 16
+    up = srp.upscale(torch.zeros(2, 3, 16, 16), steps=2)
+    assert up.shape == (2, 3, 32, 32)          # trained on 16 px crops, samples at full size
+    r = run_cli("cascade", "--out", str(tmp_path / "casc"), "--stage", "../base/model", "--stage", "../sr/model:0.1")
+    assert r.returncode == 0, r.stderr
+    casc = load(tmp_path / "casc")
+    stages = [rec.stage for rec in casc.stream(1, steps=2, sr_steps=2)]
+    assert stages == [0, 0, 1, 1]
+    assert casc.sample(1, steps=2, sr_steps=2).shape == (1, 3, 32, 32)
+
+
+def test_pose_and_cold_training(tmp_path):
+    pose = Trainer(load_train_config(None, TINY + ["task=pose", "data.source=pose", "data.pose_pairs=16",
+                                                   "data.channels=3", f"out_dir={tmp_path / 'pose'}", "steps=2"]),
+                   progress=False).run()
+    pp = load(pose)
+    assert pp.config.unet.cond_channels == 1 and pp.config.unet.out_channels == 3
+    stick = torch.ones(1, 32, 32)
+    assert pp.sample(1, steps=2, cond_image=stick, guidance=2.0).shape == (1, 3, 32, 32)
+    folder = write_idx(tmp_path / "idx")
+    cold = Trainer(load_train_config(None, TINY + ["data.source=idx", f"data.path={folder}", "diffusion.degradation=blur",
+                                                   "diffusion.prediction=x0", "diffusion.T=20",
+                                                   f"out_dir={tmp_path / 'cold'}", "steps=2"]), progress=False).run()
+    cp = load(cold)
+    assert cp.samplers == ("cold",) and cp.prior is not None and cp.prior.shape[1:] == (1, 32, 32)
+    assert cp.sample(2, sampler="cold", steps=5, labels=["1"]).shape == (2, 1, 32, 32)
+
+
+def test_experts_branch_from_parent_and_assemble(tmp_path):
+    folder = write_idx(tmp_path / "idx")
+    common = TINY + ["data.source=idx", f"data.path={folder}", "steps=1"]
+    parent = Trainer(load_train_config(None, common + [f"out_dir={tmp_path / 'p'}"]), progress=False).run()
+    ens = tmp_path / "ens"
+    for name, lo, hi in (("low", 0, 400), ("high", 400, 1000)):
+        cfg = load_train_config(None, common + [f"out_dir={tmp_path / name}", f"parent={parent}",
+                                                f"diffusion.t_range=[{lo},{hi}]"])
+        tr = Trainer(cfg, progress=False)
+        assert torch.equal(next(tr.net.parameters()), next(load(parent).net.parameters()))
+        tr.run()
+        import shutil
+        shutil.copytree(tmp_path / name / "model", ens / name)
+    r = run_cli("ensemble", "--out", str(ens), "--expert", "low:0:400", "--expert", "high:400:1000")
+    assert r.returncode == 0, r.stderr
+    pipe = load(ens)
+    assert pipe.kind == "ensemble" and pipe.expert_index(399) == 0 and pipe.expert_index(400) == 1
+    bad = run_cli("ensemble", "--out", str(ens), "--expert", "low:0:300", "--expert", "high:400:1000")
+    assert bad.returncode == 2 and "gap" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_cli_sample_and_bad_arguments(tmp_path):
+    folder = write_idx(tmp_path / "idx")
+    out = Trainer(tiny_cfg(tmp_path, "data.source=idx", f"data.path={folder}", "steps=1"), progress=False).run()
+    r = run_cli("sample", "--model", str(out), "--out", str(tmp_path / "s"), "--n", "3", "--steps", "3",
+                "--label", "2", "--grid", "--gif")
+    assert r.returncode == 0, r.stderr
+    files = sorted(p.name for p in (tmp_path / "s").iterdir())
+    assert files == ["00000.png", "00001.png", "00002.png", "grid.png", "process.gif"]
+    meta = json.loads(Image.open(tmp_path / "s" / "00001.png").text["parameters"])
+    assert meta["seed"] == 1 and meta["labels"] == ["2"]
+    for bad, needle in ((["--label", "Unicorn"], "unknown label"), (["--steps", "0"], "steps"),
+                        (["--eta", "3"], "eta"), (["--sampler", "cold"], "cold")):
+        r = run_cli("sample", "--model", str(out), "--out", str(tmp_path / "x"), "--n", "1", *bad)
+        assert r.returncode != 0 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = run_cli("sample", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "no such checkpoint folder" in r.stderr
+    r = run_cli("train", "--set", "unet.colour=3")
+    assert r.returncode == 2 and "unknown config key" in r.stderr
+
+
+def test_evaluate_metrics(tmp_path):
+    from diffusion_core.evaluate import f1_per_attribute, frechet_distance
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(2000, 4)), rng.normal(size=(2000, 4))
+    assert frechet_distance(a, b) < 0.05
+    assert abs(frechet_distance(a, b + 1.0) - 4.0) < 0.2        # ||mu1-mu2||^2 = 4
+    pred = torch.tensor([[1, 0], [1, 1], [0, 0]], dtype=torch.bool)
+    truth = torch.tensor([[1, 0], [0, 1], [0, 1]], dtype=torch.bool)
+    assert torch.allclose(f1_per_attribute(pred, truth), torch.tensor([2 / 3, 2 / 3]))
