@@ -72,10 +72,11 @@ class SafeImage(gr.Image):
         except gr.Error:
             raise
         except Image.DecompressionBombError:
-            raise gr.Error(f"{self.label or 'Image'}: image too large (limit 4096x4096 pixels)") from None
+            raise gr.Error(f"{self.label or 'Image'}: image too large (limit 4096x4096 pixels)",
+                           print_exception=False) from None
         except Exception:
             raise gr.Error(f"{self.label or 'Image'}: not a readable image file "
-                           "(PNG, JPEG, WebP, GIF or BMP expected)") from None
+                           "(PNG, JPEG, WebP, GIF or BMP expected)", print_exception=False) from None
 
 
 class LabelChecks(gr.CheckboxGroup):
@@ -89,7 +90,7 @@ class LabelChecks(gr.CheckboxGroup):
 
 
 def _named_error(label, e: gr.Error) -> gr.Error:
-    return gr.Error(f"{label}: {e.message}")
+    return gr.Error(f"{label}: {e.message}", print_exception=False)
 
 
 class Slider(gr.Slider):
@@ -123,19 +124,26 @@ def steps_in_inference_mode(stream):
     grad mode is thread-local: a ``with torch.inference_mode()`` held open across ``yield`` (as the
     package's loop does) leaks into whichever thread ran the first step and is missing in the next one
     ("Inference tensors cannot be saved for backward"). Entering and leaving the mode around each ``next()``
-    keeps every step, in whatever thread, inside it and leaves no thread changed afterwards."""
+    keeps every step, in whatever thread, inside it and leaves no thread changed afterwards; closing the
+    stream (a cancelled or stopped run) happens inside the mode too, for the same reason."""
     it = iter(stream)
-    while True:
-        with torch.inference_mode():
-            rec = next(it, None)
-        if rec is None:
-            return
-        yield rec
+    try:
+        while True:
+            with torch.inference_mode():
+                rec = next(it, None)
+            if rec is None:
+                return
+            yield rec
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            with torch.inference_mode():
+                close()
 
 
 def user_error(e: Exception) -> gr.Error:
     msg = str(e).strip() or type(e).__name__
-    return gr.Error(msg)
+    return gr.Error(msg, print_exception=False)      # a user mistake: a message, not a server traceback
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -963,9 +971,9 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
 
         fwd_inputs = [fwd_image, fwd_schedule, fwd_deg, fwd_t]
         fwd_outputs = [fwd_out, fwd_strip, fwd_info]
-        gr.on([fwd_schedule.change, fwd_deg.change, fwd_t.release, fwd_image.change], app.forward, fwd_inputs,
+        gr.on([fwd_schedule.change, fwd_deg.change, fwd_t.change, fwd_image.change], app.forward, fwd_inputs,
               fwd_outputs, api_name="forward", show_progress="hidden", trigger_mode="always_last", **light)
-        gr.on([fwd_t.release, fwd_schedule.change], app.schedule_plot, [fwd_t, fwd_schedule], [sched_plot],
+        gr.on([fwd_t.change, fwd_schedule.change], app.schedule_plot, [fwd_t, fwd_schedule], [sched_plot],
               api_name="schedule_plot", show_progress="hidden", trigger_mode="always_last", **light)
         example_btn.click(app.fashion_example, None, [fwd_image, example_note], api_visibility="private", **light)
         demo.load(app.forward, fwd_inputs, fwd_outputs, api_visibility="private", **light)

@@ -101,8 +101,8 @@ class Pipeline:
             lab = labels.float()
         elif cfg.unet.num_labels:
             idx = resolve_labels(labels, cfg.label_names) if labels else []
-            if not idx and not cfg.multi_label:
-                lab = None      # no class chosen: sample unconditionally
+            if not idx:
+                lab = None      # no class / attribute chosen: sample unconditionally
             else:
                 lab = labels_to_vector(idx, cfg.unet.num_labels, n, cfg.multi_label)
         elif labels is not None and len(labels):

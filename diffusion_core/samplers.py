@@ -166,8 +166,10 @@ def sample_stream(denoiser: Denoiser, x_start: torch.Tensor, timesteps: torch.Te
     pairs = timestep_pairs(timesteps)
     x = x_start
     prev = None
-    with torch.inference_mode():
-        for i, (t, t_next) in enumerate(pairs):
+    for i, (t, t_next) in enumerate(pairs):
+        # inference mode is per thread: enter it for each step, never across a yield (a UI may resume
+        # this generator on another worker thread)
+        with torch.inference_mode():
             t_vec = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
             pred = denoiser(x, t_vec, cond)
             if spec.name == "cold":
@@ -182,8 +184,8 @@ def sample_stream(denoiser: Denoiser, x_start: torch.Tensor, timesteps: torch.Te
                 else:
                     x_next = ddim_step(schedule, x, t, t_next, pred, noise, spec.eta)
             prev = (t, pred.x0_hat)
-            yield SampleStep(i, len(pairs), t, t_next, x, x_next, pred.x0_hat, pred.eps_hat, stage)
-            x = x_next
+        yield SampleStep(i, len(pairs), t, t_next, x, x_next, pred.x0_hat, pred.eps_hat, stage)
+        x = x_next
 
 
 def sample(denoiser: Denoiser, x_start: torch.Tensor, timesteps: torch.Tensor, spec: SamplerSpec,

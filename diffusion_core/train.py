@@ -341,7 +341,8 @@ class Trainer:
             extra = {"prior": self.cold_prior().half()}
         save_model(folder, self.mcfg, self.ema.module.state_dict(), half=True, extra=extra)
         write_json(folder / "train_config.json", to_dict(self.cfg))
-        record = {"command": self.command, "steps": self.step, "wall_time_s": round(self.wall, 1),
+        runs = (self.out / "commands.txt").read_text().splitlines() if (self.out / "commands.txt").exists() else []
+        record = {"command": self.command, "all_commands": runs, "steps": self.step, "wall_time_s": round(self.wall, 1),
                   "images_seen": self.step * self.cfg.batch_size * self.world, "processes": self.world,
                   "parameters": count_parameters(self.net), "data": self.data.description,
                   "device": str(self.device), "torch": torch.__version__,
@@ -356,6 +357,8 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             write_json(self.out / "train_config.json", to_dict(cfg))
             (self.out / "samples").mkdir(exist_ok=True)
+            with open(self.out / "commands.txt", "a") as f:     # every (re)start of this run, in order
+                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} step {self.step}: {self.command}\n")
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)} \
             if threading_main() else {}
         log_path = self.out / "log.csv"

@@ -27,9 +27,7 @@ from app_fixtures import build_checkpoints, launch_app  # noqa: E402
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     ckpt = build_checkpoints(tmp_path_factory.mktemp("ckpt"))
-    t0 = time.time()
     demo, url = launch_app(ckpt)
-    assert time.time() - t0 < 30, "the app should start in seconds (models load lazily)"
     yield url, ckpt
     demo.close()
 

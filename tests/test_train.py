@@ -290,3 +290,33 @@ def test_evaluate_metrics(tmp_path):
     pred = torch.tensor([[1, 0], [1, 1], [0, 0]], dtype=torch.bool)
     truth = torch.tensor([[1, 0], [0, 1], [0, 1]], dtype=torch.bool)
     assert torch.allclose(f1_per_attribute(pred, truth), torch.tensor([2 / 3, 2 / 3]))
+
+
+@pytest.mark.skipif(not HAS_FASHION, reason="dataset-fashion-mnist not installed")
+def test_evaluate_command_end_to_end(tmp_path):
+    from diffusion_core.evaluate import Classifier, ClassifierConfig, save_classifier
+    folder = write_idx(tmp_path / "idx")
+    model = Trainer(tiny_cfg(tmp_path, "data.source=idx", f"data.path={folder}", "steps=1"), progress=False).run()
+    torch.manual_seed(0)
+    save_classifier(tmp_path / "clf", ClassifierConfig(), Classifier(ClassifierConfig()).eval(), {"test": True})
+    r = run_cli("evaluate", "--model", str(model), "--classifier", str(tmp_path / "clf"), "--n", "20",
+                "--steps", "2", "--batch", "10", "--tag", "t")
+    assert r.returncode == 0, r.stderr
+    m = json.loads((model / "metrics-t.json").read_text())
+    assert m["n"] == 20 and 0 <= m["accuracy"] <= 1 and m["fid"] > 0 and m["fid_real_vs_real"] >= 0
+    assert set(m["accuracy_per_class"]) == set(load(model).label_names)
+    r2 = run_cli("evaluate", "--model", str(model), "--classifier", str(tmp_path / "clf"), "--n", "20",
+                 "--steps", "2", "--batch", "10", "--tag", "u")
+    assert json.loads((model / "metrics-u.json").read_text())["fid"] == m["fid"]     # deterministic given a seed
+
+
+def test_emoji_source_trains(tmp_path):
+    from diffusion_core.data_emoji import EMOJI_TEST, FONT
+    if not (Path(EMOJI_TEST).exists() and Path(FONT).exists()):
+        pytest.skip("emoji packages not installed")
+    out = Trainer(load_train_config(None, TINY + ["data.source=emoji", "data.channels=3", "data.limit=24",
+                                                  f"out_dir={tmp_path / 'e'}", "steps=2"]), progress=False).run()
+    pipe = load(out)
+    assert pipe.config.multi_label and "woman" in pipe.label_names and "dark skin tone" in pipe.label_names
+    x = pipe.sample(1, steps=2, labels=["woman", "dark skin tone"], guidance=2.0)
+    assert x.shape == (1, 3, 32, 32)
