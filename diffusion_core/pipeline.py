@@ -61,7 +61,8 @@ class Pipeline:
 
     @property
     def image_size(self) -> int:
-        return self.stages[-1][0].config.unet.image_size if self.kind == "cascade" else self.config.unet.image_size
+        last = self.stages[-1][0].config if self.kind == "cascade" else self.config
+        return last.high_res or last.unet.image_size
 
     @property
     def channels(self) -> int:
@@ -155,7 +156,7 @@ class Pipeline:
                 raise ValueError("a super-resolution model needs a low-resolution input image")
             if low_res.dim() == 3:
                 low_res = low_res[None].expand(n, -1, -1, -1)
-            s = low_res.shape[-1] * (cfg.unet.image_size // max(cfg.low_res, 1))
+            s = low_res.shape[-1] * max(1, (cfg.high_res or cfg.unet.image_size) // max(cfg.low_res, 1))
             up = F.interpolate(low_res.to(device), size=(s, s), mode="bicubic", align_corners=False).clamp(-1, 1)
             if aug_level > 0:
                 up = augment_low_res(up, aug_level, per_image_noise(up.shape, make_generators(seed + 99_991, n), device))
