@@ -9,7 +9,7 @@ requests, default 16), DIFFUSION_DEVICE (default cpu), DIFFUSION_THREADS (torch 
 
 Only the package's public API is used (``from diffusion_core import ...``); the package never imports
 Gradio. API endpoints (``gradio_client``): /generate (streaming), /forward, /schedule_plot, /upscale,
-/model_card.
+/model_card; the Learn tab's /explain_step, /compare, /compare_guidance, /interpolate, /trajectory.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import atexit  # noqa: E402
+import functools  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
@@ -35,8 +36,9 @@ import torch  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 from PIL.PngImagePlugin import PngInfo  # noqa: E402
 
-from diffusion_core import (CheckpointError, ImageError, grid, load, make_degradation,  # noqa: E402
-                            make_schedule, to_pil)
+from diffusion_core import (CheckpointError, ImageError, SampleStep, SamplerSpec, grid, load,  # noqa: E402
+                            make_degradation, make_generators, make_schedule, sample_stream, spaced_timesteps,
+                            to_pil)
 from diffusion_core.images import load_image, open_image, to_mode  # noqa: E402
 
 log = logging.getLogger("diffusion_app")
@@ -55,8 +57,23 @@ GIF_MAX_FRAMES = 60
 ANY = "(any)"
 SAMPLER_CHOICES = [("DDPM", "ddpm"), ("DDIM", "ddim"), ("DPM-Solver++ (2M)", "dpm++"), ("Cold", "cold")]
 SAMPLER_NAMES = dict((v, k) for k, v in SAMPLER_CHOICES)
+COMPARE_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpm++": "DPM++", "cold": "Cold"}
 DEGRADATIONS = ["noise", "blur", "pixelate", "mask"]
 USER_ERRORS = (ImageError, CheckpointError, ValueError)
+# learning tools
+COMPARE_MAX_CELLS = 12           # one sampling run per cell
+COMPARE_MAX_STEPS = 400          # summed over the cells
+COMPARE_SAMPLERS = [("DDPM", "ddpm"), ("DDIM", "ddim"), ("DPM++", "dpm++"), ("Cold", "cold")]
+COMPARE_STEPS = [5, 10, 25, 50]
+COMPARE_GUIDANCE = [0, 1, 2, 4, 7]
+CELL_PX = 128                    # a compare-grid cell (nearest-upscaled image) ...
+CAPTION_LINES = 3                # ... with this many caption lines below it
+LINE_PX = 15
+GRID_GAP = 6
+INTERP_MAX_FRAMES = 16
+INTERP_MAX_WORK = 1600           # frames x steps
+TRAJ_MAX_FRAMES = 250            # GIF frames (more steps are subsampled evenly)
+LATEX = [{"left": "$$", "right": "$$", "display": True}]
 
 
 class SafeImage(gr.Image):
@@ -89,14 +106,22 @@ class LabelChecks(gr.CheckboxGroup):
         return [str(v) for v in (payload or [])]
 
 
+class NumberChecks(gr.CheckboxGroup):
+    """CheckboxGroup of numbers (step counts, guidance scales) whose API callers may pass other values too:
+    the handler checks them (range, whole numbers) and says what is wrong."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        return list(payload or [])
+
+
 def _named_error(label, e: gr.Error) -> gr.Error:
     return gr.Error(f"{label}: {e.message}", print_exception=False)
 
 
-class Slider(gr.Slider):
-    """gr.Slider whose out-of-range error names the control ("Steps: Value 0 is less than minimum value 1.")."""
-
-    is_template = True
+class _NamedErrors:
+    """Mixin: a component whose out-of-range error names the control ("Steps: Value 0 is less than minimum value 1.")."""
 
     def preprocess(self, payload):
         try:
@@ -105,16 +130,12 @@ class Slider(gr.Slider):
             raise _named_error(self.label, e) from None
 
 
-class Number(gr.Number):
-    """gr.Number whose out-of-range error names the control."""
-
+class Slider(_NamedErrors, gr.Slider):
     is_template = True
 
-    def preprocess(self, payload):
-        try:
-            return super().preprocess(payload)
-        except gr.Error as e:
-            raise _named_error(self.label, e) from None
+
+class Number(_NamedErrors, gr.Number):
+    is_template = True
 
 
 def steps_in_inference_mode(stream):
@@ -290,6 +311,295 @@ def fmt_duration(s: float) -> str:
     if s < 5400:
         return f"{s / 60:.1f} min"
     return f"{s / 3600:.1f} h"
+
+
+# ---------------------------------------------------------------------------------------------------
+# learning tools: pure helpers (slerp, the numbers of one sampler step, labelled grids)
+# ---------------------------------------------------------------------------------------------------
+def slerp(a: torch.Tensor, b: torch.Tensor, alpha: float, eps: float = 1e-6) -> torch.Tensor:
+    """Spherical linear interpolation from ``a`` (alpha 0) to ``b`` (alpha 1) along the great circle
+    between their directions (Shoemake 1985; how DDIM interpolates x_T, Song et al. 2021 sec. 5.3):
+    sin((1-alpha) theta) / sin(theta) a + sin(alpha theta) / sin(theta) b, theta = angle(a, b).
+    Unit vectors stay unit vectors; Gaussian noise keeps its typical norm (a lerp would shrink it
+    towards the middle). Nearly parallel (or antiparallel, or zero) inputs fall back to the lerp.
+    Endpoints are returned exactly."""
+    alpha = float(alpha)
+    if a.shape != b.shape:
+        raise ValueError(f"slerp needs tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if alpha == 0.0:
+        return a.clone()
+    if alpha == 1.0:
+        return b.clone()
+    a64, b64 = a.double(), b.double()
+    na, nb = float(a64.norm()), float(b64.norm())
+    if na == 0.0 or nb == 0.0:
+        return ((1 - alpha) * a64 + alpha * b64).to(a.dtype)
+    cos = max(-1.0, min(1.0, float((a64 * b64).sum()) / (na * nb)))
+    theta = math.acos(cos)
+    s = math.sin(theta)
+    if s < eps:
+        return ((1 - alpha) * a64 + alpha * b64).to(a.dtype)
+    return (math.sin((1 - alpha) * theta) / s * a64 + math.sin(alpha * theta) / s * b64).to(a.dtype)
+
+
+def fmt(v: float) -> str:
+    """A number as shown in the explanations (and as tests look it up): 6 significant digits."""
+    return f"{float(v):.6g}"
+
+
+def _alpha_bar(schedule, t: int) -> float:
+    return float(schedule.alpha_bar_at(int(t)))
+
+
+def step_numbers(run: dict, i: int) -> dict:
+    """The update of step ``i`` (0-based) of a kept run written out with its actual numbers.
+
+    ``run``: the records kept by Generate (``steps``: SampleStep list for the first image; ``sampler``,
+    ``eta``, ``variance``, ``improved``; ``schedule`` or ``degradation`` (+ ``fixed_noise``)). Mirrors
+    ddpm_step / ddim_step / dpmpp_2m_step / cold_step of diffusion_core.samplers: ``coefficients`` maps a
+    term to its weight so that x_next = sum(coef * term) + sigma * z, where the terms are x_t, x0_hat,
+    eps_hat, x0_hat_prev (DPM-Solver++(2M): the previous step's x0_hat) or, for cold sampling,
+    D(x0_hat, t) and D(x0_hat, t_next). ``residual_max`` is max |x_next - sum(coef * term)| (the noise
+    term for a stochastic step; ~1e-7 otherwise) and ``implied_noise_std`` the std of the z it implies."""
+    recs = run["steps"]
+    rec = recs[i]
+    t, tn = int(rec.t), int(rec.t_next)
+    sampler = run["sampler"]
+    out = {"step": i + 1, "index": i, "num_steps": len(recs), "sampler": sampler, "t": t, "t_next": tn}
+    terms = {"x_t": rec.x_t, "x0_hat": rec.x0_hat, "eps_hat": rec.eps_hat}
+    coef = {}
+    sigma = 0.0
+    if sampler == "cold":
+        deg = run["degradation"]
+        T = int(deg.T)
+        x0 = rec.x0_hat.float()
+        d_next = deg(x0, torch.full((1,), tn, dtype=torch.long), run.get("fixed_noise"))
+        d_t = deg(x0, torch.full((1,), t, dtype=torch.long), run.get("fixed_noise"))
+        terms.update({"D(x0_hat,t)": d_t, "D(x0_hat,t_next)": d_next})
+        out.update(degradation=deg.name, T=T, severity_t=(t + 1) / T, severity_next=max(tn + 1, 0) / T,
+                   improved=bool(run.get("improved", True)))
+        coef = ({"x_t": 1.0, "D(x0_hat,t)": -1.0, "D(x0_hat,t_next)": 1.0} if out["improved"]
+                else {"D(x0_hat,t_next)": 1.0})
+    else:
+        sched = run["schedule"]
+        ab_t, ab_n = _alpha_bar(sched, t), _alpha_bar(sched, tn)
+        out.update(alpha_bar_t=ab_t, alpha_bar_next=ab_n, noise_level_t=math.sqrt(1 - ab_t),
+                   noise_level_next=math.sqrt(1 - ab_n))
+        if sampler == "ddpm":
+            beta = 1 - ab_t / ab_n
+            var = (1 - ab_n) / (1 - ab_t) * beta if run.get("variance", "posterior") == "posterior" else beta
+            sigma = math.sqrt(var) if tn >= 0 else 0.0
+            coef = {"x0_hat": math.sqrt(ab_n) * beta / (1 - ab_t),
+                    "x_t": math.sqrt(1 - beta) * (1 - ab_n) / (1 - ab_t)}
+            out.update(beta=beta, variance=run.get("variance", "posterior"), posterior_variance=var)
+        elif sampler == "ddim":
+            eta = float(run.get("eta", 0.0))
+            sigma = eta * math.sqrt((1 - ab_n) / (1 - ab_t)) * math.sqrt(1 - ab_t / ab_n)
+            coef = {"x0_hat": math.sqrt(ab_n), "eps_hat": math.sqrt(max(1 - ab_n - sigma ** 2, 0.0))}
+            out.update(eta=eta)
+        elif sampler == "dpm++":
+            def lam(ab):
+                return 0.5 * math.log(ab / (1 - ab))
+            if tn < 0:
+                coef = {"x0_hat": 1.0}
+                out.update(order=1, lambda_t=lam(ab_t), note="last step: x_next = x0_hat (sigma_next = 0)")
+            else:
+                a_n, s_t, s_n = math.sqrt(ab_n), math.sqrt(1 - ab_t), math.sqrt(1 - ab_n)
+                h = lam(ab_n) - lam(ab_t)
+                b = -a_n * math.expm1(-h)
+                out.update(lambda_t=lam(ab_t), lambda_next=lam(ab_n), h=h, alpha_next=a_n, sigma_t=s_t,
+                           sigma_next=s_n)
+                coef = {"x_t": s_n / s_t}
+                if i == 0:
+                    coef["x0_hat"] = b
+                    out.update(order=1)
+                else:
+                    prev = recs[i - 1]
+                    h_prev = lam(ab_t) - lam(_alpha_bar(sched, prev.t))
+                    r = h_prev / h
+                    coef["x0_hat"] = b * (1 + 1 / (2 * r))
+                    coef["x0_hat_prev"] = -b / (2 * r)
+                    terms["x0_hat_prev"] = prev.x0_hat
+                    out.update(order=2, h_prev=h_prev, r=r, t_prev=int(prev.t))
+        else:
+            raise ValueError(f"unknown sampler {sampler!r}")
+    det = sum(c * terms[k].double() for k, c in coef.items())
+    resid = rec.x_next.double() - det
+    out["coefficients"] = coef
+    out["sigma"] = sigma
+    out["residual_max"] = float(resid.abs().max())
+    if sigma > 0:
+        out["implied_noise_std"] = float((resid / sigma).std())
+    out["std_x_t"] = float(rec.x_t.float().std())
+    out["std_x_next"] = float(rec.x_next.float().std())
+    out["_terms"] = terms
+    out["_noise"] = resid / sigma if sigma > 0 else None
+    return out
+
+
+def _tex_num(v: float) -> str:
+    s = fmt(v)
+    if "e" in s:
+        m, e = s.split("e")
+        s = f"{m} \\times 10^{{{int(e)}}}"
+    return s
+
+
+def _tex_sum(terms: list[tuple[float, str]]) -> str:
+    out = ""
+    for c, name in terms:
+        sign = "-" if c < 0 else "+"
+        body = f"{_tex_num(abs(c))}\\,{name}"
+        out += (("-" if c < 0 else "") + body) if not out else f" {sign} {body}"
+    return out or "0"
+
+
+def _tex_x(t: int) -> str:
+    return "x_{-1} \\;(\\text{clean})" if t < 0 else f"x_{{{t}}}"
+
+
+TEX_FORMULAS = {
+    "ddpm": (r"$$x_{t'} = \frac{\sqrt{\bar\alpha_{t'}}\,\beta}{1-\bar\alpha_t}\,\hat x_0"
+             r" + \frac{\sqrt{1-\beta}\,(1-\bar\alpha_{t'})}{1-\bar\alpha_t}\,x_t + \sigma z,"
+             r"\qquad \beta = 1-\frac{\bar\alpha_t}{\bar\alpha_{t'}},\quad"
+             r" \sigma^2 = \frac{1-\bar\alpha_{t'}}{1-\bar\alpha_t}\,\beta$$",
+             "DDPM ancestral step: sample the posterior q(x_t' | x_t, x0_hat) (Ho et al. 2020, eqs. 6-7, "
+             "respaced as in Nichol & Dhariwal 2021); no noise on the last step."),
+    "ddim": (r"$$x_{t'} = \sqrt{\bar\alpha_{t'}}\,\hat x_0 + \sqrt{1-\bar\alpha_{t'}-\sigma_t^2}\,\hat\epsilon"
+             r" + \sigma_t z,\qquad \sigma_t = \eta\sqrt{\frac{1-\bar\alpha_{t'}}{1-\bar\alpha_t}}"
+             r"\sqrt{1-\frac{\bar\alpha_t}{\bar\alpha_{t'}}}$$",
+             "DDIM (Song et al. 2021, eqs. 12 and 16): jump to the noise level of t' along the predicted "
+             "noise direction; eta = 0 is deterministic."),
+    "dpm++": (r"$$x_{t'} = \frac{\sigma_{t'}}{\sigma_t}\,x_t - \alpha_{t'}\left(e^{-h}-1\right) D,\qquad"
+              r" \alpha = \sqrt{\bar\alpha},\ \sigma = \sqrt{1-\bar\alpha},\ \lambda = \log\frac{\alpha}{\sigma},"
+              r"\ h = \lambda_{t'} - \lambda_t$$"
+              "\n\n"
+              r"$$D = \left(1 + \frac{1}{2r}\right)\hat x_0 - \frac{1}{2r}\,\hat x_0^{\mathrm{prev}},\qquad"
+              r" r = \frac{h_{\mathrm{prev}}}{h}\qquad(\text{first step: } D = \hat x_0)$$",
+              "DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): an exponential-integrator step in log-SNR time "
+              "lambda, second order from the previous step's x0_hat; the last step returns x0_hat."),
+    "cold": (r"$$x_{t'} = x_t - D(\hat x_0, t) + D(\hat x_0, t')\qquad"
+             r"(\text{naive: } x_{t'} = D(\hat x_0, t'))$$",
+             "Cold Diffusion (Bansal et al. 2022, Alg. 2): re-degrade the prediction to both severities and "
+             "move x_t by the difference; D(x, -1) = x."),
+}
+TERM_TEX = {"x_t": None, "x0_hat": r"\hat x_0", "eps_hat": r"\hat\epsilon", "x0_hat_prev": r"\hat x_0^{\mathrm{prev}}",
+            "D(x0_hat,t)": None, "D(x0_hat,t_next)": None}
+
+
+def explain_markdown(num: dict, run: dict) -> str:
+    """The formula of the run's sampler, then the same formula with this step's numbers."""
+    t, tn, sampler = num["t"], num["t_next"], num["sampler"]
+    name = SAMPLER_NAMES.get(sampler, sampler)
+    if sampler == "ddim":
+        name += f" (eta = {fmt(num['eta'])})"
+    head = (f"### Step {num['step']} of {num['num_steps']} · {name} · t = {t} → t' = {tn}\n\n"
+            f"<small>{run.get('summary', '')}</small>\n\n")
+    formula, note = TEX_FORMULAS[sampler]
+    rows = [("`t`", str(t)), ("`t_next` (t')", f"{tn}" + (" (the clean image)" if tn < 0 else ""))]
+    if sampler == "cold":
+        rows += [("degradation", num["degradation"]), ("severity at t", fmt(num["severity_t"])),
+                 ("severity at t'", fmt(num["severity_next"]))]
+    else:
+        rows += [("`alpha_bar_t`", fmt(num["alpha_bar_t"])), ("`alpha_bar_t_next`", fmt(num["alpha_bar_next"])),
+                 ("noise level sqrt(1 - alpha_bar_t)", fmt(num["noise_level_t"]))]
+    if sampler == "ddpm":
+        rows += [("`beta` = 1 - alpha_bar_t / alpha_bar_t'", fmt(num["beta"])),
+                 (f"`sigma^2` ({num['variance']} variance)", fmt(num["posterior_variance"])),
+                 ("`sigma` (std of the added noise)", fmt(num["sigma"]))]
+    elif sampler == "ddim":
+        rows += [("`eta`", fmt(num["eta"])), ("`sigma_t(eta)`", fmt(num["sigma"]))]
+    elif sampler == "dpm++" and "h" in num:
+        rows += [("`lambda_t`", fmt(num["lambda_t"])), ("`lambda_t'`", fmt(num["lambda_next"])),
+                 ("`h` = lambda_t' - lambda_t", fmt(num["h"])), ("`alpha_t'`", fmt(num["alpha_next"])),
+                 ("`sigma_t`, `sigma_t'`", f"{fmt(num['sigma_t'])}, {fmt(num['sigma_next'])}")]
+        if num.get("order") == 2:
+            rows += [("`h_prev`", fmt(num["h_prev"])), ("`r` = h_prev / h", fmt(num["r"]))]
+        else:
+            rows += [("order", "1 (first step: D = x0_hat)")]
+    for k, c in num["coefficients"].items():
+        rows.append((f"coefficient of `{k}`", fmt(c)))
+    table = "| quantity | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+    # the formula with this step's numbers
+    if sampler == "cold":
+        parts = [(c, {"x_t": _tex_x(t), "D(x0_hat,t)": rf"D(\hat x_0, {t})",
+                      "D(x0_hat,t_next)": rf"D(\hat x_0, {tn})"}[k]) for k, c in num["coefficients"].items()]
+    else:
+        parts = [(c, _tex_x(t) if k == "x_t" else TERM_TEX[k]) for k, c in num["coefficients"].items()
+                 if c != 0.0]       # e.g. the last step's x_t or eps_hat term
+    rhs = _tex_sum(parts)
+    if num["sigma"] > 0:
+        rhs += f" + {_tex_num(num['sigma'])}\\,z"
+    lhs = "x_{-1}" if tn < 0 else f"x_{{{tn}}}"
+    numbers = f"$${lhs} = {rhs}$$"
+    check = (f"Check: max |x_t' − (deterministic part)| = {num['residual_max']:.2e}"
+             + (f" (the noise term; implied z has std {num['implied_noise_std']:.3f})" if num["sigma"] > 0
+                else " (the coefficients reproduce x_t' exactly)"))
+    return (head + f"**Update rule.** {note}\n\n{formula}\n\n**This step.**\n\n{numbers}\n\n{check}\n\n{table}\n\n"
+            f"std of x_t = {fmt(num['std_x_t'])}, std of x_t' = {fmt(num['std_x_next'])} (measured, first image)")
+
+
+def cell_image(x: torch.Tensor, px: int = CELL_PX) -> Image.Image:
+    """(C, H, W) or (1, C, H, W) in [-1, 1] -> an RGB image of exactly px x px (nearest)."""
+    x = x[0] if x.dim() == 4 else x
+    return as_pil_uint8(x).convert("RGB").resize((px, px), Image.Resampling.NEAREST)
+
+
+def grid_size(rows: int, cols: int) -> tuple[int, int]:
+    """(width, height) of a ``compose_grid`` image."""
+    cap = CAPTION_LINES * LINE_PX + 4
+    return GRID_GAP + cols * (CELL_PX + GRID_GAP), GRID_GAP + rows * (CELL_PX + cap + GRID_GAP)
+
+
+def compose_grid(cells: list[list[tuple[Image.Image, list[str]]]]) -> Image.Image:
+    """rows x cols of (CELL_PX image, caption lines) on white, each caption below its cell."""
+    rows, cols = len(cells), max(len(r) for r in cells)
+    w, h = grid_size(rows, cols)
+    out = Image.new("RGB", (w, h), (255, 255, 255))
+    draw = ImageDraw.Draw(out)
+    font = _font(12)
+    cap = CAPTION_LINES * LINE_PX + 4
+    for r, row in enumerate(cells):
+        for c, (img, lines) in enumerate(row):
+            x = GRID_GAP + c * (CELL_PX + GRID_GAP)
+            y = GRID_GAP + r * (CELL_PX + cap + GRID_GAP)
+            out.paste(img.convert("RGB").resize((CELL_PX, CELL_PX), Image.Resampling.NEAREST), (x, y))
+            for k, line in enumerate(lines[:CAPTION_LINES]):
+                while line and draw.textlength(line, font=font) > CELL_PX:
+                    line = line[:-2] + "…" if len(line) > 2 else ""
+                draw.text((x + CELL_PX / 2, y + CELL_PX + 2 + LINE_PX * k + LINE_PX / 2), line,
+                          fill=(40, 40, 40), font=font, anchor="mm")
+    return out
+
+
+def framed(img: Image.Image, text: str, size: int = 12) -> Image.Image:
+    """``img`` with a white band below it carrying ``text`` (GIF frames: every frame differs)."""
+    band = size + 8
+    out = Image.new("RGB", (img.width, img.height + band), (255, 255, 255))
+    out.paste(img.convert("RGB"), (0, 0))
+    ImageDraw.Draw(out).text((img.width / 2, img.height + band / 2), text, fill=(40, 40, 40), font=_font(size),
+                             anchor="mm")
+    return out
+
+
+def handles_errors(what: str):
+    """Decorator for a (non-streaming) handler: runs it in inference mode; ValueError / ImageError /
+    CheckpointError become a gr.Error with their message, anything else a one-line gr.Error (logged)."""
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                with torch.inference_mode():
+                    return fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except USER_ERRORS as e:
+                raise user_error(e) from None
+            except Exception as e:
+                log.exception("%s failed", what)
+                raise gr.Error(f"{what} failed: {type(e).__name__}: {e}") from None
+        return wrapper
+    return deco
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -494,14 +804,7 @@ class DiffusionApp:
             if sampler not in pipe.samplers:
                 raise ValueError(f"sampler {sampler!r} does not apply to model {model!r} "
                                  f"(use {', '.join(pipe.samplers)})")
-            if cfg.multi_label:
-                labels = list(attributes or [])
-            else:
-                labels = [] if class_label in (None, "", ANY) else [class_label]
-            if labels and not cfg.unet.num_labels:
-                raise ValueError(f"model {model!r} takes no labels (got {', '.join(map(str, labels))})")
-            if labels:   # resolve now so a bad label fails before any work, with the model's names
-                pipe.base.condition(1, labels)
+            labels = self._labels(pipe, model, class_label, attributes)
             kw = dict(sampler=sampler, steps=steps, spacing=spacing, eta=float(eta), guidance=float(guidance),
                       labels=labels, seed=seed, device=self.models.device)
             if cfg.task == "pose":
@@ -528,6 +831,7 @@ class DiffusionApp:
         if "cond_image" in kw:
             meta["stickman"] = stick_source
         n_stages = len(pipe.stages) if pipe.kind == "cascade" else 1
+        run = self._new_run(pipe, model, meta)     # the first image's steps, for the Learn tab
         frames: list[np.ndarray] = []
         t0 = time.time()
         last = None
@@ -535,6 +839,7 @@ class DiffusionApp:
         try:
             for rec in steps_in_inference_mode(stream):
                 last = rec
+                self._keep(run, rec)
                 if make_gif and (rec.index % max(1, rec.num_steps // GIF_MAX_FRAMES) == 0
                                  or rec.index == rec.num_steps - 1):
                     src = rec.x0_hat if gif_frames == "x0_hat" else rec.x_t
@@ -547,7 +852,7 @@ class DiffusionApp:
                     partial = {"x0": rec.x0_hat.detach().float().cpu().clamp(-1, 1).numpy(), "meta": meta,
                                "step": f"{rec.index + 1}/{rec.num_steps}", "stage": rec.stage}
                     yield (side_by_side(rec.x_t, rec.x0_hat), html_status(self._status(pipe, rec, n_stages, t0), frac),
-                           gr.skip(), gr.skip(), seed, partial)
+                           gr.skip(), gr.skip(), seed, partial, run)
         except USER_ERRORS as e:
             raise user_error(e) from None
         except Exception as e:      # never show a traceback; keep serving
@@ -569,8 +874,9 @@ class DiffusionApp:
                 f"{SAMPLER_NAMES.get(sampler, sampler)} {steps} steps ({spacing}) · {took:.1f} s")
         if stopped:
             text += " · gallery shows the last x0_hat prediction"
+        run["done"] = not stopped
         yield (side_by_side(last.x_t, final), html_status(text, 1.0), gallery, gif, seed,
-               {"x0": final.numpy(), "meta": meta, "done": True})
+               {"x0": final.numpy(), "meta": meta, "done": True}, run)
 
     def _status(self, pipe, rec, n_stages, t0) -> str:
         parts = [f"step {rec.index + 1}/{rec.num_steps}", f"t = {rec.t} → {rec.t_next}"]
@@ -753,6 +1059,361 @@ class DiffusionApp:
         return fig
 
 
+    # ---- learning tools --------------------------------------------------------------------------
+    def _labels(self, pipe, model, class_label=ANY, attributes=None) -> list:
+        """The labels of the Generate controls for ``pipe``, checked against the model's names."""
+        cfg = pipe.base.config
+        if cfg.multi_label:
+            labels = list(attributes or [])
+        else:
+            labels = [] if class_label in (None, "", ANY) else [class_label]
+        if labels and not cfg.unet.num_labels:
+            raise ValueError(f"model {model!r} takes no labels (got {', '.join(map(str, labels))})")
+        if labels:   # resolve now so a bad label fails before any work, with the model's names
+            pipe.base.condition(1, labels)
+        return labels
+
+    @staticmethod
+    def _seed(seed) -> int:
+        seed = -1 if seed is None else int(seed)
+        if seed < 0:
+            seed = random.randint(0, MAX_SEED)
+        if seed > MAX_SEED:
+            raise ValueError(f"seed must be in [0, {MAX_SEED}] (or -1 for random), got {seed}")
+        return seed
+
+    @staticmethod
+    def _needs_plain_generation(pipe, model, what):
+        cfg = pipe.base.config
+        if cfg.task == "super_resolution":
+            raise ValueError(f"{what} needs a model that generates from noise; {model!r} is a super-resolution "
+                             "model (it needs a low-resolution input)")
+        if cfg.task == "pose":
+            raise ValueError(f"{what} needs a model that generates from noise alone; {model!r} needs a stickman "
+                             "drawing (use Generate)")
+
+    def _new_run(self, pipe, model, meta) -> dict:
+        """The record of a Generate run that the Learn tab explains (first image, base stage only)."""
+        base = pipe.base
+        d = base.config.diffusion
+        run = {"model": model, "sampler": meta["sampler"], "eta": meta.get("eta") or 0.0, "variance": "posterior",
+               "improved": True, "seed": meta["seed"], "steps": [], "done": False,
+               "summary": (f"model {model} · {SAMPLER_NAMES.get(meta['sampler'], meta['sampler'])} · "
+                           f"{meta['steps']} steps ({meta['spacing']}) · guidance {meta['guidance']:g} · "
+                           f"seed {meta['seed']} · first image" + (" · base stage of the cascade"
+                                                                  if pipe.kind == "cascade" else ""))}
+        if d.is_cold:
+            deg = base.degradation
+            run["degradation"] = deg
+            if deg.needs_noise:     # the run's fixed draw for image 0 (the stream seeds image i with seed + i)
+                c, s = base.config.unet.out_channels, base.config.unet.image_size
+                run["fixed_noise"] = torch.randn((c, s, s), generator=make_generators(meta["seed"], 1)[0])[None]
+        else:
+            run["schedule"] = base.schedule
+            run["T"] = d.T
+        if pipe.kind == "ensemble":
+            run["experts"] = [(lo, hi) for lo, hi, _ in pipe.experts]
+        return run
+
+    @staticmethod
+    def _keep(run: dict, rec) -> None:
+        """Append a SampleStep of the first image (its x_t is the previous step's x_next: stored once)."""
+        if rec.stage != 0:
+            return
+        steps = run["steps"]
+        first = slice(0, 1)
+        x_t = steps[-1].x_next if steps and steps[-1].index == rec.index - 1 else \
+            rec.x_t[first].detach().float().cpu().clone()
+        steps.append(SampleStep(rec.index, rec.num_steps, int(rec.t), int(rec.t_next), x_t,
+                                rec.x_next[first].detach().float().cpu().clone(),
+                                rec.x0_hat[first].detach().float().cpu().clone(),
+                                rec.eps_hat[first].detach().float().cpu().clone(), 0))
+
+    @staticmethod
+    def _run_or_error(run) -> dict:
+        if not run or not run.get("steps"):
+            raise ValueError("no Generate run to look at yet: run Generate first (this session keeps the steps of "
+                             "its last run, first image)")
+        return run
+
+    def after_run(self, run, step):
+        """After Generate: the Explain slider spans the run's steps; a note says what is kept."""
+        if not run or not run.get("steps"):
+            return gr.skip(), gr.skip(), gr.skip()
+        n = run["steps"][0].num_steps
+        step = int(step or 1)
+        note = f"Kept: {run['summary']} ({len(run['steps'])}/{n} steps)."
+        return (gr.update(maximum=max(n, 2), value=min(max(step, 1), n)), note, note)
+
+    @handles_errors("explaining the step")
+    def explain_step(self, step=1, run=None):
+        """The kept run's step ``step`` (1 = first, noisiest): the sampler's update with its numbers, the
+        images it combines, and the noise level over the run. Returns (markdown, image, plot, numbers)."""
+        run = self._run_or_error(run)
+        recs = run["steps"]
+        n = recs[0].num_steps
+        step = int(step)
+        if not 1 <= step <= n:
+            raise ValueError(f"step must be in [1, {n}] (the last run has {n} steps), got {step}")
+        if step > len(recs):
+            raise ValueError(f"step {step} is not computed yet: the run is at step {len(recs)} of {n}")
+        num = step_numbers(run, step - 1)
+        if run.get("experts"):
+            lo_hi = next(((lo, hi) for lo, hi in run["experts"] if lo <= num["t"] < hi), None)
+            if lo_hi:
+                num["expert"] = f"t in [{lo_hi[0]}, {lo_hi[1]})"
+        md = explain_markdown(num, run)
+        if num.get("expert"):
+            md += f"\n\nDenoised by the ensemble's expert for {num['expert']}."
+        terms = num.pop("_terms")
+        noise = num.pop("_noise")
+        rec = recs[step - 1]
+        tn = "-1 (clean)" if rec.t_next < 0 else str(rec.t_next)
+        cells = [(rec.x_t, f"x_t (t={rec.t})"), (rec.eps_hat * 0.4, "eps_hat (x0.4)"), (rec.x0_hat, "x0_hat")]
+        if "x0_hat_prev" in terms:
+            cells.append((terms["x0_hat_prev"], "x0_hat of prev. step"))
+        if "D(x0_hat,t)" in terms:
+            cells += [(terms["D(x0_hat,t)"], f"D(x0_hat, {rec.t})"), (terms["D(x0_hat,t_next)"], f"D(x0_hat, {rec.t_next})")]
+        if noise is not None:
+            cells.append((noise.float() * 0.4, "noise z (x0.4)"))
+        cells.append((rec.x_next, f"x_t' (t'={tn})"))
+        strip = labelled([upscale_nearest(as_pil_uint8(x[0]).convert("RGB"), 112) for x, _ in cells],
+                         [c for _, c in cells], gap=6, size=11)
+        return md, strip, self._noise_plot(run, step - 1), num
+
+    @staticmethod
+    def _noise_plot(run, i):
+        """sqrt(1 - alpha_bar_t) (or the cold severity) over the run, step i marked; and the measured std."""
+        from matplotlib.figure import Figure
+        recs = run["steps"]
+        ts = [r.t for r in recs] + [recs[-1].t_next]
+        xs = np.arange(len(ts))
+        measured = [float(r.x_t.std()) for r in recs] + [float(recs[-1].x_next.std())]
+        fig = Figure(figsize=(6.4, 3.0), dpi=100, layout="constrained")
+        ax = fig.subplots()
+        if "schedule" in run:
+            level = [math.sqrt(1 - _alpha_bar(run["schedule"], t)) for t in ts]
+            ax.plot(xs, level, "-o", ms=3, color="tab:blue", label="noise level sqrt(1 - alpha_bar_t)")
+        else:
+            T = run["degradation"].T
+            level = [max(t + 1, 0) / T for t in ts]
+            ax.plot(xs, level, "-o", ms=3, color="tab:blue", label="degradation severity (t + 1) / T")
+        ax.plot(xs, measured, "--", color="tab:gray", lw=1.2, label="measured std of x_t (first image)")
+        ax.axvline(i, color="tab:orange", lw=1.2)
+        ax.plot([i], [level[i]], "o", ms=9, color="tab:orange", label=f"step {i + 1}: t = {ts[i]}")
+        ax.set_xlabel("step (0 = start, x_T)")
+        ax.set_title("how x_t's noise falls over the run")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        return fig
+
+    @handles_errors("the trajectory")
+    def trajectory(self, frames=10, what="x0_hat", run=None):
+        """The kept run's x0_hat (or x_t) at every step as an animated GIF (one frame per step, up to
+        TRAJ_MAX_FRAMES) and a strip of ``frames`` evenly spaced steps labelled with t."""
+        run = self._run_or_error(run)
+        if what not in ("x0_hat", "x_t"):
+            raise ValueError(f"what must be x0_hat or x_t, got {what!r}")
+        frames = int(frames)
+        if not 2 <= frames <= 20:
+            raise ValueError(f"frames must be in [2, 20], got {frames}")
+        recs = list(run["steps"])
+        n = len(recs)
+        pick = range(n) if n <= TRAJ_MAX_FRAMES else np.linspace(0, n - 1, TRAJ_MAX_FRAMES).round().astype(int)
+        imgs = [framed(upscale_nearest(as_pil_uint8(getattr(recs[k], what)[0]).convert("RGB"), 192),
+                       f"step {k + 1}/{recs[k].num_steps} · t = {recs[k].t}") for k in pick]
+        path = self._run_dir(run["model"]) / f"{run['model']}-{run['seed']}-{what}-trajectory.gif"
+        imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=[100] * (len(imgs) - 1) + [1500],
+                     loop=0)
+        idx = sorted(set(np.linspace(0, n - 1, min(frames, n)).round().astype(int).tolist()))
+        strip = labelled([upscale_nearest(as_pil_uint8(getattr(recs[k], what)[0]).convert("RGB"), 96) for k in idx],
+                         [f"t = {recs[k].t}" for k in idx], gap=4, size=11)
+        return str(path), strip
+
+    def schedule_siblings(self, model) -> list[str]:
+        """Other models that differ from ``model`` only in the noise schedule (same U-Net, labels, task and
+        prediction; config.json compared)."""
+        mine = self.models.raw_config(model)
+        if mine.get("kind", "model") != "model" or "diffusion" not in mine:
+            return []
+        sched_keys = ("schedule", "beta_1", "beta_T")
+
+        def rest(c):
+            d = {k: v for k, v in c.get("diffusion", {}).items() if k not in sched_keys}
+            return (c.get("unet"), c.get("label_names"), c.get("multi_label"), c.get("task"), d)
+
+        def sched(c):
+            return tuple(c.get("diffusion", {}).get(k) for k in sched_keys)
+        out = []
+        for n in self.models.names():
+            if n == model:
+                continue
+            c = self.models.raw_config(n)
+            if c.get("kind", "model") == "model" and rest(c) == rest(mine) and sched(c) != sched(mine):
+                out.append(n)
+        return out
+
+    def _grid_models(self, model, pipe, schedules) -> list[tuple[str, object]]:
+        models = [(model, pipe)]
+        if schedules:
+            sibs = self.schedule_siblings(model)
+            if not sibs:
+                raise ValueError(f"no other model differs from {model!r} only in its noise schedule (same U-Net "
+                                 "config, different diffusion.schedule); untick 'schedules'")
+            models += [(n, self.models.get(n)) for n in sibs]
+        return models
+
+    def _compare_grid(self, model, class_label, attributes, seed, samplers, columns, schedules):
+        """One image per (model, sampler) row and column; columns: [(steps, guidance, label)]."""
+        pipe = self.models.get(model)
+        self._needs_plain_generation(pipe, model, "comparing")
+        labels = self._labels(pipe, model, class_label, attributes)
+        seed = self._seed(seed)
+        samplers = [s for s in (samplers or [])]
+        for s in samplers:
+            if s not in SAMPLER_NAMES:
+                raise ValueError(f"unknown sampler {s!r}; choose from {', '.join(SAMPLER_NAMES)}")
+        if not samplers:
+            raise ValueError("choose at least one sampler")
+        if not columns:
+            raise ValueError("choose at least one column (step count or guidance scale)")
+        models = self._grid_models(model, pipe, schedules)
+        rows = [(name, p, s) for name, p in models for s in samplers if s in p.samplers]
+        skipped = sorted({SAMPLER_NAMES[s] for name, p in models for s in samplers if s not in p.samplers})
+        if not rows:
+            raise ValueError(f"none of the chosen samplers applies to {model!r} (it uses "
+                             f"{', '.join(SAMPLER_NAMES[s] for s in pipe.samplers)})")
+        cells_n = len(rows) * len(columns)
+        work = len(rows) * sum(st for st, _, _ in columns)
+        if cells_n > COMPARE_MAX_CELLS or work > COMPARE_MAX_STEPS:
+            raise ValueError(f"too much work for one comparison: {len(rows)} row(s) x {len(columns)} column(s) = "
+                             f"{cells_n} cells and {work} sampling steps in all (limits: {COMPARE_MAX_CELLS} cells, "
+                             f"{COMPARE_MAX_STEPS} steps); choose fewer samplers, step counts or guidance scales")
+        grid_cells, t_all = [], time.time()
+        for name, p, s in rows:
+            row = []
+            sched = "cold" if p.config.diffusion.is_cold else p.config.diffusion.schedule
+            for st, g, col in columns:
+                t0 = time.time()
+                x = p.sample(1, sampler=s, steps=st, guidance=g, labels=labels, seed=seed, device=self.models.device)
+                dt = time.time() - t0
+                row.append((cell_image(x), [f"{COMPARE_NAMES.get(s, s)} · {col}", f"{dt:.2f} s wall",
+                                            f"{name} ({sched})"]))
+            grid_cells.append(row)
+        note = (f"{len(rows)} x {len(columns)} grid · seed {seed} · "
+                f"{'class ' + ', '.join(map(str, labels)) if labels else 'unconditional'} · "
+                f"{work} steps in {time.time() - t_all:.1f} s")
+        if skipped:
+            note += f" · skipped (not for this model): {', '.join(skipped)}"
+        return compose_grid(grid_cells), note
+
+    @staticmethod
+    def _int_list(values, what, lo, hi) -> list[int]:
+        out = []
+        for v in values or []:
+            try:
+                f = float(v)
+            except (TypeError, ValueError):
+                raise ValueError(f"{what}: {v!r} is not a number") from None
+            if f != int(f) or not lo <= f <= hi:
+                raise ValueError(f"{what} must be whole numbers in [{lo}, {hi}], got {v!r}")
+            out.append(int(f))
+        return sorted(set(out))
+
+    @handles_errors("the comparison")
+    def compare(self, model, class_label=ANY, attributes=None, seed=0, samplers=("ddpm", "ddim", "dpm++"),
+                step_counts=(5, 10, 25), guidance=2.0, schedules=False):
+        """One seed, samplers (rows) x step counts (columns), each cell labelled with sampler, steps and wall
+        time; ``schedules`` adds the rows of the models that differ only in their noise schedule."""
+        steps = self._int_list(step_counts, "step counts", 1, MAX_STEPS)
+        g = float(guidance)
+        if not 0 <= g <= MAX_GUIDANCE:
+            raise ValueError(f"guidance scale must be in [0, {MAX_GUIDANCE:g}], got {guidance}")
+        return self._compare_grid(model, class_label, attributes, seed, samplers,
+                                  [(st, g, f"{st} steps") for st in steps], schedules)
+
+    @handles_errors("the guidance comparison")
+    def compare_guidance(self, model, class_label=ANY, attributes=None, seed=0, samplers=("dpm++",),
+                         guidance_scales=(0, 1, 2, 4, 7), steps=25, schedules=False):
+        """One seed, samplers (rows) x classifier-free guidance scales (columns) at ``steps`` steps."""
+        st = int(steps)
+        if not 1 <= st <= MAX_STEPS:
+            raise ValueError(f"steps must be in [1, {MAX_STEPS}], got {steps}")
+        gs = []
+        for v in guidance_scales or []:
+            g = float(v)
+            if not 0 <= g <= MAX_GUIDANCE:
+                raise ValueError(f"guidance scales must be in [0, {MAX_GUIDANCE:g}], got {v!r}")
+            gs.append(g)
+        gs = sorted(set(gs))
+        pipe = self.models.get(model)
+        cfg = pipe.base.config
+        if not cfg.unet.num_labels:
+            raise ValueError(f"model {model!r} has no class or attribute conditioning: guidance does nothing")
+        if not self._labels(pipe, model, class_label, attributes):
+            raise ValueError("choose a class (or attributes) on the Generate tab: without one, every guidance "
+                             "scale samples the same unconditional model")
+        return self._compare_grid(model, class_label, attributes, seed, samplers,
+                                  [(st, g, f"{st} st · w={g:g}") for g in gs], schedules)
+
+    @handles_errors("the interpolation")
+    def interpolate(self, model, class_label=ANY, attributes=None, seed_a=0, seed_b=1, frames=8, sampler="ddim",
+                    steps=25, guidance=2.0):
+        """Slerp between the starting noise x_T of seeds a and b (``frames`` alphas from 0 to 1), each sampled
+        with a deterministic sampler (DDIM eta = 0 or DPM-Solver++): the first and last images are exactly
+        the plain generations of seed a and seed b. Returns (gallery of PNGs, labelled row, note)."""
+        pipe = self.models.get(model)
+        self._needs_plain_generation(pipe, model, "interpolating")
+        if pipe.kind == "cascade":
+            raise ValueError("interpolation samples one model (a cascade has several stages): pick its base model")
+        if pipe.config.diffusion.is_cold:
+            raise ValueError("interpolation needs a Gaussian diffusion model (x_T is noise); this is a cold model")
+        if sampler not in ("ddim", "dpm++"):
+            raise ValueError("interpolation needs a deterministic sampler: ddim (eta 0) or dpm++")
+        frames, steps, g = int(frames), int(steps), float(guidance)
+        if not 2 <= frames <= INTERP_MAX_FRAMES:
+            raise ValueError(f"frames must be in [2, {INTERP_MAX_FRAMES}], got {frames}")
+        if not 1 <= steps <= MAX_STEPS:
+            raise ValueError(f"steps must be in [1, {MAX_STEPS}], got {steps}")
+        if frames * steps > INTERP_MAX_WORK:
+            raise ValueError(f"too much work: {frames} frames x {steps} steps (limit {INTERP_MAX_WORK}); "
+                             "use fewer frames or steps")
+        if not 0 <= g <= MAX_GUIDANCE:
+            raise ValueError(f"guidance scale must be in [0, {MAX_GUIDANCE:g}], got {guidance}")
+        labels = self._labels(pipe, model, class_label, attributes)
+        sa, sb = self._seed(seed_a), self._seed(seed_b)
+        za, zb = self._start_noise(pipe, sa), self._start_noise(pipe, sb)
+        alphas = [k / (frames - 1) for k in range(frames)]
+        x_T = torch.stack([slerp(za, zb, a) for a in alphas]).to(self.models.device)
+        dev = self.models.device
+        ts = spaced_timesteps(pipe.config.diffusion.T, steps, "trailing")
+        t0 = time.time()
+        last = None
+        for last in sample_stream(pipe.denoiser(g), x_T, ts, SamplerSpec(sampler, eta=0.0), schedule=pipe.schedule,
+                                  cond=pipe.condition(frames, labels, device=dev)):
+            pass
+        x = last.x_next.detach().float().cpu().clamp(-1, 1)
+        d = self._run_dir(model)
+        meta = {"model": model, "sampler": sampler, "steps": steps, "spacing": "trailing", "guidance": g,
+                "labels": labels, "seed_a": sa, "seed_b": sb}
+        gallery = [(save_png(as_pil_uint8(x[k]), d / f"{model}-slerp-{k:02d}.png", dict(meta, alpha=a)),
+                    f"alpha = {a:.2f}") for k, a in enumerate(alphas)]
+        row = labelled([upscale_nearest(as_pil_uint8(x[k]).convert("RGB"), 96) for k in range(frames)],
+                       [f"seed {sa}" if a == 0 else (f"seed {sb}" if a == 1 else f"{a:.2f}") for a in alphas],
+                       gap=4, size=11)
+        note = (f"slerp(x_T(seed {sa}), x_T(seed {sb}), alpha) for {frames} alphas · "
+                f"{SAMPLER_NAMES[sampler]} {steps} steps · guidance {g:g} · {time.time() - t0:.1f} s")
+        return gallery, row, note
+
+    def _start_noise(self, pipe, seed) -> torch.Tensor:
+        """x_T of ``seed``: the first state of the pipeline's own stream (so alpha 0 / 1 reproduce Generate)."""
+        stream = pipe.stream(1, sampler="ddim", steps=1, seed=seed, guidance=1.0, device=self.models.device)
+        try:
+            return next(iter(stream)).x_t[0].detach().clone()
+        finally:
+            stream.close()
+
+
 # ---------------------------------------------------------------------------------------------------
 # layout
 # ---------------------------------------------------------------------------------------------------
@@ -765,6 +1426,10 @@ CSS = """
 #fwd-image img, #card-img img {width: 100%; height: 100%; object-fit: contain;}
 #fwd-strip img {max-width: 100%; height: auto; object-fit: contain;}
 """
+
+LEARN_INTRO = """Why does each step do what it does? **Explain** and **Trajectory** look at the last Generate
+run of this session (its first image; a cascade's base stage). **Compare** and **Interpolate** sample anew with the
+model, class and guidance chosen on the Generate tab."""
 
 ABOUT = """
 ## What is this?
@@ -796,7 +1461,13 @@ the same image at any batch size. Every PNG carries its settings as JSON in the 
 
 **API.** `from gradio_client import Client; c = Client("http://127.0.0.1:7860/")`, then
 `c.predict("fashion", api_name="/model_card")`, `c.submit(model="fashion", steps=20, api_name="/generate")`
-(streams previews), `/forward`, `/schedule_plot`, `/upscale`.
+(streams previews), `/forward`, `/schedule_plot`, `/upscale`; the Learn tab's `/explain_step` and `/trajectory`
+(about the session's last `/generate` run), `/compare`, `/compare_guidance` and `/interpolate`.
+
+**Learn.** *Explain a step* writes the sampler's update out with the numbers of the chosen step (t, alpha_bar,
+sigma, DPM-Solver++'s lambda and h, cold diffusion's D(x0_hat, t)) and checks that they reproduce x_t'.
+*Compare* puts samplers, step counts, guidance scales or noise schedules side by side for one seed.
+*Interpolate* slerps between two seeds' starting noise. *Trajectory* shows how x0_hat sharpens step by step.
 """
 
 
@@ -900,6 +1571,7 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
                                                 elem_classes="dc-pixel", elem_id="card-img")
                 last_seed = gr.State(None)
                 partial = gr.State(None)
+                learn_run = gr.State(None)      # the last run's steps (first image), for the Learn tab
 
             # ---------------------------------------------------------------- forward process
             with gr.Tab("Forward process", id="forward"):
@@ -923,6 +1595,85 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
                 gr.Markdown("**Linear vs cosine schedule** (Nichol & Dhariwal 2021, Fig. 5): the cosine schedule "
                             "destroys information more slowly; the dashed line marks t.")
                 sched_plot = gr.Plot(show_label=False, format="png", elem_id="schedule-plot")
+
+            # ---------------------------------------------------------------- learn
+            with gr.Tab("Learn", id="learn"):
+                gr.Markdown(LEARN_INTRO)
+                with gr.Tabs():
+                    with gr.Tab("Explain a step", id="learn-explain"):
+                        explain_note = gr.Markdown("No run kept yet: press **Generate** on the Generate tab.",
+                                                   elem_id="explain-note")
+                        with gr.Row(equal_height=True):
+                            explain_idx = Slider(1, MAX_STEPS, value=1, step=1, label="Step (1 = the first, noisiest)",
+                                                 elem_id="explain-step", scale=4)
+                            explain_btn = gr.Button("Explain this step", variant="primary", elem_id="explain-btn",
+                                                    scale=1)
+                        with gr.Row(equal_height=False):
+                            with gr.Column(scale=3):
+                                explain_md = gr.Markdown(latex_delimiters=LATEX, elem_id="explain-md")
+                            with gr.Column(scale=2):
+                                explain_plot = gr.Plot(show_label=False, format="png", elem_id="explain-plot")
+                        explain_img = gr.Image(label="What this step combines (first image of the run)", type="pil",
+                                               format="png", interactive=False, elem_id="explain-img",
+                                               elem_classes="dc-pixel")
+                        with gr.Accordion("All numbers of this step (JSON)", open=False):
+                            explain_json = gr.JSON(elem_id="explain-json")
+                    with gr.Tab("Compare", id="learn-compare"):
+                        gr.Markdown(f"One seed, one image per cell; the model, class and guidance are the Generate "
+                                    f"tab's. At most {COMPARE_MAX_CELLS} cells and {COMPARE_MAX_STEPS} sampling "
+                                    "steps per grid.")
+                        with gr.Row(equal_height=False):
+                            cmp_seed = Number(0, label="Seed (-1 = random)", precision=0, minimum=-1, maximum=MAX_SEED,
+                                              elem_id="compare-seed")
+                            cmp_schedules = gr.Checkbox(False, label="schedules",
+                                                        info="add the rows of models that differ only in their "
+                                                             "noise schedule (e.g. fashion / fashion-linear)")
+                        cmp_samplers = gr.CheckboxGroup(COMPARE_SAMPLERS, value=["ddpm", "ddim", "dpm++"],
+                                                        label="Samplers (rows)", elem_id="compare-samplers")
+                        with gr.Row(equal_height=True):
+                            cmp_steps = NumberChecks(COMPARE_STEPS, value=[5, 10, 25], label="Step counts (columns)",
+                                                         elem_id="compare-steps", scale=3)
+                            cmp_btn = gr.Button("Compare samplers × steps", variant="primary", elem_id="compare-btn",
+                                                scale=1)
+                        with gr.Row(equal_height=True):
+                            cmp_guid = NumberChecks(COMPARE_GUIDANCE, value=COMPARE_GUIDANCE,
+                                                        label="Guidance scales (columns)", scale=2)
+                            cmp_gsteps = Slider(1, 200, value=10, step=1, label="Steps (guidance grid)", scale=1)
+                            cmp_gbtn = gr.Button("Compare guidance scales", elem_id="compare-guidance-btn", scale=1)
+                        cmp_note = gr.Markdown(elem_id="compare-note")
+                        cmp_img = gr.Image(label="Comparison grid", type="pil", format="png", interactive=False,
+                                           elem_id="compare-img", elem_classes="dc-pixel")
+                    with gr.Tab("Interpolate", id="learn-interpolate"):
+                        gr.Markdown("Spherical interpolation (slerp) between the starting noise x_T of two seeds, "
+                                    "each point sampled with a deterministic sampler, so the row changes smoothly; "
+                                    "its ends are exactly the images Generate makes for seed a and seed b (model, "
+                                    "class and guidance from the Generate tab).")
+                        with gr.Row():
+                            int_a = Number(0, label="Seed a", precision=0, minimum=0, maximum=MAX_SEED)
+                            int_b = Number(1, label="Seed b", precision=0, minimum=0, maximum=MAX_SEED)
+                            int_frames = Slider(2, INTERP_MAX_FRAMES, value=8, step=1, label="Frames")
+                        with gr.Row(equal_height=True):
+                            int_sampler = gr.Radio([("DDIM (eta 0)", "ddim"), ("DPM-Solver++ (2M)", "dpm++")],
+                                                   value="dpm++", label="Sampler (deterministic)")
+                            int_steps = Slider(1, 200, value=20, step=1, label="Steps")
+                            int_btn = gr.Button("Interpolate", variant="primary", elem_id="interpolate-btn")
+                        int_note = gr.Markdown()
+                        int_row = gr.Image(label="seed a → seed b", type="pil", format="png", interactive=False,
+                                           elem_id="interpolate-row", elem_classes="dc-pixel")
+                        int_gallery = gr.Gallery(label="Frames (PNG, full resolution)", columns=8, height="auto",
+                                                 format="png", object_fit="contain", interactive=False,
+                                                 elem_classes="dc-pixel")
+                    with gr.Tab("Trajectory", id="learn-trajectory"):
+                        traj_note = gr.Markdown("No run kept yet: press **Generate** on the Generate tab.")
+                        with gr.Row(equal_height=True):
+                            traj_what = gr.Radio(["x0_hat", "x_t"], value="x0_hat", label="Show")
+                            traj_frames = Slider(2, 20, value=10, step=1, label="Strip frames")
+                            traj_btn = gr.Button("Trajectory of the last run", variant="primary",
+                                                 elem_id="trajectory-btn")
+                        traj_strip = gr.Image(label="Evenly spaced steps", type="pil", format="png",
+                                              interactive=False, elem_id="trajectory-strip", elem_classes="dc-pixel")
+                        traj_gif = gr.Image(label="Every step (GIF)", type="filepath", height=260, interactive=False,
+                                            elem_id="trajectory-gif", elem_classes="dc-pixel")
 
             # ---------------------------------------------------------------- about
             with gr.Tab("About", id="about"):
@@ -955,8 +1706,10 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
 
         gen_inputs = [model, sampler, steps, spacing, eta, guidance, seed, batch_size, preview_every, class_label,
                       attributes, stick_source, stick_sketch, stick_upload, init_image, strength, make_gif, gif_frames]
-        gen = run_btn.click(app.generate, gen_inputs, [preview, status, gallery, gif, last_seed, partial],
+        gen = run_btn.click(app.generate, gen_inputs, [preview, status, gallery, gif, last_seed, partial, learn_run],
                             api_name="generate", concurrency_id="sampling", show_progress="minimal")
+        gen.then(app.after_run, [learn_run, explain_idx], [explain_idx, explain_note, traj_note],
+                 api_visibility="private", queue=False)
         stop_btn.click(app.stop, [partial], [gallery, status], cancels=[gen], api_visibility="private",
                        queue=False)
 
@@ -975,6 +1728,20 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
               fwd_outputs, api_name="forward", show_progress="hidden", trigger_mode="always_last", **light)
         gr.on([fwd_t.change, fwd_schedule.change], app.schedule_plot, [fwd_t, fwd_schedule], [sched_plot],
               api_name="schedule_plot", show_progress="hidden", trigger_mode="always_last", **light)
+        explain_in, explain_out = [explain_idx, learn_run], [explain_md, explain_img, explain_plot, explain_json]
+        explain_btn.click(app.explain_step, explain_in, explain_out, api_name="explain_step", **light)
+        explain_idx.release(app.explain_step, explain_in, explain_out, api_visibility="private",
+                            trigger_mode="always_last", show_progress="hidden", **light)
+        cmp_btn.click(app.compare, [model, class_label, attributes, cmp_seed, cmp_samplers, cmp_steps, guidance,
+                                    cmp_schedules], [cmp_img, cmp_note], api_name="compare", concurrency_id="sampling")
+        cmp_gbtn.click(app.compare_guidance, [model, class_label, attributes, cmp_seed, cmp_samplers, cmp_guid,
+                                              cmp_gsteps, cmp_schedules], [cmp_img, cmp_note],
+                       api_name="compare_guidance", concurrency_id="sampling")
+        int_btn.click(app.interpolate, [model, class_label, attributes, int_a, int_b, int_frames, int_sampler,
+                                        int_steps, guidance], [int_gallery, int_row, int_note],
+                      api_name="interpolate", concurrency_id="sampling")
+        traj_btn.click(app.trajectory, [traj_frames, traj_what, learn_run], [traj_gif, traj_strip],
+                       api_name="trajectory", **light)
         example_btn.click(app.fashion_example, None, [fwd_image, example_note], api_visibility="private", **light)
         demo.load(app.forward, fwd_inputs, fwd_outputs, api_visibility="private", **light)
         demo.load(app.schedule_plot, [fwd_t, fwd_schedule], [sched_plot], api_visibility="private", **light)

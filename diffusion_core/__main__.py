@@ -25,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one field, e.g. --set steps=2000 --set data.source=emoji --set unet.base_channels=48")
     t.add_argument("--resume", action="store_true", help="continue from OUT_DIR/train_state.safetensors if present")
+    t.add_argument("--reset-ema", action="store_true", help="with --resume: restart the EMA from the current weights")
     t.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (default: auto)")
     t.add_argument("--out", help="output folder (same as --set out_dir=...)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -105,7 +106,7 @@ def _run(args) -> int:
         if args.out:
             sets.append(f"out_dir={args.out}")
         cfg = load_train_config(args.config, sets)
-        out = train(cfg, resume=args.resume, progress=not args.no_progress)
+        out = train(cfg, resume=args.resume, progress=not args.no_progress, reset_ema=args.reset_ema)
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"exported {out}" if (out / "training.json").exists() else
                   f"stopped; resume with --resume (state in {cfg.out_dir})")

@@ -138,7 +138,8 @@ def model_config(cfg: TrainConfig, data: ImageData) -> ModelConfig:
 
 # ------------------------------------------------------------------------------------------------
 class Trainer:
-    def __init__(self, cfg: TrainConfig, command: str = "", resume: bool = False, progress: bool = True):
+    def __init__(self, cfg: TrainConfig, command: str = "", resume: bool = False, progress: bool = True,
+                 reset_ema: bool = False):
         self.cfg, self.command, self.progress = cfg, command, progress
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
@@ -181,6 +182,8 @@ class Trainer:
         self.stop_requested = False
         if resume and (self.out / STATE).is_file():
             self.load_state()
+            if reset_ema:   # restart the average from the current weights (warmup applies again)
+                self.ema.n_averaged.zero_()
         elif resume and self.rank == 0:
             print(f"no {self.out / STATE} yet; starting from scratch", file=sys.stderr)
 
@@ -486,5 +489,5 @@ def command_line() -> str:
     return " ".join(shlex.quote(a) for a in ["python", "-m", "diffusion_core"] + sys.argv[1:])
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
-    return Trainer(cfg, command_line(), resume, progress).run()
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, reset_ema: bool = False) -> Path:
+    return Trainer(cfg, command_line(), resume, progress, reset_ema).run()

@@ -4,6 +4,7 @@
 
 * ``tiny``          10-class single-label model (Fashion-MNIST-like names), 1 channel, 16 px, with
                     training.json / metrics.json / samples.png beside it
+* ``tiny-linear``   ``tiny`` with a linear noise schedule (same U-Net config and labels: a "schedules" pair)
 * ``tiny-attr``     multi-label model with 4 attributes, RGB, 16 px
 * ``tiny-sr``       super-resolution model 8 -> 16 px (noise-augmentation embedding)
 * ``tiny-cascade``  cascade: ../tiny then ../tiny-sr (aug_level 0.1)
@@ -67,6 +68,11 @@ def build_checkpoints(root) -> Path:
     (root / "tiny" / "metrics.json").write_text(json.dumps({"fid": 123.4, "loss": {"val": 0.05}}))
     from PIL import Image
     Image.new("L", (36, 36), 200).save(root / "tiny" / "samples.png")
+
+    linear = ModelConfig(unet=tiny_unet(num_labels=10), label_names=FASHION_NAMES,
+                         diffusion=DiffusionConfig(schedule="linear"),
+                         description="tiny class-conditional test model, linear schedule (random weights)")
+    _model(root / "tiny-linear", linear, 7)
 
     attr = ModelConfig(unet=tiny_unet(num_labels=len(ATTRS), in_channels=3, out_channels=3), label_names=ATTRS,
                        multi_label=True, description="tiny multi-label RGB test model")
