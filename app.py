@@ -129,12 +129,24 @@ class _NamedErrors:
         except gr.Error as e:
             raise _named_error(self.label, e) from None
 
+    def get_block_name(self) -> str:
+        # Gradio names a template component's frontend after ``__class__.__base__``, which is this mixin:
+        # name the Gradio component it extends instead (else the page fetches a custom component and breaks)
+        return next(c for c in type(self).__mro__ if c.__module__.startswith("gradio.")).__name__.lower()
+
+    def get_block_class(self) -> str:
+        return self.get_block_name()
+
 
 class Slider(_NamedErrors, gr.Slider):
     is_template = True
 
 
 class Number(_NamedErrors, gr.Number):
+    is_template = True
+
+
+class Radio(_NamedErrors, gr.Radio):
     is_template = True
 
 
@@ -1653,8 +1665,8 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
                             int_b = Number(1, label="Seed b", precision=0, minimum=0, maximum=MAX_SEED)
                             int_frames = Slider(2, INTERP_MAX_FRAMES, value=8, step=1, label="Frames")
                         with gr.Row(equal_height=True):
-                            int_sampler = gr.Radio([("DDIM (eta 0)", "ddim"), ("DPM-Solver++ (2M)", "dpm++")],
-                                                   value="dpm++", label="Sampler (deterministic)")
+                            int_sampler = Radio([("DDIM (eta 0)", "ddim"), ("DPM-Solver++ (2M)", "dpm++")],
+                                                value="dpm++", label="Sampler (deterministic)")
                             int_steps = Slider(1, 200, value=20, step=1, label="Steps")
                             int_btn = gr.Button("Interpolate", variant="primary", elem_id="interpolate-btn")
                         int_note = gr.Markdown()

@@ -2,7 +2,7 @@
 
 Opens the page, picks a model, generates (intermediate previews, then the final gallery), stops a long
 run (the gallery keeps the partial x0_hat), switches to a pose model and draws a stroke on the sketch
-pad, and visits every tab. Screenshots go to test-artifacts/. Skipped when /usr/bin/chromium is missing.
+pad, visits every tab, and uses each tool of the Learn tab after a run. Screenshots go to test-artifacts/. Skipped when /usr/bin/chromium is missing.
 """
 from __future__ import annotations
 
@@ -169,6 +169,36 @@ def test_tabs(page):
     page.screenshot(path=str(ARTIFACTS / "about.png"), full_page=True)
     page.get_by_role("tab", name="Generate").click()
     page.locator("#generate-btn").wait_for(state="visible")
+
+
+def test_learn_tab(page):
+    """Generate, then the Learn tab: explain a step (LaTeX rendered by KaTeX, the noise plot), a compare
+    grid, an interpolation row and the trajectory GIF."""
+    page.get_by_role("tab", name="Generate").click()
+    choose(page, "model", "tiny")
+    page.wait_for_function("document.querySelector('#model-card h3')?.innerText.trim() === 'tiny'")
+    set_number(page, "steps", 8)
+    set_number(page, "batch-size", 2)
+    assert "Done" in run_and_watch(page)[-1]
+    page.get_by_role("tab", name="Learn").click()
+    page.get_by_text("Kept: model tiny").first.wait_for()
+    set_number(page, "explain-step", 3)
+    page.locator("#explain-btn").click()
+    page.wait_for_selector("#explain-md .katex")             # the formula is typeset, not raw $$ ... $$
+    assert "Step 3 of 8" in page.locator("#explain-md").inner_text()
+    page.wait_for_selector("#explain-plot img")
+    page.wait_for_selector("#explain-img img")
+    assert not errors(page), errors(page)
+    page.screenshot(path=str(ARTIFACTS / "learn-explain.png"), full_page=True)
+    for tab, button, result in (("Compare", "#compare-btn", "#compare-img img"),
+                                ("Interpolate", "#interpolate-btn", "#interpolate-row img"),
+                                ("Trajectory", "#trajectory-btn", "#trajectory-gif img")):
+        page.get_by_role("tab", name=tab, exact=True).click()
+        page.locator(button).click()
+        page.wait_for_selector(result)
+        assert not errors(page), errors(page)
+        page.screenshot(path=str(ARTIFACTS / f"learn-{tab.lower()}.png"), full_page=True)
+    page.get_by_role("tab", name="Generate").click()
 
 
 def screenshot(out: Path, checkpoints: Path | None = None, steps: int = 25, batch: int = 8) -> Path:

@@ -197,7 +197,7 @@ def test_interpolate_ends_are_plain_generations(client):
         assert diff.max() <= 2, (seed, diff.max())                       # same x_T, same deterministic sampler
     mids = [pixels(gallery_path(g)) for g in gal]
     assert not np.array_equal(mids[1], mids[0]) and not np.array_equal(mids[1], mids[-1])
-    for bad, message in ((dict(sampler="ddpm"), "deterministic"), (dict(model="tiny-cold"), "cold")):
+    for bad, message in ((dict(sampler="ddpm"), "sampler (deterministic)"), (dict(model="tiny-cold"), "cold")):
         with pytest.raises(Exception) as err:
             client.predict(seed_a=1, seed_b=2, frames=3, api_name="/interpolate", **{**kw, **bad})
         assert message in str(err.value).lower()
