@@ -77,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     ca.add_argument("--stage", action="append", required=True, metavar="FOLDER[:AUG_LEVEL]")
     ca.add_argument("--description", default="")
 
+    sub.add_parser("bench", help="sampling / training speed against diffusers (see: bench --help)", add_help=False)
+
     cv = sub.add_parser("convert", help="convert a pickle .pt state_dict to safetensors (weights only, no code run)")
     cv.add_argument("checkpoint")
     cv.add_argument("--config", required=True, help="config.json of the model (ModelConfig)")
@@ -85,6 +87,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:          # the benchmark has its own options: python -m diffusion_core bench --help
+        from .bench import main as bench_main
+        return bench_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         return _run(args)

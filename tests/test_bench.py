@@ -1,0 +1,99 @@
+"""The benchmark (``python -m diffusion_core bench``): its JSON, the diffusers reference's size, and the
+sampling-output check. Tiny sizes only; timings are never asserted."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from diffusion_core import bench
+from diffusion_core.unet import UNet, _norm, count_parameters
+
+REQUIRED = ("sampling_ratio", "training_ratio", "peak_fraction", "first_preview_s", "fashion16_dpm20_s")
+
+
+def _positive(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+@pytest.fixture(scope="module")
+def tiny_result(tmp_path_factory):
+    pytest.importorskip("diffusers")
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    assert bench.main(["--tiny", "--threads", "1", "--quiet", "--out", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def test_json_has_the_required_keys(tiny_result):
+    r = tiny_result
+    for k in REQUIRED:
+        assert _positive(r[k]), (k, r[k])
+    m = r["machine"]
+    assert m["cpu"] and m["cores"] >= 1 and m["torch"] == torch.__version__ and m["threads"] == 1
+    assert r["params"]["within_15pct"] is True and _positive(r["params"]["diffusers"])
+    tasks = {(row["impl"], row["task"]) for row in r["rows"]}
+    assert {("ours", "sample"), ("diffusers", "sample"), ("ours", "first_preview"), ("ours", "cascade"),
+            ("ours", "train"), ("diffusers", "train")} <= tasks
+    for row in r["rows"]:
+        assert _positive(row["seconds"]) and _positive(row["images_per_s"])
+    # both implementations did the same work: U-Net evaluations and their batch size, row by row
+    ours = {(x["sampler"], x["batch"]): x for x in r["rows"] if x["task"] == "sample" and x["impl"] == "ours"}
+    theirs = {(x["sampler"], x["batch"]): x for x in r["rows"] if x["task"] == "sample" and x["impl"] == "diffusers"}
+    assert ours.keys() == theirs.keys() and ours
+    for key, row in ours.items():
+        assert row["unet_evals"] == theirs[key]["unet_evals"] == row["steps"]
+        assert row["unet_batch"] == theirs[key]["unet_batch"] == [2 * row["batch"]]     # guidance doubles it
+    assert r["flops"]["ours"]["flops_per_forward"] > 0 and 0 < r["peak_fraction"]
+    # the diffusers schedulers take the same steps as ours
+    for v in r["scheduler_agreement"].values():
+        assert v["same_timesteps"] and v["max_abs_diff"] < 1e-2
+
+
+def test_diffusers_reference_matches_the_fashion_architecture():
+    pytest.importorskip("diffusers")
+    ours = UNet(bench.FASHION_UNET)
+    theirs = bench.diffusers_unet(bench.FASHION_UNET)
+    n_ours, n_theirs = count_parameters(ours), count_parameters(theirs)
+    assert abs(n_theirs / n_ours - 1) <= 0.15, (n_ours, n_theirs)
+    groups = {(m.num_channels, m.num_groups) for m in theirs.modules() if isinstance(m, torch.nn.GroupNorm)}
+    assert groups and all(g == _norm(c).num_groups for c, g in groups)
+    assert (32, 8) in groups and (64, 16) in groups
+    assert theirs.config.num_class_embeds == 11 and tuple(theirs.config.block_out_channels) == (32, 64, 64, 64)
+    assert [b for b in theirs.config.down_block_types].count("AttnDownBlock2D") == 1
+    assert theirs.config.down_block_types[2] == "AttnDownBlock2D" and theirs.config.up_block_types[1] == "AttnUpBlock2D"
+
+
+def test_check_detects_a_changed_output(tmp_path, make_model):
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+    model = tmp_path / "m"
+    make_model(model, seed=3, unet=dict(num_labels=10))
+    ref = tmp_path / "ref.safetensors"
+    common = ["--model", str(model), "--reference", str(ref), "--threads", "1", "--check-n", "2"]
+    assert bench.main(common + ["--check"]) == 2                       # no reference yet: a clear error
+    assert bench.main(common + ["--write-reference"]) == 0
+    assert bench.main(common + ["--check"]) == 0                       # same weights, same settings: identical
+    # a changed output (stored tensor perturbed by 1e-4) is caught; a tolerance lets it pass
+    with safe_open(str(ref), "pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(ref))
+    tensors["images"] = tensors["images"] + 1e-4
+    save_file(tensors, str(ref), metadata=meta)
+    assert bench.main(common + ["--check"]) == 1
+    assert bench.main(common + ["--check", "--tolerance", "1e-3"]) == 0
+    # a changed model is caught too
+    assert bench.main(common + ["--write-reference"]) == 0
+    make_model(model, seed=4, unet=dict(num_labels=10))
+    assert bench.main(common + ["--check"]) == 1
+
+
+def test_skip_diffusers_and_bad_options(tmp_path):
+    out = tmp_path / "b.json"
+    assert bench.main(["--tiny", "--skip-diffusers", "--sections", "sampling", "--threads", "1", "--quiet",
+                       "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["sampling_ratio"] is None and r["training_ratio"] is None and _positive(r["fashion16_dpm20_s"])
+    assert {row["impl"] for row in r["rows"]} == {"ours"}
+    assert bench.main(["--tiny", "--sections", "nonsense", "--quiet", "--out", str(out)]) == 2
