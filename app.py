@@ -150,30 +150,6 @@ class Radio(_NamedErrors, gr.Radio):
     is_template = True
 
 
-def steps_in_inference_mode(stream):
-    """Iterate a sampling stream with every step computed under ``torch.inference_mode``.
-
-    Gradio advances a generator handler from a pool of worker threads, one ``next()`` per thread hop, while
-    grad mode is thread-local: a ``with torch.inference_mode()`` held open across ``yield`` (as the
-    package's loop does) leaks into whichever thread ran the first step and is missing in the next one
-    ("Inference tensors cannot be saved for backward"). Entering and leaving the mode around each ``next()``
-    keeps every step, in whatever thread, inside it and leaves no thread changed afterwards; closing the
-    stream (a cancelled or stopped run) happens inside the mode too, for the same reason."""
-    it = iter(stream)
-    try:
-        while True:
-            with torch.inference_mode():
-                rec = next(it, None)
-            if rec is None:
-                return
-            yield rec
-    finally:
-        close = getattr(it, "close", None)
-        if close is not None:
-            with torch.inference_mode():
-                close()
-
-
 def user_error(e: Exception) -> gr.Error:
     msg = str(e).strip() or type(e).__name__
     return gr.Error(msg, print_exception=False)      # a user mistake: a message, not a server traceback
@@ -849,7 +825,7 @@ class DiffusionApp:
         last = None
         partial = None
         try:
-            for rec in steps_in_inference_mode(stream):
+            for rec in stream:   # each step runs under inference mode inside the package's loop
                 last = rec
                 self._keep(run, rec)
                 if make_gif and (rec.index % max(1, rec.num_steps // GIF_MAX_FRAMES) == 0

@@ -16,6 +16,8 @@ Weights are random; the zero-initialised output layers are perturbed so outputs 
 """
 from __future__ import annotations
 
+import pytest
+
 import json
 import sys
 from pathlib import Path
@@ -118,6 +120,21 @@ def launch_app(checkpoints_dir) -> tuple[object, str]:
     port = free_port()
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, **app.LAUNCH_KW)
     return demo, f"http://127.0.0.1:{port}/"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One app per test module on tiny checkpoints: (url, checkpoints folder)."""
+    ckpt = build_checkpoints(tmp_path_factory.mktemp("ckpt"))
+    demo, url = launch_app(ckpt)
+    yield url, ckpt
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from gradio_client import Client
+    return Client(server[0], verbose=False)
 
 
 if __name__ == "__main__":

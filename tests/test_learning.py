@@ -22,20 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client  # noqa: E402
 
-from app_fixtures import build_checkpoints, launch_app  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    ckpt = build_checkpoints(tmp_path_factory.mktemp("ckpt"))
-    demo, url = launch_app(ckpt)
-    yield url, ckpt
-    demo.close()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return Client(server[0], verbose=False)
+from app_fixtures import build_checkpoints, client, launch_app, server  # noqa: E402,F401
 
 
 def generate(client, **kw):
