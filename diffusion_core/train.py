@@ -418,6 +418,10 @@ class Trainer:
                 export = self.export(self.out / "model")
                 self.sample_grid(export / "samples.png")
                 plot_loss(log_path, export / "loss.png")
+            if self.world > 1:      # leave together: no rank tears down gloo while another still uses it
+                import torch.distributed as dist
+                dist.barrier()
+                dist.destroy_process_group()
         finally:
             if bar:
                 bar.close()
