@@ -57,13 +57,31 @@ def prediction_from_output(out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
 
 
 class ModelDenoiser:
-    """Wraps a network ``net(x_t, t, cond) -> output`` into a Denoiser."""
+    """Wraps a network ``net(x_t, t, cond) -> output`` into a Denoiser.
 
-    def __init__(self, net: Callable, schedule: Schedule | None, prediction: str = "eps"):
-        self.net, self.schedule, self.prediction = net, schedule, prediction
+    ``chunk`` > 0 evaluates the network in batches of exactly ``chunk`` rows (the last one padded by
+    repeating its final row). CPU convolution and matmul libraries pick their algorithm, and so
+    their rounding, by batch size; with a fixed evaluation batch every image sees the same kernels
+    whatever the batch it was requested in, so a seed gives bit-identical images at any batch size
+    (for a fixed thread count). ``chunk`` = 0 runs the whole batch at once (fastest, not batch-invariant).
+    """
+
+    def __init__(self, net: Callable, schedule: Schedule | None, prediction: str = "eps", chunk: int = 0):
+        self.net, self.schedule, self.prediction, self.chunk = net, schedule, prediction, int(chunk)
+
+    def _net(self, x_t, t, cond):
+        b, k = x_t.shape[0], self.chunk
+        if k <= 0 or b == k:
+            return self.net(x_t, t, cond)
+        outs = []
+        for start in range(0, b, k):
+            idx = torch.arange(start, start + k, device=x_t.device).clamp(max=b - 1)
+            out = self.net(x_t[idx], t[idx], None if cond is None else cond.index(idx))
+            outs.append(out[:min(k, b - start)])
+        return torch.cat(outs)
 
     def __call__(self, x_t, t, cond):
-        return prediction_from_output(self.net(x_t, t, cond), x_t, t, self.schedule, self.prediction)
+        return prediction_from_output(self._net(x_t, t, cond), x_t, t, self.schedule, self.prediction)
 
 
 class ClassifierFreeGuidance:

@@ -23,6 +23,12 @@ from .samplers import (SampleStep, SamplerSpec, make_generators, noised_start, p
 from .schedules import Schedule, make_schedule, spaced_timesteps
 
 MAX_BATCH = 64
+# The network always runs on batches of exactly this many rows (CFG's two passes count as two rows per
+# image), padded where needed: CPU kernels round differently for different batch sizes, so a fixed
+# evaluation batch makes image i of seed s bit-identical to image 0 of seed s+i whatever the batch size
+# (measured on this CPU: batches of 4..12 share kernels with 1 thread, 4/8/12+ with 2; 8 is inside both).
+# Set Pipeline.chunk = 0 to run whole batches at once (about 10% faster on large batches, not invariant).
+EVAL_CHUNK = 8
 MAX_STEPS = 1000
 
 
@@ -39,6 +45,7 @@ class Pipeline:
     stages: list = field(default_factory=list)      # [(Pipeline, {"aug_level":..., "steps":...})]
     prior: torch.Tensor | None = None               # cold: fully degraded training images (N, C, H, W)
     description: str = ""
+    chunk: int = EVAL_CHUNK                         # network batch; fixed => images independent of batch size
 
     # ---- what the model is ------------------------------------------------------------------
     @property
@@ -82,9 +89,10 @@ class Pipeline:
         d = self.config.diffusion
         sched = None if d.is_cold else self.schedule
         if self.kind == "ensemble":
-            den = ExpertEnsemble([(lo, hi, ModelDenoiser(net, sched, d.prediction)) for lo, hi, net in self.experts], d.T)
+            den = ExpertEnsemble([(lo, hi, ModelDenoiser(net, sched, d.prediction, self.chunk))
+                                  for lo, hi, net in self.experts], d.T)
         elif self.kind == "model":
-            den = ModelDenoiser(self.net, sched, d.prediction)
+            den = ModelDenoiser(self.net, sched, d.prediction, self.chunk)
         else:
             raise ValueError("a cascade has one denoiser per stage; use its stages")
         if guidance != 1.0:

@@ -119,6 +119,22 @@ def test_seed_reproducible_at_any_batch_size(client):
     assert np.array_equal(img_a, img_b)
 
 
+@pytest.mark.parametrize("sampler", ["ddim", "dpm++"])
+def test_app_and_cli_give_bit_identical_images(client, server, tmp_path, sampler):
+    """Same seed and settings: the app's PNGs equal the CLI's, pixel for pixel, at different batch sizes
+    (app: 3 images from seed 40; CLI: 5 images from seed 38, so app image i is CLI image i + 2)."""
+    from diffusion_core.__main__ import main
+    _, outs = run(client, model="tiny", sampler=sampler, steps=4, batch_size=3, seed=40, guidance=2.5,
+                  class_label="Coat", preview_every=10)
+    app_imgs = [np.asarray(Image.open(gallery_path(g))) for g in final_gallery(outs)]
+    assert main(["sample", "--model", str(server[1] / "tiny"), "--out", str(tmp_path), "--n", "5", "--seed", "38",
+                 "--sampler", sampler, "--steps", "4", "--guidance", "2.5", "--label", "Coat", "--batch", "5"]) == 0
+    cli = sorted(tmp_path.glob("*.png"))
+    assert len(cli) == 5 and len(app_imgs) == 3
+    for i, img in enumerate(app_imgs):
+        assert np.array_equal(img, np.asarray(Image.open(cli[i + 2]))), i
+
+
 @pytest.mark.parametrize("kw,expect", [
     (dict(model="tiny-ensemble", sampler="ddpm"), "expert"),
     (dict(model="tiny-cascade", class_label="Coat", guidance=3.0), "stage 2/2"),
