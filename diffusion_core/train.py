@@ -179,6 +179,7 @@ class Trainer:
         self.t_lo, self.t_hi = (d.t_range[0], d.t_range[1]) if d.t_range else (0, d.T)
         self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.rank + 1)   # data + noise stream
         self.step, self.wall = 0, 0.0
+        self.saved_step, self.save_failures = None, 0
         self.stop_requested = False
         if resume and (self.out / STATE).is_file():
             self.load_state()
@@ -259,11 +260,25 @@ class Trainer:
                 "param_groups": json.dumps(opt["param_groups"])}
         return tensors, meta
 
-    def save_state(self) -> None:
+    def save_state(self, final: bool = False) -> None:
+        """Write the training state atomically. A failed periodic write (disk full, quota, file too large)
+        keeps the previous checkpoint, warns and lets training go on (the next checkpoint tries again);
+        a failed final write raises OSError with a one-line reason."""
         if self.rank != 0:
             return
         tensors, meta = self.state_tensors()
-        atomic_save_tensors({k: v.detach().cpu() for k, v in tensors.items()}, self.out / STATE, metadata=meta)
+        try:
+            atomic_save_tensors({k: v.detach().cpu() for k, v in tensors.items()}, self.out / STATE, metadata=meta)
+        except OSError as e:
+            kept = f"the previous checkpoint (step {self.saved_step}) is kept" if self.saved_step is not None \
+                else "no checkpoint has been written yet"
+            msg = f"could not write {self.out / STATE} at step {self.step} ({e.strerror or e}); {kept}"
+            self.save_failures += 1
+            if final:
+                raise OSError(msg) from None
+            print(f"\nwarning: {msg}; training goes on and tries again at the next checkpoint", file=sys.stderr)
+            return
+        self.saved_step = self.step
 
     def load_state(self) -> None:
         from safetensors import safe_open
@@ -287,6 +302,7 @@ class Trainer:
             self.gen.manual_seed(self.cfg.seed * 1000 + self.rank + 1 + int(meta["step"]))
         self.step = int(meta["step"])
         self.wall = float(meta["wall"])
+        self.saved_step = self.step
 
     # ---- outputs --------------------------------------------------------------------------------
     def sample_grid(self, path: Path, n: int = 64) -> None:
@@ -411,7 +427,7 @@ class Trainer:
                     self.save_state()
                 if self.rank == 0 and cfg.sample_every and self.step % cfg.sample_every == 0:
                     self.sample_grid(self.out / "samples" / f"step{self.step:07d}.png")
-            self.save_state()
+            self.save_state(final=True)
             if self.world > 1:
                 self.check_ranks_agree()
             if self.rank == 0 and not self.stop_requested:

@@ -166,6 +166,74 @@ def test_kill_during_checkpoint_write_then_resume(tmp_path):
     assert json.loads((out / "model" / "training.json").read_text())["steps"] == 8
 
 
+def test_repeated_kill_9_at_random_points_then_resume(tmp_path):
+    """Five runs killed with SIGKILL a random time (seeded) after their loop starts: mid-step or mid-write
+    (every write pauses 0.3 s before its rename). After each kill a valid checkpoint or none exists; the
+    last --resume finishes at exactly the configured step count."""
+    import random
+    folder = write_idx(tmp_path / "idx")
+    out = tmp_path / "run"
+    args = ["train", "--no-progress", "--resume", *sum([["--set", s] for s in TINY + [
+        "data.source=idx", f"data.path={folder}", f"out_dir={out}", "steps=30"]], [])]
+    env = dict(os.environ, OMP_NUM_THREADS="1", DIFFUSION_FAULT_PAUSE_BEFORE_RENAME="0.3")
+    rng = random.Random(1234)
+    steps_seen = []
+    for _ in range(5):
+        p = subprocess.Popen([sys.executable, "-m", "diffusion_core", *args], cwd=ROOT, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        starts = len((out / "commands.txt").read_text().splitlines()) if (out / "commands.txt").exists() else 0
+        deadline = time.time() + 120
+        while time.time() < deadline and p.poll() is None and (not (out / "commands.txt").exists() or len(
+                (out / "commands.txt").read_text().splitlines()) == starts):
+            time.sleep(0.05)                            # until this run has loaded and started its loop
+        time.sleep(rng.uniform(0.0, 3.0))
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=60)
+        if (out / STATE).exists():
+            from safetensors import safe_open
+            with safe_open(str(out / STATE), "pt") as f:      # parses: never a torn file
+                steps_seen.append(int(f.metadata()["step"]))
+    assert len(steps_seen) >= 3 and steps_seen == sorted(steps_seen)     # progress is never lost
+    assert steps_seen[-1] < 30
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    info = json.loads((out / "model" / "training.json").read_text())
+    assert info["steps"] == 30
+    assert len((out / "commands.txt").read_text().splitlines()) >= 2     # every restart is recorded
+
+
+def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path):
+    """A real write error from the OS: the resumed run gets RLIMIT_FSIZE below the checkpoint's size, so
+    every checkpoint write fails (EFBIG, as a full disk fails with ENOSPC). Periodic failures warn and
+    training goes on; the final one exits with a one-line error; the step-4 checkpoint survives intact and a
+    later --resume (with room to write) finishes the run."""
+    import resource
+    folder = write_idx(tmp_path / "idx")
+    out = tmp_path / "run"
+    base = TINY + ["data.source=idx", f"data.path={folder}", f"out_dir={out}"]
+    args = ["train", "--no-progress", *sum([["--set", s] for s in base], [])]
+    assert run_cli(*args, "--set", "steps=4").returncode == 0
+    size = (out / STATE).stat().st_size
+    before = (out / STATE).read_bytes()
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size // 2, size // 2))
+
+    r = subprocess.run([sys.executable, "-m", "diffusion_core", *args, "--set", "steps=8", "--resume"], cwd=ROOT,
+                       capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                       preexec_fn=limit, timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert "warning: could not write" in r.stderr and "at step 6" in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: could not write") and "step 8" in last and "(step 4) is kept" in last, last
+    assert "Traceback" not in r.stderr
+    assert (out / STATE).read_bytes() == before
+    assert not list(out.glob(f".{STATE}.*.tmp"))                # no partial temp files left behind
+    r = run_cli(*args, "--set", "steps=8", "--resume")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "model" / "training.json").read_text())["steps"] == 8
+
+
 def test_sigterm_saves_a_checkpoint(tmp_path):
     folder = write_idx(tmp_path / "idx")
     out = tmp_path / "run"
