@@ -126,7 +126,7 @@ def model_config(cfg: TrainConfig, data: ImageData) -> ModelConfig:
         cond_ch = c
     elif cfg.task == "pose" or data.cond is not None:
         cond_ch = data.cond.shape[-1] if data.cond is not None else 1
-    num_labels = 0 if data.labels is None else data.labels.shape[1]
+    num_labels = 0 if data.labels is None or cfg.task == "super_resolution" else data.labels.shape[1]
     unet = replace(cfg.unet, in_channels=c, out_channels=c, num_labels=num_labels, cond_channels=cond_ch,
                    aug_level_embedding=cfg.task == "super_resolution",
                    image_size=cfg.crop or cfg.data.image_size)
