@@ -237,13 +237,110 @@ def evaluate_model(model_dir: Path, classifier_dir: Path | None, n: int = 2000, 
     return metrics
 
 
+def _held_out_high_res(sr_dir: Path, n: int, size: int, seed: int) -> tuple[torch.Tensor, str]:
+    """Held-out images at the SR model's output size, from the data its train_config.json names."""
+    from .data import to_tensor
+    tc = read_json(sr_dir / "train_config.json") if (sr_dir / "train_config.json").is_file() else {}
+    source = tc.get("data", {}).get("source", "emoji")
+    if source == "pose":
+        from .data_pose import make_pairs
+        figs, _ = make_pairs(n, size, seed=seed + 777)
+        return to_tensor(figs), f"{n} procedural figures (seed {seed + 777}, not the training seed)"
+    if source == "emoji":
+        data = load_data(DataConfig(source="emoji", split="test", image_size=size, channels=3))
+        idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
+        return data.batch(idx)["image"], f"{len(idx)} held-out emoji (test split: every 10th)"
+    raise ValueError(f"{sr_dir}: no held-out recipe for data source {source!r}")
+
+
+def evaluate_super_resolution(sr_dir: Path, n: int = 200, steps: int = 20, sampler: str = "dpm++", seed: int = 0,
+                              batch: int = 50, progress: bool = True) -> dict:
+    """Super-resolution against bicubic upscaling on held-out images: downsample the truth (area) to the
+    model's input size, upscale it both ways, and compare PSNR / SSIM / sharpness with the truth.
+    Writes sr_examples.png (rows: input (nearest), bicubic, diffusion SR, truth)."""
+    from .images import grid
+    from .pipeline import load
+    from .quality import psnr, sharpness, ssim
+    pipe = load(sr_dir)
+    cfg = pipe.config
+    if cfg.task != "super_resolution":
+        raise ValueError(f"{sr_dir} is not a super-resolution model")
+    hi_size = cfg.high_res
+    truth, what = _held_out_high_res(sr_dir, n, hi_size, seed)
+    n = len(truth)
+    low = F.interpolate(truth, size=(cfg.low_res, cfg.low_res), mode="area")
+    bicubic = F.interpolate(low, size=(hi_size, hi_size), mode="bicubic", align_corners=False).clamp(-1, 1)
+    t0 = time.time()
+    outs = [pipe.sample(len(low[i:i + batch]), low_res=low[i:i + batch], sampler=sampler, steps=steps, seed=seed + i)
+            for i in range(0, n, batch)]
+    sr = torch.cat(outs)
+    m = {"model": str(sr_dir), "n": n, "held_out": what, "sampler": sampler, "steps": steps, "seed": seed,
+         "input": f"{cfg.low_res}x{cfg.low_res} (area downsampling of the truth)", "output": f"{hi_size}x{hi_size}",
+         "sampling_s_per_image": round((time.time() - t0) / n, 4)}
+    for name, img in (("bicubic", bicubic), ("sr", sr)):
+        m[f"psnr_{name}"] = round(float(psnr(img, truth).mean()), 3)
+        m[f"ssim_{name}"] = round(float(ssim(img, truth).mean()), 4)
+        m[f"sharpness_{name}"] = round(float(sharpness(img).mean()), 4)
+    m["sharpness_truth"] = round(float(sharpness(truth).mean()), 4)
+    k = min(8, n)
+    nearest = F.interpolate(low[:k], size=(hi_size, hi_size), mode="nearest")
+    grid(torch.cat([nearest, bicubic[:k], sr[:k], truth[:k]]), nrow=k).save(Path(sr_dir) / "sr_examples.png")
+    return m
+
+
+def memorisation(model_dir: Path, n: int = 64, steps: int = 20, guidance: float = 2.0, seed: int = 0,
+                 threshold: float = 0.05) -> dict:
+    """The nearest training image to each of ``n`` samples (conditioned like held-out images), and the same
+    distance for ``n`` held-out real images as the baseline. Writes memorisation.png: sample rows with
+    their nearest training image below each."""
+    from .images import grid
+    from .pipeline import load
+    from .quality import nearest_neighbours
+    pipe = load(model_dir)
+    cfg = pipe.base.config
+    if not cfg.multi_label:
+        raise ValueError("memorisation is implemented for the emoji (multi-label) models")
+    size = cfg.unet.image_size
+    train = load_data(DataConfig(source="emoji", split="train", image_size=size, channels=3))
+    test = load_data(DataConfig(source="emoji", split="test", image_size=size, channels=3))
+    idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:n]
+    held = test.batch(idx)
+    samples = pipe.base.sample(len(idx), labels=held["labels"], sampler="dpm++", steps=steps, guidance=guidance,
+                               seed=seed)
+    all_train = train.batch(torch.arange(len(train)))["image"]
+    i_s, d_s = nearest_neighbours(samples, all_train)
+    _, d_r = nearest_neighbours(held["image"], all_train)
+    rows = []
+    for start in range(0, len(idx), 16):
+        rows += [samples[start:start + 16], all_train[i_s[start:start + 16]]]
+    grid(torch.cat(rows), nrow=16).save(Path(model_dir) / "memorisation.png")
+    return {"n": len(idx), "threshold_rms": threshold, "sampler": "dpm++", "steps": steps, "guidance": guidance,
+            "near_copy_fraction": float((d_s < threshold).float().mean()),
+            "median_rms_to_nearest_train_samples": round(float(d_s.median()), 4),
+            "median_rms_to_nearest_train_held_out_real": round(float(d_r.median()), 4),
+            "near_copy_fraction_held_out_real": float((d_r < threshold).float().mean())}
+
+
 def evaluate_command(args) -> int:
-    m = evaluate_model(Path(args.model), Path(args.classifier) if args.classifier else None, n=args.n,
-                       sampler=args.sampler, steps=args.steps, spacing=args.spacing, guidance=args.guidance,
-                       seed=args.seed, batch=args.batch)
+    from .pipeline import load
+    if load(Path(args.model)).config.task == "super_resolution":
+        m = evaluate_super_resolution(Path(args.model), n=args.n, steps=args.steps,
+                                      sampler=args.sampler or "dpm++", seed=args.seed, batch=args.batch)
+    else:
+        m = _evaluate_generator(args)
+        if args.memorisation:
+            m["memorisation"] = memorisation(Path(args.model), seed=args.seed)
     out = Path(args.out) if args.out else Path(args.model) / f"metrics{'-' + args.tag if args.tag else ''}.json"
     write_json(out, m)
     short = {k: v for k, v in m.items() if not isinstance(v, dict)}
     print(json.dumps(short, indent=2))
+    if "memorisation" in m:
+        print(json.dumps(m["memorisation"], indent=2))
     print(f"wrote {out}")
     return 0
+
+
+def _evaluate_generator(args) -> dict:
+    return evaluate_model(Path(args.model), Path(args.classifier) if args.classifier else None, n=args.n,
+                          sampler=args.sampler, steps=args.steps, spacing=args.spacing, guidance=args.guidance,
+                          seed=args.seed, batch=args.batch)
