@@ -120,9 +120,10 @@ def test_refuses_non_finite_weights(tmp_path, make_model, bad):
     _refused(tmp_path / "m", tmp_path / "m" / "model.safetensors", key, "NaN or inf")
 
 
-def test_refuses_pickles_without_unpickling(tmp_path, make_model, monkeypatch):
+@pytest.mark.parametrize("suffix", [".pt", ".pth", ".ckpt"])
+def test_refuses_pickles_without_unpickling(tmp_path, make_model, monkeypatch, suffix):
     cfg, net = make_model(tmp_path / "m")
-    pt = tmp_path / "m" / "model.pt"
+    pt = tmp_path / "m" / f"model{suffix}"
     torch.save(net.state_dict(), pt)
     (tmp_path / "m" / "model.safetensors").unlink()
 
