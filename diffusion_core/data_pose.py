@@ -699,6 +699,23 @@ def pose_adherence(figure: np.ndarray, stick: np.ndarray, dilate: int = 0) -> fl
     return float(cover[skel].mean())
 
 
+def pose_precision(figure: np.ndarray, stick: np.ndarray, reach: int | None = None) -> float:
+    """The other direction of :func:`pose_adherence`: the fraction of the figure's pixels (``figure_mask``)
+    that lie within ``reach`` pixels (default: 1/16 of the image side, for clothing and hair around the
+    limbs) of the drawing's strokes. Adherence alone rewards a figure that covers everything; this term
+    penalises body parts (or background blotches) where nothing was drawn. NaN for an empty figure."""
+    fig = np.asarray(figure)
+    st = np.asarray(stick)
+    if st.shape[:2] != fig.shape[:2]:
+        st = np.asarray(Image.fromarray(_gray(st).clip(0, 255).astype(np.uint8)).resize(
+            (fig.shape[1], fig.shape[0]), Image.LANCZOS))
+    fm = figure_mask(fig)
+    if not fm.any():
+        return float("nan")
+    near = _dilate(pose_mask(st), reach if reach is not None else max(1, fig.shape[0] // 16))
+    return float(near[fm].mean())
+
+
 # ----------------------------------------------------------------------------------------------
 # examples for the app
 # ----------------------------------------------------------------------------------------------

@@ -205,13 +205,17 @@ def evaluate_model(model_dir: Path, classifier_dir: Path | None, n: int = 2000, 
     metrics["sampling_s"] = round(time.time() - t0, 1)
     metrics["sampling_s_per_image"] = round((time.time() - t0) / n, 4)
     if dataset == "pose":
-        from .data_pose import pose_adherence
+        from .data_pose import pose_adherence, pose_precision
         from .images import to_uint8
         g8 = to_uint8(gen)
         scores = [pose_adherence(g8[i], sticks[i]) for i in range(n)]
         real_scores = [pose_adherence(real_figs[i], sticks[i]) for i in range(min(n, 200))]
         metrics["pose_adherence"] = float(np.mean(scores))
         metrics["pose_adherence_real"] = float(np.mean(real_scores))
+        prec = [pose_precision(g8[i], sticks[i]) for i in range(n)]
+        metrics["pose_precision"] = float(np.nanmean(prec))
+        metrics["pose_precision_real"] = float(np.nanmean([pose_precision(real_figs[i], sticks[i])
+                                                           for i in range(min(n, 200))]))
         metrics["seed_diversity"] = float((gen[0::2][: n // 2 - 1] - gen[1::2][: n // 2 - 1]).abs().mean())
         return metrics
     clf = load_classifier(classifier_dir or Path("checkpoints") / f"classifier-{dataset}")

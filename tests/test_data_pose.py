@@ -132,3 +132,18 @@ def test_write_examples(tmp_path):
         a = np.asarray(img)
         assert a.mean() > 200 and a.min() < 60
 
+
+
+def test_pose_precision_matching_vs_blob(pairs):
+    """Precision: a figure of the drawn pose keeps its pixels near the strokes; a full-frame blob (which
+    covers every stroke, so its adherence is 1) does not."""
+    f, s = pairs
+    n = len(f)
+    match = np.nanmean([dp.pose_precision(f[i], s[i]) for i in range(n)])
+    mism = np.nanmean([dp.pose_precision(f[(i + 7) % n], s[i]) for i in range(n)])
+    assert match >= 0.8 and match - mism > 0.15
+    blob = np.full_like(f[0], 200)
+    blob[2:-2, 2:-2] = (20, 30, 200)
+    assert dp.pose_adherence(blob, s[0]) > 0.95
+    assert dp.pose_precision(blob, s[0]) < 0.6
+    assert np.isnan(dp.pose_precision(np.full_like(f[0], 200), s[0]))
