@@ -172,7 +172,18 @@ class Models:
         if not self.root.is_dir():
             return []
         return sorted(p.name for p in self.root.iterdir()
-                      if p.is_dir() and not p.name.startswith(".") and (p / "config.json").is_file())
+                      if p.is_dir() and not p.name.startswith(".") and self._is_sampler(p / "config.json"))
+
+    @staticmethod
+    def _is_sampler(config: Path) -> bool:
+        """A model, ensemble or cascade folder (evaluation classifiers live beside them and are not listed)."""
+        if not config.is_file():
+            return False
+        try:
+            kind = json.loads(config.read_text()).get("kind", "model")
+        except (OSError, ValueError, AttributeError):
+            return True         # listed, so that choosing it explains what is wrong with the file
+        return kind in ("model", "ensemble", "cascade")
 
     def default(self) -> str | None:
         names = self.names()

@@ -245,3 +245,15 @@ def test_no_models_folder(tmp_path):
         next(state.generate(None))
     xt, strip, info = state.forward(None, "cosine", "noise", 999)      # the forward tab needs no model
     assert xt.size[0] >= 128 and "t = 999" in info
+
+
+def test_classifier_folders_are_not_listed_as_models(tmp_path):
+    import app
+    root = build_checkpoints(tmp_path / "ckpt")
+    (root / "classifier-fashion").mkdir()
+    (root / "classifier-fashion" / "config.json").write_text(json.dumps({"kind": "classifier", "num_outputs": 10}))
+    (root / "broken").mkdir()
+    (root / "broken" / "config.json").write_text("{not json")
+    names = app.DiffusionApp(str(root)).models.names()
+    assert "classifier-fashion" not in names and "tiny" in names and "tiny-cascade" in names
+    assert "broken" in names          # listed: choosing it gives the loader's one-line reason
