@@ -202,11 +202,12 @@ def fashion_pipeline(path: str, tiny: bool, seed: int = 0):
         if pipe.kind != "model" or not u.num_labels or pipe.config.multi_label or pipe.config.task != "generate" \
                 or pipe.config.diffusion.is_cold:
             raise ValueError(f"{folder}: the benchmark needs a single class-conditional Gaussian model")
-        return pipe, str(folder)
+        pipe.chunk = 0      # whole batches: the same U-Net work as diffusers (the app pads to 8 rows for
+        return pipe, str(folder)    # bit-identical seeds across batch sizes; see README, Reliability)
     cfg = TINY_UNET if tiny else FASHION_UNET
     mcfg = ModelConfig(unet=cfg, diffusion=DiffusionConfig(schedule="cosine"), label_names=FASHION_LABELS,
                        description="random weights, fashion architecture")
-    return Pipeline("model", mcfg, Path("<random>"), net=random_network(cfg, seed)), \
+    return Pipeline("model", mcfg, Path("<random>"), net=random_network(cfg, seed), chunk=0), \
         ("random weights (tiny)" if tiny else f"random weights ({path} not found)")
 
 
@@ -412,6 +413,8 @@ def bench_cascade(args, s) -> tuple[list[dict], dict]:
             folder = random_cascade(Path(tmp), args.tiny, args.seed)
             source = "random weights (tiny)" if args.tiny else f"random weights ({args.cascade} not found)"
         pipe = load(folder)
+    for stage, _ in pipe.stages:
+        stage.chunk = 0
     base = pipe.base.config.unet
     labels = one_hot(1, base.num_labels) if base.num_labels else ()
     kw = dict(sampler="dpm++", steps=s["dpm_steps"], sr_steps=s["sr_steps"], guidance=GUIDANCE, labels=labels,
