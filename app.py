@@ -40,6 +40,7 @@ from diffusion_core import (CheckpointError, ImageError, SampleStep, SamplerSpec
                             make_degradation, make_generators, make_schedule, sample_stream, spaced_timesteps,
                             to_pil)
 from diffusion_core.images import load_image, open_image, to_mode  # noqa: E402
+from diffusion_core.checkpoint import SAMPLER_KINDS  # noqa: E402
 
 log = logging.getLogger("diffusion_app")
 
@@ -183,7 +184,7 @@ class Models:
             kind = json.loads(config.read_text()).get("kind", "model")
         except (OSError, ValueError, AttributeError):
             return True         # listed, so that choosing it explains what is wrong with the file
-        return kind in ("model", "ensemble", "cascade")
+        return kind in SAMPLER_KINDS
 
     def default(self) -> str | None:
         names = self.names()

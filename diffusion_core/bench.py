@@ -202,8 +202,10 @@ def fashion_pipeline(path: str, tiny: bool, seed: int = 0):
         if pipe.kind != "model" or not u.num_labels or pipe.config.multi_label or pipe.config.task != "generate" \
                 or pipe.config.diffusion.is_cold:
             raise ValueError(f"{folder}: the benchmark needs a single class-conditional Gaussian model")
-        pipe.chunk = 0      # whole batches: the same U-Net work as diffusers (the app pads to 8 rows for
-        return pipe, str(folder)    # bit-identical seeds across batch sizes; see README, Reliability)
+        # whole batches: the same U-Net work as diffusers (the app pads to 8 rows for bit-identical seeds
+        # across batch sizes; see README, Reliability)
+        pipe.chunk = 0
+        return pipe, str(folder)
     cfg = TINY_UNET if tiny else FASHION_UNET
     mcfg = ModelConfig(unet=cfg, diffusion=DiffusionConfig(schedule="cosine"), label_names=FASHION_LABELS,
                        description="random weights, fashion architecture")

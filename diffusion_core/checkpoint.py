@@ -31,6 +31,9 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be loaded; the message is one line naming the file and the problem."""
 
 
+SAMPLER_KINDS = ("model", "ensemble", "cascade")      # the config.json kinds that ``load`` samples from
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
     path = Path(path)
@@ -162,7 +165,7 @@ def folder_kind(folder: Path) -> str:
         raise CheckpointError(f"{folder}: no such checkpoint folder")
     data = read_json(folder / CONFIG)
     kind = data.get("kind", "model")
-    if kind not in ("model", "ensemble", "cascade"):
+    if kind not in SAMPLER_KINDS:
         raise CheckpointError(f"{folder / CONFIG}: unknown kind {kind!r} (model, ensemble or cascade)")
     if data.get("version", CONFIG_VERSION) != CONFIG_VERSION:
         raise CheckpointError(f"{folder / CONFIG}: config version {data.get('version')} is not supported")

@@ -673,6 +673,15 @@ def _dilate(mask: np.ndarray, r: int = 1) -> np.ndarray:
     return out
 
 
+def _stick_like(stick: np.ndarray, fig: np.ndarray) -> np.ndarray:
+    """The drawing at the figure's height and width (LANCZOS-resized where they differ)."""
+    st = np.asarray(stick)
+    if st.shape[:2] != fig.shape[:2]:
+        st = np.asarray(Image.fromarray(_gray(st).clip(0, 255).astype(np.uint8)).resize(
+            (fig.shape[1], fig.shape[0]), Image.LANCZOS))
+    return st
+
+
 def pose_adherence(figure: np.ndarray, stick: np.ndarray, dilate: int = 0) -> float:
     """How well a figure follows a stickman drawing: the fraction of the drawing's skeleton covered
     by the figure.
@@ -688,10 +697,7 @@ def pose_adherence(figure: np.ndarray, stick: np.ndarray, dilate: int = 0) -> fl
     drawing's own pose scores ~0.97+ and one of an unrelated pose ~0.4 (see the tests).
     """
     fig = np.asarray(figure)
-    st = np.asarray(stick)
-    if st.shape[:2] != fig.shape[:2]:
-        st = np.asarray(Image.fromarray(_gray(st).clip(0, 255).astype(np.uint8)).resize(
-            (fig.shape[1], fig.shape[0]), Image.LANCZOS))
+    st = _stick_like(stick, fig)
     skel = _thin(pose_mask(st))
     if not skel.any():
         return float("nan")
@@ -705,10 +711,7 @@ def pose_precision(figure: np.ndarray, stick: np.ndarray, reach: int | None = No
     limbs) of the drawing's strokes. Adherence alone rewards a figure that covers everything; this term
     penalises body parts (or background blotches) where nothing was drawn. NaN for an empty figure."""
     fig = np.asarray(figure)
-    st = np.asarray(stick)
-    if st.shape[:2] != fig.shape[:2]:
-        st = np.asarray(Image.fromarray(_gray(st).clip(0, 255).astype(np.uint8)).resize(
-            (fig.shape[1], fig.shape[0]), Image.LANCZOS))
+    st = _stick_like(stick, fig)
     fm = figure_mask(fig)
     if not fm.any():
         return float("nan")

@@ -326,12 +326,15 @@ def memorisation(model_dir: Path, n: int = 64, steps: int = 20, guidance: float 
 
 
 def evaluate_command(args) -> int:
-    from .pipeline import load
-    if load(Path(args.model)).config.task == "super_resolution":
-        m = evaluate_super_resolution(Path(args.model), n=args.n, steps=args.steps,
-                                      sampler=args.sampler or "dpm++", seed=args.seed, batch=args.batch)
+    from .checkpoint import folder_kind, load_model_config
+    model = Path(args.model)
+    if folder_kind(model) == "model" and load_model_config(model).task == "super_resolution":   # config only
+        m = evaluate_super_resolution(model, n=args.n, steps=args.steps, sampler=args.sampler or "dpm++",
+                                      seed=args.seed, batch=args.batch)
     else:
-        m = _evaluate_generator(args)
+        m = evaluate_model(model, Path(args.classifier) if args.classifier else None, n=args.n,
+                           sampler=args.sampler, steps=args.steps, spacing=args.spacing, guidance=args.guidance,
+                           seed=args.seed, batch=args.batch)
         if args.memorisation:
             m["memorisation"] = memorisation(Path(args.model), seed=args.seed)
     out = Path(args.out) if args.out else Path(args.model) / f"metrics{'-' + args.tag if args.tag else ''}.json"
@@ -342,9 +345,3 @@ def evaluate_command(args) -> int:
         print(json.dumps(m["memorisation"], indent=2))
     print(f"wrote {out}")
     return 0
-
-
-def _evaluate_generator(args) -> dict:
-    return evaluate_model(Path(args.model), Path(args.classifier) if args.classifier else None, n=args.n,
-                          sampler=args.sampler, steps=args.steps, spacing=args.spacing, guidance=args.guidance,
-                          seed=args.seed, batch=args.batch)

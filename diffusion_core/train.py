@@ -179,7 +179,7 @@ class Trainer:
         self.t_lo, self.t_hi = (d.t_range[0], d.t_range[1]) if d.t_range else (0, d.T)
         self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.rank + 1)   # data + noise stream
         self.step, self.wall = 0, 0.0
-        self.saved_step, self.save_failures = None, 0
+        self.saved_step: int | None = None        # the step of the last checkpoint on disk
         self.stop_requested = False
         if resume and (self.out / STATE).is_file():
             self.load_state()
@@ -273,7 +273,6 @@ class Trainer:
             kept = f"the previous checkpoint (step {self.saved_step}) is kept" if self.saved_step is not None \
                 else "no checkpoint has been written yet"
             msg = f"could not write {self.out / STATE} at step {self.step} ({e.strerror or e}); {kept}"
-            self.save_failures += 1
             if final:
                 raise OSError(msg) from None
             print(f"\nwarning: {msg}; training goes on and tries again at the next checkpoint", file=sys.stderr)
