@@ -183,9 +183,11 @@ def test_learn_tab(page):
     page.get_by_role("tab", name="Learn").click()
     page.get_by_text("Kept: model tiny").first.wait_for()
     set_number(page, "explain-step", 3)
+    page.wait_for_function("document.querySelector('#explain-step input[type=range]')?.value === '3'")
     page.locator("#explain-btn").click()
+    # the panel may already show step 1 (explained when the run was kept): wait for the new step
+    page.wait_for_function("document.querySelector('#explain-md')?.innerText.includes('Step 3 of 8')")
     page.wait_for_selector("#explain-md .katex")             # the formula is typeset, not raw $$ ... $$
-    assert "Step 3 of 8" in page.locator("#explain-md").inner_text()
     page.wait_for_selector("#explain-plot img")
     page.wait_for_selector("#explain-img img")
     assert not errors(page), errors(page)
