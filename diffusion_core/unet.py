@@ -53,11 +53,17 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
+        inplace = not torch.is_grad_enabled()      # sampling: no autograd, reuse fresh buffers
+        h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
         scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
-        h = self.norm2(h) * (1 + scale) + shift
-        h = self.conv2(self.dropout(F.silu(h)))
-        return self.skip(x) + h
+        # AdaGN: norm2(h) (1 + scale) + shift, with the norm's own affine (gamma, beta) folded into the
+        # per-sample scale and shift: GN(h) gamma (1 + s) + beta (1 + s) + shift, one pass over h
+        gamma, beta = self.norm2.weight[:, None, None], self.norm2.bias[:, None, None]
+        h = torch.addcmul(torch.addcmul(shift, beta, 1 + scale), F.group_norm(h, self.norm2.num_groups,
+                                                                              eps=self.norm2.eps),
+                          gamma * (1 + scale))
+        h = self.conv2(self.dropout(F.silu(h, inplace=inplace)))
+        return h.add_(self.skip(x)) if inplace else self.skip(x) + h
 
 
 class Attention(nn.Module):
@@ -72,10 +78,19 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)
-        # (B, heads, HW, d): softmax(q k^T / sqrt(d)) over the keys' axis
-        out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
-        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+        # tokens (B, HW, 3C): free for a channels_last x_t, one copy otherwise
+        qkv = self.qkv(self.norm(x)).permute(0, 2, 3, 1).reshape(b, h * w, 3, self.heads, c // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)          # each (B, heads, HW, d)
+        out = F.scaled_dot_product_attention(q, k, v)          # softmax(q k^T / sqrt(d)) over the keys
+        out = out.transpose(1, 2).reshape(b, h, w, c).permute(0, 3, 1, 2)   # (B, C, H, W), channels_last
+        return x + self.proj(out)
+
+
+def _contiguous_state(module, state_dict, prefix, local_metadata) -> None:
+    """state_dict() hands out standard (contiguous) tensors whatever the runtime memory layout."""
+    for k, v in state_dict.items():
+        if k.startswith(prefix) and torch.is_tensor(v) and not v.is_contiguous():
+            state_dict[k] = v.contiguous()
 
 
 class UNet(nn.Module):
@@ -125,6 +140,15 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(cur, cfg.out_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
+        self.set_channels_last(True)
+        self.register_state_dict_post_hook(_contiguous_state)
+
+    def set_channels_last(self, on: bool = True) -> "UNet":
+        """Keep conv weights and activations in channels_last (NHWC) memory, where oneDNN's CPU
+        convolutions are about 1.4x faster than in NCHW (README, Performance). Only the memory layout
+        changes, not the values; weights are saved contiguous. A runtime choice, not part of the config."""
+        self.channels_last = bool(on)
+        return self.to(memory_format=torch.channels_last if on else torch.contiguous_format)
 
     def embed(self, t: torch.Tensor, cond: Condition | None, batch: int) -> torch.Tensor:
         emb = self.time_mlp(timestep_embedding(t, self.cfg.base_channels))
@@ -160,6 +184,8 @@ class UNet(nn.Module):
                 if cond.uncond is not None and cond.aug_level is None:
                     img = img * (~cond.uncond).to(x.dtype)[:, None, None, None]
             x = torch.cat([x, img], dim=1)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         h = self.conv_in(x)
         hs = [h]
         for block in self.down:
@@ -172,7 +198,7 @@ class UNet(nn.Module):
             h = torch.cat([h, hs.pop()], dim=1)
             for layer in block:
                 h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(F.silu(self.norm_out(h))).contiguous()
 
 
 def count_parameters(model: nn.Module) -> int:
