@@ -10,6 +10,8 @@ Everything is deterministic given a seed.
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,6 +172,7 @@ def evaluate_model(model_dir: Path, classifier_dir: Path | None, n: int = 2000, 
     from tqdm import tqdm
     from .pipeline import load
     pipe = load(model_dir)
+    pipe.chunk = 0      # whole batches (faster); metrics need no bit-identity across batch sizes
     cfg = pipe.base.config
     sampler = sampler or ("cold" if "cold" in pipe.samplers else "ddim")
     dataset = "emoji" if cfg.multi_label else ("pose" if cfg.task == "pose" else "fashion")
@@ -338,6 +341,9 @@ def evaluate_command(args) -> int:
         if args.memorisation:
             m["memorisation"] = memorisation(Path(args.model), seed=args.seed)
     out = Path(args.out) if args.out else Path(args.model) / f"metrics{'-' + args.tag if args.tag else ''}.json"
+    m["command"] = "python -m diffusion_core " + " ".join(shlex.quote(a) for a in sys.argv[1:]) \
+        if len(sys.argv) > 1 and sys.argv[1] == "evaluate" else None
+    m["threads"] = torch.get_num_threads()
     write_json(out, m)
     short = {k: v for k, v in m.items() if not isinstance(v, dict)}
     print(json.dumps(short, indent=2))

@@ -86,6 +86,10 @@ class Attention(nn.Module):
         return x + self.proj(out)
 
 
+# layout of new U-Nets (``UNet.set_channels_last`` changes one); ``bench --nchw`` measures the other
+CHANNELS_LAST = True
+
+
 def _contiguous_state(module, state_dict, prefix, local_metadata) -> None:
     """state_dict() hands out standard (contiguous) tensors whatever the runtime memory layout."""
     for k, v in state_dict.items():
@@ -140,7 +144,7 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(cur, cfg.out_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
-        self.set_channels_last(True)
+        self.set_channels_last(CHANNELS_LAST)
         self.register_state_dict_post_hook(_contiguous_state)
 
     def set_channels_last(self, on: bool = True) -> "UNet":

@@ -1,0 +1,78 @@
+"""What a user of the app waits for: the launched app (real checkpoints) driven through gradio_client.
+
+    python scripts/app_latency.py [--checkpoints checkpoints] [--repeats 3] [--out app_latency.json]
+
+For each setting it submits /generate and records the time from submit to the first streamed preview and
+to the finished gallery (the median of --repeats runs after one warm-up run). Unlike the benchmark, this
+includes Gradio's queue and encoding, and the app's fixed 8-row network batch (bit-identical seeds).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SETTINGS = [dict(model="fashion", sampler="dpm++", steps=20, batch_size=16, guidance=2.0),
+            dict(model="fashion", sampler="dpm++", steps=20, batch_size=1, guidance=2.0),
+            dict(model="fashion", sampler="ddim", steps=50, batch_size=16, guidance=2.0)]
+
+
+def one_run(client, setting: dict) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    job = client.submit(seed=1, preview_every=1, **setting, api_name="/generate")
+    first = None
+    while not job.done():
+        if first is None and job.outputs():
+            first = time.perf_counter() - t0
+        time.sleep(0.002)
+    job.result()
+    total = time.perf_counter() - t0
+    return (first if first is not None else total), total
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoints", default=str(ROOT / "checkpoints"))
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", default="app_latency.json")
+    args = p.parse_args(argv)
+    import socket
+
+    import torch
+    from gradio_client import Client
+
+    import app
+    demo = app.build_demo(args.checkpoints)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, **app.LAUNCH_KW)
+    client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+    rows = []
+    try:
+        for setting in SETTINGS:
+            one_run(client, setting)                       # warm-up: model load, first allocations
+            runs = [one_run(client, setting) for _ in range(args.repeats)]
+            row = {**setting, "first_preview_s": statistics.median(r[0] for r in runs),
+                   "total_s": statistics.median(r[1] for r in runs), "runs": runs}
+            rows.append(row)
+            print(f"{setting['model']} {setting['sampler']} {setting['steps']} steps batch {setting['batch_size']}: "
+                  f"first preview {row['first_preview_s']:.3f} s, finished {row['total_s']:.3f} s", flush=True)
+    finally:
+        demo.close()
+    Path(args.out).write_text(json.dumps({"threads": torch.get_num_threads(), "cpu": os.cpu_count(),
+                                          "loadavg_1m": os.getloadavg()[0], "rows": rows}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

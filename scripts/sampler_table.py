@@ -1,0 +1,75 @@
+"""The README's sampler table: FID and accuracy per (model, sampler, steps), measured with `evaluate`.
+
+    python scripts/sampler_table.py            # run every row without a metrics file, then print the table
+    python scripts/sampler_table.py --table    # only print the table from the metrics files present
+
+Each row is one `python -m diffusion_core evaluate --model checkpoints/M --sampler S --steps K --n N
+--guidance 2 --tag S K-nN` run; its JSON lands in checkpoints/M/metrics-<tag>.json (the command is kept
+in it), so an interrupted run resumes where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# (model, sampler, steps, n): the cheap rows first; DDPM at 1000 steps costs 20-100x a fast row, so fewer images
+ROWS = [(m, s, k, 500) for m in ("fashion", "fashion-linear")
+        for s, k in (("dpm++", 10), ("dpm++", 20), ("ddim", 10), ("ddim", 25), ("ddim", 50), ("ddim", 100))]
+ROWS += [("fashion-experts", "dpm++", 20, 500), ("fashion-experts", "ddim", 50, 500)]
+ROWS += [("fashion-cold", "cold", k, 500) for k in (10, 20, 50, 100)]
+ROWS += [(m, "ddpm", 1000, 200) for m in ("fashion", "fashion-linear")]
+
+
+def tag(sampler: str, steps: int, n: int) -> str:
+    return f"{sampler.replace('+', 'p')}{steps}-n{n}"
+
+
+def metrics_path(model: str, sampler: str, steps: int, n: int) -> Path:
+    return ROOT / "checkpoints" / model / f"metrics-{tag(sampler, steps, n)}.json"
+
+
+def command(model: str, sampler: str, steps: int, n: int) -> list[str]:
+    return [sys.executable, "-m", "diffusion_core", "evaluate", "--model", f"checkpoints/{model}", "--sampler",
+            sampler, "--steps", str(steps), "--n", str(n), "--guidance", "2", "--batch", "50",
+            "--tag", tag(sampler, steps, n)]
+
+
+def run_missing() -> None:
+    for model, sampler, steps, n in ROWS:
+        if metrics_path(model, sampler, steps, n).is_file() or not (ROOT / "checkpoints" / model).is_dir():
+            continue
+        cmd = command(model, sampler, steps, n)
+        print(" ".join(["python"] + cmd[1:]), flush=True)
+        subprocess.run(cmd, cwd=ROOT, check=True)
+
+
+def table() -> str:
+    lines = ["| model | sampler | steps | n | accuracy | FID | FID real vs real | s / image |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for model, sampler, steps, n in ROWS:
+        path = metrics_path(model, sampler, steps, n)
+        if not path.is_file():
+            continue
+        m = json.loads(path.read_text())
+        acc = f"{m['accuracy']:.1%}" if "accuracy" in m else "-"
+        lines.append(f"| `{model}` | {sampler} | {steps} | {m['n']} | {acc} | {m['fid']:.2f} | "
+                     f"{m['fid_real_vs_real']:.2f} | {m['sampling_s_per_image']:.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--table", action="store_true", help="print the table only")
+    args = p.parse_args(argv)
+    if not args.table:
+        run_missing()
+    print(table())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
