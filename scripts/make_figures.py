@@ -46,7 +46,7 @@ MAX_BYTES = 300_000           # every file in docs/figures stays below this
 DPI = 100
 SEED = 0                      # image i of a run uses seed SEED + i (diffusion_core.make_generators)
 FIGURES = ("forward_noise", "schedules", "degradations", "reverse_ddim", "samplers", "guidance", "classes",
-           "schedules_models", "cold", "experts", "cascade")
+           "schedules_models", "cold", "experts", "cascade", "pose_cascade")
 PREFERRED_CLASS = ("Sneaker", "Ankle boot")
 EMOJI_ATTRIBUTES = ("face", "heart", "cat", "flag", "star", "hand", "moon", "sun")
 SAMPLER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpm++": "DPM-Solver++(2M)", "cold": "Cold"}
@@ -478,9 +478,16 @@ def fig_experts(S: Settings):
 
 
 def fig_cascade(S: Settings):
-    name = next((c for c in ("emoji-cascade", "pose-cascade") if S.has(c)), None)
-    if name is None:
-        raise Skip(f"no cascade folder ({S.folder('emoji-cascade')} or {S.folder('pose-cascade')})")
+    cascade_figure(S, "emoji-cascade", "cascade.png")
+
+
+def fig_pose_cascade(S: Settings):
+    cascade_figure(S, "pose-cascade", "pose_cascade.png")
+
+
+def cascade_figure(S: Settings, name: str, filename: str):
+    if not S.has(name):
+        raise Skip(f"no cascade folder {S.folder(name)}")
     pipe = S.pipe(name)
     if pipe.kind != "cascade":
         raise Skip(f"{S.folder(name)} is not a cascade")
@@ -515,7 +522,7 @@ def fig_cascade(S: Settings):
     row_labels += [f"base {low.shape[-1]} px\n(nearest)", f"bicubic\n{size} px", f"SR stage\n{size} px"]
     fig = grid_figure(torch.cat(rows), n, row_labels, cols, title=f"{name}: base stage, then super-resolution",
                       cell=1.1, fontsize=8)
-    save_png(fig, S.out / "cascade.png", name)
+    save_png(fig, S.out / filename, name)
 
 
 # ----------------------------------------------------------------------------------------- main

@@ -2,6 +2,7 @@
 
     python scripts/sampler_table.py            # run every row without a metrics file, then print the table
     python scripts/sampler_table.py --table    # only print the table from the metrics files present
+    python scripts/sampler_table.py --skip ddpm   # run the rows of the other samplers only
 
 Each row is one `python -m diffusion_core evaluate --model checkpoints/M --sampler S --steps K --n N
 --guidance 2 --tag S K-nN` run; its JSON lands in checkpoints/M/metrics-<tag>.json (the command is kept
@@ -38,9 +39,9 @@ def command(model: str, sampler: str, steps: int, n: int) -> list[str]:
             "--tag", tag(sampler, steps, n)]
 
 
-def run_missing() -> None:
+def run_missing(skip: list[str]) -> None:
     for model, sampler, steps, n in ROWS:
-        if metrics_path(model, sampler, steps, n).is_file() or not (ROOT / "checkpoints" / model).is_dir():
+        if sampler in skip or model in skip or metrics_path(model, sampler, steps, n).is_file() or not (ROOT / "checkpoints" / model).is_dir():
             continue
         cmd = command(model, sampler, steps, n)
         print(" ".join(["python"] + cmd[1:]), flush=True)
@@ -64,9 +65,10 @@ def table() -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--table", action="store_true", help="print the table only")
+    p.add_argument("--skip", action="append", default=[], help="do not run rows of this sampler or model")
     args = p.parse_args(argv)
     if not args.table:
-        run_missing()
+        run_missing(args.skip)
     print(table())
     return 0
 
