@@ -146,14 +146,19 @@ def load_network(folder: Path, device="cpu") -> tuple[ModelConfig, UNet]:
     return cfg, net
 
 
-def load_prior(folder: Path) -> torch.Tensor | None:
+def load_prior(folder: Path) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """A cold model's start images (N, C, H, W) and, when stored, their class indices (N,)."""
     path = Path(folder) / PRIOR
     if not path.is_file():
-        return None
+        return None, None
     try:
-        return load_file(str(path))["prior"].float()
+        tensors = load_file(str(path))
+        prior, labels = tensors["prior"].float(), tensors.get("prior_labels")
     except Exception as e:
         raise CheckpointError(f"{path}: unreadable ({str(e).splitlines()[0][:120]})") from None
+    if labels is not None and (labels.dim() != 1 or len(labels) != len(prior)):
+        raise CheckpointError(f"{path}: prior_labels must hold one class index per prior image")
+    return prior, (labels.long() if labels is not None else None)
 
 
 def folder_kind(folder: Path) -> str:

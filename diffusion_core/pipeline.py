@@ -44,6 +44,7 @@ class Pipeline:
     experts: list = field(default_factory=list)
     stages: list = field(default_factory=list)      # [(Pipeline, {"aug_level":..., "steps":...})]
     prior: torch.Tensor | None = None               # cold: fully degraded training images (N, C, H, W)
+    prior_labels: torch.Tensor | None = None        # cold: their class indices (N,), to start from the asked class
     description: str = ""
     chunk: int = EVAL_CHUNK                         # network batch; fixed => images independent of batch size
 
@@ -196,21 +197,30 @@ class Pipeline:
             x_start = deg(x0.to(device), torch.full((n,), int(ts[0]), dtype=torch.long), fixed)
         else:
             ts = spaced_timesteps(T, steps, spacing)
-            x_start = self.cold_prior(n, gens, fixed, device)
+            x_start = self.cold_prior(n, gens, fixed, device, cond)
         yield from sample_stream(den, x_start, ts, SamplerSpec("cold", improved=improved), cond=cond,
                                  degradation=deg, fixed_noise=fixed)
 
-    def cold_prior(self, n, gens, fixed, device):
+    def cold_prior(self, n, gens, fixed, device, cond=None):
         """Start of cold generation: the fully degraded state. For noise it is the fixed draw itself;
         otherwise one of the stored fully degraded training images (``prior.safetensors``), chosen by
-        each image's RNG stream (Bansal et al. sample x_T from degraded data)."""
+        each image's RNG stream (Bansal et al. sample x_T from degraded data). A deterministic
+        degradation keeps much of the image (a blurred blob still has its class's outline), so when the
+        prior's classes are stored and a class is asked for, the start is a degraded image of that class."""
         deg = self.degradation
         T = self.config.diffusion.T
         if deg.needs_noise:
             return deg(torch.zeros_like(fixed), torch.full((n,), T - 1, dtype=torch.long), fixed)
         if self.prior is None or len(self.prior) == 0:
             raise ValueError("this cold model has no prior.safetensors to start generation from; use img2img")
-        idx = [int(torch.randint(len(self.prior), (1,), generator=g)) for g in gens]
+        pools = [torch.arange(len(self.prior))] * n
+        labels = cond.labels if cond is not None else None
+        if self.prior_labels is not None and labels is not None and not self.config.multi_label:
+            for i in range(n):
+                if labels[i].sum() > 0:
+                    match = (self.prior_labels == int(labels[i].argmax())).nonzero().flatten()
+                    pools[i] = match if len(match) else pools[i]
+        idx = [int(pool[torch.randint(len(pool), (1,), generator=g)]) for pool, g in zip(pools, gens)]
         return self.prior[idx].to(device)
 
     def _stream_cascade(self, n, *, sr_steps, sr_sampler, **kw):
@@ -257,7 +267,9 @@ def load(folder, device="cpu") -> Pipeline:
     kind = folder_kind(folder)
     if kind == "model":
         cfg, net = load_network(folder, device)
-        return Pipeline("model", cfg, folder, net=net, prior=load_prior(folder), description=cfg.description)
+        prior, prior_labels = load_prior(folder)
+        return Pipeline("model", cfg, folder, net=net, prior=prior, prior_labels=prior_labels,
+                        description=cfg.description)
     data = read_json(folder / CONFIG)
     if kind == "ensemble":
         experts_meta = data.get("experts")

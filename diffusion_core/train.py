@@ -346,17 +346,14 @@ class Trainer:
 
     def cold_prior(self, n: int = 256) -> torch.Tensor:
         """Fully degraded training images (Bansal et al.'s generation starts from degraded data)."""
-        g = torch.Generator().manual_seed(12345)
-        idx = torch.randint(len(self.data), (n,), generator=g)
-        x0 = self.data.batch(idx)["image"]
-        return self.degradation(x0, torch.full((n,), self.cfg.diffusion.T - 1, dtype=torch.long),
-                                torch.randn(x0.shape, generator=g))
+        return cold_prior(self.data, self.degradation, self.cfg.diffusion.T, n)[0]
 
     def export(self, folder: Path) -> Path:
         """EMA weights + config + the record of how they were made, into a checkpoint folder."""
         extra = None
         if self.cfg.diffusion.is_cold and not self.degradation.needs_noise:
-            extra = {"prior": self.cold_prior().half()}
+            prior, labels = cold_prior(self.data, self.degradation, self.cfg.diffusion.T)
+            extra = {"prior": prior.half(), **({"prior_labels": labels} if labels is not None else {})}
         save_model(folder, self.mcfg, self.ema.module.state_dict(), half=True, extra=extra)
         write_json(folder / "train_config.json", to_dict(self.cfg))
         runs = (self.out / "commands.txt").read_text().splitlines() if (self.out / "commands.txt").exists() else []
@@ -461,6 +458,19 @@ class Trainer:
     def _on_signal(self, signum, frame):
         self.stop_requested = True
         print(f"\nsignal {signum}: saving a checkpoint at the end of this step, then stopping", file=sys.stderr)
+
+
+def cold_prior(data, degradation, T: int, n: int = 256) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """n fully degraded training images (seeded), and their class indices when the data has one class
+    per image (one-hot labels), else None."""
+    g = torch.Generator().manual_seed(12345)
+    idx = torch.randint(len(data), (n,), generator=g)
+    b = data.batch(idx)
+    x0 = b["image"]
+    prior = degradation(x0, torch.full((n,), T - 1, dtype=torch.long), torch.randn(x0.shape, generator=g))
+    labels = b.get("labels")
+    single = labels is not None and labels.dim() == 2 and bool((labels.sum(1) == 1).all())
+    return prior, (labels.argmax(1).long() if single else None)
 
 
 def ema_with_warmup(decay: float):

@@ -135,6 +135,31 @@ def test_labels_and_guidance_change_the_result(pipe):
 
 
 # ---- cold models ----------------------------------------------------------------------------
+def test_cold_prior_starts_from_the_asked_class(tmp_path, make_model):
+    """With the prior's classes stored, a class-conditional cold run starts from a degraded image of that
+    class (a blurred blob keeps its class's outline, so a random start overrides the label); without a
+    label, or without stored classes, any prior image."""
+    cfg, net = make_model(tmp_path / "c", unet=dict(num_labels=3), diffusion=dict(degradation="blur",
+                                                                                  prediction="x0", T=20),
+                          label_names=("a", "b", "c"))
+    prior = torch.stack([torch.full((1, 8, 8), v) for v in (-0.9, -0.8, 0.1, 0.2, 0.7, 0.8)])
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    save_model(tmp_path / "c", cfg, net.state_dict(), extra={"prior": prior, "prior_labels": labels})
+    pipe = load(tmp_path / "c")
+    assert torch.equal(pipe.prior_labels, labels)
+    for cls in range(3):
+        recs = list(pipe.stream(8, sampler="cold", steps=2, seed=cls, labels=[cls]))
+        allowed = {round(float(v), 3) for v in prior[labels == cls][:, 0, 0, 0]}
+        assert {round(float(v), 3) for v in recs[0].x_t[:, 0, 0, 0]} <= allowed
+    any_start = list(pipe.stream(32, sampler="cold", steps=2, seed=0))[0].x_t[:, 0, 0, 0]
+    assert len({round(float(v), 3) for v in any_start}) > 3           # no label: the whole prior
+    save_model(tmp_path / "d", cfg, net.state_dict(), extra={"prior": prior})
+    old = load(tmp_path / "d")
+    assert old.prior_labels is None
+    assert len({round(float(v), 3) for v in list(old.stream(32, sampler="cold", steps=2, seed=0, labels=[1]))[0]
+                .x_t[:, 0, 0, 0]}) > 3                                 # no stored classes: any prior image
+
+
 @pytest.mark.parametrize("degradation", ["blur", "pixelate", "mask", "noise_fixed"])
 def test_cold_pipeline(tmp_path, make_model, degradation):
     cfg, net = make_model(tmp_path / "c", diffusion=dict(degradation=degradation, prediction="x0", T=20))
