@@ -249,7 +249,9 @@ def batch_grid(x: torch.Tensor, target: int = PREVIEW_PX) -> Image.Image:
     return upscale_nearest(g.convert("RGB"), target)
 
 
+@functools.lru_cache(maxsize=8)
 def _font(size: int = 13):
+    """Pillow's default font at ``size`` (loaded once per size: loading costs ~10 ms, every preview uses it)."""
     try:
         return ImageFont.load_default(size=size)
     except (TypeError, OSError):      # Pillow without FreeType: the small bitmap font

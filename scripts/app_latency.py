@@ -4,7 +4,8 @@
 
 For each setting it submits /generate and records the time from submit to the first streamed preview and
 to the finished gallery (the median of --repeats runs after one warm-up run). Unlike the benchmark, this
-includes Gradio's queue and encoding, and the app's fixed 8-row network batch (bit-identical seeds).
+includes Gradio's queue, the preview images' encoding and the streaming of every step (preview_every 1),
+and the app's fixed network batch (bit-identical seeds across batch sizes).
 """
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-SETTINGS = [dict(model="fashion", sampler="dpm++", steps=20, batch_size=16, guidance=2.0),
-            dict(model="fashion", sampler="dpm++", steps=20, batch_size=1, guidance=2.0),
-            dict(model="fashion", sampler="ddim", steps=50, batch_size=16, guidance=2.0)]
+# guided runs (a class): the conditional and unconditional passes, as in the benchmark
+SETTINGS = [dict(model="fashion", sampler="dpm++", steps=20, batch_size=16, guidance=2.0, class_label="Sneaker"),
+            dict(model="fashion", sampler="dpm++", steps=20, batch_size=1, guidance=2.0, class_label="Sneaker"),
+            dict(model="fashion", sampler="ddim", steps=50, batch_size=16, guidance=2.0, class_label="Sneaker")]
 
 
 def one_run(client, setting: dict) -> tuple[float, float]:
@@ -55,7 +57,8 @@ def main(argv=None) -> int:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, **app.LAUNCH_KW)
-    client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+    # like a browser, the client does not wait for each preview file to download (files stay on the server)
+    client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
     rows = []
     try:
         for setting in SETTINGS:
