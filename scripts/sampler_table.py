@@ -49,7 +49,7 @@ def run_missing(skip: list[str]) -> None:
 
 
 def table() -> str:
-    lines = ["| model | sampler | steps | n | accuracy | FID | FID real vs real | s / image |",
+    lines = ["| model | sampler | steps | n | accuracy | FID | FID real vs real | s / image (threads) |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for model, sampler, steps, n in ROWS:
         path = metrics_path(model, sampler, steps, n)
@@ -58,7 +58,7 @@ def table() -> str:
         m = json.loads(path.read_text())
         acc = f"{m['accuracy']:.1%}" if "accuracy" in m else "-"
         lines.append(f"| `{model}` | {sampler} | {steps} | {m['n']} | {acc} | {m['fid']:.2f} | "
-                     f"{m['fid_real_vs_real']:.2f} | {m['sampling_s_per_image']:.3f} |")
+                     f"{m['fid_real_vs_real']:.2f} | {m['sampling_s_per_image']:.3f} ({m.get('threads', '?')}) |")
     return "\n".join(lines)
 
 
