@@ -10,7 +10,6 @@ Everything is deterministic given a seed.
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -330,6 +329,7 @@ def memorisation(model_dir: Path, n: int = 64, steps: int = 20, guidance: float 
 
 def evaluate_command(args) -> int:
     from .checkpoint import folder_kind, load_model_config
+    from .train import command_line
     model = Path(args.model)
     if folder_kind(model) == "model" and load_model_config(model).task == "super_resolution":   # config only
         m = evaluate_super_resolution(model, n=args.n, steps=args.steps, sampler=args.sampler or "dpm++",
@@ -339,10 +339,9 @@ def evaluate_command(args) -> int:
                            sampler=args.sampler, steps=args.steps, spacing=args.spacing, guidance=args.guidance,
                            seed=args.seed, batch=args.batch)
         if args.memorisation:
-            m["memorisation"] = memorisation(Path(args.model), seed=args.seed)
+            m["memorisation"] = memorisation(model, seed=args.seed)
     out = Path(args.out) if args.out else Path(args.model) / f"metrics{'-' + args.tag if args.tag else ''}.json"
-    m["command"] = "python -m diffusion_core " + " ".join(shlex.quote(a) for a in sys.argv[1:]) \
-        if len(sys.argv) > 1 and sys.argv[1] == "evaluate" else None
+    m["command"] = command_line() if sys.argv[1:2] == ["evaluate"] else None     # None when called as a function
     m["threads"] = torch.get_num_threads()
     write_json(out, m)
     short = {k: v for k, v in m.items() if not isinstance(v, dict)}

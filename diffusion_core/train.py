@@ -325,8 +325,8 @@ class Trainer:
             self.net.train()
             return
         sampler = "cold" if self.mcfg.diffusion.is_cold else "ddim"
-        if self.mcfg.diffusion.is_cold and pipe.prior is None:
-            pipe.prior = self.cold_prior()
+        if self.mcfg.diffusion.is_cold and pipe.prior is None:     # start from the asked class, as exported
+            pipe.prior, pipe.prior_labels = cold_prior(self.data, self.degradation, self.cfg.diffusion.T)
         for i in range(n):
             if self.data.cond is not None:
                 cond_img = self.data.batch(torch.tensor([i % len(self.data)]))["cond"][0]
@@ -343,10 +343,6 @@ class Trainer:
             out = torch.cat([torch.stack([c, o]) for c, o in zip(conds[:32], out[:32])])
         grid(out, nrow=8).save(path)
         self.net.train()
-
-    def cold_prior(self, n: int = 256) -> torch.Tensor:
-        """Fully degraded training images (Bansal et al.'s generation starts from degraded data)."""
-        return cold_prior(self.data, self.degradation, self.cfg.diffusion.T, n)[0]
 
     def export(self, folder: Path) -> Path:
         """EMA weights + config + the record of how they were made, into a checkpoint folder."""
@@ -461,8 +457,8 @@ class Trainer:
 
 
 def cold_prior(data, degradation, T: int, n: int = 256) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """n fully degraded training images (seeded), and their class indices when the data has one class
-    per image (one-hot labels), else None."""
+    """n fully degraded training images (seeded; Bansal et al.'s generation starts from degraded data), and
+    their class indices when the data has one class per image (one-hot labels), else None."""
     g = torch.Generator().manual_seed(12345)
     idx = torch.randint(len(data), (n,), generator=g)
     b = data.batch(idx)
