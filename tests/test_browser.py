@@ -6,6 +6,7 @@ pad, visits every tab, and uses each tool of the Learn tab after a run. Screensh
 """
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
@@ -179,13 +180,16 @@ def test_learn_tab(page):
     page.wait_for_function("document.querySelector('#model-card h3')?.innerText.trim() === 'tiny'")
     set_number(page, "steps", 8)
     set_number(page, "batch-size", 2)
-    assert "Done" in run_and_watch(page)[-1]
+    done = run_and_watch(page)[-1]
+    assert "Done" in done
+    seed = re.search(r"seed (\d+)", done).group(1)
     page.get_by_role("tab", name="Learn").click()
-    page.get_by_text("Kept: model tiny").first.wait_for()
+    # the note of *this* run: earlier tests on this page kept tiny runs too, and this run's note comes with
+    # the slider update (max = steps, value reset), which would undo a step chosen before it arrives
+    page.get_by_text(f"seed {seed} · first image (8/8 steps)").first.wait_for()
     set_number(page, "explain-step", 3)
     page.wait_for_function("document.querySelector('#explain-step input[type=range]')?.value === '3'")
     page.locator("#explain-btn").click()
-    # the panel may already show step 1 (explained when the run was kept): wait for the new step
     page.wait_for_function("document.querySelector('#explain-md')?.innerText.includes('Step 3 of 8')")
     page.wait_for_selector("#explain-md .katex")             # the formula is typeset, not raw $$ ... $$
     page.wait_for_selector("#explain-plot img")
