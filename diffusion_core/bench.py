@@ -8,8 +8,8 @@ What is measured, on the same machine in the same process:
   and the same work done by a ``diffusers`` reference: a ``UNet2DModel`` of the same widths, depth,
   attention levels, group norms and class conditioning, stepped by ``DDIMScheduler`` /
   ``DPMSolverMultistepScheduler`` with the same betas and timesteps, guidance by doubling the batch.
-  Every row records how many U-Net evaluations it made, at which batch size, so the two sides are
-  checked to do the same work; ``sampling_ratio`` = our images/s / theirs (higher is better);
+  Every row records how many U-Net rows it evaluated (in how many calls, at which batch sizes), so the
+  two sides are checked to do the same work; ``sampling_ratio`` = our images/s / theirs (higher is better);
 * time to the first streamed preview (``Pipeline.stream`` to its first record) at batch 16 and 1;
 * one 64x64 image through a cascade (base 32 px + super-resolution 32 -> 64);
 * training images/s (forward, MSE loss, backward, gradient clipping, AdamW, EMA update) at batch 64,
@@ -20,7 +20,8 @@ What is measured, on the same machine in the same process:
   of what oneDNN's convolutions reach, so ``torch.mm`` alone gave fractions above 1);
   ``peak_fraction_vs_mm`` is the fraction of the ``torch.mm`` rate alone.
 
-``--nchw`` runs our U-Net in the NCHW layout (before the channels_last optimisation).
+``--nchw`` runs our U-Net in the NCHW layout (before the channels_last optimisation); ``--no-workers``
+runs it without row workers (one batch split over the cores by each kernel, before ``parallel.py``).
 
 Method: one untimed warm-up run per row, then the median of ``--repeats`` timed runs; the same seeds
 and initial noise for both implementations; ``torch.set_num_threads(--threads)`` for everything.
@@ -58,6 +59,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import parallel
 from .config import DiffusionConfig, ModelConfig, UNetConfig, to_dict
 from .unet import UNet, _norm, count_parameters
 
@@ -108,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-diffusers", action="store_true", help="time our side only (no ratios)")
     p.add_argument("--nchw", action="store_true", help="our U-Net in NCHW memory instead of channels_last "
                    "(the layout before that optimisation)")
+    p.add_argument("--no-workers", action="store_true",
+                   help="no row workers (parallel.py): every kernel splits the whole batch over the threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no table on stdout")
     g = p.add_argument_group("output check")
@@ -299,11 +303,12 @@ def diffusers_sample(unet, scheduler, n: int, steps: int, guidance: float, seed:
 # timing helpers
 @contextlib.contextmanager
 def count_calls(module: nn.Module):
-    """Count forward calls of ``module`` and the batch sizes it saw."""
-    rec = {"calls": 0, "batches": set()}
+    """Count forward calls of ``module``, the rows they evaluated and the batch sizes it saw."""
+    rec = {"calls": 0, "rows": 0, "batches": set()}
 
     def hook(_m, inputs):
         rec["calls"] += 1
+        rec["rows"] += int(inputs[0].shape[0])
         rec["batches"].add(int(inputs[0].shape[0]))
     h = module.register_forward_pre_hook(hook)
     try:
@@ -343,27 +348,31 @@ def bench_sampling(args, s, pipe, ref) -> list[dict]:
         for b in s["batches"]:
             labels = one_hot(b, cfg.num_labels)
             kw = dict(sampler=sampler, guidance=GUIDANCE, labels=labels, seed=args.seed)
+            pipe.sample(b, steps=min(steps, 3), **kw)        # warm-up, not counted
             with count_calls(pipe.net) as rec:
-                times = timed(lambda: pipe.sample(b, steps=steps, **kw), reps,
-                              warmup=lambda: pipe.sample(b, steps=min(steps, 3), **kw))
-            evals = (rec["calls"] - min(steps, 3)) // reps
+                times = timed(lambda: pipe.sample(b, steps=steps, **kw), reps, warmup=lambda: None)
+            # our row workers may split one evaluation into pieces: compare the rows evaluated per run
+            rows_run = rec["rows"] // reps
             rows.append(_row("ours", "sample", times, b, sampler=sampler, steps=steps, batch=b, guidance=GUIDANCE,
-                             unet_evals=evals, unet_batch=sorted(rec["batches"])))
+                             unet_calls=rec["calls"] // reps, unet_rows=rows_run, unet_batch=sorted(rec["batches"])))
             _log(args, f"  ours      {sampler:5s} {steps:3d} steps batch {b:2d}: {statistics.median(times):.3f} s")
             if ref is None:
                 continue
             unet = ref["unet"]
             sched = diffusers_scheduler(sampler, pipe.config.diffusion)
+            diffusers_sample(unet, sched, b, min(steps, 3), GUIDANCE, args.seed, cfg)
             with count_calls(unet) as rec:
                 times = timed(lambda: diffusers_sample(unet, sched, b, steps, GUIDANCE, args.seed, cfg), reps,
-                              warmup=lambda: diffusers_sample(unet, sched, b, min(steps, 3), GUIDANCE, args.seed, cfg))
-            d_evals = (rec["calls"] - min(steps, 3)) // reps
+                              warmup=lambda: None)
+            d_rows = rec["rows"] // reps
             rows.append(_row("diffusers", "sample", times, b, sampler=sampler, steps=steps, batch=b,
-                             guidance=GUIDANCE, unet_evals=d_evals, unet_batch=sorted(rec["batches"])))
+                             guidance=GUIDANCE, unet_calls=rec["calls"] // reps, unet_rows=d_rows,
+                             unet_batch=sorted(rec["batches"])))
             _log(args, f"  diffusers {sampler:5s} {steps:3d} steps batch {b:2d}: {statistics.median(times):.3f} s")
-            if d_evals != evals or rows[-1]["unet_batch"] != rows[-2]["unet_batch"]:
-                raise RuntimeError(f"unequal work for {sampler} batch {b}: ours {evals} x {rows[-2]['unet_batch']}, "
-                                   f"diffusers {d_evals} x {rows[-1]['unet_batch']} U-Net evaluations")
+            if d_rows != rows_run:
+                raise RuntimeError(f"unequal work for {sampler} batch {b}: ours {rows_run} rows in "
+                                   f"{rows[-2]['unet_calls']} calls, diffusers {d_rows} rows in "
+                                   f"{rows[-1]['unet_calls']} calls of the U-Net per run")
     return rows
 
 
@@ -449,21 +458,31 @@ def train_batch(cfg: UNetConfig, diffusion: DiffusionConfig, b: int, seed: int) 
     return {"x_t": x_t, "t": t, "eps": eps, "labels": labels, "drop": drop}
 
 
-def train_step_fn(net: nn.Module, forward: Callable[[dict], torch.Tensor], batch: dict) -> Callable[[], float]:
-    """One full optimisation step as in train.py: forward, MSE, backward, clip, AdamW, EMA update."""
+def train_step_fn(net: nn.Module, forward: Callable[[dict], torch.Tensor], batch: dict,
+                  in_parts: bool = False) -> Callable[[], float]:
+    """One full optimisation step as in train.py: forward, MSE, backward, clip, AdamW, EMA update.
+    ``in_parts``: forward and backward as row pieces on the CPU's cores, as train.py does (ours only)."""
     from torch.optim.swa_utils import AveragedModel
 
-    from .train import ema_with_warmup
+    from .train import backward_in_parts, ema_with_warmup
     net.train()
     opt = torch.optim.AdamW(net.parameters(), lr=TRAIN_LR)
     ema = AveragedModel(net, multi_avg_fn=ema_with_warmup(EMA_DECAY), use_buffers=True)
+    params = list(net.parameters())
+    b = batch["eps"].shape[0]
+
+    def loss_of(start: int, stop: int) -> torch.Tensor:
+        part = {k: v[start:stop] for k, v in batch.items()}
+        return F.mse_loss(forward(part).float(), part["eps"])
 
     def step() -> float:
-        out = forward(batch)
-        loss = F.mse_loss(out.float(), batch["eps"])
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        if in_parts:
+            loss = backward_in_parts(loss_of, b, params)
+        else:
+            loss = loss_of(0, b)
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         ema.update_parameters(net)
         return loss.item()
@@ -484,15 +503,18 @@ def bench_training(args, s, cfg: UNetConfig, diffusion: DiffusionConfig, ref) ->
         nets.append(("diffusers", theirs,
                      lambda net, bt: net(bt["x_t"], bt["t"],
                                          class_labels=torch.where(bt["drop"], cfg.num_labels, bt["labels"])).sample))
+    steps = {impl: train_step_fn(net, lambda bt, net=net, fwd=fwd: fwd(net, bt), batch, in_parts=impl == "ours")
+             for impl, net, fwd in nets}
+    for step in steps.values():
+        step()                                          # warm-up
+    # the two sides take turns, run by run, so that a slow spell of the machine hits both alike
+    times = {impl: [] for impl in steps}
+    for _ in range(s["repeats"]):
+        for impl, step in steps.items():
+            times[impl] += timed(lambda: [step() for _ in range(k)], 1, warmup=lambda: None)
     rows = []
-    for impl, net, fwd in nets:
-        step = train_step_fn(net, lambda bt, net=net, fwd=fwd: fwd(net, bt), batch)
-
-        def run():
-            for _ in range(k):
-                step()
-        times = timed(run, s["repeats"], warmup=step)
-        rows.append(_row(impl, "train", times, b * k, batch=b, steps_per_run=k))
+    for impl in steps:
+        rows.append(_row(impl, "train", times[impl], b * k, batch=b, steps_per_run=k))
         _log(args, f"  {impl:9s} train batch {b}: {rows[-1]['images_per_s']:.1f} images/s")
     return rows
 
@@ -697,7 +719,8 @@ def run_benchmark(args) -> dict:
     result = {"machine": machine_info(args.threads), "model": source, "unet": to_dict(cfg),
               "settings": {**s, "threads": args.threads, "quick": args.quick, "tiny": args.tiny,
                            "seed": args.seed, "guidance": GUIDANCE,
-                           "layout": "nchw" if args.nchw else "channels_last"}, "notes": []}
+                           "layout": "nchw" if args.nchw else "channels_last",
+                           "row_workers": parallel.workers()}, "notes": []}
     ref = None
     params = {"ours": count_parameters(pipe.net)}
     if not args.skip_diffusers:
@@ -771,10 +794,12 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     old_threads = torch.get_num_threads()
     from . import unet as unet_module
-    old_layout = unet_module.CHANNELS_LAST
+    old_layout, old_workers = unet_module.CHANNELS_LAST, parallel.WORKERS
     try:
         torch.set_num_threads(args.threads)
         unet_module.CHANNELS_LAST = not args.nchw
+        if args.no_workers:
+            parallel.WORKERS = 1
         with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=DeprecationWarning, module="diffusers")
             if args.write_reference or args.check:
@@ -799,7 +824,7 @@ def main(argv=None) -> int:
         return 2
     finally:
         torch.set_num_threads(old_threads)
-        unet_module.CHANNELS_LAST = old_layout
+        unet_module.CHANNELS_LAST, parallel.WORKERS = old_layout, old_workers
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from typing import Callable, Protocol
 
 import torch
 
+from . import parallel
 from .conditioning import Condition, cat_conditions
 from .schedules import Schedule
 
@@ -64,21 +65,34 @@ class ModelDenoiser:
     their rounding, by batch size; with a fixed evaluation batch every image sees the same kernels
     whatever the batch it was requested in, so a seed gives bit-identical images at any batch size
     (for a fixed thread count). ``chunk`` = 0 runs the whole batch at once (fastest, not batch-invariant).
+    On a multi-core CPU without autograd the pieces (chunks, or for chunk = 0 one part of the batch per
+    core) run in parallel, one core each (``parallel.py``).
     """
 
     def __init__(self, net: Callable, schedule: Schedule | None, prediction: str = "eps", chunk: int = 0):
         self.net, self.schedule, self.prediction, self.chunk = net, schedule, prediction, int(chunk)
 
-    def _net(self, x_t, t, cond):
-        b, k = x_t.shape[0], self.chunk
-        if k <= 0 or b == k:
+    def _piece(self, x_t, t, cond, start: int, stop: int, pad_to: int = 0):
+        """The network on rows [start, stop), padded to ``pad_to`` rows by repeating the last one."""
+        idx = torch.arange(start, max(stop, start + pad_to), device=x_t.device).clamp(max=stop - 1)
+        if start == 0 and len(idx) == x_t.shape[0] == stop:
             return self.net(x_t, t, cond)
-        outs = []
-        for start in range(0, b, k):
-            idx = torch.arange(start, start + k, device=x_t.device).clamp(max=b - 1)
-            out = self.net(x_t[idx], t[idx], None if cond is None else cond.index(idx))
-            outs.append(out[:min(k, b - start)])
-        return torch.cat(outs)
+        return self.net(x_t[idx], t[idx], None if cond is None else cond.index(idx))[:stop - start]
+
+    def _net(self, x_t, t, cond):
+        """Pieces of ``chunk`` rows (or near-equal parts of the batch when chunk = 0), computed on the CPU's
+        cores in parallel where ``parallel.usable`` (each piece single-threaded; see parallel.py)."""
+        b, k = x_t.shape[0], self.chunk
+        if k > 0:
+            ranges = [(s, min(s + k, b)) for s in range(0, b, k)]
+        else:
+            ranges = parallel.split_rows(b, parallel.workers() if parallel.usable(x_t) else 1)
+        if len(ranges) == 1:
+            return self._piece(x_t, t, cond, 0, b, k)
+        pieces = [(x_t, t, cond, s, e, k) for s, e in ranges]
+        if not parallel.usable(x_t):
+            return torch.cat([self._piece(*p) for p in pieces])
+        return torch.cat(parallel.run_pieces(self._piece, pieces))
 
     def __call__(self, x_t, t, cond):
         return prediction_from_output(self._net(x_t, t, cond), x_t, t, self.schedule, self.prediction)

@@ -22,12 +22,14 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch.optim.swa_utils import AveragedModel
 
+from . import parallel
 from .checkpoint import atomic_save_tensors, atomic_write_bytes, load_network, save_model, write_json
 from .conditioning import Condition, augment_low_res, drop_condition
 from .config import ConfigError, DiffusionConfig, ModelConfig, UNetConfig, from_dict, to_dict
@@ -389,12 +391,18 @@ class Trainer:
                 t0 = time.time()
                 for group in self.opt.param_groups:
                     group["lr"] = self.lr_at(self.step)
-                loss = self.loss(*self.make_batch())
+                self.opt.zero_grad(set_to_none=True)
+                x0, t, eps, cond = self.make_batch()
+                if self.world > 1 or self.device.type != "cpu":    # DDP reduces once per backward
+                    loss = self.loss(x0, t, eps, cond)
+                    loss.backward()
+                else:   # one piece of the batch per CPU core (parallel.py)
+                    loss = backward_in_parts(lambda a, b: self.loss(x0[a:b], t[a:b], eps[a:b],
+                                                                    cond.index(slice(a, b)) if cond is not None else None),
+                                             x0.shape[0], list(self.net.parameters()))
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"loss became {loss.item()} at step {self.step}; stopping. The last good "
                                              f"checkpoint is kept in {self.out / STATE} (try a lower lr)")
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
                 self.opt.step()
@@ -454,6 +462,38 @@ class Trainer:
     def _on_signal(self, signum, frame):
         self.stop_requested = True
         print(f"\nsignal {signum}: saving a checkpoint at the end of this step, then stopping", file=sys.stderr)
+
+
+def backward_in_parts(loss_of: Callable[[int, int], torch.Tensor], b: int, params: list[torch.Tensor],
+                      min_rows: int = 4) -> torch.Tensor:
+    """Gradient of the mean loss over b rows into ``p.grad``, computed as row pieces on the CPU's cores.
+
+    ``loss_of(start, stop)`` is the mean loss over rows [start, stop). Each worker (``parallel.run_pieces``)
+    takes the gradient of (stop - start) / b times its piece's loss with its own dropout generator, seeded
+    from torch's global generator, so a run is reproducible; the pieces' gradients are summed in piece order.
+    The sum of the pieces is the full batch's mean loss and gradient (up to rounding). One piece (one core, or
+    a small batch): plain ``backward()``. Returns the loss, detached."""
+    ranges = parallel.split_rows(b, parallel.workers(), min_rows)
+    if len(ranges) == 1:
+        loss = loss_of(0, b)
+        loss.backward()
+        return loss.detach()
+    seeds = torch.randint(2 ** 62, (len(ranges),)).tolist()
+
+    def piece(start: int, stop: int, seed: int):
+        with parallel.seeded(seed):
+            loss = loss_of(start, stop) * ((stop - start) / b)
+            return loss.detach(), torch.autograd.grad(loss, params, allow_unused=True)
+
+    results = parallel.run_pieces(piece, [(s, e, seed) for (s, e), seed in zip(ranges, seeds)], grad=True)
+    for i, p in enumerate(params):
+        grads = [r[1][i] for r in results if r[1][i] is not None]
+        if grads:
+            g = grads[0]
+            for other in grads[1:]:
+                g = g + other
+            p.grad = g if p.grad is None else p.grad + g
+    return sum(r[0] for r in results[1:]) + results[0][0]
 
 
 def cold_prior(data, degradation, T: int, n: int = 256) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -17,11 +17,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# (model, sampler, steps, n): the cheap rows first; DDPM at 1000 steps costs 20-100x a fast row, so fewer images
-ROWS = [(m, s, k, 500) for m in ("fashion", "fashion-linear")
+# (model, sampler, steps, n): 2,000 samples per row, the cheap rows first. The cold step sweep keeps its 500-sample
+# rows beside the 2,000-sample row at its best step count; DDPM at 1000 steps costs 20-100x a fast row, so fewer images.
+ROWS = [(m, s, k, 2000) for m in ("fashion", "fashion-linear")
         for s, k in (("dpm++", 10), ("dpm++", 20), ("ddim", 10), ("ddim", 25), ("ddim", 50), ("ddim", 100))]
-ROWS += [("fashion-experts", "dpm++", 20, 500), ("fashion-experts", "ddim", 50, 500)]
-ROWS += [("fashion-cold", "cold", k, 500) for k in (10, 20, 50, 100)]
+ROWS += [("fashion-experts", "dpm++", 20, 2000), ("fashion-experts", "ddim", 50, 2000)]
+ROWS += [("fashion-cold", "cold", 100, 2000)] + [("fashion-cold", "cold", k, 500) for k in (10, 20, 50, 100)]
 ROWS += [(m, "ddpm", 1000, 200) for m in ("fashion", "fashion-linear")]
 
 

@@ -38,13 +38,15 @@ def test_json_has_the_required_keys(tiny_result):
             ("ours", "train"), ("diffusers", "train")} <= tasks
     for row in r["rows"]:
         assert _positive(row["seconds"]) and _positive(row["images_per_s"])
-    # both implementations did the same work: U-Net evaluations and their batch size, row by row
+    # both implementations did the same work: U-Net rows evaluated per run (one guided step = 2 x batch rows;
+    # our row workers may split a step's evaluation into pieces, diffusers makes one call per step)
     ours = {(x["sampler"], x["batch"]): x for x in r["rows"] if x["task"] == "sample" and x["impl"] == "ours"}
     theirs = {(x["sampler"], x["batch"]): x for x in r["rows"] if x["task"] == "sample" and x["impl"] == "diffusers"}
     assert ours.keys() == theirs.keys() and ours
     for key, row in ours.items():
-        assert row["unet_evals"] == theirs[key]["unet_evals"] == row["steps"]
-        assert row["unet_batch"] == theirs[key]["unet_batch"] == [2 * row["batch"]]     # guidance doubles it
+        assert row["unet_rows"] == theirs[key]["unet_rows"] == row["steps"] * 2 * row["batch"]
+        assert theirs[key]["unet_calls"] == row["steps"] and theirs[key]["unet_batch"] == [2 * row["batch"]]
+        assert row["unet_calls"] >= row["steps"] and max(row["unet_batch"]) <= 2 * row["batch"]
     assert r["flops"]["ours"]["flops_per_forward"] > 0 and 0 < r["peak_fraction"]
     # the diffusers schedulers take the same steps as ours
     for v in r["scheduler_agreement"].values():

@@ -1,0 +1,150 @@
+"""Row workers (parallel.py) and the cheap dropout mask: same function, other schedule of the work."""
+import threading
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffusion_core import parallel
+from diffusion_core.conditioning import Condition
+from diffusion_core.denoisers import ModelDenoiser
+from diffusion_core.train import backward_in_parts
+from diffusion_core.unet import Dropout, UNet, dropout_mask
+
+from conftest import randomize, tiny_config
+
+
+@pytest.fixture
+def two_workers():
+    old = parallel.WORKERS
+    parallel.WORKERS = 2
+    yield
+    parallel.WORKERS = old
+
+
+def _batch(b, cfg, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    size, ch = cfg.unet.image_size, cfg.unet.in_channels
+    x = torch.randn(b, ch, size, size, generator=g)
+    t = torch.randint(0, 100, (b,), generator=g)
+    labels = F.one_hot(torch.arange(b) % cfg.unet.num_labels, cfg.unet.num_labels).float()
+    return x, t, Condition(labels=labels, uncond=torch.arange(b) % 3 == 0), torch.randn(x.shape, generator=g)
+
+
+def test_dropout_mask_keeps_1_minus_p_and_preserves_the_mean():
+    x = torch.ones(64, 32, 16, 16).contiguous(memory_format=torch.channels_last)
+    m = dropout_mask(x, 0.1, torch.Generator().manual_seed(0))
+    cut = round(0.1 * 2 ** 15)
+    scale = 2 ** 15 / (2 ** 15 - cut)
+    assert m.unique().tolist() == pytest.approx([0.0, scale])
+    kept = (m > 0).float().mean().item()
+    n = m.numel()
+    sd = (0.9 * 0.1 / n) ** 0.5
+    assert abs(kept - (1 - cut / 2 ** 15)) < 5 * sd            # p rounded to a multiple of 2^-15
+    assert abs(m.mean().item() - 1) < 5 * sd * scale             # inverted dropout: E[mask] = 1
+    assert m.is_contiguous(memory_format=torch.channels_last)    # same layout as x
+    # neighbours along every axis are independent (the four 16-bit lanes of one 64-bit draw included)
+    k = (m > 0).float()
+    for dim in range(4):
+        a, b = k.narrow(dim, 0, k.shape[dim] - 1), k.narrow(dim, 1, k.shape[dim] - 1)
+        assert abs((a * b).mean().item() - kept ** 2) < 0.01
+    # a generator makes it reproducible; different seeds differ
+    assert torch.equal(m, dropout_mask(x, 0.1, torch.Generator().manual_seed(0)))
+    assert not torch.equal(m, dropout_mask(x, 0.1, torch.Generator().manual_seed(1)))
+
+
+def test_dropout_module_train_eval_and_gradient():
+    d = Dropout(0.25)
+    x = torch.randn(8, 4, 6, 6, requires_grad=True)
+    assert d.eval()(x) is x and Dropout(0.0).train()(x) is x
+    torch.manual_seed(0)
+    y = d.train()(x)
+    torch.manual_seed(0)
+    mask = dropout_mask(x, 0.25)
+    assert torch.equal(y, x * mask)
+    y.sum().backward()
+    assert torch.equal(x.grad, mask)
+    with pytest.raises(ValueError):
+        Dropout(1.0)
+
+
+def test_split_rows():
+    assert parallel.split_rows(64, 2) == [(0, 32), (32, 64)]
+    assert parallel.split_rows(10, 3, min_rows=4) == [(0, 5), (5, 10)]
+    assert parallel.split_rows(7, 2) == [(0, 7)]
+    assert parallel.split_rows(5, 1) == [(0, 5)]
+
+
+def test_run_pieces_carries_modes_and_restores_threads(two_workers):
+    before = torch.get_num_threads()
+    seen = []
+
+    def probe(i):
+        seen.append((threading.current_thread().name, torch.is_inference_mode_enabled(),
+                     torch.is_grad_enabled(), torch.get_num_threads()))
+        return i
+
+    with torch.inference_mode():
+        assert parallel.run_pieces(probe, [(i,) for i in range(4)]) == [0, 1, 2, 3]
+    assert all(name.startswith("diffusion-core-rows") and inf and not grad and n == 1
+               for name, inf, grad, n in seen)
+    seen.clear()
+    parallel.run_pieces(probe, [(0,), (1,)], grad=True)
+    assert all(grad for _, _, grad, _ in seen)
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("chunk", [0, 8])
+def test_model_denoiser_with_workers_matches_serial(two_workers, chunk):
+    cfg = tiny_config({"num_labels": 3})
+    net = randomize(UNet(cfg.unet))
+    x, t, cond, _ = _batch(21, cfg)
+    den = ModelDenoiser(net, None, chunk=chunk)
+    with torch.inference_mode():
+        par = den._net(x, t, cond)
+        parallel.WORKERS = 1
+        ser = den._net(x, t, cond)
+        whole = net(x, t, cond)
+    assert par.shape == x.shape
+    if chunk:   # the same fixed pieces, computed on other threads: bit-identical
+        assert torch.equal(par, ser)
+    assert torch.allclose(par, whole, atol=1e-5)
+
+
+def _grads(net):
+    return [p.grad.clone() for p in net.parameters()]
+
+
+def _loss_of(net, x, t, cond, eps):
+    return lambda a, b: F.mse_loss(net(x[a:b], t[a:b], cond.index(slice(a, b))), eps[a:b])
+
+
+def test_backward_in_parts_is_the_full_batch_gradient(two_workers):
+    cfg = tiny_config({"num_labels": 3})                      # dropout 0: the pieces see the same function
+    net = randomize(UNet(cfg.unet)).train()
+    x, t, cond, eps = _batch(16, cfg)
+    loss = backward_in_parts(_loss_of(net, x, t, cond, eps), 16, list(net.parameters()))
+    parts = _grads(net)
+    net.zero_grad(set_to_none=True)
+    full = _loss_of(net, x, t, cond, eps)(0, 16)
+    full.backward()
+    assert torch.allclose(loss, full.detach(), rtol=1e-5)
+    for a, b in zip(parts, _grads(net)):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_backward_in_parts_with_dropout_is_reproducible(two_workers):
+    cfg = tiny_config({"num_labels": 3, "dropout": 0.3})
+    net = randomize(UNet(cfg.unet)).train()
+    x, t, cond, eps = _batch(16, cfg)
+    runs = []
+    for _ in range(2):
+        net.zero_grad(set_to_none=True)
+        torch.manual_seed(5)                                 # the workers' dropout seeds come from here
+        backward_in_parts(_loss_of(net, x, t, cond, eps), 16, list(net.parameters()))
+        runs.append(_grads(net))
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+    net.zero_grad(set_to_none=True)
+    torch.manual_seed(6)
+    backward_in_parts(_loss_of(net, x, t, cond, eps), 16, list(net.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(runs[0], _grads(net)))
