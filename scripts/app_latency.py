@@ -2,7 +2,8 @@
 
     python scripts/app_latency.py [--checkpoints checkpoints] [--repeats 3] [--out app_latency.json]
 
-For each setting it submits /generate and records the time from submit to the first streamed preview and
+The app runs in its own process (``python app.py``, as on a Space) and the client in this one. For each
+setting it submits /generate and records the time from submit to the first streamed preview and
 to the finished gallery (the median of --repeats runs after one warm-up run). Unlike the benchmark, this
 includes Gradio's queue, the preview images' encoding and the streaming of every step (preview_every 1),
 and the app's fixed network batch (bit-identical seeds across batch sizes).
@@ -47,18 +48,33 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="app_latency.json")
     args = p.parse_args(argv)
     import socket
+    import subprocess
+    import urllib.request
 
-    import torch
     from gradio_client import Client
 
-    import app
-    demo = app.build_demo(args.checkpoints)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, **app.LAUNCH_KW)
+    # the app in its own process, as `python app.py` runs on a Space; the client (a stand-in for the browser,
+    # which runs on the user's machine) in this one, so that the server does not share its GIL with it
+    env = dict(os.environ, GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1",
+               DIFFUSION_CHECKPOINTS=str(Path(args.checkpoints).resolve()))
+    server = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 180
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            if server.poll() is not None or time.time() > deadline:
+                server.kill()
+                raise SystemExit(f"the app did not start: {server.stderr.read()[-2000:]}")
+            time.sleep(0.5)
     # like a browser, the client does not wait for each preview file to download (files stay on the server)
-    client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
+    client = Client(url, verbose=False, download_files=False)
     rows = []
     try:
         for setting in SETTINGS:
@@ -70,8 +86,9 @@ def main(argv=None) -> int:
             print(f"{setting['model']} {setting['sampler']} {setting['steps']} steps batch {setting['batch_size']}: "
                   f"first preview {row['first_preview_s']:.3f} s, finished {row['total_s']:.3f} s", flush=True)
     finally:
-        demo.close()
-    Path(args.out).write_text(json.dumps({"threads": torch.get_num_threads(), "cpu": os.cpu_count(),
+        server.terminate()
+        server.wait(30)
+    Path(args.out).write_text(json.dumps({"server": "python app.py (own process)", "cpu": os.cpu_count(),
                                           "loadavg_1m": os.getloadavg()[0], "rows": rows}, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0

@@ -148,3 +148,27 @@ def test_backward_in_parts_with_dropout_is_reproducible(two_workers):
     torch.manual_seed(6)
     backward_in_parts(_loss_of(net, x, t, cond, eps), 16, list(net.parameters()))
     assert not all(torch.equal(a, b) for a, b in zip(runs[0], _grads(net)))
+
+
+def test_seed_contract_with_row_workers_on_the_shipped_model():
+    """The app's promise with the real fashion U-Net and 2 threads: a batch of 5 guided images (10 rows: two
+    8-row chunks, computed by two single-threaded workers) gives bit-identically the images that batches of
+    one (one chunk, computed with 2 intra-op threads) give for the same seeds."""
+    from pathlib import Path
+
+    from diffusion_core.pipeline import load
+    folder = Path(__file__).resolve().parents[1] / "checkpoints" / "fashion"
+    if not (folder / "model.safetensors").is_file():
+        pytest.skip("checkpoints/fashion is not present")
+    pipe = load(folder)
+    old_threads, old_workers = torch.get_num_threads(), parallel.WORKERS
+    try:
+        torch.set_num_threads(2)
+        parallel.WORKERS = None
+        kw = dict(sampler="dpm++", steps=3, guidance=2.0, labels=["Sneaker"])
+        big = pipe.sample(5, seed=40, **kw)
+        for i in range(5):
+            assert torch.equal(big[i:i + 1], pipe.sample(1, seed=40 + i, **kw)), i
+    finally:
+        torch.set_num_threads(old_threads)
+        parallel.WORKERS = old_workers
