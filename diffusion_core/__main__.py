@@ -59,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--batch", type=int, default=100)
     e.add_argument("--out", help="write the metrics JSON here (default: MODEL/metrics[-tag].json)")
+    e.add_argument("--cache-dir", default="runs/evaluate",
+                   help="samples generated so far are kept here after every batch; a stopped run with the same "
+                        "settings resumes from them (default: runs/evaluate)")
+    e.add_argument("--no-cache", action="store_true", help="do not keep or reuse generated samples")
     e.add_argument("--memorisation", action="store_true",
                    help="emoji models: also find the nearest training image to 64 samples (memorisation.png)")
     e.add_argument("--tag", default="", help="suffix of the metrics file name")

@@ -164,10 +164,52 @@ def features_of(clf: Classifier, images: torch.Tensor, batch: int = 500) -> tupl
     return torch.cat(feats).numpy().astype(np.float64), torch.cat(logits)
 
 
+class SampleCache:
+    """The samples an evaluation has generated so far, saved after every batch, so that a long run (DDPM at
+    1000 steps: hours on a CPU) killed or stopped at a session's end resumes where it stopped.
+
+    The file's metadata holds the settings and the weights' size and modification time; a file written
+    with other settings (or other weights) is ignored and replaced. Batch k always uses seed + k * batch,
+    so a resumed run gives the images an uninterrupted one would."""
+
+    def __init__(self, path: Path | None, settings: dict):
+        self.path = Path(path) if path else None
+        self.settings = json.dumps(settings, sort_keys=True)
+        self.elapsed = 0.0
+
+    def load(self) -> list[torch.Tensor]:
+        if self.path is None or not self.path.is_file():
+            return []
+        from safetensors import safe_open
+        try:
+            with safe_open(str(self.path), "pt") as f:
+                meta = f.metadata() or {}
+                if meta.get("settings") != self.settings:
+                    return []
+                self.elapsed = float(meta.get("elapsed", 0.0))
+                return [f.get_tensor(k) for k in sorted(f.keys(), key=lambda k: int(k.split(".")[1]))]
+        except Exception:       # unreadable (e.g. an old format): start over
+            return []
+
+    def save(self, images: list[torch.Tensor], elapsed: float) -> None:
+        if self.path is None:
+            return
+        from .checkpoint import atomic_save_tensors
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save_tensors({f"batch.{i}": x.contiguous() for i, x in enumerate(images)}, self.path,
+                            metadata={"settings": self.settings, "elapsed": repr(elapsed)})
+
+    def remove(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
 def evaluate_model(model_dir: Path, classifier_dir: Path | None, n: int = 2000, sampler: str | None = None,
                    steps: int = 50, spacing: str = "trailing", guidance: float = 2.0, seed: int = 0,
-                   batch: int = 100, progress: bool = True) -> dict:
-    """Generate n samples with balanced conditions and measure them against held-out real data."""
+                   batch: int = 100, progress: bool = True, cache: Path | None = None) -> dict:
+    """Generate n samples with balanced conditions and measure them against held-out real data.
+
+    ``cache``: keep the samples generated so far in this file and resume from it (see SampleCache)."""
     from tqdm import tqdm
     from .pipeline import load
     pipe = load(model_dir)
@@ -185,10 +227,19 @@ def evaluate_model(model_dir: Path, classifier_dir: Path | None, n: int = 2000, 
         real = load_data(_data_for("emoji", "all"))
         ridx = torch.randint(len(real), (n,), generator=torch.Generator().manual_seed(seed))
         cond_labels = torch.from_numpy(real.labels[ridx.numpy()])
-    t0 = time.time()
-    images = []
-    bar = tqdm(total=n, unit="img", disable=not progress, mininterval=2.0)
-    for start in range(0, n, batch):
+    weights = sorted(Path(model_dir).rglob("*.safetensors"))
+    store = SampleCache(cache, {"model": str(Path(model_dir).resolve()), "sampler": sampler, "steps": steps,
+                                "spacing": spacing, "guidance": guidance, "seed": seed, "batch": batch,
+                                "weights": [[str(w.relative_to(model_dir)), w.stat().st_size, w.stat().st_mtime]
+                                            for w in weights]})
+    images = store.load()
+    images = images[:(n + batch - 1) // batch]
+    done = sum(len(x) for x in images)
+    if done:
+        metrics["resumed_from"] = done
+    t0 = time.time() - store.elapsed
+    bar = tqdm(total=n, initial=min(done, n), unit="img", disable=not progress, mininterval=2.0)
+    for start in range(done, n, batch):
         b = min(batch, n - start)
         kw = {}
         if dataset == "fashion" and cfg.unet.num_labels:
@@ -201,9 +252,11 @@ def evaluate_model(model_dir: Path, classifier_dir: Path | None, n: int = 2000, 
             kw["cond_image"] = to_tensor(sticks[start:start + b])
         images.append(pipe.sample(b, sampler=sampler, steps=steps, spacing=spacing, guidance=guidance,
                                   seed=seed + start, **kw))
+        if b == batch:      # full batches only: a resumed run with a larger n continues from them
+            store.save(images, time.time() - t0)
         bar.update(b)
     bar.close()
-    gen = torch.cat(images)
+    gen = torch.cat(images)[:n]
     metrics["sampling_s"] = round(time.time() - t0, 1)
     metrics["sampling_s_per_image"] = round((time.time() - t0) / n, 4)
     if dataset == "pose":
@@ -331,16 +384,17 @@ def evaluate_command(args) -> int:
     from .checkpoint import folder_kind, load_model_config
     from .train import command_line
     model = Path(args.model)
+    out = Path(args.out) if args.out else model / f"metrics{'-' + args.tag if args.tag else ''}.json"
     if folder_kind(model) == "model" and load_model_config(model).task == "super_resolution":   # config only
         m = evaluate_super_resolution(model, n=args.n, steps=args.steps, sampler=args.sampler or "dpm++",
                                       seed=args.seed, batch=args.batch)
     else:
+        cache = None if args.no_cache else Path(args.cache_dir) / f"{model.resolve().name}-{out.stem}.safetensors"
         m = evaluate_model(model, Path(args.classifier) if args.classifier else None, n=args.n,
                            sampler=args.sampler, steps=args.steps, spacing=args.spacing, guidance=args.guidance,
-                           seed=args.seed, batch=args.batch)
+                           seed=args.seed, batch=args.batch, cache=cache)
         if args.memorisation:
             m["memorisation"] = memorisation(model, seed=args.seed)
-    out = Path(args.out) if args.out else Path(args.model) / f"metrics{'-' + args.tag if args.tag else ''}.json"
     m["command"] = command_line() if sys.argv[1:2] == ["evaluate"] else None     # None when called as a function
     m["threads"] = torch.get_num_threads()
     write_json(out, m)

@@ -372,15 +372,30 @@ def test_evaluate_command_end_to_end(tmp_path):
     model = Trainer(tiny_cfg(tmp_path, "data.source=idx", f"data.path={folder}", "steps=1"), progress=False).run()
     torch.manual_seed(0)
     save_classifier(tmp_path / "clf", ClassifierConfig(), Classifier(ClassifierConfig()).eval(), {"test": True})
-    r = run_cli("evaluate", "--model", str(model), "--classifier", str(tmp_path / "clf"), "--n", "20",
-                "--steps", "2", "--batch", "10", "--tag", "t")
+    cache = tmp_path / "cache"
+    args = ["evaluate", "--model", str(model), "--classifier", str(tmp_path / "clf"), "--n", "20",
+            "--batch", "10", "--cache-dir", str(cache)]
+    r = run_cli(*args, "--steps", "2", "--tag", "t")
     assert r.returncode == 0, r.stderr
     m = json.loads((model / "metrics-t.json").read_text())
     assert m["n"] == 20 and 0 <= m["accuracy"] <= 1 and m["fid"] > 0 and m["fid_real_vs_real"] >= 0
-    assert set(m["accuracy_per_class"]) == set(load(model).label_names)
-    r2 = run_cli("evaluate", "--model", str(model), "--classifier", str(tmp_path / "clf"), "--n", "20",
-                 "--steps", "2", "--batch", "10", "--tag", "u")
+    assert set(m["accuracy_per_class"]) == set(load(model).label_names) and "resumed_from" not in m
+    r2 = run_cli(*args, "--steps", "2", "--tag", "u", "--no-cache")
     assert json.loads((model / "metrics-u.json").read_text())["fid"] == m["fid"]     # deterministic given a seed
+    # a run stopped after its first batch resumes from the kept samples and ends where an uninterrupted run does
+    from safetensors import safe_open
+    from diffusion_core.checkpoint import atomic_save_tensors
+    (kept,) = cache.iterdir()
+    with safe_open(str(kept), "pt") as f:
+        meta, first = f.metadata(), f.get_tensor("batch.0")
+    atomic_save_tensors({"batch.0": first}, kept, metadata=meta)
+    r3 = run_cli(*args, "--steps", "2", "--tag", "t")
+    assert r3.returncode == 0, r3.stderr
+    m3 = json.loads((model / "metrics-t.json").read_text())
+    assert m3["resumed_from"] == 10 and m3["fid"] == m["fid"] and m3["accuracy"] == m["accuracy"]
+    # other settings under the same name: the kept samples are not reused
+    r4 = run_cli(*args, "--steps", "3", "--tag", "t")
+    assert r4.returncode == 0 and "resumed_from" not in json.loads((model / "metrics-t.json").read_text())
 
 
 def test_emoji_source_trains(tmp_path):
