@@ -363,6 +363,10 @@ def test_evaluate_metrics(tmp_path):
     pred = torch.tensor([[1, 0], [1, 1], [0, 0]], dtype=torch.bool)
     truth = torch.tensor([[1, 0], [0, 1], [0, 1]], dtype=torch.bool)
     assert torch.allclose(f1_per_attribute(pred, truth), torch.tensor([2 / 3, 2 / 3]))
+    from diffusion_core.evaluate import visible_f1
+    v = visible_f1({"woman": 0.9, "cat": 0.0, "bald": 0.5, "man": 0.7},
+                   {"woman": 0.95, "cat": 0.9, "bald": 0.3, "man": 0.85}, {"woman": 40, "cat": 1, "bald": 30, "man": 10})
+    assert v["attributes"] == ["woman", "man"] and v["mean"] == pytest.approx(0.8)   # cat: 1 positive; bald: unseen
 
 
 @pytest.mark.skipif(not HAS_FASHION, reason="dataset-fashion-mnist not installed")
