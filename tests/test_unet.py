@@ -66,3 +66,28 @@ def test_fused_adagn_matches_its_textbook_form():
         want = block.skip(x) + block.conv2(F.silu(h))
         got = block(x, emb)
     assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+
+
+def test_shipped_model_gives_the_images_of_the_code_before_the_speed_ups():
+    """tests/data/fashion_dpm20_before_speedups.safetensors was written by the code before any speed-up
+    (commit 4ceebcd: NCHW, AdaGN as three ops, nn.Dropout, no row workers) from checkpoints/fashion with 1
+    thread. The current code must give the same images up to float rounding (measured here: 4e-4 max;
+    the tolerance leaves room for another CPU's kernels)."""
+    from pathlib import Path
+
+    import pytest
+    from safetensors import safe_open
+
+    from diffusion_core.pipeline import load
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "checkpoints" / "fashion" / "model.safetensors").is_file():
+        pytest.skip("checkpoints/fashion is not present")
+    with safe_open(str(root / "tests" / "data" / "fashion_dpm20_before_speedups.safetensors"), "pt") as f:
+        before, meta = f.get_tensor("images"), f.metadata()
+    assert meta["code"] == "4ceebcd"
+    now = load(root / "checkpoints" / "fashion").sample(
+        4, sampler="dpm++", steps=20, guidance=2.0, seed=7,
+        labels=F.one_hot(torch.tensor([0, 7, 8, 3]), 10).float())
+    assert (now - before).abs().max() < 5e-3
+    to8 = lambda x: ((x + 1) * 127.5).round()   # noqa: E731
+    assert (to8(now) - to8(before)).abs().max() <= 1
