@@ -21,13 +21,26 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Callable, Sequence
 
 import torch
 
-WORKERS: int | None = int(os.environ["DIFFUSION_CORE_WORKERS"]) if os.environ.get("DIFFUSION_CORE_WORKERS") else None
+
+def _workers_from_env() -> int | None:
+    value = os.environ.get("DIFFUSION_CORE_WORKERS", "").strip()
+    if not value:
+        return None
+    try:
+        return max(1, int(value))
+    except ValueError:
+        warnings.warn(f"DIFFUSION_CORE_WORKERS={value!r} is not a number; using the default", stacklevel=2)
+        return None
+
+
+WORKERS: int | None = _workers_from_env()
 
 _lock = threading.Lock()           # one parallel section at a time (the thread count is process-wide)
 _pool: ThreadPoolExecutor | None = None
