@@ -262,3 +262,14 @@ def test_cascade_refusals(tmp_path, make_model):
 def test_public_api_exports():
     for name in diffusion_core.__all__:
         assert hasattr(diffusion_core, name), name
+
+
+def test_evaluate_cascade_compares_with_the_base_upscaled(tmp_path, make_model):
+    from diffusion_core.evaluate import evaluate_cascade
+    _cascade(tmp_path, make_model)
+    m = evaluate_cascade(tmp_path / "casc", n=3, steps=2, guidance=1.0, batch=2)
+    assert m["n"] == 3 and m["sharpness_cascade"] > 0 and m["sharpness_base_bicubic"] > 0
+    assert 0 <= m["cascade_sharper_fraction"] <= 1
+    assert (tmp_path / "casc" / "cascade_examples.png").is_file()
+    with pytest.raises(ValueError, match="not a cascade"):
+        evaluate_cascade(tmp_path / "base", n=1)
