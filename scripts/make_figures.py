@@ -164,6 +164,12 @@ def shrink_png(path: Path) -> None:
           f"{path.stat().st_size // 1000} KB)")
 
 
+# cascade figure: attribute sets as real emoji carry them (emoji group + words of the name)
+EMOJI_LABEL_SETS = [("Smileys & Emotion", "face"), ("People & Body", "woman", "dark skin tone"),
+                    ("Symbols", "heart"), ("People & Body", "man", "light skin tone"), ("Flags", "flag"),
+                    ("People & Body", "hand", "medium skin tone")]
+
+
 def label_tensor(pipe, names_or_idx, n: int):
     """Per-image one-/multi-hot label tensor (n, L) cycling over ``names_or_idx``; () if the model has none."""
     L = pipe.config.unet.num_labels
@@ -504,6 +510,10 @@ def cascade_figure(S: Settings, name: str, filename: str):
         kw["cond_image"] = to_tensor(sticks)
         cond_rows.append(kw["cond_image"])
         row_labels.append("stickman")
+    elif base.config.multi_label:     # label sets like real emoji have: a group and the name's words
+        sets = [s for s in EMOJI_LABEL_SETS if all(a in base.label_names for a in s)][:n]
+        kw["labels"] = label_tensor(base, sets, n)
+        cols = [", ".join(sets[i % len(sets)][1:]) for i in range(n)] if sets else []   # the group left out
     else:
         picks = spread_classes(base, n)
         kw["labels"] = label_tensor(base, picks, n)
