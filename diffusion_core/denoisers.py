@@ -83,16 +83,16 @@ class ModelDenoiser:
         """Pieces of ``chunk`` rows (or near-equal parts of the batch when chunk = 0), computed on the CPU's
         cores in parallel where ``parallel.usable`` (each piece single-threaded; see parallel.py)."""
         b, k = x_t.shape[0], self.chunk
+        in_parallel = parallel.usable(x_t)
         if k > 0:
             ranges = [(s, min(s + k, b)) for s in range(0, b, k)]
         else:
-            ranges = parallel.split_rows(b, parallel.workers() if parallel.usable(x_t) else 1)
+            ranges = parallel.split_rows(b, parallel.workers() if in_parallel else 1)
         if len(ranges) == 1:
             return self._piece(x_t, t, cond, 0, b, k)
         pieces = [(x_t, t, cond, s, e, k) for s, e in ranges]
-        if not parallel.usable(x_t):
-            return torch.cat([self._piece(*p) for p in pieces])
-        return torch.cat(parallel.run_pieces(self._piece, pieces))
+        outs = parallel.run_pieces(self._piece, pieces) if in_parallel else [self._piece(*p) for p in pieces]
+        return torch.cat(outs)
 
     def __call__(self, x_t, t, cond):
         return prediction_from_output(self._net(x_t, t, cond), x_t, t, self.schedule, self.prediction)

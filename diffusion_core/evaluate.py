@@ -214,10 +214,6 @@ class SampleCache:
         atomic_save_tensors({f"batch.{i}": x.contiguous() for i, x in enumerate(images)}, self.path,
                             metadata={"settings": self.settings, "elapsed": repr(elapsed)})
 
-    def remove(self) -> None:
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
-
 
 def evaluate_model(model_dir: Path, classifier_dir: Path | None, n: int = 2000, sampler: str | None = None,
                    steps: int = 50, spacing: str = "trailing", guidance: float = 2.0, seed: int = 0,

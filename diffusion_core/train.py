@@ -489,11 +489,9 @@ def backward_in_parts(loss_of: Callable[[int, int], torch.Tensor], b: int, param
     for i, p in enumerate(params):
         grads = [r[1][i] for r in results if r[1][i] is not None]
         if grads:
-            g = grads[0]
-            for other in grads[1:]:
-                g = g + other
+            g = sum(grads[1:], grads[0])        # in piece order
             p.grad = g if p.grad is None else p.grad + g
-    return sum(r[0] for r in results[1:]) + results[0][0]
+    return sum(r[0] for r in results)
 
 
 def cold_prior(data, degradation, T: int, n: int = 256) -> tuple[torch.Tensor, torch.Tensor | None]:
