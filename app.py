@@ -853,8 +853,10 @@ class DiffusionApp:
                     frac = (rec.stage + (rec.index + 1) / rec.num_steps) / n_stages
                     partial = {"x0": rec.x0_hat.detach().float().cpu().clamp(-1, 1).numpy(), "meta": meta,
                                "step": f"{rec.index + 1}/{rec.num_steps}", "stage": rec.stage}
+                    # gallery and GIF are None (empty) until the run ends, not gr.skip(): Gradio rebuilds a
+                    # skipped component's config on every yield, about 1.5 ms of the server's Python time each
                     yield (side_by_side(rec.x_t, rec.x0_hat), html_status(self._status(pipe, rec, n_stages, t0), frac),
-                           gr.skip(), gr.skip(), seed, partial, run)
+                           None, None, seed, partial, run)
         except USER_ERRORS as e:
             raise user_error(e) from None
         except Exception as e:      # never show a traceback; keep serving

@@ -8,7 +8,10 @@ numbers). The network releases the GIL inside its kernels, so Python threads suf
 
 Results: rows are computed exactly as in a single-threaded run of the same piece. With fixed 8-row
 pieces (``ModelDenoiser(chunk=8)``) the output is bit-identical to running the pieces one after the
-other with 2 intra-op threads (a test checks it), so seeds keep giving the same images.
+other with 2 intra-op threads (a test checks it), so seeds keep giving the same images. Single-threaded
+kernels on this CPU give a row the same bits in any call of 4 or more rows, so a worker may run its consecutive
+chunks as one larger call, which is a few percent faster; ``ModelDenoiser._merges`` checks that on the machine
+it runs on, per network, before doing it.
 
 Training uses the same workers (``train.backward_in_parts``): each computes the loss and gradients of its
 rows, with its own seeded dropout generator, and the gradients are summed in a fixed order.

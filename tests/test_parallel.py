@@ -111,6 +111,45 @@ def test_model_denoiser_with_workers_matches_serial(two_workers, chunk):
     assert torch.allclose(par, whole, atol=1e-5)
 
 
+def _recording_net(sizes, batch_dependent=False):
+    def net(x, t, cond):
+        sizes.append(x.shape[0])
+        out = 2 * x + t.to(x.dtype).view(-1, 1, 1, 1)
+        return out * (1 + 1e-3 * x.shape[0]) if batch_dependent else out
+    return net
+
+
+def test_workers_merge_chunks_only_where_rows_do_not_depend_on_the_call_size(two_workers):
+    """32 rows in 8-row chunks on 2 workers: each worker runs its two chunks as one 16-row call when the
+    network gives every row the same output at any call size (checked once per network and shape), and
+    keeps 8-row calls when it does not; either way the output is what 8-row calls give (the last chunk
+    padded to 8 rows by repeating its last row)."""
+    x = torch.randn(32, 1, 4, 4)
+    t = torch.arange(32)
+    for dependent in (False, True):
+        sizes = []
+        net = _recording_net(sizes, dependent)
+        den = ModelDenoiser(net, None, chunk=8)
+
+        def chunked(n):
+            idx = [list(range(i, min(i + 8, n))) for i in range(0, n, 8)]
+            idx = [c + [c[-1]] * (8 - len(c)) for c in idx]
+            return torch.cat([net(x[c], t[c], None)[:min(8, n - c[0])] for c in idx])
+
+        with torch.inference_mode():
+            out = den._net(x, t, None)
+            sizes.clear()
+            again = den._net(x, t, None)             # the check is remembered: only the real calls now
+            assert sorted(sizes) == ([8, 8, 8, 8] if dependent else [16, 16])
+            ref = chunked(32)
+            assert torch.equal(out, ref) and torch.equal(again, ref)
+            for n in (20, 9, 5):                      # 16 + 4 padded to 8; 8 + 1 padded; one padded chunk
+                sizes.clear()
+                got = den._net(x[:n], t[:n], None)
+                assert sum(sizes) == -(-n // 8) * 8, (n, sizes)
+                assert torch.equal(got, chunked(n)), n
+
+
 def _grads(net):
     return [p.grad.clone() for p in net.parameters()]
 
@@ -152,8 +191,9 @@ def test_backward_in_parts_with_dropout_is_reproducible(two_workers):
 
 def test_seed_contract_with_row_workers_on_the_shipped_model():
     """The app's promise with the real fashion U-Net and 2 threads: a batch of 5 guided images (10 rows: two
-    8-row chunks, computed by two single-threaded workers) gives bit-identically the images that batches of
-    one (one chunk, computed with 2 intra-op threads) give for the same seeds."""
+    8-row chunks, computed by two single-threaded workers) or of 16 (two 16-row calls where merging applies)
+    gives bit-identically the images that batches of one (one chunk, computed with 2 intra-op threads) give
+    for the same seeds."""
     from pathlib import Path
 
     from diffusion_core.pipeline import load
@@ -169,6 +209,11 @@ def test_seed_contract_with_row_workers_on_the_shipped_model():
         big = pipe.sample(5, seed=40, **kw)
         for i in range(5):
             assert torch.equal(big[i:i + 1], pipe.sample(1, seed=40 + i, **kw)), i
+        # 16 images = 32 rows: each worker may run its two chunks as one 16-row call (ModelDenoiser._merges)
+        bigger = pipe.sample(16, seed=40, **kw)
+        assert torch.equal(bigger[:5], big)
+        for i in (8, 15):
+            assert torch.equal(bigger[i:i + 1], pipe.sample(1, seed=40 + i, **kw)), i
     finally:
         torch.set_num_threads(old_threads)
         parallel.WORKERS = old_workers
