@@ -191,6 +191,7 @@ class SampleCache:
         self.path = Path(path) if path else None
         self.settings = json.dumps(settings, sort_keys=True)
         self.elapsed = 0.0
+        self.batch_s: list[float] = []      # wall time of each batch made (resumed runs: of the batches on file)
 
     def load(self) -> list[torch.Tensor]:
         if self.path is None or not self.path.is_file():
@@ -202,7 +203,9 @@ class SampleCache:
                 if meta.get("settings") != self.settings:
                     return []
                 self.elapsed = float(meta.get("elapsed", 0.0))
-                return [f.get_tensor(k) for k in sorted(f.keys(), key=lambda k: int(k.split(".")[1]))]
+                kept = [f.get_tensor(k) for k in sorted(f.keys(), key=lambda k: int(k.split(".")[1]))]
+                self.batch_s = [float(v) for v in json.loads(meta.get("batch_s", "[]"))][:len(kept)]
+                return kept
         except Exception:       # unreadable (e.g. an old format): start over
             return []
 
@@ -212,7 +215,8 @@ class SampleCache:
         from .checkpoint import atomic_save_tensors
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_save_tensors({f"batch.{i}": x.contiguous() for i, x in enumerate(images)}, self.path,
-                            metadata={"settings": self.settings, "elapsed": repr(elapsed)})
+                            metadata={"settings": self.settings, "elapsed": repr(elapsed),
+                                      "batch_s": json.dumps(self.batch_s)})
 
 
 def evaluate_model(model_dir: Path, classifier_dir: Path | None, n: int = 2000, sampler: str | None = None,
@@ -261,15 +265,21 @@ def evaluate_model(model_dir: Path, classifier_dir: Path | None, n: int = 2000, 
         elif dataset == "pose":
             from .data import to_tensor
             kw["cond_image"] = to_tensor(sticks[start:start + b])
+        tb = time.perf_counter()
         images.append(pipe.sample(b, sampler=sampler, steps=steps, spacing=spacing, guidance=guidance,
                                   seed=seed + start, **kw))
         if b == batch:      # full batches only: a resumed run with a larger n continues from them
+            store.batch_s.append(time.perf_counter() - tb)
             store.save(images, time.time() - t0)
         bar.update(b)
     bar.close()
     gen = torch.cat(images)[:n]
-    metrics["sampling_s"] = round(time.time() - t0, 1)
-    metrics["sampling_s_per_image"] = round((time.time() - t0) / n, 4)
+    metrics["sampling_s"] = round(time.time() - t0, 1)     # wall time, pauses and breaks between sessions included
+    # the cost of an image: the median full batch's time per image (a batch during which the run was stopped
+    # or shared the CPU does not count); the wall time per image where no full batch was timed
+    metrics["sampling_s_per_image"] = round(float(np.median(store.batch_s)) / batch if store.batch_s
+                                            else (time.time() - t0) / n, 4)
+    metrics["timed_batches"] = len(store.batch_s)
     if dataset == "pose":
         from .data_pose import pose_adherence, pose_precision
         from .images import to_uint8
