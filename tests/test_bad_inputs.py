@@ -104,4 +104,4 @@ def test_bad_input_gives_a_message_and_the_app_keeps_serving(client, bad_files, 
     assert "Traceback" not in text and 'File "' not in text, text
     job = client.submit(model="tiny", steps=1, batch_size=1, seed=3, api_name=G)
     job.result()
-    assert isinstance(job.outputs()[-1][2], list)
+    assert isinstance(job.outputs()[-1][2], list) and len(job.outputs()[-1][2]) == 1
