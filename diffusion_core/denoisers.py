@@ -97,7 +97,8 @@ class ModelDenoiser:
                 per = min(MERGE_CHUNKS, -(-b // (k * parallel.workers())))
             ranges = [(s, min(s + k * per, b)) for s in range(0, b, k * per)]
         else:
-            ranges = parallel.split_rows(b, parallel.workers() if in_parallel else 1)
+            ranges = (parallel.split_rows(b, parallel.workers(), max_rows=parallel.SAMPLE_PIECE_ROWS) if in_parallel
+                      else [(0, b)])
         if len(ranges) == 1:
             return self._piece(x_t, t, cond, 0, b, -(-b // k) * k if k else 0)
         pieces = [(x_t, t, cond, s, e, -(-(e - s) // k) * k if k else 0) for s, e in ranges]

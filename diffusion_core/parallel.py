@@ -115,9 +115,20 @@ def run_pieces(fn: Callable[..., object], pieces: Sequence[tuple], grad: bool = 
             torch.set_num_threads(threads)
 
 
-def split_rows(b: int, parts: int, min_rows: int = 4) -> list[tuple[int, int]]:
-    """Contiguous (start, stop) ranges splitting b rows into up to ``parts`` near-equal pieces of at least
+# The most rows a worker's piece has when a batch is split evenly (more pieces, in a multiple of the worker count,
+# beyond that): a smaller piece's activations stay in cache. Measured on 2 cores with the fashion U-Net: 100
+# sampling rows as 4 pieces of 25 took 2.3 ms per row against 2.6 as 2 pieces of 50; a training step on 64 rows
+# ran at about 116 images/s as 4 pieces of 16 against 110 as 2 pieces of 32 (6 alternating runs each).
+SAMPLE_PIECE_ROWS = 32
+TRAIN_PIECE_ROWS = 16
+
+
+def split_rows(b: int, parts: int, min_rows: int = 4, max_rows: int | None = None) -> list[tuple[int, int]]:
+    """Contiguous (start, stop) ranges splitting b rows into near-equal pieces: ``parts`` of them, or a multiple
+    of ``parts`` where pieces would have more than ``max_rows`` rows, and never pieces of fewer than
     ``min_rows`` rows (one piece when b is too small to split)."""
+    if max_rows:
+        parts *= max(1, -(-b // (parts * max_rows)))
     parts = max(1, min(parts, b // max(1, min_rows)))
     bounds = [round(i * b / parts) for i in range(parts + 1)]
     return [(bounds[i], bounds[i + 1]) for i in range(parts)]

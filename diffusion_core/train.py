@@ -473,7 +473,8 @@ def backward_in_parts(loss_of: Callable[[int, int], torch.Tensor], b: int, param
     from torch's global generator, so a run is reproducible; the pieces' gradients are summed in piece order.
     The sum of the pieces is the full batch's mean loss and gradient (up to rounding). One piece (one core, or
     a small batch): plain ``backward()``. Returns the loss, detached."""
-    ranges = parallel.split_rows(b, parallel.workers(), min_rows)
+    w = parallel.workers()
+    ranges = parallel.split_rows(b, w, min_rows, max_rows=parallel.TRAIN_PIECE_ROWS if w > 1 else None)
     if len(ranges) == 1:
         loss = loss_of(0, b)
         loss.backward()

@@ -73,6 +73,11 @@ def test_split_rows():
     assert parallel.split_rows(10, 3, min_rows=4) == [(0, 5), (5, 10)]
     assert parallel.split_rows(7, 2) == [(0, 7)]
     assert parallel.split_rows(5, 1) == [(0, 5)]
+    # pieces of at most max_rows, in a multiple of the worker count
+    assert parallel.split_rows(64, 2, max_rows=16) == [(0, 16), (16, 32), (32, 48), (48, 64)]
+    assert parallel.split_rows(100, 2, max_rows=32) == [(0, 25), (25, 50), (50, 75), (75, 100)]
+    assert parallel.split_rows(32, 2, max_rows=32) == [(0, 16), (16, 32)]
+    assert parallel.split_rows(6, 2, max_rows=2) == [(0, 6)]        # min_rows 4 wins
 
 
 def test_run_pieces_carries_modes_and_restores_threads(two_workers):
