@@ -349,26 +349,32 @@ def bench_sampling(args, s, pipe, ref) -> list[dict]:
             labels = one_hot(b, cfg.num_labels)
             kw = dict(sampler=sampler, guidance=GUIDANCE, labels=labels, seed=args.seed)
             pipe.sample(b, steps=min(steps, 3), **kw)        # warm-up, not counted
-            with count_calls(pipe.net) as rec:
-                times = timed(lambda: pipe.sample(b, steps=steps, **kw), reps, warmup=lambda: None)
+            unet = sched = None
+            if ref is not None:
+                unet = ref["unet"]
+                sched = diffusers_scheduler(sampler, pipe.config.diffusion)
+                diffusers_sample(unet, sched, b, min(steps, 3), GUIDANCE, args.seed, cfg)
+            # the two sides take turns, run by run, so that a slow spell of the machine hits both alike
+            times, d_times = [], []
+            with count_calls(pipe.net) as rec, \
+                    (count_calls(unet) if unet is not None else contextlib.nullcontext({"rows": 0})) as d_rec:
+                for _ in range(reps):
+                    times += timed(lambda: pipe.sample(b, steps=steps, **kw), 1, warmup=lambda: None)
+                    if unet is not None:
+                        d_times += timed(lambda: diffusers_sample(unet, sched, b, steps, GUIDANCE, args.seed, cfg),
+                                         1, warmup=lambda: None)
             # our row workers may split one evaluation into pieces: compare the rows evaluated per run
             rows_run = rec["rows"] // reps
             rows.append(_row("ours", "sample", times, b, sampler=sampler, steps=steps, batch=b, guidance=GUIDANCE,
                              unet_calls=rec["calls"] // reps, unet_rows=rows_run, unet_batch=sorted(rec["batches"])))
             _log(args, f"  ours      {sampler:5s} {steps:3d} steps batch {b:2d}: {statistics.median(times):.3f} s")
-            if ref is None:
+            if unet is None:
                 continue
-            unet = ref["unet"]
-            sched = diffusers_scheduler(sampler, pipe.config.diffusion)
-            diffusers_sample(unet, sched, b, min(steps, 3), GUIDANCE, args.seed, cfg)
-            with count_calls(unet) as rec:
-                times = timed(lambda: diffusers_sample(unet, sched, b, steps, GUIDANCE, args.seed, cfg), reps,
-                              warmup=lambda: None)
-            d_rows = rec["rows"] // reps
-            rows.append(_row("diffusers", "sample", times, b, sampler=sampler, steps=steps, batch=b,
-                             guidance=GUIDANCE, unet_calls=rec["calls"] // reps, unet_rows=d_rows,
-                             unet_batch=sorted(rec["batches"])))
-            _log(args, f"  diffusers {sampler:5s} {steps:3d} steps batch {b:2d}: {statistics.median(times):.3f} s")
+            d_rows = d_rec["rows"] // reps
+            rows.append(_row("diffusers", "sample", d_times, b, sampler=sampler, steps=steps, batch=b,
+                             guidance=GUIDANCE, unet_calls=d_rec["calls"] // reps, unet_rows=d_rows,
+                             unet_batch=sorted(d_rec["batches"])))
+            _log(args, f"  diffusers {sampler:5s} {steps:3d} steps batch {b:2d}: {statistics.median(d_times):.3f} s")
             if d_rows != rows_run:
                 raise RuntimeError(f"unequal work for {sampler} batch {b}: ours {rows_run} rows in "
                                    f"{rows[-2]['unet_calls']} calls, diffusers {d_rows} rows in "
