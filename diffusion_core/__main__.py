@@ -63,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="samples generated so far are kept here after every batch; a stopped run with the same "
                         "settings resumes from them (default: runs/evaluate)")
     e.add_argument("--no-cache", action="store_true", help="do not keep or reuse generated samples")
+    e.add_argument("--device", default="cpu", help="where the network samples, e.g. cuda (default cpu; metrics on CPU)")
+    e.add_argument("--samples-only", action="store_true",
+                   help="make and keep the samples (--cache-dir), skip the metrics: the cache file, copied to "
+                        "another machine's --cache-dir, lets evaluate with the same settings finish there")
     e.add_argument("--memorisation", action="store_true",
                    help="emoji models: also find the nearest training image to 64 samples (memorisation.png)")
     e.add_argument("--tag", default="", help="suffix of the metrics file name")

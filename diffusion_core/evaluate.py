@@ -179,17 +179,30 @@ def features_of(clf: Classifier, images: torch.Tensor, batch: int = 500) -> tupl
     return torch.cat(feats).numpy().astype(np.float64), torch.cat(logits)
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 class SampleCache:
     """The samples an evaluation has generated so far, saved after every batch, so that a long run (DDPM at
     1000 steps: hours on a CPU) killed or stopped at a session's end resumes where it stopped.
 
-    The file's metadata holds the settings and the weights' size and modification time; a file written
-    with other settings (or other weights) is ignored and replaced. Batch k always uses seed + k * batch,
-    so a resumed run gives the images an uninterrupted one would."""
+    The file's metadata holds the settings: the model folder's name, the sampling settings and the weights'
+    SHA-256, so the file can be made on another machine (``--samples-only --device cuda`` on a GPU) and
+    finished here. A file written with other settings (or other weights) is ignored and replaced; one
+    written under ``legacy`` settings (an older key) is read and rewritten under the new one. Batch k always
+    uses seed + k * batch, so a resumed run gives the images an uninterrupted one would (on the same device
+    and thread count: another one rounds differently)."""
 
-    def __init__(self, path: Path | None, settings: dict):
+    def __init__(self, path: Path | None, settings: dict, legacy: tuple[dict, ...] = ()):
         self.path = Path(path) if path else None
         self.settings = json.dumps(settings, sort_keys=True)
+        self.legacy = {json.dumps(d, sort_keys=True) for d in legacy}
         self.elapsed = 0.0
         self.batch_s: list[float] = []      # wall time of each batch made (resumed runs: of the batches on file)
 
@@ -200,7 +213,7 @@ class SampleCache:
         try:
             with safe_open(str(self.path), "pt") as f:
                 meta = f.metadata() or {}
-                if meta.get("settings") != self.settings:
+                if meta.get("settings") != self.settings and meta.get("settings") not in self.legacy:
                     return []
                 self.elapsed = float(meta.get("elapsed", 0.0))
                 kept = [f.get_tensor(k) for k in sorted(f.keys(), key=lambda k: int(k.split(".")[1]))]
@@ -221,13 +234,18 @@ class SampleCache:
 
 def evaluate_model(model_dir: Path, classifier_dir: Path | None, n: int = 2000, sampler: str | None = None,
                    steps: int = 50, spacing: str = "trailing", guidance: float = 2.0, seed: int = 0,
-                   batch: int = 100, progress: bool = True, cache: Path | None = None) -> dict:
+                   batch: int = 100, progress: bool = True, cache: Path | None = None, device: str = "cpu",
+                   samples_only: bool = False) -> dict:
     """Generate n samples with balanced conditions and measure them against held-out real data.
+
+    ``device``: where the network samples (the metrics run on the CPU). ``samples_only``: stop once the
+    samples are made and kept in ``cache`` (no metrics, no real data needed for a class-conditional model):
+    a GPU machine can make them, and ``evaluate`` with the same settings finishes from the cache file here.
 
     ``cache``: keep the samples generated so far in this file and resume from it (see SampleCache)."""
     from tqdm import tqdm
     from .pipeline import load
-    pipe = load(model_dir)
+    pipe = load(model_dir, device)
     pipe.chunk = 0      # whole batches (faster); metrics need no bit-identity across batch sizes
     cfg = pipe.base.config
     sampler = sampler or ("cold" if "cold" in pipe.samplers else "ddim")
@@ -243,10 +261,12 @@ def evaluate_model(model_dir: Path, classifier_dir: Path | None, n: int = 2000, 
         ridx = torch.randint(len(real), (n,), generator=torch.Generator().manual_seed(seed))
         cond_labels = torch.from_numpy(real.labels[ridx.numpy()])
     weights = sorted(Path(model_dir).rglob("*.safetensors"))
-    store = SampleCache(cache, {"model": str(Path(model_dir).resolve()), "sampler": sampler, "steps": steps,
-                                "spacing": spacing, "guidance": guidance, "seed": seed, "batch": batch,
-                                "weights": [[str(w.relative_to(model_dir)), w.stat().st_size, w.stat().st_mtime]
-                                            for w in weights]})
+    run = {"sampler": sampler, "steps": steps, "spacing": spacing, "guidance": guidance, "seed": seed, "batch": batch}
+    store = SampleCache(cache, {"model": Path(model_dir).resolve().name, **run,
+                                "weights": [[w.relative_to(model_dir).as_posix(), _sha256(w)] for w in weights]},
+                        legacy=({"model": str(Path(model_dir).resolve()), **run,      # the key before session 5
+                                 "weights": [[str(w.relative_to(model_dir)), w.stat().st_size, w.stat().st_mtime]
+                                             for w in weights]},))
     images = store.load()
     images = images[:(n + batch - 1) // batch]
     done = sum(len(x) for x in images)
@@ -267,12 +287,15 @@ def evaluate_model(model_dir: Path, classifier_dir: Path | None, n: int = 2000, 
             kw["cond_image"] = to_tensor(sticks[start:start + b])
         tb = time.perf_counter()
         images.append(pipe.sample(b, sampler=sampler, steps=steps, spacing=spacing, guidance=guidance,
-                                  seed=seed + start, **kw))
+                                  seed=seed + start, device=device, **kw).cpu())
         if b == batch:      # full batches only: a resumed run with a larger n continues from them
             store.batch_s.append(time.perf_counter() - tb)
             store.save(images, time.time() - t0)
         bar.update(b)
     bar.close()
+    if samples_only:
+        return {**metrics, "samples_only": True, "samples": sum(len(x) for x in images), "cache": str(cache),
+                "device": str(device), "timed_batches": len(store.batch_s)}
     gen = torch.cat(images)[:n]
     metrics["sampling_s"] = round(time.time() - t0, 1)     # wall time, pauses and breaks between sessions included
     # the cost of an image: the median full batch's time per image (a batch during which the run was stopped
@@ -457,17 +480,28 @@ def evaluate_command(args) -> int:
     from .train import command_line
     model = Path(args.model)
     out = Path(args.out) if args.out else model / f"metrics{'-' + args.tag if args.tag else ''}.json"
-    if folder_kind(model) == "cascade":
+    kind = folder_kind(model)
+    sr = kind == "model" and load_model_config(model).task == "super_resolution"    # config only
+    samples_only = getattr(args, "samples_only", False)
+    if samples_only and (args.no_cache or kind == "cascade" or sr):
+        raise SystemExit("--samples-only keeps samples in the cache: not with --no-cache, nor for a cascade or a "
+                         "super-resolution model")
+    if kind == "cascade":
         m = evaluate_cascade(model, n=args.n, steps=args.steps, sampler=args.sampler or "dpm++",
                              guidance=args.guidance, seed=args.seed, batch=args.batch)
-    elif folder_kind(model) == "model" and load_model_config(model).task == "super_resolution":   # config only
+    elif sr:
         m = evaluate_super_resolution(model, n=args.n, steps=args.steps, sampler=args.sampler or "dpm++",
                                       seed=args.seed, batch=args.batch)
     else:
         cache = None if args.no_cache else Path(args.cache_dir) / f"{model.resolve().name}-{out.stem}.safetensors"
         m = evaluate_model(model, Path(args.classifier) if args.classifier else None, n=args.n,
                            sampler=args.sampler, steps=args.steps, spacing=args.spacing, guidance=args.guidance,
-                           seed=args.seed, batch=args.batch, cache=cache)
+                           seed=args.seed, batch=args.batch, cache=cache, device=getattr(args, "device", "cpu"),
+                           samples_only=samples_only)
+        if m.get("samples_only"):
+            print(json.dumps(m, indent=2))
+            print(f"samples kept in {cache}; no metrics written (run without --samples-only to finish)")
+            return 0
         if args.memorisation:
             m["memorisation"] = memorisation(model, seed=args.seed)
     m["command"] = command_line() if sys.argv[1:2] == ["evaluate"] else None     # None when called as a function

@@ -402,6 +402,36 @@ def test_evaluate_command_end_to_end(tmp_path):
     # other settings under the same name: the kept samples are not reused
     r4 = run_cli(*args, "--steps", "3", "--tag", "t")
     assert r4.returncode == 0 and "resumed_from" not in json.loads((model / "metrics-t.json").read_text())
+    # samples made elsewhere (--samples-only: no metrics file) in a copy of the model folder at another path
+    # (the cache is keyed by folder name and weights' SHA-256), finished here without sampling again
+    import shutil
+    elsewhere = tmp_path / "elsewhere" / model.name
+    shutil.copytree(model, elsewhere)
+    other_cache = tmp_path / "cache2"
+    r5 = run_cli("evaluate", "--model", str(elsewhere), "--n", "20", "--batch", "10", "--steps", "2", "--tag", "s",
+                 "--cache-dir", str(other_cache), "--samples-only", "--device", "cpu")
+    assert r5.returncode == 0, r5.stderr
+    assert not (elsewhere / "metrics-s.json").exists() and len(list(other_cache.iterdir())) == 1
+    r6 = run_cli(*args[:-1], str(other_cache), "--steps", "2", "--tag", "s")
+    assert r6.returncode == 0, r6.stderr
+    m6 = json.loads((model / "metrics-s.json").read_text())
+    assert m6["resumed_from"] == 20 and m6["fid"] == m["fid"] and m6["accuracy"] == m["accuracy"]
+    r7 = run_cli(*args, "--steps", "2", "--samples-only", "--no-cache")
+    assert r7.returncode != 0 and "--samples-only" in r7.stderr
+
+
+def test_sample_cache_reads_a_legacy_key_and_rewrites_it(tmp_path):
+    from diffusion_core.evaluate import SampleCache
+    path = tmp_path / "c.safetensors"
+    old = SampleCache(path, {"model": "/abs/fashion", "steps": 2})
+    old.batch_s = [1.5]
+    old.save([torch.ones(2, 1, 4, 4)], 3.0)
+    assert SampleCache(path, {"model": "fashion", "steps": 2}).load() == []          # another key: ignored
+    new = SampleCache(path, {"model": "fashion", "steps": 2}, legacy=({"model": "/abs/fashion", "steps": 2},))
+    kept = new.load()
+    assert len(kept) == 1 and torch.equal(kept[0], torch.ones(2, 1, 4, 4)) and new.batch_s == [1.5]
+    new.save(kept, 4.0)                                                             # rewritten under the new key
+    assert len(SampleCache(path, {"model": "fashion", "steps": 2}).load()) == 1
 
 
 def test_emoji_source_trains(tmp_path):
