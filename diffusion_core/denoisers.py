@@ -59,7 +59,7 @@ def prediction_from_output(out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
 
 
 MERGE_CHUNKS = 4          # a parallel worker evaluates up to this many chunks in one call (see ModelDenoiser._merges)
-_MERGES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # net -> {(chunk, shape, dtype, workers): bool}
+_MERGES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # net -> {(chunk, shape, dtype): bool}
 
 
 class ModelDenoiser:
@@ -99,9 +99,9 @@ class ModelDenoiser:
         else:
             ranges = (parallel.split_rows(b, parallel.workers(), max_rows=parallel.SAMPLE_PIECE_ROWS) if in_parallel
                       else [(0, b)])
-        if len(ranges) == 1:
-            return self._piece(x_t, t, cond, 0, b, -(-b // k) * k if k else 0)
-        pieces = [(x_t, t, cond, s, e, -(-(e - s) // k) * k if k else 0) for s, e in ranges]
+        pieces = [(x_t, t, cond, s, e, -(-(e - s) // k) * k if k else 0) for s, e in ranges]   # whole chunks
+        if len(pieces) == 1:
+            return self._piece(*pieces[0])
         outs = parallel.run_pieces(self._piece, pieces) if in_parallel else [self._piece(*p) for p in pieces]
         return torch.cat(outs)
 
@@ -109,7 +109,7 @@ class ModelDenoiser:
         """Whether one single-threaded call on 2..MERGE_CHUNKS chunks gives each row bit for bit what its own
         ``chunk``-row call gives, for this network and input shape on this machine. Checked once (on the
         first batch's rows, repeated to MERGE_CHUNKS chunks) and remembered; any difference turns merging off."""
-        key = (self.chunk, tuple(x_t.shape[1:]), x_t.dtype, parallel.workers())
+        key = (self.chunk, tuple(x_t.shape[1:]), x_t.dtype)
         try:
             known = _MERGES.setdefault(self.net, {})
         except TypeError:          # a network that cannot be weakly referenced: never merge

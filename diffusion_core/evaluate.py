@@ -181,11 +181,8 @@ def features_of(clf: Classifier, images: torch.Tensor, batch: int = 500) -> tupl
 
 def _sha256(path: Path) -> str:
     import hashlib
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class SampleCache:
@@ -482,7 +479,7 @@ def evaluate_command(args) -> int:
     out = Path(args.out) if args.out else model / f"metrics{'-' + args.tag if args.tag else ''}.json"
     kind = folder_kind(model)
     sr = kind == "model" and load_model_config(model).task == "super_resolution"    # config only
-    samples_only = getattr(args, "samples_only", False)
+    samples_only = args.samples_only
     if samples_only and (args.no_cache or kind == "cascade" or sr):
         raise SystemExit("--samples-only keeps samples in the cache: not with --no-cache, nor for a cascade or a "
                          "super-resolution model")
@@ -496,7 +493,7 @@ def evaluate_command(args) -> int:
         cache = None if args.no_cache else Path(args.cache_dir) / f"{model.resolve().name}-{out.stem}.safetensors"
         m = evaluate_model(model, Path(args.classifier) if args.classifier else None, n=args.n,
                            sampler=args.sampler, steps=args.steps, spacing=args.spacing, guidance=args.guidance,
-                           seed=args.seed, batch=args.batch, cache=cache, device=getattr(args, "device", "cpu"),
+                           seed=args.seed, batch=args.batch, cache=cache, device=args.device,
                            samples_only=samples_only)
         if m.get("samples_only"):
             print(json.dumps(m, indent=2))
