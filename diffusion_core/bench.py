@@ -470,9 +470,9 @@ def train_step_fn(net: nn.Module, forward: Callable[[dict], torch.Tensor], batch
     ``in_parts``: forward and backward as row pieces on the CPU's cores, as train.py does (ours only)."""
     from torch.optim.swa_utils import AveragedModel
 
-    from .train import backward_in_parts, ema_with_warmup
+    from .train import adamw, backward_in_parts, ema_with_warmup
     net.train()
-    opt = torch.optim.AdamW(net.parameters(), lr=TRAIN_LR)
+    opt = adamw(net.parameters(), TRAIN_LR)
     ema = AveragedModel(net, multi_avg_fn=ema_with_warmup(EMA_DECAY), use_buffers=True)
     params = list(net.parameters())
     b = batch["eps"].shape[0]
