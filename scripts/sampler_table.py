@@ -25,7 +25,7 @@ ROWS = [(m, s, k, 2000) for m in ("fashion", "fashion-linear")
         for s, k in (("dpm++", 10), ("dpm++", 20), ("ddim", 10), ("ddim", 25), ("ddim", 50), ("ddim", 100))]
 ROWS += [("fashion-experts", "dpm++", 20, 2000), ("fashion-experts", "ddim", 50, 2000)]
 ROWS += [("fashion-cold", "cold", k, 500) for k in (10, 20, 50)] + [("fashion-cold", "cold", 100, n) for n in (2000, 500)]
-ROWS += [(m, "ddpm", 1000, n) for n in (200, 2000) for m in ("fashion", "fashion-linear")]
+ROWS += [(m, "ddpm", 1000, n) for m in ("fashion", "fashion-linear") for n in (200, 2000)]
 
 
 def tag(sampler: str, steps: int, n: int) -> str:
