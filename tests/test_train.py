@@ -113,6 +113,11 @@ def test_resume_is_exact(tmp_path):
     resumed = Trainer(load_train_config(None, TINY + base + [f"out_dir={tmp_path / 'b'}", "steps=4"]), resume=True,
                       progress=False)
     assert resumed.step == 2
+    # the fused AdamW kernel walks parameter and moments as flat memory: restored moments (saved contiguous)
+    # must take their channels_last parameter's layout, or the resumed steps are wrong
+    moments = [(p, st["exp_avg"]) for p, st in resumed.opt.state.items()]
+    assert any(p.dim() == 4 and not p.is_contiguous() for p, _ in moments)
+    assert all(m.stride() == p.stride() for p, m in moments)
     resumed.run()
     for (k, v), (_, w) in zip(straight.net.state_dict().items(), resumed.net.state_dict().items()):
         assert torch.equal(v, w), k
