@@ -134,10 +134,16 @@ def train_classifier(name: str, out: Path, epochs: int = 5, seed: int = 0, batch
 
 # ---- metrics -------------------------------------------------------------------------------------
 def frechet_distance(f1: np.ndarray, f2: np.ndarray) -> float:
-    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^{1/2}) between Gaussian fits of two feature sets (N, D)."""
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^{1/2}) between Gaussian fits of two feature sets (N, D).
+
+    A feature that is constant in both sets (a ReLU unit that never fires: 12 of the fashion classifier's
+    128) adds exactly 0 to the covariance terms but makes S1 S2 singular, so those terms leave it out."""
     from scipy import linalg
     mu1, mu2 = f1.mean(0), f2.mean(0)
-    s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
+    varying = (f1.std(0) > 0) | (f2.std(0) > 0)
+    if not varying.any():
+        return float(((mu1 - mu2) ** 2).sum())
+    s1, s2 = (np.atleast_2d(np.cov(f[:, varying], rowvar=False)) for f in (f1, f2))
     covmean = linalg.sqrtm(s1 @ s2)
     if not np.isfinite(covmean).all():
         eps = np.eye(len(s1)) * 1e-6

@@ -365,6 +365,15 @@ def test_evaluate_metrics(tmp_path):
     a, b = rng.normal(size=(2000, 4)), rng.normal(size=(2000, 4))
     assert frechet_distance(a, b) < 0.05
     assert abs(frechet_distance(a, b + 1.0) - 4.0) < 0.2        # ||mu1-mu2||^2 = 4
+    # a feature that is 0 in both sets (a dead ReLU unit) adds nothing, and no singular-matrix warning;
+    # one that is constant but differs between the sets still counts: (3 - 1)^2 = 4 more
+    import warnings
+    dead = np.zeros((2000, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert frechet_distance(np.hstack([a, dead]), np.hstack([b, dead])) == pytest.approx(frechet_distance(a, b))
+        assert frechet_distance(np.hstack([a, dead + 1]), np.hstack([b, dead[:, :1] + 3, dead[:, 1:] + 1])) \
+            == pytest.approx(frechet_distance(a, b) + 4.0)
     pred = torch.tensor([[1, 0], [1, 1], [0, 0]], dtype=torch.bool)
     truth = torch.tensor([[1, 0], [0, 1], [0, 1]], dtype=torch.bool)
     assert torch.allclose(f1_per_attribute(pred, truth), torch.tensor([2 / 3, 2 / 3]))
