@@ -296,14 +296,7 @@ class Trainer:
             if k.startswith("opt."):
                 _, pid, name = k.split(".", 2)
                 state.setdefault(int(pid), {})[name] = v
-        groups = json.loads(meta["param_groups"])
-        for group in groups:        # a checkpoint from before the fused optimizer still resumes with it
-            group.update(fused=True, foreach=None)
-        self.opt.load_state_dict({"state": state, "param_groups": groups})
-        for p, st in self.opt.state.items():    # moments in their parameter's memory layout (channels_last convs):
-            for k, v in st.items():             # the fused kernel walks parameter, gradient and moments in step
-                if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
-                    st[k] = torch.empty_like(p).copy_(v)
+        self.opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
         torch.set_rng_state(tensors["rng.torch"])
         self.gen.set_state(tensors["rng.data"])
         if self.rank:   # every rank keeps its own data stream
@@ -504,8 +497,8 @@ def backward_in_parts(loss_of: Callable[[int, int], torch.Tensor], b: int, param
         total = [sum(g[1:], g[0]) for g in grads]
     for i, g in zip(used, total):
         p = params[i]
-        if g.stride() != p.stride():        # the fused optimizer needs the parameter's layout (see load_state)
-            g = torch.empty_like(p).copy_(g)
+        if g.stride() != p.stride():        # the fused optimizer needs the parameter's layout (see adamw);
+            g = torch.empty_like(p).copy_(g)    # backward() promises it, autograd.grad does not
         p.grad = g if p.grad is None else p.grad + g
     return sum(r[0] for r in results)
 
@@ -515,8 +508,23 @@ def adamw(params, lr: float, weight_decay: float = 0.01) -> torch.optim.AdamW:
     dozen small ops per tensor (3.5 ms a step for the fashion U-Net's 2.4M parameters on 2 cores, against 8.9).
     The kernel walks a parameter, its gradient and its moments as flat memory, so all must share the
     parameter's layout (channels_last convolutions): moments loaded from a checkpoint are contiguous and
-    gave wrong steps (``Trainer.load_state`` converts them; ``backward_in_parts`` checks the gradients)."""
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    gave wrong steps. ``load_state_dict`` therefore gives them their parameter's layout (and keeps the fused
+    kernel for a state saved by the unfused optimizer); ``backward_in_parts`` checks the gradients."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+
+    def keep_fused(opt, state_dict):        # on copies: the caller's dict stays as it was
+        return {**state_dict, "param_groups": [{**g, "fused": True, "foreach": None}
+                                               for g in state_dict["param_groups"]]}
+
+    def moments_like_parameters(opt):
+        for p, st in opt.state.items():
+            for k, v in st.items():
+                if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
+                    st[k] = torch.empty_like(p).copy_(v)
+
+    opt.register_load_state_dict_pre_hook(keep_fused)
+    opt.register_load_state_dict_post_hook(moments_like_parameters)
+    return opt
 
 
 def cold_prior(data, degradation, T: int, n: int = 256) -> tuple[torch.Tensor, torch.Tensor | None]:
