@@ -497,10 +497,15 @@ def backward_in_parts(loss_of: Callable[[int, int], torch.Tensor], b: int, param
         total = [sum(g[1:], g[0]) for g in grads]
     for i, g in zip(used, total):
         p = params[i]
-        if g.stride() != p.stride():        # the fused optimizer needs the parameter's layout (see adamw);
-            g = torch.empty_like(p).copy_(g)    # backward() promises it, autograd.grad does not
+        g = in_layout_of(p, g)      # backward() gives gradients their parameter's layout, autograd.grad does not
         p.grad = g if p.grad is None else p.grad + g
     return sum(r[0] for r in results)
+
+
+def in_layout_of(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``t`` (shaped like parameter ``p``) with ``p``'s strides, copied only if they differ: the fused AdamW
+    kernel walks a parameter, its gradient and its moments as flat memory (see ``adamw``)."""
+    return t if t.stride() == p.stride() else torch.empty_like(p).copy_(t)
 
 
 def adamw(params, lr: float, weight_decay: float = 0.01) -> torch.optim.AdamW:
@@ -519,8 +524,8 @@ def adamw(params, lr: float, weight_decay: float = 0.01) -> torch.optim.AdamW:
     def moments_like_parameters(opt):
         for p, st in opt.state.items():
             for k, v in st.items():
-                if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
-                    st[k] = torch.empty_like(p).copy_(v)
+                if torch.is_tensor(v) and v.shape == p.shape:
+                    st[k] = in_layout_of(p, v)
 
     opt.register_load_state_dict_pre_hook(keep_fused)
     opt.register_load_state_dict_post_hook(moments_like_parameters)
