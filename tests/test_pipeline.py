@@ -117,6 +117,23 @@ def test_img2img_starts_at_round_strength_T_minus_one(pipe, strength, steps, t0,
     assert torch.allclose(recs[0].x_t, math.sqrt(ab) * init + math.sqrt(1 - ab) * eps, atol=1e-6)
 
 
+@pytest.mark.parametrize("spacing, first, grid", [
+    ("trailing", 59, [59, 53, 47, 41, 35, 29, 23, 17, 11, 5]),      # round(60 (10 - i) / 10) - 1
+    ("leading", 54, [54, 48, 42, 36, 30, 24, 18, 12, 6, 0]),        # i * (60 // 10)
+    ("linspace", 59, [59, 52, 46, 39, 33, 26, 20, 13, 7, 0])])      # round(i 59 / 9)
+def test_img2img_noise_level_is_that_of_the_grids_first_timestep(pipe, spacing, first, grid):
+    """strength 0.6 of T = 100: t_start = 59, and the grid is restricted to [0, 59] (Lin et al. 2024, Table 2,
+    with 60 in place of T). Leading spacing's grid does not start at t_start, so the image must be noised
+    to alpha_bar at the grid's first timestep, 54, not at 59 (SDEdit, Meng et al. 2022: x_t ~ q(x_t | x0))."""
+    init = torch.rand(1, 8, 8) * 2 - 1
+    recs = list(pipe.stream(2, sampler="ddim", steps=10, seed=1, init_image=init, strength=0.6, spacing=spacing))
+    assert [r.t for r in recs] == grid and recs[0].t == first and recs[-1].t_next == -1
+    betas = torch.linspace(1e-4, 0.02, 100, dtype=torch.float64)         # the fixture's linear schedule
+    ab = float(torch.prod(1 - betas[:first + 1]))
+    eps = per_image_noise((2, 1, 8, 8), make_generators(1, 2))
+    assert torch.allclose(recs[0].x_t, math.sqrt(ab) * init + math.sqrt(1 - ab) * eps, atol=1e-6)
+
+
 def test_stream_argument_errors(pipe):
     for kw, msg in ((dict(n=0), "batch size"), (dict(n=65), "batch size"), (dict(steps=0), "steps"),
                     (dict(steps=1001), "steps"), (dict(sampler="cold"), "does not apply"),

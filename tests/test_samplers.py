@@ -258,7 +258,7 @@ def test_ddpm_step_matches_diffusers(kind, spacing, K, variance):
 
 
 @pytest.mark.parametrize("kind, spacing, K", CASES)
-@pytest.mark.parametrize("eta", [0.0, 1.0])
+@pytest.mark.parametrize("eta", [0.0, 0.3, 0.5, 1.0])
 def test_ddim_step_matches_diffusers(kind, spacing, K, eta):
     """diffusers' DDIMScheduler does not read the next timestep from its list: it steps to t - T // K
     (and to ``final_alpha_cumprod`` = 1 below 0, set_alpha_to_one=True). That is our next timestep for

@@ -1,5 +1,8 @@
 """The U-Net's speed-ups change memory layout and operation order, never the function: channels_last vs
-NCHW, the fused AdaGN vs its textbook form, the in-place sampling path vs the autograd path."""
+NCHW, the fused AdaGN vs its textbook form, the in-place sampling path vs the autograd path. Its attention
+and timestep embedding are checked against their definitions, written out in the tests."""
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -91,3 +94,64 @@ def test_shipped_model_gives_the_images_of_the_code_before_the_speed_ups():
     assert (now - before).abs().max() < 5e-3
     to8 = lambda x: ((x + 1) * 127.5).round()   # noqa: E731
     assert (to8(now) - to8(before)).abs().max() <= 1
+
+
+# ---- the layers against their definitions, written out here -----------------------------------
+
+def test_attention_is_softmax_of_scaled_dot_products_over_the_keys():
+    """Self-attention (Vaswani et al. 2017, eq. 1) over the H*W positions, per head: out = softmax(Q K^T /
+    sqrt(d)) V, softmax over the keys; Q, K, V from a 1x1 conv of the group-normed input (channels ordered
+    q | k | v, each split into heads), then a 1x1 output projection and the residual. Written with explicit
+    loops over heads and query positions, on a non-square input (rows and columns cannot be swapped)."""
+    from diffusion_core.unet import Attention
+    torch.manual_seed(0)
+    ch, heads, b, h, w = 8, 2, 2, 3, 5
+    att = Attention(ch, heads)
+    for p in att.parameters():
+        p.data.normal_(0, 0.5)
+    x = torch.randn(b, ch, h, w, dtype=torch.float64)
+    att = att.double()
+    d = ch // heads
+    normed = F.group_norm(x, att.norm.num_groups, att.norm.weight, att.norm.bias, att.norm.eps)
+    qkv = torch.einsum("oc,bchw->bohw", att.qkv.weight[:, :, 0, 0], normed) + att.qkv.bias[None, :, None, None]
+    q, k, v = (qkv[:, i * ch:(i + 1) * ch].reshape(b, ch, h * w) for i in range(3))    # (B, C, HW)
+    out = torch.zeros(b, ch, h * w, dtype=torch.float64)
+    for n in range(b):
+        for head in range(heads):
+            rows = slice(head * d, (head + 1) * d)
+            for i in range(h * w):                      # query position i
+                scores = torch.stack([(q[n, rows, i] * k[n, rows, j]).sum() for j in range(h * w)]) / math.sqrt(d)
+                weights = torch.exp(scores - scores.max())
+                weights = weights / weights.sum()       # softmax over the keys j
+                out[n, rows, i] = (weights[None, :] * v[n, rows, :]).sum(1)
+    proj = torch.einsum("oc,bcn->bon", att.proj.weight[:, :, 0, 0], out) + att.proj.bias[None, :, None]
+    expected = x + proj.reshape(b, ch, h, w)
+    with torch.no_grad():
+        got = att(x.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(got, expected, atol=1e-10), (got - expected).abs().max()
+
+
+def _sinusoidal(t: list[int], dim: int) -> torch.Tensor:
+    """Sinusoidal embedding (Vaswani et al. 2017, sec. 3.5, as in DDPM): for i < dim/2,
+    freq_i = 10000^(-i / (dim/2)); emb(t) = [cos(t freq_0), ..., cos(t freq_{dim/2-1}), sin(t freq_0), ...]."""
+    out = torch.zeros(len(t), dim, dtype=torch.float64)
+    for r, tv in enumerate(t):
+        for i in range(dim // 2):
+            freq = 10000.0 ** (-i / (dim // 2))
+            out[r, i], out[r, dim // 2 + i] = math.cos(tv * freq), math.sin(tv * freq)
+    return out
+
+
+def test_timestep_embedding_is_its_formula_and_feeds_the_time_mlp(tiny_net):
+    """The embedding matches the formula; the U-Net's embedding of an unconditional call is
+    time_mlp(emb(t)) with dim = base_channels, plus the null embedding and nothing else."""
+    from diffusion_core.unet import timestep_embedding
+    t = [0, 1, 7, 250, 999]
+    for dim in (8, 16, 64):
+        got = timestep_embedding(torch.tensor(t), dim).double()
+        assert torch.allclose(got, _sinusoidal(t, dim), atol=2e-4), dim      # float32 rounding of t * freq
+    cfg, net = tiny_net(num_labels=3)
+    with torch.no_grad():
+        mlp = net.time_mlp(_sinusoidal(t, cfg.unet.base_channels).float())
+        emb = net.embed(torch.tensor(t), None, len(t))
+    assert torch.allclose(emb, mlp + net.null_emb, atol=1e-4)
