@@ -1,0 +1,97 @@
+"""Mutation check of the test suite: plant one realistic bug at a time in a copy of the checkout, run the
+tests that guard that code, and expect them to fail.
+
+    python scripts/mutation_check.py            # every mutant (about 2 minutes on 2 cores)
+    python scripts/mutation_check.py EMA dropout   # only mutants whose name contains one of the words
+
+Each mutant is (name, file, exact original text, replacement, pytest selection). The copy lives in the system
+temp folder; the checkout is never modified. Exits 1 if any mutant survives (its tests all pass), and 2 if a
+mutant's original text is no longer in its file (the code moved: update the mutant).
+"""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+SRC = Path(__file__).resolve().parents[1]
+DST = Path(tempfile.gettempdir()) / "diffusion_core_mutants" / "repo"
+
+MUTANTS = [
+ ("v target swapped", "diffusion_core/train.py",
+  '"v": ab.sqrt().view(-1, 1, 1, 1) * eps - (1 - ab).sqrt().view(-1, 1, 1, 1) * x0',
+  '"v": ab.sqrt().view(-1, 1, 1, 1) * x0 - (1 - ab).sqrt().view(-1, 1, 1, 1) * eps',
+  "tests/test_training_math.py -k 'zero_loss or x0_error'"),
+ ("forward process without sqrt", "diffusion_core/train.py",
+  "+ (1 - ab).sqrt().view(-1, 1, 1, 1) * eps   # DDPM eq. 4", "+ (1 - ab).view(-1, 1, 1, 1) * eps   # DDPM eq. 4",
+  "tests/test_training_math.py -k 'zero_loss'"),
+ ("dropout with 1-p (train)", "diffusion_core/train.py", "cfg.p_uncond, g)", "1 - cfg.p_uncond, g)",
+  "tests/test_training_math.py -k dropout"),
+ ("dropout with 1-p (conditioning)", "diffusion_core/conditioning.py", "drop = torch.rand(b, generator=generator) < p",
+  "drop = torch.rand(b, generator=generator) < 1 - p", "tests/test_training_math.py -k dropout"),
+ ("dropped image not zeroed", "diffusion_core/unet.py", "img = img * (~cond.uncond)", "img = img * (cond.uncond | True)",
+  "tests/test_training_math.py -k null_condition"),
+ ("EMA decay swapped", "diffusion_core/train.py", "torch._foreach_lerp_(ema_params, params, 1.0 - d)",
+  "torch._foreach_lerp_(ema_params, params, d)", "tests/test_training_math.py -k ema"),
+ ("EMA warm-up off", "diffusion_core/train.py", "d = min(decay, (1.0 + float(num_averaged)) / (10.0 + float(num_averaged)))",
+  "d = decay", "tests/test_training_math.py -k ema"),
+ ("min-SNR weight for v", "diffusion_core/train.py", '"v": clipped / (snr + 1)', '"v": clipped / snr',
+  "tests/test_training_math.py -k x0_error"),
+ ("min-SNR weight for eps", "diffusion_core/train.py", '"eps": clipped / snr,', '"eps": clipped,',
+  "tests/test_training_math.py -k x0_error"),
+ ("t = T-1 never drawn", "diffusion_core/train.py", "t = torch.randint(self.t_lo, self.t_hi, (b,), generator=g)",
+  "t = torch.randint(self.t_lo, self.t_hi - 1, (b,), generator=g)", "tests/test_training_math.py -k timesteps"),
+ ("t_lo never drawn", "diffusion_core/train.py", "t = torch.randint(self.t_lo, self.t_hi, (b,), generator=g)",
+  "t = torch.randint(self.t_lo + 1, self.t_hi, (b,), generator=g)", "tests/test_training_math.py -k timesteps"),
+ ("DDIM sigma with eta^2", "diffusion_core/samplers.py", "sigma = eta * math.sqrt((1 - ab_next)",
+  "sigma = eta ** 2 * math.sqrt((1 - ab_next)", "tests/test_samplers.py -k ddim_step_matches"),
+ ("img2img noised to t_start, not the grid's first t", "diffusion_core/samplers.py",
+  "t_vec = torch.full((x0.shape[0],), int(ts[0]), dtype=torch.long)",
+  "t_vec = torch.full((x0.shape[0],), t_start, dtype=torch.long)", "tests/test_pipeline.py -k noise_level"),
+ ("attention scale 1", "diffusion_core/unet.py", "out = F.scaled_dot_product_attention(q, k, v)",
+  "out = F.scaled_dot_product_attention(q, k, v, scale=1.0)", "tests/test_unet.py -k attention"),
+ ("attention q/k swapped", "diffusion_core/unet.py", "out = F.scaled_dot_product_attention(q, k, v)",
+  "out = F.scaled_dot_product_attention(k, q, v)", "tests/test_unet.py -k attention"),
+ ("embedding sin/cos swapped", "diffusion_core/unet.py", "torch.cat([torch.cos(args), torch.sin(args)], dim=1)",
+  "torch.cat([torch.sin(args), torch.cos(args)], dim=1)", "tests/test_unet.py -k embedding"),
+ ("embedding period", "diffusion_core/unet.py", "max_period: float = 10000.0", "max_period: float = 1000.0",
+  "tests/test_unet.py -k embedding"),
+ ("labels ignored in training", "diffusion_core/unet.py", "emb = self.label_proj(labels)\n",
+  "emb = 0 * self.label_proj(labels)\n", "tests/test_training_math.py -k known_answer"),
+ ("x0 target in an eps model", "diffusion_core/train.py", 'target = {"eps": eps, "x0": x0,', 'target = {"eps": x0, "x0": x0,',
+  "tests/test_training_math.py -k 'zero_loss'"),
+ ("x0 target in an eps model (end to end)", "diffusion_core/train.py", 'target = {"eps": eps, "x0": x0,', 'target = {"eps": x0, "x0": x0,',
+  "tests/test_training_math.py -k 'known_answer'"),
+]
+
+
+def run(sel):
+    cmd = f"cd {DST} && OMP_NUM_THREADS=1 python -m pytest -q -x -p no:cacheprovider {sel}"
+    return subprocess.run(cmd, shell=True, capture_output=True, text=True)
+
+
+def main(only: list[str]) -> int:
+    if DST.exists():
+        shutil.rmtree(DST)
+    shutil.copytree(SRC, DST, ignore=shutil.ignore_patterns(".git", "checkpoints", "runs", "logs", "__pycache__"))
+    os.symlink(SRC / "checkpoints", DST / "checkpoints")
+    missed = 0
+    for name, f, old, new, sel in MUTANTS:
+        if only and not any(o in name for o in only):
+            continue
+        p = DST / f
+        orig = p.read_text()
+        if orig.count(old) != 1:
+            print(f"{name}: the original text occurs {orig.count(old)} times in {f}; update this mutant")
+            return 2
+        p.write_text(orig.replace(old, new))
+        r = run(sel)
+        p.write_text(orig)
+        last = (r.stdout.strip().splitlines() or ["?"])[-1]
+        missed += r.returncode == 0
+        print(f"{'caught' if r.returncode else 'MISSED'}  {name:50s} {last}", flush=True)
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
