@@ -4,6 +4,11 @@ Classifier-free guidance (Ho & Salimans 2022) trains one network on both conditi
 unconditional inputs by replacing the condition with a *null* condition with probability p. The null
 condition is marked explicitly by ``uncond`` (so an all-zero multi-hot vector, "no attributes", stays
 a valid condition distinct from "unconditional").
+
+Partial labels: beside the multi-hot ``labels`` a ``known`` mask says which attributes are specified. An
+unknown attribute may be present or absent ("woman + dark skin tone" = any emoji that has both), where a
+plain multi-hot vector means "exactly these and nothing else". Networks built with ``label_mask`` read the
+mask (``unet.UNet.embed``); training hides attributes at random (``hide_labels``) so they learn it.
 """
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
+
+from .config import ConfigError
 
 
 @dataclass(frozen=True)
@@ -21,16 +28,22 @@ class Condition:
     image:    (B, C, H, W) float in [-1, 1]: conditioning image (stickman, or upsampled low-res for SR).
     uncond:   (B,) bool: True where the condition is dropped (the null condition).
     aug_level:(B,) float in [0, 1]: noise-augmentation level of ``image`` (cascaded diffusion, Ho et al. 2021).
+    known:    (B, L) float in {0, 1}: 1 where the attribute in ``labels`` is specified, 0 where it is unknown;
+              None: every attribute is known (a full label set).
     """
 
     labels: torch.Tensor | None = None
     image: torch.Tensor | None = None
     uncond: torch.Tensor | None = None
     aug_level: torch.Tensor | None = None
+    known: torch.Tensor | None = None
+
+    def _fields(self) -> tuple:
+        return self.labels, self.image, self.uncond, self.aug_level, self.known
 
     @property
     def batch_size(self) -> int | None:
-        for v in (self.labels, self.image, self.uncond, self.aug_level):
+        for v in self._fields():
             if v is not None:
                 return int(v.shape[0])
         return None
@@ -40,26 +53,20 @@ class Condition:
         b = self.batch_size
         if b is None:
             return self
-        dev = next(v.device for v in (self.labels, self.image, self.uncond, self.aug_level) if v is not None)
+        dev = next(v.device for v in self._fields() if v is not None)
         return replace(self, uncond=torch.ones(b, dtype=torch.bool, device=dev))
 
     def has_guidable(self) -> bool:
         return self.labels is not None or (self.image is not None and self.aug_level is None)
 
     def index(self, idx) -> "Condition":
-        def sel(v):
-            return None if v is None else v[idx]
-        return Condition(sel(self.labels), sel(self.image), sel(self.uncond), sel(self.aug_level))
+        return Condition(*(None if v is None else v[idx] for v in self._fields()))
 
     def repeat(self, n: int) -> "Condition":
-        def rep(v):
-            return None if v is None else v.repeat_interleave(n, dim=0)
-        return Condition(rep(self.labels), rep(self.image), rep(self.uncond), rep(self.aug_level))
+        return Condition(*(None if v is None else v.repeat_interleave(n, dim=0) for v in self._fields()))
 
     def to(self, device) -> "Condition":
-        def mv(v):
-            return None if v is None else v.to(device)
-        return Condition(mv(self.labels), mv(self.image), mv(self.uncond), mv(self.aug_level))
+        return Condition(*(None if v is None else v.to(device) for v in self._fields()))
 
 
 def cat_conditions(a: Condition, b: Condition) -> Condition:
@@ -73,7 +80,8 @@ def cat_conditions(a: Condition, b: Condition) -> Condition:
     ub = b.uncond if b.uncond is not None else torch.zeros(bb or 0, dtype=torch.bool)
     return Condition(c(a.labels, b.labels, torch.zeros_like), c(a.image, b.image, torch.zeros_like),
                      torch.cat([ua.to(ub.device), ub]) if (ba or bb) else None,
-                     c(a.aug_level, b.aug_level, torch.zeros_like))
+                     c(a.aug_level, b.aug_level, torch.zeros_like),
+                     c(a.known, b.known, torch.ones_like))       # no mask = every attribute known
 
 
 def labels_to_vector(indices: list[int], num_labels: int, batch: int, multi: bool) -> torch.Tensor:
@@ -86,6 +94,15 @@ def labels_to_vector(indices: list[int], num_labels: int, batch: int, multi: boo
             raise ValueError(f"label index {i} out of range [0, {num_labels})")
         v[:, i] = 1.0
     return v
+
+
+def picks_condition(indices: list[int], num_labels: int, batch: int, multi: bool, partial: bool) -> Condition:
+    """The condition for a user's picked labels. ``partial`` (a network with ``label_mask``): the picks are
+    present and known, every other attribute unknown ("has at least these"). Otherwise the full vector:
+    the picks present, everything else absent ("exactly these"), as the older models were trained."""
+    labels = labels_to_vector(indices, num_labels, batch, multi)
+    return Condition(labels=labels, uncond=torch.zeros(batch, dtype=torch.bool),
+                     known=labels.clone() if partial else None)
 
 
 def resolve_labels(names_or_indices, label_names: tuple[str, ...]) -> list[int]:
@@ -114,6 +131,44 @@ def drop_condition(cond: Condition, p: float, generator: torch.Generator | None 
         drop = drop | cond.uncond.cpu()
     dev = (cond.labels if cond.labels is not None else cond.image).device
     return replace(cond, uncond=drop.to(dev))
+
+
+@dataclass(frozen=True)
+class LabelHiding:
+    """How training hides attributes of multi-hot labels (``hide_labels``). Each sample is, independently:
+    all known with probability ``p_all``; "user picks" with probability ``p_picks``: k ~ U{1..max_picks} of
+    its present attributes known (fewer if it has fewer), everything else unknown, which is what sampling
+    from the app's checkboxes asks; otherwise every attribute hidden at a rate r ~ U(0, 1) drawn per sample,
+    so the network also sees known-absent attributes in every proportion."""
+
+    p_all: float = 0.2
+    p_picks: float = 0.6
+    max_picks: int = 3
+
+    def __post_init__(self):
+        if min(self.p_all, self.p_picks) < 0 or self.p_all + self.p_picks > 1:
+            raise ConfigError(f"label_hiding: p_all and p_picks must be >= 0 with a sum <= 1, "
+                              f"got {self.p_all} and {self.p_picks}")
+        if self.max_picks < 1:
+            raise ConfigError(f"label_hiding.max_picks must be >= 1, got {self.max_picks}")
+
+
+def hide_labels(labels: torch.Tensor, hiding: LabelHiding, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The ``known`` mask (B, L) float {0, 1} for multi-hot ``labels`` (B, L), drawn as ``hiding`` says.
+    Cheap: five small draws and one double argsort over (B, L), whatever the sample's kind."""
+    b, n = labels.shape
+    kind = torch.rand(b, generator=generator)
+    k = torch.randint(1, hiding.max_picks + 1, (b,), generator=generator)
+    keys = torch.rand(b, n, generator=generator)
+    rate = torch.rand(b, 1, generator=generator)
+    present = labels > 0.5
+    # rank of each present attribute in a random order (0 = first); absent ones rank after all present
+    rank = torch.where(present, keys, keys + 2).argsort(dim=1).argsort(dim=1)
+    picks = present & (rank < k[:, None])
+    random_rate = torch.rand(b, n, generator=generator) >= rate
+    known = torch.where((kind < hiding.p_all)[:, None], torch.ones_like(present),
+                        torch.where((kind < hiding.p_all + hiding.p_picks)[:, None], picks, random_rate))
+    return known.to(labels.dtype)
 
 
 def resize_cond_image(image: torch.Tensor, size: int) -> torch.Tensor:

@@ -90,6 +90,7 @@ class UNetConfig:
     num_heads: int = 4
     dropout: float = 0.1
     num_labels: int = 0             # length of the one-/multi-hot label vector (0: unconditional)
+    label_mask: bool = False        # also read which labels are known (Condition.known): partial attribute sets
     cond_channels: int = 0          # channels of a conditioning image concatenated to the input
     aug_level_embedding: bool = False   # SR: embed the noise-augmentation level of the condition
     image_size: int = 32            # the size the network is trained at (it is fully convolutional)
@@ -162,3 +163,5 @@ class ModelConfig:
                               f"{self.unet.num_labels}")
         if self.task not in ("generate", "super_resolution", "pose"):
             raise ConfigError(f"task must be generate, super_resolution or pose, got {self.task!r}")
+        if self.unet.label_mask and not self.unet.num_labels:
+            raise ConfigError("unet.label_mask needs a model with labels (unet.num_labels > 0)")

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .checkpoint import (CONFIG, CheckpointError, check_number, folder_kind, load_network, load_prior,
                          read_json)
-from .conditioning import Condition, augment_low_res, labels_to_vector, resolve_labels
+from .conditioning import Condition, augment_low_res, picks_condition, resolve_labels
 from .config import ModelConfig
 from .degradations import Degradation, make_degradation
 from .denoisers import ClassifierFreeGuidance, ClipX0, ExpertEnsemble, ModelDenoiser
@@ -105,18 +105,20 @@ class Pipeline:
     # ---- conditions -------------------------------------------------------------------------
     def condition(self, n: int, labels: Sequence = (), cond_image: torch.Tensor | None = None,
                   device="cpu") -> Condition | None:
+        """The condition of ``n`` images. labels: names or indices picked by the user (with a ``label_mask``
+        model: these present, every other attribute unknown; otherwise the full vector, everything else
+        absent), or an (n, L) tensor of full label vectors (every attribute known); none: unconditional."""
         cfg = self.config
-        lab = None
+        lab = known = None
         if cfg.unet.num_labels and torch.is_tensor(labels):     # per-image label vectors (n, L)
             if tuple(labels.shape) != (n, cfg.unet.num_labels):
                 raise ValueError(f"label tensor must have shape ({n}, {cfg.unet.num_labels}), got {tuple(labels.shape)}")
             lab = labels.float()
         elif cfg.unet.num_labels:
             idx = resolve_labels(labels, cfg.label_names) if labels else []
-            if not idx:
-                lab = None      # no class / attribute chosen: sample unconditionally
-            else:
-                lab = labels_to_vector(idx, cfg.unet.num_labels, n, cfg.multi_label)
+            if idx:             # none chosen: sample unconditionally
+                picks = picks_condition(idx, cfg.unet.num_labels, n, cfg.multi_label, cfg.unet.label_mask)
+                lab, known = picks.labels, picks.known
         elif labels is not None and len(labels):
             raise ValueError("this model takes no labels")
         img = None
@@ -129,7 +131,7 @@ class Pipeline:
             if cfg.unet.num_labels:
                 return Condition(uncond=torch.ones(n, dtype=torch.bool)).to(device)
             return None
-        return Condition(labels=lab, image=img, uncond=torch.zeros(n, dtype=torch.bool)).to(device)
+        return Condition(labels=lab, image=img, uncond=torch.zeros(n, dtype=torch.bool), known=known).to(device)
 
     # ---- sampling ---------------------------------------------------------------------------
     def stream(self, n: int = 1, *, sampler: str = "ddim", steps: int = 50, spacing: str = "trailing",

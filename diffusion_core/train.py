@@ -31,14 +31,15 @@ from torch.optim.swa_utils import AveragedModel
 
 from . import parallel
 from .checkpoint import atomic_save_tensors, atomic_write_bytes, load_network, save_model, write_json
-from .conditioning import Condition, augment_low_res, drop_condition
+from .conditioning import Condition, LabelHiding, augment_low_res, drop_condition, hide_labels
 from .config import ConfigError, DiffusionConfig, ModelConfig, UNetConfig, from_dict, to_dict
 from .data import DataConfig, ImageData, load_data
 from .degradations import make_degradation
 from .schedules import make_schedule
-from .unet import UNet, count_parameters
+from .unet import UNet, count_parameters, load_parent_state
 
 STATE = "train_state.safetensors"
+PARENT_RECORD = "parent_training.json"
 
 
 @dataclass(frozen=True)
@@ -58,11 +59,13 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     p_uncond: float = 0.1               # label / image dropout for classifier-free guidance
+    label_hiding: LabelHiding = field(default_factory=LabelHiding)   # partial labels (only with unet.label_mask)
     min_snr_gamma: float = 0.0          # 0: off; 5 is the paper's choice
     low_res: int = 0                    # super-resolution: size of the low-res input
     crop: int = 0                       # super-resolution: train on random crops of this size (0: full)
     aug_max: float = 0.2                # super-resolution: max noise-augmentation level of the condition
-    parent: str = ""                    # initialise from this checkpoint folder (experts branch from the base)
+    parent: str = ""                    # initialise from this checkpoint folder (experts branch from the base;
+                                        # a label_mask network from one without, unet.load_parent_state)
     seed: int = 0
     threads: int = 0                    # torch threads per process (0: leave torch's default)
     device: str = "auto"                # auto | cpu | cuda
@@ -166,9 +169,10 @@ class Trainer:
         self.net = UNet(self.mcfg.unet).to(self.device)
         if cfg.parent:
             pcfg, pnet = load_network(Path(cfg.parent))
-            if pcfg.unet != self.mcfg.unet:
-                raise ConfigError(f"{cfg.parent}: parent network config differs from this run's")
-            self.net.load_state_dict(pnet.state_dict())
+            try:
+                load_parent_state(self.net, pcfg.unet, pnet.state_dict())
+            except ValueError as e:
+                raise ConfigError(f"{cfg.parent}: {e}") from None
         self.ema = AveragedModel(self.net, multi_avg_fn=ema_with_warmup(cfg.ema_decay), use_buffers=True)
         self.opt = adamw(self.net.parameters(), cfg.lr, cfg.weight_decay)
         self.model = self.net
@@ -213,9 +217,10 @@ class Trainer:
         else:
             labels = batch.get("labels")
             image = batch.get("cond")
+            known = hide_labels(labels, cfg.label_hiding, g) if labels is not None and cfg.unet.label_mask else None
             if labels is not None or image is not None:
-                cond = drop_condition(Condition(labels=labels, image=image, uncond=torch.zeros(b, dtype=torch.bool)),
-                                      cfg.p_uncond, g)
+                cond = drop_condition(Condition(labels=labels, image=image, uncond=torch.zeros(b, dtype=torch.bool),
+                                                known=known), cfg.p_uncond, g)
         t = torch.randint(self.t_lo, self.t_hi, (b,), generator=g)
         eps = torch.randn(x0.shape, generator=g)
         return x0, t, eps, cond
@@ -360,6 +365,10 @@ class Trainer:
                   "parameters": count_parameters(self.net), "data": self.data.description,
                   "device": str(self.device), "torch": torch.__version__,
                   "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        if self.cfg.parent:     # the lineage: how the starting weights were made, as recorded at the first start
+            lineage = self.out / PARENT_RECORD
+            record["parent"] = {"path": self.cfg.parent,
+                                "training": json.loads(lineage.read_text()) if lineage.is_file() else None}
         write_json(folder / "training.json", record)
         return folder
 
@@ -370,6 +379,10 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             write_json(self.out / "train_config.json", to_dict(cfg))
             (self.out / "samples").mkdir(exist_ok=True)
+            parent_record = Path(cfg.parent) / "training.json"
+            if cfg.parent and parent_record.is_file() and not (self.out / PARENT_RECORD).exists():
+                # kept from the first start: the parent folder may be replaced (retrained in place) before export
+                atomic_write_bytes(self.out / PARENT_RECORD, parent_record.read_bytes())
             with open(self.out / "commands.txt", "a") as f:     # every (re)start of this run, in order
                 f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} step {self.step}: {self.command}\n")
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)} \

@@ -2,7 +2,7 @@
 
 * time t enters through a sinusoidal embedding (Vaswani et al. 2017) and an MLP;
 * labels (one-/multi-hot) are projected and added to that embedding; the null condition has its own
-  learned embedding; every residual block reads the embedding through adaptive group norm
+  learned embedding; with ``label_mask`` the ``known`` mask is projected too (partial attribute sets); every residual block reads the embedding through adaptive group norm
   (scale-and-shift, Dhariwal & Nichol 2021 sec. 3);
 * a conditioning image (stickman drawing, or an upsampled low-res image for super-resolution) is
   concatenated to x_t as extra input channels (Saharia et al. 2021, SR3);
@@ -14,6 +14,7 @@ with ``out_channels``.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 import torch.nn as nn
@@ -144,6 +145,11 @@ class UNet(nn.Module):
         self.emb_dim = emb_dim
         self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.label_proj = nn.Linear(cfg.num_labels, emb_dim, bias=False) if cfg.num_labels else None
+        # label_mask: W [labels * known; known] as two projections, the second zero at initialisation, so a
+        # network grown from one without the mask (``load_parent_state``) starts with its exact outputs
+        self.known_proj = nn.Linear(cfg.num_labels, emb_dim, bias=False) if cfg.label_mask else None
+        if self.known_proj is not None:
+            nn.init.zeros_(self.known_proj.weight)
         self.null_emb = nn.Parameter(torch.zeros(emb_dim)) if (cfg.num_labels or cfg.cond_channels) else None
         self.aug_mlp = (nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
                         if cfg.aug_level_embedding else None)
@@ -202,7 +208,7 @@ class UNet(nn.Module):
                     uncond = torch.ones(batch, dtype=torch.bool, device=t.device)
                     label_emb = 0.0
                 else:
-                    label_emb = self.label_proj(labels.to(emb.dtype))
+                    label_emb = self.label_embedding(labels.to(emb.dtype), cond.known)
             else:
                 label_emb = 0.0
             if uncond is None:
@@ -213,6 +219,19 @@ class UNet(nn.Module):
             aug = cond.aug_level if cond is not None and cond.aug_level is not None else torch.zeros(batch, device=t.device)
             emb = emb + self.aug_mlp(timestep_embedding(aug * 1000, self.cfg.base_channels))
         return emb
+
+    def label_embedding(self, labels: torch.Tensor, known: torch.Tensor | None) -> torch.Tensor:
+        """(B, emb_dim) from labels (B, L) in {0, 1} and the known mask (B, L) in {0, 1} (None: all known).
+        With ``label_mask``: W_l (labels * known) + W_k known, so an unknown attribute adds nothing, a known
+        absent one adds its column of W_k, a known present one both columns. Without it, the mask cannot be
+        expressed: an unknown attribute reads as absent (labels * known)."""
+        if known is None:
+            known = torch.ones_like(labels) if self.known_proj is not None else None
+        else:
+            known = known.to(labels.dtype)
+            labels = labels * known
+        emb = self.label_proj(labels)
+        return emb if self.known_proj is None else emb + self.known_proj(known)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Condition | None = None) -> torch.Tensor:
         """x: (B, in_channels, H, W); t: (B,) timesteps; cond: labels / image / uncond mask."""
@@ -241,6 +260,20 @@ class UNet(nn.Module):
             for layer in block:
                 h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
         return self.conv_out(F.silu(self.norm_out(h))).contiguous()
+
+
+def load_parent_state(net: UNet, parent_cfg: UNetConfig, state: dict[str, torch.Tensor]) -> None:
+    """Initialise ``net`` from a parent network's weights. The configs must be equal except that ``net`` may
+    add ``label_mask`` to a parent without it: every parent tensor is copied and ``known_proj`` keeps its zero
+    initialisation, so on fully known labels ``net`` computes exactly the parent's output (W_k 1 = 0)."""
+    if parent_cfg != net.cfg and parent_cfg != replace(net.cfg, label_mask=False):
+        raise ValueError("parent network config differs from this run's (only adding unet.label_mask is allowed)")
+    new = {"known_proj.weight"} if net.cfg.label_mask and not parent_cfg.label_mask else set()
+    expected = set(net.state_dict())
+    if set(state) != expected - new:
+        raise ValueError(f"parent weights do not match its config (missing: {sorted(expected - new - set(state))[:3]}; "
+                         f"unexpected: {sorted(set(state) - expected)[:3]})")
+    net.load_state_dict({**net.state_dict(), **state})
 
 
 def count_parameters(model: nn.Module) -> int:

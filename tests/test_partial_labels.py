@@ -1,0 +1,233 @@
+"""Partial attribute sets (issue 20): the ``known`` mask through Condition, the U-Net, training and sampling."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffusion_core import load
+from diffusion_core.conditioning import (Condition, LabelHiding, cat_conditions, drop_condition, hide_labels,
+                                         picks_condition)
+from diffusion_core.config import ConfigError, ModelConfig, from_dict, to_dict
+from diffusion_core.train import PARENT_RECORD, Trainer, load_train_config
+from diffusion_core.unet import UNet, load_parent_state, timestep_embedding
+
+from conftest import randomize, tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["unet.base_channels=8", "unet.channel_mults=[1,2]", "unet.num_res_blocks=1", "unet.attention_resolutions=[8]",
+        "batch_size=4", "checkpoint_every=2", "sample_every=0", "log_every=1", "sample_steps=2", "threads=1"]
+HAS_EMOJI_MODEL = (ROOT / "checkpoints/emoji/model.safetensors").is_file()
+
+
+def _cond(b=4, n=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = (torch.rand(b, n, generator=g) < 0.4).float()
+    known = (torch.rand(b, n, generator=g) < 0.5).float()
+    return Condition(labels=labels, uncond=torch.tensor([False, True, False, False][:b]), known=known)
+
+
+# ---- Condition ------------------------------------------------------------------------------------
+def test_condition_carries_the_known_mask():
+    c = _cond()
+    assert torch.equal(c.index(slice(1, 3)).known, c.known[1:3])
+    assert torch.equal(c.index(torch.tensor([3, 0])).known, c.known[[3, 0]])
+    assert torch.equal(c.repeat(2).known, c.known.repeat_interleave(2, dim=0))
+    assert torch.equal(c.to("cpu").known, c.known)
+    assert torch.equal(c.null().known, c.known) and bool(c.null().uncond.all())
+    assert torch.equal(drop_condition(c, 0.5, torch.Generator().manual_seed(1)).known, c.known)
+    both = cat_conditions(c, c.null())
+    assert torch.equal(both.known, torch.cat([c.known, c.known])) and torch.equal(both.labels, torch.cat([c.labels] * 2))
+    # no mask on one side means "all known": filled with ones, not zeros
+    full = Condition(labels=c.labels, uncond=c.uncond)
+    mixed = cat_conditions(full, c)
+    assert torch.equal(mixed.known, torch.cat([torch.ones_like(c.known), c.known]))
+    assert cat_conditions(full, full).known is None
+
+
+# ---- the U-Net -------------------------------------------------------------------------------------
+def _inputs(b=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, 1, 8, 8, generator=g), torch.randint(0, 100, (b,), generator=g)
+
+
+def test_unet_without_label_mask_is_unchanged(tiny_net):
+    cfg, net = tiny_net(num_labels=5)
+    assert not cfg.unet.label_mask and net.known_proj is None
+    assert not any(k.startswith("known_proj") for k in net.state_dict())
+    x, t = _inputs()
+    c = _cond()
+    with torch.no_grad():
+        plain = net(x, t, Condition(labels=c.labels, uncond=c.uncond))
+        # the embedding is exactly the pre-mask code's: label_proj(labels), null_emb where uncond
+        emb = net.time_mlp(timestep_embedding(t, 8))
+        want = emb + torch.where(c.uncond[:, None], net.null_emb[None].expand(4, -1), net.label_proj(c.labels))
+        assert torch.equal(net.embed(t, Condition(labels=c.labels, uncond=c.uncond), 4), want)
+        # such a network cannot express "unknown": unknown attributes read as absent
+        assert torch.equal(net(x, t, c), net(x, t, Condition(labels=c.labels * c.known, uncond=c.uncond)))
+        assert torch.equal(plain, net(x, t, replace(c, known=torch.ones_like(c.known))))
+    # config files written before the field existed load with it off
+    data = json.loads(json.dumps(to_dict(cfg)))
+    del data["unet"]["label_mask"]
+    assert from_dict(ModelConfig, data).unet.label_mask is False
+
+
+@pytest.mark.skipif(not HAS_EMOJI_MODEL, reason="checkpoints/emoji not present")
+def test_shipped_emoji_model_samples_as_before():
+    """Samples of the shipped emoji model written by the code before the known mask existed (commit e3048b1,
+    1 thread): names -> full vector, and per-image label tensors, both guided."""
+    ref = load_file(str(ROOT / "tests/data/emoji_before_label_mask.safetensors"))
+    e = load(ROOT / "checkpoints/emoji")
+    got = e.sample(4, sampler="dpm++", steps=10, guidance=3.0, labels=["woman", "dark skin tone"], seed=0)
+    lab = torch.zeros(4, 52)
+    lab[:, [1, 9, 21]] = 1
+    lab[2, 28] = 1
+    got_t = e.sample(4, sampler="ddim", steps=10, guidance=2.0, labels=lab, seed=5)
+    # bit-identical on the machine that wrote it; a small bound elsewhere (other CPUs round differently)
+    assert (got - ref["emoji_names"]).abs().max() <= 1e-5
+    assert (got_t - ref["emoji_tensor"]).abs().max() <= 1e-5
+
+
+def _grown(seed=0):
+    pcfg = tiny_config(dict(num_labels=5))
+    parent = randomize(UNet(pcfg.unet), seed)
+    child = UNet(replace(pcfg.unet, label_mask=True)).eval()
+    load_parent_state(child, pcfg.unet, parent.state_dict())
+    return parent, child
+
+
+def test_zero_init_transfer_reproduces_the_parent_on_full_labels():
+    parent, child = _grown()
+    assert torch.equal(child.known_proj.weight, torch.zeros_like(child.known_proj.weight))
+    x, t = _inputs()
+    c = _cond()
+    full = Condition(labels=c.labels, uncond=c.uncond)
+    with torch.no_grad():
+        want = parent(x, t, full)
+        assert torch.equal(child(x, t, full), want)
+        assert torch.equal(child(x, t, replace(full, known=torch.ones_like(c.known))), want)
+        # once W_k is trained, "unknown" differs from "known absent" and the uncond rows stay the parent's
+        child.known_proj.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(3))
+        partial = child(x, t, c)
+        assert not torch.allclose(partial[~c.uncond], want[~c.uncond])
+        assert torch.equal(partial[c.uncond], want[c.uncond])
+
+
+def test_parent_transfer_refuses_other_differences():
+    pcfg = tiny_config(dict(num_labels=5))
+    parent = UNet(pcfg.unet)
+    for other in (dict(label_mask=True, base_channels=16), dict(label_mask=False, num_labels=6)):
+        with pytest.raises(ValueError, match="differs"):
+            load_parent_state(UNet(replace(pcfg.unet, **other)), pcfg.unet, parent.state_dict())
+    masked = replace(pcfg.unet, label_mask=True)
+    with pytest.raises(ValueError, match="differs"):     # dropping the mask would lose known_proj
+        load_parent_state(UNet(pcfg.unet), masked, UNet(masked).state_dict())
+
+
+# ---- training ---------------------------------------------------------------------------------------
+def _within(frac, p, n):
+    """frac is within 5 binomial standard deviations of p over n draws."""
+    return abs(frac - p) <= 5 * math.sqrt(p * (1 - p) / n)
+
+
+def test_hide_labels_rates():
+    """Each kind of sample alone, then the mix at its rates (5 sigma bounds over 40,000 samples)."""
+    n, L = 40_000, 12
+    g = torch.Generator().manual_seed(0)
+    labels = (torch.rand(n, L, generator=g) < 0.25).float()
+    labels[:, 0] = 1                                   # every sample has at least one attribute (its group)
+    present = labels.sum(1)
+    assert bool(hide_labels(labels, LabelHiding(p_all=1.0, p_picks=0.0), g).bool().all())
+    # user picks: only present attributes known, k ~ U{1..3} of them, at most the number present
+    known = hide_labels(labels, LabelHiding(p_all=0.0, p_picks=1.0, max_picks=3), g)
+    assert set(known.unique().tolist()) <= {0.0, 1.0} and bool((known <= labels).all())
+    count = known.sum(1)
+    assert bool((count == present.clamp(max=3)).logical_or(count < present.clamp(max=3)).all())
+    assert bool((count >= 1).all()) and bool((count[present == 1] == 1).all())
+    many = present >= 4
+    for k in (1, 2, 3):
+        assert _within((count[many] == k).float().mean().item(), 1 / 3, int(many.sum())), k
+    # the picked attributes are spread over the present ones (not always the first)
+    assert known[many].sum(0)[1:].min() > 0
+    # the rest: every attribute hidden at a per-sample rate r ~ U(0, 1), present or absent alike
+    known = hide_labels(labels, LabelHiding(p_all=0.0, p_picks=0.0), g)
+    frac = known.mean(1)
+    # Var(frac) = Var(r) + E[r (1 - r)] / L = 1/12 + 1/(6 L) (a per-sample rate, not one rate for all)
+    assert abs(frac.mean().item() - 0.5) < 0.01 and abs(frac.std().item() - math.sqrt(1 / 12 + 1 / (6 * L))) < 0.01
+    assert abs(known[labels == 1].mean() - known[labels == 0].mean()) < 0.01
+    # the mix: all known with p_all, plus the random kind's E[(1 - r)^L] = 1 / (L + 1)
+    known = hide_labels(labels, LabelHiding(p_all=0.3, p_picks=0.5), g)
+    assert _within(known.bool().all(1).float().mean().item(), 0.3 + 0.2 / (L + 1), n)
+    with pytest.raises(ConfigError):
+        LabelHiding(p_all=0.6, p_picks=0.5)
+
+
+def _emoji_like_parent(tmp_path):
+    """A tiny multi-label dataset (emoji, 24 images) parent run, saved as a model folder."""
+    from diffusion_core.data_emoji import EMOJI_TEST, FONT
+    if not (Path(EMOJI_TEST).exists() and Path(FONT).exists()):
+        pytest.skip("emoji packages not installed")
+    common = TINY + ["data.source=emoji", "data.channels=3", "data.limit=24", "steps=1"]
+    parent = Trainer(load_train_config(None, common + [f"out_dir={tmp_path / 'p'}"]), progress=False).run()
+    return common, parent
+
+
+def test_training_hides_attributes_only_with_label_mask(tmp_path):
+    common, parent = _emoji_like_parent(tmp_path)
+    plain = Trainer(load_train_config(None, common + [f"out_dir={tmp_path / 'a'}", "batch_size=64"]), progress=False)
+    assert plain.make_batch()[3].known is None
+    cfg = load_train_config(None, common + [f"out_dir={tmp_path / 'b'}", "batch_size=2000", "unet.label_mask=true",
+                                            "label_hiding.p_all=0.25", "label_hiding.p_picks=0.5", "p_uncond=0"])
+    tr = Trainer(cfg, progress=False)
+    cond = tr.make_batch()[3]
+    labels, known = cond.labels, cond.known
+    L = labels.shape[1]
+    assert _within(known.bool().all(1).float().mean().item(), 0.25 + 0.25 / (L + 1), 2000)
+    only_present = ((known <= labels).all(1) & ~known.bool().all(1)).float().mean().item()
+    assert only_present >= 0.5 - 5 * math.sqrt(0.25 / 2000)
+
+
+def test_grown_run_starts_as_its_parent_and_records_the_lineage(tmp_path):
+    common, parent = _emoji_like_parent(tmp_path)
+    cfg = load_train_config(None, common + [f"out_dir={tmp_path / 'c'}", f"parent={parent}", "unet.label_mask=true"])
+    tr = Trainer(cfg, progress=False)
+    pnet = load(parent).net
+    x, t = torch.randn(3, 3, 32, 32), torch.tensor([5, 500, 999])
+    lab = torch.as_tensor(tr.data.labels[:3]).float()
+    full = Condition(labels=lab, uncond=torch.zeros(3, dtype=torch.bool))
+    tr.net.eval()
+    with torch.no_grad():
+        assert torch.equal(tr.net(x, t, full), pnet(x, t, full))
+    out = tr.run()
+    record = json.loads((out / "training.json").read_text())
+    assert record["parent"]["path"] == str(parent)
+    assert record["parent"]["training"]["all_commands"] == json.loads((parent / "training.json").read_text())["all_commands"]
+    assert (tmp_path / "c" / PARENT_RECORD).is_file() and load(out).config.unet.label_mask
+    bad = load_train_config(None, common + [f"out_dir={tmp_path / 'd'}", f"parent={parent}", "unet.base_channels=16"])
+    with pytest.raises(ConfigError, match="differs"):
+        Trainer(bad, progress=False)
+
+
+# ---- sampling ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mask", [True, False])
+def test_pipeline_builds_the_picks_condition(tmp_path, make_model, mask):
+    names = ("woman", "man", "cat", "heart", "red")
+    make_model(tmp_path / "m", unet=dict(num_labels=5, label_mask=mask), label_names=names, multi_label=True)
+    pipe = load(tmp_path / "m")
+    c = pipe.condition(3, ["cat", "Red"])
+    want = torch.tensor([[0, 0, 1, 0, 1]] * 3, dtype=torch.float32)
+    assert torch.equal(c.labels, want) and not bool(c.uncond.any())
+    if mask:      # picks present and known, every other attribute unknown
+        assert torch.equal(c.known, want)
+    else:         # the full vector, as the model was trained: everything else absent
+        assert c.known is None
+    assert pipe.condition(2, torch.ones(2, 5)).known is None      # full label vectors: all known
+    assert bool(pipe.condition(2, []).uncond.all())
+    assert torch.equal(picks_condition([2, 4], 5, 3, True, mask).labels, want)
+    x = pipe.sample(2, sampler="dpm++", steps=3, guidance=2.0, labels=["cat"], seed=0)
+    assert x.shape == (2, 1, 8, 8)
