@@ -658,6 +658,7 @@ class DiffusionApp:
             what = "attributes (multi-label)" if cfg.multi_label else "classes"
             names = ", ".join(cfg.label_names[:12]) + (" ..." if len(cfg.label_names) > 12 else "")
             rows.append(("conditioning", f"{len(cfg.label_names)} {what}: {names}"))
+            rows.append(("labels mean", pipe.picks_meaning))
         if d.is_cold:
             rows.append(("forward process", f"cold diffusion, degradation {d.degradation}, T={d.T}"))
         else:
@@ -739,7 +740,8 @@ class DiffusionApp:
             gr.update(visible=(sampler == "ddim")),
             gr.update(visible=guidable),     # no effect without a guidable condition; keep the value
             gr.update(visible=single, choices=[ANY] + list(cfg.label_names), value=ANY),
-            gr.update(visible=multi, choices=list(cfg.label_names), value=[]),
+            gr.update(visible=multi, choices=list(cfg.label_names), value=[],
+                      info=pipe.picks_meaning.capitalize() if multi else None),
             gr.update(visible=pose),
             gr.update(label=init_label),
             gr.update(open=sr),

@@ -40,7 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--spacing", default="trailing", choices=["trailing", "leading", "linspace"])
     s.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1]")
     s.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale (1: off)")
-    s.add_argument("--label", action="append", default=[], help="class or attribute, by name or index; repeat for several")
+    s.add_argument("--label", action="append", default=[], help="class or attribute, by name or index; repeat for several. A model "
+                   "trained with unet.label_mask makes images that have every picked attribute, the others "
+                   "unspecified; older multi-label models read the picks as the whole attribute set")
     s.add_argument("--cond-image", help="conditioning image (a stickman drawing) for pose models")
     s.add_argument("--init-image", help="img2img: start from this image ...")
     s.add_argument("--strength", type=float, default=0.6, help="... noised to this strength in (0, 1]")
@@ -70,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--memorisation", action="store_true",
                    help="emoji models: also find the nearest training image to 64 samples (memorisation.png)")
     e.add_argument("--tag", default="", help="suffix of the metrics file name")
+    e.add_argument("--picks", action="store_true",
+                   help="multi-label models and cascades: sample a fixed list of user-style picks of 1-3 attributes "
+                        "and report per pick the fraction of samples that have every picked attribute, beside real "
+                        "emoji, and mean colours (MODEL/metrics-picks[-tag].json; --steps, --guidance apply)")
+    e.add_argument("--per-pick", type=int, default=16, help="--picks: samples per pick (default 16)")
 
     c = sub.add_parser("classifier", help="train the small evaluation classifier for a dataset")
     c.add_argument("--data", default="fashion", choices=["fashion", "emoji", "pose"])

@@ -96,6 +96,17 @@ def labels_to_vector(indices: list[int], num_labels: int, batch: int, multi: boo
     return v
 
 
+def picks_meaning(multi: bool, partial: bool) -> str:
+    """What a user's picked labels ask of a model, in one sentence (the app's model card and attribute box)."""
+    if not multi:
+        return "one class: every image is of that class"
+    if partial:
+        return ("the images have every picked attribute; the attributes not picked are unspecified "
+                "(\"woman + dark skin tone\" is any emoji with both)")
+    return ("the picked attributes are the image's whole attribute set, every other one absent "
+            "(trained on full label sets; a few picks alone are rarely a real combination)")
+
+
 def picks_condition(indices: list[int], num_labels: int, batch: int, multi: bool, partial: bool) -> Condition:
     """The condition for a user's picked labels. ``partial`` (a network with ``label_mask``): the picks are
     present and known, every other attribute unknown ("has at least these"). Otherwise the full vector:

@@ -482,8 +482,20 @@ def evaluate_command(args) -> int:
     from .checkpoint import folder_kind, load_model_config
     from .train import command_line
     model = Path(args.model)
-    out = Path(args.out) if args.out else model / f"metrics{'-' + args.tag if args.tag else ''}.json"
+    what = "metrics-picks" if args.picks else "metrics"
+    out = Path(args.out) if args.out else model / f"{what}{'-' + args.tag if args.tag else ''}.json"
     kind = folder_kind(model)
+    if args.picks:      # partial labels as users pick them (evaluate_picks.py)
+        from .evaluate_picks import evaluate_picks, format_table
+        m = evaluate_picks(model, Path(args.classifier) if args.classifier else None, per_pick=args.per_pick,
+                           sampler=args.sampler or "dpm++", steps=args.steps, guidance=args.guidance,
+                           seed=args.seed, device=args.device)
+        m["command"] = command_line() if sys.argv[1:2] == ["evaluate"] else None
+        m["threads"] = torch.get_num_threads()
+        write_json(out, m)
+        print(format_table(m))
+        print(f"wrote {out}")
+        return 0
     sr = kind == "model" and load_model_config(model).task == "super_resolution"    # config only
     samples_only = args.samples_only
     if samples_only and (args.no_cache or kind == "cascade" or sr):

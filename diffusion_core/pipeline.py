@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .checkpoint import (CONFIG, CheckpointError, check_number, folder_kind, load_network, load_prior,
                          read_json)
-from .conditioning import Condition, augment_low_res, picks_condition, resolve_labels
+from .conditioning import Condition, augment_low_res, picks_condition, picks_meaning, resolve_labels
 from .config import ModelConfig
 from .degradations import Degradation, make_degradation
 from .denoisers import ClassifierFreeGuidance, ClipX0, ExpertEnsemble, ModelDenoiser
@@ -68,6 +68,12 @@ class Pipeline:
     @property
     def label_names(self) -> tuple[str, ...]:
         return self.base.config.label_names
+
+    @property
+    def picks_meaning(self) -> str:
+        """What picked labels ask of this model (``conditioning.picks_meaning``); "" for a model without labels."""
+        cfg = self.base.config
+        return picks_meaning(cfg.multi_label, cfg.unet.label_mask) if cfg.unet.num_labels else ""
 
     @property
     def image_size(self) -> int:

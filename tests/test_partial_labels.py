@@ -231,3 +231,34 @@ def test_pipeline_builds_the_picks_condition(tmp_path, make_model, mask):
     assert torch.equal(picks_condition([2, 4], 5, 3, True, mask).labels, want)
     x = pipe.sample(2, sampler="dpm++", steps=3, guidance=2.0, labels=["cat"], seed=0)
     assert x.shape == (2, 1, 8, 8)
+
+
+# ---- evaluation as users pick ---------------------------------------------------------------------
+def test_picks_measures_and_colours():
+    from diffusion_core.evaluate_picks import PICKS, includes_all, mean_colours
+    logits = torch.tensor([[1.0, -1.0, 2.0], [1.0, 1.0, -0.5], [-1.0, 3.0, 3.0]])
+    assert includes_all(logits, [0]).tolist() == [True, True, False]
+    assert includes_all(logits, [0, 2]).tolist() == [True, False, False]
+    img = torch.full((2, 3, 64, 64), -1.0)
+    img[:, 0, 28:36, 28:36] = 1.0           # a red centre at 64 px is the central 4x4 at 32 px
+    c = mean_colours(img)
+    assert c["centre_rgb"][1:] == [0.0, 0.0] and abs(c["centre_rgb"][0] - 255 * 16 / 64) <= 0.05 + 1e-9   # rounded to 0.1
+    assert len(PICKS) >= 20 and all(1 <= len(p) <= 3 for p in PICKS) and len(set(PICKS)) == len(PICKS)
+
+
+def test_evaluate_picks_end_to_end(tmp_path, make_model):
+    from diffusion_core.data_emoji import ATTRIBUTES, EMOJI_TEST, FONT
+    from diffusion_core.evaluate_picks import evaluate_picks, format_table
+    if not (Path(EMOJI_TEST).exists() and Path(FONT).exists()) or not (ROOT / "checkpoints/classifier-emoji").is_dir():
+        pytest.skip("emoji packages or the emoji classifier not present")
+    make_model(tmp_path / "m", unet=dict(num_labels=len(ATTRIBUTES), label_mask=True, in_channels=3, out_channels=3,
+                                         image_size=32), label_names=ATTRIBUTES, multi_label=True)
+    picks = (("woman", "dark skin tone"), ("Flags",))
+    m = evaluate_picks(tmp_path / "m", ROOT / "checkpoints/classifier-emoji", per_pick=2, steps=1, picks=picks,
+                       progress=False)
+    assert m["picks"] == 2 and [r["pick"] for r in m["rows"]] == [list(p) for p in picks]
+    assert "unspecified" in m["labels_mean"]
+    for r in m["rows"]:
+        assert 0 <= r["generated"] <= 1 and r["real_count"] >= 10 and r["real"] >= 0.8
+    assert m["judgeable_picks"] == 2 and m["real_mean_judgeable"] == m["real_mean"]
+    assert "mean over 2 picks" in format_table(m)
