@@ -36,9 +36,9 @@ import torch  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 from PIL.PngImagePlugin import PngInfo  # noqa: E402
 
-from diffusion_core import (CheckpointError, ImageError, SampleStep, SamplerSpec, grid, load,  # noqa: E402
-                            make_degradation, make_generators, make_schedule, sample_stream, spaced_timesteps,
-                            to_pil)
+from diffusion_core import (SPACINGS, CheckpointError, ImageError, SampleStep, SamplerSpec,  # noqa: E402
+                            explain_multistep, grid, load, make_degradation, make_generators, make_schedule,
+                            sample_stream, spaced_timesteps, to_pil)
 from diffusion_core.images import load_image, open_image, to_mode  # noqa: E402
 from diffusion_core.checkpoint import SAMPLER_KINDS  # noqa: E402
 
@@ -56,15 +56,18 @@ MAX_UPSCALE_INPUT = 128          # side of an image handed to a super-resolution
 PREVIEW_PX = 256                 # previews are nearest-neighbour upscaled to about this size
 GIF_MAX_FRAMES = 60
 ANY = "(any)"
-SAMPLER_CHOICES = [("DDPM", "ddpm"), ("DDIM", "ddim"), ("DPM-Solver++ (2M)", "dpm++"), ("Cold", "cold")]
+SAMPLER_CHOICES = [("DDPM", "ddpm"), ("DDIM", "ddim"), ("DPM-Solver++ (2M)", "dpm++"), ("DPM-Solver++ (3M)", "dpm++3m"),
+                   ("UniPC", "unipc"), ("Cold", "cold")]
+DETERMINISTIC_SAMPLERS = ("ddim", "dpm++", "dpm++3m", "unipc")
 SAMPLER_NAMES = dict((v, k) for k, v in SAMPLER_CHOICES)
-COMPARE_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpm++": "DPM++", "cold": "Cold"}
+COMPARE_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpm++": "DPM++", "dpm++3m": "DPM++3M", "unipc": "UniPC", "cold": "Cold"}
 DEGRADATIONS = ["noise", "blur", "pixelate", "mask"]
 USER_ERRORS = (ImageError, CheckpointError, ValueError)
 # learning tools
 COMPARE_MAX_CELLS = 12           # one sampling run per cell
 COMPARE_MAX_STEPS = 400          # summed over the cells
-COMPARE_SAMPLERS = [("DDPM", "ddpm"), ("DDIM", "ddim"), ("DPM++", "dpm++"), ("Cold", "cold")]
+COMPARE_SAMPLERS = [("DDPM", "ddpm"), ("DDIM", "ddim"), ("DPM++", "dpm++"), ("DPM++ 3M", "dpm++3m"), ("UniPC", "unipc"),
+                    ("Cold", "cold")]
 COMPARE_STEPS = [5, 10, 25, 50]
 COMPARE_GUIDANCE = [0, 1, 2, 4, 7]
 CELL_PX = 128                    # a compare-grid cell (nearest-upscaled image) ...
@@ -423,6 +426,11 @@ def step_numbers(run: dict, i: int) -> dict:
                     coef["x0_hat_prev"] = -b / (2 * r)
                     terms["x0_hat_prev"] = prev.x0_hat
                     out.update(order=2, h_prev=h_prev, r=r, t_prev=int(prev.t))
+        elif sampler in ("dpm++3m", "unipc"):      # the weights come from the sampler itself
+            ts = torch.tensor([r.t for r in recs] + [recs[-1].t_next])
+            coef, used, info = explain_multistep(SamplerSpec(sampler), ts, sched, recs, i)
+            terms.update(used)
+            out.update(info)
         else:
             raise ValueError(f"unknown sampler {sampler!r}")
     det = sum(c * terms[k].double() for k, c in coef.items())
@@ -480,6 +488,20 @@ TEX_FORMULAS = {
               r" r = \frac{h_{\mathrm{prev}}}{h}\qquad(\text{first step: } D = \hat x_0)$$",
               "DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): an exponential-integrator step in log-SNR time "
               "lambda, second order from the previous step's x0_hat; the last step returns x0_hat."),
+    "dpm++3m": (r"$$x_{t'} = \frac{\sigma_{t'}}{\sigma_t}\,x_t - \alpha_{t'}\left(e^{-h}-1\right)\hat x_0"
+                r" + \alpha_{t'}\left(\frac{e^{-h}-1}{h}+1\right) D_1"
+                r" - \alpha_{t'}\left(\frac{e^{-h}-1+h}{h^2}-\frac12\right) D_2$$"
+                "\n\n"
+                r"$$D_1, D_2:\ \text{first and second divided differences of } \hat x_0"
+                r" \text{ over the last three steps in } \lambda = \log\frac{\alpha}{\sigma}$$",
+                "DPM-Solver++(3M) (Lu et al. 2022): the exponential-integrator step with the x0_hat of the two "
+                "previous steps; lower order on the first two steps and near the end of short runs."),
+    "unipc": (r"$$x_{t'} = \frac{\sigma_{t'}}{\sigma_t}\,x_t^c - \alpha_{t'}\left(e^{-h}-1\right)\hat x_0"
+              r" - \alpha_{t'}\,B(h)\sum_k \rho_k D_k,\qquad B(h) = e^{-h}-1$$"
+              "\n\n"
+              r"$$x_t^c:\ x_t \text{ corrected by UniC with this step's } \hat x_0 \text{ (no extra network call)}$$",
+              "UniPC (Zhao et al. 2023, bh2): the predictor UniP from x_t as corrected by UniC, which redoes the "
+              "previous step using the denoiser's output at x_t; D_k = (x0_hat_k - x0_hat) / r_k."),
     "cold": (r"$$x_{t'} = x_t - D(\hat x_0, t) + D(\hat x_0, t')\qquad"
              r"(\text{naive: } x_{t'} = D(\hat x_0, t'))$$",
              "Cold Diffusion (Bansal et al. 2022, Alg. 2): re-degrade the prediction to both severities and "
@@ -487,6 +509,13 @@ TEX_FORMULAS = {
 }
 TERM_TEX = {"x_t": None, "x0_hat": r"\hat x_0", "eps_hat": r"\hat\epsilon", "x0_hat_prev": r"\hat x_0^{\mathrm{prev}}",
             "D(x0_hat,t)": None, "D(x0_hat,t_next)": None}
+
+
+def term_tex(name: str) -> str:
+    """TeX of a term of an explained step; ``x0_hat[982]`` is the x0_hat the denoiser gave at t = 982."""
+    if name.startswith("x0_hat[") and name.endswith("]"):
+        return rf"\hat x_0^{{({name[7:-1]})}}"
+    return TERM_TEX[name]
 
 
 def explain_markdown(num: dict, run: dict) -> str:
@@ -519,6 +548,10 @@ def explain_markdown(num: dict, run: dict) -> str:
             rows += [("`h_prev`", fmt(num["h_prev"])), ("`r` = h_prev / h", fmt(num["r"]))]
         else:
             rows += [("order", "1 (first step: D = x0_hat)")]
+    elif sampler in ("dpm++3m", "unipc"):
+        rows += [("order of this step", str(num["order"]))]
+        if num.get("corrected"):
+            rows += [("`x_t` used", "x_t after UniC's correction")]
     for k, c in num["coefficients"].items():
         rows.append((f"coefficient of `{k}`", fmt(c)))
     table = "| quantity | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
@@ -527,7 +560,7 @@ def explain_markdown(num: dict, run: dict) -> str:
         parts = [(c, {"x_t": _tex_x(t), "D(x0_hat,t)": rf"D(\hat x_0, {t})",
                       "D(x0_hat,t_next)": rf"D(\hat x_0, {tn})"}[k]) for k, c in num["coefficients"].items()]
     else:
-        parts = [(c, _tex_x(t) if k == "x_t" else TERM_TEX[k]) for k, c in num["coefficients"].items()
+        parts = [(c, _tex_x(t) if k == "x_t" else term_tex(k)) for k, c in num["coefficients"].items()
                  if c != 0.0]       # e.g. the last step's x_t or eps_hat term
     rhs = _tex_sum(parts)
     if num["sigma"] > 0:
@@ -1178,6 +1211,7 @@ class DiffusionApp:
         cells = [(rec.x_t, f"x_t (t={rec.t})"), (rec.eps_hat * 0.4, "eps_hat (x0.4)"), (rec.x0_hat, "x0_hat")]
         if "x0_hat_prev" in terms:
             cells.append((terms["x0_hat_prev"], "x0_hat of prev. step"))
+        cells += [(v, f"x0_hat (t={k[7:-1]})") for k, v in terms.items() if k.startswith("x0_hat[")]
         if "D(x0_hat,t)" in terms:
             cells += [(terms["D(x0_hat,t)"], f"D(x0_hat, {rec.t})"), (terms["D(x0_hat,t_next)"], f"D(x0_hat, {rec.t_next})")]
         if noise is not None:
@@ -1374,8 +1408,8 @@ class DiffusionApp:
             raise ValueError("interpolation samples one model (a cascade has several stages): pick its base model")
         if pipe.config.diffusion.is_cold:
             raise ValueError("interpolation needs a Gaussian diffusion model (x_T is noise); this is a cold model")
-        if sampler not in ("ddim", "dpm++"):
-            raise ValueError("interpolation needs a deterministic sampler: ddim (eta 0) or dpm++")
+        if sampler not in DETERMINISTIC_SAMPLERS:
+            raise ValueError(f"interpolation needs a deterministic sampler: {', '.join(DETERMINISTIC_SAMPLERS)}")
         frames, steps, g = int(frames), int(steps), float(guidance)
         if not 2 <= frames <= INTERP_MAX_FRAMES:
             raise ValueError(f"frames must be in [2, {INTERP_MAX_FRAMES}], got {frames}")
@@ -1528,8 +1562,8 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
                                         info="0 deterministic, 1 DDPM-like")
                         with gr.Row():
                             steps = Slider(1, MAX_STEPS, value=25, step=1, label="Steps", elem_id="steps")
-                            spacing = gr.Radio(["trailing", "leading", "linspace"], value="trailing",
-                                               label="Timestep spacing")
+                            spacing = gr.Radio(list(SPACINGS), value="trailing", label="Timestep spacing",
+                                               info="logsnr / karras: grids in noise level (Gaussian models)")
                         guidance = Slider(0, MAX_GUIDANCE, value=2.0, step=0.25, label="Guidance scale",
                                              info="classifier-free guidance; 1 = off, 0 = unconditional")
                         with gr.Row(equal_height=False):
@@ -1659,7 +1693,8 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
                             int_b = Number(1, label="Seed b", precision=0, minimum=0, maximum=MAX_SEED)
                             int_frames = Slider(2, INTERP_MAX_FRAMES, value=8, step=1, label="Frames")
                         with gr.Row(equal_height=True):
-                            int_sampler = Radio([("DDIM (eta 0)", "ddim"), ("DPM-Solver++ (2M)", "dpm++")],
+                            int_sampler = Radio([("DDIM (eta 0)", "ddim"), ("DPM-Solver++ (2M)", "dpm++"),
+                                                 ("DPM-Solver++ (3M)", "dpm++3m"), ("UniPC", "unipc")],
                                                 value="dpm++", label="Sampler (deterministic)")
                             int_steps = Slider(1, 200, value=20, step=1, label="Steps")
                             int_btn = gr.Button("Interpolate", variant="primary", elem_id="interpolate-btn")

@@ -15,6 +15,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .samplers import SAMPLERS
+    from .schedules import SPACINGS
+    spacing_help = ("timestep grid (default trailing); logsnr and karras follow the noise level and apply to Gaussian "
+                    "models, not cold ones")
     p = argparse.ArgumentParser(prog="python -m diffusion_core", description="Train, sample and evaluate diffusion models.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -35,9 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output folder for PNGs")
     s.add_argument("--n", type=int, default=8, help="number of images (default 8)")
     s.add_argument("--seed", type=int, default=0, help="image i uses seed+i (default 0)")
-    s.add_argument("--sampler", default=None, choices=["ddpm", "ddim", "dpm++", "cold"], help="default: ddim (cold for cold models)")
+    s.add_argument("--sampler", default=None, choices=SAMPLERS, help="default: ddim (cold for cold models); dpm++ is "
+                   "DPM-Solver++(2M), dpm++3m its third-order multistep form, unipc UniPC-bh2 with its corrector")
     s.add_argument("--steps", type=int, default=50)
-    s.add_argument("--spacing", default="trailing", choices=["trailing", "leading", "linspace"])
+    s.add_argument("--spacing", default="trailing", choices=SPACINGS, help=spacing_help)
     s.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1]")
     s.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale (1: off)")
     s.add_argument("--label", action="append", default=[], help="class or attribute, by name or index; repeat for several. A model "
@@ -54,9 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--model", required=True)
     e.add_argument("--classifier", help="classifier folder (default: checkpoints/classifier-<dataset>)")
     e.add_argument("--n", type=int, default=2000)
-    e.add_argument("--sampler", default=None, choices=["ddpm", "ddim", "dpm++", "cold"])
+    e.add_argument("--sampler", default=None, choices=SAMPLERS)
     e.add_argument("--steps", type=int, default=50)
-    e.add_argument("--spacing", default="trailing", choices=["trailing", "leading", "linspace"])
+    e.add_argument("--spacing", default="trailing", choices=SPACINGS, help=spacing_help)
     e.add_argument("--guidance", type=float, default=2.0)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--batch", type=int, default=100)

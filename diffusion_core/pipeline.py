@@ -18,9 +18,9 @@ from .conditioning import Condition, augment_low_res, picks_condition, picks_mea
 from .config import ModelConfig
 from .degradations import Degradation, make_degradation
 from .denoisers import ClassifierFreeGuidance, ClipX0, ExpertEnsemble, ModelDenoiser
-from .samplers import (SampleStep, SamplerSpec, make_generators, noised_start, per_image_noise,
+from .samplers import (SAMPLERS, SampleStep, SamplerSpec, make_generators, noised_start, per_image_noise,
                        sample_stream)
-from .schedules import Schedule, make_schedule, spaced_timesteps
+from .schedules import NOISE_LEVEL_SPACINGS, SPACINGS, Schedule, make_schedule, spaced_timesteps
 
 MAX_BATCH = 64
 # The network always runs on batches of exactly this many rows (CFG's two passes count as two rows per
@@ -86,7 +86,7 @@ class Pipeline:
 
     @property
     def samplers(self) -> tuple[str, ...]:
-        return ("cold",) if self.base.config.diffusion.is_cold else ("ddpm", "ddim", "dpm++")
+        return ("cold",) if self.base.config.diffusion.is_cold else tuple(x for x in SAMPLERS if x != "cold")
 
     def expert_index(self, t: int) -> int | None:
         if self.kind != "ensemble":
@@ -191,11 +191,14 @@ class Pipeline:
             x0 = init_image if init_image.dim() == 4 else init_image[None].expand(n, -1, -1, -1)
             x_start, ts = noised_start(sched, x0.to(device), steps, strength, spacing, gens)
         else:
-            ts = spaced_timesteps(T, steps, spacing)
+            ts = spaced_timesteps(T, steps, spacing, schedule=sched)
             x_start = per_image_noise((n, c, s, s), gens, device)
         yield from sample_stream(den, x_start, ts, spec, schedule=sched, cond=cond, generators=gens)
 
     def _stream_cold(self, den, n, steps, spacing, gens, cond, init_image, strength, improved, device):
+        if spacing in NOISE_LEVEL_SPACINGS:
+            raise ValueError(f"the {spacing} spacing follows a Gaussian noise schedule; a cold-diffusion model takes "
+                             f"{', '.join(x for x in SPACINGS if x not in NOISE_LEVEL_SPACINGS)}")
         deg = self.degradation
         T = self.config.diffusion.T
         c, s = self.config.unet.out_channels, self.config.unet.image_size

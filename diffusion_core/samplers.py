@@ -18,7 +18,7 @@ from .degradations import Degradation
 from .denoisers import Denoiser, Prediction
 from .schedules import Schedule, spaced_timesteps, timestep_pairs
 
-SAMPLERS = ("ddpm", "ddim", "dpm++", "cold")
+SAMPLERS = ("ddpm", "ddim", "dpm++", "dpm++3m", "unipc", "cold")
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,11 @@ class SamplerSpec:
     @property
     def stochastic(self) -> bool:
         return self.name == "ddpm" or (self.name == "ddim" and self.eta > 0)
+
+    @property
+    def multistep(self) -> bool:
+        """Uses the denoiser's earlier outputs (its steps depend on the whole grid)."""
+        return self.name in ("dpm++", "dpm++3m", "unipc")
 
 
 def _ab(schedule: Schedule, t: int) -> float:
@@ -115,6 +120,111 @@ def dpmpp_2m_step(schedule: Schedule, x_t, t: int, t_next: int, pred: Prediction
     return (sigma_next / sigma_t) * x_t - alpha_next * math.expm1(-h) * d
 
 
+def _lam(ab: float) -> float:
+    """lambda = log(alpha / sigma) = log(sqrt(ab) / sqrt(1 - ab)), half the log-SNR (Lu et al. 2022)."""
+    return 0.5 * math.log(ab / (1 - ab))
+
+
+def dpmpp_3m_step(schedule: Schedule, x_t, t: int, t_next: int, pred: Prediction,
+                  history: Sequence[tuple[int, torch.Tensor]], order: int = 3):
+    """DPM-Solver++(3M), the third-order multistep solver in data prediction (Lu et al. 2022, "DPM-Solver++",
+    sec. 4 with the third-order multistep update of DPM-Solver's App. B). ``history`` holds the earlier
+    (t_i, x0_hat_i), newest last; ``order`` is capped by how many there are (1: DDIM, 2: the 2M update).
+
+    With lambda as in 2M, h = lambda_next - lambda_t, h_0 = lambda_t - lambda_1, h_1 = lambda_1 - lambda_2,
+    r_0 = h_0 / h, r_1 = h_1 / h and the divided differences of the x0 estimates
+      D1_0 = (x0_t - x0_1) / r_0,  D1_1 = (x0_1 - x0_2) / r_1,
+      D1 = D1_0 + r_0 / (r_0 + r_1) (D1_0 - D1_1),  D2 = (D1_0 - D1_1) / (r_0 + r_1):
+    x_next = (sigma_next / sigma_t) x_t - alpha_next (e^{-h} - 1) x0_t + alpha_next ((e^{-h} - 1) / h + 1) D1
+             - alpha_next ((e^{-h} - 1 + h) / h^2 - 1/2) D2.
+    The last step (t_next = -1, sigma_next = 0) is first order and returns x0_hat, as in 2M."""
+    order = min(order, len(history) + 1)
+    if t_next < 0 or order < 3:
+        return dpmpp_2m_step(schedule, x_t, t, t_next, pred, history[-1] if order == 2 and history else None)
+    (t_2, x0_2), (t_1, x0_1) = history[-2], history[-1]
+    ab_t, ab_next = _ab(schedule, t), _ab(schedule, t_next)
+    alpha_next, sigma_t, sigma_next = math.sqrt(ab_next), math.sqrt(1 - ab_t), math.sqrt(1 - ab_next)
+    lam_t, lam_1, lam_2 = _lam(ab_t), _lam(_ab(schedule, t_1)), _lam(_ab(schedule, t_2))
+    h = _lam(ab_next) - lam_t
+    r_0, r_1 = (lam_t - lam_1) / h, (lam_1 - lam_2) / h
+    d1_0, d1_1 = (pred.x0_hat - x0_1) / r_0, (x0_1 - x0_2) / r_1
+    d1 = d1_0 + (r_0 / (r_0 + r_1)) * (d1_0 - d1_1)
+    d2 = (d1_0 - d1_1) / (r_0 + r_1)
+    phi_1 = math.expm1(-h)
+    return ((sigma_next / sigma_t) * x_t - (alpha_next * phi_1) * pred.x0_hat + (alpha_next * (phi_1 / h + 1)) * d1
+            - (alpha_next * ((phi_1 + h) / h ** 2 - 0.5)) * d2)
+
+
+def _unipc_weights(h: float, rks: Sequence[float], corrector: bool) -> tuple[float, float, list[float]]:
+    """UniPC's coefficients for step size h in lambda (Zhao et al. 2023, Alg. 1-2 with B(h) = e^h - 1, "bh2", in
+    data prediction, where the exponential integrator runs over -h). Returns (phi_1, B, rho), with
+    phi_1 = e^{-h} - 1 and rho solving R rho = b: R[i][k] = r_k^i for the p = len(rks) points (rks ends with
+    1), b_i = g_{i+1} (i+1)! / B with g_1 = phi_1 / (-h) - 1 and g_{i+1} = g_i / (-h) - 1 / (i+1)!.
+    The predictor uses the first p - 1 equations and unknowns; for p = 2 it takes rho = 1/2, and the
+    corrector at p = 1 rho = 1/2, as the authors' code does."""
+    hh = -h
+    phi_1 = math.expm1(hh)
+    big_b = phi_1                       # B(h) = e^{hh} - 1 ("bh2")
+    g, fact, b = phi_1 / hh - 1, 1, []
+    for i in range(1, len(rks) + 1):
+        b.append(g * fact / big_b)
+        fact *= i + 1
+        g = g / hh - 1 / fact
+    p = len(rks)
+    if corrector:
+        if p == 1:      # UniC-1
+            return phi_1, big_b, [0.5]
+        m, rhs = [[r ** i for r in rks] for i in range(p)], b
+    else:
+        if p == 1:
+            return phi_1, big_b, []
+        if p == 2:
+            return phi_1, big_b, [0.5]
+        m, rhs = [[r ** i for r in rks[:-1]] for i in range(p - 1)], b[:-1]
+    rho = torch.linalg.solve(torch.tensor(m, dtype=torch.float64), torch.tensor(rhs, dtype=torch.float64))
+    return phi_1, big_b, rho.tolist()
+
+
+def _unipc_update(schedule: Schedule, x_s, s: int, x0_s, t: int, history, x0_t, order: int):
+    """x at t from x at s (one step of the exponential integrator, with UniPC's correction terms):
+    x_t = (sigma_t / sigma_s) x_s - alpha_t phi_1 x0_s - alpha_t B sum_k rho_k D_k, with
+    D_k = (x0_k - x0_s) / r_k, r_k = (lambda_k - lambda_s) / h for the earlier points k (``history``, newest last)
+    and, for the corrector (``x0_t`` given), the last term D = x0_t - x0_s with r = 1."""
+    ab_s, ab_t = _ab(schedule, s), _ab(schedule, t)
+    alpha_t, sigma_s, sigma_t = math.sqrt(ab_t), math.sqrt(1 - ab_s), math.sqrt(1 - ab_t)
+    lam_s = _lam(ab_s)
+    h = _lam(ab_t) - lam_s
+    points = list(reversed(history))[:order - 1]
+    rks = [(_lam(_ab(schedule, k)) - lam_s) / h for k, _ in points] + [1.0]
+    d = [(x0_k - x0_s) / r for (_, x0_k), r in zip(points, rks)]
+    if x0_t is not None:
+        d.append(x0_t - x0_s)
+    phi_1, big_b, rho = _unipc_weights(h, rks, corrector=x0_t is not None)
+    x = (sigma_t / sigma_s) * x_s - (alpha_t * phi_1) * x0_s
+    if rho:
+        x = x - (alpha_t * big_b) * sum(r * dk for r, dk in zip(rho, d))
+    return x
+
+
+def unipc_step(schedule: Schedule, x_t, t: int, t_next: int, pred: Prediction,
+               history: Sequence[tuple[int, torch.Tensor]], order: int = 2):
+    """UniP, the predictor of UniPC (Zhao et al. 2023, Alg. 2, "bh2"), from x_t to t_next with the denoiser's
+    x0_hat at t and ``order`` - 1 earlier (t_i, x0_hat_i) from ``history`` (newest last). Order 1 is DDIM;
+    the last step (t_next = -1) returns x0_hat. The corrector is ``unipc_correct``."""
+    if t_next < 0:
+        return pred.x0_hat
+    return _unipc_update(schedule, x_t, t, pred.x0_hat, t_next, history, None, min(order, len(history) + 1))
+
+
+def unipc_correct(schedule: Schedule, x_s, s: int, x0_s, t: int, x_t, pred: Prediction,
+                  history: Sequence[tuple[int, torch.Tensor]], order: int):
+    """UniC, the corrector of UniPC (Zhao et al. 2023, Alg. 1): once the denoiser has seen x_t (predicted from
+    x_s with ``order``), redo the step from x_s using its new x0_hat at t as one more point, at no extra
+    network evaluation. ``history`` holds the points before s. Returns the corrected x_t (``x_t`` itself is
+    not needed by the update: the corrector replaces it)."""
+    return _unipc_update(schedule, x_s, s, x0_s, t, history, pred.x0_hat, order)
+
+
 def cold_step(degradation: Degradation, x_t, t: int, t_next: int, pred: Prediction, fixed_noise,
               improved: bool = True):
     """Cold Diffusion sampling (Bansal et al. 2022).
@@ -147,6 +257,122 @@ def make_generators(seed: int, n: int) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(int(seed) + i) for i in range(n)]
 
 
+class Step:
+    """One sampler's update rule as an object: ``step(x_t, t, t_next, pred, noise) -> x_next``. A step keeps
+    what its rule needs from earlier steps (multistep solvers: the earlier x0_hat) and validates its own
+    inputs, so the loop treats every sampler alike. ``stochastic``: it needs fresh noise for each t_next >= 0."""
+
+    stochastic = False
+
+    def __call__(self, x_t, t: int, t_next: int, pred: Prediction, noise):
+        raise NotImplementedError
+
+
+class DDPMStep(Step):
+    stochastic = True
+
+    def __init__(self, schedule: Schedule, variance: str):
+        self.schedule, self.variance = schedule, variance
+
+    def __call__(self, x_t, t, t_next, pred, noise):
+        return ddpm_step(self.schedule, x_t, t, t_next, pred, noise, self.variance)
+
+
+class DDIMStep(Step):
+    def __init__(self, schedule: Schedule, eta: float):
+        self.schedule, self.eta, self.stochastic = schedule, eta, eta > 0
+
+    def __call__(self, x_t, t, t_next, pred, noise):
+        return ddim_step(self.schedule, x_t, t, t_next, pred, noise, self.eta)
+
+
+class DPMpp2MStep(Step):
+    def __init__(self, schedule: Schedule):
+        self.schedule, self.prev = schedule, None
+
+    def __call__(self, x_t, t, t_next, pred, noise):
+        x_next = dpmpp_2m_step(self.schedule, x_t, t, t_next, pred, self.prev)
+        self.prev = (t, pred.x0_hat)
+        return x_next
+
+
+def _order_near_the_end(timesteps: torch.Tensor, t_next: int, order: int, few: int | None) -> int:
+    """``order``, capped by the number of steps left (this one included) on grids of fewer than ``few`` steps
+    (``few`` None: on every grid): the last step is first order, the one before at most second order. This is
+    the stabilising rule of the solvers' reference code ("lower_order_final": DPM-Solver below 15 steps,
+    UniPC always); the step into t = -1 returns x0_hat either way."""
+    ts = [int(v) for v in timesteps]
+    steps = len(ts) - 1
+    if few is not None and steps >= few:
+        return order
+    return min(order, steps - ts.index(t_next) + 1)
+
+
+class DPMpp3MStep(Step):
+    def __init__(self, schedule: Schedule, timesteps: torch.Tensor):
+        self.schedule, self.timesteps, self.history = schedule, timesteps, []
+
+    def __call__(self, x_t, t, t_next, pred, noise):
+        order = _order_near_the_end(self.timesteps, t_next, 3, few=15)
+        self.x_used, self.order_used, self.history_used = x_t, min(order, len(self.history) + 1), list(self.history)
+        x_next = dpmpp_3m_step(self.schedule, x_t, t, t_next, pred, self.history, order)
+        self.history = (self.history + [(t, pred.x0_hat)])[-2:]
+        return x_next
+
+
+class UniPCStep(Step):
+    """UniPC-bh2 (Zhao et al. 2023): predictor UniP-``order`` and, from the second step on, the corrector UniC
+    applied to x_t with the denoiser's output at x_t before predicting x_next (Alg. 1-2). The state the
+    next corrector redoes is the corrected x_t; the x0_hat kept is the one the denoiser gave at x_t."""
+
+    def __init__(self, schedule: Schedule, timesteps: torch.Tensor, order: int = 2):
+        if order not in (1, 2, 3):
+            raise ValueError(f"UniPC order must be 1, 2 or 3, got {order}")
+        self.schedule, self.timesteps, self.order = schedule, timesteps, order
+        self.history: list[tuple[int, torch.Tensor]] = []      # (t_i, x0_hat_i), newest last
+        self.last: tuple[torch.Tensor, int] | None = None        # (x_s, s, order) of the previous prediction
+
+    def __call__(self, x_t, t, t_next, pred, noise):
+        if self.last is not None:
+            x_s, s, used = self.last
+            *earlier, (_, x0_s) = self.history
+            x_t = unipc_correct(self.schedule, x_s, s, x0_s, t, x_t, pred, earlier, used)
+        order = min(_order_near_the_end(self.timesteps, t_next, self.order, few=None), len(self.history) + 1)
+        self.x_used, self.order_used, self.history_used = x_t, order, list(self.history)
+        x_next = unipc_step(self.schedule, x_t, t, t_next, pred, self.history, order)
+        self.history = (self.history + [(t, pred.x0_hat)])[-self.order:]
+        self.last = (x_t, t, order) if t_next >= 0 else None
+        return x_next
+
+
+class ColdStep(Step):
+    def __init__(self, degradation: Degradation, fixed_noise, improved: bool):
+        self.degradation, self.fixed_noise, self.improved = degradation, fixed_noise, improved
+
+    def __call__(self, x_t, t, t_next, pred, noise):
+        return cold_step(self.degradation, x_t, t, t_next, pred, self.fixed_noise, self.improved)
+
+
+def make_step(spec: SamplerSpec, timesteps: torch.Tensor, schedule: Schedule | None = None,
+              degradation: Degradation | None = None, fixed_noise: torch.Tensor | None = None) -> Step:
+    """The update rule ``spec`` names, for one run over ``timesteps``."""
+    if spec.name == "cold":
+        if degradation is None:
+            raise ValueError("the cold sampler needs a model trained with a cold degradation")
+        return ColdStep(degradation, fixed_noise, spec.improved)
+    if schedule is None:
+        raise ValueError(f"the {spec.name} sampler needs a Gaussian noise schedule (this model is a cold-diffusion model)")
+    if spec.name == "ddpm":
+        return DDPMStep(schedule, spec.variance)
+    if spec.name == "ddim":
+        return DDIMStep(schedule, spec.eta)
+    if spec.name == "dpm++":
+        return DPMpp2MStep(schedule)
+    if spec.name == "dpm++3m":
+        return DPMpp3MStep(schedule, timesteps)
+    return UniPCStep(schedule, timesteps)
+
+
 def sample_stream(denoiser: Denoiser, x_start: torch.Tensor, timesteps: torch.Tensor, spec: SamplerSpec,
                   schedule: Schedule | None = None, cond: Condition | None = None,
                   generators: Sequence[torch.Generator] | None = None, degradation: Degradation | None = None,
@@ -156,36 +382,51 @@ def sample_stream(denoiser: Denoiser, x_start: torch.Tensor, timesteps: torch.Te
     x_start: x at timesteps[0] (pure noise for generation, a noised image for img2img, a fully degraded
     image for cold sampling). Stochastic samplers draw their noise from ``generators`` (one per image).
     """
-    if spec.name == "cold":
-        if degradation is None:
-            raise ValueError("the cold sampler needs a model trained with a cold degradation")
-    elif schedule is None:
-        raise ValueError(f"the {spec.name} sampler needs a Gaussian noise schedule (this model is a cold-diffusion model)")
-    if spec.stochastic and generators is None:
+    step = make_step(spec, timesteps, schedule, degradation, fixed_noise)
+    if step.stochastic and generators is None:
         raise ValueError("a stochastic sampler needs generators")
     pairs = timestep_pairs(timesteps)
     x = x_start
-    prev = None
     for i, (t, t_next) in enumerate(pairs):
         # inference mode is per thread: enter it for each step, never across a yield (a UI may resume
         # this generator on another worker thread)
         with torch.inference_mode():
             t_vec = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
             pred = denoiser(x, t_vec, cond)
-            if spec.name == "cold":
-                x_next = cold_step(degradation, x, t, t_next, pred, fixed_noise, spec.improved)
-            elif spec.name == "dpm++":
-                x_next = dpmpp_2m_step(schedule, x, t, t_next, pred, prev)
-            else:
-                noise = (per_image_noise(x.shape, generators, x.device, x.dtype)
-                         if spec.stochastic and t_next >= 0 else None)
-                if spec.name == "ddpm":
-                    x_next = ddpm_step(schedule, x, t, t_next, pred, noise, spec.variance)
-                else:
-                    x_next = ddim_step(schedule, x, t, t_next, pred, noise, spec.eta)
-            prev = (t, pred.x0_hat)
+            noise = per_image_noise(x.shape, generators, x.device, x.dtype) if step.stochastic and t_next >= 0 else None
+            x_next = step(x, t, t_next, pred, noise)
         yield SampleStep(i, len(pairs), t, t_next, x, x_next, pred.x0_hat, pred.eps_hat, stage)
         x = x_next
+
+
+def explain_multistep(spec: SamplerSpec, timesteps: torch.Tensor, schedule: Schedule, records: Sequence[SampleStep],
+                      i: int) -> tuple[dict[str, float], dict[str, torch.Tensor], dict]:
+    """Step ``i`` of a recorded DPM-Solver++(3M) or UniPC run as x_next = sum(weight * term), for explaining it.
+
+    The step object is replayed over the records up to step i, so the terms are what the update combined:
+    x_t as it used it (after UniC's correction for UniPC), the denoiser's x0_hat at t and the earlier x0_hat it
+    reuses (named ``x0_hat[t_k]``). The weights come from the update function itself, evaluated on unit inputs
+    (it is linear in them), so they cannot drift from the sampler. Returns (weights, terms, info)."""
+    step = make_step(spec, timesteps, schedule)
+    for rec in records[:i + 1]:
+        step(rec.x_t, rec.t, rec.t_next, Prediction(rec.x0_hat, rec.eps_hat), None)
+    rec = records[i]
+    t, t_next, order, history = rec.t, rec.t_next, step.order_used, step.history_used
+    names = ["x_t", "x0_hat"] + [f"x0_hat[{tk}]" for tk, _ in history]
+    terms = dict(zip(names, [step.x_used, rec.x0_hat] + [x0 for _, x0 in history]))
+
+    def update(values: dict[str, torch.Tensor]) -> torch.Tensor:
+        hist = [(tk, values[f"x0_hat[{tk}]"]) for tk, _ in history]
+        pred = Prediction(values["x0_hat"], torch.zeros((), dtype=torch.float64))
+        if spec.name == "dpm++3m":
+            return dpmpp_3m_step(schedule, values["x_t"], t, t_next, pred, hist, order)
+        return unipc_step(schedule, values["x_t"], t, t_next, pred, hist, order)
+
+    zero = {k: torch.zeros((), dtype=torch.float64) for k in names}
+    weights = {k: float(update({**zero, k: torch.ones((), dtype=torch.float64)})) for k in names}
+    weights = {k: w for k, w in weights.items() if w != 0.0}
+    info = {"order": order, "corrected": spec.name == "unipc" and i > 0}
+    return weights, terms, info
 
 
 def sample(denoiser: Denoiser, x_start: torch.Tensor, timesteps: torch.Tensor, spec: SamplerSpec,
@@ -206,7 +447,7 @@ def noised_start(schedule: Schedule, x0: torch.Tensor, num_steps: int, strength:
     if not 0 < strength <= 1:
         raise ValueError(f"strength must be in (0, 1], got {strength}")
     t_start = max(0, int(round(strength * schedule.T)) - 1)
-    ts = spaced_timesteps(schedule.T, min(num_steps, t_start + 1), spacing, t_start=t_start)
+    ts = spaced_timesteps(schedule.T, min(num_steps, t_start + 1), spacing, t_start=t_start, schedule=schedule)
     eps = per_image_noise(x0.shape, generators, x0.device, x0.dtype)
     t_vec = torch.full((x0.shape[0],), int(ts[0]), dtype=torch.long)
     return schedule.q_sample(x0, t_vec, eps), ts

@@ -12,9 +12,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-SPACINGS = ("trailing", "leading", "linspace")
+SPACINGS = ("trailing", "leading", "linspace", "logsnr", "karras")
+NOISE_LEVEL_SPACINGS = ("logsnr", "karras")      # grids in noise level: they need a Gaussian schedule
+KARRAS_RHO = 7.0    # Karras et al. 2022, eq. 5: "rho = 7"
+# The noise-level grids stop at lambda = log(alpha / sigma_vp) = -5.1, i.e. sigma = e^5.1 ~ 164, the clipping DPM-Solver's
+# code uses for the cosine schedule: there sigma(T-1) is ~2e4 (alpha_bar ~ 2e-9, from the clipped last betas) and
+# an unclipped grid spends most steps on t = 990..999, where x_t is noise either way. The linear schedule ends at
+# sigma = 158, below the cap, so it is unchanged.
+SIGMA_MAX_GRID = math.exp(5.1)
 SCHEDULES = ("linear", "cosine")
 
 
@@ -60,6 +68,11 @@ class Schedule:
         """Signal-to-noise ratio alpha_bar / (1 - alpha_bar) (Kingma et al. 2021), shape (T,)."""
         return self.alpha_bar / (1 - self.alpha_bar)
 
+    def sigmas(self) -> torch.Tensor:
+        """sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t), the noise level of x_t / sqrt(alpha_bar_t) (Karras et al.
+        2022's sigma for a variance-preserving schedule), shape (T,), float64, increasing in t."""
+        return ((1 - self.alpha_bar) / self.alpha_bar).sqrt()
+
     def log_snr(self) -> torch.Tensor:
         """lambda_t = log SNR(t), shape (T,)."""
         return torch.log(self.snr())
@@ -85,13 +98,18 @@ def make_schedule(kind: str = "cosine", T: int = 1000, beta_1: float = 1e-4, bet
     raise ValueError(f"unknown schedule {kind!r}; choose one of {SCHEDULES}")
 
 
-def spaced_timesteps(T: int, num_steps: int, spacing: str = "trailing", t_start: int | None = None) -> torch.Tensor:
+def spaced_timesteps(T: int, num_steps: int, spacing: str = "trailing", t_start: int | None = None,
+                     schedule: "Schedule | None" = None) -> torch.Tensor:
     """Descending timesteps for few-step sampling, followed by -1 (the clean image).
 
     Spacings as tabulated by Lin et al. 2024 ("Common diffusion noise schedules and sample steps are
     flawed", Table 2): ``linspace`` rounds linspace(0, T-1, K); ``leading`` takes multiples of T//K from 0;
-    ``trailing`` counts down from T-1 in strides of T/K. ``t_start`` (for img2img) restricts the grid to
-    [0, t_start]. Returns a long tensor of shape (K+1,), strictly decreasing, last entry -1.
+    ``trailing`` counts down from T-1 in strides of T/K. Two more follow the noise level and need the
+    ``schedule``: ``logsnr`` is uniform in log-SNR (Lu et al. 2022, DPM-Solver sec. 3.3) and ``karras`` uniform
+    in sigma^(1/rho), rho = 7 (Karras et al. 2022, eq. 5), both from sigma at the top timestep to sigma at
+    t = 0, each point taken to the nearest integer timestep (``timesteps_for_sigmas``). ``t_start`` (for
+    img2img) restricts the grid to [0, t_start]. Returns a long tensor of shape (K+1,), strictly
+    decreasing, last entry -1 (K can only shrink where two noise levels round to one timestep).
     """
     if spacing not in SPACINGS:
         raise ValueError(f"unknown spacing {spacing!r}; choose one of {SPACINGS}")
@@ -104,10 +122,38 @@ def spaced_timesteps(T: int, num_steps: int, spacing: str = "trailing", t_start:
         ts = (torch.arange(num_steps, dtype=torch.float64) * (top - 1) / max(num_steps - 1, 1)).round().long()
     elif spacing == "leading":   # i * (top // K)
         ts = torch.arange(num_steps, dtype=torch.long) * (top // num_steps)
-    else:                        # trailing: round(top (K-i) / K) - 1, i = 0..K-1
+    elif spacing == "trailing":  # round(top (K-i) / K) - 1, i = 0..K-1
         ts = (torch.arange(num_steps, 0, -1, dtype=torch.float64) * top / num_steps).round().long() - 1
+    else:
+        if schedule is None:
+            raise ValueError(f"the {spacing} spacing needs the noise schedule")
+        ts = timesteps_for_sigmas(schedule, noise_level_grid(schedule, num_steps, spacing, top - 1))
     ts = torch.unique(ts).flip(0)  # strictly decreasing
     return torch.cat([ts, torch.tensor([-1], dtype=torch.long)])
+
+
+def noise_level_grid(schedule: "Schedule", num_steps: int, spacing: str, t_max: int) -> torch.Tensor:
+    """K noise levels sigma_i, i = 0..K-1, from sigma_max = min(sigma(t_max), SIGMA_MAX_GRID) down to sigma_min = sigma(0), with
+    sigma = sqrt((1 - alpha_bar) / alpha_bar) (the noise of x_t / sqrt(alpha_bar); Karras et al. 2022, sec. 2).
+    karras:  sigma_i = (sigma_max^(1/rho) + i/(K-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho   (eq. 5)
+    logsnr:  log sigma_i = log sigma_max + i/(K-1) (log sigma_min - log sigma_max)  (log-SNR = -2 log sigma)
+    Float64, shape (K,)."""
+    sigma = schedule.sigmas()
+    s_max, s_min = min(float(sigma[t_max]), SIGMA_MAX_GRID), float(sigma[0])
+    ramp = torch.arange(num_steps, dtype=torch.float64) / max(num_steps - 1, 1)
+    if spacing == "karras":
+        inv = 1 / KARRAS_RHO
+        return (s_max ** inv + ramp * (s_min ** inv - s_max ** inv)) ** KARRAS_RHO
+    return torch.exp(math.log(s_max) + ramp * (math.log(s_min) - math.log(s_max)))
+
+
+def timesteps_for_sigmas(schedule: "Schedule", sigmas: torch.Tensor) -> torch.Tensor:
+    """The integer timesteps nearest to noise levels ``sigmas``: the fractional t at which log sigma(t),
+    linearly interpolated between integer timesteps, equals log sigma_i, rounded half to even. (log sigma(t)
+    is increasing in t.) Long tensor, same shape as ``sigmas``."""
+    log_sigma = schedule.sigmas().log().numpy()
+    frac = np.interp(sigmas.log().numpy(), log_sigma, np.arange(len(log_sigma), dtype=np.float64))
+    return torch.from_numpy(np.round(frac)).long()
 
 
 def timestep_pairs(timesteps: torch.Tensor) -> list[tuple[int, int]]:

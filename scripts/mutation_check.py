@@ -62,6 +62,19 @@ MUTANTS = [
   "tests/test_training_math.py -k 'zero_loss'"),
  ("x0 target in an eps model (end to end)", "diffusion_core/train.py", 'target = {"eps": eps, "x0": x0,', 'target = {"eps": x0, "x0": x0,',
   "tests/test_training_math.py -k 'known_answer'"),
+ ("3M: D1 extrapolation weight", "diffusion_core/samplers.py", "d1 = d1_0 + (r_0 / (r_0 + r_1)) * (d1_0 - d1_1)",
+  "d1 = d1_0 + (r_1 / (r_0 + r_1)) * (d1_0 - d1_1)", "tests/test_samplers.py -k 'multistep'"),
+ ("3M: no lower order near the end", "diffusion_core/samplers.py", "order = _order_near_the_end(self.timesteps, t_next, 3, few=15)",
+  "order = 3", "tests/test_samplers.py -k 'multistep_solvers'"),
+ ("UniPC: bh1 instead of bh2", "diffusion_core/samplers.py", "big_b = phi_1                       # B(h) = e^{hh} - 1",
+  "big_b = hh", "tests/test_samplers.py -k 'multistep'"),
+ ("UniPC: corrector weight at order 1", "diffusion_core/samplers.py", "if p == 1:      # UniC-1\n            return phi_1, big_b, [0.5]",
+  "if p == 1:      # UniC-1\n            return phi_1, big_b, [0.4]", "tests/test_samplers.py -k 'multistep or local_error'"),
+ ("UniPC: corrector off", "diffusion_core/samplers.py", "        if self.last is not None:\n            x_s, s, used",
+  "        if False:\n            x_s, s, used", "tests/test_samplers.py -k 'multistep'"),
+ ("Karras rho 5", "diffusion_core/schedules.py", 'KARRAS_RHO = 7.0', 'KARRAS_RHO = 5.0', "tests/test_samplers.py -k noise_level"),
+ ("noise-level grids uncapped", "diffusion_core/schedules.py", "s_max, s_min = min(float(sigma[t_max]), SIGMA_MAX_GRID), float(sigma[0])",
+  "s_max, s_min = float(sigma[t_max]), float(sigma[0])", "tests/test_samplers.py -k noise_level"),
 ]
 
 

@@ -3,6 +3,8 @@
     python scripts/sampler_table.py            # run every row without a metrics file, then print the table
     python scripts/sampler_table.py --table    # only print the table from the metrics files present
     python scripts/sampler_table.py --skip ddpm   # run the rows of the other samplers only
+    python scripts/sampler_table.py --solvers     # the solver x grid x steps table of `fashion` (issue 22)
+    python scripts/sampler_table.py --solvers --table --plot docs/figures/solvers_fid.png
 
 Each row is one `python -m diffusion_core evaluate --model checkpoints/M --sampler S --steps K --n N
 --guidance 2 --tag S K-nN` run; its JSON lands in checkpoints/M/metrics-<tag>.json (the command is kept
@@ -26,27 +28,35 @@ ROWS = [(m, s, k, 2000) for m in ("fashion", "fashion-linear")
 ROWS += [("fashion-experts", "dpm++", 20, 2000), ("fashion-experts", "ddim", 50, 2000)]
 ROWS += [("fashion-cold", "cold", k, 500) for k in (10, 20, 50)] + [("fashion-cold", "cold", 100, n) for n in (2000, 500)]
 ROWS += [(m, "ddpm", 1000, n) for m in ("fashion", "fashion-linear") for n in (200, 2000)]
+# Few-step solvers on one model: every solver on every grid at 5..20 steps, 2,000 samples each, the step counts an
+# app uses first. (model, sampler, steps, n, spacing)
+SOLVERS = ("ddim", "dpm++", "dpm++3m", "unipc")
+GRIDS = ("trailing", "logsnr", "karras")
+SOLVER_ROWS = [("fashion", s, k, 2000, g) for k in (10, 20, 5, 8, 15) for g in GRIDS for s in SOLVERS]
 
 
-def tag(sampler: str, steps: int, n: int) -> str:
-    return f"{sampler.replace('+', 'p')}{steps}-n{n}"
+def tag(sampler: str, steps: int, n: int, spacing: str = "trailing") -> str:
+    grid = "" if spacing == "trailing" else f"-{spacing}"
+    return f"{sampler.replace('+', 'p')}{steps}{grid}-n{n}"
 
 
-def metrics_path(model: str, sampler: str, steps: int, n: int) -> Path:
-    return ROOT / "checkpoints" / model / f"metrics-{tag(sampler, steps, n)}.json"
+def metrics_path(model: str, sampler: str, steps: int, n: int, spacing: str = "trailing") -> Path:
+    return ROOT / "checkpoints" / model / f"metrics-{tag(sampler, steps, n, spacing)}.json"
 
 
-def command(model: str, sampler: str, steps: int, n: int) -> list[str]:
+def command(model: str, sampler: str, steps: int, n: int, spacing: str = "trailing") -> list[str]:
     return [sys.executable, "-m", "diffusion_core", "evaluate", "--model", f"checkpoints/{model}", "--sampler",
             sampler, "--steps", str(steps), "--n", str(n), "--guidance", "2", "--batch", "50",
-            "--tag", tag(sampler, steps, n)]
+            "--spacing", spacing, "--tag", tag(sampler, steps, n, spacing)]
 
 
-def run_missing(skip: list[str]) -> None:
-    for model, sampler, steps, n in ROWS:
-        if sampler in skip or model in skip or metrics_path(model, sampler, steps, n).is_file() or not (ROOT / "checkpoints" / model).is_dir():
+def run_missing(skip: list[str], rows) -> None:
+    for model, sampler, steps, n, *grid in rows:
+        spacing = grid[0] if grid else "trailing"
+        if (sampler in skip or model in skip or metrics_path(model, sampler, steps, n, spacing).is_file()
+                or not (ROOT / "checkpoints" / model).is_dir()):
             continue
-        cmd = command(model, sampler, steps, n)
+        cmd = command(model, sampler, steps, n, spacing)
         print(" ".join(["python"] + cmd[1:]), flush=True)
         subprocess.run(cmd, cwd=ROOT, check=True)
 
@@ -75,14 +85,72 @@ def table() -> str:
     return "\n".join(lines)
 
 
+def solver_metrics() -> dict:
+    """(sampler, spacing, steps) -> metrics of the SOLVER_ROWS measured so far (the trailing rows of the main
+    table count: same runs)."""
+    out = {}
+    for model, sampler, steps, n, spacing in SOLVER_ROWS:
+        path = metrics_path(model, sampler, steps, n, spacing)
+        if path.is_file():
+            out[(sampler, spacing, steps)] = json.loads(path.read_text())
+    return out
+
+
+def solver_table() -> str:
+    """FID (accuracy) per solver and grid (rows) and step count (columns), `fashion`, 2,000 samples, guidance 2."""
+    m = solver_metrics()
+    steps = sorted({k for _, _, k, _, _ in SOLVER_ROWS})
+    lines = ["| solver | grid | " + " | ".join(f"{k} steps" for k in steps) + " |",
+             "|---|---|" + "---:|" * len(steps)]
+    for spacing in GRIDS:
+        for sampler in SOLVERS:
+            cells = [f"{m[(sampler, spacing, k)]['fid']:.2f} ({m[(sampler, spacing, k)]['accuracy']:.1%})"
+                     if (sampler, spacing, k) in m else "-" for k in steps]
+            lines.append(f"| {sampler} | {spacing} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def solver_plot(out: Path) -> None:
+    """FID against U-Net passes per image, one line per solver x grid."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    m = solver_metrics()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    styles = {"trailing": "-", "logsnr": "--", "karras": ":"}
+    for sampler in SOLVERS:
+        for spacing in GRIDS:
+            pts = sorted((passes(v), v["fid"]) for (s, g, _), v in m.items() if s == sampler and g == spacing)
+            if pts:
+                ax.plot(*zip(*pts), styles[spacing], marker="o", label=f"{sampler} {spacing}")
+    for label, path in (("DDIM 50", metrics_path("fashion", "ddim", 50, 2000)),
+                        ("DDIM 100", metrics_path("fashion", "ddim", 100, 2000))):
+        if path.is_file():
+            fid = json.loads(path.read_text())["fid"]
+            ax.axhline(fid, color="grey", lw=0.8)
+            ax.text(10, fid, f"{label} ({fid:.2f})", fontsize=8, va="bottom", color="grey")
+    ax.set_xlabel("U-Net passes per image (guided: 2 per step)")
+    ax.set_ylabel("FID (classifier features, 2,000 samples)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--table", action="store_true", help="print the table only")
+    p.add_argument("--solvers", action="store_true", help="the solver x grid x steps rows and table instead")
+    p.add_argument("--plot", help="with --solvers: write the FID against U-Net passes plot here")
     p.add_argument("--skip", action="append", default=[], help="do not run rows of this sampler or model")
     args = p.parse_args(argv)
     if not args.table:
-        run_missing(args.skip)
-    print(table())
+        run_missing(args.skip, SOLVER_ROWS if args.solvers else ROWS)
+    print(solver_table() if args.solvers else table())
+    if args.solvers and args.plot:
+        solver_plot(Path(args.plot))
     return 0
 
 

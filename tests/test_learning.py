@@ -118,6 +118,35 @@ def test_explain_step_numbers_reproduce_x_next(client, server, sampler):
     assert f"[1, {steps}]" in str(err.value)
 
 
+@pytest.mark.parametrize("sampler", ["dpm++3m", "unipc"])
+def test_explain_multistep_solvers(client, server, sampler):
+    """DPM-Solver++(3M) and UniPC are explained with the weights the package's own update gives
+    (``explain_multistep``): the app shows the same numbers, in JSON and in the markdown, with the earlier
+    steps' x0_hat as named terms; for 3M they rebuild x_next from the recorded x_t and x0_hat."""
+    from diffusion_core import SamplerSpec, explain_multistep, load
+    steps, seed = 6, 5
+    generate(client, model="tiny", sampler=sampler, steps=steps, seed=seed, class_label="Bag", guidance=2.0,
+             spacing="logsnr")
+    pipe = load(server[1] / "tiny")
+    recs = list(pipe.stream(1, sampler=sampler, steps=steps, guidance=2.0, labels=["Bag"], seed=seed, spacing="logsnr"))
+    ts = torch.tensor([r.t for r in recs] + [-1])
+    for k in range(1, steps + 1):
+        md, strip, plot, num = client.predict(step=k, api_name="/explain_step")
+        weights, terms, info = explain_multistep(SamplerSpec(sampler), ts, pipe.schedule, recs, k - 1)
+        assert num["coefficients"].keys() == weights.keys() and num["order"] == info["order"]
+        assert all(abs(num["coefficients"][n] - w) < 1e-12 for n, w in weights.items())
+        shown = {name: float(v) for name, v in COEF.findall(md)}
+        assert set(shown) == set(weights) and num["residual_max"] < 1e-4
+        if sampler == "dpm++3m":
+            by_t = {f"x0_hat[{r.t}]": r.x0_hat for r in recs}
+            rebuilt = sum(c * {"x_t": recs[k - 1].x_t, "x0_hat": recs[k - 1].x0_hat, **by_t}[n].double()
+                          for n, c in num["coefficients"].items())
+            assert float((rebuilt - recs[k - 1].x_next.double()).abs().max()) < 1e-4
+        if 2 < k < steps - 1:
+            assert any(n.startswith("x0_hat[") for n in weights) and "\\hat x_0^{(" in md
+        assert Path(strip).is_file() and plot
+
+
 @pytest.mark.parametrize("model,sampler,expect", [
     ("tiny", "ddpm", "posterior variance"),
     ("tiny-cold", "cold", "D(\\hat x_0"),

@@ -138,7 +138,7 @@ def test_stream_argument_errors(pipe):
     for kw, msg in ((dict(n=0), "batch size"), (dict(n=65), "batch size"), (dict(steps=0), "steps"),
                     (dict(steps=1001), "steps"), (dict(sampler="cold"), "does not apply"),
                     (dict(labels=["purple"]), "unknown label 'purple'"), (dict(labels=["red", "blue"]), "one class"),
-                    (dict(spacing="karras"), "unknown spacing")):
+                    (dict(spacing="cubic"), "unknown spacing")):
         with pytest.raises(ValueError, match=msg):
             next(pipe.stream(**{"n": 1, **kw}))
 

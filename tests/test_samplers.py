@@ -15,8 +15,9 @@ import torch
 
 from diffusion_core.degradations import make_degradation
 from diffusion_core.denoisers import Prediction, prediction_from_output
-from diffusion_core.samplers import (SampleStep, SamplerSpec, cold_step, ddim_step, ddpm_step, dpmpp_2m_step,
-                                     make_generators, per_image_noise, sample, sample_stream)
+from diffusion_core.samplers import (SampleStep, SamplerSpec, UniPCStep, cold_step, ddim_step, ddpm_step,
+                                     dpmpp_2m_step, dpmpp_3m_step, explain_multistep, make_generators, make_step,
+                                     per_image_noise, sample, sample_stream, unipc_correct, unipc_step)
 from diffusion_core.schedules import Schedule, make_schedule, spaced_timesteps, timestep_pairs
 
 MU, S = 0.3, 0.5
@@ -347,6 +348,209 @@ def test_dpmpp_2m_matches_diffusers(kind, spacing):
         eps = den(x_theirs.double(), torch.full((1,), rec.t), None).eps_hat
         x_theirs = sch.step(eps.float(), rec.t, x_theirs).prev_sample
         assert (rec.x_next - x_theirs).abs().max() < tol, (rec.t, (rec.x_next - x_theirs).abs().max())
+
+
+# ---- DPM-Solver++(3M), UniPC and the noise-level grids --------------------------------------------
+
+def _hand_grid(sch, ts, sched):
+    """Give a diffusers multistep scheduler our grid: its timesteps and their sigmas (float32, as its own)."""
+    sch.set_timesteps(len(ts) - 1)
+    sigma = sched.sigmas()[ts[:-1]]
+    sch.timesteps = ts[:-1].clone()
+    sch.sigmas = torch.cat([sigma, torch.zeros(1, dtype=sigma.dtype)]).float()
+    sch.num_inference_steps = len(ts) - 1
+
+
+MULTISTEP = {"dpm++3m": ("DPMSolverMultistepScheduler", dict(algorithm_type="dpmsolver++", solver_order=3)),
+             "unipc": ("UniPCMultistepScheduler", dict(solver_order=2))}
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("name", ["dpm++3m", "unipc"])
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+@pytest.mark.parametrize("spacing", ["trailing", "leading", "linspace", "logsnr", "karras"])
+@pytest.mark.parametrize("K", [5, 10, 20])
+def test_multistep_solvers_match_diffusers(name, kind, spacing, K):
+    """A whole run of the Gaussian denoiser on our grid, step by step against diffusers'
+    DPMSolverMultistepScheduler(solver_order=3) and UniPCMultistepScheduler (bh2, corrector on, order 2), with
+    their default "lower order at the end" rule. diffusers keeps sigmas in float32, so the agreement is float32
+    level (measured <= 3.2e-5), except from t = 999 on the cosine schedule (alpha_bar = 2.4e-9, as for 2M:
+    measured <= 1.8e-3). The solvers themselves differ from each other and from 2M by 0.02-0.5 on these runs."""
+    import diffusers
+    cls, kw = MULTISTEP[name]
+    sch, sched = _diffusers(getattr(diffusers, cls), kind, **kw)
+    ts = spaced_timesteps(1000, K, spacing, schedule=sched)
+    _hand_grid(sch, ts, sched)
+    tol = 3e-3 if float(sched.alpha_bar_at(int(ts[0]))) < 1e-6 else 1e-4
+    den = gaussian_denoiser(sched)
+    x = x_T(5, size=8)
+    x_theirs = x.float()
+    for rec in sample_stream(den, x, ts, SamplerSpec(name), schedule=sched):
+        eps = den(x_theirs.double(), torch.full((1,), rec.t), None).eps_hat
+        x_theirs = sch.step(eps.float(), rec.t, x_theirs).prev_sample
+        assert (rec.x_next - x_theirs).abs().max() < tol, (rec.t, (rec.x_next - x_theirs).abs().max())
+    if tol < 1e-3:      # not vacuous: the run is not 2M's
+        other = sample(den, x, ts, SamplerSpec("dpm++"), schedule=sched)
+        assert (rec.x_next - other).abs().max() > 10 * tol
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("name, order", [("dpm++3m", 3), ("unipc", 2), ("unipc", 3)])
+def test_multistep_coefficients_with_arbitrary_outputs_match_diffusers(name, order):
+    """Four consecutive steps mid-grid with unrelated random model outputs (no denoiser structure to hide a
+    wrong weight), from the same state: every weight of the 3rd-order and corrector updates is exercised."""
+    import diffusers
+    cls, kw = MULTISTEP[name]
+    sch, sched = _diffusers(getattr(diffusers, cls), "linear", **{**kw, "solver_order": order})
+    ts = spaced_timesteps(1000, 20, "logsnr", schedule=sched)
+    _hand_grid(sch, ts, sched)
+    begin = 6
+    sch.set_begin_index(begin)
+    step = make_step(SamplerSpec(name), ts, sched) if name == "dpm++3m" else UniPCStep(sched, ts, order)
+    x, _ = _xt_and_output(0)
+    x_ours, x_theirs = x.clone(), x.float()
+    for i, (t, t_next) in enumerate(timestep_pairs(ts)[begin:begin + 4]):
+        _, out = _xt_and_output(20 + i)
+        pred = prediction_from_output(out, x_ours, torch.full((2,), t), sched, "eps")
+        x_ours = step(x_ours, t, t_next, pred, None)
+        x_theirs = sch.step(out.float(), t, x_theirs).prev_sample
+        assert (x_ours - x_theirs).abs().max() < 2e-5 * max(1.0, x_ours.abs().max().item()), (i, (x_ours - x_theirs).abs().max())
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_noise_level_grids(kind):
+    """logsnr: uniform in log sigma (= -log-SNR / 2); karras: uniform in sigma^(1/7) (Karras et al. 2022, eq. 5);
+    both from min(sigma(T-1), e^5.1) to sigma(0), sigma = sqrt((1 - alpha_bar) / alpha_bar), each level taken
+    to a nearest integer timestep. Checked against the formulas written here, and for the linear schedule
+    (below the e^5.1 cap) against diffusers' use_lu_lambdas / use_karras_sigmas timesteps."""
+    from diffusers import DPMSolverMultistepScheduler
+    sched = make_schedule(kind, 1000)
+    sigma = ((1 - sched.alpha_bar) / sched.alpha_bar).sqrt()
+    s_max, s_min = min(float(sigma[-1]), math.exp(5.1)), float(sigma[0])
+    for K in (5, 10, 20):
+        ramp = np.linspace(0, 1, K)
+        want = {"logsnr": np.exp(np.log(s_max) + ramp * (np.log(s_min) - np.log(s_max))),
+                "karras": (s_max ** (1 / 7) + ramp * (s_min ** (1 / 7) - s_max ** (1 / 7))) ** 7}
+        for spacing, levels in want.items():
+            ts = spaced_timesteps(1000, K, spacing, schedule=sched)
+            assert ts[-1] == -1 and ts[-2] == 0 and (ts[:-1].diff() < 0).all()
+            log_s = sigma.log()
+            for t, level in zip(ts[:-1].tolist(), levels):     # no integer timestep is nearer in log sigma
+                gap = max(abs(log_s[min(t + 1, 999)] - log_s[t]), abs(log_s[t] - log_s[max(t - 1, 0)]))
+                assert abs(log_s[t] - math.log(level)) <= gap / 2 + 1e-9, (spacing, K, t, level)
+            if kind == "linear":
+                flag = "use_lu_lambdas" if spacing == "logsnr" else "use_karras_sigmas"
+                sch = DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_schedule="linear", **{flag: True})
+                sch.set_timesteps(K)
+                assert sch.timesteps.tolist() == ts[:-1].tolist(), (spacing, K)
+    cosine_top = int(spaced_timesteps(1000, 10, "karras", schedule=make_schedule("cosine"))[0])
+    assert cosine_top < 999 and float(sigma[cosine_top]) <= math.exp(5.1) * 1.05 if kind == "cosine" else True
+
+
+def _local_errors(kind, t, steps_fn, sizes=(64, 32, 16, 8)):
+    """One step of size D from the exact state at t, with the exact x0_hat at t + D and t + 2D as history,
+    against the exact flow at t - D: the local error, for each step size D."""
+    sched = make_schedule(kind, 1000)
+    den = gaussian_denoiser(sched)
+    x = x_T(0)
+    exact = lambda s: exact_flow(sched, x, 999, s)                          # noqa: E731
+    x0 = lambda s: den(exact(s), torch.tensor([s]), None).x0_hat             # noqa: E731
+    errs = []
+    for D in sizes:
+        hist = [(t + 2 * D, x0(t + 2 * D)), (t + D, x0(t + D))]
+        out = steps_fn(sched, den, exact(t), t, t - D, den(exact(t), torch.tensor([t]), None), hist)
+        errs.append((out - exact(t - D)).abs().max().item())
+    return errs
+
+
+def _unipc_with_corrector(order):
+    def run(sched, den, x_t, t, t_next, pred, hist):
+        x_pred = unipc_step(sched, x_t, t, t_next, pred, hist, order)
+        new = den(x_pred, torch.tensor([t_next]), None)
+        return unipc_correct(sched, x_t, t, pred.x0_hat, t_next, x_pred, new, hist, order)
+    return run
+
+
+LOCAL = {   # name: (one step, local error order = global order + 1)
+    "ddim": (lambda sched, den, x, t, tn, p, h: ddim_step(sched, x, t, tn, p, None), 2),
+    "dpm++ (2M)": (lambda sched, den, x, t, tn, p, h: dpmpp_2m_step(sched, x, t, tn, p, h[-1]), 3),
+    "UniP-2": (lambda sched, den, x, t, tn, p, h: unipc_step(sched, x, t, tn, p, h, 2), 3),
+    "UniP-3": (lambda sched, den, x, t, tn, p, h: unipc_step(sched, x, t, tn, p, h, 3), 4),
+    "UniPC-2 (with UniC)": (_unipc_with_corrector(2), 4),
+    "UniPC-3 (with UniC)": (_unipc_with_corrector(3), 5),
+}
+
+
+@pytest.mark.parametrize("kind, t", [("linear", 500), ("cosine", 500), ("linear", 150)])
+@pytest.mark.parametrize("name", list(LOCAL))
+def test_local_error_order(kind, t, name):
+    """On the closed-form Gaussian denoiser with exact history, a step of a p-th order method errs by
+    O(D^(p+1)); UniC raises UniP's order by one (Zhao et al. 2023, Thm. 3.1). Measured slopes 2.03-2.10 (DDIM),
+    3.02-3.07 (2M, UniP-2), 3.87-4.12 (UniP-3, UniPC-2), 5.01-5.22 (UniPC-3)."""
+    fn, order = LOCAL[name]
+    errs = _local_errors(kind, t, fn)
+    assert all(a > b for a, b in zip(errs, errs[1:])), errs
+    assert order - 0.25 < -loglog_slope((64, 32, 16, 8), errs) < order + 0.3, errs
+
+
+def test_dpmpp_3m_is_the_reference_update_whose_second_difference_is_halved():
+    """DPM-Solver++(3M) as DPM-Solver's code and diffusers write it (parity above) weights D2 = (D1_0 - D1_1) /
+    (r0 + r1) ~ h^2 x0''/2 by -(phi_2/h - 1/2), while the third-order Taylor term of the exponential integrator is
+    -(phi_2/h - 1/2) h^2 x0''. So it is locally third order in D (globally second) like 2M, only with a smaller
+    error constant, and doubling its D2 weight gives the third-order integrator, which equals UniP-3 here (the
+    same Taylor expansion over the same three points). Measured local slopes 3.26 / 2.28 / 3.64 (linear 500 /
+    cosine 500 / linear 150) against 4.03 / 3.90 / 4.09 doubled."""
+    for kind, t in (("linear", 500), ("linear", 150)):
+        m3 = _local_errors(kind, t, lambda sched, den, x, t, tn, p, h: dpmpp_3m_step(sched, x, t, tn, p, h, 3),
+                           sizes=(32, 16, 8, 4))
+        m2 = _local_errors(kind, t, LOCAL["dpm++ (2M)"][0], sizes=(32, 16, 8, 4))
+        p3 = _local_errors(kind, t, LOCAL["UniP-3"][0], sizes=(32, 16, 8, 4))
+        assert 2.9 < -loglog_slope((32, 16, 8, 4), m3) < 3.8, m3
+        assert all(a < b for a, b in zip(m3[-3:], m2[-3:])), (m3, m2)          # better than 2M at small steps
+        assert p3[-1] < m3[-1] / 3, (p3, m3)                                 # and than it, the third-order step
+
+
+@pytest.mark.parametrize("name", ["dpm++3m", "unipc"])
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_multistep_full_runs_converge(name, kind):
+    """Full runs as users sample (trailing grids to t = -1): errors fall with K and beat DDIM's at every K."""
+    errs, ddim = _flow_errors(kind, name, 999, -1), _flow_errors(kind, "ddim", 999, -1)
+    assert all(a > b for a, b in zip(errs, errs[1:])) or errs[-1] < 0.01, errs
+    assert all(e < d for e, d in zip(errs, ddim)), (errs, ddim)
+
+
+@pytest.mark.parametrize("name", ["dpm++3m", "unipc"])
+@pytest.mark.parametrize("spacing", ["trailing", "logsnr", "karras"])
+def test_explained_multistep_weights_rebuild_every_step(name, spacing):
+    """The explanation (weights from the update itself on unit inputs, terms from replaying the records)
+    rebuilds each step's x_next to float64 rounding; UniPC's x_t term is the corrected state, not the recorded x_t."""
+    sched = make_schedule("cosine", 1000)
+    ts = spaced_timesteps(1000, 8, spacing, schedule=sched)
+    recs = list(sample_stream(gaussian_denoiser(sched), x_T(2, size=8), ts, SamplerSpec(name), schedule=sched))
+    for i, rec in enumerate(recs):
+        weights, terms, info = explain_multistep(SamplerSpec(name), ts, sched, recs, i)
+        rebuilt = sum(w * terms[k] for k, w in weights.items())
+        assert (rebuilt - rec.x_next).abs().max() < 1e-12, (i, weights)
+        assert info["order"] == (1 if i in (0, len(recs) - 1) else 2 if i == 1 or i == len(recs) - 2 or name == "unipc" else 3)
+        if name == "unipc" and 0 < i < len(recs) - 1:
+            assert (terms["x_t"] - rec.x_t).abs().max() > 1e-6           # the corrector moved it
+
+
+@pytest.mark.parametrize("model", ["fashion", "fashion-linear"])
+def test_first_step_of_every_solver_and_grid_is_finite_on_the_shipped_models(model):
+    """At t = T - 1 the cosine schedule has alpha_bar = 2.4e-9: eps -> x0 multiplies the network's error by 2e4.
+    The first step of every sampler on every grid, guided, stays finite and in a sane range."""
+    from pathlib import Path
+
+    from diffusion_core import SAMPLERS, SPACINGS, load
+    folder = Path(__file__).resolve().parents[1] / "checkpoints" / model
+    pipe = load(folder)
+    for sampler in (s for s in SAMPLERS if s != "cold"):
+        for spacing in SPACINGS:
+            rec = next(pipe.stream(2, sampler=sampler, steps=10, spacing=spacing, guidance=4.0, labels=["Bag"], seed=1))
+            assert torch.isfinite(rec.x_next).all() and rec.x_next.abs().max() < 6, (sampler, spacing)
+            assert rec.x0_hat.abs().max() <= 1.0 + 1e-6, (sampler, spacing)
 
 
 # ---- noise plumbing ---------------------------------------------------------------------------

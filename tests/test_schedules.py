@@ -134,6 +134,8 @@ def test_spacings_always_k_steps_strictly_decreasing_to_minus_one(T):
 
 def test_spacing_errors():
     with pytest.raises(ValueError, match="unknown spacing"):
+        spaced_timesteps(1000, 10, "cubic")
+    with pytest.raises(ValueError, match="the karras spacing needs the noise schedule"):
         spaced_timesteps(1000, 10, "karras")
     with pytest.raises(ValueError, match=r"steps must be in \[1, 1000\]"):
         spaced_timesteps(1000, 0)
