@@ -148,38 +148,55 @@ def _run(args) -> int:
         from .evaluate import train_classifier
         train_classifier(args.data, Path(args.out), epochs=args.epochs, seed=args.seed)
         return 0
-    if args.command == "ensemble":
-        from .checkpoint import save_ensemble
-        from .pipeline import load
-        experts = []
-        out = Path(args.out)
-        for item in args.expert:
-            parts = item.rsplit(":", 2)
-            if len(parts) != 3:
-                raise ValueError(f"--expert expects FOLDER:T_LO:T_HI, got {item!r}")
-            experts.append((parts[0], int(parts[1]), int(parts[2])))
-        T = load(Path(out / experts[0][0])).config.diffusion.T
-        save_ensemble(out, experts, T, args.description)
-        load(out)
-        print(f"wrote {out}")
-        return 0
-    if args.command == "cascade":
-        from .checkpoint import save_cascade
-        from .pipeline import load
-        stages = []
-        for item in args.stage:
-            path, _, aug = item.partition(":")
-            st = {"path": path}
-            if aug:
-                st["aug_level"] = float(aug)
-            stages.append(st)
-        save_cascade(Path(args.out), stages, args.description)
-        load(Path(args.out))
-        print(f"wrote {args.out}")
-        return 0
+    if args.command in ("ensemble", "cascade"):
+        return _assemble(args)
     if args.command == "convert":
         return _convert(args)
     return 2
+
+
+def _assemble(args) -> int:
+    """``ensemble`` / ``cascade``: build the typed manifest, load the whole result from it in memory (every
+    folder, config and weights file checked), and only then write config.json, atomically: a failure leaves
+    the output folder as it was."""
+    from .checkpoint import (CascadeManifest, CascadeStage, EnsembleManifest, ExpertEntry, load_model_config,
+                             write_manifest)
+    from .config import ConfigError
+    from .pipeline import load_cascade, load_ensemble
+    out = Path(args.out)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)      # stage paths are relative to it, so it must exist to resolve them
+    try:
+        if args.command == "ensemble":
+            experts = []
+            for item in args.expert:
+                parts = item.rsplit(":", 2)
+                if len(parts) != 3 or not all(p.strip().lstrip("-").isdigit() for p in parts[1:]):
+                    raise ValueError(f"--expert expects FOLDER:T_LO:T_HI with whole numbers, got {item!r}")
+                experts.append(ExpertEntry(parts[0], int(parts[1]), int(parts[2])))
+            T = load_model_config(out / experts[0].path).diffusion.T if experts else 0
+            manifest = EnsembleManifest(tuple(experts), T, args.description)
+            load_ensemble(out, manifest)
+        else:
+            stages = []
+            for item in args.stage:
+                path, _, aug = item.partition(":")
+                try:
+                    level = float(aug) if aug else 0.0
+                except ValueError:
+                    raise ValueError(f"--stage expects FOLDER[:AUG_LEVEL], got {item!r}") from None
+                stages.append(CascadeStage(path, level))
+            manifest = CascadeManifest(tuple(stages), args.description)
+            load_cascade(out, manifest)
+    except (ConfigError, ValueError) as e:
+        if created:
+            out.rmdir()
+        if isinstance(e, ConfigError):
+            raise ValueError(f"{out / 'config.json'}: {e}") from None
+        raise
+    write_manifest(out, manifest)
+    print(f"wrote {out}")
+    return 0
 
 
 def _sample(args) -> int:

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,7 +24,12 @@ from .unet import UNet
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 PRIOR = "prior.safetensors"
-MAX_PARAMETERS = 200_000_000
+MAX_PARAMETERS = 200_000_000    # 0.8 GB in fp32: 80x the largest shipped network; checked on the config, before allocating
+MAX_CONFIG_BYTES = 1_000_000    # a config.json is a few hundred bytes; a 100 MB description would be read per request
+MAX_JSON_DEPTH = 16             # configs nest 3 levels; 5,000 levels made the JSON parser recurse out of the stack
+MAX_CASCADE_STAGES = 4          # base + 3 super-resolution stages (32 -> 256 px); each stage costs a full sampling run
+MAX_CASCADE_SIZE = 512          # output side of a cascade
+MAX_EXPERTS = 16
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl")
 
 
@@ -66,16 +72,33 @@ def write_json(path: Path, obj) -> None:
 
 
 def read_json(path: Path) -> dict:
+    """A JSON object from ``path``, refusing files over MAX_CONFIG_BYTES and nesting deeper than MAX_JSON_DEPTH."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: missing")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise CheckpointError(f"{path}: {size:,} bytes, more than a config file can be ({MAX_CONFIG_BYTES:,})")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
+    if json_depth(data) > MAX_JSON_DEPTH:
+        raise CheckpointError(f"{path}: JSON nested more than {MAX_JSON_DEPTH} levels deep")
     return data
+
+
+def json_depth(value, limit: int = MAX_JSON_DEPTH + 1) -> int:
+    """Nesting depth of parsed JSON, counted up to ``limit`` (without recursion)."""
+    depth, level = 0, [value]
+    while level and depth < limit:
+        depth += 1
+        level = [v for x in level if isinstance(x, (dict, list)) for v in (x.values() if isinstance(x, dict) else x)]
+    return depth
 
 
 def save_model(folder, config: ModelConfig, state_dict: dict[str, torch.Tensor], half: bool = True,
@@ -105,45 +128,72 @@ def load_model_config(folder: Path) -> ModelConfig:
         raise CheckpointError(f"{folder / CONFIG}: {e}") from None
 
 
+def network_shapes(unet_cfg) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor the U-Net of ``unet_cfg`` holds, found by building it on the meta device:
+    exact, and nothing is allocated."""
+    with torch.device("meta"):
+        net = UNet(unet_cfg)
+    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+
+
 def estimate_parameters(cfg) -> int:
-    """Rough upper bound of the U-Net's size, checked before allocating anything."""
-    u = cfg.unet
-    c = u.base_channels * max(u.channel_mults)
-    return int(len(u.channel_mults) * (2 * u.num_res_blocks + 1) * 2 * 9 * c * c * 2)
+    """The U-Net's exact parameter count (all fields count: labels, channels, heads), before allocating anything."""
+    return sum(math.prod(shape) for shape in network_shapes(cfg.unet).values())
 
 
 def load_network(folder: Path, device="cpu") -> tuple[ModelConfig, UNet]:
-    """Build the U-Net from config.json and load model.safetensors into it, strictly."""
+    """Build the U-Net from config.json and load model.safetensors into it, strictly.
+
+    Everything is checked before memory is taken: the config's size (exact parameter count, limit
+    MAX_PARAMETERS), then the weights file's header (names, shapes, dtypes) against the config; only then are
+    the tensors read and the network built."""
     folder = Path(folder)
     cfg = load_model_config(folder)
-    if estimate_parameters(cfg) > MAX_PARAMETERS:
-        raise CheckpointError(f"{folder / CONFIG}: network too large (about {estimate_parameters(cfg):.2e} "
-                              f"parameters, limit {MAX_PARAMETERS:.0e})")
+    expected = network_shapes(cfg.unet)
+    n_params = sum(math.prod(shape) for shape in expected.values())
+    if n_params > MAX_PARAMETERS:
+        raise CheckpointError(f"{folder / CONFIG}: network too large ({n_params:.2e} parameters, limit "
+                              f"{MAX_PARAMETERS:.0e})")
     wpath = folder / WEIGHTS
     if not wpath.is_file():
         pickles = [p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES] if folder.is_dir() else []
         if pickles:
             refuse_pickle(folder / pickles[0])
         raise CheckpointError(f"{wpath}: missing")
+    check_weights_header(wpath, expected)
     try:
         tensors = load_file(str(wpath))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{wpath}: unreadable or truncated safetensors file ({str(e).splitlines()[0][:120]})") from None
+    for k, v in tensors.items():
+        if not torch.isfinite(v).all():
+            raise CheckpointError(f"{wpath}: tensor {k} contains NaN or inf")
     net = UNet(cfg.unet)
-    expected = net.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unknown = sorted(set(tensors) - set(expected))
+    net.load_state_dict({k: v.float() for k, v in tensors.items()})
+    net.eval().to(device)
+    return cfg, net
+
+
+def check_weights_header(wpath: Path, expected: dict[str, tuple[int, ...]]) -> None:
+    """Names, shapes and dtypes of a safetensors file (its header only) against the network's."""
+    from safetensors import safe_open
+    try:
+        with safe_open(str(wpath), "pt") as f:
+            found = {k: f.get_slice(k) for k in f.keys()}
+            shapes = {k: tuple(sl.get_shape()) for k, sl in found.items()}
+            dtypes = {k: sl.get_dtype() for k, sl in found.items()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{wpath}: unreadable or truncated safetensors file ({str(e).splitlines()[0][:120]})") from None
+    missing = sorted(set(expected) - set(shapes))
+    unknown = sorted(set(shapes) - set(expected))
     if missing or unknown:
         raise CheckpointError(f"{wpath}: weights do not match config.json "
                               f"(missing: {', '.join(missing[:3]) or '-'}; unexpected: {', '.join(unknown[:3]) or '-'})")
-    for k, v in tensors.items():
-        if tuple(v.shape) != tuple(expected[k].shape):
-            raise CheckpointError(f"{wpath}: tensor {k} has shape {tuple(v.shape)}, config needs {tuple(expected[k].shape)}")
-        if v.is_floating_point() and not torch.isfinite(v).all():
-            raise CheckpointError(f"{wpath}: tensor {k} contains NaN or inf")
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
-    net.eval().to(device)
-    return cfg, net
+    for k, shape in shapes.items():
+        if shape != expected[k]:
+            raise CheckpointError(f"{wpath}: tensor {k} has shape {shape}, config needs {expected[k]}")
+        if dtypes[k] not in ("F16", "BF16", "F32"):
+            raise CheckpointError(f"{wpath}: tensor {k} is {dtypes[k]}; weights must be float16, bfloat16 or float32")
 
 
 def load_prior(folder: Path) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -177,19 +227,118 @@ def folder_kind(folder: Path) -> str:
     return kind
 
 
+@dataclass(frozen=True)
+class ExpertEntry:
+    """One expert of an ensemble: its folder (relative to the ensemble's) and the timesteps [t_lo, t_hi) it denoises."""
+
+    path: str
+    t_lo: int
+    t_hi: int
+
+
+@dataclass(frozen=True)
+class EnsembleManifest:
+    """config.json of an eDiff-I expert ensemble (Balaji et al. 2022): experts tiling [0, T)."""
+
+    experts: tuple[ExpertEntry, ...]
+    T: int = 0                      # 0: the experts' own T (older files do not record it)
+    description: str = ""
+    version: int = CONFIG_VERSION
+    kind: str = "ensemble"
+
+    def __post_init__(self):
+        if (self.version, self.kind) != (CONFIG_VERSION, "ensemble"):
+            raise ConfigError(f"expected kind 'ensemble', version {CONFIG_VERSION}")
+        if not 1 <= len(self.experts) <= MAX_EXPERTS:
+            raise ConfigError(f"an ensemble needs a non-empty 'experts' list of at most {MAX_EXPERTS}, "
+                              f"got {len(self.experts)}")
+        if self.T:
+            self.check_tiling(self.T)
+
+    def check_tiling(self, T: int) -> None:
+        """The experts' [t_lo, t_hi) must tile [0, T) exactly (ConfigError otherwise)."""
+        from .denoisers import check_tiling
+        try:
+            check_tiling([(e.t_lo, e.t_hi) for e in self.experts], T)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+
+@dataclass(frozen=True)
+class CascadeStage:
+    """One stage of a cascade: its folder (relative to the cascade's) and, for a super-resolution stage, the
+    noise-augmentation level of its low-res input (Ho et al. 2021) and, if set, its own steps / sampler."""
+
+    path: str
+    aug_level: float = 0.0
+    steps: int = 0                  # 0: the request's super-resolution steps
+    sampler: str = ""               # "": the request's super-resolution sampler
+
+    def __post_init__(self):
+        from .samplers import SAMPLERS
+        if not 0.0 <= self.aug_level <= 1.0:
+            raise ConfigError(f"stage {self.path}: aug_level must be in [0, 1], got {self.aug_level}")
+        if not 0 <= self.steps <= 1000:
+            raise ConfigError(f"stage {self.path}: steps must be in [0, 1000], got {self.steps}")
+        if self.sampler and self.sampler not in SAMPLERS:
+            raise ConfigError(f"stage {self.path}: unknown sampler {self.sampler!r}")
+
+    def options(self) -> dict:
+        """The options a cascade stage runs with (only those set)."""
+        out = {"aug_level": self.aug_level}
+        if self.steps:
+            out["steps"] = self.steps
+        if self.sampler:
+            out["sampler"] = self.sampler
+        return out
+
+
+@dataclass(frozen=True)
+class CascadeManifest:
+    """config.json of a cascade: a base model, then super-resolution stages (Ho et al. 2021)."""
+
+    stages: tuple[CascadeStage, ...]
+    description: str = ""
+    version: int = CONFIG_VERSION
+    kind: str = "cascade"
+
+    def __post_init__(self):
+        if (self.version, self.kind) != (CONFIG_VERSION, "cascade"):
+            raise ConfigError(f"expected kind 'cascade', version {CONFIG_VERSION}")
+        if not 2 <= len(self.stages) <= MAX_CASCADE_STAGES:
+            raise ConfigError(f"a cascade needs 2 to {MAX_CASCADE_STAGES} stages (a base and super-resolution "
+                              f"stages), got {len(self.stages)}")
+
+
+def read_manifest(folder: Path, cls):
+    """The typed manifest (EnsembleManifest or CascadeManifest) of ``folder``; CheckpointError naming the file."""
+    path = Path(folder) / CONFIG
+    try:
+        return from_dict(cls, read_json(path))
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def write_manifest(folder: Path, manifest) -> None:
+    write_json(Path(folder) / CONFIG, to_dict(manifest))
+
+
 def save_ensemble(folder, experts: list[tuple[str, int, int]], T: int, description: str = "") -> None:
     """experts: (sub-folder name, t_lo, t_hi). The experts' own folders must already be inside ``folder``."""
-    from .denoisers import check_tiling
-    check_tiling([(lo, hi) for _, lo, hi in experts], T)
-    write_json(Path(folder) / CONFIG, {"version": CONFIG_VERSION, "kind": "ensemble", "T": T,
-                                       "description": description,
-                                       "experts": [{"path": p, "t_lo": lo, "t_hi": hi} for p, lo, hi in experts]})
+    try:
+        manifest = EnsembleManifest(tuple(ExpertEntry(p, lo, hi) for p, lo, hi in experts), T, description)
+    except (ConfigError, ValueError) as e:
+        raise CheckpointError(f"{Path(folder) / CONFIG}: {e}") from None
+    write_manifest(folder, manifest)
 
 
 def save_cascade(folder, stages: list[dict], description: str = "") -> None:
     """stages: [{"path": "../emoji"}, {"path": "../emoji-sr", "aug_level": 0.1, "steps": 20}, ...]."""
-    write_json(Path(folder) / CONFIG, {"version": CONFIG_VERSION, "kind": "cascade", "description": description,
-                                       "stages": stages})
+    try:
+        manifest = CascadeManifest(tuple(from_dict(CascadeStage, st) for st in stages), description)
+    except ConfigError as e:
+        raise CheckpointError(f"{Path(folder) / CONFIG}: {e}") from None
+    write_manifest(folder, manifest)
 
 
 def check_number(name: str, v, lo: float, hi: float, path: Path) -> float:

@@ -59,6 +59,11 @@ def from_dict(cls, data, prefix: str = ""):
     if unknown:
         raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)} "
                           f"(allowed: {', '.join(sorted(names))})")
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: missing key(s) {', '.join(missing)}")
     kwargs = {k: _check_type(prefix + k, v, hints[k]) for k, v in data.items()}
     try:
         obj = cls(**kwargs)
@@ -75,6 +80,13 @@ def to_dict(obj) -> dict:
             return [conv(x) for x in v]
         return v
     return conv(obj)
+
+
+# Bounds of the U-Net's size fields, checked before anything is built. They are far above every model here (and
+# the channel bounds above any image: RGB plus a conditioning image); together with checkpoint.MAX_PARAMETERS they
+# keep a hostile config.json from allocating gigabytes.
+UNET_BOUNDS = (("in_channels", 1, 16), ("out_channels", 1, 16), ("base_channels", 1, 1024), ("num_res_blocks", 1, 16),
+               ("num_heads", 1, 64), ("num_labels", 0, 10_000), ("cond_channels", 0, 16), ("image_size", 4, 1024))
 
 
 @dataclass(frozen=True)
@@ -105,6 +117,15 @@ class UNetConfig:
             raise ConfigError("unet: channel_mults and base_channels must be positive")
         if self.base_channels % 8 and self.base_channels >= 8:
             raise ConfigError("unet: base_channels must be a multiple of 8 (GroupNorm groups)")
+        for name, lo, hi in UNET_BOUNDS:
+            v = getattr(self, name)
+            if not lo <= v <= hi:
+                raise ConfigError(f"unet.{name} must be in [{lo}, {hi}], got {v}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"unet.dropout must be in [0, 1), got {self.dropout}")
+        if any(not 1 <= r <= self.image_size for r in self.attention_resolutions):
+            raise ConfigError(f"unet.attention_resolutions must be feature-map sizes in [1, image_size], "
+                              f"got {list(self.attention_resolutions)}")
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import (CONFIG, CheckpointError, check_number, folder_kind, load_network, load_prior,
-                         read_json)
+from .checkpoint import (CONFIG, MAX_CASCADE_SIZE, CascadeManifest, CheckpointError, EnsembleManifest, folder_kind,
+                         load_model_config, load_network, load_prior, read_manifest)
 from .conditioning import Condition, augment_low_res, picks_condition, picks_meaning, resolve_labels
-from .config import ModelConfig
+from .config import ConfigError, ModelConfig
 from .degradations import Degradation, make_degradation
 from .denoisers import ClassifierFreeGuidance, ClipX0, ExpertEnsemble, ModelDenoiser
 from .samplers import (SAMPLERS, SampleStep, SamplerSpec, make_generators, noised_start, per_image_noise,
@@ -283,42 +283,56 @@ def load(folder, device="cpu") -> Pipeline:
         prior, prior_labels = load_prior(folder)
         return Pipeline("model", cfg, folder, net=net, prior=prior, prior_labels=prior_labels,
                         description=cfg.description)
-    data = read_json(folder / CONFIG)
     if kind == "ensemble":
-        experts_meta = data.get("experts")
-        if not isinstance(experts_meta, list) or not experts_meta:
-            raise CheckpointError(f"{folder / CONFIG}: an ensemble needs a non-empty 'experts' list")
-        experts, cfg0 = [], None
-        for e in experts_meta:
-            if not isinstance(e, dict) or set(e) - {"path", "t_lo", "t_hi"} or not isinstance(e.get("path"), str):
-                raise CheckpointError(f"{folder / CONFIG}: each expert needs exactly path, t_lo, t_hi")
-            cfg, net = load_network(folder / e["path"], device)
-            lo = int(check_number("t_lo", e.get("t_lo"), 0, cfg.diffusion.T, folder / CONFIG))
-            hi = int(check_number("t_hi", e.get("t_hi"), 0, cfg.diffusion.T, folder / CONFIG))
-            if cfg0 is not None and (cfg.diffusion.schedule, cfg.diffusion.T) != (cfg0.diffusion.schedule, cfg0.diffusion.T):
-                raise CheckpointError(f"{folder / e['path']}: expert schedule differs from the first expert's")
-            cfg0 = cfg0 or cfg
-            experts.append((lo, hi, net))
-        try:
-            ExpertEnsemble([(lo, hi, None) for lo, hi, _ in experts], cfg0.diffusion.T)
-        except ValueError as err:
-            raise CheckpointError(f"{folder / CONFIG}: {err}") from None
-        return Pipeline("ensemble", cfg0, folder, experts=sorted(experts, key=lambda x: x[0]),
-                        description=str(data.get("description", "")))
-    stages_meta = data.get("stages")
-    if not isinstance(stages_meta, list) or len(stages_meta) < 2:
-        raise CheckpointError(f"{folder / CONFIG}: a cascade needs a 'stages' list of at least two folders")
-    stages = []
-    for i, st in enumerate(stages_meta):
-        if not isinstance(st, dict) or not isinstance(st.get("path"), str):
-            raise CheckpointError(f"{folder / CONFIG}: stage {i} needs a 'path'")
-        sub = load(folder / st["path"], device)
-        if sub.kind == "cascade":
-            raise CheckpointError(f"{folder / CONFIG}: stage {i} is itself a cascade")
-        if i > 0 and sub.config.task != "super_resolution":
-            raise CheckpointError(f"{folder / CONFIG}: stage {i} ({st['path']}) is not a super-resolution model")
-        opts = {k: v for k, v in st.items() if k != "path"}
-        if "aug_level" in opts:
-            check_number("aug_level", opts["aug_level"], 0, 1, folder / CONFIG)
-        stages.append((sub, opts))
-    return Pipeline("cascade", stages[0][0].config, folder, stages=stages, description=str(data.get("description", "")))
+        return load_ensemble(folder, read_manifest(folder, EnsembleManifest), device)
+    return load_cascade(folder, read_manifest(folder, CascadeManifest), device)
+
+
+def load_ensemble(folder: Path, manifest: EnsembleManifest, device="cpu") -> Pipeline:
+    """The expert ensemble ``manifest`` describes, its expert paths relative to ``folder``; nothing is written,
+    so ``ensemble`` checks a manifest whole before saving it."""
+    folder, where = Path(folder), Path(folder) / CONFIG
+    experts, cfg0 = [], None
+    T = manifest.T or load_model_config(folder / manifest.experts[0].path).diffusion.T
+    try:
+        manifest.check_tiling(T)
+    except ConfigError as err:
+        raise CheckpointError(f"{where}: {err}") from None
+    for e in manifest.experts:
+        if folder_kind(folder / e.path) != "model":
+            raise CheckpointError(f"{where}: expert {e.path} is not a single model")
+        cfg, net = load_network(folder / e.path, device)
+        if cfg.diffusion.T != T:
+            raise CheckpointError(f"{folder / e.path}: T = {cfg.diffusion.T}, the ensemble's is {T}")
+        if cfg0 is not None and cfg.diffusion.schedule != cfg0.diffusion.schedule:
+            raise CheckpointError(f"{folder / e.path}: expert schedule differs from the first expert's")
+        cfg0 = cfg0 or cfg
+        experts.append((e.t_lo, e.t_hi, net))
+    return Pipeline("ensemble", cfg0, folder, experts=sorted(experts, key=lambda x: x[0]),
+                    description=manifest.description)
+
+
+def load_cascade(folder: Path, manifest: CascadeManifest, device="cpu") -> Pipeline:
+    """The cascade ``manifest`` describes, its stage paths relative to ``folder``. A stage must be a model or an
+    ensemble (never a cascade: so no cycle can recurse), every stage after the first a super-resolution model,
+    and the output at most MAX_CASCADE_SIZE pixels a side."""
+    folder, where = Path(folder), Path(folder) / CONFIG
+    stages, size = [], 0
+    for i, st in enumerate(manifest.stages):
+        kind = folder_kind(folder / st.path)
+        if kind == "cascade":
+            raise CheckpointError(f"{where}: stage {i} ({st.path}) is itself a cascade")
+        sub = load(folder / st.path, device)
+        cfg = sub.config
+        if i == 0:
+            if cfg.task == "super_resolution":
+                raise CheckpointError(f"{where}: stage 0 ({st.path}) must be a base model, not super-resolution")
+            size = cfg.unet.image_size
+        else:
+            if cfg.task != "super_resolution":
+                raise CheckpointError(f"{where}: stage {i} ({st.path}) is not a super-resolution model")
+            size *= max(1, cfg.high_res // max(cfg.low_res, 1))     # fully convolutional: any input size
+        if size > MAX_CASCADE_SIZE:
+            raise CheckpointError(f"{where}: the cascade would make {size} px images (limit {MAX_CASCADE_SIZE})")
+        stages.append((sub, st.options()))
+    return Pipeline("cascade", stages[0][0].config, folder, stages=stages, description=manifest.description)

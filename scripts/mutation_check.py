@@ -75,6 +75,18 @@ MUTANTS = [
  ("Karras rho 5", "diffusion_core/schedules.py", 'KARRAS_RHO = 7.0', 'KARRAS_RHO = 5.0', "tests/test_samplers.py -k noise_level"),
  ("noise-level grids uncapped", "diffusion_core/schedules.py", "s_max, s_min = min(float(sigma[t_max]), SIGMA_MAX_GRID), float(sigma[0])",
   "s_max, s_min = float(sigma[t_max]), float(sigma[0])", "tests/test_samplers.py -k noise_level"),
+ ("JSON depth unchecked", "diffusion_core/checkpoint.py", "    if json_depth(data) > MAX_JSON_DEPTH:",
+  "    if False:", "tests/test_checkpoint.py -k deep_and_huge"),
+ ("parameter count unchecked", "diffusion_core/checkpoint.py", "    if n_params > MAX_PARAMETERS:", "    if False:",
+  "tests/test_checkpoint.py -k hostile_config"),
+ ("num_labels unbounded", "diffusion_core/config.py", '("num_labels", 0, 10_000)', '("num_labels", 0, 10 ** 9)',
+  "tests/test_checkpoint.py -k hostile_config"),
+ ("weights dtype unchecked", "diffusion_core/checkpoint.py", 'if dtypes[k] not in ("F16", "BF16", "F32"):', "if False:",
+  "tests/test_checkpoint.py -k dtypes"),
+ ("cascade stage kind checked after loading", "diffusion_core/pipeline.py", '        if kind == "cascade":\n            raise',
+  '        if False:\n            raise', "tests/test_checkpoint.py -k cycles"),
+ ("cascade written before it is checked", "diffusion_core/__main__.py", "            load_cascade(out, manifest)",
+  "            write_manifest(out, manifest); load_cascade(out, manifest)", "tests/test_checkpoint.py -k cascade_command"),
 ]
 
 

@@ -164,6 +164,113 @@ def test_refuses_bad_config_files(tmp_path, make_model):
     _refused(tmp_path / "nowhere", tmp_path / "nowhere", "no such checkpoint folder")
 
 
+HOSTILE_UNET = [   # (unet fields, what the one-line message names)
+    (dict(num_labels=10 ** 8), "unet.num_labels must be in [0, 10000]"),
+    (dict(num_labels=10 ** 7), "unet.num_labels"),
+    (dict(in_channels=10 ** 8), "unet.in_channels must be in [1, 16]"),
+    (dict(cond_channels=10 ** 8), "unet.cond_channels"),
+    (dict(out_channels=-3), "unet.out_channels"),
+    (dict(num_heads=0), "unet.num_heads must be in [1, 64]"),
+    (dict(num_heads=-1), "unet.num_heads"),
+    (dict(num_labels=-5), "unet.num_labels"),
+    (dict(dropout=1.0), "unet.dropout"),
+    (dict(attention_resolutions=[0]), "attention_resolutions"),
+    (dict(base_channels=512, channel_mults=[1, 2, 4, 8], num_res_blocks=16), "too large"),
+]
+
+
+@pytest.mark.parametrize("unet, fragment", HOSTILE_UNET)
+def test_hostile_config_is_refused_before_anything_is_allocated(tmp_path, make_model, unet, fragment):
+    """Every size field is bounded and the exact parameter count (from a network built on the meta device) is
+    checked before the network or its weights are allocated: in a fresh process the refused load's peak memory
+    stays that of importing torch (num_labels = 10^8 used to allocate 12.8 GB)."""
+    import subprocess
+    import sys
+    make_model(tmp_path / "m")
+    _edit_config(tmp_path / "m", lambda d: d["unet"].update(unet))
+    _refused(tmp_path / "m", tmp_path / "m" / "config.json", fragment)
+    code = ("import resource, sys; sys.path.insert(0, sys.argv[2]); import diffusion_core as dc\n"
+            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "try: dc.load(sys.argv[1])\nexcept dc.CheckpointError: pass\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m"), str(Path(__file__).parents[1])],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.strip()) < 50_000, out.stdout          # KiB: under 50 MB more than after the imports
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.float8_e4m3fn, torch.float64])
+def test_refuses_weights_of_other_dtypes(tmp_path, make_model, dtype):
+    make_model(tmp_path / "m")
+    w = tmp_path / "m" / "model.safetensors"
+    save_file({k: v.to(dtype) for k, v in load_file(str(w)).items()}, str(w))
+    _refused(tmp_path / "m", w, "weights must be float16, bfloat16 or float32")
+
+
+def test_refuses_deep_and_huge_config_files(tmp_path, make_model):
+    make_model(tmp_path / "m")
+    cfg_path = tmp_path / "m" / "config.json"
+    good = json.loads(cfg_path.read_text())
+    cfg_path.write_text('{"a": ' * 5000 + "1" + "}" * 5000)           # the parser's recursion limit
+    _refused(tmp_path / "m", cfg_path, "nested")
+    deep = "deep"
+    for _ in range(18):
+        deep = [deep]
+    cfg_path.write_text(json.dumps({**good, "description": {"x": deep}}))
+    _refused(tmp_path / "m", cfg_path, "more than 16 levels")
+    cfg_path.write_text(json.dumps({**good, "description": "x" * 2_000_000}))     # was read on every request
+    _refused(tmp_path / "m", cfg_path, "more than a config file can be")
+    cfg_path.write_text(json.dumps(good))
+    assert load(tmp_path / "m").kind == "model"
+
+
+def test_cascade_cycles_are_refused_without_recursing(tmp_path, make_model):
+    _cascade(tmp_path, make_model)
+    cfg_path = tmp_path / "casc" / "config.json"
+    write_json(cfg_path, {"version": 1, "kind": "cascade", "stages": [{"path": "."}, {"path": "."}]})
+    _refused(tmp_path / "casc", cfg_path, "stage 0 (.) is itself a cascade")
+    other = tmp_path / "other"
+    write_json(other / "config.json", {"version": 1, "kind": "cascade", "stages": [{"path": "../casc"}, {"path": "../sr"}]})
+    write_json(cfg_path, {"version": 1, "kind": "cascade", "stages": [{"path": "../other"}, {"path": "../sr"}]})
+    _refused(tmp_path / "casc", cfg_path, "is itself a cascade")
+    _refused(other, other / "config.json", "is itself a cascade")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--stage", "../base", "--stage", "../nowhere"], "no such checkpoint folder"),
+    (["--stage", "../base", "--stage", "../base"], "not a super-resolution model"),
+    (["--stage", "../base", "--stage", "../sr:lots"], "FOLDER[:AUG_LEVEL]"),
+    (["--stage", "../base", "--stage", "../sr:3"], "aug_level"),
+    (["--stage", ".", "--stage", "."], "itself a cascade"),
+])
+def test_cascade_command_checks_everything_before_writing(tmp_path, make_model, args, fragment):
+    """A failing ``cascade`` leaves the folder's working config.json as it was (it used to overwrite it first)."""
+    import subprocess
+    import sys
+    _cascade(tmp_path, make_model)
+    before = (tmp_path / "casc" / "config.json").read_bytes()
+    r = subprocess.run([sys.executable, "-m", "diffusion_core", "cascade", "--out", str(tmp_path / "casc"), *args],
+                       capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=120)
+    assert r.returncode != 0 and fragment in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert (tmp_path / "casc" / "config.json").read_bytes() == before
+    assert load(tmp_path / "casc").kind == "cascade"
+
+
+def test_ensemble_command_checks_everything_before_writing(tmp_path, make_model):
+    import subprocess
+    import sys
+    _ensemble(tmp_path, make_model)
+    save_ensemble(tmp_path / "ens", [("e0", 0, 40), ("e1", 40, 100)], T=100)
+    before = (tmp_path / "ens" / "config.json").read_bytes()
+    for args, fragment in ((["--expert", "e0:0:40", "--expert", "e1:40:90"], "must end at T=100"),
+                           (["--expert", "e0:0:40.5", "--expert", "e1:40.5:100"], "whole numbers"),
+                           (["--expert", "e0:0:40", "--expert", "nowhere:40:100"], "no such checkpoint folder")):
+        r = subprocess.run([sys.executable, "-m", "diffusion_core", "ensemble", "--out", str(tmp_path / "ens"), *args],
+                           capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=120)
+        assert r.returncode != 0 and fragment in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert (tmp_path / "ens" / "config.json").read_bytes() == before
+
+
 # ---- ensembles ----------------------------------------------------------------------------------
 def _ensemble(tmp_path, make_model, ranges=((0, 40), (40, 100))):
     nets = []
@@ -206,7 +313,7 @@ def test_ensemble_refusals(tmp_path, make_model):
     _refused(tmp_path / "ens", cfg_path, "non-empty")
     write_json(cfg_path, {"version": 1, "kind": "ensemble",
                           "experts": [{"path": "e0", "t_lo": 0, "t_hi": 40, "weight": 2}]})
-    _refused(tmp_path / "ens", cfg_path, "exactly path, t_lo, t_hi")
+    _refused(tmp_path / "ens", cfg_path, "unknown config key(s) experts[0].weight")
     write_json(cfg_path, {"version": 1, "kind": "ensemble",
                           "experts": [{"path": "e0", "t_lo": "zero", "t_hi": 40}]})
     _refused(tmp_path / "ens", cfg_path, "t_lo")
@@ -249,14 +356,19 @@ def test_cascade_loads_and_samples(tmp_path, make_model):
 def test_cascade_refusals(tmp_path, make_model):
     _cascade(tmp_path, make_model)
     cfg_path = tmp_path / "casc" / "config.json"
-    save_cascade(tmp_path / "casc", [{"path": "../base"}])
-    _refused(tmp_path / "casc", cfg_path, "at least two")
-    save_cascade(tmp_path / "casc", [{"path": "../base"}, {"path": "../base"}])
-    _refused(tmp_path / "casc", cfg_path, "not a super-resolution model")
-    save_cascade(tmp_path / "casc", [{"path": "../base"}, {"path": "../sr", "aug_level": 3}])
-    _refused(tmp_path / "casc", cfg_path, "aug_level")
-    save_cascade(tmp_path / "casc", [{"path": "../base"}, {"steps": 3}])
-    _refused(tmp_path / "casc", cfg_path, "needs a 'path'")
+    for stages, fragment in (([{"path": "../base"}], "2 to 4 stages"),
+                             ([{"path": "../base"}, {"path": "../base"}], "not a super-resolution model"),
+                             ([{"path": "../sr"}, {"path": "../sr"}], "must be a base model"),
+                             ([{"path": "../base"}, {"path": "../sr", "aug_level": 3}], "aug_level"),
+                             ([{"path": "../base"}, {"path": "../sr", "steps": "many"}], "steps"),
+                             ([{"path": "../base"}, {"steps": 3}], "missing key(s) path"),
+                             ([{"path": "../base"}] + [{"path": "../sr"}] * 4, "2 to 4 stages")):
+        write_json(cfg_path, {"version": 1, "kind": "cascade", "stages": stages})
+        _refused(tmp_path / "casc", cfg_path, fragment)
+        if fragment != "not a super-resolution model" and fragment != "must be a base model":
+            with pytest.raises(CheckpointError, match="stage|aug_level|steps|path"):
+                save_cascade(tmp_path / "casc2", stages)      # refused before anything is written
+    assert not (tmp_path / "casc2" / "config.json").exists()
 
 
 def test_public_api_exports():
