@@ -143,6 +143,9 @@ def _run(args) -> int:
         return _sample(args)
     if args.command == "evaluate":
         from .evaluate import evaluate_command
+        from .pipeline import MAX_SEED, MAX_STEPS
+        check_ranges(args, [("n", 1, 100_000), ("batch", 1, 1000), ("steps", 1, MAX_STEPS), ("seed", 0, MAX_SEED),
+                            ("guidance", 0.0, 30.0)])
         return evaluate_command(args)
     if args.command == "classifier":
         from .evaluate import train_classifier
@@ -199,13 +202,21 @@ def _assemble(args) -> int:
     return 0
 
 
+def check_ranges(args, bounds) -> None:
+    """One-line errors for numeric options out of range: ``bounds`` = [(option, lo, hi), ...]."""
+    for name, lo, hi in bounds:
+        v = getattr(args, name)
+        if not lo <= v <= hi:
+            raise ValueError(f"--{name.replace('_', '-')} must be in [{lo}, {hi}], got {v}")
+
+
 def _sample(args) -> int:
     import torch
     from .images import grid, load_image, to_pil
-    from .pipeline import load
+    from .pipeline import MAX_BATCH, MAX_SEED, MAX_STEPS, load
+    check_ranges(args, [("n", 1, 10000), ("batch", 1, MAX_BATCH), ("seed", 0, MAX_SEED - 10000),
+                        ("steps", 1, MAX_STEPS), ("strength", 0.0, 1.0)])
     pipe = load(Path(args.model))
-    if args.n < 1 or args.n > 10000:
-        raise ValueError(f"--n must be in [1, 10000], got {args.n}")
     if not 0 <= args.eta <= 1:
         raise ValueError(f"--eta must be in [0, 1], got {args.eta}")
     if not 0 <= args.guidance <= 30:

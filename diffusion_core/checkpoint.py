@@ -33,6 +33,15 @@ MAX_EXPERTS = 16
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()        # read once, at import (os.umask can only be read by setting it)
+
+
 class CheckpointError(ValueError):
     """A checkpoint cannot be loaded; the message is one line naming the file and the problem."""
 
@@ -46,6 +55,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~UMASK)        # mkstemp makes 0600; the file gets a normal file's mode
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -32,6 +32,7 @@ MAX_BATCH = 64
 # (ModelDenoiser._merges).
 EVAL_CHUNK = 8
 MAX_STEPS = 1000
+MAX_SEED = 2 ** 63 - 1 - 100_000    # image i uses seed + i, which torch's generators take up to 2^63 - 1
 
 
 @dataclass
@@ -156,6 +157,8 @@ class Pipeline:
             raise ValueError(f"batch size must be in [1, {MAX_BATCH}], got {n}")
         if not 1 <= steps <= MAX_STEPS:
             raise ValueError(f"steps must be in [1, {MAX_STEPS}], got {steps}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise ValueError(f"seed must be a whole number in [0, {MAX_SEED}], got {seed!r}")
         if self.kind == "cascade":
             yield from self._stream_cascade(n, sampler=sampler, steps=steps, spacing=spacing, eta=eta,
                                             guidance=guidance, labels=labels, cond_image=cond_image,

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -39,6 +40,17 @@ from .schedules import make_schedule
 from .unet import UNet, count_parameters, load_parent_state
 
 STATE = "train_state.safetensors"
+PREV_STATE = "train_state.prev.safetensors"     # the checkpoint before the last one (a hard link: no copy)
+LOCK = ".train.lock"
+# (field, lo, hi) of TrainConfig's numbers; a 0 in checkpoint_every or log_every divided by zero
+TRAIN_BOUNDS = (("steps", 1, 10 ** 9), ("batch_size", 1, 65536), ("lr", 0.0, 1.0), ("warmup", 0, 10 ** 9),
+                ("weight_decay", 0.0, 1.0), ("grad_clip", 0.0, 1e6), ("ema_decay", 0.0, 1.0), ("p_uncond", 0.0, 1.0),
+                ("min_snr_gamma", 0.0, 1e6), ("low_res", 0, 1024), ("crop", 0, 1024), ("aug_max", 0.0, 1.0),
+                ("seed", 0, 2 ** 31 - 1), ("threads", 0, 1024), ("checkpoint_every", 1, 10 ** 9),
+                ("sample_every", 0, 10 ** 9), ("log_every", 1, 10 ** 9), ("sample_steps", 1, 1000))
+# What a resumed run may not change: the network, the forward process and what the data is (a model trained as
+# cosine / eps and resumed as linear / v would continue silently, then be exported as the new one).
+RESUME_FIXED = ("task", "unet", "diffusion", "low_res", "crop", "data.source", "data.image_size", "data.channels")
 PARENT_RECORD = "parent_training.json"
 
 
@@ -81,10 +93,12 @@ class TrainConfig:
             raise ConfigError(f"task must be generate, super_resolution or pose, got {self.task!r}")
         if self.task == "super_resolution" and not (0 < self.low_res < self.data.image_size):
             raise ConfigError("super_resolution needs 0 < low_res < data.image_size")
-        if self.steps < 1 or self.batch_size < 1:
-            raise ConfigError("steps and batch_size must be positive")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        for name, lo, hi in TRAIN_BOUNDS:
+            v = getattr(self, name)
+            if not lo <= v <= hi:
+                raise ConfigError(f"{name} must be in [{lo}, {hi}], got {v}")
 
 
 def parse_value(text: str):
@@ -268,13 +282,26 @@ class Trainer:
         return tensors, meta
 
     def save_state(self, final: bool = False) -> None:
-        """Write the training state atomically. A failed periodic write (disk full, quota, file too large)
-        keeps the previous checkpoint, warns and lets training go on (the next checkpoint tries again);
-        a failed final write raises OSError with a one-line reason."""
+        """Write the training state atomically, keeping the one before as PREV_STATE. A failed periodic write
+        (disk full, quota, file too large) keeps the previous checkpoint, warns and lets training go on (the
+        next checkpoint tries again); a failed final write raises OSError with a one-line reason. Weights that
+        are no longer finite are never saved (FloatingPointError)."""
         if self.rank != 0:
             return
+        bad = next((k for k, v in self.net.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+        if bad is not None:
+            kept = (f"the last good checkpoint, step {self.saved_step}, is kept in {self.out / STATE}"
+                    if self.saved_step is not None else "no checkpoint was written")
+            raise FloatingPointError(f"weights became NaN or inf at step {self.step} ({bad}); not saved; {kept} "
+                                     f"(try a lower lr)")
         tensors, meta = self.state_tensors()
         try:
+            if (self.out / STATE).is_file() and self.saved_step != self.step:     # the current state becomes the
+                # previous one, without a copy (not when it is this very step, written again at the end)
+                tmp = self.out / f".{PREV_STATE}.link"
+                tmp.unlink(missing_ok=True)
+                os.link(self.out / STATE, tmp)
+                os.replace(tmp, self.out / PREV_STATE)
             atomic_save_tensors({k: v.detach().cpu() for k, v in tensors.items()}, self.out / STATE, metadata=meta)
         except OSError as e:
             kept = f"the previous checkpoint (step {self.saved_step}) is kept" if self.saved_step is not None \
@@ -286,12 +313,46 @@ class Trainer:
             return
         self.saved_step = self.step
 
+    def read_state(self, path: Path) -> tuple[dict, dict]:
+        """(tensors, metadata) of a training state file, or a one-line ConfigError naming it (and the previous
+        good state, where there is one) when it is truncated, garbage or incomplete."""
+        from safetensors import SafetensorError, safe_open
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+            tensors = load_file(str(path))
+            missing = [k for k in ("rng.torch", "rng.data", "ema.n_averaged") if k not in tensors]
+            missing += [k for k in ("step", "wall", "config", "param_groups") if k not in meta]
+            if missing:
+                raise ValueError(f"no {', '.join(missing)}")
+            config = json.loads(meta["config"])
+            int(meta["step"])
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            prev = self.out / PREV_STATE
+            hint = (f"; the previous checkpoint is {prev}: rename it to {STATE} to resume from it"
+                    if prev.is_file() and prev != path else "")
+            raise ConfigError(f"{path}: not a usable training state ({str(e).splitlines()[0][:100]}){hint}") from None
+        return tensors, {**meta, "config": config}
+
+    def check_resume(self, old: dict) -> None:
+        """Refuse to resume with a different network, forward process or data shape (RESUME_FIXED), naming the
+        first field that differs."""
+        new = to_dict(self.cfg)
+        for key in RESUME_FIXED:
+            a, b = old, new
+            for part in key.split("."):
+                a, b = (a or {}).get(part), (b or {}).get(part)
+            if a is not None and a != b:
+                diff = key
+                if isinstance(a, dict) and isinstance(b, dict):
+                    diff = next(f"{key}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+                    a, b = a.get(diff.rsplit(".", 1)[1]), b.get(diff.rsplit(".", 1)[1])
+                raise ConfigError(f"{self.out / STATE}: cannot resume with {diff} = {b!r}; the state was trained with "
+                                  f"{a!r} (start a new out_dir to train it that way)")
+
     def load_state(self) -> None:
-        from safetensors import safe_open
-        path = self.out / STATE
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata()
-        tensors = load_file(str(path))
+        tensors, meta = self.read_state(self.out / STATE)
+        self.check_resume(meta["config"])
         self.net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         self.ema.module.load_state_dict({k[4:]: v for k, v in tensors.items()
                                          if k.startswith("ema.") and k != "ema.n_averaged"})
@@ -375,8 +436,14 @@ class Trainer:
     # ---- the loop -------------------------------------------------------------------------------
     def run(self) -> Path:
         cfg = self.cfg
+        lock = None
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
+            lock = lock_folder(self.out)
+            clean_debris(self.out, self.step)
+            if self.step >= cfg.steps:
+                print(f"{self.out / STATE} is at step {self.step}, at or past steps = {cfg.steps}: nothing to train; "
+                      f"exporting step {self.step}", file=sys.stderr)
             write_json(self.out / "train_config.json", to_dict(cfg))
             (self.out / "samples").mkdir(exist_ok=True)
             parent_record = Path(cfg.parent) / "training.json"
@@ -456,6 +523,8 @@ class Trainer:
                 bar.close()
             if self.rank == 0 and logf:
                 logf.close()
+            if lock is not None:
+                lock.close()
             for s, h in old.items():
                 signal.signal(s, h)
         return self.out / "model"
@@ -475,6 +544,35 @@ class Trainer:
     def _on_signal(self, signum, frame):
         self.stop_requested = True
         print(f"\nsignal {signum}: saving a checkpoint at the end of this step, then stopping", file=sys.stderr)
+
+
+def lock_folder(out: Path):
+    """Hold an exclusive lock on ``out`` while a training writes it (released when the file is closed or the
+    process dies, kill -9 included). A second training of the same folder stops with a one-line message."""
+    import fcntl
+    f = open(out / LOCK, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise ConfigError(f"{out}: another training is writing this folder; wait for it to finish or use another "
+                          f"out_dir") from None
+    return f
+
+
+def clean_debris(out: Path, step: int) -> None:
+    """At a (re)start, with the folder locked: remove the temporary files of writes that were killed, and cut
+    log.csv back to the resumed step (rows after it were trained again, and would repeat in the log and plot)."""
+    for tmp in out.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+    log = out / "log.csv"
+    if log.is_file():
+        rows = list(csv.reader(log.read_text().splitlines()))
+        keep = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= step]
+        if len(keep) != len(rows):
+            text = io.StringIO()
+            csv.writer(text).writerows(keep)
+            atomic_write_bytes(log, text.getvalue().encode())
 
 
 def backward_in_parts(loss_of: Callable[[int, int], torch.Tensor], b: int, params: list[torch.Tensor],

@@ -87,6 +87,18 @@ MUTANTS = [
   '        if False:\n            raise', "tests/test_checkpoint.py -k cycles"),
  ("cascade written before it is checked", "diffusion_core/__main__.py", "            load_cascade(out, manifest)",
   "            write_manifest(out, manifest); load_cascade(out, manifest)", "tests/test_checkpoint.py -k cascade_command"),
+ ("killed writes' temp files kept", "diffusion_core/train.py", "        tmp.unlink(missing_ok=True)\n    log = ",
+  "        pass\n    log = ", "tests/test_training_hostile.py -k debris"),
+ ("log.csv not cut back on resume", "diffusion_core/train.py", "        if len(keep) != len(rows):", "        if False:",
+  "tests/test_training_hostile.py -k debris"),
+ ("temp files keep mkstemp's 0600", "diffusion_core/checkpoint.py", "        os.fchmod(fd, 0o666 & ~UMASK)", "        pass",
+  "tests/test_training_hostile.py -k permissions"),
+ ("resume accepts a changed model", "diffusion_core/train.py", "        new = to_dict(self.cfg)\n", "        return\n",
+  "tests/test_training_hostile.py -k changed_model"),
+ ("output folder not locked", "diffusion_core/train.py", "        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)", "        pass",
+  "tests/test_training_hostile.py -k two_trainings"),
+ ("NaN weights saved", "diffusion_core/train.py", "        if bad is not None:\n            kept", "        if False:\n            kept",
+  "tests/test_training_hostile.py -k nan_weights"),
 ]
 
 
