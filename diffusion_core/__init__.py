@@ -4,24 +4,40 @@ Public API (the app and the CLI use only these):
     load(folder) -> Pipeline        single model, expert ensemble or cascade
     Pipeline.stream(n, sampler=..., steps=..., guidance=..., labels=..., seed=...) -> iterator of SampleStep
     Pipeline.sample(n, ...) -> (n, C, H, W) tensor in [-1, 1]
-"""
-from .checkpoint import CheckpointError, save_cascade, save_ensemble, save_model
-from .conditioning import Condition
-from .config import ConfigError, DiffusionConfig, ModelConfig, UNetConfig
-from .degradations import make_degradation
-from .denoisers import ClassifierFreeGuidance, ClipX0, ExpertEnsemble, ModelDenoiser, Prediction
-from .images import ImageError, grid, load_image, to_pil, to_uint8
-from .pipeline import Pipeline, load
-from .samplers import (SAMPLERS, SampleStep, SamplerSpec, explain_multistep, make_generators, sample,
-                       sample_stream)
-from .schedules import SPACINGS, Schedule, make_schedule, spaced_timesteps, timestep_pairs
-from .unet import UNet
 
-__all__ = [
-    "CheckpointError", "ClassifierFreeGuidance", "ClipX0", "Condition", "ConfigError", "DiffusionConfig",
-    "ExpertEnsemble", "ImageError", "ModelConfig", "ModelDenoiser", "Pipeline", "Prediction", "SAMPLERS",
-    "SPACINGS", "SampleStep", "SamplerSpec", "Schedule", "UNet", "UNetConfig", "explain_multistep", "grid", "load", "load_image",
-    "make_degradation", "make_generators", "make_schedule", "sample", "sample_stream", "save_cascade",
-    "save_ensemble", "save_model", "spaced_timesteps", "timestep_pairs", "to_pil", "to_uint8",
-]
+The names below are imported from their modules on first use (PEP 562), so ``python -m diffusion_core --help``
+and ``import diffusion_core`` do not import torch.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "checkpoint": ("CheckpointError", "save_cascade", "save_ensemble", "save_model"),
+    "conditioning": ("Condition",),
+    "config": ("ConfigError", "DiffusionConfig", "ModelConfig", "UNetConfig"),
+    "degradations": ("make_degradation",),
+    "denoisers": ("ClassifierFreeGuidance", "ClipX0", "ExpertEnsemble", "ModelDenoiser", "Prediction"),
+    "images": ("ImageError", "grid", "load_image", "to_pil", "to_uint8"),
+    "options": ("MAX_BATCH", "MAX_SEED", "MAX_STEPS", "SAMPLERS", "SPACINGS"),
+    "pipeline": ("Pipeline", "load"),
+    "samplers": ("SampleStep", "SamplerSpec", "explain_multistep", "make_generators", "sample", "sample_stream"),
+    "schedules": ("Schedule", "make_schedule", "spaced_timesteps", "timestep_pairs"),
+    "unet": ("UNet",),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'diffusion_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

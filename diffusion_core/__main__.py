@@ -14,63 +14,80 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default after its help text (not for flags, nor where the default is None)."""
+
+    def _get_help_string(self, action):
+        d = action.default
+        if d is None or d is False or d == [] or d is argparse.SUPPRESS or "%(default)" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _parser() -> argparse.ArgumentParser:
-    from .samplers import SAMPLERS
-    from .schedules import SPACINGS
-    spacing_help = ("timestep grid (default trailing); logsnr and karras follow the noise level and apply to Gaussian "
-                    "models, not cold ones")
+    from .options import MAX_BATCH, MAX_STEPS, SAMPLERS, SPACINGS     # torch-free: --help prints at once
+    spacing_help = "timestep grid; logsnr and karras follow the noise level and apply to Gaussian models, not cold ones"
     p = argparse.ArgumentParser(prog="python -m diffusion_core", description="Train, sample and evaluate diffusion models.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a model (also under torchrun for several processes)",
-                       description="Train a model. Every option has a default (see TrainConfig in train.py); a config "
-                                   "file and --set override them. The result is exported to OUT_DIR/model.")
+    def parser(name, **kw):
+        return sub.add_parser(name, formatter_class=_Help, **kw)
+
+    t = parser("train", help="train a model (also under torchrun for several processes)",
+               description="Train a model. Every option has a default (see TrainConfig in train.py); a config "
+                           "file and --set override them. The result is exported to OUT_DIR/model.")
     t.add_argument("--config", help="JSON file with TrainConfig fields (nested: unet, diffusion, data)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one field, e.g. --set steps=2000 --set data.source=emoji --set unet.base_channels=48")
     t.add_argument("--resume", action="store_true", help="continue from OUT_DIR/train_state.safetensors if present")
     t.add_argument("--reset-ema", action="store_true", help="with --resume: restart the EMA from the current weights")
     t.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (default: auto)")
-    t.add_argument("--out", help="output folder (same as --set out_dir=...)")
+    t.add_argument("--out", help="output folder (same as --set out_dir=...; default runs/default)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    s = sub.add_parser("sample", help="generate images from a checkpoint folder (model, ensemble or cascade)")
+    s = parser("sample", help="generate images from a checkpoint folder (model, ensemble or cascade)")
     s.add_argument("--model", required=True, help="checkpoint folder")
-    s.add_argument("--out", required=True, help="output folder for PNGs")
-    s.add_argument("--n", type=int, default=8, help="number of images (default 8)")
-    s.add_argument("--seed", type=int, default=0, help="image i uses seed+i (default 0)")
+    s.add_argument("--out", help="output folder for PNGs (default: outputs/<model folder name>, git-ignored)")
+    s.add_argument("--n", type=int, default=8, help="number of images, 1-10000")
+    s.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     s.add_argument("--sampler", default=None, choices=SAMPLERS, help="default: ddim (cold for cold models); dpm++ is "
                    "DPM-Solver++(2M), dpm++3m its third-order multistep form, unipc UniPC-bh2 with its corrector")
-    s.add_argument("--steps", type=int, default=50)
+    s.add_argument("--steps", type=int, default=50, help=f"sampling steps, 1-{MAX_STEPS} (U-Net passes per image: "
+                   "one a step, two with guidance)")
     s.add_argument("--spacing", default="trailing", choices=SPACINGS, help=spacing_help)
-    s.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1]")
-    s.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale (1: off)")
+    s.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1]: 0 deterministic, 1 DDPM-like")
+    s.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale, 0-30 (1: off)")
     s.add_argument("--label", action="append", default=[], help="class or attribute, by name or index; repeat for several. A model "
                    "trained with unet.label_mask makes images that have every picked attribute, the others "
                    "unspecified; older multi-label models read the picks as the whole attribute set")
     s.add_argument("--cond-image", help="conditioning image (a stickman drawing) for pose models")
     s.add_argument("--init-image", help="img2img: start from this image ...")
     s.add_argument("--strength", type=float, default=0.6, help="... noised to this strength in (0, 1]")
-    s.add_argument("--batch", type=int, default=16, help="images per forward pass")
+    s.add_argument("--low-res", help="super-resolution models and cascades: the low-resolution image to upscale (a "
+                   "PNG, or a folder of them: one output per input); a cascade runs its super-resolution stages only")
+    s.add_argument("--sr-steps", type=int, default=None, help="steps of each super-resolution stage of a cascade "
+                   "(default: the stage's own, else 20)")
+    s.add_argument("--batch", type=int, default=16, help=f"images per forward pass, 1-{MAX_BATCH}")
     s.add_argument("--grid", action="store_true", help="also write grid.png")
     s.add_argument("--gif", action="store_true", help="also write process.gif (x0_hat over the run, first image)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    e = sub.add_parser("evaluate", help="metrics of a checkpoint: FID in classifier features, accuracy / F1 / pose adherence")
-    e.add_argument("--model", required=True)
+    e = parser("evaluate", help="metrics of a checkpoint: FID in classifier features, accuracy / F1 / pose adherence")
+    e.add_argument("--model", required=True, help="checkpoint folder")
     e.add_argument("--classifier", help="classifier folder (default: checkpoints/classifier-<dataset>)")
-    e.add_argument("--n", type=int, default=2000)
-    e.add_argument("--sampler", default=None, choices=SAMPLERS)
-    e.add_argument("--steps", type=int, default=50)
+    e.add_argument("--n", type=int, default=2000, help="samples to generate and compare")
+    e.add_argument("--sampler", default=None, choices=SAMPLERS, help="default: ddim (cold for cold models)")
+    e.add_argument("--steps", type=int, default=50, help="sampling steps")
     e.add_argument("--spacing", default="trailing", choices=SPACINGS, help=spacing_help)
-    e.add_argument("--guidance", type=float, default=2.0)
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--batch", type=int, default=100)
+    e.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale")
+    e.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
+    e.add_argument("--batch", type=int, default=100, help="images per sampling batch")
     e.add_argument("--out", help="write the metrics JSON here (default: MODEL/metrics[-tag].json)")
     e.add_argument("--cache-dir", default="runs/evaluate",
                    help="samples generated so far are kept here after every batch; a stopped run with the same "
-                        "settings resumes from them (default: runs/evaluate)")
+                        "settings resumes from them")
     e.add_argument("--no-cache", action="store_true", help="do not keep or reuse generated samples")
-    e.add_argument("--device", default="cpu", help="where the network samples, e.g. cuda (default cpu; metrics on CPU)")
+    e.add_argument("--device", default="cpu", help="where the network samples, e.g. cuda (metrics on CPU)")
     e.add_argument("--samples-only", action="store_true",
                    help="make and keep the samples (--cache-dir), skip the metrics: the cache file, copied to "
                         "another machine's --cache-dir, lets evaluate with the same settings finish there")
@@ -81,30 +98,32 @@ def _parser() -> argparse.ArgumentParser:
                    help="multi-label models and cascades: sample a fixed list of user-style picks of 1-3 attributes "
                         "and report per pick the fraction of samples that have every picked attribute, beside real "
                         "emoji, and mean colours (MODEL/metrics-picks[-tag].json; --steps, --guidance apply)")
-    e.add_argument("--per-pick", type=int, default=16, help="--picks: samples per pick (default 16)")
+    e.add_argument("--per-pick", type=int, default=16, help="--picks: samples per pick")
 
-    c = sub.add_parser("classifier", help="train the small evaluation classifier for a dataset")
-    c.add_argument("--data", default="fashion", choices=["fashion", "emoji", "pose"])
-    c.add_argument("--out", required=True)
-    c.add_argument("--epochs", type=int, default=5)
-    c.add_argument("--seed", type=int, default=0)
+    c = parser("classifier", help="train the small evaluation classifier for a dataset")
+    c.add_argument("--data", default="fashion", choices=["fashion", "emoji", "pose"], help="dataset")
+    c.add_argument("--out", required=True, help="output folder")
+    c.add_argument("--epochs", type=int, default=5, help="training epochs")
+    c.add_argument("--seed", type=int, default=0, help="initialisation and data order")
 
-    en = sub.add_parser("ensemble", help="assemble expert folders into an eDiff-I ensemble folder")
-    en.add_argument("--out", required=True)
-    en.add_argument("--expert", action="append", required=True, metavar="FOLDER:T_LO:T_HI")
-    en.add_argument("--description", default="")
+    en = parser("ensemble", help="assemble expert folders into an eDiff-I ensemble folder")
+    en.add_argument("--out", required=True, help="the ensemble folder (expert paths are relative to it)")
+    en.add_argument("--expert", action="append", required=True, metavar="FOLDER:T_LO:T_HI",
+                    help="an expert and the timesteps [T_LO, T_HI) it denoises; repeat to tile [0, T)")
+    en.add_argument("--description", default="", help="shown on the model card")
 
-    ca = sub.add_parser("cascade", help="assemble a base model and super-resolution stages into a cascade folder")
-    ca.add_argument("--out", required=True)
-    ca.add_argument("--stage", action="append", required=True, metavar="FOLDER[:AUG_LEVEL]")
-    ca.add_argument("--description", default="")
+    ca = parser("cascade", help="assemble a base model and super-resolution stages into a cascade folder")
+    ca.add_argument("--out", required=True, help="the cascade folder (stage paths are relative to it)")
+    ca.add_argument("--stage", action="append", required=True, metavar="FOLDER[:AUG_LEVEL]",
+                    help="the base model first, then each super-resolution stage with its noise-augmentation level")
+    ca.add_argument("--description", default="", help="shown on the model card")
 
     sub.add_parser("bench", help="sampling / training speed against diffusers (see: bench --help)", add_help=False)
 
-    cv = sub.add_parser("convert", help="convert a pickle .pt state_dict to safetensors (weights only, no code run)")
-    cv.add_argument("checkpoint")
+    cv = parser("convert", help="convert a pickle .pt state_dict to safetensors (weights only, no code run)")
+    cv.add_argument("checkpoint", help="the .pt / .pth file (read with torch.load(weights_only=True))")
     cv.add_argument("--config", required=True, help="config.json of the model (ModelConfig)")
-    cv.add_argument("--out", required=True)
+    cv.add_argument("--out", required=True, help="output model folder")
     return p
 
 
@@ -215,42 +234,60 @@ def _sample(args) -> int:
     from .images import grid, load_image, to_pil
     from .pipeline import MAX_BATCH, MAX_SEED, MAX_STEPS, load
     check_ranges(args, [("n", 1, 10000), ("batch", 1, MAX_BATCH), ("seed", 0, MAX_SEED - 10000),
-                        ("steps", 1, MAX_STEPS), ("strength", 0.0, 1.0)])
+                        ("steps", 1, MAX_STEPS), ("strength", 0.0, 1.0), ("eta", 0.0, 1.0), ("guidance", 0.0, 30.0)])
+    if args.sr_steps is not None:
+        check_ranges(args, [("sr_steps", 1, MAX_STEPS)])
     pipe = load(Path(args.model))
-    if not 0 <= args.eta <= 1:
-        raise ValueError(f"--eta must be in [0, 1], got {args.eta}")
-    if not 0 <= args.guidance <= 30:
-        raise ValueError(f"--guidance must be in [0, 30], got {args.guidance}")
     sampler = args.sampler or pipe.samplers[0 if pipe.samplers == ("cold",) else 1]
-    ch = pipe.base.config.unet.out_channels
-    size = pipe.base.config.unet.image_size
-    cond = load_image(args.cond_image, size, pipe.base.config.unet.cond_channels or 1) if args.cond_image else None
+    base = pipe.base.config
+    ch, size = base.unet.out_channels, base.unet.image_size
+    cond = load_image(args.cond_image, size, base.unet.cond_channels or 1) if args.cond_image else None
     init = load_image(args.init_image, size, ch) if args.init_image else None
-    out = Path(args.out)
+    low, names = None, None
+    if args.low_res:
+        low, names = _low_res_inputs(pipe, Path(args.low_res))
+        args.n = len(low)
+    out = Path(args.out) if args.out else Path("outputs") / Path(args.model).resolve().name
     out.mkdir(parents=True, exist_ok=True)
     images, frames = [], []
-    from tqdm import tqdm
-    bar = tqdm(total=args.n, unit="img", dynamic_ncols=True)
-    for start in range(0, args.n, args.batch):
-        b = min(args.batch, args.n - start)
-        last = None
-        for rec in pipe.stream(b, sampler=sampler, steps=args.steps, spacing=args.spacing, eta=args.eta,
-                               guidance=args.guidance, labels=args.label, cond_image=cond, init_image=init,
-                               strength=args.strength, seed=args.seed + start):
-            last = rec
-            if args.gif and start == 0:
-                frames.append(to_pil(rec.x0_hat[0].clamp(-1, 1)))
-        images.append(last.x_next.clamp(-1, 1))
-        bar.update(b)
-    bar.close()
+    bar, per_batch = None, None
+    batches = -(-args.n // args.batch)
+    try:
+        for k, start in enumerate(range(0, args.n, args.batch)):
+            b = min(args.batch, args.n - start)
+            last, count = None, 0
+            kw = dict(low_res=low[start:start + b]) if low is not None else {}
+            if pipe.kind == "cascade":
+                kw["sr_steps"] = args.sr_steps
+            for rec in pipe.stream(b, sampler=sampler, steps=args.steps, spacing=args.spacing, eta=args.eta,
+                                   guidance=args.guidance, labels=args.label, cond_image=cond, init_image=init,
+                                   strength=args.strength, seed=args.seed + start, **kw):
+                if bar is None and not args.no_progress:   # made at the first step: an error before prints no bar
+                    from tqdm import tqdm
+                    bar = tqdm(total=batches * rec.num_steps, unit="step", dynamic_ncols=True,
+                               desc=f"{args.n} image{'s' * (args.n > 1)}")
+                last, count = rec, count + 1
+                if bar is not None:
+                    bar.update(1)
+                if args.gif and start == 0:
+                    frames.append(to_pil(rec.x0_hat[0].clamp(-1, 1)))
+            if per_batch is None and bar is not None:       # a cascade's stages or img2img: the true count
+                per_batch = count
+                bar.total = batches * count
+                bar.refresh()
+            images.append(last.x_next.clamp(-1, 1))
+    finally:
+        if bar is not None:
+            bar.close()
     allimg = torch.cat(images)
     params = {"model": str(args.model), "sampler": sampler, "steps": args.steps, "spacing": args.spacing,
               "eta": args.eta, "guidance": args.guidance, "labels": args.label, "seed": args.seed}
     from PIL.PngImagePlugin import PngInfo
     for i, img in enumerate(allimg):
         info = PngInfo()
-        info.add_text("parameters", json.dumps({**params, "seed": args.seed + i, "n": 1}))
-        to_pil(img).save(out / f"{i:05d}.png", pnginfo=info)
+        info.add_text("parameters", json.dumps({**params, "seed": args.seed + i, "n": 1,
+                                                **({"low_res": names[i]} if names else {})}))
+        to_pil(img).save(out / (f"{Path(names[i]).stem}.png" if names else f"{i:05d}.png"), pnginfo=info)
     if args.grid:
         grid(allimg, nrow=8).save(out / "grid.png")
     if args.gif and frames:
@@ -258,6 +295,26 @@ def _sample(args) -> int:
         frames[0].save(out / "process.gif", save_all=True, append_images=frames[1:], duration=80, loop=0)
     print(f"wrote {len(allimg)} images to {out}")
     return 0
+
+
+def _low_res_inputs(pipe, path: Path):
+    """The low-resolution input(s) of a super-resolution model or cascade: one PNG, or every image in a folder
+    (sorted by name), each read at the size the first super-resolution stage takes; (n, C, h, w) and names."""
+    from .data import IMAGE_SUFFIXES
+    from .images import load_image
+    sr = pipe.stages[1][0] if pipe.kind == "cascade" else pipe
+    cfg = sr.config
+    if cfg.task != "super_resolution":
+        raise ValueError(f"--low-res: {pipe.path} is neither a super-resolution model nor a cascade")
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
+    if not files:
+        raise ValueError(f"--low-res: no images in {path}")
+    if len(files) > 10000:
+        raise ValueError(f"--low-res: {len(files)} images in {path}, at most 10000")
+    import torch
+    side = pipe.base.config.unet.image_size if pipe.kind == "cascade" else cfg.low_res
+    low = torch.stack([load_image(str(f), side, cfg.unet.out_channels) for f in files])
+    return low, [f.name for f in files]
 
 
 def _convert(args) -> int:

@@ -285,7 +285,7 @@ class CascadeStage:
     sampler: str = ""               # "": the request's super-resolution sampler
 
     def __post_init__(self):
-        from .samplers import SAMPLERS
+        from .options import SAMPLERS
         if not 0.0 <= self.aug_level <= 1.0:
             raise ConfigError(f"stage {self.path}: aug_level must be in [0, 1], got {self.aug_level}")
         if not 0 <= self.steps <= 1000:

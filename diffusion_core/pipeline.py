@@ -18,11 +18,11 @@ from .conditioning import Condition, augment_low_res, picks_condition, picks_mea
 from .config import ConfigError, ModelConfig
 from .degradations import Degradation, make_degradation
 from .denoisers import ClassifierFreeGuidance, ClipX0, ExpertEnsemble, ModelDenoiser
-from .samplers import (SAMPLERS, SampleStep, SamplerSpec, make_generators, noised_start, per_image_noise,
+from .options import MAX_BATCH, MAX_SEED, MAX_STEPS, NOISE_LEVEL_SPACINGS, SAMPLERS, SPACINGS
+from .samplers import (SampleStep, SamplerSpec, make_generators, noised_start, per_image_noise,
                        sample_stream)
-from .schedules import NOISE_LEVEL_SPACINGS, SPACINGS, Schedule, make_schedule, spaced_timesteps
+from .schedules import Schedule, make_schedule, spaced_timesteps
 
-MAX_BATCH = 64
 # The network always runs on batches of exactly this many rows (CFG's two passes count as two rows per
 # image), padded where needed: CPU kernels round differently for different batch sizes, so a fixed
 # evaluation batch makes image i of seed s bit-identical to image 0 of seed s+i whatever the batch size
@@ -31,8 +31,6 @@ MAX_BATCH = 64
 # chunks cost little: each worker runs its consecutive chunks as one call where that is verified bit-identical
 # (ModelDenoiser._merges).
 EVAL_CHUNK = 8
-MAX_STEPS = 1000
-MAX_SEED = 2 ** 63 - 1 - 100_000    # image i uses seed + i, which torch's generators take up to 2^63 - 1
 
 
 @dataclass
@@ -164,7 +162,7 @@ class Pipeline:
                                             guidance=guidance, labels=labels, cond_image=cond_image,
                                             init_image=init_image, strength=strength, seed=seed, clip=clip,
                                             sr_steps=sr_steps, sr_sampler=sr_sampler, variance=variance,
-                                            device=device)
+                                            device=device, low_res=low_res)
             return
         cfg = self.config
         spec = SamplerSpec(sampler, eta=eta, variance=variance, improved=improved)
@@ -239,10 +237,14 @@ class Pipeline:
         idx = [int(pool[torch.randint(len(pool), (1,), generator=g)]) for pool, g in zip(pools, gens)]
         return self.prior[idx].to(device)
 
-    def _stream_cascade(self, n, *, sr_steps, sr_sampler, **kw):
+    def _stream_cascade(self, n, *, sr_steps, sr_sampler, low_res=None, **kw):
+        """The base stage, then each super-resolution stage on the previous one's output. Given ``low_res``
+        (n, C, h, w), the base stage is skipped and the super-resolution stages start from it."""
         seed = kw["seed"]
-        x = None
+        x = low_res
         for i, (stage, opts) in enumerate(self.stages):
+            if i == 0 and low_res is not None:
+                continue
             if i == 0:
                 gen = stage.stream(n, **kw)
             else:

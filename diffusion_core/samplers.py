@@ -16,9 +16,9 @@ import torch
 from .conditioning import Condition
 from .degradations import Degradation
 from .denoisers import Denoiser, Prediction
+from .options import SAMPLERS
 from .schedules import Schedule, spaced_timesteps, timestep_pairs
 
-SAMPLERS = ("ddpm", "ddim", "dpm++", "dpm++3m", "unipc", "cold")
 
 
 @dataclass(frozen=True)

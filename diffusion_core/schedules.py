@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-SPACINGS = ("trailing", "leading", "linspace", "logsnr", "karras")
-NOISE_LEVEL_SPACINGS = ("logsnr", "karras")      # grids in noise level: they need a Gaussian schedule
+from .options import NOISE_LEVEL_SPACINGS, SPACINGS  # noqa: F401 (re-exported)
+
 KARRAS_RHO = 7.0    # Karras et al. 2022, eq. 5: "rho = 7"
 # The noise-level grids stop at lambda = log(alpha / sigma_vp) = -5.1, i.e. sigma = e^5.1 ~ 164, the clipping DPM-Solver's
 # code uses for the cosine schedule: there sigma(T-1) is ~2e4 (alpha_bar ~ 2e-9, from the clipped last betas) and

@@ -1,0 +1,10 @@
+"""The names and limits of a sampling request, in one place, without importing torch: the samplers, the step
+grids and the bounds that the pipeline enforces and the command line and the app show."""
+from __future__ import annotations
+
+SAMPLERS = ("ddpm", "ddim", "dpm++", "dpm++3m", "unipc", "cold")
+SPACINGS = ("trailing", "leading", "linspace", "logsnr", "karras")
+NOISE_LEVEL_SPACINGS = ("logsnr", "karras")      # grids in noise level: they need a Gaussian schedule
+MAX_BATCH = 64
+MAX_STEPS = 1000
+MAX_SEED = 2 ** 63 - 1 - 100_000    # image i uses seed + i, which torch's generators take up to 2^63 - 1
