@@ -182,13 +182,15 @@ def hide_labels(labels: torch.Tensor, hiding: LabelHiding, generator: torch.Gene
     return known.to(labels.dtype)
 
 
-def resize_cond_image(image: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize a conditioning image (B, C, h, w) in [-1, 1] to (B, C, size, size) (area / bilinear)."""
-    if image.shape[-1] == size and image.shape[-2] == size:
+def resize_cond_image(image: torch.Tensor, size) -> torch.Tensor:
+    """Resize a conditioning image (B, C, h, w) in [-1, 1] to ``size``: an int (square) or (H, W); area when
+    shrinking, bilinear otherwise."""
+    hw = (size, size) if isinstance(size, int) else tuple(int(v) for v in size)
+    if tuple(image.shape[-2:]) == hw:
         return image
-    mode = "area" if image.shape[-1] > size else "bilinear"
+    mode = "area" if image.shape[-1] > hw[1] else "bilinear"
     kw = {} if mode == "area" else {"align_corners": False}
-    return F.interpolate(image, size=(size, size), mode=mode, **kw)
+    return F.interpolate(image, size=hw, mode=mode, **kw)
 
 
 def augment_low_res(up: torch.Tensor, level: torch.Tensor | float, noise: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ CLI and the app use (it yields ``SampleStep`` records), and ``Pipeline.sample(..
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -171,17 +171,26 @@ class Pipeline:
         gens = make_generators(seed, n)
         c, s = cfg.unet.out_channels, cfg.unet.image_size
         cond = self.condition(n, labels, cond_image, device)
+        hw, crop_to = (s, s), None
         if cfg.task == "super_resolution":
             if low_res is None:
                 raise ValueError("a super-resolution model needs a low-resolution input image")
             if low_res.dim() == 3:
                 low_res = low_res[None].expand(n, -1, -1, -1)
-            s = low_res.shape[-1] * max(1, (cfg.high_res or cfg.unet.image_size) // max(cfg.low_res, 1))
-            up = F.interpolate(low_res.to(device), size=(s, s), mode="bicubic", align_corners=False).clamp(-1, 1)
+            factor = max(1, (cfg.high_res or cfg.unet.image_size) // max(cfg.low_res, 1))
+            out_hw = (low_res.shape[-2] * factor, low_res.shape[-1] * factor)
+            up = F.interpolate(low_res.to(device), size=out_hw, mode="bicubic", align_corners=False).clamp(-1, 1)
+            # the U-Net halves the size len(channel_mults) - 1 times: any other size is sampled on a canvas
+            # padded (by edge replication) to a multiple of that, and the records are cropped back to out_hw
+            m = 2 ** (len(cfg.unet.channel_mults) - 1)
+            canvas = (-(-out_hw[0] // m) * m, -(-out_hw[1] // m) * m)
+            if canvas != out_hw:
+                up = F.pad(up, (0, canvas[1] - out_hw[1], 0, canvas[0] - out_hw[0]), mode="replicate")
             if aug_level > 0:
                 up = augment_low_res(up, aug_level, per_image_noise(up.shape, make_generators(seed + 99_991, n), device))
             cond = Condition(image=up, aug_level=torch.full((n,), float(aug_level), device=device),
                              uncond=torch.zeros(n, dtype=torch.bool, device=device))
+            hw, crop_to = canvas, (out_hw if canvas != out_hw else None)
         den = self.denoiser(guidance, clip)
         T = cfg.diffusion.T
         if cfg.diffusion.is_cold:
@@ -193,8 +202,15 @@ class Pipeline:
             x_start, ts = noised_start(sched, x0.to(device), steps, strength, spacing, gens)
         else:
             ts = spaced_timesteps(T, steps, spacing, schedule=sched)
-            x_start = per_image_noise((n, c, s, s), gens, device)
-        yield from sample_stream(den, x_start, ts, spec, schedule=sched, cond=cond, generators=gens)
+            x_start = per_image_noise((n, c, *hw), gens, device)
+        records = sample_stream(den, x_start, ts, spec, schedule=sched, cond=cond, generators=gens)
+        if crop_to is None:
+            yield from records
+            return
+        h, w = crop_to
+        for rec in records:
+            yield replace(rec, x_t=rec.x_t[..., :h, :w], x_next=rec.x_next[..., :h, :w],
+                          x0_hat=rec.x0_hat[..., :h, :w], eps_hat=rec.eps_hat[..., :h, :w])
 
     def _stream_cold(self, den, n, steps, spacing, gens, cond, init_image, strength, improved, device):
         if spacing in NOISE_LEVEL_SPACINGS:

@@ -241,7 +241,7 @@ class UNet(nn.Module):
             if cond is None or cond.image is None:
                 img = torch.zeros(b, self.cfg.cond_channels, *x.shape[-2:], dtype=x.dtype, device=x.device)
             else:
-                img = resize_cond_image(cond.image.to(x.dtype), x.shape[-1])
+                img = resize_cond_image(cond.image.to(x.dtype), x.shape[-2:])
                 if cond.uncond is not None and cond.aug_level is None:
                     img = img * (~cond.uncond).to(x.dtype)[:, None, None, None]
             x = torch.cat([x, img], dim=1)

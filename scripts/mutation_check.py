@@ -99,6 +99,10 @@ MUTANTS = [
   "tests/test_training_hostile.py -k two_trainings"),
  ("NaN weights saved", "diffusion_core/train.py", "        if bad is not None:\n            kept", "        if False:\n            kept",
   "tests/test_training_hostile.py -k nan_weights"),
+ ("SR without the padded canvas", "diffusion_core/pipeline.py", "            canvas = (-(-out_hw[0] // m) * m, -(-out_hw[1] // m) * m)",
+  "            canvas = out_hw", "tests/test_pipeline.py -k any_input_size"),
+ ("conditioning image resized square", "diffusion_core/unet.py", "resize_cond_image(cond.image.to(x.dtype), x.shape[-2:])",
+  "resize_cond_image(cond.image.to(x.dtype), x.shape[-1])", "tests/test_pipeline.py -k any_input_size"),
 ]
 
 

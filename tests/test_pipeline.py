@@ -203,3 +203,21 @@ def test_cold_pipeline(tmp_path, make_model, degradation):
     assert recs[0].t == 9
     want = pipe.degradation(init.expand(2, -1, -1, -1), torch.full((2,), 9), fixed)
     assert torch.allclose(recs[0].x_t, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (3, 3), (33, 33), (5, 3), (75, 100)])
+def test_super_resolution_takes_any_input_size(tmp_path, make_model, hw):
+    """The U-Net halves the size len(channel_mults) - 1 times, so an SR input whose upscaled side is not a
+    multiple of that is sampled on an edge-padded canvas and cropped back; non-square inputs stay non-square
+    (odd sides failed with "Sizes of tensors must match", 100x75 came back square)."""
+    make_model(tmp_path / "sr", seed=21, task="super_resolution", low_res=8, high_res=16,
+               unet=dict(in_channels=3, out_channels=3, cond_channels=3, aug_level_embedding=True, image_size=16,
+                         channel_mults=(1, 2, 2)))
+    sr = load(tmp_path / "sr")
+    low = torch.rand(2, 3, *hw) * 2 - 1
+    recs = list(sr.stream(2, low_res=low, steps=3, sampler="dpm++", seed=4, aug_level=0.1))
+    assert all(r.x_next.shape == (2, 3, 2 * hw[0], 2 * hw[1]) for r in recs)
+    assert all(r.x_t.shape == r.x0_hat.shape == r.eps_hat.shape == r.x_next.shape for r in recs)
+    assert torch.isfinite(recs[-1].x_next).all()
+    one = sr.sample(1, low_res=low[1:], steps=3, sampler="dpm++", seed=5, aug_level=0.1)
+    assert torch.equal(one[0], recs[-1].x_next[1].clamp(-1, 1))        # the seed contract holds on a canvas too
