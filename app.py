@@ -36,11 +36,9 @@ import torch  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 from PIL.PngImagePlugin import PngInfo  # noqa: E402
 
-from diffusion_core import (SPACINGS, CheckpointError, ImageError, SampleStep, SamplerSpec,  # noqa: E402
-                            explain_multistep, grid, load, make_degradation, make_generators, make_schedule,
-                            sample_stream, spaced_timesteps, to_pil)
-from diffusion_core.images import load_image, open_image, to_mode  # noqa: E402
-from diffusion_core.checkpoint import SAMPLER_KINDS  # noqa: E402
+from diffusion_core import (SAMPLER_KINDS, SPACINGS, CheckpointError, ImageError, SampleStep,  # noqa: E402
+                            SamplerSpec, explain_multistep, grid, load, load_image, make_degradation, make_generators,
+                            make_schedule, open_image, sample_stream, spaced_timesteps, to_mode, to_pil)
 
 log = logging.getLogger("diffusion_app")
 
@@ -1010,7 +1008,7 @@ class DiffusionApp:
             try:
                 with self._fashion_lock:
                     if self._fashion is None:
-                        from diffusion_core.data import DataConfig, load_data
+                        from diffusion_core import DataConfig, load_data
                         self._fashion = load_data(DataConfig(source="fashion", split="test", limit=1000))
                 data = self._fashion
                 i = random.randrange(len(data)) if index is None else int(index) % len(data)

@@ -13,12 +13,13 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "checkpoint": ("CheckpointError", "save_cascade", "save_ensemble", "save_model"),
+    "checkpoint": ("SAMPLER_KINDS", "CheckpointError", "save_cascade", "save_ensemble", "save_model"),
     "conditioning": ("Condition",),
     "config": ("ConfigError", "DiffusionConfig", "ModelConfig", "UNetConfig"),
+    "data": ("DataConfig", "load_data"),
     "degradations": ("make_degradation",),
     "denoisers": ("ClassifierFreeGuidance", "ClipX0", "ExpertEnsemble", "ModelDenoiser", "Prediction"),
-    "images": ("ImageError", "grid", "load_image", "to_pil", "to_uint8"),
+    "images": ("ImageError", "grid", "load_image", "open_image", "to_mode", "to_pil", "to_uint8"),
     "options": ("MAX_BATCH", "MAX_SEED", "MAX_STEPS", "SAMPLERS", "SPACINGS"),
     "pipeline": ("Pipeline", "load"),
     "samplers": ("SampleStep", "SamplerSpec", "explain_multistep", "make_generators", "sample", "sample_stream"),

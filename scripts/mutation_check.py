@@ -103,6 +103,11 @@ MUTANTS = [
   "            canvas = out_hw", "tests/test_pipeline.py -k any_input_size"),
  ("conditioning image resized square", "diffusion_core/unet.py", "resize_cond_image(cond.image.to(x.dtype), x.shape[-2:])",
   "resize_cond_image(cond.image.to(x.dtype), x.shape[-1])", "tests/test_pipeline.py -k any_input_size"),
+ ("app imports a submodule", "app.py", "from diffusion_core import (SAMPLER_KINDS,",
+  "from diffusion_core.images import to_mode  # noqa: E402\nfrom diffusion_core import (SAMPLER_KINDS,",
+  "tests/test_import_rules.py"),
+ ("samplers import the network", "diffusion_core/samplers.py", "from .options import SAMPLERS\n",
+  "from .options import SAMPLERS\nfrom .unet import UNet  # noqa: F401\n", "tests/test_import_rules.py"),
 ]
 
 

@@ -1,0 +1,62 @@
+"""The architecture as import rules, read from the sources (nothing is imported): what may depend on what."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "diffusion_core"
+
+
+def imports(path: Path) -> set[str]:
+    """Every module ``path`` imports, anywhere in the file, as absolute dotted names (relative imports resolved
+    against the package)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = "diffusion_core" + ("." + base if base else "")
+                out.update(f"{base}.{a.name}" if not node.module else base for a in node.names)
+            else:
+                out.add(base)
+                if base == "diffusion_core":
+                    out.update(f"diffusion_core.{a.name}" for a in node.names)
+    return out
+
+
+def module_imports(name: str) -> set[str]:
+    return imports(PKG / f"{name}.py")
+
+
+def test_the_package_never_imports_gradio():
+    for path in PKG.glob("*.py"):
+        assert not {m for m in imports(path) if m.split(".")[0] in ("gradio", "gradio_client", "spaces")}, path.name
+
+
+def test_the_maths_does_not_import_the_network_data_or_training():
+    """Schedules, samplers and denoisers are functions over tensors and a denoiser callable (DESIGN habit 1)."""
+    forbidden = {"unet", "data", "data_emoji", "data_pose", "train", "evaluate", "pipeline", "checkpoint", "bench"}
+    for name in ("schedules", "samplers", "denoisers", "options"):
+        bad = {m for m in module_imports(name) if m.startswith("diffusion_core.") and m.split(".")[1] in forbidden}
+        assert not bad, (name, bad)
+    assert not any(m == "torch" or m.startswith("torch.") for m in module_imports("options"))   # --help stays fast
+
+
+def test_the_network_does_not_import_training_or_data():
+    bad = {m for m in module_imports("unet")
+           if m.startswith("diffusion_core.") and m.split(".")[1] in {"train", "data", "data_emoji", "data_pose",
+                                                                       "evaluate", "pipeline", "bench"}}
+    assert not bad, bad
+
+
+def test_the_app_uses_only_the_public_api():
+    """app.py imports names from ``diffusion_core`` itself, never from one of its modules."""
+    import diffusion_core
+    mods = imports(ROOT / "app.py")
+    sub = {m for m in mods if m.startswith("diffusion_core.") and m.split(".")[1] not in diffusion_core.__all__}
+    assert not sub, sub
+    used = {m.split(".")[1] for m in mods if m.startswith("diffusion_core.")}
+    assert used <= set(diffusion_core.__all__), used - set(diffusion_core.__all__)
