@@ -19,6 +19,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import atexit  # noqa: E402
+import signal  # noqa: E402
 import functools  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
@@ -1793,7 +1794,14 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
 LAUNCH_KW = dict(theme=gr.themes.Soft(), css=CSS, max_file_size="32mb")
 
 
+def exit_on_sigterm(signum, frame):
+    """SIGTERM (a Space or a service manager stopping the app) exits like Ctrl-C, so the atexit cleanup runs and
+    the app's temp folder of generated files goes with it (the default action kills the process at once)."""
+    raise SystemExit(128 + signum)
+
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
     build_demo().launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), **LAUNCH_KW)

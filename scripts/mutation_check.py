@@ -108,6 +108,8 @@ MUTANTS = [
   "tests/test_import_rules.py"),
  ("samplers import the network", "diffusion_core/samplers.py", "from .options import SAMPLERS\n",
   "from .options import SAMPLERS\nfrom .unet import UNet  # noqa: F401\n", "tests/test_import_rules.py"),
+ ("SIGTERM kills the app without cleanup", "app.py", "    signal.signal(signal.SIGTERM, exit_on_sigterm)\n", "",
+  "tests/test_app_signals.py"),
 ]
 
 
