@@ -153,6 +153,22 @@ class Radio(_NamedErrors, gr.Radio):
     is_template = True
 
 
+def number(value, name: str, lo: float, hi: float, whole: bool = False) -> float:
+    """A numeric input checked once, for every endpoint: a finite number (or a numeric string, as an API client
+    may send) in [lo, hi], whole where asked; otherwise a ValueError naming the input and its range (None, text,
+    NaN and inf used to surface as Gradio's generic error or {"error": null})."""
+    what = f"{name} must be a {'whole ' if whole else ''}number in [{lo:g}, {hi:g}], got {value!r}"
+    if isinstance(value, bool) or value is None:
+        raise ValueError(what)
+    try:
+        v = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(what) from None
+    if not math.isfinite(v) or not lo <= v <= hi or (whole and v != int(v)):
+        raise ValueError(what)
+    return v
+
+
 def user_error(e: Exception) -> gr.Error:
     msg = str(e).strip() or type(e).__name__
     return gr.Error(msg, print_exception=False)      # a user mistake: a message, not a server traceback
@@ -818,23 +834,15 @@ class DiffusionApp:
         """Stream a sampling run: every ``preview_every`` steps yield x_t | x0_hat, a status line and the
         progress; finally the gallery of PNGs (tEXt 'parameters' = JSON) and the optional GIF."""
         try:
-            steps, batch_size, preview_every = int(steps), int(batch_size), int(preview_every)
-            if not 1 <= steps <= MAX_STEPS:
-                raise ValueError(f"steps must be in [1, {MAX_STEPS}], got {steps}")
-            if not 1 <= batch_size <= MAX_BATCH:
-                raise ValueError(f"batch size must be in [1, {MAX_BATCH}], got {batch_size}")
-            if not 0.0 <= float(guidance) <= MAX_GUIDANCE:
-                raise ValueError(f"guidance scale must be in [0, {MAX_GUIDANCE:g}], got {guidance}")
-            if not 0.0 <= float(eta) <= 1.0:
-                raise ValueError(f"eta must be in [0, 1], got {eta}")
-            if not 0.0 < float(strength) <= 1.0:
-                raise ValueError(f"strength must be in (0, 1], got {strength}")
-            preview_every = max(1, preview_every)
-            seed = -1 if seed is None else int(seed)
-            if seed < 0:
-                seed = random.randint(0, MAX_SEED)
-            if seed > MAX_SEED:
-                raise ValueError(f"seed must be in [0, {MAX_SEED}] (or -1 for random), got {seed}")
+            steps = int(number(steps, "steps", 1, MAX_STEPS, whole=True))
+            batch_size = int(number(batch_size, "batch size", 1, MAX_BATCH, whole=True))
+            preview_every = max(1, int(number(preview_every, "preview every", 0, MAX_STEPS, whole=True)))
+            guidance = number(guidance, "guidance scale", 0.0, MAX_GUIDANCE)
+            eta = number(eta, "eta", 0.0, 1.0)
+            strength = number(strength, "strength", 0.0, 1.0)
+            if strength == 0.0:
+                raise ValueError("strength must be in (0, 1], got 0")
+            seed = self._seed(seed)
             pipe = self.models.get(model)
             cfg = pipe.base.config
             if sampler not in pipe.samplers:
@@ -1113,7 +1121,8 @@ class DiffusionApp:
 
     @staticmethod
     def _seed(seed) -> int:
-        seed = -1 if seed is None else int(seed)
+        """-1 (or nothing) for a random seed, else a whole number in [0, MAX_SEED]."""
+        seed = -1 if seed is None else int(number(seed, "seed", -1, MAX_SEED, whole=True))
         if seed < 0:
             seed = random.randint(0, MAX_SEED)
         if seed > MAX_SEED:
@@ -1348,16 +1357,7 @@ class DiffusionApp:
 
     @staticmethod
     def _int_list(values, what, lo, hi) -> list[int]:
-        out = []
-        for v in values or []:
-            try:
-                f = float(v)
-            except (TypeError, ValueError):
-                raise ValueError(f"{what}: {v!r} is not a number") from None
-            if f != int(f) or not lo <= f <= hi:
-                raise ValueError(f"{what} must be whole numbers in [{lo}, {hi}], got {v!r}")
-            out.append(int(f))
-        return sorted(set(out))
+        return sorted({int(number(v, what, lo, hi, whole=True)) for v in values or []})
 
     @handles_errors("the comparison")
     def compare(self, model, class_label=ANY, attributes=None, seed=0, samplers=("ddpm", "ddim", "dpm++"),
@@ -1365,9 +1365,7 @@ class DiffusionApp:
         """One seed, samplers (rows) x step counts (columns), each cell labelled with sampler, steps and wall
         time; ``schedules`` adds the rows of the models that differ only in their noise schedule."""
         steps = self._int_list(step_counts, "step counts", 1, MAX_STEPS)
-        g = float(guidance)
-        if not 0 <= g <= MAX_GUIDANCE:
-            raise ValueError(f"guidance scale must be in [0, {MAX_GUIDANCE:g}], got {guidance}")
+        g = number(guidance, "guidance scale", 0.0, MAX_GUIDANCE)
         return self._compare_grid(model, class_label, attributes, seed, samplers,
                                   [(st, g, f"{st} steps") for st in steps], schedules)
 
@@ -1409,11 +1407,9 @@ class DiffusionApp:
             raise ValueError("interpolation needs a Gaussian diffusion model (x_T is noise); this is a cold model")
         if sampler not in DETERMINISTIC_SAMPLERS:
             raise ValueError(f"interpolation needs a deterministic sampler: {', '.join(DETERMINISTIC_SAMPLERS)}")
-        frames, steps, g = int(frames), int(steps), float(guidance)
-        if not 2 <= frames <= INTERP_MAX_FRAMES:
-            raise ValueError(f"frames must be in [2, {INTERP_MAX_FRAMES}], got {frames}")
-        if not 1 <= steps <= MAX_STEPS:
-            raise ValueError(f"steps must be in [1, {MAX_STEPS}], got {steps}")
+        frames = int(number(frames, "frames", 2, INTERP_MAX_FRAMES, whole=True))
+        steps = int(number(steps, "steps", 1, MAX_STEPS, whole=True))
+        g = number(guidance, "guidance scale", 0.0, MAX_GUIDANCE)
         if frames * steps > INTERP_MAX_WORK:
             raise ValueError(f"too much work: {frames} frames x {steps} steps (limit {INTERP_MAX_WORK}); "
                              "use fewer frames or steps")

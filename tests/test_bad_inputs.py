@@ -77,6 +77,9 @@ CASES = [
     ("/explain_step", dict(step=99999), "run generate first|maximum value"),
     ("/trajectory", dict(frames=500), "frames must be in|maximum value"),
     ("/trajectory", dict(what="eps"), "what must be|not in the list of choices|run generate first"),
+    # wrong types, as an API client can send them (issue 24, item 12); where Gradio's own preprocessing of a
+    # Slider or Number refuses a value first, it answers with its generic error (test_number below covers ours)
+    ("/compare", dict(model="tiny", step_counts=["ten"]), "step counts must be a whole number in"),
 ]
 
 
@@ -105,3 +108,16 @@ def test_bad_input_gives_a_message_and_the_app_keeps_serving(client, bad_files, 
     job = client.submit(model="tiny", steps=1, batch_size=1, seed=3, api_name=G)
     job.result()
     assert isinstance(job.outputs()[-1][2], list) and len(job.outputs()[-1][2]) == 1
+
+
+def test_number_checks_type_range_and_finiteness():
+    """The app's one check of a numeric input: a message naming it and its range for None, text, NaN, inf,
+    booleans, fractions where a whole number is needed, and out-of-range values; numeric text is accepted."""
+    import app
+    for value in (None, "many", float("nan"), float("inf"), True, 1.5, 0, 1001):
+        with pytest.raises(ValueError, match=r"steps must be a whole number in \[1, 1000\], got"):
+            app.number(value, "steps", 1, 1000, whole=True)
+    assert app.number("25", "steps", 1, 1000, whole=True) == 25.0
+    assert app.number(2.5, "guidance scale", 0, 20) == 2.5
+    with pytest.raises(ValueError, match="seed must be a whole number"):
+        app.DiffusionApp._seed(float("nan"))
