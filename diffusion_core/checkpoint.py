@@ -146,11 +146,6 @@ def network_shapes(unet_cfg) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in net.state_dict().items()}
 
 
-def estimate_parameters(cfg) -> int:
-    """The U-Net's exact parameter count (all fields count: labels, channels, heads), before allocating anything."""
-    return sum(math.prod(shape) for shape in network_shapes(cfg.unet).values())
-
-
 def load_network(folder: Path, device="cpu") -> tuple[ModelConfig, UNet]:
     """Build the U-Net from config.json and load model.safetensors into it, strictly.
 
@@ -349,9 +344,3 @@ def save_cascade(folder, stages: list[dict], description: str = "") -> None:
     except ConfigError as e:
         raise CheckpointError(f"{Path(folder) / CONFIG}: {e}") from None
     write_manifest(folder, manifest)
-
-
-def check_number(name: str, v, lo: float, hi: float, path: Path) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
-        raise CheckpointError(f"{path}: {name} must be a number in [{lo}, {hi}], got {v!r}")
-    return float(v)
