@@ -276,7 +276,12 @@ def evaluate_model(model_dir: Path, classifier_dir: Path | None, n: int = 2000, 
     if done:
         metrics["resumed_from"] = done
     t0 = time.time() - store.elapsed
-    bar = tqdm(total=n, initial=min(done, n), unit="img", disable=not progress, mininterval=2.0)
+    # one tick per sampling step of every batch (steps x batches), with an ETA; the total is corrected to the
+    # true step count (img2img, cascades) at the first batch's end
+    batches_left = -(-(n - min(done, n)) // batch)
+    bar = tqdm(total=batches_left * steps, unit="step", disable=not progress, mininterval=2.0,
+               desc=f"{n - min(done, n)} images")
+    per_batch = None
     for start in range(done, n, batch):
         b = min(batch, n - start)
         kw = {}
@@ -289,12 +294,19 @@ def evaluate_model(model_dir: Path, classifier_dir: Path | None, n: int = 2000, 
             from .data import to_tensor
             kw["cond_image"] = to_tensor(sticks[start:start + b])
         tb = time.perf_counter()
-        images.append(pipe.sample(b, sampler=sampler, steps=steps, spacing=spacing, guidance=guidance,
-                                  seed=seed + start, device=device, **kw).cpu())
+        last, count = None, 0
+        for last in pipe.stream(b, sampler=sampler, steps=steps, spacing=spacing, guidance=guidance,
+                                seed=seed + start, device=device, **kw):
+            count += 1
+            bar.update(1)
+        if per_batch is None:
+            per_batch = count
+            bar.total = batches_left * count
+            bar.refresh()
+        images.append(last.x_next.clamp(-1, 1).cpu())     # what Pipeline.sample returns
         if b == batch:      # full batches only: a resumed run with a larger n continues from them
             store.batch_s.append(time.perf_counter() - tb)
             store.save(images, time.time() - t0)
-        bar.update(b)
     bar.close()
     if samples_only:
         return {**metrics, "samples_only": True, "samples": sum(len(x) for x in images), "cache": str(cache),

@@ -399,6 +399,7 @@ def test_evaluate_command_end_to_end(tmp_path):
     assert m["n"] == 20 and 0 <= m["accuracy"] <= 1 and m["fid"] > 0 and m["fid_real_vs_real"] >= 0
     assert set(m["accuracy_per_class"]) == set(load(model).label_names) and "resumed_from" not in m
     assert m["timed_batches"] == 2 and 0 < m["sampling_s_per_image"] <= m["sampling_s"] / 10
+    assert "4/4" in r.stderr and "step" in r.stderr          # progress per sampling step: 2 batches x 2 steps
     r2 = run_cli(*args, "--steps", "2", "--tag", "u", "--no-cache")
     assert json.loads((model / "metrics-u.json").read_text())["fid"] == m["fid"]     # deterministic given a seed
     # a run stopped after its first batch resumes from the kept samples and ends where an uninterrupted run does
@@ -413,6 +414,7 @@ def test_evaluate_command_end_to_end(tmp_path):
     m3 = json.loads((model / "metrics-t.json").read_text())
     assert m3["resumed_from"] == 10 and m3["fid"] == m["fid"] and m3["accuracy"] == m["accuracy"]
     assert m3["timed_batches"] == 2            # the kept batch's time and the new one's
+    assert "2/2" in r3.stderr and "10 images" in r3.stderr     # only the batch left is counted
     # other settings under the same name: the kept samples are not reused
     r4 = run_cli(*args, "--steps", "3", "--tag", "t")
     assert r4.returncode == 0 and "resumed_from" not in json.loads((model / "metrics-t.json").read_text())
