@@ -30,7 +30,7 @@ Correctness: ``--write-reference`` stores ``Pipeline.sample(...)`` of the fashio
 the file's metadata) and ``--check`` samples again and reports the max abs difference (exit 1 when it
 exceeds ``--tolerance``, default 0). A change of memory layout or operation order changes the rounding:
 the channels_last / fused-AdaGN U-Net against a reference from the NCHW one differed by at most 9.5e-4
-after 20 guided steps (9 of 16,384 pixels one 8-bit level apart); see README, Performance.
+after 20 guided steps (9 of 16,384 pixels one 8-bit level apart); see docs/performance.md.
 
 If ``--model`` is missing, a random-weight network of the same architecture stands in for it (timings
 do not depend on the weights); its zero-initialised layers get small random values so that its
@@ -213,7 +213,7 @@ def fashion_pipeline(path: str, tiny: bool, seed: int = 0):
                 or pipe.config.diffusion.is_cold:
             raise ValueError(f"{folder}: the benchmark needs a single class-conditional Gaussian model")
         # whole batches: the same U-Net work as diffusers (the app pads to 8 rows for bit-identical seeds
-        # across batch sizes; see README, Reliability)
+        # across batch sizes; see docs/reliability.md)
         pipe.chunk = 0
         return pipe, str(folder)
     cfg = TINY_UNET if tiny else FASHION_UNET

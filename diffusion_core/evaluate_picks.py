@@ -118,7 +118,7 @@ def evaluate_picks(model_dir: Path, classifier_dir: Path | None = None, per_pick
 
 
 def format_table(m: dict) -> str:
-    """The per-pick rows as a Markdown table (for the README and the terminal)."""
+    """The per-pick rows as a Markdown table (for docs/models.md and the terminal)."""
     lines = ["| pick | generated | real (count) | centre RGB generated | centre RGB real |",
              "| --- | ---: | ---: | --- | --- |"]
     for r in m["rows"]:

@@ -193,7 +193,7 @@ class UNet(nn.Module):
 
     def set_channels_last(self, on: bool = True) -> "UNet":
         """Keep conv weights and activations in channels_last (NHWC) memory, where oneDNN's CPU
-        convolutions are about 1.4x faster than in NCHW (README, Performance). Only the memory layout
+        convolutions are about 1.4x faster than in NCHW (docs/performance.md). Only the memory layout
         changes, not the values; weights are saved contiguous. A runtime choice, not part of the config."""
         self.channels_last = bool(on)
         return self.to(memory_format=torch.channels_last if on else torch.contiguous_format)

@@ -1,4 +1,4 @@
-"""The README's sampler table: FID and accuracy per (model, sampler, steps), measured with `evaluate`.
+"""The sampler tables of docs/models.md: FID and accuracy per (model, sampler, steps), measured with `evaluate`.
 
     python scripts/sampler_table.py            # run every row without a metrics file, then print the table
     python scripts/sampler_table.py --table    # only print the table from the metrics files present

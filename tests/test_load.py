@@ -3,7 +3,7 @@
 Every request either completes, is cancelled by its client, or is refused by the queue limit with
 Gradio's "queue is full" message; nothing else. Memory stays bounded, no worker is left stuck, and the
 app answers a fresh request at once afterwards. The measured numbers are printed (pytest -s) and go
-into the README's reliability table.
+into the reliability table (docs/reliability.md).
 """
 from __future__ import annotations
 
