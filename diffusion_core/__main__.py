@@ -94,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--memorisation", action="store_true",
                    help="emoji models: also find the nearest training image to 64 samples (memorisation.png)")
     e.add_argument("--tag", default="", help="suffix of the metrics file name")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.add_argument("--picks", action="store_true",
                    help="multi-label models and cascades: sample a fixed list of user-style picks of 1-3 attributes "
                         "and report per pick the fraction of samples that have every picked attribute, beside real "

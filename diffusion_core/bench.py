@@ -459,8 +459,7 @@ def train_batch(cfg: UNetConfig, diffusion: DiffusionConfig, b: int, seed: int) 
     eps = torch.randn(x0.shape, generator=g)
     labels = torch.randint(0, cfg.num_labels, (b,), generator=g)
     drop = torch.rand(b, generator=g) < P_UNCOND
-    ab = make_schedule(diffusion.schedule, diffusion.T, diffusion.beta_1, diffusion.beta_T).alpha_bar_at(t).float()
-    x_t = ab.sqrt().view(-1, 1, 1, 1) * x0 + (1 - ab).sqrt().view(-1, 1, 1, 1) * eps
+    x_t = make_schedule(diffusion.schedule, diffusion.T, diffusion.beta_1, diffusion.beta_T).q_sample(x0, t, eps)
     return {"x_t": x_t, "t": t, "eps": eps, "labels": labels, "drop": drop}
 
 

@@ -9,6 +9,8 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 
+from .options import X0_RANGES
+
 CONFIG_VERSION = 1
 
 
@@ -139,6 +141,7 @@ class DiffusionConfig:
     prediction: str = "eps"         # eps | x0 | v
     degradation: str = "noise"      # noise (Gaussian diffusion) or a cold degradation: blur | pixelate | mask | noise_fixed
     t_range: tuple[int, ...] = ()   # expert: [t_lo, t_hi) this model was trained on; () = all
+    x0_range: str = "clip"          # how sampling keeps x0_hat in [-1, 1] by default: clip | dynamic | none
 
     def __post_init__(self):
         if self.schedule not in ("linear", "cosine"):
@@ -151,6 +154,8 @@ class DiffusionConfig:
             raise ConfigError(f"diffusion.degradation unknown: {self.degradation!r}")
         if self.degradation != "noise" and self.prediction != "x0":
             raise ConfigError("cold diffusion (degradation other than 'noise') needs prediction 'x0'")
+        if self.x0_range not in X0_RANGES:
+            raise ConfigError(f"diffusion.x0_range must be one of {', '.join(X0_RANGES)}, got {self.x0_range!r}")
         if self.t_range and (len(self.t_range) != 2 or not 0 <= self.t_range[0] < self.t_range[1] <= self.T):
             raise ConfigError(f"diffusion.t_range must be [t_lo, t_hi) within [0, T], got {list(self.t_range)}")
 

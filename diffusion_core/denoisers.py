@@ -14,6 +14,7 @@ import torch
 
 from . import parallel
 from .conditioning import Condition, cat_conditions
+from .options import X0_RANGES
 from .schedules import Schedule
 
 
@@ -57,6 +58,28 @@ def prediction_from_output(out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
         return Prediction(a * x_t - s * out, s * x_t + a * out)
     raise ValueError(f"unknown prediction type {prediction!r}")
 
+
+
+def training_target(x0: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor, prediction: str) -> torch.Tensor:
+    """What the network regresses at x_t = sqrt(ab) x0 + sqrt(1-ab) eps: the inverse of prediction_from_output.
+
+    eps: eps (DDPM eq. 14);  x0: x0;  v: v = sqrt(ab) eps - sqrt(1-ab) x0 (Salimans & Ho 2022, sec. 4).
+    ``alpha_bar``: (B,), broadcast over the image dimensions."""
+    ab = _bcast(alpha_bar, x0)
+    if prediction == "eps":
+        return eps
+    if prediction == "x0":
+        return x0
+    if prediction == "v":
+        return ab.sqrt() * eps - (1 - ab).sqrt() * x0
+    raise ValueError(f"unknown prediction type {prediction!r}")
+
+
+def min_snr_weight(snr: torch.Tensor, gamma: float, prediction: str) -> torch.Tensor:
+    """Min-SNR-gamma loss weight (Hang et al. 2023) for each prediction type: the x0-space weight min(SNR, gamma)
+    expressed for an eps loss (divide by SNR), an x0 loss (as is) or a v loss (divide by SNR + 1)."""
+    clipped = snr.clamp(max=gamma)
+    return {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1)}[prediction]
 
 MERGE_CHUNKS = 4          # a parallel worker evaluates up to this many chunks in one call (see ModelDenoiser._merges)
 _MERGES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # net -> {(chunk, shape, dtype): bool}
@@ -157,7 +180,7 @@ class ClipX0:
     recomputed from x_t so that the pair stays consistent."""
 
     def __init__(self, denoiser: Denoiser, schedule: Schedule | None, mode: str = "clip", p: float = 0.995):
-        if mode not in ("none", "clip", "dynamic"):
+        if mode not in X0_RANGES:
             raise ValueError(f"unknown clipping mode {mode!r}")
         self.denoiser, self.schedule, self.mode, self.p = denoiser, schedule, mode, p
 

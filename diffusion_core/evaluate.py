@@ -501,7 +501,7 @@ def evaluate_command(args) -> int:
         from .evaluate_picks import evaluate_picks, format_table
         m = evaluate_picks(model, Path(args.classifier) if args.classifier else None, per_pick=args.per_pick,
                            sampler=args.sampler or "dpm++", steps=args.steps, guidance=args.guidance,
-                           seed=args.seed, device=args.device)
+                           seed=args.seed, device=args.device, progress=not args.no_progress)
         m["command"] = command_line() if sys.argv[1:2] == ["evaluate"] else None
         m["threads"] = torch.get_num_threads()
         write_json(out, m)
@@ -518,13 +518,13 @@ def evaluate_command(args) -> int:
                              guidance=args.guidance, seed=args.seed, batch=args.batch)
     elif sr:
         m = evaluate_super_resolution(model, n=args.n, steps=args.steps, sampler=args.sampler or "dpm++",
-                                      seed=args.seed, batch=args.batch)
+                                      seed=args.seed, batch=args.batch, progress=not args.no_progress)
     else:
         cache = None if args.no_cache else Path(args.cache_dir) / f"{model.resolve().name}-{out.stem}.safetensors"
         m = evaluate_model(model, Path(args.classifier) if args.classifier else None, n=args.n,
                            sampler=args.sampler, steps=args.steps, spacing=args.spacing, guidance=args.guidance,
                            seed=args.seed, batch=args.batch, cache=cache, device=args.device,
-                           samples_only=samples_only)
+                           samples_only=samples_only, progress=not args.no_progress)
         if m.get("samples_only"):
             print(json.dumps(m, indent=2))
             print(f"samples kept in {cache}; no metrics written (run without --samples-only to finish)")

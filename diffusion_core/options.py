@@ -5,6 +5,7 @@ from __future__ import annotations
 SAMPLERS = ("ddpm", "ddim", "dpm++", "dpm++3m", "unipc", "cold")
 SPACINGS = ("trailing", "leading", "linspace", "logsnr", "karras")
 NOISE_LEVEL_SPACINGS = ("logsnr", "karras")      # grids in noise level: they need a Gaussian schedule
+X0_RANGES = ("clip", "dynamic", "none")          # keeping x0_hat in [-1, 1]: clamp, dynamic thresholding, nothing
 MAX_BATCH = 64
 MAX_STEPS = 1000
 MAX_SEED = 2 ** 63 - 1 - 100_000    # image i uses seed + i, which torch's generators take up to 2^63 - 1

@@ -92,9 +92,11 @@ class Pipeline:
             return None
         return ExpertEnsemble([(lo, hi, None) for lo, hi, _ in self.experts], self.config.diffusion.T).expert_index(t)
 
-    def denoiser(self, guidance: float = 1.0, clip: str = "clip"):
-        """The denoiser this pipeline samples with: model (or expert ensemble) -> CFG -> x0 clipping."""
+    def denoiser(self, guidance: float = 1.0, clip: str | None = None):
+        """The denoiser this pipeline samples with: model (or expert ensemble) -> CFG -> x0 kept in range
+        (``clip``: clip | dynamic | none; None = the model's ``diffusion.x0_range``)."""
         d = self.config.diffusion
+        clip = clip or d.x0_range
         sched = None if d.is_cold else self.schedule
         if self.kind == "ensemble":
             den = ExpertEnsemble([(lo, hi, ModelDenoiser(net, sched, d.prediction, self.chunk))
@@ -141,7 +143,7 @@ class Pipeline:
     # ---- sampling ---------------------------------------------------------------------------
     def stream(self, n: int = 1, *, sampler: str = "ddim", steps: int = 50, spacing: str = "trailing",
                eta: float = 0.0, guidance: float = 1.0, labels: Sequence = (), cond_image: torch.Tensor | None = None,
-               init_image: torch.Tensor | None = None, strength: float = 0.6, seed: int = 0, clip: str = "clip",
+               init_image: torch.Tensor | None = None, strength: float = 0.6, seed: int = 0, clip: str | None = None,
                low_res: torch.Tensor | None = None, sr_steps: int | None = None, sr_sampler: str | None = None,
                variance: str = "posterior", improved: bool = True, aug_level: float = 0.0,
                device="cpu") -> Iterator[SampleStep]:

@@ -36,6 +36,7 @@ from .conditioning import Condition, LabelHiding, augment_low_res, drop_conditio
 from .config import ConfigError, DiffusionConfig, ModelConfig, UNetConfig, from_dict, to_dict
 from .data import DataConfig, ImageData, load_data
 from .degradations import make_degradation
+from .denoisers import min_snr_weight, training_target
 from .schedules import make_schedule
 from .unet import UNet, count_parameters, load_parent_state
 
@@ -249,18 +250,14 @@ class Trainer:
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cfg.amp and dev.type == "cuda"):
                 out = self.model(x_t, t, cond)
             return (out.float() - x0).abs().mean()      # Bansal et al. 2022 train with an L1 loss
+        x_t = self.schedule.q_sample(x0, t, eps)                          # DDPM eq. 4
         ab = self.schedule.alpha_bar_at(t.cpu()).to(dev, torch.float32)
-        x_t = ab.sqrt().view(-1, 1, 1, 1) * x0 + (1 - ab).sqrt().view(-1, 1, 1, 1) * eps   # DDPM eq. 4
-        target = {"eps": eps, "x0": x0,
-                  "v": ab.sqrt().view(-1, 1, 1, 1) * eps - (1 - ab).sqrt().view(-1, 1, 1, 1) * x0}[d.prediction]
+        target = training_target(x0, eps, ab, d.prediction)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cfg.amp and dev.type == "cuda"):
             out = self.model(x_t, t, cond)
         per = (out.float() - target).pow(2).mean(dim=(1, 2, 3))
-        if self.cfg.min_snr_gamma > 0:   # min-SNR-gamma (Hang et al. 2023), expressed per prediction type
-            snr = ab / (1 - ab)
-            clipped = snr.clamp(max=self.cfg.min_snr_gamma)
-            w = {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1)}[d.prediction]
-            per = per * w
+        if self.cfg.min_snr_gamma > 0:
+            per = per * min_snr_weight(ab / (1 - ab), self.cfg.min_snr_gamma, d.prediction)
         return per.mean()
 
     def lr_at(self, step: int) -> float:

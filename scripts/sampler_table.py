@@ -33,6 +33,8 @@ ROWS += [(m, "ddpm", 1000, n) for m in ("fashion", "fashion-linear") for n in (2
 SOLVERS = ("ddim", "dpm++", "dpm++3m", "unipc")
 GRIDS = ("trailing", "logsnr", "karras")
 SOLVER_ROWS = [("fashion", s, k, 2000, g) for k in (10, 20, 5, 8, 15) for g in GRIDS for s in SOLVERS]
+# run order: the 10-step rows, then the log-SNR grid (the best at 10 steps) at every step count, then the rest
+SOLVER_ROWS.sort(key=lambda r: (r[2] != 10, r[4] != "logsnr", (20, 15, 8, 5).index(r[2]) if r[2] != 10 else 0))
 
 
 def tag(sampler: str, steps: int, n: int, spacing: str = "trailing") -> str:

@@ -221,3 +221,21 @@ def test_super_resolution_takes_any_input_size(tmp_path, make_model, hw):
     assert torch.isfinite(recs[-1].x_next).all()
     one = sr.sample(1, low_res=low[1:], steps=3, sampler="dpm++", seed=5, aug_level=0.1)
     assert torch.equal(one[0], recs[-1].x_next[1].clamp(-1, 1))        # the seed contract holds on a canvas too
+
+
+def test_x0_range_is_the_models_sampling_default(tmp_path, make_model):
+    """``diffusion.x0_range`` in a model's config picks how sampling keeps x0_hat in range when the caller does
+    not say (issue 20: dynamic thresholding keeps guided dark skin tones brown where clipping turns them black);
+    an explicit ``clip=`` still wins, and configs without the field keep clipping, as every model did before."""
+    from diffusion_core import ConfigError, DiffusionConfig
+    for name, rng in (("clip", "clip"), ("dyn", "dynamic")):
+        make_model(tmp_path / name, unet=dict(num_labels=2), label_names=("a", "b"), diffusion=dict(x0_range=rng))
+    clip, dyn = load(tmp_path / "clip"), load(tmp_path / "dyn")
+    kw = dict(sampler="ddim", steps=4, guidance=6.0, labels=["a"], seed=0)
+    a, b = clip.sample(2, **kw), dyn.sample(2, **kw)
+    assert not torch.equal(a, b)                       # the two ways differ on this network...
+    assert torch.equal(b, clip.sample(2, clip="dynamic", **kw))      # ... and the config's way is the one used
+    assert torch.equal(a, dyn.sample(2, clip="clip", **kw))
+    assert DiffusionConfig().x0_range == "clip"
+    with pytest.raises(ConfigError, match="x0_range"):
+        DiffusionConfig(x0_range="soft")
