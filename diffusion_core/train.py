@@ -55,6 +55,19 @@ RESUME_FIXED = ("task", "unet", "diffusion", "low_res", "crop", "data.source", "
 PARENT_RECORD = "parent_training.json"
 
 
+def _resume_view(config: dict) -> dict:
+    """A training config as check_resume compares it: fields added since the state was written take their
+    defaults (a state from before ``diffusion.x0_range`` existed resumes), and sampling defaults are left out
+    (``diffusion.x0_range`` does not change what the network learns)."""
+    try:
+        config = to_dict(from_dict(TrainConfig, config))
+    except (ConfigError, TypeError, ValueError):
+        config = json.loads(json.dumps(config))
+    if isinstance(config.get("diffusion"), dict):
+        config["diffusion"].pop("x0_range", None)
+    return config
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run needs. Every field has a default; ``--set key=value`` overrides any."""
@@ -334,7 +347,7 @@ class Trainer:
     def check_resume(self, old: dict) -> None:
         """Refuse to resume with a different network, forward process or data shape (RESUME_FIXED), naming the
         first field that differs."""
-        new = to_dict(self.cfg)
+        new, old = _resume_view(to_dict(self.cfg)), _resume_view(old)
         for key in RESUME_FIXED:
             a, b = old, new
             for part in key.split("."):

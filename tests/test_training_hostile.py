@@ -68,6 +68,22 @@ def test_resume_refuses_a_changed_model(tmp_path, change, field):
     assert Trainer(cfg(tmp_path, "steps=4", "log_every=2", "lr=1e-4"), resume=True, progress=False).step == 2
 
 
+def test_a_state_written_before_a_config_field_existed_resumes(tmp_path):
+    """A state whose stored config predates a field (here ``diffusion.x0_range``, added after the emoji fine-tune
+    started) resumes with the field's default; the sampling default itself may change on a resume."""
+    import json
+    from safetensors import safe_open
+    Trainer(cfg(tmp_path, "steps=2"), progress=False).run()
+    path = tmp_path / "run" / STATE
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    old = json.loads(meta["config"])
+    del old["diffusion"]["x0_range"]
+    save_file(load_file(str(path)), str(path), metadata={**meta, "config": json.dumps(old)})
+    assert Trainer(cfg(tmp_path, "steps=4"), resume=True, progress=False).step == 2
+    assert Trainer(cfg(tmp_path, "steps=4", "diffusion.x0_range=dynamic"), resume=True, progress=False).step == 2
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "no rng"])
 def test_corrupt_state_is_named_with_the_previous_good_one(tmp_path, damage):
     Trainer(cfg(tmp_path, "steps=4", "checkpoint_every=2"), progress=False).run()
