@@ -5,7 +5,9 @@
 
 Environment: DIFFUSION_CHECKPOINTS (model folders, default ``checkpoints``), GRADIO_SERVER_NAME /
 GRADIO_SERVER_PORT, DIFFUSION_CONCURRENCY (sampling runs at once, default 1), DIFFUSION_QUEUE (queued
-requests, default 16), DIFFUSION_DEVICE (default cpu), DIFFUSION_THREADS (torch CPU threads).
+requests, default 16), DIFFUSION_DEVICE (default cpu), DIFFUSION_THREADS (torch CPU threads),
+DIFFUSION_KEPT_RUNS_MB (the Learn tab's kept runs, all sessions together, default 128), DIFFUSION_SESSIONS
+(sessions whose state is kept, default 200).
 
 Only the package's public API is used (``from diffusion_core import ...``); the package never imports
 Gradio. API endpoints (``gradio_client``): /generate (streaming), /forward, /schedule_plot, /upscale,
@@ -19,16 +21,20 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import atexit  # noqa: E402
+import base64  # noqa: E402
 import signal  # noqa: E402
 import functools  # noqa: E402
+import gc  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
 import random  # noqa: E402
+import re  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
+from collections import OrderedDict  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import gradio as gr  # noqa: E402
@@ -36,10 +42,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 from PIL.PngImagePlugin import PngInfo  # noqa: E402
+from pydantic import ConfigDict, ValidationError  # noqa: E402
 
 from diffusion_core import (SAMPLER_KINDS, SPACINGS, CheckpointError, ImageError, SampleStep,  # noqa: E402
                             SamplerSpec, explain_multistep, grid, load, load_image, make_degradation, make_generators,
-                            make_schedule, open_image, sample_stream, spaced_timesteps, to_mode, to_pil)
+                            make_schedule, open_image, read_json, sample_stream, spaced_timesteps, to_mode, to_pil)
 
 log = logging.getLogger("diffusion_app")
 
@@ -76,27 +83,106 @@ GRID_GAP = 6
 INTERP_MAX_FRAMES = 16
 INTERP_MAX_WORK = 1600           # frames x steps
 TRAJ_MAX_FRAMES = 250            # GIF frames (more steps are subsampled evenly)
+STATE_TTL_S = 2 * 3600           # a session's kept run and partial result expire this long after they were set
 LATEX = [{"left": "$$", "right": "$$", "display": True}]
 
 
-class SafeImage(gr.Image):
-    """gr.Image whose upload preprocessing turns any unreadable or huge file into a clear gr.Error
-    (gr.Image opens the upload with PIL before our handler runs; a text file would otherwise surface as
-    a bare traceback). Rendered by the frontend as a plain Image (``is_template``)."""
+def read_image(src, label: str) -> Image.Image:
+    """The app's one guarded image decoder: every image input (uploads, the sketch pad's background, layers and
+    composite, the upscale input, the forward tab) is decoded here, under the package's pixel limit (open_image:
+    the size is checked from the header, before decoding). A bad file is a one-line gr.Error naming the input."""
+    try:
+        return open_image(src)
+    except ImageError as e:
+        raise gr.Error(f"{label}: {e}", print_exception=False) from None
+
+
+def _file_source(payload):
+    """The path (or, for a data: URL, the bytes) of an uploaded image, not decoded; None for no image."""
+    if payload is None:
+        return None
+    if isinstance(payload, (bytes, bytearray, memoryview)):     # a sketch layer held in Gradio's blob storage
+        return bytes(payload)
+    url = getattr(payload, "url", None) or ""
+    if not payload.path and url.startswith("data:"):
+        try:
+            return base64.b64decode(url.split(",", 1)[1], validate=True)
+        except (ValueError, IndexError):
+            return b""          # read_image says it is not a readable image
+    return payload.path
+
+
+class _Template:
+    """Mixin for a component that extends a Gradio one: Gradio names a template component's frontend after
+    ``__class__.__base__``, which is a mixin here; name the Gradio component it extends instead (else the page
+    fetches a custom component and breaks). gr.Sketchpad is itself a template of gr.ImageEditor."""
+
+    def get_block_name(self) -> str:
+        return next(c for c in type(self).__mro__ if c.__module__.startswith("gradio.components.")).__name__.lower()
+
+    def get_block_class(self) -> str:
+        return self.get_block_name()
+
+
+class _CheckedPayload(_Template):
+    """Mixin for file components: a payload of the wrong shape (a string, a number, a dict without a file) is a
+    one-line gr.Error naming the input, not a pydantic traceback (Gradio validates the payload before
+    ``preprocess``, against ``data_model``: here a subclass of the component's own model that says what is wrong)."""
+
+    @property
+    def data_model(self):
+        model = self.__dict__.get("_checked_model")
+        if model is None:
+            base = next(c.__dict__["data_model"] for c in type(self).__mro__[1:]
+                        if isinstance(c.__dict__.get("data_model"), type))
+            component = self
+
+            class Checked(base):
+                model_config = ConfigDict(title=base.__name__)      # the API schema keeps the model's own name
+
+                @classmethod
+                def model_validate(cls, obj, *a, **kw):
+                    try:
+                        return super().model_validate(obj, *a, **kw)
+                    except ValidationError:
+                        raise gr.Error(f"{component.label or 'image'}: expected {component.expected}, got "
+                                       f"{type(obj).__name__} {str(obj)[:40]!r}", print_exception=False) from None
+            model = self.__dict__["_checked_model"] = Checked
+        return model
+
+
+class SafeImage(_CheckedPayload, gr.Image):
+    """gr.Image whose upload is decoded by ``read_image`` (the pixel limit, a clear message for a text file or a
+    bomb) and handed to the handler as a checked PIL image. Rendered by the frontend as a plain Image."""
 
     is_template = True
+    expected = "an image file"
 
     def preprocess(self, payload):
-        try:
-            return super().preprocess(payload)
-        except gr.Error:
-            raise
-        except Image.DecompressionBombError:
-            raise gr.Error(f"{self.label or 'Image'}: image too large (limit 4096x4096 pixels)",
-                           print_exception=False) from None
-        except Exception:
-            raise gr.Error(f"{self.label or 'Image'}: not a readable image file "
-                           "(PNG, JPEG, WebP, GIF or BMP expected)", print_exception=False) from None
+        src = _file_source(payload)
+        return None if src is None else read_image(src, self.label or "Image")
+
+
+MAX_SKETCH_LAYERS = 4       # the app's sketch pad sends one (layers=False); an API client could send thousands
+
+
+class SafeSketchpad(_CheckedPayload, gr.Sketchpad):
+    """gr.Sketchpad whose background, layers and composite are each decoded by ``read_image`` (Gradio's own
+    preprocessing decoded them under Pillow's default limit, ~179 MP: a 13000x13000 sketch cost 2.6 GB). The
+    handler receives {"background", "layers", "composite"} as PIL images (None where absent)."""
+
+    is_template = True
+    expected = "a dict with 'background', 'layers' and 'composite' image files"
+
+    def convert_and_format_image(self, file, flatten_on_white=False):
+        src = _file_source(file)
+        return None if src is None else read_image(src, self.label or "Sketch")
+
+    def preprocess(self, payload):
+        if payload is not None and len(payload.layers or []) > MAX_SKETCH_LAYERS:
+            raise gr.Error(f"{self.label}: at most {MAX_SKETCH_LAYERS} layers, got {len(payload.layers)}",
+                           print_exception=False)
+        return super().preprocess(payload)
 
 
 class LabelChecks(gr.CheckboxGroup):
@@ -106,7 +192,7 @@ class LabelChecks(gr.CheckboxGroup):
     is_template = True
 
     def preprocess(self, payload):
-        return [str(v) for v in (payload or [])]
+        return [str(v) for v in as_list(payload)]
 
 
 class NumberChecks(gr.CheckboxGroup):
@@ -116,15 +202,23 @@ class NumberChecks(gr.CheckboxGroup):
     is_template = True
 
     def preprocess(self, payload):
-        return list(payload or [])
+        return as_list(payload)
+
+
+def as_list(value) -> list:
+    """A list input as an API client may send it: None is empty, and one value (a string such as "woman", or a
+    number) is a list of that one value, never read letter by letter."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple, set)) else [value]
 
 
 def _named_error(label, e: gr.Error) -> gr.Error:
     return gr.Error(f"{label}: {e.message}", print_exception=False)
 
 
-class _NamedErrors:
-    """Mixin: a component whose out-of-range error names the control ("Steps: Value 0 is less than minimum value 1.")."""
+class _NamedErrors(_Template):
+    """Mixin: a component whose error names the control ("Sampler: Value x is not in the list of choices.")."""
 
     def preprocess(self, payload):
         try:
@@ -132,20 +226,29 @@ class _NamedErrors:
         except gr.Error as e:
             raise _named_error(self.label, e) from None
 
-    def get_block_name(self) -> str:
-        # Gradio names a template component's frontend after ``__class__.__base__``, which is this mixin:
-        # name the Gradio component it extends instead (else the page fetches a custom component and breaks)
-        return next(c for c in type(self).__mro__ if c.__module__.startswith("gradio.")).__name__.lower()
 
-    def get_block_class(self) -> str:
-        return self.get_block_name()
+class _CheckedNumber(_Template):
+    """Mixin for Slider and Number: the value goes through ``number`` (type, finiteness, range, and whole where the
+    control steps by whole numbers) before Gradio's own preprocessing, so text, None, NaN or inf from an API client
+    get a message naming the control and its range (Gradio's check failed on them with its generic error)."""
+
+    def preprocess(self, payload):
+        if payload is None and isinstance(self, gr.Number):
+            return None         # an empty Number field: the handler's default (-1 or nothing: a random seed)
+        whole = getattr(self, "precision", None) == 0 or getattr(self, "step", None) == 1
+        name = re.sub(r"\s*\(.*?\)", "", self.label or "value").strip()      # "Seed (-1 = random)" -> "Seed"
+        try:
+            v = number(payload, name, self.minimum, self.maximum, whole=whole)
+        except ValueError as e:
+            raise gr.Error(str(e), print_exception=False) from None
+        return super().preprocess(int(v) if whole else v)
 
 
-class Slider(_NamedErrors, gr.Slider):
+class Slider(_CheckedNumber, gr.Slider):
     is_template = True
 
 
-class Number(_NamedErrors, gr.Number):
+class Number(_CheckedNumber, gr.Number):
     is_template = True
 
 
@@ -153,11 +256,27 @@ class Radio(_NamedErrors, gr.Radio):
     is_template = True
 
 
+class Dropdown(_NamedErrors, gr.Dropdown):
+    is_template = True
+
+
+class Choices(_NamedErrors, gr.CheckboxGroup):
+    """CheckboxGroup whose API callers may send one value (or None) instead of a list: made a list first, then
+    Gradio's own check of the choices (a string was checked letter by letter)."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        return super().preprocess(as_list(payload))
+
+
 def number(value, name: str, lo: float, hi: float, whole: bool = False) -> float:
     """A numeric input checked once, for every endpoint: a finite number (or a numeric string, as an API client
     may send) in [lo, hi], whole where asked; otherwise a ValueError naming the input and its range (None, text,
     NaN and inf used to surface as Gradio's generic error or {"error": null})."""
-    what = f"{name} must be a {'whole ' if whole else ''}number in [{lo:g}, {hi:g}], got {value!r}"
+    bounds = f"[{int(lo)}, {int(hi)}]" if whole else f"[{lo:g}, {hi:g}]"
+    got = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    what = f"{name} must be a {'whole ' if whole else ''}number in {bounds}, got {got}"
     if isinstance(value, bool) or value is None:
         raise ValueError(what)
     try:
@@ -179,34 +298,70 @@ def user_error(e: Exception) -> gr.Error:
 # ---------------------------------------------------------------------------------------------------
 class Models:
     """The model folders under ``root`` (each sub-folder with a config.json), loaded lazily and cached.
-    A folder whose files change on disk (a training run re-exporting) is reloaded on next use."""
+
+    The scan is cached too: a config.json is read again only when its size or time changes (a request stats the
+    folders; it used to parse every config.json). A folder whose config.json cannot be read, or whose load failed,
+    stays listed as broken with its one-line reason and never affects the others; a failed load is not retried
+    until the folder's files change. A folder whose files change on disk (a training run re-exporting) is reloaded
+    on next use."""
 
     def __init__(self, root, device="cpu"):
         self.root = Path(root)
         self.device = device
         self._cache: dict[str, tuple[tuple, object]] = {}
+        self._failed: dict[str, tuple[tuple, str]] = {}         # name -> (signature, reason) of a failed load
+        self._scanned: dict[str, tuple[tuple, bool, dict, str | None]] = {}   # name -> (stat, listed, config, error)
         self._lock = threading.Lock()
 
-    def names(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(p.name for p in self.root.iterdir()
-                      if p.is_dir() and not p.name.startswith(".") and self._is_sampler(p / "config.json"))
+    def _scan(self) -> dict[str, tuple[tuple, bool, dict, str | None]]:
+        out = {}
+        folders = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+            if self.root.is_dir() else []
+        for p in folders:
+            try:
+                st = (p / "config.json").stat()
+            except OSError:
+                continue
+            stat = (st.st_mtime_ns, st.st_size)
+            hit = self._scanned.get(p.name)
+            if hit is None or hit[0] != stat:
+                try:
+                    raw = read_json(p / "config.json")          # bounded in size and depth
+                    hit = (stat, raw.get("kind", "model") in SAMPLER_KINDS, raw, None)
+                except CheckpointError as e:
+                    hit = (stat, True, {}, str(e))                 # listed, as broken with the reason
+            out[p.name] = hit
+        self._scanned = out
+        return out
 
-    @staticmethod
-    def _is_sampler(config: Path) -> bool:
-        """A model, ensemble or cascade folder (evaluation classifiers live beside them and are not listed)."""
-        if not config.is_file():
-            return False
-        try:
-            kind = json.loads(config.read_text()).get("kind", "model")
-        except (OSError, ValueError, AttributeError):
-            return True         # listed, so that choosing it explains what is wrong with the file
-        return kind in SAMPLER_KINDS
+    def names(self) -> list[str]:
+        return [n for n, (_, listed, _, _) in self._scan().items() if listed]
+
+    def broken(self, name) -> str | None:
+        """Why ``name`` cannot be used (one line, paths relative to the models folder), or None as far as known:
+        its config.json is unreadable, or loading it failed and its files have not changed since."""
+        hit = self._scanned.get(name)
+        reason = hit[3] if hit else None
+        failed = self._failed.get(name)
+        if reason is None and failed is not None and failed[0] == self.signature(name):
+            reason = failed[1]
+        if reason is None:
+            return None
+        line = reason.replace(f"{self.root}/", "").splitlines()[0] if reason.strip() else "unknown error"
+        return line if len(line) <= 160 else line[:157] + "..."
+
+    def choices(self) -> list[tuple[str, str]]:
+        """(label, name) for the model list: a broken folder is labelled "name (broken: reason)"."""
+        out = []
+        for n in self.names():
+            why = self.broken(n)
+            out.append((f"{n} (broken: {why})" if why else n, n))
+        return out
 
     def default(self) -> str | None:
         names = self.names()
-        return "fashion" if "fashion" in names else (names[0] if names else None)
+        good = [n for n in names if self.broken(n) is None] or names
+        return "fashion" if "fashion" in good else (good[0] if good else None)
 
     def folder(self, name) -> Path:
         names = self.names()
@@ -217,27 +372,43 @@ class Models:
             raise ValueError(f"unknown model {name!r}; available: {', '.join(names)}")
         return self.root / name
 
-    @staticmethod
-    def _signature(folder: Path) -> tuple:
-        files = list(folder.glob("*.json")) + list(folder.rglob("*.safetensors"))
-        return tuple(sorted((str(p), p.stat().st_mtime_ns) for p in files if p.is_file()))
+    def signature(self, name) -> tuple:
+        """What decides whether ``name`` must be loaded again: its JSON files and weights, with their times."""
+        folder = self.root / name
+        try:
+            files = list(folder.glob("*.json")) + list(folder.rglob("*.safetensors"))
+            return tuple(sorted((str(p), p.stat().st_mtime_ns) for p in files if p.is_file()))
+        except OSError:
+            return ()
 
     def get(self, name):
         folder = self.folder(name)
-        sig = self._signature(folder)
+        sig = self.signature(name)
         with self._lock:
             hit = self._cache.get(name)
             if hit and hit[0] == sig:
                 return hit[1]
-            pipe = load(folder, device=self.device)
+            failed = self._failed.get(name)
+            if failed and failed[0] == sig:
+                raise CheckpointError(failed[1])
+            self._cache.pop(name, None)
+            try:
+                pipe = load(folder, device=self.device)
+            except CheckpointError as e:
+                self._failed[name] = (sig, str(e))
+                raise
+            except Exception as e:      # a folder never takes the app down: it is listed as broken with this
+                log.exception("loading %s failed", folder)
+                self._failed[name] = (sig, f"{folder}: {type(e).__name__}: {e}")
+                raise CheckpointError(self._failed[name][1]) from None
+            self._failed.pop(name, None)
             self._cache[name] = (sig, pipe)
             return pipe
 
     def raw_config(self, name) -> dict:
-        try:
-            return json.loads((self.root / name / "config.json").read_text())
-        except (OSError, ValueError):
-            return {}
+        """The parsed config.json of a listed folder (from the scan; {} for an unreadable one)."""
+        hit = self._scanned.get(name) or self._scan().get(name)
+        return hit[2] if hit else {}
 
     def sr_models(self, channels: int) -> list[str]:
         """Stand-alone super-resolution models with ``channels`` output channels (config.json only)."""
@@ -245,9 +416,15 @@ class Models:
         for n in self.names():
             c = self.raw_config(n)
             if c.get("kind", "model") == "model" and c.get("task") == "super_resolution" \
-                    and c.get("unet", {}).get("out_channels", 1) == channels:
+                    and section(c, "unet").get("out_channels", 1) == channels:
                 out.append(n)
         return out
+
+
+def section(config: dict, key: str) -> dict:
+    """``config[key]`` when it is a JSON object, else {} (a hostile config.json may hold anything there)."""
+    value = config.get(key)
+    return value if isinstance(value, dict) else {}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -652,6 +829,60 @@ def handles_errors(what: str):
     return deco
 
 
+class KeptRuns:
+    """The runs the Learn tab explains (each session's last Generate run: the first image's steps), kept in the
+    server under one byte budget for all sessions together. The least recently used runs are dropped first, and a
+    run that alone would pass the budget keeps its first steps. A session's gr.State holds only the key (the steps
+    themselves in a gr.State grew the server by ~36 KB a step at 32 px for every session, without limit)."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._runs: OrderedDict[str, tuple[dict, int]] = OrderedDict()     # key -> (run, bytes accounted)
+        self._total = 0
+        self._lock = threading.Lock()
+
+    def put(self, key: str, run: dict) -> None:
+        with self._lock:
+            self._pop(key)
+            self._runs[key] = (run, 0)
+
+    def get(self, key) -> dict | None:
+        with self._lock:
+            hit = self._runs.get(key) if isinstance(key, str) else None
+            if hit is None:
+                return None
+            self._runs.move_to_end(key)
+            return hit[0]
+
+    def grow(self, key: str, run: dict, nbytes: int) -> bool:
+        """Account ``nbytes`` more to ``run``, dropping the least recently used other runs to stay in the budget;
+        False (nothing accounted) if ``run`` is no longer the one kept under ``key`` or would alone pass the budget."""
+        with self._lock:
+            hit = self._runs.get(key)
+            if hit is None or hit[0] is not run or hit[1] + nbytes > self.max_bytes:
+                return False
+            self._runs[key] = (run, hit[1] + nbytes)
+            self._total += nbytes
+            self._runs.move_to_end(key)
+            while self._total > self.max_bytes:
+                self._pop(next(iter(self._runs)))
+            return True
+
+    def drop(self, key) -> None:
+        """Forget ``key``'s run (the gr.State's delete_callback: the session expired or closed)."""
+        with self._lock:
+            self._pop(key)
+
+    def _pop(self, key) -> None:
+        hit = self._runs.pop(key, None) if isinstance(key, str) else None
+        if hit is not None:
+            self._total -= hit[1]
+
+    @property
+    def nbytes(self) -> int:
+        return self._total
+
+
 # ---------------------------------------------------------------------------------------------------
 # the app
 # ---------------------------------------------------------------------------------------------------
@@ -662,6 +893,8 @@ class DiffusionApp:
         self.out_dir = Path(tempfile.mkdtemp(prefix="diffusion_app_"))
         atexit.register(shutil.rmtree, self.out_dir, ignore_errors=True)
         self._stops: dict[str, threading.Event] = {}
+        self._cards: dict[str, tuple[tuple, tuple]] = {}      # model -> (what it was made from, (markdown, samples))
+        self.runs = KeptRuns(int(float(os.environ.get("DIFFUSION_KEPT_RUNS_MB", "128")) * 2**20))
         self._fashion = None
         self._fashion_lock = threading.Lock()
 
@@ -672,16 +905,30 @@ class DiffusionApp:
         if pipe.config.task == "super_resolution":
             return name, pipe
         for n in self.models.sr_models(pipe.channels):
-            return n, self.models.get(n)
+            try:
+                return n, self.models.get(n)
+            except USER_ERRORS:         # a broken SR folder is skipped, never failing this model's card
+                continue
         return None, None
 
     def model_card(self, model):
         """Markdown card for a model: description, data, schedule, prediction, training, metrics; and its
         samples.png when present."""
+        # cached until the folder's files change (it read every JSON file of the folder per request)
         try:
             pipe = self.models.get(model)
         except USER_ERRORS as e:
             raise user_error(e) from None
+        samples = self.models.root / model / "samples.png"
+        key = (self.models.signature(model), samples.stat().st_mtime_ns if samples.is_file() else None,
+               tuple(self.models.names()))      # the upscaler row names another folder
+        hit = self._cards.get(model)
+        if hit is None or hit[0] != key:
+            hit = (key, self._model_card(model, pipe))
+            self._cards[model] = hit
+        return hit[1]
+
+    def _model_card(self, model, pipe):
         folder = self.models.folder(model)
         base = pipe.base
         cfg = base.config
@@ -802,13 +1049,19 @@ class DiffusionApp:
             return (f"### No models yet\n\nNo model folders (with config.json) in `{self.models.root}`. "
                     "Train one with `python -m diffusion_core train --config configs/fashion.json`, or set "
                     "DIFFUSION_CHECKPOINTS. The Forward process tab works without a model."), gr.update(visible=False)
+        if isinstance(model, str) and model in self.models.names():
+            try:
+                self.models.get(model)
+            except USER_ERRORS:
+                return (f"### {model} (broken)\n\nThis folder cannot be used: {self.models.broken(model)}",
+                        gr.update(visible=False))
         md, samples = self.model_card(model)
         return md, gr.update(value=samples, visible=samples is not None)
 
     def refresh_models(self, current):
         names = self.models.names()
         value = current if current in names else self.models.default()
-        return gr.update(choices=names, value=value)
+        return gr.update(choices=self.models.choices(), value=value)
 
     # ---- generation ------------------------------------------------------------------------------
     def _cond_image(self, pipe, source, sketch, upload):
@@ -876,6 +1129,7 @@ class DiffusionApp:
             meta["stickman"] = stick_source
         n_stages = len(pipe.stages) if pipe.kind == "cascade" else 1
         run = self._new_run(pipe, model, meta)     # the first image's steps, for the Learn tab
+        self.runs.put(session, run)                 # the session's gr.State holds the key; the steps stay here
         frames: list[np.ndarray] = []
         t0 = time.time()
         last = None
@@ -883,7 +1137,7 @@ class DiffusionApp:
         try:
             for rec in stream:   # each step runs under inference mode inside the package's loop
                 last = rec
-                self._keep(run, rec)
+                self._keep(session, run, rec)
                 if make_gif and (rec.index % max(1, rec.num_steps // GIF_MAX_FRAMES) == 0
                                  or rec.index == rec.num_steps - 1):
                     src = rec.x0_hat if gif_frames == "x0_hat" else rec.x_t
@@ -898,7 +1152,7 @@ class DiffusionApp:
                     # gallery and GIF are None (empty) until the run ends, not gr.skip(): Gradio rebuilds a
                     # skipped component's config on every yield, about 1.5 ms of the server's Python time each
                     yield (side_by_side(rec.x_t, rec.x0_hat), html_status(self._status(pipe, rec, n_stages, t0), frac),
-                           None, None, seed, partial, run)
+                           None, None, seed, partial, session)
         except USER_ERRORS as e:
             raise user_error(e) from None
         except Exception as e:      # never show a traceback; keep serving
@@ -921,8 +1175,7 @@ class DiffusionApp:
         if stopped:
             text += " · gallery shows the last x0_hat prediction"
         run["done"] = not stopped
-        yield (side_by_side(last.x_t, final), html_status(text, 1.0), gallery, gif, seed,
-               {"x0": final.numpy(), "meta": meta, "done": True}, run)
+        yield (side_by_side(last.x_t, final), html_status(text, 1.0), gallery, gif, seed, {"done": True}, session)
 
     def _status(self, pipe, rec, n_stages, t0) -> str:
         parts = [f"step {rec.index + 1}/{rec.num_steps}", f"t = {rec.t} → {rec.t_next}"]
@@ -986,9 +1239,7 @@ class DiffusionApp:
                 raise ValueError(f"no super-resolution model is available for {model!r}")
             if image is None:
                 raise ValueError("select an image in the gallery (or upload one) to upscale")
-            sr_steps = int(sr_steps)
-            if not 1 <= sr_steps <= MAX_STEPS:
-                raise ValueError(f"steps must be in [1, {MAX_STEPS}], got {sr_steps}")
+            sr_steps = int(number(sr_steps, "SR steps", 1, MAX_STEPS, whole=True))
             sr_cfg = (sr.stages[-1][0] if sr.kind == "cascade" else sr).config
             img = open_image(image)
             side = min(min(img.size), MAX_UPSCALE_INPUT)
@@ -1051,9 +1302,7 @@ class DiffusionApp:
     def forward(self, image=None, schedule="cosine", degradation="noise", t=250):
         """q(x_t | x_0) at t, and a strip of x_t at 8 values of t (one fixed noise draw)."""
         try:
-            t = int(t)
-            if not 0 <= t <= 999:
-                raise ValueError(f"t must be in [0, 999], got {t}")
+            t = int(number(t, "t", 0, 999, whole=True))
             if degradation not in DEGRADATIONS:
                 raise ValueError(f"unknown degradation {degradation!r}; choose {', '.join(DEGRADATIONS)}")
             sched = make_schedule(schedule, 1000)
@@ -1110,7 +1359,7 @@ class DiffusionApp:
         """The labels of the Generate controls for ``pipe``, checked against the model's names."""
         cfg = pipe.base.config
         if cfg.multi_label:
-            labels = list(attributes or [])
+            labels = as_list(attributes)
         else:
             labels = [] if class_label in (None, "", ANY) else [class_label]
         if labels and not cfg.unet.num_labels:
@@ -1162,34 +1411,42 @@ class DiffusionApp:
             run["experts"] = [(lo, hi) for lo, hi, _ in pipe.experts]
         return run
 
-    @staticmethod
-    def _keep(run: dict, rec) -> None:
-        """Append a SampleStep of the first image (its x_t is the previous step's x_next: stored once)."""
-        if rec.stage != 0:
+    def _keep(self, key: str, run: dict, rec) -> None:
+        """Append a SampleStep of the first image (its x_t is the previous step's x_next: stored once), if the
+        kept runs' byte budget allows it; otherwise the run is marked ``capped`` and keeps the steps it has."""
+        if rec.stage != 0 or run.get("capped"):
             return
         steps = run["steps"]
         first = slice(0, 1)
-        x_t = steps[-1].x_next if steps and steps[-1].index == rec.index - 1 else \
-            rec.x_t[first].detach().float().cpu().clone()
-        steps.append(SampleStep(rec.index, rec.num_steps, int(rec.t), int(rec.t_next), x_t,
-                                rec.x_next[first].detach().float().cpu().clone(),
-                                rec.x0_hat[first].detach().float().cpu().clone(),
-                                rec.eps_hat[first].detach().float().cpu().clone(), 0))
+        shared = steps and steps[-1].index == rec.index - 1
+        x_t = steps[-1].x_next if shared else rec.x_t[first].detach().float().cpu().clone()
+        new = [rec.x_next[first].detach().float().cpu().clone(), rec.x0_hat[first].detach().float().cpu().clone(),
+               rec.eps_hat[first].detach().float().cpu().clone()] + ([] if shared else [x_t])
+        if not self.runs.grow(key, run, sum(t.numel() * t.element_size() for t in new)):
+            run["capped"] = True
+            return
+        steps.append(SampleStep(rec.index, rec.num_steps, int(rec.t), int(rec.t_next), x_t, *new[:3], 0))
 
-    @staticmethod
-    def _run_or_error(run) -> dict:
+    def _run_or_error(self, key) -> dict:
+        run = self.runs.get(key)
+        if run is None and key is not None:
+            raise ValueError(f"this session's last run is no longer kept (the server keeps the last runs of all "
+                             f"sessions, up to {self.runs.max_bytes / 2**20:g} MB): run Generate again")
         if not run or not run.get("steps"):
             raise ValueError("no Generate run to look at yet: run Generate first (this session keeps the steps of "
                              "its last run, first image)")
         return run
 
-    def after_run(self, run, step):
+    def after_run(self, key, step):
         """After Generate: the Explain slider spans the run's steps; a note says what is kept."""
+        run = self.runs.get(key)
         if not run or not run.get("steps"):
             return gr.skip(), gr.skip(), gr.skip()
         n = run["steps"][0].num_steps
         step = int(step or 1)
-        note = f"Kept: {run['summary']} ({len(run['steps'])}/{n} steps)."
+        note = f"Kept: {run['summary']} ({len(run['steps'])}/{n} steps" + (
+            f"; the first {len(run['steps'])} fit in the server's {self.runs.max_bytes / 2**20:g} MB for kept runs"
+            if run.get("capped") else "") + ")."
         return (gr.update(maximum=max(n, 2), value=min(max(step, 1), n)), note, note)
 
     @handles_errors("explaining the step")
@@ -1199,9 +1456,10 @@ class DiffusionApp:
         run = self._run_or_error(run)
         recs = run["steps"]
         n = recs[0].num_steps
-        step = int(step)
-        if not 1 <= step <= n:
-            raise ValueError(f"step must be in [1, {n}] (the last run has {n} steps), got {step}")
+        step = int(number(step, f"step (the last run has {n} steps)", 1, n, whole=True))
+        if step > len(recs) and run.get("capped"):
+            raise ValueError(f"step {step} is not kept: the server keeps the first {len(recs)} steps of this run "
+                             f"({self.runs.max_bytes / 2**20:g} MB for the kept runs of all sessions)")
         if step > len(recs):
             raise ValueError(f"step {step} is not computed yet: the run is at step {len(recs)} of {n}")
         num = step_numbers(run, step - 1)
@@ -1262,9 +1520,7 @@ class DiffusionApp:
         run = self._run_or_error(run)
         if what not in ("x0_hat", "x_t"):
             raise ValueError(f"what must be x0_hat or x_t, got {what!r}")
-        frames = int(frames)
-        if not 2 <= frames <= 20:
-            raise ValueError(f"frames must be in [2, 20], got {frames}")
+        frames = int(number(frames, "frames", 2, 20, whole=True))
         recs = list(run["steps"])
         n = len(recs)
         pick = range(n) if n <= TRAJ_MAX_FRAMES else np.linspace(0, n - 1, TRAJ_MAX_FRAMES).round().astype(int)
@@ -1287,17 +1543,18 @@ class DiffusionApp:
         sched_keys = ("schedule", "beta_1", "beta_T")
 
         def rest(c):
-            d = {k: v for k, v in c.get("diffusion", {}).items() if k not in sched_keys}
+            d = {k: v for k, v in section(c, "diffusion").items() if k not in sched_keys}
             return (c.get("unet"), c.get("label_names"), c.get("multi_label"), c.get("task"), d)
 
         def sched(c):
-            return tuple(c.get("diffusion", {}).get(k) for k in sched_keys)
+            return tuple(section(c, "diffusion").get(k) for k in sched_keys)
         out = []
         for n in self.models.names():
             if n == model:
                 continue
             c = self.models.raw_config(n)
-            if c.get("kind", "model") == "model" and rest(c) == rest(mine) and sched(c) != sched(mine):
+            if c.get("kind", "model") == "model" and rest(c) == rest(mine) and sched(c) != sched(mine) \
+                    and self.models.broken(n) is None:
                 out.append(n)
         return out
 
@@ -1332,7 +1589,7 @@ class DiffusionApp:
             raise ValueError(f"none of the chosen samplers applies to {model!r} (it uses "
                              f"{', '.join(SAMPLER_NAMES[s] for s in pipe.samplers)})")
         cells_n = len(rows) * len(columns)
-        work = len(rows) * sum(st for st, _, _ in columns)
+        work = sum(p.run_steps(st) for _, p, _ in rows for st, _, _ in columns)   # a cascade's SR stages count too
         if cells_n > COMPARE_MAX_CELLS or work > COMPARE_MAX_STEPS:
             raise ValueError(f"too much work for one comparison: {len(rows)} row(s) x {len(columns)} column(s) = "
                              f"{cells_n} cells and {work} sampling steps in all (limits: {COMPARE_MAX_CELLS} cells, "
@@ -1357,7 +1614,7 @@ class DiffusionApp:
 
     @staticmethod
     def _int_list(values, what, lo, hi) -> list[int]:
-        return sorted({int(number(v, what, lo, hi, whole=True)) for v in values or []})
+        return sorted({int(number(v, what, lo, hi, whole=True)) for v in as_list(values)})
 
     @handles_errors("the comparison")
     def compare(self, model, class_label=ANY, attributes=None, seed=0, samplers=("ddpm", "ddim", "dpm++"),
@@ -1373,16 +1630,8 @@ class DiffusionApp:
     def compare_guidance(self, model, class_label=ANY, attributes=None, seed=0, samplers=("dpm++",),
                          guidance_scales=(0, 1, 2, 4, 7), steps=25, schedules=False):
         """One seed, samplers (rows) x classifier-free guidance scales (columns) at ``steps`` steps."""
-        st = int(steps)
-        if not 1 <= st <= MAX_STEPS:
-            raise ValueError(f"steps must be in [1, {MAX_STEPS}], got {steps}")
-        gs = []
-        for v in guidance_scales or []:
-            g = float(v)
-            if not 0 <= g <= MAX_GUIDANCE:
-                raise ValueError(f"guidance scales must be in [0, {MAX_GUIDANCE:g}], got {v!r}")
-            gs.append(g)
-        gs = sorted(set(gs))
+        st = int(number(steps, "steps", 1, MAX_STEPS, whole=True))
+        gs = sorted({number(v, "guidance scales", 0.0, MAX_GUIDANCE) for v in as_list(guidance_scales)})
         pipe = self.models.get(model)
         cfg = pipe.base.config
         if not cfg.unet.num_labels:
@@ -1511,7 +1760,7 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
     threads = os.environ.get("DIFFUSION_THREADS")
     if threads:
         torch.set_num_threads(max(1, int(threads)))
-    names = app.models.names()
+    names = app.models.choices()        # (label, folder): a broken folder is listed with its reason
     default = app.models.default()
     stickmen = sorted(str(p) for p in STICKMEN_DIR.glob("*.png")) if STICKMEN_DIR.is_dir() else []
 
@@ -1532,10 +1781,10 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
                                                   info="(any) samples unconditionally", visible=False)
                         attributes = LabelChecks([], value=[], label="Attributes", visible=False)
                         with gr.Group(visible=False) as pose_group:
-                            stick_source = gr.Radio([("Sketch pad", "sketch"), ("Upload / example", "upload")],
+                            stick_source = Radio([("Sketch pad", "sketch"), ("Upload / example", "upload")],
                                                     value="sketch", label="Stickman (black strokes on white)",
                                                     info="sketch pad: pick the brush on its left toolbar, then draw")
-                            stick_sketch = gr.Sketchpad(label="Stickman sketch", type="numpy",
+                            stick_sketch = SafeSketchpad(label="Stickman sketch", type="pil",
                                                         image_mode="RGBA",
                                                         canvas_size=(256, 256), fixed_canvas=True, height=300,
                                                         brush=gr.Brush(default_size=6, colors=["#000000"],
@@ -1552,12 +1801,12 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
                         with gr.Row():
                             run_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
                             stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
-                        sampler = gr.Dropdown(SAMPLER_CHOICES, value="dpm++", label="Sampler")
+                        sampler = Dropdown(SAMPLER_CHOICES, value="dpm++", label="Sampler")
                         eta = Slider(0, 1, value=0.0, step=0.05, label="DDIM eta", visible=False,
                                         info="0 deterministic, 1 DDPM-like")
                         with gr.Row():
                             steps = Slider(1, MAX_STEPS, value=25, step=1, label="Steps", elem_id="steps")
-                            spacing = gr.Radio(list(SPACINGS), value="trailing", label="Timestep spacing",
+                            spacing = Radio(list(SPACINGS), value="trailing", label="Timestep spacing",
                                                info="logsnr / karras: grids in noise level (Gaussian models)")
                         guidance = Slider(0, MAX_GUIDANCE, value=2.0, step=0.25, label="Guidance scale",
                                              info="classifier-free guidance; 1 = off, 0 = unconditional")
@@ -1577,7 +1826,7 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
                                                  info="how much noise is added to the init image (1 = all)")
                         with gr.Row():
                             make_gif = gr.Checkbox(False, label="Make GIF of the reverse process")
-                            gif_frames = gr.Radio(["x0_hat", "x_t"], value="x0_hat", label="GIF frames",
+                            gif_frames = Radio(["x0_hat", "x_t"], value="x0_hat", label="GIF frames",
                                                   show_label=False)
                     with gr.Column(scale=3, min_width=360):
                         preview = gr.Image(label="x_t | x0_hat", show_label=False, type="pil", format="png",
@@ -1605,8 +1854,9 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
                             card_img = gr.Image(label="samples.png", type="filepath", height=280, interactive=False,
                                                 elem_classes="dc-pixel", elem_id="card-img")
                 last_seed = gr.State(None)
-                partial = gr.State(None)
-                learn_run = gr.State(None)      # the last run's steps (first image), for the Learn tab
+                partial = gr.State(None, time_to_live=STATE_TTL_S)
+                # the key of the session's last run in app.runs (the steps themselves stay there, under a budget)
+                learn_run = gr.State(None, time_to_live=STATE_TTL_S, delete_callback=app.runs.drop)
 
             # ---------------------------------------------------------------- forward process
             with gr.Tab("Forward process", id="forward"):
@@ -1617,8 +1867,8 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
                                               elem_classes="dc-pixel", elem_id="fwd-image")
                         example_btn = gr.Button("Dataset example")
                         example_note = gr.Markdown()
-                        fwd_schedule = gr.Radio(["linear", "cosine"], value="cosine", label="Noise schedule")
-                        fwd_deg = gr.Radio(DEGRADATIONS, value="noise", label="Degradation",
+                        fwd_schedule = Radio(["linear", "cosine"], value="cosine", label="Noise schedule")
+                        fwd_deg = Radio(DEGRADATIONS, value="noise", label="Degradation",
                                            info="noise = Gaussian diffusion; the rest are cold-diffusion operators")
                         fwd_t = Slider(0, 999, value=250, step=1, label="t")
                     with gr.Column(scale=2):
@@ -1663,7 +1913,7 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
                             cmp_schedules = gr.Checkbox(False, label="schedules",
                                                         info="add the rows of models that differ only in their "
                                                              "noise schedule (e.g. fashion / fashion-linear)")
-                        cmp_samplers = gr.CheckboxGroup(COMPARE_SAMPLERS, value=["ddpm", "ddim", "dpm++"],
+                        cmp_samplers = Choices(COMPARE_SAMPLERS, value=["ddpm", "ddim", "dpm++"],
                                                         label="Samplers (rows)", elem_id="compare-samplers")
                         with gr.Row(equal_height=True):
                             cmp_steps = NumberChecks(COMPARE_STEPS, value=[5, 10, 25], label="Step counts (columns)",
@@ -1702,7 +1952,7 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
                     with gr.Tab("Trajectory", id="learn-trajectory"):
                         traj_note = gr.Markdown("No run kept yet: press **Generate** on the Generate tab.")
                         with gr.Row(equal_height=True):
-                            traj_what = gr.Radio(["x0_hat", "x_t"], value="x0_hat", label="Show")
+                            traj_what = Radio(["x0_hat", "x_t"], value="x0_hat", label="Show")
                             traj_frames = Slider(2, 20, value=10, step=1, label="Strip frames")
                             traj_btn = gr.Button("Trajectory of the last run", variant="primary",
                                                  elem_id="trajectory-btn")
@@ -1787,7 +2037,20 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
     return demo
 
 
-LAUNCH_KW = dict(theme=gr.themes.Soft(), css=CSS, max_file_size="32mb")
+# sessions whose state Gradio keeps, least recently used dropped first (Gradio's default, 10,000, lets them take
+# ~7 GB: each holds ~0.7 MB, measured, mostly its own copy of the page's config with the last outputs)
+LAUNCH_KW = dict(theme=gr.themes.Soft(), css=CSS, max_file_size="32mb",
+                 state_session_capacity=int(os.environ.get("DIFFUSION_SESSIONS", "200")))
+
+
+def freeze_startup_objects() -> None:
+    """Move the objects that live as long as the server (torch, Gradio, the page, matplotlib: ~500k) out of the
+    cyclic garbage collector's reach. Left in, they made its full collections so rare that each request's cyclic
+    garbage (a matplotlib figure holds ~0.6 MB of drawing buffers) piled up: +85 MB over 200 /explain_step calls of
+    one session. Frozen, that memory is freed as it goes and a full collection takes ~60 ms instead of ~250 ms."""
+    from matplotlib.figure import Figure  # noqa: F401  (imported by the first plot otherwise: freeze it too)
+    gc.collect()
+    gc.freeze()
 
 
 def exit_on_sigterm(signum, frame):
@@ -1799,5 +2062,8 @@ def exit_on_sigterm(signum, frame):
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     signal.signal(signal.SIGTERM, exit_on_sigterm)
-    build_demo().launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-                        server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), **LAUNCH_KW)
+    demo = build_demo()
+    demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), prevent_thread_lock=True, **LAUNCH_KW)
+    freeze_startup_objects()
+    demo.block_thread()

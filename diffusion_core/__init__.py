@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "checkpoint": ("SAMPLER_KINDS", "CheckpointError", "save_cascade", "save_ensemble", "save_model"),
+    "checkpoint": ("SAMPLER_KINDS", "CheckpointError", "read_json", "save_cascade", "save_ensemble", "save_model"),
     "conditioning": ("Condition",),
     "config": ("ConfigError", "DiffusionConfig", "ModelConfig", "UNetConfig"),
     "data": ("DataConfig", "load_data"),

@@ -33,8 +33,13 @@ def open_image(src, max_pixels: int = MAX_PIXELS) -> Image.Image:
             raise ImageError(f"cannot read image file: {e.strerror or e}") from None
         try:
             Image.MAX_IMAGE_PIXELS = max_pixels
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data))      # reads the header only
+            w, h = img.size
+            if w * h > max_pixels:                  # refused before decoding (Pillow only refuses above 2x)
+                raise ImageError(f"image too large: {w}x{h} (limit {max_pixels} pixels)")
             img.load()
+        except ImageError:
+            raise
         except Image.DecompressionBombError:
             raise ImageError(f"image too large (limit {max_pixels} pixels)") from None
         except Exception:

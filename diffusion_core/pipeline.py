@@ -268,7 +268,7 @@ class Pipeline:
             else:
                 sk = dict(kw)
                 sk.update(labels=(), cond_image=None, init_image=None, guidance=1.0, eta=0.0,
-                          steps=sr_steps or opts.get("steps", 20), sampler=sr_sampler or opts.get("sampler", "dpm++"),
+                          steps=self.stage_steps(opts, sr_steps), sampler=sr_sampler or opts.get("sampler", "dpm++"),
                           seed=seed + 10_000 * i, aug_level=opts.get("aug_level", 0.0))
                 gen = stage.stream(n, low_res=x, **sk)
             last = None
@@ -277,6 +277,18 @@ class Pipeline:
                 yield SampleStep(rec.index, rec.num_steps, rec.t, rec.t_next, rec.x_t, rec.x_next, rec.x0_hat,
                                  rec.eps_hat, stage=i)
             x = last.x_next
+
+    @staticmethod
+    def stage_steps(opts: dict, sr_steps: int | None = None) -> int:
+        """Steps of a cascade's super-resolution stage: the request's ``sr_steps``, else the stage's own, else 20."""
+        return sr_steps or opts.get("steps", 20)
+
+    def run_steps(self, steps: int, sr_steps: int | None = None) -> int:
+        """Sampling steps that one ``stream(steps=steps)`` takes: ``steps``, plus every super-resolution stage's for
+        a cascade (a work limit that counts only ``steps`` let a cascade's comparison run 79 s)."""
+        if self.kind != "cascade":
+            return steps
+        return steps + sum(self.stage_steps(opts, sr_steps) for _, opts in self.stages[1:])
 
     def sample(self, n: int = 1, **kw) -> torch.Tensor:
         """Run ``stream`` to the end: (n, C, H, W) in [-1, 1] (clamped)."""
