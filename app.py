@@ -551,8 +551,9 @@ def _alpha_bar(schedule, t: int) -> float:
 def step_numbers(run: dict, i: int) -> dict:
     """The update of step ``i`` (0-based) of a kept run written out with its actual numbers.
 
-    ``run``: the records kept by Generate (``steps``: SampleStep list for the first image; ``sampler``,
-    ``eta``, ``variance``, ``improved``; ``schedule`` or ``degradation`` (+ ``fixed_noise``)). Mirrors
+    ``run``: the records kept by Generate (``steps``: SampleStep list for the first image, maybe only the first
+    steps of the run; ``grid`` and ``grid_end``: every step's t and the last t_next; ``sampler``, ``eta``,
+    ``variance``, ``improved``; ``schedule`` or ``degradation`` (+ ``fixed_noise``)). Mirrors
     ddpm_step / ddim_step / dpmpp_2m_step / cold_step of diffusion_core.samplers: ``coefficients`` maps a
     term to its weight so that x_next = sum(coef * term) + sigma * z, where the terms are x_t, x0_hat,
     eps_hat, x0_hat_prev (DPM-Solver++(2M): the previous step's x0_hat) or, for cold sampling,
@@ -562,7 +563,7 @@ def step_numbers(run: dict, i: int) -> dict:
     rec = recs[i]
     t, tn = int(rec.t), int(rec.t_next)
     sampler = run["sampler"]
-    out = {"step": i + 1, "index": i, "num_steps": len(recs), "sampler": sampler, "t": t, "t_next": tn}
+    out = {"step": i + 1, "index": i, "num_steps": rec.num_steps, "sampler": sampler, "t": t, "t_next": tn}
     terms = {"x_t": rec.x_t, "x0_hat": rec.x0_hat, "eps_hat": rec.eps_hat}
     coef = {}
     sigma = 0.0
@@ -619,7 +620,8 @@ def step_numbers(run: dict, i: int) -> dict:
                     terms["x0_hat_prev"] = prev.x0_hat
                     out.update(order=2, h_prev=h_prev, r=r, t_prev=int(prev.t))
         elif sampler in ("dpm++3m", "unipc"):      # the weights come from the sampler itself
-            ts = torch.tensor([r.t for r in recs] + [recs[-1].t_next])
+            ts = torch.tensor(run["grid"] + [run["grid_end"]]) if run.get("grid") else \
+                torch.tensor([r.t for r in recs] + [recs[-1].t_next])
             coef, used, info = explain_multistep(SamplerSpec(sampler), ts, sched, recs, i)
             terms.update(used)
             out.update(info)
@@ -1393,7 +1395,7 @@ class DiffusionApp:
         base = pipe.base
         d = base.config.diffusion
         run = {"model": model, "sampler": meta["sampler"], "eta": meta.get("eta") or 0.0, "variance": "posterior",
-               "improved": True, "seed": meta["seed"], "steps": [], "done": False,
+               "improved": True, "seed": meta["seed"], "steps": [], "grid": [], "done": False,
                "summary": (f"model {model} · {SAMPLER_NAMES.get(meta['sampler'], meta['sampler'])} · "
                            f"{meta['steps']} steps ({meta['spacing']}) · guidance {meta['guidance']:g} · "
                            f"seed {meta['seed']} · first image" + (" · base stage of the cascade"
@@ -1414,7 +1416,11 @@ class DiffusionApp:
     def _keep(self, key: str, run: dict, rec) -> None:
         """Append a SampleStep of the first image (its x_t is the previous step's x_next: stored once), if the
         kept runs' byte budget allows it; otherwise the run is marked ``capped`` and keeps the steps it has."""
-        if rec.stage != 0 or run.get("capped"):
+        if rec.stage != 0:
+            return
+        run["grid"].append(int(rec.t))      # every step's t, kept or not: a multistep solver's weights depend on
+        run["grid_end"] = int(rec.t_next)   # the whole grid (its order drops near the end)
+        if run.get("capped"):
             return
         steps = run["steps"]
         first = slice(0, 1)

@@ -134,6 +134,10 @@ MUTANTS = [
  ("a broken SR folder fails the others' cards", "app.py",
   "            except USER_ERRORS:         # a broken SR folder is skipped", "            except KeyError:         #",
   "tests/test_bad_inputs.py -k broken"),
+ ("explained weights from the kept steps' grid", "app.py", "torch.tensor(run[\"grid\"] + [run[\"grid_end\"]]) if run.get(\"grid\")",
+  "torch.tensor(run[\"grid\"] + [run[\"grid_end\"]]) if False", "tests/test_app_memory.py -k first_steps"),
+ ("a run over the budget keeps every step", "app.py", "            run[\"capped\"] = True\n            return",
+  "            pass", "tests/test_app_memory.py -k first_steps"),
  ("model cards re-read per request", "app.py", "        if hit is None or hit[0] != key:\n            hit = (key, self._model_card",
   "        if True:\n            hit = (key, self._model_card", "tests/test_bad_inputs.py -k cached"),
 ]

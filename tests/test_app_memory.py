@@ -108,3 +108,51 @@ def test_memory_stays_flat_over_many_new_sessions(app_process):
     assert last_half < BOUND_LAST_HALF_MB, \
         f"RSS grew {last_half:.0f} MB over the last {SESSIONS - SESSIONS // 2} sessions " \
         f"(bound {BOUND_LAST_HALF_MB} MB) {where}"
+
+
+def test_kept_runs_stay_in_their_budget():
+    """KeptRuns: the least recently used runs go first; a run that alone would pass the budget keeps what it has; a
+    replaced or dropped run is no longer accounted."""
+    import app
+    runs = app.KeptRuns(max_bytes=1000)
+    a, b, c = {}, {}, {}
+    for key, run in (("a", a), ("b", b)):
+        runs.put(key, run)
+        assert runs.grow(key, run, 400)
+    assert runs.get("a") is a               # a used last: b goes first
+    runs.put("c", c)
+    assert runs.grow("c", c, 400)
+    assert runs.get("b") is None and runs.get("a") is a and runs.get("c") is c and runs.nbytes == 800
+    assert not runs.grow("c", c, 700) and runs.nbytes == 800      # c alone would pass 1000
+    runs.put("a", {})                       # session a starts a new run: the old one is not accounted any more
+    assert not runs.grow("a", a, 1) and runs.nbytes == 400
+    runs.drop("c")
+    assert runs.get("c") is None and runs.nbytes == 0
+
+
+def test_a_run_over_the_budget_keeps_its_first_steps(tmp_path):
+    """A 20-step UniPC run of the 16 px model with room for 3 steps: Explain answers for steps 1-3, with weights
+    that reproduce each x_t', and says why not after; the note after the run says what is kept."""
+    import gradio as gr
+
+    import app
+    from app_fixtures import build_checkpoints
+    state = app.DiffusionApp(str(build_checkpoints(tmp_path / "ckpt")))
+    state.runs.max_bytes = 4 * 3 * 16 * 16 * 4      # the first step keeps 4 tensors of 1 KB, later ones 3
+
+    class Request:
+        session_hash = "s1"
+    for out in state.generate("tiny", sampler="unipc", steps=20, batch_size=1, seed=1, request=Request()):
+        pass
+    key = out[-1]
+    assert key == "s1" and len(state.runs.get(key)["steps"]) == 3
+    _, note, _ = state.after_run(key, 1)
+    assert "(3/20 steps; the first 3 fit in the server's" in note
+    for step, order in ((1, 1), (2, 2), (3, 2)):    # UniPC lowers its order on the last steps of its grid: the
+        md, *_, num = state.explain_step(step, key)     # explanation uses the run's whole grid, not the kept steps'
+        assert f"Step {step} of 20" in md and num["order"] == order and num["residual_max"] < 1e-5, (step, num)
+    with pytest.raises(gr.Error, match="step 4 is not kept: the server keeps the first 3 steps of this run"):
+        state.explain_step(4, key)
+    state.runs.drop(key)
+    with pytest.raises(gr.Error, match="no longer kept"):
+        state.explain_step(1, key)
