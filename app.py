@@ -131,24 +131,25 @@ class _CheckedPayload(_Template):
 
     @property
     def data_model(self):
-        model = self.__dict__.get("_checked_model")
-        if model is None:
-            base = next(c.__dict__["data_model"] for c in type(self).__mro__[1:]
-                        if isinstance(c.__dict__.get("data_model"), type))
-            component = self
+        base = next(c.__dict__["data_model"] for c in type(self).__mro__[1:]
+                    if isinstance(c.__dict__.get("data_model"), type))
+        return _checked_model(base, getattr(self, "label", None) or "image", self.expected)
 
-            class Checked(base):
-                model_config = ConfigDict(title=base.__name__)      # the API schema keeps the model's own name
 
-                @classmethod
-                def model_validate(cls, obj, *a, **kw):
-                    try:
-                        return super().model_validate(obj, *a, **kw)
-                    except ValidationError:
-                        raise gr.Error(f"{component.label or 'image'}: expected {component.expected}, got "
-                                       f"{type(obj).__name__} {str(obj)[:40]!r}", print_exception=False) from None
-            model = self.__dict__["_checked_model"] = Checked
-        return model
+@functools.lru_cache(maxsize=32)     # one class per input, not per session (a session's label update copies it)
+def _checked_model(base, label: str, expected: str):
+    """``base`` (a Gradio payload model) whose validation error is a one-line gr.Error naming the input."""
+    class Checked(base):
+        model_config = ConfigDict(title=base.__name__)      # the API schema keeps the model's own name
+
+        @classmethod
+        def model_validate(cls, obj, *a, **kw):
+            try:
+                return super().model_validate(obj, *a, **kw)
+            except ValidationError:
+                raise gr.Error(f"{label}: expected {expected}, got {type(obj).__name__} {str(obj)[:40]!r}",
+                               print_exception=False) from None
+    return Checked
 
 
 class SafeImage(_CheckedPayload, gr.Image):
