@@ -35,6 +35,7 @@ import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from collections import OrderedDict  # noqa: E402
+from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import gradio as gr  # noqa: E402
@@ -963,6 +964,9 @@ class DiffusionApp:
             rows.append(("schedule", f"{d.schedule}, T={d.T}"))
         rows.append(("prediction", d.prediction))
         rows.append(("samplers", ", ".join(SAMPLER_NAMES.get(s, s) for s in pipe.samplers)))
+        sd = self.sampling_defaults(pipe)
+        rows.append(("default settings", f"{SAMPLER_NAMES.get(sd.sampler, sd.sampler)}, {sd.steps} steps, "
+                                          f"{sd.spacing} grid, guidance {sd.guidance:g}" + (f": {sd.why}" if sd.why else "")))
         training = self._read_json(folder / "training.json")
         if not training and pipe.kind in ("cascade", "ensemble"):
             first = pipe.stages[0][0].path if pipe.kind == "cascade" else None
@@ -1012,11 +1016,22 @@ class DiffusionApp:
                 out.append((f"{prefix}{k}", v))
         return out
 
+    @staticmethod
+    def sampling_defaults(pipe):
+        """The model's own default settings (``sampling`` in its config; a cascade's are its base stage's),
+        with a sampler the model cannot use replaced by one it can (cold models)."""
+        sd = pipe.base.config.sampling
+        if sd.sampler not in pipe.samplers:
+            sd = replace(sd, sampler="dpm++" if "dpm++" in pipe.samplers else pipe.samplers[0])
+        return sd
+
     def on_model_change(self, model, sampler):
-        """Control visibility / choices for the selected model (its card is the model_card event)."""
+        """Control visibility / choices for the selected model (its card is the model_card event); the sampler,
+        steps, grid and guidance move to the model's own defaults (``sampling`` in its config)."""
         if model in (None, "") and not self.models.names():
             hide = gr.update(visible=False)
-            return (gr.skip(), gr.skip(), gr.skip(), hide, hide, hide, gr.skip(), gr.skip(), hide)
+            return (gr.skip(), gr.skip(), gr.skip(), hide, hide, hide, gr.skip(), gr.skip(), hide, gr.skip(),
+                    gr.skip())
         try:
             pipe = self.models.get(model)
         except USER_ERRORS as e:
@@ -1024,8 +1039,8 @@ class DiffusionApp:
         cfg = pipe.base.config
         samplers = list(pipe.samplers)
         choices = [c for c in SAMPLER_CHOICES if c[1] in samplers]
-        if sampler not in samplers:
-            sampler = "dpm++" if "dpm++" in samplers else samplers[0]
+        sd = self.sampling_defaults(pipe)
+        sampler = sd.sampler
         single = bool(cfg.label_names) and not cfg.multi_label
         multi = bool(cfg.label_names) and cfg.multi_label
         pose = cfg.task == "pose"
@@ -1036,7 +1051,7 @@ class DiffusionApp:
         return (
             gr.update(choices=choices, value=sampler),
             gr.update(visible=(sampler == "ddim")),
-            gr.update(visible=guidable),     # no effect without a guidable condition; keep the value
+            gr.update(visible=guidable, value=sd.guidance),     # no effect without a guidable condition
             gr.update(visible=single, choices=[ANY] + list(cfg.label_names), value=ANY),
             gr.update(visible=multi, choices=list(cfg.label_names), value=[],
                       info=pipe.picks_meaning.capitalize() if multi else None),
@@ -1044,6 +1059,8 @@ class DiffusionApp:
             gr.update(label=init_label),
             gr.update(open=sr),
             gr.update(visible=sr_name is not None),
+            gr.update(value=sd.steps),
+            gr.update(value=sd.spacing),
         )
 
     def card_update(self, model):
@@ -1973,14 +1990,16 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
                 gr.Markdown(ABOUT)
 
         # ---------------------------------------------------------------- events
-        model_outputs = [sampler, eta, guidance, class_label, attributes, pose_group, init_image, init_acc, up_acc]
+        model_outputs = [sampler, eta, guidance, class_label, attributes, pose_group, init_image, init_acc, up_acc,
+                         steps, spacing]
         light = dict(concurrency_limit=4, concurrency_id="light")
+        # the card follows the controls (.then): once a model's card shows, its default settings are in place,
+        # so a value typed after that is not reset by a late controls update
         model.change(app.on_model_change, [model, sampler], model_outputs, api_visibility="private",
-                     **light)
-        model.change(app.card_update, [model], [card, card_img], api_visibility="private", show_progress="hidden",
-                     **light)
-        demo.load(app.on_model_change, [model, sampler], model_outputs, api_visibility="private", **light)
-        demo.load(app.card_update, [model], [card, card_img], api_visibility="private", **light)
+                     **light).then(app.card_update, [model], [card, card_img], api_visibility="private",
+                                   show_progress="hidden", **light)
+        demo.load(app.on_model_change, [model, sampler], model_outputs, api_visibility="private",
+                  **light).then(app.card_update, [model], [card, card_img], api_visibility="private", **light)
         # API endpoint (markdown, samples.png): on a never-shown button, so the UI does not run it twice
         card_api = gr.Button(visible=False)
         card_api.click(app.model_card, [model], [card, card_img], api_name="model_card", **light)

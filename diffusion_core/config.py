@@ -9,7 +9,7 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 
-from .options import X0_RANGES
+from .options import MAX_STEPS, SAMPLERS, SPACINGS, X0_RANGES
 
 CONFIG_VERSION = 1
 
@@ -165,6 +165,30 @@ class DiffusionConfig:
 
 
 @dataclass(frozen=True)
+class SamplingDefaults:
+    """How the app samples this model until the user changes it, and why (shown in the model card): chosen
+    per model from measurements (for ``fashion``, the solver table in docs/models.md)."""
+
+    sampler: str = "dpm++"
+    steps: int = 25
+    spacing: str = "trailing"
+    guidance: float = 2.0
+    why: str = ""
+
+    def __post_init__(self):
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"sampling.sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if self.spacing not in SPACINGS:
+            raise ConfigError(f"sampling.spacing must be one of {', '.join(SPACINGS)}, got {self.spacing!r}")
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise ConfigError(f"sampling.steps must be in [1, {MAX_STEPS}], got {self.steps}")
+        if not 0 <= self.guidance <= 30:
+            raise ConfigError(f"sampling.guidance must be in [0, 30], got {self.guidance}")
+        if len(self.why) > 2000:
+            raise ConfigError("sampling.why is longer than 2,000 characters")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild and sample a trained model from its folder."""
 
@@ -178,6 +202,7 @@ class ModelConfig:
     low_res: int = 0                    # super-resolution: size of the low-res input ...
     high_res: int = 0                   # ... and of the output (the network itself may train on crops)
     description: str = ""
+    sampling: SamplingDefaults = field(default_factory=SamplingDefaults)   # the app's defaults for this model
 
     def __post_init__(self):
         if self.version != CONFIG_VERSION:

@@ -257,3 +257,38 @@ def test_classifier_folders_are_not_listed_as_models(tmp_path):
     names = app.DiffusionApp(str(root)).models.names()
     assert "classifier-fashion" not in names and "tiny" in names and "tiny-cascade" in names
     assert "broken" in names          # listed: choosing it gives the loader's one-line reason
+
+
+def test_each_model_opens_with_its_own_default_settings(tmp_path):
+    """Choosing a model moves sampler, steps, grid and guidance to the model's ``sampling`` defaults, and its card
+    says which and why; a model without them gets DPM-Solver++ 25 on the trailing grid, guidance 2 (the app's
+    defaults before per-model ones), and a cascade its base stage's."""
+    import app
+    root = build_checkpoints(tmp_path / "ckpt")
+    cfg = json.loads((root / "tiny" / "config.json").read_text())
+    cfg["sampling"] = {"sampler": "unipc", "steps": 7, "spacing": "logsnr", "guidance": 3.5, "why": "measured best"}
+    (root / "tiny" / "config.json").write_text(json.dumps(cfg))
+    a = app.DiffusionApp(str(root))
+    for name, want in (("tiny", ("unipc", 7, "logsnr", 3.5)), ("tiny-cascade", ("unipc", 7, "logsnr", 3.5)),
+                       ("tiny-linear", ("dpm++", 25, "trailing", 2.0))):
+        out = a.on_model_change(name, "ddim")
+        got = (out[0]["value"], out[9]["value"], out[10]["value"], out[2]["value"])
+        assert got == want, (name, got)
+        assert out[1]["visible"] is False                   # eta shows for DDIM only
+    card, _ = a.model_card("tiny")
+    assert "default settings" in card and "UniPC" in card and "7 steps" in card and "measured best" in card
+
+
+def test_the_shipped_fashion_defaults_are_the_best_ten_step_row_of_the_solver_table():
+    """`checkpoints/fashion`'s default settings follow from the solver table (issue 22): the 10-step row with
+    the lowest FID among every solver x grid measured at 2,000 samples."""
+    folder = ROOT / "checkpoints" / "fashion"
+    sd = json.loads((folder / "config.json").read_text())["sampling"]
+    rows = {}
+    for p in folder.glob("metrics-*10*-n2000.json"):
+        m = json.loads(p.read_text())
+        if m.get("steps") == 10 and m.get("n") == 2000:
+            rows[(m["sampler"], m.get("spacing", "trailing"))] = m["fid"]
+    assert len(rows) >= 12                                  # 4 solvers x 3 grids
+    assert min(rows, key=rows.get) == (sd["sampler"], sd["spacing"]) and sd["steps"] == 10
+    assert f"{rows[(sd['sampler'], sd['spacing'])]:.2f}" in sd["why"]

@@ -51,6 +51,12 @@ def choose(page, elem_id: str, value: str):
     page.get_by_role("option", name=value, exact=True).click()
 
 
+def wait_card(page, name: str):
+    """Wait until the model card shows ``name`` exactly ("tiny" must not match "tiny-ensemble"): the card is drawn
+    after the model's controls and default settings are in place."""
+    page.wait_for_function(f"document.querySelector('#model-card h3')?.innerText.trim() === {name!r}")
+
+
 def set_number(page, elem_id: str, value):
     """Type ``value`` into the number box of the slider / number with elem_id."""
     box = page.locator(f"#{elem_id} input[type=number]").first
@@ -105,7 +111,7 @@ def run_and_watch(page, timeout=60.0) -> list[str]:
 
 def test_generate_streams_then_gallery(page):
     choose(page, "model", "tiny-ensemble")
-    page.wait_for_function("document.querySelector('#model-card h3')?.innerText.includes('tiny-ensemble')")
+    wait_card(page, "tiny-ensemble")
     set_number(page, "steps", 30)
     set_number(page, "batch-size", 4)
     seen = run_and_watch(page)
@@ -120,7 +126,7 @@ def test_generate_streams_then_gallery(page):
 
 def test_stop_keeps_partial_result(page):
     choose(page, "model", "tiny")
-    page.wait_for_function("document.querySelector('#model-card h3')?.innerText.includes('tiny')")
+    wait_card(page, "tiny")
     set_number(page, "steps", 1000)
     set_number(page, "batch-size", 1)
     page.locator("#generate-btn").click()

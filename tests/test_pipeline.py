@@ -239,3 +239,13 @@ def test_x0_range_is_the_models_sampling_default(tmp_path, make_model):
     assert DiffusionConfig().x0_range == "clip"
     with pytest.raises(ConfigError, match="x0_range"):
         DiffusionConfig(x0_range="soft")
+
+
+def test_sampling_defaults_in_a_config_are_checked():
+    from diffusion_core import ConfigError
+    from diffusion_core.config import SamplingDefaults
+    assert SamplingDefaults() == SamplingDefaults("dpm++", 25, "trailing", 2.0, "")   # the app's defaults before
+    for bad in (dict(sampler="euler"), dict(spacing="cosine"), dict(steps=0), dict(steps=5000), dict(guidance=-1.0),
+                dict(why="x" * 3000)):
+        with pytest.raises(ConfigError):
+            SamplingDefaults(**bad)
