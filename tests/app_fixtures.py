@@ -45,7 +45,9 @@ def tiny_unet(**kw) -> UNetConfig:
 
 def _weights(cfg: UNetConfig, seed: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    net = UNet(cfg)
+    with torch.random.fork_rng():        # the network's own initialisation seeded too: same weights every run
+        torch.manual_seed(seed)
+        net = UNet(cfg)
     sd = net.state_dict()
     for k, v in sd.items():
         if v.is_floating_point():
