@@ -19,7 +19,7 @@ from .config import ConfigError, ModelConfig
 from .degradations import Degradation, make_degradation
 from .denoisers import ClassifierFreeGuidance, ClipX0, ExpertEnsemble, ModelDenoiser
 from .options import MAX_BATCH, MAX_SEED, MAX_STEPS, NOISE_LEVEL_SPACINGS, SAMPLERS, SPACINGS
-from .samplers import (SampleStep, SamplerSpec, make_generators, noised_start, per_image_noise,
+from .samplers import (SampleStep, SamplerSpec, img2img_timesteps, make_generators, noised_start, per_image_noise,
                        sample_stream)
 from .schedules import Schedule, make_schedule, spaced_timesteps
 
@@ -224,8 +224,7 @@ class Pipeline:
         fixed = per_image_noise((n, c, s, s), gens, device)
         if init_image is not None:
             x0 = init_image if init_image.dim() == 4 else init_image[None].expand(n, -1, -1, -1)
-            t_start = max(0, int(round(strength * T)) - 1)
-            ts = spaced_timesteps(T, min(steps, t_start + 1), spacing, t_start=t_start)
+            ts = img2img_timesteps(T, steps, strength, spacing)
             x_start = deg(x0.to(device), torch.full((n,), int(ts[0]), dtype=torch.long), fixed)
         else:
             ts = spaced_timesteps(T, steps, spacing)

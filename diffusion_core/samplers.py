@@ -440,14 +440,21 @@ def sample(denoiser: Denoiser, x_start: torch.Tensor, timesteps: torch.Tensor, s
     return last.x_next
 
 
+def img2img_timesteps(T: int, num_steps: int, strength: float, spacing: str,
+                      schedule: Schedule | None = None) -> torch.Tensor:
+    """The grid of an img2img run (SDEdit, Meng et al. 2022; cold diffusion's too): it starts at
+    t_start = round(strength * T) - 1 and takes at most t_start + 1 steps down to -1."""
+    t_start = max(0, int(round(strength * T)) - 1)
+    return spaced_timesteps(T, min(num_steps, t_start + 1), spacing, t_start=t_start, schedule=schedule)
+
+
 def noised_start(schedule: Schedule, x0: torch.Tensor, num_steps: int, strength: float, spacing: str,
                  generators: Sequence[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
     """img2img / SDEdit (Meng et al. 2022): noise x0 to t_start = round(strength * T) - 1 and return
     (x_{t_start}, timesteps from t_start down to -1). strength in (0, 1]."""
     if not 0 < strength <= 1:
         raise ValueError(f"strength must be in (0, 1], got {strength}")
-    t_start = max(0, int(round(strength * schedule.T)) - 1)
-    ts = spaced_timesteps(schedule.T, min(num_steps, t_start + 1), spacing, t_start=t_start, schedule=schedule)
+    ts = img2img_timesteps(schedule.T, num_steps, strength, spacing, schedule)
     eps = per_image_noise(x0.shape, generators, x0.device, x0.dtype)
     t_vec = torch.full((x0.shape[0],), int(ts[0]), dtype=torch.long)
     return schedule.q_sample(x0, t_vec, eps), ts
