@@ -118,24 +118,31 @@ def solver_plot(out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     m = solver_metrics()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    styles = {"trailing": "-", "logsnr": "--", "karras": ":"}
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    styles = {"trailing": ("-", "o"), "logsnr": ("--", "s"), "karras": (":", "^")}   # grid: line and marker
+    colours = dict(zip(SOLVERS, ("tab:blue", "tab:orange", "tab:green", "tab:red")))  # solver: colour
     for sampler in SOLVERS:
         for spacing in GRIDS:
             pts = sorted((passes(v), v["fid"]) for (s, g, _), v in m.items() if s == sampler and g == spacing)
             if pts:
-                ax.plot(*zip(*pts), styles[spacing], marker="o", label=f"{sampler} {spacing}")
+                line, marker = styles[spacing]
+                ax.plot(*zip(*pts), line, marker=marker, color=colours[sampler], label=f"{sampler} {spacing}")
     for label, path in (("DDIM 50", metrics_path("fashion", "ddim", 50, 2000)),
                         ("DDIM 100", metrics_path("fashion", "ddim", 100, 2000))):
         if path.is_file():
             fid = json.loads(path.read_text())["fid"]
             ax.axhline(fid, color="grey", lw=0.8)
-            ax.text(10, fid, f"{label} ({fid:.2f})", fontsize=8, va="bottom", color="grey")
+            ax.annotate(f"{label}: {fid:.2f}", (1.0, fid), xycoords=("axes fraction", "data"), xytext=(-4, 2),
+                        textcoords="offset points", ha="right", va="bottom", fontsize=8, color="grey")
     ax.set_xlabel("U-Net passes per image (guided: 2 per step)")
     ax.set_ylabel("FID (classifier features, 2,000 samples)")
     ax.set_yscale("log")
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_yticks([2, 3, 4, 5, 6, 8, 10])
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
