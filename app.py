@@ -944,15 +944,17 @@ class DiffusionApp:
                 f"t in [{lo}, {hi})" for lo, hi, _ in pipe.experts)
         elif pipe.kind == "cascade":
             kind = "cascade: " + " -> ".join(
-                f"{st.path.name} ({st.config.unet.image_size} px)" for st, _ in pipe.stages)
+                f"{st.path.name} ({size} px)" for (st, _), size in zip(pipe.stages, pipe.stage_sizes))
         rows.append(("kind", kind))
         task = cfg.task
         if cfg.task == "super_resolution":
-            task = f"super-resolution {cfg.low_res} -> {cfg.unet.image_size} px"
+            task = f"super-resolution {cfg.low_res} -> {cfg.high_res or cfg.unet.image_size} px"
         elif cfg.task == "pose":
             task = "stickman drawing -> figure"
         rows.append(("task", task))
-        rows.append(("image", f"{cfg.unet.image_size} px, {cfg.unet.out_channels} channel(s)"))
+        rows.append(("image", f"{pipe.image_size} px, {cfg.unet.out_channels} channel(s)"
+                     + (f" (the network was trained on {cfg.unet.image_size} px crops)"
+                        if cfg.task == "super_resolution" and cfg.unet.image_size != pipe.image_size else "")))
         if cfg.label_names:
             what = "attributes (multi-label)" if cfg.multi_label else "classes"
             names = ", ".join(cfg.label_names[:12]) + (" ..." if len(cfg.label_names) > 12 else "")

@@ -76,8 +76,21 @@ class Pipeline:
 
     @property
     def image_size(self) -> int:
-        last = self.stages[-1][0].config if self.kind == "cascade" else self.config
-        return last.high_res or last.unet.image_size
+        """Side of the output images: the last of ``stage_sizes``."""
+        return self.stage_sizes[-1]
+
+    @property
+    def stage_sizes(self) -> tuple[int, ...]:
+        """Side of each stage's output: a model's image (a super-resolution model's high resolution, not its
+        training crops); for a cascade, the base's image, then each super-resolution stage's input times its
+        factor high_res // low_res, as ``stream`` upsamples it."""
+        if self.kind != "cascade":
+            return (self.config.high_res or self.config.unet.image_size,)
+        sizes = [self.stages[0][0].config.unet.image_size]
+        for stage, _ in self.stages[1:]:
+            c = stage.config
+            sizes.append(sizes[-1] * max(1, (c.high_res or c.unet.image_size) // max(c.low_res, 1)))
+        return tuple(sizes)
 
     @property
     def channels(self) -> int:

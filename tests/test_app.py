@@ -292,3 +292,22 @@ def test_the_shipped_fashion_defaults_are_the_best_ten_step_row_of_the_solver_ta
     assert len(rows) >= 12                                  # 4 solvers x 3 grids
     assert min(rows, key=rows.get) == (sd["sampler"], sd["spacing"]) and sd["steps"] == 10
     assert f"{rows[(sd['sampler'], sd['spacing'])]:.2f}" in sd["why"]
+
+
+def test_model_cards_state_the_output_size(tmp_path):
+    """A super-resolution model's card gives low -> high resolution, and a cascade's its final output size, not
+    the size of the network's training crops or of the base stage (issue 18: "32 -> 32 px" for emoji-sr)."""
+    import app
+    from diffusion_core import load
+    root = build_checkpoints(tmp_path / "ckpt")
+    a = app.DiffusionApp(str(root))
+    sr, casc = load(root / "tiny-sr"), load(root / "tiny-cascade")
+    low, high = sr.config.low_res, sr.image_size
+    assert high == 2 * low
+    card, _ = a.model_card("tiny-sr")
+    assert f"super-resolution {low} -> {high} px" in card and f"**image**: {high} px" in card
+    base = casc.base.config.unet.image_size
+    out = casc.sample(1, steps=1, sr_steps=1, seed=0)            # what the cascade really makes: base x 2
+    assert out.shape[-1] == 2 * base == casc.image_size
+    card, _ = a.model_card("tiny-cascade")
+    assert f"**image**: {2 * base} px" in card and f"tiny ({base} px) -> tiny-sr ({2 * base} px)" in card
