@@ -71,12 +71,15 @@ COMPARE_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpm++": "DPM++", "dpm++3m": "D
 DEGRADATIONS = ["noise", "blur", "pixelate", "mask"]
 USER_ERRORS = (ImageError, CheckpointError, ValueError)
 # learning tools
-COMPARE_MAX_CELLS = 12           # one sampling run per cell
+COMPARE_MAX_CELLS = 15           # one sampling run per cell; the guidance grid's defaults are 3 samplers x 5 scales
 COMPARE_MAX_STEPS = 400          # summed over the cells
 COMPARE_SAMPLERS = [("DDPM", "ddpm"), ("DDIM", "ddim"), ("DPM++", "dpm++"), ("DPM++ 3M", "dpm++3m"), ("UniPC", "unipc"),
                     ("Cold", "cold")]
 COMPARE_STEPS = [5, 10, 25, 50]
 COMPARE_GUIDANCE = [0, 1, 2, 4, 7]
+COMPARE_DEFAULT_SAMPLERS = ["ddpm", "ddim", "dpm++"]     # the rows both comparisons start with
+COMPARE_DEFAULT_STEPS = [5, 10, 25]
+COMPARE_DEFAULT_GUIDANCE_STEPS = 10
 CELL_PX = 128                    # a compare-grid cell (nearest-upscaled image) ...
 CAPTION_LINES = 3                # ... with this many caption lines below it
 LINE_PX = 15
@@ -1939,17 +1942,17 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
                             cmp_schedules = gr.Checkbox(False, label="schedules",
                                                         info="add the rows of models that differ only in their "
                                                              "noise schedule (e.g. fashion / fashion-linear)")
-                        cmp_samplers = Choices(COMPARE_SAMPLERS, value=["ddpm", "ddim", "dpm++"],
+                        cmp_samplers = Choices(COMPARE_SAMPLERS, value=COMPARE_DEFAULT_SAMPLERS,
                                                         label="Samplers (rows)", elem_id="compare-samplers")
                         with gr.Row(equal_height=True):
-                            cmp_steps = NumberChecks(COMPARE_STEPS, value=[5, 10, 25], label="Step counts (columns)",
+                            cmp_steps = NumberChecks(COMPARE_STEPS, value=COMPARE_DEFAULT_STEPS, label="Step counts (columns)",
                                                          elem_id="compare-steps", scale=3)
                             cmp_btn = gr.Button("Compare samplers × steps", variant="primary", elem_id="compare-btn",
                                                 scale=1)
                         with gr.Row(equal_height=True):
                             cmp_guid = NumberChecks(COMPARE_GUIDANCE, value=COMPARE_GUIDANCE,
                                                         label="Guidance scales (columns)", scale=2)
-                            cmp_gsteps = Slider(1, 200, value=10, step=1, label="Steps (guidance grid)", scale=1)
+                            cmp_gsteps = Slider(1, 200, value=COMPARE_DEFAULT_GUIDANCE_STEPS, step=1, label="Steps (guidance grid)", scale=1)
                             cmp_gbtn = gr.Button("Compare guidance scales", elem_id="compare-guidance-btn", scale=1)
                         cmp_note = gr.Markdown(elem_id="compare-note")
                         cmp_img = gr.Image(label="Comparison grid", type="pil", format="png", interactive=False,

@@ -191,7 +191,11 @@ class Pipeline:
             if low_res is None:
                 raise ValueError("a super-resolution model needs a low-resolution input image")
             if low_res.dim() == 3:
-                low_res = low_res[None].expand(n, -1, -1, -1)
+                low_res = low_res[None]
+            if low_res.shape[0] == 1 and n > 1:      # one input, n samples of it (image i: seed + i)
+                low_res = low_res.expand(n, -1, -1, -1)
+            if low_res.shape[0] != n:
+                raise ValueError(f"{low_res.shape[0]} low-resolution images for a batch of {n}: give one or {n}")
             factor = max(1, (cfg.high_res or cfg.unet.image_size) // max(cfg.low_res, 1))
             out_hw = (low_res.shape[-2] * factor, low_res.shape[-1] * factor)
             up = F.interpolate(low_res.to(device), size=out_hw, mode="bicubic", align_corners=False).clamp(-1, 1)

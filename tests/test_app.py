@@ -311,3 +311,15 @@ def test_model_cards_state_the_output_size(tmp_path):
     assert out.shape[-1] == 2 * base == casc.image_size
     card, _ = a.model_card("tiny-cascade")
     assert f"**image**: {2 * base} px" in card and f"tiny ({base} px) -> tiny-sr ({2 * base} px)" in card
+
+
+def test_both_comparisons_run_with_the_defaults_the_page_shows(tmp_path):
+    """Learn -> compare with the controls as the page starts (issue 18: "Compare guidance scales" refused its own
+    defaults, 3 samplers x 5 scales > 12 cells)."""
+    import app
+    a = app.DiffusionApp(str(build_checkpoints(tmp_path / "ckpt")))
+    img, note = a.compare_guidance("tiny", "Coat", None, 0, app.COMPARE_DEFAULT_SAMPLERS, app.COMPARE_GUIDANCE,
+                                   app.COMPARE_DEFAULT_GUIDANCE_STEPS)
+    assert img is not None and len(app.COMPARE_DEFAULT_SAMPLERS) * len(app.COMPARE_GUIDANCE) <= app.COMPARE_MAX_CELLS
+    img, note = a.compare("tiny", "Coat", None, 0, app.COMPARE_DEFAULT_SAMPLERS, app.COMPARE_DEFAULT_STEPS)
+    assert img is not None

@@ -249,3 +249,17 @@ def test_sampling_defaults_in_a_config_are_checked():
                 dict(why="x" * 3000)):
         with pytest.raises(ConfigError):
             SamplingDefaults(**bad)
+
+
+def test_one_low_res_image_gives_a_batch_of_super_resolved_samples(tmp_path, make_model):
+    """A super-resolution model asked for n samples of one low-resolution image (a batch of one, as the app sends
+    it) samples each with its own seed (issue 18: IndexError at the app's default batch of 4)."""
+    make_model(tmp_path / "sr", unet=dict(cond_channels=1, image_size=8), task="super_resolution", low_res=4,
+               high_res=8)
+    sr = load(tmp_path / "sr")
+    low = torch.rand(1, 1, 4, 4) * 2 - 1
+    x = sr.sample(3, low_res=low, steps=3, seed=5)
+    assert x.shape == (3, 1, 8, 8) and not torch.equal(x[0], x[1])
+    assert torch.equal(x[1], sr.sample(1, low_res=low, steps=3, seed=6)[0])       # image i uses seed + i
+    with pytest.raises(ValueError, match="2 low-resolution images for a batch of 3"):
+        sr.sample(3, low_res=low.expand(2, -1, -1, -1), steps=3)
