@@ -1030,9 +1030,10 @@ class DiffusionApp:
             sd = replace(sd, sampler="dpm++" if "dpm++" in pipe.samplers else pipe.samplers[0])
         return sd
 
-    def on_model_change(self, model, sampler):
+    def on_model_change(self, model, sampler, class_label=ANY, attributes=None):
         """Control visibility / choices for the selected model (its card is the model_card event); the sampler,
-        steps, grid and guidance move to the model's own defaults (``sampling`` in its config)."""
+        steps, grid and guidance move to the model's own defaults (``sampling`` in its config). The chosen class
+        and attributes stay chosen where the new model has them (emoji -> emoji-cascade keeps the picks)."""
         if model in (None, "") and not self.models.names():
             hide = gr.update(visible=False)
             return (gr.skip(), gr.skip(), gr.skip(), hide, hide, hide, gr.skip(), gr.skip(), hide, gr.skip(),
@@ -1057,8 +1058,10 @@ class DiffusionApp:
             gr.update(choices=choices, value=sampler),
             gr.update(visible=(sampler == "ddim")),
             gr.update(visible=guidable, value=sd.guidance),     # no effect without a guidable condition
-            gr.update(visible=single, choices=[ANY] + list(cfg.label_names), value=ANY),
-            gr.update(visible=multi, choices=list(cfg.label_names), value=[],
+            gr.update(visible=single, choices=[ANY] + list(cfg.label_names),
+                      value=class_label if single and class_label in cfg.label_names else ANY),
+            gr.update(visible=multi, choices=list(cfg.label_names),
+                      value=[a for a in as_list(attributes) if a in cfg.label_names] if multi else [],
                       info=pipe.picks_meaning.capitalize() if multi else None),
             gr.update(visible=pose),
             gr.update(label=init_label),
@@ -2000,10 +2003,10 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
         light = dict(concurrency_limit=4, concurrency_id="light")
         # the card follows the controls (.then): once a model's card shows, its default settings are in place,
         # so a value typed after that is not reset by a late controls update
-        model.change(app.on_model_change, [model, sampler], model_outputs, api_visibility="private",
+        model.change(app.on_model_change, [model, sampler, class_label, attributes], model_outputs, api_visibility="private",
                      **light).then(app.card_update, [model], [card, card_img], api_visibility="private",
                                    show_progress="hidden", **light)
-        demo.load(app.on_model_change, [model, sampler], model_outputs, api_visibility="private",
+        demo.load(app.on_model_change, [model, sampler, class_label, attributes], model_outputs, api_visibility="private",
                   **light).then(app.card_update, [model], [card, card_img], api_visibility="private", **light)
         # API endpoint (markdown, samples.png): on a never-shown button, so the UI does not run it twice
         card_api = gr.Button(visible=False)

@@ -323,3 +323,17 @@ def test_both_comparisons_run_with_the_defaults_the_page_shows(tmp_path):
     assert img is not None and len(app.COMPARE_DEFAULT_SAMPLERS) * len(app.COMPARE_GUIDANCE) <= app.COMPARE_MAX_CELLS
     img, note = a.compare("tiny", "Coat", None, 0, app.COMPARE_DEFAULT_SAMPLERS, app.COMPARE_DEFAULT_STEPS)
     assert img is not None
+
+
+def test_switching_model_keeps_the_picks_the_new_model_has(tmp_path):
+    """emoji -> emoji-cascade kept nothing the user had picked (issue 18); now the class or attributes that the
+    new model also has stay chosen, the others are dropped."""
+    import app
+    from app_fixtures import ATTRS
+    a = app.DiffusionApp(str(build_checkpoints(tmp_path / "ckpt")))
+    out = a.on_model_change("tiny-attr", "ddim", app.ANY, [ATTRS[0], "not-an-attribute", ATTRS[1]])
+    assert out[4]["value"] == [ATTRS[0], ATTRS[1]]
+    out = a.on_model_change("tiny-linear", "ddim", "Coat", [ATTRS[0]])
+    assert out[3]["value"] == "Coat" and out[4]["value"] == []
+    out = a.on_model_change("tiny-linear", "ddim", "Purple", None)
+    assert out[3]["value"] == app.ANY
