@@ -94,7 +94,7 @@ MUTANTS = [
   "tests/test_training_hostile.py -k debris"),
  ("temp files keep mkstemp's 0600", "diffusion_core/checkpoint.py", "        os.fchmod(fd, 0o666 & ~UMASK)", "        pass",
   "tests/test_training_hostile.py -k permissions"),
- ("resume accepts a changed model", "diffusion_core/train.py", "        new = to_dict(self.cfg)\n", "        return\n",
+ ("resume accepts a changed model", "diffusion_core/train.py", "        new, old = _resume_view(to_dict(self.cfg)), _resume_view(old)\n", "        return\n",
   "tests/test_training_hostile.py -k changed_model"),
  ("output folder not locked", "diffusion_core/train.py", "        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)", "        pass",
   "tests/test_training_hostile.py -k two_trainings"),
