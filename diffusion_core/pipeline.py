@@ -88,8 +88,7 @@ class Pipeline:
             return (self.config.high_res or self.config.unet.image_size,)
         sizes = [self.stages[0][0].config.unet.image_size]
         for stage, _ in self.stages[1:]:
-            c = stage.config
-            sizes.append(sizes[-1] * max(1, (c.high_res or c.unet.image_size) // max(c.low_res, 1)))
+            sizes.append(sizes[-1] * stage.config.sr_factor)
         return tuple(sizes)
 
     @property
@@ -196,8 +195,7 @@ class Pipeline:
                 low_res = low_res.expand(n, -1, -1, -1)
             if low_res.shape[0] != n:
                 raise ValueError(f"{low_res.shape[0]} low-resolution images for a batch of {n}: give one or {n}")
-            factor = max(1, (cfg.high_res or cfg.unet.image_size) // max(cfg.low_res, 1))
-            out_hw = (low_res.shape[-2] * factor, low_res.shape[-1] * factor)
+            out_hw = (low_res.shape[-2] * cfg.sr_factor, low_res.shape[-1] * cfg.sr_factor)
             up = F.interpolate(low_res.to(device), size=out_hw, mode="bicubic", align_corners=False).clamp(-1, 1)
             # the U-Net halves the size len(channel_mults) - 1 times: any other size is sampled on a canvas
             # padded (by edge replication) to a multiple of that, and the records are cropped back to out_hw
@@ -382,7 +380,7 @@ def load_cascade(folder: Path, manifest: CascadeManifest, device="cpu") -> Pipel
         else:
             if cfg.task != "super_resolution":
                 raise CheckpointError(f"{where}: stage {i} ({st.path}) is not a super-resolution model")
-            size *= max(1, cfg.high_res // max(cfg.low_res, 1))     # fully convolutional: any input size
+            size *= cfg.sr_factor
         if size > MAX_CASCADE_SIZE:
             raise CheckpointError(f"{where}: the cascade would make {size} px images (limit {MAX_CASCADE_SIZE})")
         stages.append((sub, st.options()))

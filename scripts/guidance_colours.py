@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffusion_core import load  # noqa: E402
 from diffusion_core.data import DataConfig, load_data  # noqa: E402
 
-TONES = ("light skin tone", "medium-light skin tone", "medium skin tone", "medium-dark skin tone", "dark skin tone")
+from skin_tone_colours import TONES  # noqa: E402  (the five tones, defined once)
+
 COLOURS = ("red", "orange", "yellow", "green", "blue", "purple", "brown", "black", "white")
 LUMA = torch.tensor([0.299, 0.587, 0.114])
 

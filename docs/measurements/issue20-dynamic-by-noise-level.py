@@ -4,7 +4,7 @@ sys.path.insert(0, "/work/main"); sys.path.insert(0, "/work/main/scripts")
 torch.set_num_threads(1)
 from diffusion_core import denoisers, load
 from diffusion_core.evaluate_picks import evaluate_picks
-from guidance_colours import measure, TONES
+from guidance_colours import measure, TONES  # TONES from skin_tone_colours
 from diffusion_core.data import DataConfig, load_data
 plain = denoisers.ClipX0.__call__
 variant, g = sys.argv[1], float(sys.argv[2])
