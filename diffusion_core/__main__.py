@@ -254,7 +254,7 @@ def _sample(args) -> int:
     bar, per_batch = None, None
     batches = -(-args.n // args.batch)
     try:
-        for k, start in enumerate(range(0, args.n, args.batch)):
+        for start in range(0, args.n, args.batch):
             b = min(args.batch, args.n - start)
             last, count = None, 0
             kw = dict(low_res=low[start:start + b]) if low is not None else {}
