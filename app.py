@@ -25,6 +25,7 @@ import base64  # noqa: E402
 import signal  # noqa: E402
 import functools  # noqa: E402
 import gc  # noqa: E402
+import html  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
@@ -45,7 +46,8 @@ from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 from PIL.PngImagePlugin import PngInfo  # noqa: E402
 from pydantic import ConfigDict, ValidationError  # noqa: E402
 
-from diffusion_core import (SAMPLER_KINDS, SPACINGS, CheckpointError, ImageError, SampleStep,  # noqa: E402
+from diffusion_core import (BACKEND_ENV, BACKENDS, SAMPLER_KINDS, SPACINGS, BackendError,  # noqa: E402
+                            CheckpointError, ImageError, SampleStep,
                             SamplerSpec, explain_multistep, grid, load, load_image, make_degradation, make_generators,
                             make_schedule, open_image, read_json, sample_stream, spaced_timesteps, to_mode, to_pil)
 
@@ -310,9 +312,11 @@ class Models:
     until the folder's files change. A folder whose files change on disk (a training run re-exporting) is reloaded
     on next use."""
 
-    def __init__(self, root, device="cpu"):
+    def __init__(self, root, device="cpu", backend=None):
         self.root = Path(root)
         self.device = device
+        # where networks run unless a request names one: $DIFFUSION_CORE_BACKEND, else auto (measured at first load)
+        self.backend = backend or os.environ.get(BACKEND_ENV) or "auto"
         self._cache: dict[str, tuple[tuple, object]] = {}
         self._failed: dict[str, tuple[tuple, str]] = {}         # name -> (signature, reason) of a failed load
         self._scanned: dict[str, tuple[tuple, bool, dict, str | None]] = {}   # name -> (stat, listed, config, error)
@@ -386,20 +390,24 @@ class Models:
         except OSError:
             return ()
 
-    def get(self, name):
+    def get(self, name, backend=None):
+        """The loaded pipeline of ``name``, its networks on ``backend`` (None: this catalogue's default)."""
         folder = self.folder(name)
         sig = self.signature(name)
+        backend = backend or self.backend
         with self._lock:
             hit = self._cache.get(name)
             if hit and hit[0] == sig:
+                if hit[1].backend_request != backend:
+                    hit[1].set_backend(backend)
                 return hit[1]
             failed = self._failed.get(name)
             if failed and failed[0] == sig:
                 raise CheckpointError(failed[1])
             self._cache.pop(name, None)
             try:
-                pipe = load(folder, device=self.device)
-            except CheckpointError as e:
+                pipe = load(folder, device=self.device, backend=backend)
+            except (CheckpointError, BackendError) as e:
                 self._failed[name] = (sig, str(e))
                 raise
             except Exception as e:      # a folder never takes the app down: it is listed as broken with this
@@ -1111,7 +1119,7 @@ class DiffusionApp:
     def generate(self, model, sampler="dpm++", steps=25, spacing="trailing", eta=0.0, guidance=2.0, seed=-1,
                  batch_size=4, preview_every=1, class_label=ANY, attributes=None, stick_source="sketch",
                  stick_sketch=None, stick_upload=None, init_image=None, strength=0.6, make_gif=False,
-                 gif_frames="x0_hat", request: gr.Request = None):
+                 gif_frames="x0_hat", backend=None, request: gr.Request = None):
         """Stream a sampling run: every ``preview_every`` steps yield x_t | x0_hat, a status line and the
         progress; finally the gallery of PNGs (tEXt 'parameters' = JSON) and the optional GIF."""
         try:
@@ -1124,7 +1132,9 @@ class DiffusionApp:
             if strength == 0.0:
                 raise ValueError("strength must be in (0, 1], got 0")
             seed = self._seed(seed)
-            pipe = self.models.get(model)
+            if backend is not None and backend not in BACKENDS:
+                raise ValueError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
+            pipe = self.models.get(model, backend)
             cfg = pipe.base.config
             if sampler not in pipe.samplers:
                 raise ValueError(f"sampler {sampler!r} does not apply to model {model!r} "
@@ -1199,7 +1209,8 @@ class DiffusionApp:
         gif = self._save_gif(frames, meta) if make_gif and frames else None
         took = time.time() - t0
         text = (f"<b>{'Stopped' if stopped else 'Done'}</b> · {batch_size} image(s) · seed {seed} · "
-                f"{SAMPLER_NAMES.get(sampler, sampler)} {steps} steps ({spacing}) · {took:.1f} s")
+                f"{SAMPLER_NAMES.get(sampler, sampler)} {steps} steps ({spacing}) · {took:.1f} s · "
+                f"<span title=\"{html.escape(self._backend_reason(pipe))}\">{pipe.backend}</span>")
         if stopped:
             text += " · gallery shows the last x0_hat prediction"
         run["done"] = not stopped
@@ -1218,7 +1229,13 @@ class DiffusionApp:
                 parts.append(f"expert {e + 1}/{len(pipe.experts)} (t in [{lo}, {hi}))")
         el = time.time() - t0
         parts.append(f"{el:.1f} s")
+        parts.append(pipe.backend)
         return " · ".join(parts)
+
+    @staticmethod
+    def _backend_reason(pipe) -> str:
+        """Why each network runs where it does: forced, or the measurement auto made."""
+        return "; ".join(c.summary() for c in pipe.backend_choices)
 
     def _run_dir(self, model: str) -> Path:
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(model))[:40]
@@ -1851,6 +1868,10 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
                         with gr.Row():
                             batch_size = Slider(1, MAX_BATCH, value=4, step=1, label="Batch size", elem_id="batch-size")
                             preview_every = Slider(1, 50, value=1, step=1, label="Preview every k steps")
+                        backend = Dropdown(list(BACKENDS), value=app.models.backend, label="Backend",
+                                           elem_id="backend",
+                                           info="where the network runs: auto measures this CPU and picks the "
+                                                "fastest that matches fp32 (bf16, OpenVINO); the status line says which")
                         with gr.Accordion("img2img / low-res input", open=False) as init_acc:
                             init_image = SafeImage(label="Init image (optional, img2img)", type="filepath",
                                                    image_mode=None, sources=["upload", "clipboard"], height=200)
@@ -2025,7 +2046,8 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
                         queue=False)
 
         gen_inputs = [model, sampler, steps, spacing, eta, guidance, seed, batch_size, preview_every, class_label,
-                      attributes, stick_source, stick_sketch, stick_upload, init_image, strength, make_gif, gif_frames]
+                      attributes, stick_source, stick_sketch, stick_upload, init_image, strength, make_gif, gif_frames,
+                      backend]
         gen = run_btn.click(app.generate, gen_inputs, [preview, status, gallery, gif, last_seed, partial, learn_run],
                             api_name="generate", concurrency_id="sampling", show_progress="minimal")
         gen.then(app.after_run, [learn_run, explain_idx], [explain_idx, explain_note, traj_note],

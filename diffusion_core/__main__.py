@@ -25,7 +25,7 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .options import MAX_BATCH, MAX_STEPS, SAMPLERS, SPACINGS     # torch-free: --help prints at once
+    from .options import BACKEND_ENV, BACKENDS, MAX_BATCH, MAX_STEPS, SAMPLERS, SPACINGS   # torch-free: --help at once
     spacing_help = "timestep grid; logsnr and karras follow the noise level and apply to Gaussian models, not cold ones"
     p = argparse.ArgumentParser(prog="python -m diffusion_core", description="Train, sample and evaluate diffusion models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--grid", action="store_true", help="also write grid.png")
     s.add_argument("--gif", action="store_true", help="also write process.gif (x0_hat over the run, first image)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--backend", choices=BACKENDS, default=None,
+                   help=f"where the network runs: auto measures this CPU and picks the fastest that matches fp32 "
+                        f"(default: ${BACKEND_ENV}, else auto)")
 
     e = parser("evaluate", help="metrics of a checkpoint: FID in classifier features, accuracy / F1 / pose adherence")
     e.add_argument("--model", required=True, help="checkpoint folder")
@@ -95,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="emoji models: also find the nearest training image to 64 samples (memorisation.png)")
     e.add_argument("--tag", default="", help="suffix of the metrics file name")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.add_argument("--backend", choices=BACKENDS, default=None,
+                   help=f"where the network runs (default: ${BACKEND_ENV}, else fp32, the backend of the tables)")
     e.add_argument("--picks", action="store_true",
                    help="multi-label models and cascades: sample a fixed list of user-style picks of 1-3 attributes "
                         "and report per pick the fraction of samples that have every picked attribute, beside real "
@@ -233,12 +238,13 @@ def check_ranges(args, bounds) -> None:
 def _sample(args) -> int:
     import torch
     from .images import grid, load_image, to_pil
+    from .options import BACKEND_ENV
     from .pipeline import MAX_BATCH, MAX_SEED, MAX_STEPS, load
     check_ranges(args, [("n", 1, 10000), ("batch", 1, MAX_BATCH), ("seed", 0, MAX_SEED - 10000),
                         ("steps", 1, MAX_STEPS), ("strength", 0.0, 1.0), ("eta", 0.0, 1.0), ("guidance", 0.0, 30.0)])
     if args.sr_steps is not None:
         check_ranges(args, [("sr_steps", 1, MAX_STEPS)])
-    pipe = load(Path(args.model))
+    pipe = load(Path(args.model), backend=args.backend or os.environ.get(BACKEND_ENV) or "auto")
     sampler = args.sampler or pipe.samplers[0 if pipe.samplers == ("cold",) else 1]
     base = pipe.base.config
     ch, size = base.unet.out_channels, base.unet.image_size
@@ -282,7 +288,8 @@ def _sample(args) -> int:
             bar.close()
     allimg = torch.cat(images)
     params = {"model": str(args.model), "sampler": sampler, "steps": args.steps, "spacing": args.spacing,
-              "eta": args.eta, "guidance": args.guidance, "labels": args.label, "seed": args.seed}
+              "eta": args.eta, "guidance": args.guidance, "labels": args.label, "seed": args.seed,
+              "backend": pipe.backend}
     from PIL.PngImagePlugin import PngInfo
     for i, img in enumerate(allimg):
         info = PngInfo()
@@ -294,7 +301,7 @@ def _sample(args) -> int:
     if args.gif and frames:
         frames = [f.resize((128, 128), 0) for f in frames]
         frames[0].save(out / "process.gif", save_all=True, append_images=frames[1:], duration=80, loop=0)
-    print(f"wrote {len(allimg)} images to {out}")
+    print(f"wrote {len(allimg)} images to {out} (network on {pipe.backend})")
     return 0
 
 

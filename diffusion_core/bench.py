@@ -59,8 +59,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import parallel
+from . import backends, parallel
 from .config import DiffusionConfig, ModelConfig, UNetConfig, to_dict
+from .options import BACKENDS as BACKEND_CHOICES
 from .unet import UNet, _norm, count_parameters
 
 FASHION_UNET = UNetConfig(base_channels=32, channel_mults=(1, 2, 2, 2), num_res_blocks=2, attention_resolutions=(8,),
@@ -102,8 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="optimizer steps per timed training run (default 3, 2 with --quick)")
     p.add_argument("--flops-batch", type=int, default=16, help="batch of the GFLOP/s measurement (default 16)")
     p.add_argument("--mm-size", type=int, default=None, help="matmul size for the peak (default 2048)")
-    p.add_argument("--sections", default="sampling,preview,cascade,training,flops",
-                   help="comma-separated subset of sampling,preview,cascade,training,flops")
+    p.add_argument("--sections", default="sampling,preview,cascade,training,flops,backends",
+                   help="comma-separated subset of sampling,preview,cascade,training,flops,backends")
     p.add_argument("--quick", action="store_true", help="1 repeat and fewer training steps (same step counts)")
     p.add_argument("--tiny", action="store_true",
                    help="tiny networks (16 px, 8 base channels), few steps and small batches: for tests only")
@@ -112,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(the layout before that optimisation)")
     p.add_argument("--no-workers", action="store_true",
                    help="no row workers (parallel.py): every kernel splits the whole batch over the threads")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
+                   help="the backend the 'backends' section reports as chosen (auto: measured, backends.choose); "
+                        "the sampling / training rows against diffusers stay fp32 eager, like for like")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no table on stdout")
     g = p.add_argument_group("output check")
@@ -142,7 +146,7 @@ def _settings(args) -> dict:
         "sr_steps": 2 if tiny else 20,
         "sections": [x.strip() for x in args.sections.split(",") if x.strip()],
     }
-    bad = set(s["sections"]) - {"sampling", "preview", "cascade", "training", "flops"}
+    bad = set(s["sections"]) - {"sampling", "preview", "cascade", "training", "flops", "backends"}
     if bad:
         raise ValueError(f"unknown section(s) {', '.join(sorted(bad))}")
     if s["repeats"] < 1 or not s["batches"] or min(s["batches"]) < 1 or max(s["batches"]) > 64:
@@ -163,7 +167,10 @@ def machine_info(threads: int) -> dict:
                 break
     except OSError:
         pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": threads,
+    facts = backends.cpu_info()
+    info = {"cpu": cpu, "cpu_model": facts.model, "cpu_flags": list(facts.flags), "bf16_units": facts.bf16_units,
+            "openvino": backends.openvino_version(),
+            "cores": os.cpu_count(), "torch": torch.__version__, "threads": threads,
             "interop_threads": torch.get_num_interop_threads(), "python": platform.python_version(),
             "platform": platform.platform(), "mkldnn": bool(torch.backends.mkldnn.is_available())}
     try:
@@ -401,6 +408,52 @@ def bench_preview(args, s, pipe) -> list[dict]:
     return rows
 
 
+def bench_backends(args, s, pipe) -> tuple[list[dict], dict]:
+    """DPM-Solver++ (``dpm_steps``), the largest batch, guided, once per backend available here (fp32 eager, bf16,
+    OpenVINO), taking turns run by run; and the outputs' difference from fp32 for the same seed."""
+    cfg = pipe.config.unet
+    b = max(s["batches"])
+    kw = dict(sampler="dpm++", steps=s["dpm_steps"], guidance=GUIDANCE, labels=one_hot(b, cfg.num_labels),
+              seed=args.seed)
+    chosen, request = dict(pipe.runners), pipe.backend_request
+    runners, outputs, times = {}, {}, {}
+    for name in backends.available("cpu"):
+        pipe.set_backend(name)
+        runners[name] = dict(pipe.runners)
+        outputs[name] = pipe.sample(b, **kw)          # warm-up (export, compile), and the output compared
+        times[name] = []
+    for _ in range(s["repeats"]):
+        for name in runners:
+            pipe.runners = runners[name]
+            times[name] += timed(lambda: pipe.sample(b, **kw), 1, warmup=lambda: None)
+    pipe.runners, pipe.backend_request = chosen, request
+
+    def first():
+        gen = pipe.stream(b, **kw)
+        rec = next(gen)
+        gen.close()
+        return rec
+    preview = statistics.median(timed(first, s["repeats"]))
+    rows = []
+    for name in runners:
+        diff = (outputs[name] - outputs["fp32"]).abs()
+        rows.append(_row("ours", "sample_backend", times[name], b, backend=name, sampler="dpm++",
+                         steps=s["dpm_steps"], batch=b, guidance=GUIDANCE, max_abs_diff_vs_fp32=float(diff.max()),
+                         rms_diff_vs_fp32=float(diff.pow(2).mean().sqrt())))
+        _log(args, f"  {name:9s} dpm++ {s['dpm_steps']:3d} steps batch {b:2d}: {statistics.median(times[name]):.3f} s"
+                   f" (rms diff vs fp32 {rows[-1]['rms_diff_vs_fp32']:.4f})")
+    ips = {r["backend"]: r["images_per_s"] for r in rows}
+    own = max((n for n in ips if n != "openvino"), key=ips.get)        # our fastest PyTorch backend
+    info = {"backend": pipe.backend, "choice": [c.summary() for c in pipe.backend_choices],
+            "sampling_vs_fp32": ips[pipe.backend] / ips["fp32"] if pipe.backend in ips else None,
+            "fastest_pytorch_backend": own, "first_preview_chosen_s": preview,
+            "sample_chosen_s": statistics.median(times[pipe.backend]) if pipe.backend in times else None,
+            "sampling_vs_openvino": ips[own] / ips["openvino"] if "openvino" in ips else None,
+            "chosen_vs_openvino": ips[pipe.backend] / ips["openvino"] if "openvino" in ips and pipe.backend in ips
+            else None}
+    return rows, info
+
+
 def random_cascade(folder: Path, tiny: bool, seed: int) -> Path:
     """A random-weight cascade like the emoji one: RGB 32 px base with 52 attribute labels + SR 32 -> 64."""
     from .checkpoint import save_cascade, save_model
@@ -559,12 +612,26 @@ def matmul_peak(n: int, reps: int) -> dict:
             "times": [round(t, 6) for t in times]}
 
 
-def conv_peak(batch: int, channels: int, size: int, reps: int) -> dict:
+def bf16_matmul_peak(n: int, reps: int) -> dict:
+    """``matmul_peak`` in bfloat16 (fp32 accumulation): what bf16 matrix units (AVX-512 BF16, AMX) give."""
+    a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
+    torch.mm(a, b)
+    times = []
+    for _ in range(max(reps, 5)):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t0)
+    flops = 2 * n ** 3
+    return {"size": n, "dtype": "bfloat16", "gflops": flops / min(times) / 1e9,
+            "median_gflops": flops / statistics.median(times) / 1e9, "times": [round(t, 6) for t in times]}
+
+
+def conv_peak(batch: int, channels: int, size: int, reps: int, dtype: torch.dtype = torch.float32) -> dict:
     """A 3x3 float32 convolution in channels_last (oneDNN) with the current thread count, best of ``reps``.
     On AMD CPUs MKL's sgemm (torch.mm) does not reach the FMA peak that oneDNN's convolutions do, so the
     matmul alone can understate what the machine can do (and give a peak fraction above 1)."""
-    x = torch.randn(batch, channels, size, size).contiguous(memory_format=torch.channels_last)
-    w = torch.randn(channels, channels, 3, 3).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(batch, channels, size, size, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(channels, channels, 3, 3, dtype=dtype).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         F.conv2d(x, w, padding=1)
         times = []
@@ -573,7 +640,8 @@ def conv_peak(batch: int, channels: int, size: int, reps: int) -> dict:
             F.conv2d(x, w, padding=1)
             times.append(time.perf_counter() - t0)
     flops = 2 * batch * channels * size * size * channels * 9
-    return {"shape": [batch, channels, size, size], "gflops": flops / min(times) / 1e9,
+    return {"shape": [batch, channels, size, size], "dtype": str(dtype).replace("torch.", ""),
+            "gflops": flops / min(times) / 1e9,
             "median_gflops": flops / statistics.median(times) / 1e9, "times": [round(t, 6) for t in times]}
 
 
@@ -601,12 +669,28 @@ def bench_flops(args, s, pipe, ref) -> dict:
                    f"= {flops / sec / 1e9:.1f} GFLOP/s")
     out["matmul_peak"] = matmul_peak(s["mm_size"], reps)
     out["conv_peak"] = conv_peak(*((2, 32, 8) if args.tiny else (16, 256, 16)), reps)
-    out["peak_gflops"] = max(out["matmul_peak"]["gflops"], out["conv_peak"]["gflops"])
-    out["peak_fraction"] = out["ours"]["gflops"] / out["peak_gflops"]
+    out["bf16_matmul_peak"] = bf16_matmul_peak(s["mm_size"], reps)
+    out["bf16_conv_peak"] = conv_peak(*((2, 32, 8) if args.tiny else (16, 256, 16)), reps, dtype=torch.bfloat16)
+    out["fp32_peak_gflops"] = max(out["matmul_peak"]["gflops"], out["conv_peak"]["gflops"])
+    # the peak is the best dtype's: on a CPU with bf16 matrix units the bf16 rates are this machine's limit
+    out["peak_gflops"] = max(out["fp32_peak_gflops"], out["bf16_matmul_peak"]["gflops"],
+                             out["bf16_conv_peak"]["gflops"])
+    chosen = pipe.backend
+    if chosen != "fp32":          # the U-Net as the chosen backend runs it: its rate against the best peak
+        runner = pipe._runner(pipe.net)
+        with torch.inference_mode():
+            times = timed(lambda: runner(x, t, cond), reps)
+        sec = statistics.median(times)
+        out["chosen"] = {"backend": chosen, "seconds_per_forward": sec,
+                         "gflops": out["ours"]["flops_per_forward"] / sec / 1e9}
+    best = out.get("chosen", out["ours"])
+    out["peak_fraction_fp32"] = out["ours"]["gflops"] / out["fp32_peak_gflops"]
+    out["peak_fraction"] = best["gflops"] / out["peak_gflops"]
     out["peak_fraction_vs_mm"] = out["ours"]["gflops"] / out["matmul_peak"]["gflops"]
-    _log(args, f"  peak: torch.mm {s['mm_size']}^2 {out['matmul_peak']['gflops']:.1f} GFLOP/s, 3x3 conv "
-               f"channels_last {out['conv_peak']['gflops']:.1f} GFLOP/s; U-Net at {out['peak_fraction']:.1%} of the "
-               f"higher ({out['peak_fraction_vs_mm']:.1%} of torch.mm)")
+    _log(args, f"  peak: torch.mm {s['mm_size']}^2 {out['matmul_peak']['gflops']:.1f} GFLOP/s (bf16 "
+               f"{out['bf16_matmul_peak']['gflops']:.1f}), 3x3 conv channels_last {out['conv_peak']['gflops']:.1f} "
+               f"(bf16 {out['bf16_conv_peak']['gflops']:.1f}); U-Net ({chosen}) at {out['peak_fraction']:.1%} of the "
+               f"best ({out['peak_fraction_vs_mm']:.1%} of fp32 torch.mm)")
     return out
 
 
@@ -711,7 +795,14 @@ def _table(result: dict) -> str:
         lines.append("parameters: ours {ours:,}".format(**p) + (", diffusers {diffusers:,} ({relative_diff:+.1%}, "
                                                                 "within 15%: {within_15pct})".format(**p)
                                                                 if p.get("diffusers") else ""))
-    for k in ("sampling_ratio", "training_ratio"):
+    for r in rows:
+        if r["task"] == "sample_backend":
+            lines.append(f"backend {r['backend']:9s} dpm++ {r['steps']} b{r['batch']}: {r['seconds']:.3f} s, "
+                         f"{r['images_per_s']:.2f} img/s, rms diff vs fp32 {r['rms_diff_vs_fp32']:.4f}")
+    if result.get("backend"):
+        lines.append(f"backend chosen: {result['backend']} on {result.get('cpu_model')} "
+                     f"({', '.join(result.get('cpu_flags') or []) or 'no avx2'})")
+    for k in ("sampling_ratio", "training_ratio", "sampling_vs_fp32", "sampling_vs_openvino"):
         if result.get(k) is not None:
             lines.append(f"{k}: {result[k]:.3f}")
     return "\n".join(lines)
@@ -756,10 +847,17 @@ def run_benchmark(args) -> dict:
     if "training" in s["sections"]:
         _log(args, "training")
         rows += bench_training(args, s, cfg, pipe.config.diffusion, ref)
+    # the rows above run fp32 eager against diffusers fp32, like for like; from here the chosen backend runs
+    pipe.set_backend(args.backend)
     if "flops" in s["sections"]:
         _log(args, "GFLOP/s")
         result["flops"] = bench_flops(args, s, pipe, ref)
         result["peak_fraction"] = result["flops"]["peak_fraction"]
+    if "backends" in s["sections"]:
+        _log(args, "backends")
+        brows, binfo = bench_backends(args, s, pipe)
+        rows += brows
+        result.update(binfo)
     result["rows"] = rows
 
     # headline numbers
@@ -787,6 +885,10 @@ def run_benchmark(args) -> dict:
     result["first_preview_s"] = pv.get(big)
     result["first_preview_b1_s"] = pv.get(min(s["batches"]))
     result.setdefault("peak_fraction", None)
+    result.setdefault("backend", pipe.backend)
+    for k in ("sampling_vs_fp32", "sampling_vs_openvino"):
+        result.setdefault(k, None)
+    result["cpu_model"], result["cpu_flags"] = result["machine"]["cpu_model"], result["machine"]["cpu_flags"]
     result.setdefault("cascade_s", None)
     try:
         result["machine"]["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)

@@ -112,6 +112,8 @@ class ModelDenoiser:
         cores in parallel where ``parallel.usable`` (each piece single-threaded; see parallel.py). In parallel,
         each worker's consecutive chunks run as one call when this machine's kernels give every row the same
         result in one call as in its own chunk (``_merges``): larger calls are faster, the output is the same."""
+        if getattr(self.net, "own_batching", False):     # a backend that chunks and threads itself (backends.py)
+            return self.net(x_t, t, cond)
         b, k = x_t.shape[0], self.chunk
         in_parallel = parallel.usable(x_t)
         if k > 0:

@@ -238,23 +238,25 @@ class SampleCache:
 def evaluate_model(model_dir: Path, classifier_dir: Path | None, n: int = 2000, sampler: str | None = None,
                    steps: int = 50, spacing: str = "trailing", guidance: float = 2.0, seed: int = 0,
                    batch: int = 100, progress: bool = True, cache: Path | None = None, device: str = "cpu",
-                   samples_only: bool = False) -> dict:
+                   samples_only: bool = False, backend: str | None = None) -> dict:
     """Generate n samples with balanced conditions and measure them against held-out real data.
 
     ``device``: where the network samples (the metrics run on the CPU). ``samples_only``: stop once the
     samples are made and kept in ``cache`` (no metrics, no real data needed for a class-conditional model):
     a GPU machine can make them, and ``evaluate`` with the same settings finishes from the cache file here.
+    ``backend``: where the network runs (``Pipeline.set_backend``; None: $DIFFUSION_CORE_BACKEND, else fp32).
 
     ``cache``: keep the samples generated so far in this file and resume from it (see SampleCache)."""
     from tqdm import tqdm
     from .pipeline import load
     pipe = load(model_dir, device)
     pipe.chunk = 0      # whole batches (faster); metrics need no bit-identity across batch sizes
+    pipe.set_backend(backend)
     cfg = pipe.base.config
     sampler = sampler or ("cold" if "cold" in pipe.samplers else "ddim")
     dataset = "emoji" if cfg.multi_label else ("pose" if cfg.task == "pose" else "fashion")
     metrics = {"model": str(model_dir), "n": n, "sampler": sampler, "steps": steps, "spacing": spacing,
-               "guidance": guidance, "seed": seed}
+               "guidance": guidance, "seed": seed, "backend": pipe.backend}
     # conditions: class i % L (single label) / attribute sets of held-out images (multi-label) / held-out drawings
     if dataset == "pose":
         from .data_pose import make_pairs
@@ -265,6 +267,8 @@ def evaluate_model(model_dir: Path, classifier_dir: Path | None, n: int = 2000, 
         cond_labels = torch.from_numpy(real.labels[ridx.numpy()])
     weights = sorted(Path(model_dir).rglob("*.safetensors"))
     run = {"sampler": sampler, "steps": steps, "spacing": spacing, "guidance": guidance, "seed": seed, "batch": batch}
+    if pipe.backend != "fp32":          # fp32 runs keep the key their cache files were written under
+        run["backend"] = pipe.backend
     store = SampleCache(cache, {"model": Path(model_dir).resolve().name, **run,
                                 "weights": [[w.relative_to(model_dir).as_posix(), _sha256(w)] for w in weights]},
                         legacy=({"model": str(Path(model_dir).resolve()), **run,      # the key before session 5
@@ -523,7 +527,7 @@ def evaluate_command(args) -> int:
         cache = None if args.no_cache else Path(args.cache_dir) / f"{model.resolve().name}-{out.stem}.safetensors"
         m = evaluate_model(model, Path(args.classifier) if args.classifier else None, n=args.n,
                            sampler=args.sampler, steps=args.steps, spacing=args.spacing, guidance=args.guidance,
-                           seed=args.seed, batch=args.batch, cache=cache, device=args.device,
+                           seed=args.seed, batch=args.batch, cache=cache, device=args.device, backend=args.backend,
                            samples_only=samples_only, progress=not args.no_progress)
         if m.get("samples_only"):
             print(json.dumps(m, indent=2))

@@ -5,6 +5,7 @@ CLI and the app use (it yields ``SampleStep`` records), and ``Pipeline.sample(..
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -12,6 +13,7 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from . import backends
 from .checkpoint import (CONFIG, MAX_CASCADE_SIZE, CascadeManifest, CheckpointError, EnsembleManifest, folder_kind,
                          load_model_config, load_network, load_prior, read_manifest)
 from .conditioning import Condition, augment_low_res, picks_condition, picks_meaning, resolve_labels
@@ -48,6 +50,8 @@ class Pipeline:
     prior_labels: torch.Tensor | None = None        # cold: their class indices (N,), to start from the asked class
     description: str = ""
     chunk: int = EVAL_CHUNK                         # network batch; fixed => images independent of batch size
+    runners: dict = field(default_factory=dict)     # id(net) -> (runner, backends.Choice): where each network runs
+    backend_request: str = "fp32"                   # what set_backend was asked for (auto, or a name)
 
     # ---- what the model is ------------------------------------------------------------------
     @property
@@ -99,6 +103,42 @@ class Pipeline:
     def samplers(self) -> tuple[str, ...]:
         return ("cold",) if self.base.config.diffusion.is_cold else tuple(x for x in SAMPLERS if x != "cold")
 
+    # ---- where the networks run (backends.py) -------------------------------------------------
+    def set_backend(self, name: str | None = None) -> "Pipeline":
+        """Run every network of this pipeline (experts, stages) on backend ``name``: fp32 | bf16 | openvino, or
+        auto (measured here, ``backends.choose``); None: the ``DIFFUSION_CORE_BACKEND`` variable, else fp32."""
+        name = backends.requested(name or os.environ.get(backends.ENV) or "fp32")
+        self.backend_request = name
+        if self.kind == "cascade":
+            for stage, _ in self.stages:
+                stage.set_backend(name)
+            return self
+        size = self.config.high_res or self.config.unet.image_size
+        self.runners = {id(net): backends.choose(net, name, self.path, self.chunk, image_size=size)
+                        for net in self.networks}
+        return self
+
+    @property
+    def networks(self) -> list:
+        """The networks this pipeline (not its cascade stages) evaluates."""
+        return [net for _, _, net in self.experts] if self.kind == "ensemble" else [self.net] if self.net is not None else []
+
+    @property
+    def backend_choices(self) -> list:
+        """The backends.Choice of every network, stages included, in order."""
+        if self.kind == "cascade":
+            return [c for stage, _ in self.stages for c in stage.backend_choices]
+        return [self.runners[id(net)][1] if id(net) in self.runners else backends.Choice("fp32", "default", {}, {})
+                for net in self.networks]
+
+    @property
+    def backend(self) -> str:
+        """The backend(s) running this pipeline's networks, e.g. "bf16" or "fp32 + openvino"."""
+        return " + ".join(dict.fromkeys(c.name for c in self.backend_choices)) or "fp32"
+
+    def _runner(self, net):
+        return self.runners[id(net)][0] if id(net) in self.runners else net
+
     def expert_index(self, t: int) -> int | None:
         if self.kind != "ensemble":
             return None
@@ -111,10 +151,10 @@ class Pipeline:
         clip = clip or d.x0_range
         sched = None if d.is_cold else self.schedule
         if self.kind == "ensemble":
-            den = ExpertEnsemble([(lo, hi, ModelDenoiser(net, sched, d.prediction, self.chunk))
+            den = ExpertEnsemble([(lo, hi, ModelDenoiser(self._runner(net), sched, d.prediction, self.chunk))
                                   for lo, hi, net in self.experts], d.T)
         elif self.kind == "model":
-            den = ModelDenoiser(self.net, sched, d.prediction, self.chunk)
+            den = ModelDenoiser(self._runner(self.net), sched, d.prediction, self.chunk)
         else:
             raise ValueError("a cascade has one denoiser per stage; use its stages")
         if guidance != 1.0:
@@ -323,8 +363,14 @@ class Pipeline:
                          aug_level=aug_level)
 
 
-def load(folder, device="cpu") -> Pipeline:
-    """Load a model, ensemble or cascade folder. Raises CheckpointError with a one-line reason."""
+def load(folder, device="cpu", backend: str | None = None) -> Pipeline:
+    """Load a model, ensemble or cascade folder. Raises CheckpointError with a one-line reason. ``backend``:
+    where the networks run (``Pipeline.set_backend``; None: $DIFFUSION_CORE_BACKEND, else fp32)."""
+    pipe = _load(Path(folder), device)
+    return pipe.set_backend(backend) if backend or os.environ.get(backends.ENV) else pipe
+
+
+def _load(folder: Path, device="cpu") -> Pipeline:
     folder = Path(folder)
     kind = folder_kind(folder)
     if kind == "model":
@@ -371,7 +417,7 @@ def load_cascade(folder: Path, manifest: CascadeManifest, device="cpu") -> Pipel
         kind = folder_kind(folder / st.path)
         if kind == "cascade":
             raise CheckpointError(f"{where}: stage {i} ({st.path}) is itself a cascade")
-        sub = load(folder / st.path, device)
+        sub = _load(folder / st.path, device)
         cfg = sub.config
         if i == 0:
             if cfg.task == "super_resolution":

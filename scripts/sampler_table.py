@@ -49,7 +49,7 @@ def metrics_path(model: str, sampler: str, steps: int, n: int, spacing: str = "t
 def command(model: str, sampler: str, steps: int, n: int, spacing: str = "trailing") -> list[str]:
     return [sys.executable, "-m", "diffusion_core", "evaluate", "--model", f"checkpoints/{model}", "--sampler",
             sampler, "--steps", str(steps), "--n", str(n), "--guidance", "2", "--batch", "50",
-            "--spacing", spacing, "--tag", tag(sampler, steps, n, spacing)]
+            "--spacing", spacing, "--tag", tag(sampler, steps, n, spacing), "--no-progress"]
 
 
 def run_missing(skip: list[str], rows) -> None:

@@ -7,6 +7,9 @@ from pathlib import Path
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["HF_HUB_OFFLINE"] = "1"
+# the networks run as fp32 eager, the reference, unless a test names a backend: "auto" would measure this CPU and
+# could pick bf16, changing outputs that tests compare bit for bit
+os.environ.setdefault("DIFFUSION_CORE_BACKEND", "fp32")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pytest  # noqa: E402

@@ -53,6 +53,26 @@ def test_json_has_the_required_keys(tiny_result):
         assert v["same_timesteps"] and v["max_abs_diff"] < 1e-2
 
 
+def test_json_tells_the_backend_story(tiny_result):
+    """Issue 25: which CPU, which backend was chosen, one row per available backend, ratios against fp32 and
+    OpenVINO, and the peak is the best dtype's."""
+    from diffusion_core import backends
+    r = tiny_result
+    assert r["cpu_model"] == r["machine"]["cpu_model"] and isinstance(r["cpu_flags"], list)
+    assert r["backend"] in backends.BACKENDS
+    rows = {x["backend"]: x for x in r["rows"] if x["task"] == "sample_backend"}
+    assert set(rows) == set(backends.available("cpu"))
+    assert rows["fp32"]["rms_diff_vs_fp32"] == 0 and all(_positive(x["images_per_s"]) for x in rows.values())
+    assert r["sampling_vs_fp32"] == pytest.approx(rows[r["backend"]]["images_per_s"] / rows["fp32"]["images_per_s"])
+    if "openvino" in rows:
+        own = r["fastest_pytorch_backend"]
+        assert r["sampling_vs_openvino"] == pytest.approx(rows[own]["images_per_s"] / rows["openvino"]["images_per_s"])
+    f = r["flops"]
+    assert f["peak_gflops"] == max(f["matmul_peak"]["gflops"], f["conv_peak"]["gflops"],
+                                   f["bf16_matmul_peak"]["gflops"], f["bf16_conv_peak"]["gflops"])
+    assert _positive(r["first_preview_chosen_s"])
+
+
 def test_diffusers_reference_matches_the_fashion_architecture():
     pytest.importorskip("diffusers")
     ours = UNet(bench.FASHION_UNET)

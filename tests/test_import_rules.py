@@ -38,7 +38,8 @@ def test_the_package_never_imports_gradio():
 
 def test_the_maths_does_not_import_the_network_data_or_training():
     """Schedules, samplers and denoisers are functions over tensors and a denoiser callable (DESIGN habit 1)."""
-    forbidden = {"unet", "data", "data_emoji", "data_pose", "train", "evaluate", "pipeline", "checkpoint", "bench"}
+    forbidden = {"unet", "data", "data_emoji", "data_pose", "train", "evaluate", "pipeline", "checkpoint", "bench",
+                 "backends"}
     for name in ("schedules", "samplers", "denoisers", "options"):
         bad = {m for m in module_imports(name) if m.startswith("diffusion_core.") and m.split(".")[1] in forbidden}
         assert not bad, (name, bad)
@@ -60,3 +61,11 @@ def test_the_app_uses_only_the_public_api():
     assert not sub, sub
     used = {m.split(".")[1] for m in mods if m.startswith("diffusion_core.")}
     assert used <= set(diffusion_core.__all__), used - set(diffusion_core.__all__)
+
+
+def test_the_runtime_layer_sits_below_the_pipeline():
+    """backends.py wraps a network; it knows nothing of pipelines, training, data or the benchmark (DESIGN 12)."""
+    bad = {m for m in module_imports("backends")
+           if m.startswith("diffusion_core.") and m.split(".")[1] in {"pipeline", "train", "evaluate", "bench", "data",
+                                                                       "data_emoji", "data_pose", "checkpoint"}}
+    assert not bad, bad

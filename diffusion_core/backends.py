@@ -1,0 +1,408 @@
+"""Where the network runs: the runtime layer between a denoiser and the U-Net (DESIGN.md habit 12).
+
+A *backend* turns a trained network into a callable with the network's own signature
+``net(x_t, t, cond) -> output`` (float32 in, float32 out); the maths above it never sees which one runs.
+
+* ``fp32``: the network itself, eager PyTorch in float32: the reference every other backend is held to.
+* ``bf16``: a copy whose convolution and linear weights are stored in bfloat16, run under autocast (matrix
+  products in bf16 with fp32 accumulation; group norm, softmax and the sinusoidal time embedding stay fp32),
+  channels_last. Fast on CPUs with bf16 matrix units (AVX-512 BF16, AMX), slow elsewhere; on CUDA, autocast.
+* ``openvino``: the network exported to OpenVINO IR (``ov.convert_model``), cached beside the model in
+  ``.cache/`` and never committed, compiled for this CPU (bf16 inference precision where the CPU has bf16
+  units, else fp32), evaluated in fixed ``chunk``-row requests over one stream per core.
+
+``choose`` picks one at load: the candidates this machine can run well (capability check), kept only where a
+fixed batch's output matches fp32 (``match_error`` <= ``MATCH_TOLERANCE``), then timed on a guided batch; the
+fastest wins, and a faster backend must beat fp32 by ``MIN_SPEEDUP``. The choice is remembered per (network,
+CPU, library versions) in the cache. ``DIFFUSION_CORE_BACKEND`` or an explicit name forces one.
+
+ONNX Runtime is not offered: on the CPUs measured it ran fp32 only, slower than OpenVINO's bf16 and no faster
+than eager fp32 (docs/performance.md).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import platform
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from . import options, parallel
+from .conditioning import Condition
+
+CHOICES, ENV = options.BACKENDS, options.BACKEND_ENV
+BACKENDS = tuple(b for b in CHOICES if b != "auto")
+MATCH_TOLERANCE = 0.02      # rms(out - fp32) / rms(fp32) on the fixed batch; bf16 measures ~0.004 (docs/performance.md)
+MIN_SPEEDUP = 1.05          # a backend replaces fp32 only when at least this much faster in the timing
+CACHE_DIR = ".cache"        # inside a model folder (git-ignored); else ~/.cache/diffusion_core
+
+
+class BackendError(ValueError):
+    """A backend that cannot run here (runtime missing, wrong device): the message says why."""
+
+
+# ---- what this CPU has ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CpuInfo:
+    model: str
+    flags: tuple[str, ...]          # the ones that matter here: avx2, avx512f, avx512_bf16, amx_bf16, amx_tile
+
+    @property
+    def bf16_units(self) -> bool:
+        """Whether the CPU multiplies bf16 matrices in hardware (AVX-512 BF16 dot products or AMX tiles)."""
+        return "avx512_bf16" in self.flags or "amx_bf16" in self.flags
+
+
+_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_info() -> CpuInfo:
+    """Model name and the vector / matrix flags of this CPU (from /proc/cpuinfo on Linux)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    return CpuInfo(model, tuple(f for f in _FLAGS if f in flags))
+
+
+def openvino_version() -> str | None:
+    try:
+        import openvino
+    except ImportError:
+        return None
+    return openvino.get_version()
+
+
+def requested(name: str | None = None) -> str:
+    """The backend asked for: ``name`` if given, else the environment variable, else auto."""
+    name = (name or os.environ.get(ENV, "") or "auto").strip().lower()
+    if name not in CHOICES:
+        raise BackendError(f"unknown backend {name!r} (choose from {', '.join(CHOICES)})")
+    return name
+
+
+def available(device: str = "cpu") -> list[str]:
+    """Backends that can run on ``device`` here (whether they run well is ``candidates``)."""
+    if device != "cpu":
+        return ["fp32", "bf16"]
+    return ["fp32", "bf16"] + (["openvino"] if openvino_version() else [])
+
+
+def candidates(device: str = "cpu", info: CpuInfo | None = None) -> list[str]:
+    """The backends ``auto`` considers: fp32 always; bf16 and OpenVINO where bf16 matrix units make them worth
+    a try, OpenVINO in fp32 too (it fuses the small element-wise layers)."""
+    info = info or cpu_info()
+    out = ["fp32"]
+    if device != "cpu":
+        return out + ["bf16"]
+    if info.bf16_units:
+        out.append("bf16")
+    if openvino_version():
+        out.append("openvino")
+    return out
+
+
+# ---- the backends -----------------------------------------------------------------------------------------
+class Bf16Net:
+    """``net`` with its Conv2d / Linear weights stored in bfloat16, run under autocast; returns float32."""
+
+    name = "bf16"
+
+    def __init__(self, net: nn.Module):
+        self.net = copy.deepcopy(net).eval()
+        for m in self.net.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.to(torch.bfloat16)
+        if hasattr(self.net, "set_channels_last"):
+            self.net.set_channels_last(True)
+        self.device_type = next(self.net.parameters()).device.type
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, cond: Condition | None) -> torch.Tensor:
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+            return self.net(x_t, t, cond).float()
+
+
+class _Flat(nn.Module):
+    """The U-Net with tensor-only inputs, for export: every condition field the network reads is an input."""
+
+    def __init__(self, net: nn.Module, fields: tuple[str, ...]):
+        super().__init__()
+        self.net, self.fields = net, fields
+
+    def forward(self, x, t, *conds):
+        return self.net(x, t, Condition(**dict(zip(self.fields, conds))))
+
+
+def _cond_fields(cfg) -> tuple[str, ...]:
+    """The Condition fields a network of UNetConfig ``cfg`` reads, in export order."""
+    f = []
+    if cfg.num_labels:
+        f.append("labels")
+    if cfg.label_mask:
+        f.append("known")
+    if cfg.num_labels or cfg.cond_channels:
+        f.append("uncond")
+    if cfg.cond_channels:
+        f.append("image")
+    if cfg.aug_level_embedding:
+        f.append("aug_level")
+    return tuple(f)
+
+
+def flat_inputs(cfg, x_t: torch.Tensor, t: torch.Tensor, cond: Condition | None) -> list[torch.Tensor] | None:
+    """The exported network's inputs equivalent to ``net(x_t, t, cond)``; None where a combination cannot be
+    expressed with always-present fields (then the caller runs the eager network)."""
+    b = x_t.shape[0]
+    c = cond or Condition()
+    uncond = c.uncond
+    if cfg.cond_channels and (c.uncond is not None and c.uncond.any()) and \
+            ((c.aug_level is None) == bool(cfg.aug_level_embedding)):
+        return None      # the null-condition image masking depends on whether aug_level was passed
+    out = [x_t.float(), t.float()]
+    for name in _cond_fields(cfg):
+        if name == "labels":
+            if c.labels is None:
+                uncond = torch.ones(b, dtype=torch.bool)       # no labels: the null embedding
+            out.append(torch.zeros(b, cfg.num_labels) if c.labels is None else c.labels.float())
+        elif name == "known":
+            out.append(torch.ones(b, cfg.num_labels) if c.known is None else c.known.float())
+        elif name == "uncond":
+            out.append(torch.zeros(b, dtype=torch.bool) if uncond is None else uncond)
+        elif name == "image":
+            out.append(torch.zeros(b, cfg.cond_channels, *x_t.shape[-2:]) if c.image is None else c.image.float())
+        elif name == "aug_level":
+            out.append(torch.zeros(b) if c.aug_level is None else c.aug_level.float())
+    return out
+
+
+def weights_key(net: nn.Module) -> str:
+    """A short hash of the network's weights (the cache key of its exports and of the choice)."""
+    h = hashlib.sha256()
+    for k, v in net.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class OpenVinoNet:
+    """The network exported to OpenVINO IR and compiled for this CPU; evaluated in requests of exactly ``chunk``
+    rows (the last padded by repeating its final row), one stream per worker, so a row's result does not depend
+    on the batch it came in (as ``ModelDenoiser``'s fixed chunks do for eager PyTorch)."""
+
+    name = "openvino"
+    own_batching = True          # ModelDenoiser hands it the whole batch
+
+    def __init__(self, net: nn.Module, cache_dir: Path, chunk: int = 8, precision: str | None = None):
+        try:
+            import openvino as ov
+        except ImportError:
+            raise BackendError("the openvino backend needs the openvino package (pip install openvino)") from None
+        if next(net.parameters()).device.type != "cpu":
+            raise BackendError("the openvino backend runs on the CPU only")
+        self.ov, self.net, self.cfg = ov, net.eval(), net.cfg
+        self.cache_dir, self.chunk = Path(cache_dir), max(1, int(chunk) or 8)
+        self.precision = precision or ("bf16" if cpu_info().bf16_units else "f32")
+        self.streams = parallel.workers()
+        self.key = weights_key(net)
+        self._compiled: dict[tuple, object] = {}
+
+    def _model_for(self, inputs: list[torch.Tensor]):
+        shapes = tuple(tuple(v.shape[1:]) for v in inputs)
+        if shapes not in self._compiled:
+            ov = self.ov
+            tag = hashlib.sha256(repr((self.key, shapes, self.chunk, ov.get_version())).encode()).hexdigest()[:16]
+            xml = self.cache_dir / f"openvino-{tag}.xml"
+            if xml.is_file():
+                model = ov.Core().read_model(str(xml))
+            else:
+                example = tuple(v[:1].expand(self.chunk, *v.shape[1:]).contiguous() for v in inputs)
+                with torch.no_grad(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")    # tracer warnings: shapes are fixed per compiled model
+                    model = ov.convert_model(_Flat(self.net, _cond_fields(self.cfg)).eval(), example_input=example)
+                try:
+                    self.cache_dir.mkdir(parents=True, exist_ok=True)
+                    ov.save_model(model, str(xml), compress_to_fp16=False)
+                except OSError:
+                    pass                       # a read-only folder: compile from memory each time
+            compiled = ov.Core().compile_model(model, "CPU", {
+                "INFERENCE_PRECISION_HINT": self.precision, "PERFORMANCE_HINT": "THROUGHPUT",
+                "NUM_STREAMS": self.streams, "INFERENCE_NUM_THREADS": self.streams})
+            results: dict[int, torch.Tensor] = {}
+            queue = ov.AsyncInferQueue(compiled, self.streams)
+            queue.set_callback(lambda req, i: results.__setitem__(i, torch.from_numpy(
+                req.get_output_tensor(0).data.copy())))
+            self._compiled[shapes] = (queue, results)
+        return self._compiled[shapes]
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, cond: Condition | None) -> torch.Tensor:
+        inputs = flat_inputs(self.cfg, x_t, t, cond)
+        if inputs is None:
+            return self.net(x_t, t, cond)
+        queue, results = self._model_for(inputs)
+        b, k = x_t.shape[0], self.chunk
+        results.clear()
+        for i, s in enumerate(range(0, b, k)):
+            idx = torch.arange(s, s + k).clamp(max=b - 1)
+            queue.start_async([v[idx].numpy() for v in inputs], i)
+        queue.wait_all()
+        return torch.cat([results[i] for i in range(len(results))])[:b]
+
+
+def make(net: nn.Module, name: str, cache_dir: Path | None = None, chunk: int = 8) -> Callable:
+    """The network as backend ``name`` runs it (fp32: the network itself)."""
+    if name == "fp32":
+        return net
+    if name == "bf16":
+        return Bf16Net(net)
+    if name == "openvino":
+        return OpenVinoNet(net, cache_dir or user_cache(), chunk)
+    raise BackendError(f"unknown backend {name!r} (choose from {', '.join(BACKENDS)})")
+
+
+def user_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "diffusion_core"
+
+
+def cache_dir_for(folder: Path | None) -> Path:
+    """``folder/.cache`` where the model folder is writable, else the user's cache."""
+    if folder is not None and os.access(folder, os.W_OK):
+        return Path(folder) / CACHE_DIR
+    return user_cache()
+
+
+# ---- the gate and the choice ------------------------------------------------------------------------------
+def probe_batch(cfg, rows: int = 16, image_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, Condition | None]:
+    """A fixed, seeded batch for the match check and the timing: noisy inputs at timesteps across the schedule,
+    half of the rows unconditional (as classifier-free guidance runs)."""
+    g = torch.Generator().manual_seed(1234)
+    side = image_size or cfg.image_size
+    x = torch.randn(rows, cfg.in_channels, side, side, generator=g)
+    t = torch.linspace(0, 999, rows).round().long()
+    kw = {}
+    if cfg.num_labels:
+        kw["labels"] = (torch.rand(rows, cfg.num_labels, generator=g) < 0.2).float()
+    if cfg.label_mask:
+        kw["known"] = (torch.rand(rows, cfg.num_labels, generator=g) < 0.5).float()
+    if cfg.cond_channels:
+        kw["image"] = torch.rand(rows, cfg.cond_channels, side, side, generator=g) * 2 - 1
+    if cfg.aug_level_embedding:
+        kw["aug_level"] = torch.full((rows,), 0.1)
+    if cfg.num_labels or (cfg.cond_channels and not cfg.aug_level_embedding):
+        kw["uncond"] = torch.arange(rows) % 2 == 1
+    return x, t, (Condition(**kw) if kw else None)
+
+
+def match_error(runner: Callable, net: nn.Module, image_size: int | None = None) -> float:
+    """rms(runner - fp32) / rms(fp32) of the network output on ``probe_batch``."""
+    x, t, cond = probe_batch(net.cfg, image_size=image_size)
+    with torch.inference_mode():
+        ref = net(x, t, cond)
+        out = runner(x, t, cond)
+    return float((out - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt().clamp_min(1e-12))
+
+
+def time_runner(runner: Callable, cfg, chunk: int, rows: int = 32, repeats: int = 3,
+                image_size: int | None = None) -> float:
+    """Median seconds of one guided batch of ``rows`` rows through ``ModelDenoiser`` (workers, chunks) as sampling
+    runs it."""
+    from .denoisers import ModelDenoiser
+    den = ModelDenoiser(runner, None, "x0", chunk)
+    x, t, cond = probe_batch(cfg, rows, image_size)
+    times = []
+    with torch.inference_mode():
+        den(x, t, cond)                              # warm-up: first-call allocations, kernel selection
+        for _ in range(repeats):
+            start = time.perf_counter()
+            den(x, t, cond)
+            times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+@dataclass(frozen=True)
+class Choice:
+    name: str                   # the backend that runs
+    reason: str                 # one line: forced, or the measurement
+    seconds: dict               # backend -> median seconds of the timing batch (empty when forced)
+    errors: dict                # backend -> match_error
+
+    def summary(self) -> str:
+        return f"{self.name} ({self.reason})"
+
+
+def _choice_file(cache: Path) -> Path:
+    return cache / "backend-choice.json"
+
+
+def choose(net: nn.Module, requested_name: str = "auto", folder: Path | None = None, chunk: int = 8,
+           image_size: int | None = None) -> tuple[Callable, Choice]:
+    """The runner and the choice for ``net``: a forced backend as asked, or for auto the fastest candidate whose
+    output matches fp32, measured here (and remembered in the cache for this network, CPU and versions)."""
+    name = requested(requested_name)
+    device = next(net.parameters()).device.type
+    cache = cache_dir_for(folder)
+    if name != "auto":
+        if name not in available(device):
+            raise BackendError(f"backend {name!r} is not available here (available: {', '.join(available(device))})")
+        return make(net, name, cache, chunk), Choice(name, "forced", {}, {})
+    info = cpu_info()
+    key = json.dumps([weights_key(net), info.model, info.flags, torch.__version__, openvino_version(),
+                      parallel.workers(), chunk, image_size, device])
+    remembered = _read_choice(cache, key)
+    if remembered is not None and remembered.name in available(device):
+        return make(net, remembered.name, cache, chunk), remembered
+    cands = candidates(device, info)
+    if cands == ["fp32"]:                 # nothing else worth a try here: no measurement
+        return net, Choice("fp32", f"the only candidate on {info.model}", {}, {})
+    seconds, errors, runners = {}, {}, {}
+    for cand in cands:
+        try:
+            runner = make(net, cand, cache, chunk)
+            errors[cand] = 0.0 if cand == "fp32" else match_error(runner, net, image_size)
+            if errors[cand] > MATCH_TOLERANCE:
+                continue
+            seconds[cand] = time_runner(runner, net.cfg, chunk, image_size=image_size)
+            runners[cand] = runner
+        except Exception as err:          # a runtime that fails here is simply not chosen
+            errors[cand] = float("nan")
+            seconds.pop(cand, None)
+            print(f"backend {cand} not usable here: {type(err).__name__}: {err}")
+    best = min(seconds, key=seconds.get)
+    if best != "fp32" and seconds["fp32"] / seconds[best] < MIN_SPEEDUP:
+        best = "fp32"
+    reason = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in seconds.items()) + f" per {32} rows on {info.model}"
+    choice = Choice(best, reason, seconds, errors)
+    _write_choice(cache, key, choice)
+    return runners[best], choice
+
+
+def _read_choice(cache: Path, key: str) -> Choice | None:
+    try:
+        data = json.loads(_choice_file(cache).read_text()).get(key)
+    except (OSError, ValueError):
+        return None
+    return Choice(**data) if isinstance(data, dict) else None
+
+
+def _write_choice(cache: Path, key: str, choice: Choice) -> None:
+    try:
+        path = _choice_file(cache)
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        data[key] = {"name": choice.name, "reason": choice.reason, "seconds": choice.seconds, "errors": choice.errors}
+        cache.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=1))
+    except (OSError, ValueError):
+        pass
