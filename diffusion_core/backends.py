@@ -118,18 +118,38 @@ def candidates(device: str = "cpu", info: CpuInfo | None = None) -> list[str]:
 
 # ---- the backends -----------------------------------------------------------------------------------------
 class Bf16Net:
-    """``net`` with its Conv2d / Linear weights stored in bfloat16, run under autocast; returns float32."""
+    """``net`` with its Conv2d / Linear weights stored in bfloat16, run under autocast; returns float32.
+
+    Memory layout: ``channels_last`` True / False, or None to time both on this machine once (a few forward
+    passes) and keep the faster. On an AMD Zen 4 (AVX-512 BF16, 2 threads, 32 guided rows) NCHW took 109 ms
+    against 121 in channels_last: PyTorch's channels_last group norm is slow in bf16 (docs/performance.md)."""
 
     name = "bf16"
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, channels_last: bool | None = None):
         self.net = copy.deepcopy(net).eval()
         for m in self.net.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 m.to(torch.bfloat16)
-        if hasattr(self.net, "set_channels_last"):
-            self.net.set_channels_last(True)
         self.device_type = next(self.net.parameters()).device.type
+        if hasattr(self.net, "set_channels_last"):
+            if channels_last is None:
+                channels_last = self._faster_layout()
+            self.net.set_channels_last(channels_last)
+
+    def _faster_layout(self) -> bool:
+        if self.device_type != "cpu":
+            return True
+        x, t, cond = probe_batch(self.net.cfg, rows=8)
+        best = {}
+        with torch.inference_mode():
+            for layout in (True, False, True, False):
+                self.net.set_channels_last(layout)
+                self(x, t, cond)
+                start = time.perf_counter()
+                self(x, t, cond)
+                best[layout] = min(best.get(layout, 1e9), time.perf_counter() - start)
+        return best[True] <= best[False]
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor, cond: Condition | None) -> torch.Tensor:
         with torch.autocast(self.device_type, dtype=torch.bfloat16):
@@ -315,28 +335,34 @@ def match_error(runner: Callable, net: nn.Module, image_size: int | None = None)
     return float((out - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt().clamp_min(1e-12))
 
 
-def time_runner(runner: Callable, cfg, chunk: int, rows: int = 32, repeats: int = 3,
-                image_size: int | None = None) -> float:
-    """Median seconds of one guided batch of ``rows`` rows through ``ModelDenoiser`` (workers, chunks) as sampling
-    runs it."""
+TIMING_ROWS = (8, 32)        # network rows timed: 4 and 16 guided images (the app's default batch, the bench's)
+
+
+def time_runner(runner: Callable, cfg, chunk: int, repeats: int = 3, image_size: int | None = None) -> float:
+    """Seconds per network row through ``ModelDenoiser`` (workers, chunks) as sampling runs it: the median of
+    ``repeats`` timings of each batch in TIMING_ROWS, per row, averaged over the batches (a small and a large
+    batch count alike)."""
     from .denoisers import ModelDenoiser
     den = ModelDenoiser(runner, None, "x0", chunk)
-    x, t, cond = probe_batch(cfg, rows, image_size)
-    times = []
+    per_row = []
     with torch.inference_mode():
-        den(x, t, cond)                              # warm-up: first-call allocations, kernel selection
-        for _ in range(repeats):
-            start = time.perf_counter()
-            den(x, t, cond)
-            times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+        for rows in TIMING_ROWS:
+            x, t, cond = probe_batch(cfg, rows, image_size)
+            den(x, t, cond)                              # warm-up: first-call allocations, kernel selection
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                den(x, t, cond)
+                times.append(time.perf_counter() - start)
+            per_row.append(sorted(times)[len(times) // 2] / rows)
+    return sum(per_row) / len(per_row)
 
 
 @dataclass(frozen=True)
 class Choice:
     name: str                   # the backend that runs
     reason: str                 # one line: forced, or the measurement
-    seconds: dict               # backend -> median seconds of the timing batch (empty when forced)
+    seconds: dict               # backend -> seconds per network row (time_runner; empty when forced)
     errors: dict                # backend -> match_error
 
     def summary(self) -> str:
@@ -383,7 +409,7 @@ def choose(net: nn.Module, requested_name: str = "auto", folder: Path | None = N
     best = min(seconds, key=seconds.get)
     if best != "fp32" and seconds["fp32"] / seconds[best] < MIN_SPEEDUP:
         best = "fp32"
-    reason = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in seconds.items()) + f" per {32} rows on {info.model}"
+    reason = ", ".join(f"{k} {v * 1000:.2f} ms" for k, v in seconds.items()) + f" per row on {info.model}"
     choice = Choice(best, reason, seconds, errors)
     _write_choice(cache, key, choice)
     return runners[best], choice

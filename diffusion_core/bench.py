@@ -561,7 +561,14 @@ def bench_training(args, s, cfg: UNetConfig, diffusion: DiffusionConfig, ref) ->
         nets.append(("diffusers", theirs,
                      lambda net, bt: net(bt["x_t"], bt["t"],
                                          class_labels=torch.where(bt["drop"], cfg.num_labels, bt["labels"])).sample))
-    steps = {impl: train_step_fn(net, lambda bt, net=net, fwd=fwd: fwd(net, bt), batch, in_parts=impl == "ours")
+    def bf16(fwd):                      # train.py's amp: bf16 autocast, fp32 master weights and AdamW
+        def run(net, bt):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return fwd(net, bt)
+        return run
+    nets.insert(1, ("ours-bf16", random_network(cfg, args.seed), bf16(nets[0][2])))
+    steps = {impl: train_step_fn(net, lambda bt, net=net, fwd=fwd: fwd(net, bt), batch,
+                                 in_parts=impl.startswith("ours"))
              for impl, net, fwd in nets}
     for step in steps.values():
         step()                                          # warm-up
@@ -572,7 +579,8 @@ def bench_training(args, s, cfg: UNetConfig, diffusion: DiffusionConfig, ref) ->
             times[impl] += timed(lambda: [step() for _ in range(k)], 1, warmup=lambda: None)
     rows = []
     for impl in steps:
-        rows.append(_row(impl, "train", times[impl], b * k, batch=b, steps_per_run=k))
+        name, task = ("ours", "train_bf16") if impl == "ours-bf16" else (impl, "train")
+        rows.append(_row(name, task, times[impl], b * k, batch=b, steps_per_run=k))
         _log(args, f"  {impl:9s} train batch {b}: {rows[-1]['images_per_s']:.1f} images/s")
     return rows
 
@@ -802,7 +810,8 @@ def _table(result: dict) -> str:
     if result.get("backend"):
         lines.append(f"backend chosen: {result['backend']} on {result.get('cpu_model')} "
                      f"({', '.join(result.get('cpu_flags') or []) or 'no avx2'})")
-    for k in ("sampling_ratio", "training_ratio", "sampling_vs_fp32", "sampling_vs_openvino"):
+    for k in ("sampling_ratio", "sampling_ratio_chosen", "training_ratio", "training_ratio_bf16",
+              "training_bf16_vs_fp32", "sampling_vs_fp32", "sampling_vs_openvino"):
         if result.get(k) is not None:
             lines.append(f"{k}: {result[k]:.3f}")
     return "\n".join(lines)
@@ -881,6 +890,14 @@ def run_benchmark(args) -> dict:
     result["sampling_ratio"] = ratios.get(f"sample_dpm++{s['dpm_steps']}_b{big}")
     tr = find("ours", "train"), find("diffusers", "train")
     result["training_ratio"] = tr[0]["images_per_s"] / tr[1]["images_per_s"] if all(tr) else None
+    chosen_row = find("ours", "sample_backend", backend=result.get("backend"), steps=s["dpm_steps"], batch=big)
+    d_head = find("diffusers", "sample", sampler="dpm++", steps=s["dpm_steps"], batch=big)
+    # the chosen backend against diffusers fp32 (sampling_ratio is fp32 against fp32)
+    result["sampling_ratio_chosen"] = (chosen_row["images_per_s"] / d_head["images_per_s"]
+                                       if chosen_row and d_head else None)
+    tb = find("ours", "train_bf16")
+    result["training_ratio_bf16"] = tb["images_per_s"] / tr[1]["images_per_s"] if tb and tr[1] else None
+    result["training_bf16_vs_fp32"] = tb["images_per_s"] / tr[0]["images_per_s"] if tb and tr[0] else None
     pv = {r["batch"]: r["seconds"] for r in rows if r["task"] == "first_preview"}
     result["first_preview_s"] = pv.get(big)
     result["first_preview_b1_s"] = pv.get(min(s["batches"]))

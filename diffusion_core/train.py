@@ -95,7 +95,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0                    # torch threads per process (0: leave torch's default)
     device: str = "auto"                # auto | cpu | cuda
-    amp: bool = False                   # bf16 autocast, CUDA only
+    amp: bool = False                   # bf16 autocast (CPU and CUDA), fp32 master weights and optimizer
     checkpoint_every: int = 500
     sample_every: int = 1000
     log_every: int = 50
@@ -260,13 +260,13 @@ class Trainer:
         cond = cond.to(dev) if cond is not None else None
         if d.is_cold:
             x_t = self.degradation(x0, t, eps)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cfg.amp and dev.type == "cuda"):
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.cfg.amp):
                 out = self.model(x_t, t, cond)
             return (out.float() - x0).abs().mean()      # Bansal et al. 2022 train with an L1 loss
         x_t = self.schedule.q_sample(x0, t, eps)                          # DDPM eq. 4
         ab = self.schedule.alpha_bar_at(t.cpu()).to(dev, torch.float32)
         target = training_target(x0, eps, ab, d.prediction)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cfg.amp and dev.type == "cuda"):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.cfg.amp):
             out = self.model(x_t, t, cond)
         per = (out.float() - target).pow(2).mean(dim=(1, 2, 3))
         if self.cfg.min_snr_gamma > 0:

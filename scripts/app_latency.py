@@ -89,6 +89,7 @@ def main(argv=None) -> int:
         server.terminate()
         server.wait(30)
     Path(args.out).write_text(json.dumps({"server": "python app.py (own process)", "cpu": os.cpu_count(),
+                                          "backend": os.environ.get("DIFFUSION_CORE_BACKEND", "auto"),
                                           "loadavg_1m": os.getloadavg()[0], "rows": rows}, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0

@@ -87,6 +87,16 @@ def test_bf16_stores_matrix_weights_in_bf16_and_stays_close(tiny_net):
         assert runner(x, t, cond).dtype == torch.float32
 
 
+def test_bf16_picks_a_layout_and_both_layouts_compute_the_network(tiny_net, monkeypatch):
+    cfg, net = tiny_net(num_labels=4)
+    for layout in (True, False):
+        runner = backends.Bf16Net(net, channels_last=layout)
+        assert runner.net.channels_last is layout
+        assert backends.match_error(runner, net) < backends.MATCH_TOLERANCE
+    monkeypatch.setattr(backends.Bf16Net, "_faster_layout", lambda self: False)
+    assert backends.Bf16Net(net).net.channels_last is False          # the measured layout is the one used
+
+
 @needs_openvino
 @pytest.mark.parametrize("kind", ["class", "attributes", "pose", "sr"])
 def test_openvino_fp32_computes_the_network(kind, tiny_net, tmp_path):
@@ -235,3 +245,14 @@ def test_shipped_fashion_samples_stay_close_to_fp32(backend):
     assert diff.pow(2).mean().sqrt() < 0.04, diff.pow(2).mean().sqrt()
     assert torch.quantile(diff.flatten(), 0.99) < 0.2, torch.quantile(diff.flatten(), 0.99)
     assert torch.isfinite(out).all() and out.abs().max() <= 1.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_cuda_keeps_working_with_autocast():
+    kw = dict(sampler="dpm++3m", steps=10, spacing="karras", guidance=2.0, labels=[3], seed=5)
+    ref = load(FASHION, backend="fp32").sample(4, **kw)
+    pipe = load(FASHION, device="cuda", backend="bf16")
+    assert pipe.backend == "bf16" and pipe._runner(pipe.net).device_type == "cuda"
+    out = pipe.sample(4, device="cuda", **kw).cpu()
+    assert torch.isfinite(out).all() and (out - ref).pow(2).mean().sqrt() < 0.05
+    assert load(FASHION, device="cuda", backend="auto").backend in ("fp32", "bf16")

@@ -119,8 +119,15 @@ def test_generate_streams_then_gallery(page):
     assert len(steps) >= 2, f"expected intermediate previews, saw {seen}"
     assert any("expert" in s for s in steps)
     assert "Done" in seen[-1], seen
+    assert steps[-1].rstrip().endswith("fp32") and seen[-1].rstrip().endswith("fp32"), seen   # where it ran
     assert page.locator("#preview img").count() == 1
     assert page.locator("#gallery img").count() >= 1
+    # the Backend setting sits in the settings column, whole, under the batch row, not on top of anything
+    box = page.locator("#backend").bounding_box()
+    batch = page.locator("#batch-size").bounding_box()
+    run = page.locator("#generate-btn").bounding_box()
+    assert box and box["width"] > 150 and box["y"] >= batch["y"] + batch["height"] - 1, (box, batch)
+    assert abs(box["x"] - run["x"]) < 40, (box, run)
     page.screenshot(path=str(ARTIFACTS / "generate.png"), full_page=True)
 
 

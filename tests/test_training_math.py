@@ -260,3 +260,19 @@ def test_a_tiny_model_learns_a_known_answer(tmp_path):
         err = (x.mean(0) - means[name]).abs().mean().item()
         far = (x.mean(0) - means[other]).abs().mean().item()
         assert err < 0.15 and far > 0.5, (name, err, far)
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_amp_runs_the_network_in_bf16_on_the_cpu_and_keeps_fp32_weights(tmp_path, amp):
+    """``amp``: bf16 autocast around the network (CPU too), the loss and the master weights in fp32."""
+    tr = trainer(tmp_path, f"amp={str(amp).lower()}", "device=cpu")
+    seen = []
+    hook = tr.net.conv_in.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    x0, eps, _ = _inputs(4)
+    loss = tr.loss(x0, torch.tensor([10, 200, 500, 900]), eps, None)
+    hook.remove()
+    assert seen == [torch.bfloat16 if amp else torch.float32]
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    assert all(p.dtype == torch.float32 for p in tr.net.parameters())
+    assert tr.net.conv_in.weight.grad.dtype == torch.float32
