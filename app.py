@@ -390,6 +390,11 @@ class Models:
         except OSError:
             return ()
 
+    def is_ready(self, name, backend=None) -> bool:
+        """Whether ``get(name, backend)`` returns at once (loaded, files unchanged, backend already chosen)."""
+        hit = self._cache.get(name)
+        return bool(hit) and hit[0] == self.signature(name) and hit[1].backend_request == (backend or self.backend)
+
     def get(self, name, backend=None):
         """The loaded pipeline of ``name``, its networks on ``backend`` (None: this catalogue's default)."""
         folder = self.folder(name)
@@ -1134,6 +1139,12 @@ class DiffusionApp:
             seed = self._seed(seed)
             if backend is not None and backend not in BACKENDS:
                 raise ValueError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
+            if model in self.models.names() and not self.models.is_ready(model, backend):
+                # loading, and with backend auto measuring this CPU once per model: seconds, so say so
+                what = ("measuring which backend runs it fastest here (once per model)"
+                        if (backend or self.models.backend) == "auto" else "loading")
+                yield (gr.skip(), html_status(f"<b>{html.escape(model)}</b>: {what}…"), None, None, gr.skip(),
+                       gr.skip(), gr.skip())
             pipe = self.models.get(model, backend)
             cfg = pipe.base.config
             if sampler not in pipe.samplers:

@@ -6,6 +6,7 @@ script would. Runs are a few steps on 16 px models, so the whole module takes we
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -338,3 +339,28 @@ def test_switching_model_keeps_the_picks_the_new_model_has(tmp_path):
     assert out[3]["value"] == "Coat" and out[4]["value"] == []
     out = a.on_model_change("tiny-linear", "ddim", "Purple", None)
     assert out[3]["value"] == app.ANY
+
+
+def test_backend_setting_first_says_it_measures_then_names_the_backend(tmp_path, monkeypatch):
+    """Issue 25: with backend auto, the first run of a model says that it is measuring (a few seconds, once per
+    model) before any preview; every status line then ends with the backend that runs; a named backend is
+    used as asked and an unknown one is a clear error."""
+    import gradio as gr
+
+    import app
+    monkeypatch.delenv("DIFFUSION_CORE_BACKEND", raising=False)
+    a = app.DiffusionApp(str(build_checkpoints(tmp_path / "ckpt")))
+    assert a.models.backend == "auto"
+    outs = list(a.generate("tiny", "ddim", 3, class_label="Coat", seed=1, batch_size=2))
+    assert "measuring which backend" in outs[0][1] and outs[0][0] is not None      # a status, no preview yet
+    chosen = a.models.get("tiny").backend
+    assert chosen in ("fp32", "bf16", "openvino")
+    def text(status_html):      # the status line without its markup and progress bar
+        return re.sub(r"<[^>]+>", "", status_html.split("</div>")[0]).strip()
+    assert all(text(o[1]).endswith(f"· {chosen}") for o in outs[1:]), [o[1] for o in outs]
+    again = list(a.generate("tiny", "ddim", 3, class_label="Coat", seed=1, batch_size=2))
+    assert "measuring" not in again[0][1]                           # remembered: straight to the first step
+    forced = list(a.generate("tiny", "ddim", 3, class_label="Coat", seed=1, batch_size=2, backend="fp32"))
+    assert text(forced[-1][1]).endswith("· fp32") and a.models.get("tiny", "fp32").backend == "fp32"
+    with pytest.raises(gr.Error, match="unknown backend"):
+        next(a.generate("tiny", "ddim", 3, backend="tpu"))
