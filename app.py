@@ -60,6 +60,7 @@ FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 MAX_BATCH = 16
 MAX_STEPS = 1000
 MAX_GUIDANCE = 20.0
+CARD_MEASUREMENTS = 4      # metrics lines shown on a model card; the rest fold into "N more measurements"
 MAX_SEED = 2**31 - 1 - MAX_BATCH
 MAX_UPSCALE_INPUT = 128          # side of an image handed to a super-resolution model
 PREVIEW_PX = 256                 # previews are nearest-neighbour upscaled to about this size
@@ -293,6 +294,11 @@ def number(value, name: str, lo: float, hi: float, whole: bool = False) -> float
     if not math.isfinite(v) or not lo <= v <= hi or (whole and v != int(v)):
         raise ValueError(what)
     return v
+
+
+def _number(v, default=None):
+    """``v`` when it is a real number (not a bool), else ``default``."""
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else default
 
 
 def user_error(e: Exception) -> gr.Error:
@@ -1000,21 +1006,89 @@ class DiffusionApp:
             if training.get("device"):
                 t += f" on {training['device']}"
             rows.append(("training", t))
-        for mpath in sorted(folder.glob("metrics*.json")):
-            for k, v in self._flatten(self._read_json(mpath))[:12]:
-                rows.append((f"{mpath.stem}: {k}", f"{v:.4g}" if isinstance(v, float) else str(v)))
         sr_name, _ = self.upscaler_for(model, pipe)
         if sr_name and sr_name != model:
             rows.append(("upscaler", f"{sr_name}"))
         desc = pipe.description or cfg.description
         md = f"### {model}\n\n" + (f"{desc}\n\n" if desc else "")
         md += "\n".join(f"- **{k}**: {v}" for k, v in rows)
+        md += self._measurements(folder, sd)
         if training.get("command"):
             md += f"\n\n<small>trained with <code>{training['command']}</code></small>"
         samples = folder / "samples.png"
         if not samples.is_file() and pipe.kind == "cascade":
             samples = pipe.stages[0][0].path / "samples.png"
         return md, (str(samples) if samples.is_file() else None)
+
+    def _measurements(self, folder: Path, sd) -> str:
+        """The folder's metrics files as one short table, a line per measurement (its settings, its headline
+        numbers): the run at the model's default settings first, then by FID; lines past CARD_MEASUREMENTS fold
+        into a <details> block (fashion's 30 files made a card of ~6,900 px, issue 18)."""
+        found = [(mpath, m) for mpath in sorted(folder.glob("metrics*.json")) if (m := self._read_json(mpath))]
+        if not found:
+            return ""
+
+        def variant(m):         # another seed or backend of a run: the spread and the backend gate, listed last
+            return bool(m.get("seed")) or m.get("backend", "fp32") != "fp32"
+
+        def is_default(m):
+            return ((m.get("sampler"), m.get("steps"), m.get("spacing", "trailing"), _number(m.get("guidance")))
+                    == (sd.sampler, sd.steps, sd.spacing, sd.guidance) and not variant(m))
+        found.sort(key=lambda pm: (not is_default(pm[1]), variant(pm[1]), _number(pm[1].get("fid"), float("inf"))))
+        lines = list(dict.fromkeys(          # metrics.json often repeats a tagged file: one line each
+            f"| {self._metric_setting(m)}{' (default)' if is_default(m) else ''} | {self._metric_result(m)} |"
+            for _, m in found))
+        head = "\n\n**Measured** (`evaluate`; every file in the model folder)\n\n| settings | result |\n|---|---|\n"
+        md = head + "\n".join(lines[:CARD_MEASUREMENTS])
+        if len(lines) > CARD_MEASUREMENTS:
+            md += (f"\n\n<details><summary>{len(lines) - CARD_MEASUREMENTS} more measurements</summary>\n\n"
+                   "| settings | result |\n|---|---|\n" + "\n".join(lines[CARD_MEASUREMENTS:]) + "\n\n</details>")
+        return md
+
+    @staticmethod
+    def _metric_setting(m: dict) -> str:
+        """How a metrics file was measured, in a few words: sampler, steps, grid, guidance, samples, seed, backend."""
+        if not m.get("sampler"):
+            return "-"
+        out = f"{SAMPLER_NAMES.get(m['sampler'], m['sampler'])} {m.get('steps', '?')} steps"
+        if m.get("spacing", "trailing") != "trailing":
+            out += f" ({m['spacing']})"
+        if _number(m.get("guidance")) is not None:
+            out += f", guidance {m['guidance']:g}"
+        n = m.get("n") or (m.get("picks") and f"{m['picks']} picks x {m.get('per_pick')}")
+        if n:
+            out += f", n {n}"
+        if m.get("seed"):
+            out += f", seed {m['seed']}"
+        if m.get("backend", "fp32") != "fp32":
+            out += f", {m['backend']}"
+        return out
+
+    @staticmethod
+    def _metric_result(m: dict) -> str:
+        """The headline numbers of a metrics file (FID, accuracy, F1, pose adherence, PSNR / SSIM, picks)."""
+        parts = []
+        if _number(m.get("fid")) is not None:
+            real = _number(m.get("fid_real_vs_real"))
+            parts.append(f"FID {m['fid']:.2f}" + (f" (real vs real {real:.2f})" if real is not None else ""))
+        if _number(m.get("accuracy")) is not None:
+            parts.append(f"accuracy {m['accuracy']:.1%}")
+        f1 = m.get("f1_visible")
+        if isinstance(f1, dict) and _number(f1.get("mean")) is not None:
+            parts.append(f"F1 {f1['mean']:.3f} (visible attributes)")
+        if _number(m.get("pose_adherence")) is not None:
+            parts.append(f"pose adherence {m['pose_adherence']:.3f} (real {_number(m.get('pose_adherence_real'), 0):.3f})")
+        if _number(m.get("psnr_sr")) is not None:
+            parts.append(f"PSNR {m['psnr_sr']:.1f} dB, SSIM {_number(m.get('ssim_sr'), 0):.3f} (bicubic "
+                         f"{_number(m.get('psnr_bicubic'), 0):.1f} dB, {_number(m.get('ssim_bicubic'), 0):.3f})")
+        if _number(m.get("generated_mean_judgeable")) is not None:
+            parts.append(f"picks followed {m['generated_mean_judgeable']:.0%} (judgeable; real "
+                         f"{_number(m.get('real_mean_judgeable'), 0):.0%}), {_number(m.get('generated_mean'), 0):.0%} "
+                         f"over all")
+        if _number(m.get("cascade_sharper_fraction")) is not None:
+            parts.append(f"sharper than bicubic in {m['cascade_sharper_fraction']:.0%}")
+        return "; ".join(parts) or ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                             for k, v in DiffusionApp._flatten(m)[:3])
 
     @staticmethod
     def _read_json(path: Path) -> dict:

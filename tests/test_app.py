@@ -86,7 +86,7 @@ def test_model_card(client):
     assert "tiny class-conditional" in md
     assert "cosine" in md and "eps" in md
     assert "12 steps" in md and "Fashion-MNIST (test fixture)" in md
-    assert "fid" in md and "123.4" in md
+    assert "FID 123.40" in md                      # the fixture's metrics.json, as a line of the measured table
     assert samples and Path(samples).is_file()
     md, _ = client.predict("tiny-ensemble", api_name="/model_card")
     assert "ensemble of 2 experts" in md
@@ -364,3 +364,35 @@ def test_backend_setting_first_says_it_measures_then_names_the_backend(tmp_path,
     assert text(forced[-1][1]).endswith("· fp32") and a.models.get("tiny", "fp32").backend == "fp32"
     with pytest.raises(gr.Error, match="unknown backend"):
         next(a.generate("tiny", "ddim", 3, backend="tpu"))
+
+
+def test_model_card_lists_measurements_compactly(tmp_path):
+    """Issue 18: the card dumped every key of every metrics file (fashion's card: ~6,900 px). Now one table line
+    per run (settings, headline numbers): the run at the model's default settings first, other seeds and
+    backends last, a repeated run once, and past CARD_MEASUREMENTS lines a folded "N more measurements"."""
+    import app
+    root = build_checkpoints(tmp_path / "ckpt")
+    folder = root / "tiny"
+    (folder / "metrics.json").unlink()
+    a = app.DiffusionApp(str(root))
+    sd = a.sampling_defaults(a.models.get("tiny"))
+    run = dict(n=200, guidance=sd.guidance, fid_real_vs_real=1.0, accuracy=0.9)
+    files = {"metrics-default": dict(run, sampler=sd.sampler, steps=sd.steps, spacing=sd.spacing, fid=5.0),
+             "metrics-other-seed": dict(run, sampler=sd.sampler, steps=sd.steps, spacing=sd.spacing, fid=1.0, seed=1),
+             "metrics-bf16": dict(run, sampler=sd.sampler, steps=sd.steps, spacing=sd.spacing, fid=4.9,
+                                  backend="bf16"),
+             **{f"metrics-ddim{k}": dict(run, sampler="ddim", steps=k, fid=10.0 - k / 10) for k in (10, 20, 30, 40)}}
+    files["metrics"] = files["metrics-ddim40"]                       # the untagged copy of a tagged run
+    for name, m in files.items():
+        (folder / f"{name}.json").write_text(json.dumps(m))
+    md, _ = a.model_card("tiny")
+    table = md[md.index("**Measured**"):]
+    shown, folded = table.split("<details>")
+    rows = [line for line in shown.splitlines() if line.startswith("| ") and "settings" not in line]
+    assert len(rows) == app.CARD_MEASUREMENTS and "(default)" in rows[0] and "FID 5.00" in rows[0]
+    assert [r for r in rows[1:] if "DDIM" in r] == rows[1:]        # then the others, by FID: 6.0, 7.0, 8.0
+    assert "FID 6.00" in rows[1] and "FID 8.00" in rows[3]
+    assert "3 more measurements" in folded and folded.count("| DDIM 10 steps") == 1
+    hidden = [line for line in folded.splitlines() if line.startswith("| ") and "settings" not in line]
+    assert hidden[0].startswith("| DDIM 10") and "seed 1" in hidden[-2] + hidden[-1] and "bf16" in hidden[-2] + hidden[-1]
+    assert table.count("FID 6.00") == 1                             # metrics.json repeats ddim40: listed once
