@@ -1843,6 +1843,11 @@ CSS = """
 .dc-pixel img {image-rendering: pixelated;}
 #fwd-image img, #card-img img {width: 100%; height: 100%; object-fit: contain;}
 #fwd-strip img {max-width: 100%; height: auto; object-fit: contain;}
+/* phones: Gradio moves the tabs that do not fit into a "..." menu (it measures the same buttons in a hidden copy);
+   tighter tabs keep all four main tabs and the Learn tabs in view at 390 px */
+@media (max-width: 640px) {
+  .tab-container button {padding-left: 6px !important; padding-right: 6px !important; font-size: 0.9em !important;}
+}
 """
 
 LEARN_INTRO = """Why does each step do what it does? **Explain** and **Trajectory** look at the last Generate
@@ -1882,7 +1887,7 @@ the same image at any batch size. Every PNG carries its settings as JSON in the 
 (streams previews), `/forward`, `/schedule_plot`, `/upscale`; the Learn tab's `/explain_step` and `/trajectory`
 (about the session's last `/generate` run), `/compare`, `/compare_guidance` and `/interpolate`.
 
-**Learn.** *Explain a step* writes the sampler's update out with the numbers of the chosen step (t, alpha_bar,
+**Learn.** *Explain* writes the sampler's update out with the numbers of the chosen step (t, alpha_bar,
 sigma, DPM-Solver++'s lambda and h, cold diffusion's D(x0_hat, t)) and checks that they reproduce x_t'.
 *Compare* puts samplers, step counts, guidance scales or noise schedules side by side for one seed.
 *Interpolate* slerps between two seeds' starting noise. *Trajectory* shows how x0_hat sharpens step by step.
@@ -2023,7 +2028,7 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
             with gr.Tab("Learn", id="learn"):
                 gr.Markdown(LEARN_INTRO)
                 with gr.Tabs():
-                    with gr.Tab("Explain a step", id="learn-explain"):
+                    with gr.Tab("Explain", id="learn-explain"):
                         explain_note = gr.Markdown("No run kept yet: press **Generate** on the Generate tab.",
                                                    elem_id="explain-note")
                         with gr.Row(equal_height=True):

@@ -249,3 +249,27 @@ def screenshot(out: Path, checkpoints: Path | None = None, steps: int = 25, batc
 if __name__ == "__main__":
     print(screenshot(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/screenshot.png"),
                      Path(sys.argv[2]) if len(sys.argv) > 2 else Path("checkpoints")))
+
+
+def test_phone_shows_every_tab(url):
+    """Issue 18: at 390 px three of the four tabs (and two of the four Learn tabs) hid behind Gradio's "..."
+    overflow menu. Every tab is now in the tab bar, inside the viewport, none overlapping the next."""
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        pg = browser.new_page(viewport={"width": 390, "height": 844})
+        pg.set_default_timeout(30_000)
+        pg.goto(url)
+        pg.wait_for_selector("#model-card h3")
+        pg.get_by_role("tab", name="Learn").click()
+        pg.get_by_role("tab", name="Trajectory").wait_for(state="visible")
+        tabs = pg.evaluate("""() => [...document.querySelectorAll('[role=tablist]')].map(list =>
+            [...list.querySelectorAll('[role=tab]')].filter(t => t.offsetParent).map(t => {
+                const r = t.getBoundingClientRect(); return [t.innerText.trim(), r.left, r.right]; }))""")
+        pg.screenshot(path=str(ARTIFACTS / "phone-tabs.png"))
+        browser.close()
+    names = [[t[0] for t in row] for row in tabs]
+    assert names == [["Generate", "Forward process", "Learn", "About"],
+                     ["Explain", "Compare", "Interpolate", "Trajectory"]], names
+    for row in tabs:
+        assert all(0 <= left and right <= 390 for _, left, right in row), row
+        assert all(a[2] <= b[1] + 0.5 for a, b in zip(row, row[1:])), row
