@@ -534,6 +534,14 @@ def fmt_duration(s: float) -> str:
     return f"{s / 3600:.1f} h"
 
 
+def eta_seconds(elapsed: float, done: float, min_elapsed: float = 1.0) -> float | None:
+    """Seconds left when a fraction ``done`` of the work took ``elapsed`` seconds at a steady rate; None until
+    there is something to extrapolate from (under ``min_elapsed`` seconds, or nothing done) or when finished."""
+    if elapsed < min_elapsed or not 0 < done < 1:
+        return None
+    return elapsed * (1 - done) / done
+
+
 # ---------------------------------------------------------------------------------------------------
 # learning tools: pure helpers (slerp, the numbers of one sampler step, labelled grids)
 # ---------------------------------------------------------------------------------------------------
@@ -1313,7 +1321,9 @@ class DiffusionApp:
                 lo, hi, _ = pipe.experts[e]
                 parts.append(f"expert {e + 1}/{len(pipe.experts)} (t in [{lo}, {hi}))")
         el = time.time() - t0
-        parts.append(f"{el:.1f} s")
+        done = (rec.stage + (rec.index + 1) / rec.num_steps) / n_stages     # fraction of the run (stages alike)
+        left = eta_seconds(el, done)
+        parts.append(f"{el:.1f} s" + (f", about {fmt_duration(left)} left" if left is not None else ""))
         parts.append(pipe.backend)
         return " · ".join(parts)
 

@@ -396,3 +396,23 @@ def test_model_card_lists_measurements_compactly(tmp_path):
     hidden = [line for line in folded.splitlines() if line.startswith("| ") and "settings" not in line]
     assert hidden[0].startswith("| DDIM 10") and "seed 1" in hidden[-2] + hidden[-1] and "bf16" in hidden[-2] + hidden[-1]
     assert table.count("FID 6.00") == 1                             # metrics.json repeats ddim40: listed once
+
+
+def test_a_long_run_shows_the_time_left():
+    """Issue 18: a DDPM 1000 run showed no time estimate. After a second, the status line extrapolates the time
+    left from the steps done (a cascade's stages counted alike)."""
+    import app
+    assert app.eta_seconds(0.5, 0.1) is None and app.eta_seconds(2.0, 0.0) is None and app.eta_seconds(9.0, 1.0) is None
+    assert app.eta_seconds(2.0, 0.1) == pytest.approx(18.0) and app.eta_seconds(30.0, 0.75) == pytest.approx(10.0)
+    a = app.DiffusionApp.__new__(app.DiffusionApp)
+
+    from types import SimpleNamespace
+
+    class Pipe:
+        kind, backend = "model", "fp32"
+        stages = [(SimpleNamespace(path=Path("base")), {}), (SimpleNamespace(path=Path("sr")), {})]
+    rec = type("Rec", (), dict(index=99, num_steps=1000, t=900, t_next=899, stage=0))()
+    status = a._status(Pipe(), rec, 1, time.time() - 5.0)           # 100 of 1000 steps in 5 s: 45 s left
+    assert "about 45 s left" in status, status
+    rec.index = 499
+    assert "about 7.5 min left" in a._status(Pipe(), rec, 2, time.time() - 150.0)   # half of stage 1 of 2: 25%
