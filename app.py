@@ -1431,6 +1431,18 @@ class DiffusionApp:
         img[(yy // 4 + xx // 4) % 2 == 0] //= 2
         return img
 
+    def upload_note(self, image) -> str:
+        """The caption of an uploaded x_0 (it kept the last dataset example's caption, issue 18)."""
+        if image is None:
+            return ""
+        try:
+            img = open_image(image)
+        except USER_ERRORS as e:
+            raise user_error(e) from None
+        side = self._forward_x0(img).shape[-1]
+        return (f"your image ({img.width}x{img.height} px, {'grey' if is_gray(img) else 'colour'}), used as a "
+                f"{side}x{side} x_0")
+
     def _forward_x0(self, image) -> torch.Tensor:
         if image is None:
             image, _ = self.fashion_example(index=0)
@@ -2185,6 +2197,8 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
         traj_btn.click(app.trajectory, [traj_frames, traj_what, learn_run], [traj_gif, traj_strip],
                        api_name="trajectory", **light)
         example_btn.click(app.fashion_example, None, [fwd_image, example_note], api_visibility="private", **light)
+        fwd_image.upload(app.upload_note, [fwd_image], [example_note], api_visibility="private", **light)
+        fwd_image.clear(lambda: "", None, [example_note], api_visibility="private", queue=False)
         demo.load(app.forward, fwd_inputs, fwd_outputs, api_visibility="private", **light)
         demo.load(app.schedule_plot, [fwd_t, fwd_schedule], [sched_plot], api_visibility="private", **light)
 

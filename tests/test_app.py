@@ -416,3 +416,18 @@ def test_a_long_run_shows_the_time_left():
     assert "about 45 s left" in status, status
     rec.index = 499
     assert "about 7.5 min left" in a._status(Pipe(), rec, 2, time.time() - 150.0)   # half of stage 1 of 2: 25%
+
+
+def test_an_uploaded_forward_image_gets_its_own_caption(tmp_path):
+    """Issue 18: after an upload the Forward tab still captioned the last Fashion-MNIST example; an upload now
+    says what it is and at what size it is used (the page wires it to the image's upload event)."""
+    import app
+    from PIL import Image
+    path = tmp_path / "red.png"
+    Image.new("RGB", (48, 40), (200, 30, 30)).save(path)
+    a = app.DiffusionApp(str(tmp_path / "none"))
+    note = a.upload_note(str(path))
+    assert note == "your image (48x40 px, colour), used as a 40x40 x_0", note
+    assert "Fashion" not in note and a.upload_note(None) == ""
+    xt, _, _ = a.forward(str(path), "cosine", "noise", 0)           # and the forward process uses that image
+    assert xt.getpixel((xt.width // 2, xt.height // 2))[0] > 150
