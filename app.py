@@ -1944,7 +1944,8 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
                         with gr.Group(visible=False) as pose_group:
                             stick_source = Radio([("Sketch pad", "sketch"), ("Upload / example", "upload")],
                                                     value="sketch", label="Stickman (black strokes on white)",
-                                                    info="sketch pad: pick the brush on its left toolbar, then draw")
+                                                    info="sketch pad: draw with the mouse or a finger; the eraser "
+                                                         "and undo are on its toolbars")
                             stick_sketch = SafeSketchpad(label="Stickman sketch", type="pil",
                                                         image_mode="RGBA",
                                                         canvas_size=(256, 256), fixed_canvas=True, height=300,
@@ -2209,7 +2210,26 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
 
 # sessions whose state Gradio keeps, least recently used dropped first (Gradio's default, 10,000, lets them take
 # ~7 GB: each holds ~0.7 MB, measured, mostly its own copy of the page's config with the last outputs)
-LAUNCH_KW = dict(theme=gr.themes.Soft(), css=CSS, max_file_size="32mb",
+# Gradio's sketch pad starts with no tool: the first stroke only selected the hint "select the draw tool to start"
+# (issue 18). Whenever the stickman pad is shown without a tool, pick its brush (checked once per animation frame).
+ARM_SKETCH_JS = """
+() => {
+  let queued = false;
+  const arm = () => {
+    queued = false;
+    const pad = document.querySelector('#stick-sketch');
+    if (!pad || pad.offsetParent === null) return;
+    const hint = [...pad.querySelectorAll('*')].some(
+      (e) => e.childElementCount === 0 && /select the draw tool/i.test(e.textContent || ''));
+    const brush = pad.querySelector('button[aria-label="Brush"]');
+    if (hint && brush) brush.click();
+  };
+  new MutationObserver(() => { if (!queued) { queued = true; requestAnimationFrame(arm); } })
+    .observe(document.body, {subtree: true, childList: true, attributes: true, attributeFilter: ['style', 'class']});
+}
+"""
+
+LAUNCH_KW = dict(theme=gr.themes.Soft(), css=CSS, js=ARM_SKETCH_JS, max_file_size="32mb",
                  state_session_capacity=int(os.environ.get("DIFFUSION_SESSIONS", "200")))
 
 
