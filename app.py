@@ -1865,6 +1865,18 @@ CSS = """
 .dc-pixel img {image-rendering: pixelated;}
 #fwd-image img, #card-img img {width: 100%; height: 100%; object-fit: contain;}
 #fwd-strip img {max-width: 100%; height: auto; object-fit: contain;}
+/* the result gallery: whole thumbnails with their "seed N" caption below, not over them (pose figures lost
+   their heads under the label and their feet under the caption); 2 columns on a phone instead of 4 tiles of 98 px */
+#gallery .grid-container {grid-template-columns: repeat(var(--grid-cols), minmax(0, 1fr)) !important;
+  grid-auto-rows: auto !important; padding-top: 34px !important;}
+#gallery .thumbnail-item {aspect-ratio: auto !important; height: auto !important; display: flex !important;
+  flex-direction: column !important; align-items: stretch !important;}
+#gallery .thumbnail-item img {width: 100% !important; height: auto !important; aspect-ratio: 1 / 1;}
+#gallery .caption-label {position: static !important; transform: none !important; margin: 2px auto !important;
+  max-width: 100% !important;}
+@media (max-width: 640px) {
+  #gallery .grid-container {grid-template-columns: repeat(2, minmax(0, 1fr)) !important;}
+}
 /* phones: Gradio moves the tabs that do not fit into a "..." menu (it measures the same buttons in a hidden copy);
    tighter tabs keep all four main tabs and the Learn tabs in view at 390 px */
 @media (max-width: 640px) {
@@ -2000,6 +2012,7 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
                                            elem_classes="dc-pixel")
                         status = gr.HTML(html_status("Pick a model and press Generate."), elem_id="status")
                         gallery = gr.Gallery(label="Result (PNG with settings in its 'parameters' text chunk)",
+                                             show_label=False,
                                              columns=4, height="auto", format="png", object_fit="contain",
                                              interactive=False, elem_id="gallery", elem_classes="dc-pixel")
                         gif = gr.Image(label="Reverse process (GIF)", type="filepath", height=220,

@@ -33,16 +33,22 @@ def url(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(url):
+def browser():
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-        pg.set_default_timeout(30_000)
-        pg.goto(url)
-        pg.wait_for_selector("#model-card h3")
-        yield pg
-        browser.close()
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def page(url, browser):
+    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+    pg.set_default_timeout(30_000)
+    pg.goto(url)
+    pg.wait_for_selector("#model-card h3")
+    yield pg
+    pg.close()
 
 
 def choose(page, elem_id: str, value: str):
@@ -128,7 +134,33 @@ def test_generate_streams_then_gallery(page):
     run = page.locator("#generate-btn").bounding_box()
     assert box and box["width"] > 150 and box["y"] >= batch["y"] + batch["height"] - 1, (box, batch)
     assert abs(box["x"] - run["x"]) < 40, (box, run)
+    check_gallery_geometry(page, min_tile=120)
     page.screenshot(path=str(ARTIFACTS / "generate.png"), full_page=True)
+
+
+GALLERY_GEOMETRY_JS = """() => {
+    const rect = (e) => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; };
+    const g = document.querySelector('#gallery');
+    return {box: rect(g), imgs: [...g.querySelectorAll('.grid-container img')].map(rect),
+            caps: [...g.querySelectorAll('.caption-label')].map(rect),
+            chrome: [...g.querySelectorAll('label, [data-testid=block-label], .icon-button-wrapper')]
+                      .filter((e) => e.offsetParent).map(rect),
+            viewport: window.innerWidth};
+}"""
+
+
+def check_gallery_geometry(page, min_tile: float):
+    """Issue 18: thumbnails whole (inside the gallery and the viewport), at least ``min_tile`` px wide, and nothing
+    on top of them: not the gallery's label or buttons, not the "seed N" captions."""
+    g = page.evaluate(GALLERY_GEOMETRY_JS)
+
+    def overlap(a, b):
+        return min(a[2], b[2]) - max(a[0], b[0]) > 1 and min(a[3], b[3]) - max(a[1], b[1]) > 1
+    assert g["imgs"], g
+    for im in g["imgs"]:
+        assert im[2] - im[0] >= min_tile, (im, g)
+        assert im[0] >= g["box"][0] - 1 and im[2] <= min(g["box"][2], g["viewport"]) + 1, (im, g)
+        assert not any(overlap(im, c) for c in g["caps"] + g["chrome"]), (im, g)
 
 
 def test_stop_keeps_partial_result(page):
@@ -252,22 +284,27 @@ if __name__ == "__main__":
                      Path(sys.argv[2]) if len(sys.argv) > 2 else Path("checkpoints")))
 
 
-def test_phone_shows_every_tab(url):
+def test_phone_shows_every_tab(url, browser):
     """Issue 18: at 390 px three of the four tabs (and two of the four Learn tabs) hid behind Gradio's "..."
-    overflow menu. Every tab is now in the tab bar, inside the viewport, none overlapping the next."""
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
-        pg = browser.new_page(viewport={"width": 390, "height": 844})
+    overflow menu. Every tab is now in the tab bar, inside the viewport, none overlapping the next; results
+    come as two columns of whole tiles."""
+    pg = browser.new_page(viewport={"width": 390, "height": 844})
+    try:
         pg.set_default_timeout(30_000)
         pg.goto(url)
         pg.wait_for_selector("#model-card h3")
+        pg.locator("#generate-btn").click()           # the result gallery on a phone: 2 columns of whole tiles
+        pg.wait_for_function("(document.querySelector('#status')?.innerText || '').includes('Done')")
+        pg.locator("#gallery img").first.wait_for()
+        check_gallery_geometry(pg, min_tile=140)
         pg.get_by_role("tab", name="Learn").click()
         pg.get_by_role("tab", name="Trajectory").wait_for(state="visible")
         tabs = pg.evaluate("""() => [...document.querySelectorAll('[role=tablist]')].map(list =>
             [...list.querySelectorAll('[role=tab]')].filter(t => t.offsetParent).map(t => {
                 const r = t.getBoundingClientRect(); return [t.innerText.trim(), r.left, r.right]; }))""")
         pg.screenshot(path=str(ARTIFACTS / "phone-tabs.png"))
-        browser.close()
+    finally:
+        pg.close()
     names = [[t[0] for t in row] for row in tabs]
     assert names == [["Generate", "Forward process", "Learn", "About"],
                      ["Explain", "Compare", "Interpolate", "Trajectory"]], names
