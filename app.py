@@ -463,7 +463,9 @@ def batch_grid(x: torch.Tensor, target: int = PREVIEW_PX) -> Image.Image:
     """(B, C, H, W) in [-1, 1] -> one RGB grid image, nearest-upscaled to about ``target`` px."""
     x = x.detach().float().cpu()
     n = x.shape[0]
-    nrow = n if n <= 4 else (4 if n <= 16 else math.ceil(math.sqrt(n)))
+    # square-ish grids (2x2 for 4 images): the preview shows two of them side by side in a 300 px high box, where
+    # a row of four made 64 px tiles (issue 18)
+    nrow = n if n <= 2 else math.ceil(math.sqrt(n))
     g = grid(x, nrow=nrow, padding=1 if x.shape[0] > 1 else 0)
     return upscale_nearest(g.convert("RGB"), target)
 

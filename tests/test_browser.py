@@ -135,6 +135,12 @@ def test_generate_streams_then_gallery(page):
     assert box and box["width"] > 150 and box["y"] >= batch["y"] + batch["height"] - 1, (box, batch)
     assert abs(box["x"] - run["x"]) < 40, (box, run)
     check_gallery_geometry(page, min_tile=120)
+    # the preview (x_t | x0_hat of 4 images) fills its 300 px high box: two 2x2 grids; a row of four per side
+    # drew 64 px tiles in a strip about 150 px high (issue 18)
+    w, h, nw, nh = page.evaluate("() => { const i = document.querySelector('#preview img'); "
+                                 "const r = i.getBoundingClientRect(); return [r.width, r.height, i.naturalWidth, "
+                                 "i.naturalHeight]; }")
+    assert nh * min(w / nw, h / nh) >= 240, (w, h, nw, nh)
     page.screenshot(path=str(ARTIFACTS / "generate.png"), full_page=True)
 
 
