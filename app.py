@@ -1879,6 +1879,11 @@ CSS = """
 @media (max-width: 640px) {
   #gallery .grid-container {grid-template-columns: repeat(2, minmax(0, 1fr)) !important;}
 }
+#run-row {position: sticky; bottom: 0; z-index: 20; padding: 8px 0;
+  background: var(--background-fill-primary, #fff);}
+/* Gradio's container clips with overflow: hidden, which makes it a scroll container and disables sticky; clip
+   cuts the same overflow without being one */
+.gradio-container {overflow: clip !important;}
 /* phones: Gradio moves the tabs that do not fit into a "..." menu (it measures the same buttons in a hidden copy);
    tighter tabs keep all four main tabs and the Learn tabs in view at 390 px */
 @media (max-width: 640px) {
@@ -1974,9 +1979,6 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
                                                 label="Example stickmen", examples_per_page=8)
                             else:
                                 stick_examples = gr.Column(visible=False)
-                        with gr.Row():
-                            run_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
-                            stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
                         sampler = Dropdown(SAMPLER_CHOICES, value="dpm++", label="Sampler")
                         eta = Slider(0, 1, value=0.0, step=0.05, label="DDIM eta", visible=False,
                                         info="0 deterministic, 1 DDPM-like")
@@ -2008,6 +2010,11 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
                             make_gif = gr.Checkbox(False, label="Make GIF of the reverse process")
                             gif_frames = Radio(["x0_hat", "x_t"], value="x0_hat", label="GIF frames",
                                                   show_label=False)
+                        # last in the column and sticky at the viewport's bottom (CSS): in view however long the
+                        # column (emoji's 52 attributes), and on a phone right above the preview that follows
+                        with gr.Row(elem_id="run-row"):
+                            run_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+                            stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
                     with gr.Column(scale=3, min_width=360):
                         preview = gr.Image(label="x_t | x0_hat", show_label=False, type="pil", format="png",
                                            height=300, interactive=False, elem_id="preview",
@@ -2176,6 +2183,9 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
         gen_inputs = [model, sampler, steps, spacing, eta, guidance, seed, batch_size, preview_every, class_label,
                       attributes, stick_source, stick_sketch, stick_upload, init_image, strength, make_gif, gif_frames,
                       backend]
+        # the live preview and its status line into view when a run starts (on a phone: below every control)
+        run_btn.click(None, None, None, js="() => document.querySelector('#preview')?.scrollIntoView("
+                                           "{block: 'center', behavior: 'instant'})")
         gen = run_btn.click(app.generate, gen_inputs, [preview, status, gallery, gif, last_seed, partial, learn_run],
                             api_name="generate", concurrency_id="sampling", show_progress="minimal")
         gen.then(app.after_run, [learn_run, explain_idx], [explain_idx, explain_note, traj_note],

@@ -135,6 +135,7 @@ def test_generate_streams_then_gallery(page):
     assert box and box["width"] > 150 and box["y"] >= batch["y"] + batch["height"] - 1, (box, batch)
     assert abs(box["x"] - run["x"]) < 40, (box, run)
     check_gallery_geometry(page, min_tile=120)
+    check_run_in_view(page)
     # the preview (x_t | x0_hat of 4 images) fills its 300 px high box: two 2x2 grids; a row of four per side
     # drew 64 px tiles in a strip about 150 px high (issue 18)
     w, h, nw, nh = page.evaluate("() => { const i = document.querySelector('#preview img'); "
@@ -153,6 +154,17 @@ GALLERY_GEOMETRY_JS = """() => {
                       .filter((e) => e.offsetParent).map(rect),
             viewport: window.innerWidth};
 }"""
+
+
+IN_VIEW_JS = """(sel) => { const r = document.querySelector(sel).getBoundingClientRect();
+    return r.top >= -1 && r.bottom <= window.innerHeight + 1 && r.left >= -1 && r.right <= window.innerWidth + 1; }"""
+
+
+def check_run_in_view(page):
+    """Issue 18: after pressing Generate the button (to stop) and the live preview are both on screen: emoji's 52
+    attributes pushed the button below the fold; on a phone the preview sat ~1,300 px below it."""
+    for sel in ("#generate-btn", "#stop-btn", "#preview"):
+        assert page.evaluate(IN_VIEW_JS, sel), (sel, page.evaluate("window.scrollY"))
 
 
 def check_gallery_geometry(page, min_tile: float):
@@ -302,6 +314,7 @@ def test_phone_shows_every_tab(url, browser):
         pg.locator("#generate-btn").click()           # the result gallery on a phone: 2 columns of whole tiles
         pg.wait_for_function("(document.querySelector('#status')?.innerText || '').includes('Done')")
         pg.locator("#gallery img").first.wait_for()
+        check_run_in_view(pg)
         check_gallery_geometry(pg, min_tile=140)
         pg.get_by_role("tab", name="Learn").click()
         pg.get_by_role("tab", name="Trajectory").wait_for(state="visible")
