@@ -5,7 +5,7 @@
 
 Environment: DIFFUSION_CHECKPOINTS (model folders, default ``checkpoints``), GRADIO_SERVER_NAME /
 GRADIO_SERVER_PORT, DIFFUSION_CONCURRENCY (sampling runs at once, default 1), DIFFUSION_QUEUE (queued
-requests, default 16), DIFFUSION_DEVICE (default cpu), DIFFUSION_THREADS (torch CPU threads),
+requests, default 16), DIFFUSION_DEVICE (default cpu; cuda on ZeroGPU), DIFFUSION_THREADS (torch CPU threads),
 DIFFUSION_KEPT_RUNS_MB (the Learn tab's kept runs, all sessions together, default 128), DIFFUSION_SESSIONS
 (sessions whose state is kept, default 200).
 
@@ -294,6 +294,27 @@ def number(value, name: str, lo: float, hi: float, whole: bool = False) -> float
     if not math.isfinite(v) or not lo <= v <= hi or (whole and v != int(v)):
         raise ValueError(what)
     return v
+
+
+def on_zero_gpu() -> bool:
+    """Whether this app runs on Hugging Face ZeroGPU hardware (the Space sets SPACES_ZERO_GPU) with the ``spaces``
+    package: a GPU is attached only while a function decorated with ``spaces.GPU`` runs."""
+    if not os.environ.get("SPACES_ZERO_GPU"):
+        return False
+    try:
+        import spaces  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def gpu_task(fn, duration: int = 120):
+    """``fn`` wrapped with ``spaces.GPU(duration=...)`` on ZeroGPU (the GPU is held for its call, the models run on
+    CUDA there); ``fn`` itself everywhere else, so the CPU path is unchanged. Used for every handler that samples."""
+    if not on_zero_gpu():
+        return fn
+    import spaces
+    return spaces.GPU(duration=duration)(fn)
 
 
 def _number(v, default=None):
@@ -925,7 +946,7 @@ class KeptRuns:
 class DiffusionApp:
     def __init__(self, checkpoints_dir=None, device=None):
         root = checkpoints_dir or os.environ.get("DIFFUSION_CHECKPOINTS") or str(HERE / "checkpoints")
-        self.models = Models(root, device or os.environ.get("DIFFUSION_DEVICE", "cpu"))
+        self.models = Models(root, device or os.environ.get("DIFFUSION_DEVICE") or ("cuda" if on_zero_gpu() else "cpu"))
         self.out_dir = Path(tempfile.mkdtemp(prefix="diffusion_app_"))
         atexit.register(shutil.rmtree, self.out_dir, ignore_errors=True)
         self._stops: dict[str, threading.Event] = {}
@@ -2186,7 +2207,7 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
         # the live preview and its status line into view when a run starts (on a phone: below every control)
         run_btn.click(None, None, None, js="() => document.querySelector('#preview')?.scrollIntoView("
                                            "{block: 'center', behavior: 'instant'})")
-        gen = run_btn.click(app.generate, gen_inputs, [preview, status, gallery, gif, last_seed, partial, learn_run],
+        gen = run_btn.click(gpu_task(app.generate), gen_inputs, [preview, status, gallery, gif, last_seed, partial, learn_run],
                             api_name="generate", concurrency_id="sampling", show_progress="minimal")
         gen.then(app.after_run, [learn_run, explain_idx], [explain_idx, explain_note, traj_note],
                  api_visibility="private", queue=False)
@@ -2199,7 +2220,7 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
             item = gal[evt.index]
             return item[0] if isinstance(item, (list, tuple)) else item
         gallery.select(pick, [gallery], [up_input], api_visibility="private", queue=False)
-        up_btn.click(app.upscale, [model, up_input, up_steps], [up_slider, up_file, up_note], api_name="upscale",
+        up_btn.click(gpu_task(app.upscale), [model, up_input, up_steps], [up_slider, up_file, up_note], api_name="upscale",
                      concurrency_id="sampling")
 
         fwd_inputs = [fwd_image, fwd_schedule, fwd_deg, fwd_t]
@@ -2212,12 +2233,12 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
         explain_btn.click(app.explain_step, explain_in, explain_out, api_name="explain_step", **light)
         explain_idx.release(app.explain_step, explain_in, explain_out, api_visibility="private",
                             trigger_mode="always_last", show_progress="hidden", **light)
-        cmp_btn.click(app.compare, [model, class_label, attributes, cmp_seed, cmp_samplers, cmp_steps, guidance,
+        cmp_btn.click(gpu_task(app.compare), [model, class_label, attributes, cmp_seed, cmp_samplers, cmp_steps, guidance,
                                     cmp_schedules], [cmp_img, cmp_note], api_name="compare", concurrency_id="sampling")
-        cmp_gbtn.click(app.compare_guidance, [model, class_label, attributes, cmp_seed, cmp_samplers, cmp_guid,
+        cmp_gbtn.click(gpu_task(app.compare_guidance), [model, class_label, attributes, cmp_seed, cmp_samplers, cmp_guid,
                                               cmp_gsteps, cmp_schedules], [cmp_img, cmp_note],
                        api_name="compare_guidance", concurrency_id="sampling")
-        int_btn.click(app.interpolate, [model, class_label, attributes, int_a, int_b, int_frames, int_sampler,
+        int_btn.click(gpu_task(app.interpolate), [model, class_label, attributes, int_a, int_b, int_frames, int_sampler,
                                         int_steps, guidance], [int_gallery, int_row, int_note],
                       api_name="interpolate", concurrency_id="sampling")
         traj_btn.click(app.trajectory, [traj_frames, traj_what, learn_run], [traj_gif, traj_strip],

@@ -431,3 +431,38 @@ def test_an_uploaded_forward_image_gets_its_own_caption(tmp_path):
     assert "Fashion" not in note and a.upload_note(None) == ""
     xt, _, _ = a.forward(str(path), "cosine", "noise", 0)           # and the forward process uses that image
     assert xt.getpixel((xt.width // 2, xt.height // 2))[0] > 150
+
+
+def test_zero_gpu_wraps_every_sampling_handler_and_nothing_elsewhere(tmp_path, monkeypatch):
+    """Issue 18 / hosting: on ZeroGPU (SPACES_ZERO_GPU set, ``spaces`` importable) each handler that samples runs
+    under ``spaces.GPU`` and the models go to CUDA; without it the handlers are the plain methods (CPU path
+    unchanged). A stand-in ``spaces`` module records what it wraps."""
+    import sys
+    import types
+
+    import app
+    wrapped = []
+
+    def GPU(duration=60):
+        def deco(fn):
+            def call(*a, **k):
+                return fn(*a, **k)
+            call.__wrapped__, call.zero_gpu_duration = fn, duration
+            wrapped.append(getattr(fn, "__name__", fn))
+            return call
+        return deco
+    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=GPU))
+    root = build_checkpoints(tmp_path / "ckpt")
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+    monkeypatch.delenv("DIFFUSION_DEVICE", raising=False)
+    assert not app.on_zero_gpu() and app.gpu_task(len) is len
+    app.build_demo(str(root))
+    assert wrapped == []
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    assert app.on_zero_gpu() and app.DiffusionApp(str(root)).models.device == "cuda"
+    demo = app.build_demo(str(root))
+    assert sorted(wrapped) == ["compare", "compare_guidance", "generate", "interpolate", "upscale"]
+    by_api = {fn.api_name: fn.fn for fn in demo.fns.values() if getattr(fn, "api_name", None)}
+    assert by_api["generate"].zero_gpu_duration == 120 and not hasattr(by_api["forward"], "zero_gpu_duration")
+    monkeypatch.setitem(sys.modules, "spaces", None)                 # not importable: CPU, nothing wrapped
+    assert not app.on_zero_gpu() and app.gpu_task(len) is len
