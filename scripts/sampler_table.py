@@ -152,7 +152,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--table", action="store_true", help="print the table only")
     p.add_argument("--solvers", action="store_true", help="the solver x grid x steps rows and table instead")
-    p.add_argument("--plot", help="with --solvers: write the FID against U-Net passes plot here")
+    p.add_argument("--plot", help="with --solvers: write the FID against U-Net passes plot here (add --table to plot "
+                                  "without running the missing rows first)")
     p.add_argument("--skip", action="append", default=[], help="do not run rows of this sampler or model")
     args = p.parse_args(argv)
     if not args.table:
