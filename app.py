@@ -1979,7 +1979,8 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
                             refresh = gr.Button("↻ rescan", scale=0, min_width=70, size="sm",
                                                 elem_classes="dc-small-btn")
                         class_label = gr.Dropdown([ANY], value=ANY, label="Class", allow_custom_value=True,
-                                                  info="(any) samples unconditionally", visible=False)
+                                                  info="(any) samples unconditionally", visible=False,
+                                                  elem_id="class-label")
                         attributes = LabelChecks([], value=[], label="Attributes", visible=False)
                         with gr.Group(visible=False) as pose_group:
                             stick_source = Radio([("Sketch pad", "sketch"), ("Upload / example", "upload")],
