@@ -2181,11 +2181,13 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
         light = dict(concurrency_limit=4, concurrency_id="light")
         # the card follows the controls (.then): once a model's card shows, its default settings are in place,
         # so a value typed after that is not reset by a late controls update
+        # no progress overlay on the controls these fill in: after the page loaded they spun for 2-3 s (issue 18)
         model.change(app.on_model_change, [model, sampler, class_label, attributes], model_outputs, api_visibility="private",
-                     **light).then(app.card_update, [model], [card, card_img], api_visibility="private",
-                                   show_progress="hidden", **light)
+                     show_progress="hidden", **light).then(app.card_update, [model], [card, card_img],
+                                                           api_visibility="private", show_progress="hidden", **light)
         demo.load(app.on_model_change, [model, sampler, class_label, attributes], model_outputs, api_visibility="private",
-                  **light).then(app.card_update, [model], [card, card_img], api_visibility="private", **light)
+                  show_progress="hidden", **light).then(app.card_update, [model], [card, card_img],
+                                                        api_visibility="private", show_progress="hidden", **light)
         # API endpoint (markdown, samples.png): on a never-shown button, so the UI does not run it twice
         card_api = gr.Button(visible=False)
         card_api.click(app.model_card, [model], [card, card_img], api_name="model_card", **light)
@@ -2247,8 +2249,9 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
         example_btn.click(app.fashion_example, None, [fwd_image, example_note], api_visibility="private", **light)
         fwd_image.upload(app.upload_note, [fwd_image], [example_note], api_visibility="private", **light)
         fwd_image.clear(lambda: "", None, [example_note], api_visibility="private", queue=False)
-        demo.load(app.forward, fwd_inputs, fwd_outputs, api_visibility="private", **light)
-        demo.load(app.schedule_plot, [fwd_t, fwd_schedule], [sched_plot], api_visibility="private", **light)
+        demo.load(app.forward, fwd_inputs, fwd_outputs, api_visibility="private", show_progress="hidden", **light)
+        demo.load(app.schedule_plot, [fwd_t, fwd_schedule], [sched_plot], api_visibility="private",
+                  show_progress="hidden", **light)
 
     demo.queue(default_concurrency_limit=int(os.environ.get("DIFFUSION_CONCURRENCY", "1")),
                max_size=int(os.environ.get("DIFFUSION_QUEUE", "16")))

@@ -330,3 +330,25 @@ def test_phone_shows_every_tab(url, browser):
     for row in tabs:
         assert all(0 <= left and right <= 390 for _, left, right in row), row
         assert all(a[2] <= b[1] + 0.5 for a, b in zip(row, row[1:])), row
+
+
+def test_no_progress_overlays_on_the_controls_after_load(url, browser):
+    """Issue 18: for 2-3 s after the page loaded, the controls that the model's defaults fill in (sampler, steps,
+    guidance, the card, the Forward tab's images) showed Gradio's progress overlay. Those load-time updates now
+    run without one: no overlay inside any component while the page settles."""
+    spinners = """() => [...document.querySelectorAll('.wrap.default, .eta-bar, .progress-text')]
+        .filter((e) => e.closest('.block') && e.checkVisibility({opacityProperty: true, visibilityProperty: true}))
+        .map((e) => (e.closest('[id]') || {}).id || e.closest('.block').className).slice(0, 5)"""
+    pg = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        pg.goto(url, wait_until="domcontentloaded")
+        seen, t0 = [], time.time()
+        while time.time() - t0 < 4.0:
+            found = pg.evaluate(spinners)
+            if found:
+                seen.append(found)
+            time.sleep(0.03)
+        pg.wait_for_selector("#model-card h3")
+    finally:
+        pg.close()
+    assert not seen, seen[:3]
