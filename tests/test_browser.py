@@ -136,6 +136,8 @@ def test_generate_streams_then_gallery(page):
     assert abs(box["x"] - run["x"]) < 40, (box, run)
     check_gallery_geometry(page, min_tile=120)
     check_run_in_view(page)
+    height = page.evaluate("document.documentElement.scrollHeight")   # results, card and all: one short page
+    assert height < 2500, height
     # the preview (x_t | x0_hat of 4 images) fills its 300 px high box: two 2x2 grids; a row of four per side
     # drew 64 px tiles in a strip about 150 px high (issue 18)
     w, h, nw, nh = page.evaluate("() => { const i = document.querySelector('#preview img'); "
