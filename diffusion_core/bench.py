@@ -605,10 +605,11 @@ def flop_count(fn: Callable[[], object]) -> tuple[int, dict]:
     return int(mode.get_total_flops()), by_op
 
 
-def matmul_peak(n: int, reps: int) -> dict:
-    """float32 ``torch.mm`` of two n x n matrices with the current thread count. The peak is the best of
-    ``reps`` runs (a peak is what the machine can do; a median would count interference as slowness)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak(n: int, reps: int, dtype: torch.dtype = torch.float32) -> dict:
+    """``torch.mm`` of two n x n matrices of ``dtype`` (bf16: fp32 accumulation, what bf16 matrix units such as
+    AVX-512 BF16 and AMX give) with the current thread count. The peak is the best of ``reps`` runs (a peak is
+    what the machine can do; a median would count interference as slowness)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)
     times = []
     for _ in range(max(reps, 5)):
@@ -616,26 +617,12 @@ def matmul_peak(n: int, reps: int) -> dict:
         torch.mm(a, b)
         times.append(time.perf_counter() - t0)
     flops = 2 * n ** 3
-    return {"size": n, "gflops": flops / min(times) / 1e9, "median_gflops": flops / statistics.median(times) / 1e9,
-            "times": [round(t, 6) for t in times]}
-
-
-def bf16_matmul_peak(n: int, reps: int) -> dict:
-    """``matmul_peak`` in bfloat16 (fp32 accumulation): what bf16 matrix units (AVX-512 BF16, AMX) give."""
-    a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
-    torch.mm(a, b)
-    times = []
-    for _ in range(max(reps, 5)):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - t0)
-    flops = 2 * n ** 3
-    return {"size": n, "dtype": "bfloat16", "gflops": flops / min(times) / 1e9,
+    return {"size": n, "dtype": str(dtype).replace("torch.", ""), "gflops": flops / min(times) / 1e9,
             "median_gflops": flops / statistics.median(times) / 1e9, "times": [round(t, 6) for t in times]}
 
 
 def conv_peak(batch: int, channels: int, size: int, reps: int, dtype: torch.dtype = torch.float32) -> dict:
-    """A 3x3 float32 convolution in channels_last (oneDNN) with the current thread count, best of ``reps``.
+    """A 3x3 convolution of ``dtype`` in channels_last (oneDNN) with the current thread count, best of ``reps``.
     On AMD CPUs MKL's sgemm (torch.mm) does not reach the FMA peak that oneDNN's convolutions do, so the
     matmul alone can understate what the machine can do (and give a peak fraction above 1)."""
     x = torch.randn(batch, channels, size, size, dtype=dtype).contiguous(memory_format=torch.channels_last)
@@ -677,7 +664,7 @@ def bench_flops(args, s, pipe, ref) -> dict:
                    f"= {flops / sec / 1e9:.1f} GFLOP/s")
     out["matmul_peak"] = matmul_peak(s["mm_size"], reps)
     out["conv_peak"] = conv_peak(*((2, 32, 8) if args.tiny else (16, 256, 16)), reps)
-    out["bf16_matmul_peak"] = bf16_matmul_peak(s["mm_size"], reps)
+    out["bf16_matmul_peak"] = matmul_peak(s["mm_size"], reps, dtype=torch.bfloat16)
     out["bf16_conv_peak"] = conv_peak(*((2, 32, 8) if args.tiny else (16, 256, 16)), reps, dtype=torch.bfloat16)
     out["fp32_peak_gflops"] = max(out["matmul_peak"]["gflops"], out["conv_peak"]["gflops"])
     # the peak is the best dtype's: on a CPU with bf16 matrix units the bf16 rates are this machine's limit
