@@ -393,6 +393,7 @@ def choose(net: nn.Module, requested_name: str = "auto", folder: Path | None = N
     cands = candidates(device, info)
     if cands == ["fp32"]:                 # nothing else worth a try here: no measurement
         return net, Choice("fp32", f"the only candidate on {info.model}", {}, {})
+    busy = _busy()
     seconds, errors, runners = {}, {}, {}
     for cand in cands:
         try:
@@ -410,9 +411,22 @@ def choose(net: nn.Module, requested_name: str = "auto", folder: Path | None = N
     if best != "fp32" and seconds["fp32"] / seconds[best] < MIN_SPEEDUP:
         best = "fp32"
     reason = ", ".join(f"{k} {v * 1000:.2f} ms" for k, v in seconds.items()) + f" per row on {info.model}"
+    if busy is not None:          # timings taken beside other work can pick the wrong backend: use, do not keep
+        reason += f" (machine busy, load {busy:.1f}: not remembered)"
     choice = Choice(best, reason, seconds, errors)
-    _write_choice(cache, key, choice)
+    if busy is None:
+        _write_choice(cache, key, choice)
     return runners[best], choice
+
+
+def _busy() -> float | None:
+    """The 1-minute load average when other work holds at least half of this process's workers' cores (a timing
+    then measures the contention as much as the backend), else None."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+    return load if load >= max(1.0, parallel.workers() / 2) else None
 
 
 def _read_choice(cache: Path, key: str) -> Choice | None:

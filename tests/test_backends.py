@@ -189,6 +189,7 @@ def test_candidates_follow_the_cpu():
 
 def test_auto_picks_the_fastest_that_matches_and_remembers(tiny_net, tmp_path, monkeypatch):
     cfg, net = tiny_net(num_labels=4)
+    monkeypatch.setattr(backends.os, "getloadavg", lambda: (0.1, 0.1, 0.1))      # an idle machine
     monkeypatch.setattr(backends, "candidates", lambda device, info=None: ["fp32", "bf16", "openvino"])
     monkeypatch.setattr(backends, "available", lambda device="cpu": ["fp32", "bf16", "openvino"])
     monkeypatch.setattr(backends, "make", lambda net, name, cache=None, chunk=8: (name, net))
@@ -256,3 +257,22 @@ def test_cuda_keeps_working_with_autocast():
     out = pipe.sample(4, device="cuda", **kw).cpu()
     assert torch.isfinite(out).all() and (out - ref).pow(2).mean().sqrt() < 0.05
     assert load(FASHION, device="cuda", backend="auto").backend in ("fp32", "bf16")
+
+
+def test_a_choice_measured_on_a_busy_machine_is_used_but_not_remembered(tiny_net, tmp_path, monkeypatch):
+    """Timed beside another job, every backend looked like OpenVINO's best here (one session remembered that for
+    every model): with the load average at or above half the workers (min 1), the choice is not written down."""
+    cfg, net = tiny_net(num_labels=4)
+    monkeypatch.setattr(backends, "candidates", lambda device, info=None: ["fp32", "bf16"])
+    monkeypatch.setattr(backends, "match_error", lambda runner, net, image_size=None: 0.0)
+    monkeypatch.setattr(backends, "time_runner", lambda runner, *a, **k: 0.5 if isinstance(runner, backends.Bf16Net)
+                        else 1.0)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    monkeypatch.setattr(backends.os, "getloadavg", lambda: (1.5, 1.0, 1.0))
+    _, choice = backends.choose(net, "auto", folder)
+    assert choice.name == "bf16" and "not remembered" in choice.reason
+    assert not (folder / ".cache" / "backend-choice.json").exists()
+    monkeypatch.setattr(backends.os, "getloadavg", lambda: (0.2, 0.2, 0.2))
+    _, choice = backends.choose(net, "auto", folder)
+    assert "not remembered" not in choice.reason and (folder / ".cache" / "backend-choice.json").is_file()
