@@ -46,7 +46,8 @@ from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 from PIL.PngImagePlugin import PngInfo  # noqa: E402
 from pydantic import ConfigDict, ValidationError  # noqa: E402
 
-from diffusion_core import (BACKEND_ENV, BACKENDS, SAMPLER_KINDS, SPACINGS, BackendError,  # noqa: E402
+from diffusion_core import (BACKEND_ENV, BACKENDS, MAX_GUIDANCE, MAX_STEPS, SAMPLER_KINDS, SPACINGS,  # noqa: E402
+                            BackendError,
                             CheckpointError, ImageError, SampleStep,
                             SamplerSpec, explain_multistep, grid, load, load_image, make_degradation, make_generators,
                             make_schedule, open_image, read_json, sample_stream, spaced_timesteps, to_mode, to_pil)
@@ -57,9 +58,7 @@ HERE = Path(__file__).resolve().parent
 STICKMEN_DIR = HERE / "examples" / "stickmen"
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
-MAX_BATCH = 16
-MAX_STEPS = 1000
-MAX_GUIDANCE = 20.0
+MAX_BATCH = 16                 # the app's own limit, below the library's MAX_BATCH: a shared server's batch
 CARD_MEASUREMENTS = 4      # metrics lines shown on a model card; the rest fold into "N more measurements"
 MAX_SEED = 2**31 - 1 - MAX_BATCH
 MAX_UPSCALE_INPUT = 128          # side of an image handed to a super-resolution model

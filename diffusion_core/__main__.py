@@ -168,9 +168,10 @@ def _run(args) -> int:
         return _sample(args)
     if args.command == "evaluate":
         from .evaluate import evaluate_command
+        from .options import MAX_GUIDANCE
         from .pipeline import MAX_SEED, MAX_STEPS
         check_ranges(args, [("n", 1, 100_000), ("batch", 1, 1000), ("steps", 1, MAX_STEPS), ("seed", 0, MAX_SEED),
-                            ("guidance", 0.0, 30.0)])
+                            ("guidance", 0.0, MAX_GUIDANCE)])
         return evaluate_command(args)
     if args.command == "classifier":
         from .evaluate import train_classifier
@@ -238,10 +239,10 @@ def check_ranges(args, bounds) -> None:
 def _sample(args) -> int:
     import torch
     from .images import grid, load_image, to_pil
-    from .options import BACKEND_ENV
+    from .options import BACKEND_ENV, MAX_GUIDANCE
     from .pipeline import MAX_BATCH, MAX_SEED, MAX_STEPS, load
     check_ranges(args, [("n", 1, 10000), ("batch", 1, MAX_BATCH), ("seed", 0, MAX_SEED - 10000),
-                        ("steps", 1, MAX_STEPS), ("strength", 0.0, 1.0), ("eta", 0.0, 1.0), ("guidance", 0.0, 30.0)])
+                        ("steps", 1, MAX_STEPS), ("strength", 0.0, 1.0), ("eta", 0.0, 1.0), ("guidance", 0.0, MAX_GUIDANCE)])
     if args.sr_steps is not None:
         check_ranges(args, [("sr_steps", 1, MAX_STEPS)])
     pipe = load(Path(args.model), backend=args.backend or os.environ.get(BACKEND_ENV) or "auto")

@@ -8,6 +8,7 @@ NOISE_LEVEL_SPACINGS = ("logsnr", "karras")      # grids in noise level: they ne
 X0_RANGES = ("clip", "dynamic", "none")          # keeping x0_hat in [-1, 1]: clamp, dynamic thresholding, nothing
 MAX_BATCH = 64
 MAX_STEPS = 1000
+MAX_GUIDANCE = 30.0             # classifier-free guidance scale (the command line and the app)
 MAX_SEED = 2 ** 63 - 1 - 100_000    # image i uses seed + i, which torch's generators take up to 2^63 - 1
 BACKENDS = ("auto", "fp32", "bf16", "openvino")   # where the network runs (backends.py); auto measures and picks
 BACKEND_ENV = "DIFFUSION_CORE_BACKEND"             # forces a backend for every load that does not name one
