@@ -438,7 +438,9 @@ class Models:
             self._cache.pop(name, None)
             try:
                 pipe = load(folder, device=self.device, backend=backend)
-            except (CheckpointError, BackendError) as e:
+            except BackendError:
+                raise       # the backend asked for cannot run here: the folder is fine, nothing to remember
+            except CheckpointError as e:
                 self._failed[name] = (sig, str(e))
                 raise
             except Exception as e:      # a folder never takes the app down: it is listed as broken with this

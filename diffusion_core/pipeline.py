@@ -108,14 +108,14 @@ class Pipeline:
         """Run every network of this pipeline (experts, stages) on backend ``name``: fp32 | bf16 | openvino, or
         auto (measured here, ``backends.choose``); None: the ``DIFFUSION_CORE_BACKEND`` variable, else fp32."""
         name = backends.requested(name or os.environ.get(backends.ENV) or "fp32")
-        self.backend_request = name
         if self.kind == "cascade":
             for stage, _ in self.stages:
                 stage.set_backend(name)
-            return self
-        size = self.config.high_res or self.config.unet.image_size
-        self.runners = {id(net): backends.choose(net, name, self.path, self.chunk, image_size=size)
-                        for net in self.networks}
+        else:
+            size = self.config.high_res or self.config.unet.image_size
+            self.runners = {id(net): backends.choose(net, name, self.path, self.chunk, image_size=size)
+                            for net in self.networks}
+        self.backend_request = name         # only once every network runs there (a failed switch keeps the old)
         return self
 
     @property

@@ -466,3 +466,20 @@ def test_zero_gpu_wraps_every_sampling_handler_and_nothing_elsewhere(tmp_path, m
     assert by_api["generate"].zero_gpu_duration == 120 and not hasattr(by_api["forward"], "zero_gpu_duration")
     monkeypatch.setitem(sys.modules, "spaces", None)                 # not importable: CPU, nothing wrapped
     assert not app.on_zero_gpu() and app.gpu_task(len) is len
+
+
+def test_a_backend_that_cannot_run_does_not_mark_the_model_broken(tmp_path, monkeypatch):
+    """Asking for OpenVINO where it is not installed is an error about the backend, not the folder: the same
+    model still loads on fp32 afterwards, and a loaded model keeps its backend after a failed switch."""
+    import gradio as gr
+
+    import app
+    from diffusion_core import backends
+    monkeypatch.setattr(backends, "openvino_version", lambda: None)
+    a = app.DiffusionApp(str(build_checkpoints(tmp_path / "ckpt")))
+    with pytest.raises(gr.Error, match="not available"):
+        list(a.generate("tiny", "ddim", 2, batch_size=1, backend="openvino"))
+    assert a.models.get("tiny", "fp32").backend == "fp32"          # was: "tiny" listed as broken
+    with pytest.raises(gr.Error, match="not available"):
+        list(a.generate("tiny", "ddim", 2, batch_size=1, backend="openvino"))
+    assert a.models.is_ready("tiny", "fp32") and a.models.get("tiny", "fp32").backend == "fp32"
