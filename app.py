@@ -49,7 +49,7 @@ from pydantic import ConfigDict, ValidationError  # noqa: E402
 from diffusion_core import (BACKEND_ENV, BACKENDS, MAX_GUIDANCE, MAX_STEPS, SAMPLER_KINDS, SPACINGS,  # noqa: E402
                             BackendError,
                             CheckpointError, ImageError, SampleStep,
-                            SamplerSpec, explain_multistep, grid, load, load_image, make_degradation, make_generators,
+                            SamplerSpec, explain_step, grid, load, load_image, make_degradation, make_generators,
                             make_schedule, open_image, read_json, sample_stream, spaced_timesteps, to_mode, to_pil)
 
 log = logging.getLogger("diffusion_app")
@@ -609,91 +609,40 @@ def step_numbers(run: dict, i: int) -> dict:
 
     ``run``: the records kept by Generate (``steps``: SampleStep list for the first image, maybe only the first
     steps of the run; ``grid`` and ``grid_end``: every step's t and the last t_next; ``sampler``, ``eta``,
-    ``variance``, ``improved``; ``schedule`` or ``degradation`` (+ ``fixed_noise``)). Mirrors
-    ddpm_step / ddim_step / dpmpp_2m_step / cold_step of diffusion_core.samplers: ``coefficients`` maps a
-    term to its weight so that x_next = sum(coef * term) + sigma * z, where the terms are x_t, x0_hat,
-    eps_hat, x0_hat_prev (DPM-Solver++(2M): the previous step's x0_hat) or, for cold sampling,
-    D(x0_hat, t) and D(x0_hat, t_next). ``residual_max`` is max |x_next - sum(coef * term)| (the noise
-    term for a stochastic step; ~1e-7 otherwise) and ``implied_noise_std`` the std of the z it implies."""
+    ``variance``, ``improved``; ``schedule`` or ``degradation`` (+ ``fixed_noise``)). The weights and terms are
+    the package's ``explain_step``: the sampler's own update, so they cannot drift from it. ``coefficients``
+    maps a term (x_t, x0_hat, eps_hat, ``x0_hat[t_k]``: the x0_hat of an earlier step, or cold's D(x0_hat, t)
+    and D(x0_hat, t_next)) to its weight, so that x_next = sum(coef * term) + sigma * z; ``residual_max`` is
+    max |x_next - that sum| (~1e-7: float32 rounding)."""
     recs = run["steps"]
     rec = recs[i]
     t, tn = int(rec.t), int(rec.t_next)
     sampler = run["sampler"]
+    spec = SamplerSpec(sampler, eta=float(run.get("eta") or 0.0), variance=run.get("variance", "posterior"),
+                       improved=bool(run.get("improved", True)))
+    ts = torch.tensor(run["grid"] + [run["grid_end"]]) if run.get("grid") else \
+        torch.tensor([r.t for r in recs] + [recs[-1].t_next])
+    ex = explain_step(spec, ts, recs, i, schedule=run.get("schedule"), degradation=run.get("degradation"),
+                      fixed_noise=run.get("fixed_noise"))
     out = {"step": i + 1, "index": i, "num_steps": rec.num_steps, "sampler": sampler, "t": t, "t_next": tn}
-    terms = {"x_t": rec.x_t, "x0_hat": rec.x0_hat, "eps_hat": rec.eps_hat}
-    coef = {}
-    sigma = 0.0
-    if sampler == "cold":
-        deg = run["degradation"]
-        T = int(deg.T)
-        x0 = rec.x0_hat.float()
-        d_next = deg(x0, torch.full((1,), tn, dtype=torch.long), run.get("fixed_noise"))
-        d_t = deg(x0, torch.full((1,), t, dtype=torch.long), run.get("fixed_noise"))
-        terms.update({"D(x0_hat,t)": d_t, "D(x0_hat,t_next)": d_next})
-        out.update(degradation=deg.name, T=T, severity_t=(t + 1) / T, severity_next=max(tn + 1, 0) / T,
-                   improved=bool(run.get("improved", True)))
-        coef = ({"x_t": 1.0, "D(x0_hat,t)": -1.0, "D(x0_hat,t_next)": 1.0} if out["improved"]
-                else {"D(x0_hat,t_next)": 1.0})
-    else:
-        sched = run["schedule"]
-        ab_t, ab_n = _alpha_bar(sched, t), _alpha_bar(sched, tn)
+    if "schedule" in run:
+        ab_t, ab_n = _alpha_bar(run["schedule"], t), _alpha_bar(run["schedule"], tn)
         out.update(alpha_bar_t=ab_t, alpha_bar_next=ab_n, noise_level_t=math.sqrt(1 - ab_t),
                    noise_level_next=math.sqrt(1 - ab_n))
-        if sampler == "ddpm":
-            beta = 1 - ab_t / ab_n
-            var = (1 - ab_n) / (1 - ab_t) * beta if run.get("variance", "posterior") == "posterior" else beta
-            sigma = math.sqrt(var) if tn >= 0 else 0.0
-            coef = {"x0_hat": math.sqrt(ab_n) * beta / (1 - ab_t),
-                    "x_t": math.sqrt(1 - beta) * (1 - ab_n) / (1 - ab_t)}
-            out.update(beta=beta, variance=run.get("variance", "posterior"), posterior_variance=var)
-        elif sampler == "ddim":
-            eta = float(run.get("eta", 0.0))
-            sigma = eta * math.sqrt((1 - ab_n) / (1 - ab_t)) * math.sqrt(1 - ab_t / ab_n)
-            coef = {"x0_hat": math.sqrt(ab_n), "eps_hat": math.sqrt(max(1 - ab_n - sigma ** 2, 0.0))}
-            out.update(eta=eta)
-        elif sampler == "dpm++":
-            def lam(ab):
-                return 0.5 * math.log(ab / (1 - ab))
-            if tn < 0:
-                coef = {"x0_hat": 1.0}
-                out.update(order=1, lambda_t=lam(ab_t), note="last step: x_next = x0_hat (sigma_next = 0)")
-            else:
-                a_n, s_t, s_n = math.sqrt(ab_n), math.sqrt(1 - ab_t), math.sqrt(1 - ab_n)
-                h = lam(ab_n) - lam(ab_t)
-                b = -a_n * math.expm1(-h)
-                out.update(lambda_t=lam(ab_t), lambda_next=lam(ab_n), h=h, alpha_next=a_n, sigma_t=s_t,
-                           sigma_next=s_n)
-                coef = {"x_t": s_n / s_t}
-                if i == 0:
-                    coef["x0_hat"] = b
-                    out.update(order=1)
-                else:
-                    prev = recs[i - 1]
-                    h_prev = lam(ab_t) - lam(_alpha_bar(sched, prev.t))
-                    r = h_prev / h
-                    coef["x0_hat"] = b * (1 + 1 / (2 * r))
-                    coef["x0_hat_prev"] = -b / (2 * r)
-                    terms["x0_hat_prev"] = prev.x0_hat
-                    out.update(order=2, h_prev=h_prev, r=r, t_prev=int(prev.t))
-        elif sampler in ("dpm++3m", "unipc"):      # the weights come from the sampler itself
-            ts = torch.tensor(run["grid"] + [run["grid_end"]]) if run.get("grid") else \
-                torch.tensor([r.t for r in recs] + [recs[-1].t_next])
-            coef, used, info = explain_multistep(SamplerSpec(sampler), ts, sched, recs, i)
-            terms.update(used)
-            out.update(info)
-        else:
-            raise ValueError(f"unknown sampler {sampler!r}")
+    out.update(ex.info)
+    coef = {k: w for k, w in ex.weights.items() if k != "noise"}
+    terms = {k: v for k, v in ex.terms.items() if k != "noise"}
+    sigma = ex.weights.get("noise", 0.0)
     det = sum(c * terms[k].double() for k, c in coef.items())
-    resid = rec.x_next.double() - det
     out["coefficients"] = coef
     out["sigma"] = sigma
-    out["residual_max"] = float(resid.abs().max())
+    out["residual_max"] = float((rec.x_next.double() - det - sigma * ex.terms.get("noise", 0.0)).abs().max())
     if sigma > 0:
-        out["implied_noise_std"] = float((resid / sigma).std())
+        out["noise_std"] = float(ex.terms["noise"].float().std())
     out["std_x_t"] = float(rec.x_t.float().std())
     out["std_x_next"] = float(rec.x_next.float().std())
     out["_terms"] = terms
-    out["_noise"] = resid / sigma if sigma > 0 else None
+    out["_noise"] = ex.terms.get("noise") if sigma > 0 else None
     return out
 
 
@@ -757,8 +706,7 @@ TEX_FORMULAS = {
              "Cold Diffusion (Bansal et al. 2022, Alg. 2): re-degrade the prediction to both severities and "
              "move x_t by the difference; D(x, -1) = x."),
 }
-TERM_TEX = {"x_t": None, "x0_hat": r"\hat x_0", "eps_hat": r"\hat\epsilon", "x0_hat_prev": r"\hat x_0^{\mathrm{prev}}",
-            "D(x0_hat,t)": None, "D(x0_hat,t_next)": None}
+TERM_TEX = {"x_t": None, "x0_hat": r"\hat x_0", "eps_hat": r"\hat\epsilon", "D(x0_hat,t)": None, "D(x0_hat,t_next)": None}
 
 
 def term_tex(name: str) -> str:
@@ -792,10 +740,9 @@ def explain_markdown(num: dict, run: dict) -> str:
         rows += [("`eta`", fmt(num["eta"])), ("`sigma_t(eta)`", fmt(num["sigma"]))]
     elif sampler == "dpm++" and "h" in num:
         rows += [("`lambda_t`", fmt(num["lambda_t"])), ("`lambda_t'`", fmt(num["lambda_next"])),
-                 ("`h` = lambda_t' - lambda_t", fmt(num["h"])), ("`alpha_t'`", fmt(num["alpha_next"])),
-                 ("`sigma_t`, `sigma_t'`", f"{fmt(num['sigma_t'])}, {fmt(num['sigma_next'])}")]
+                 ("`h` = lambda_t' - lambda_t", fmt(num["h"]))]
         if num.get("order") == 2:
-            rows += [("`h_prev`", fmt(num["h_prev"])), ("`r` = h_prev / h", fmt(num["r"]))]
+            rows += [("`r` = h_prev / h", fmt(num["r"])), ("previous step", f"t = {num['t_prev']}")]
         else:
             rows += [("order", "1 (first step: D = x0_hat)")]
     elif sampler in ("dpm++3m", "unipc"):
@@ -817,9 +764,9 @@ def explain_markdown(num: dict, run: dict) -> str:
         rhs += f" + {_tex_num(num['sigma'])}\\,z"
     lhs = "x_{-1}" if tn < 0 else f"x_{{{tn}}}"
     numbers = f"$${lhs} = {rhs}$$"
-    check = (f"Check: max |x_t' − (deterministic part)| = {num['residual_max']:.2e}"
-             + (f" (the noise term; implied z has std {num['implied_noise_std']:.3f})" if num["sigma"] > 0
-                else " (the coefficients reproduce x_t' exactly)"))
+    check = (f"Check: max |x_t' − (the sum above)| = {num['residual_max']:.2e} (float32 rounding: the coefficients "
+             f"reproduce x_t')" + (f"; the noise z this step drew has std {num['noise_std']:.3f}" if num["sigma"] > 0
+                                   else ""))
     return (head + f"**Update rule.** {note}\n\n{formula}\n\n**This step.**\n\n{numbers}\n\n{check}\n\n{table}\n\n"
             f"std of x_t = {fmt(num['std_x_t'])}, std of x_t' = {fmt(num['std_x_next'])} (measured, first image)")
 
@@ -1600,12 +1547,14 @@ class DiffusionApp:
         first = slice(0, 1)
         shared = steps and steps[-1].index == rec.index - 1
         x_t = steps[-1].x_next if shared else rec.x_t[first].detach().float().cpu().clone()
+        noise = None if rec.noise is None else rec.noise[first].detach().float().cpu().clone()
         new = [rec.x_next[first].detach().float().cpu().clone(), rec.x0_hat[first].detach().float().cpu().clone(),
-               rec.eps_hat[first].detach().float().cpu().clone()] + ([] if shared else [x_t])
+               rec.eps_hat[first].detach().float().cpu().clone()] + ([] if shared else [x_t]) + \
+            ([] if noise is None else [noise])
         if not self.runs.grow(key, run, sum(t.numel() * t.element_size() for t in new)):
             run["capped"] = True
             return
-        steps.append(SampleStep(rec.index, rec.num_steps, int(rec.t), int(rec.t_next), x_t, *new[:3], 0))
+        steps.append(SampleStep(rec.index, rec.num_steps, int(rec.t), int(rec.t_next), x_t, *new[:3], 0, noise))
 
     def _run_or_error(self, key) -> dict:
         run = self.runs.get(key)
@@ -1655,8 +1604,6 @@ class DiffusionApp:
         rec = recs[step - 1]
         tn = "-1 (clean)" if rec.t_next < 0 else str(rec.t_next)
         cells = [(rec.x_t, f"x_t (t={rec.t})"), (rec.eps_hat * 0.4, "eps_hat (x0.4)"), (rec.x0_hat, "x0_hat")]
-        if "x0_hat_prev" in terms:
-            cells.append((terms["x0_hat_prev"], "x0_hat of prev. step"))
         cells += [(v, f"x0_hat (t={k[7:-1]})") for k, v in terms.items() if k.startswith("x0_hat[")]
         if "D(x0_hat,t)" in terms:
             cells += [(terms["D(x0_hat,t)"], f"D(x0_hat, {rec.t})"), (terms["D(x0_hat,t_next)"], f"D(x0_hat, {rec.t_next})")]

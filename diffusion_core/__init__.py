@@ -24,7 +24,7 @@ _EXPORTS = {
     "options": ("BACKEND_ENV", "BACKENDS", "MAX_BATCH", "MAX_GUIDANCE", "MAX_SEED", "MAX_STEPS", "SAMPLERS",
                 "SPACINGS"),
     "pipeline": ("Pipeline", "load"),
-    "samplers": ("SampleStep", "SamplerSpec", "explain_multistep", "make_generators", "sample", "sample_stream"),
+    "samplers": ("SampleStep", "SamplerSpec", "StepExplanation", "explain_step", "make_generators", "sample", "sample_stream"),
     "schedules": ("Schedule", "make_schedule", "spaced_timesteps", "timestep_pairs"),
     "unet": ("UNet",),
 }

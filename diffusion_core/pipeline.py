@@ -267,7 +267,8 @@ class Pipeline:
         h, w = crop_to
         for rec in records:
             yield replace(rec, x_t=rec.x_t[..., :h, :w], x_next=rec.x_next[..., :h, :w],
-                          x0_hat=rec.x0_hat[..., :h, :w], eps_hat=rec.eps_hat[..., :h, :w])
+                          x0_hat=rec.x0_hat[..., :h, :w], eps_hat=rec.eps_hat[..., :h, :w],
+                          noise=None if rec.noise is None else rec.noise[..., :h, :w])
 
     def _stream_cold(self, den, n, steps, spacing, gens, cond, init_image, strength, improved, device):
         if spacing in NOISE_LEVEL_SPACINGS:
@@ -328,8 +329,7 @@ class Pipeline:
             last = None
             for rec in gen:
                 last = rec
-                yield SampleStep(rec.index, rec.num_steps, rec.t, rec.t_next, rec.x_t, rec.x_next, rec.x0_hat,
-                                 rec.eps_hat, stage=i)
+                yield replace(rec, stage=i)
             x = last.x_next
 
     @staticmethod

@@ -37,6 +37,7 @@ class SampleStep:
     x0_hat: torch.Tensor
     eps_hat: torch.Tensor
     stage: int = 0
+    noise: torch.Tensor | None = None    # the z a stochastic step drew (None for deterministic steps)
 
 
 @dataclass(frozen=True)
@@ -70,30 +71,53 @@ def _ab(schedule: Schedule, t: int) -> float:
     return float(schedule.alpha_bar_at(t))
 
 
+def ddpm_variance(ab_t: float, ab_next: float, variance: str = "posterior") -> tuple[float, float]:
+    """(beta, sigma^2) of a respaced DDPM step: beta = 1 - ab_t / ab_next; sigma^2 = (1 - ab_next) / (1 - ab_t) beta
+    (the posterior's beta_tilde, DDPM eq. 7) or beta itself ("beta" variance)."""
+    beta = 1 - ab_t / ab_next
+    return beta, ((1 - ab_next) / (1 - ab_t) * beta if variance == "posterior" else beta)
+
+
 def ddpm_step(schedule: Schedule, x_t, t: int, t_next: int, pred: Prediction, noise, variance: str = "posterior"):
     """Ancestral step from the posterior q(x_{t_next} | x_t, x0_hat) (DDPM eqs. 6-7, respaced as in
     Nichol & Dhariwal 2021 sec. 4): beta = 1 - ab_t / ab_next,
     mu = sqrt(ab_next) beta / (1 - ab_t) x0_hat + sqrt(1 - beta) (1 - ab_next) / (1 - ab_t) x_t,
     var = (1 - ab_next) / (1 - ab_t) beta (posterior) or beta ("beta" variance). No noise at t_next = -1."""
     ab_t, ab_next = _ab(schedule, t), _ab(schedule, t_next)
-    beta = 1 - ab_t / ab_next
+    beta, var = ddpm_variance(ab_t, ab_next, variance)
     mean = (math.sqrt(ab_next) * beta / (1 - ab_t)) * pred.x0_hat \
         + (math.sqrt(1 - beta) * (1 - ab_next) / (1 - ab_t)) * x_t
     if t_next < 0:
         return mean
-    var = (1 - ab_next) / (1 - ab_t) * beta if variance == "posterior" else beta
     return mean + math.sqrt(var) * noise
+
+
+def ddim_sigma(ab_t: float, ab_next: float, eta: float) -> float:
+    """DDIM's sigma_t(eta) = eta sqrt((1 - ab_next) / (1 - ab_t)) sqrt(1 - ab_t / ab_next) (Song et al. 2021, eq. 16)."""
+    return eta * math.sqrt((1 - ab_next) / (1 - ab_t)) * math.sqrt(1 - ab_t / ab_next)
 
 
 def ddim_step(schedule: Schedule, x_t, t: int, t_next: int, pred: Prediction, noise, eta: float = 0.0):
     """DDIM (Song et al. 2021, eq. 12): x_next = sqrt(ab_next) x0_hat + sqrt(1 - ab_next - sigma^2) eps_hat + sigma z,
-    sigma = eta sqrt((1 - ab_next) / (1 - ab_t)) sqrt(1 - ab_t / ab_next)  (eq. 16)."""
+    sigma = ``ddim_sigma`` (eq. 16)."""
     ab_t, ab_next = _ab(schedule, t), _ab(schedule, t_next)
-    sigma = eta * math.sqrt((1 - ab_next) / (1 - ab_t)) * math.sqrt(1 - ab_t / ab_next)
+    sigma = ddim_sigma(ab_t, ab_next, eta)
     x_next = math.sqrt(ab_next) * pred.x0_hat + math.sqrt(max(1 - ab_next - sigma ** 2, 0.0)) * pred.eps_hat
     if sigma > 0:
         x_next = x_next + sigma * noise
     return x_next
+
+
+def _lam(ab: float) -> float:
+    """lambda = log(alpha / sigma) = log(sqrt(ab) / sqrt(1 - ab)), half the log-SNR (Lu et al. 2022)."""
+    return 0.5 * math.log(ab / (1 - ab))
+
+
+def dpm_step_size(schedule: Schedule, t: int, t_next: int, t_prev: int | None = None) -> tuple[float, float | None]:
+    """(h, r) of a multistep exponential-integrator step: h = lambda_next - lambda_t, and r = h_prev / h with
+    h_prev = lambda_t - lambda_prev (None without an earlier step)."""
+    h = _lam(_ab(schedule, t_next)) - _lam(_ab(schedule, t))
+    return h, (None if t_prev is None else (_lam(_ab(schedule, t)) - _lam(_ab(schedule, t_prev))) / h)
 
 
 def dpmpp_2m_step(schedule: Schedule, x_t, t: int, t_next: int, pred: Prediction,
@@ -109,20 +133,12 @@ def dpmpp_2m_step(schedule: Schedule, x_t, t: int, t_next: int, pred: Prediction
         return pred.x0_hat
     ab_t, ab_next = _ab(schedule, t), _ab(schedule, t_next)
     alpha_next, sigma_t, sigma_next = math.sqrt(ab_next), math.sqrt(1 - ab_t), math.sqrt(1 - ab_next)
-    lam = lambda ab: 0.5 * math.log(ab / (1 - ab))  # noqa: E731
-    h = lam(ab_next) - lam(ab_t)
+    h, r = dpm_step_size(schedule, t, t_next, None if prev is None else prev[0])
     if prev is None:
         d = pred.x0_hat
     else:
-        t_prev, x0_prev = prev
-        r = (lam(ab_t) - lam(_ab(schedule, t_prev))) / h
-        d = (1 + 1 / (2 * r)) * pred.x0_hat - (1 / (2 * r)) * x0_prev
+        d = (1 + 1 / (2 * r)) * pred.x0_hat - (1 / (2 * r)) * prev[1]
     return (sigma_next / sigma_t) * x_t - alpha_next * math.expm1(-h) * d
-
-
-def _lam(ab: float) -> float:
-    """lambda = log(alpha / sigma) = log(sqrt(ab) / sqrt(1 - ab)), half the log-SNR (Lu et al. 2022)."""
-    return 0.5 * math.log(ab / (1 - ab))
 
 
 def dpmpp_3m_step(schedule: Schedule, x_t, t: int, t_next: int, pred: Prediction,
@@ -225,21 +241,24 @@ def unipc_correct(schedule: Schedule, x_s, s: int, x0_s, t: int, x_t, pred: Pred
     return _unipc_update(schedule, x_s, s, x0_s, t, history, pred.x0_hat, order)
 
 
+def cold_update(x_t, d_t, d_next, improved: bool = True):
+    """Cold Diffusion's update from the re-degraded prediction (Bansal et al. 2022): Alg. 2 (improved)
+    x_next = x_t - D(x0_hat, t) + D(x0_hat, t_next); Alg. 1 (naive) x_next = D(x0_hat, t_next)."""
+    return x_t - d_t + d_next if improved else d_next
+
+
+def redegrade(degradation: Degradation, x0_hat, t: int, fixed_noise) -> torch.Tensor:
+    """D(x0_hat, t), with D(x, -1) = x."""
+    return degradation(x0_hat, torch.full((x0_hat.shape[0],), t, dtype=torch.long, device=x0_hat.device), fixed_noise)
+
+
 def cold_step(degradation: Degradation, x_t, t: int, t_next: int, pred: Prediction, fixed_noise,
               improved: bool = True):
-    """Cold Diffusion sampling (Bansal et al. 2022).
-
-    Alg. 1 (naive):    x_next = D(x0_hat, t_next)
-    Alg. 2 (improved): x_next = x_t - D(x0_hat, t) + D(x0_hat, t_next)
-    with D(x, -1) = x, so the last step of Alg. 2 returns x_t - D(x0_hat, t) + x0_hat.
-    """
-    b = x_t.shape[0]
-    tn = torch.full((b,), t_next, dtype=torch.long, device=x_t.device)
-    d_next = degradation(pred.x0_hat, tn, fixed_noise)
-    if not improved:
-        return d_next
-    d_t = degradation(pred.x0_hat, torch.full((b,), t, dtype=torch.long, device=x_t.device), fixed_noise)
-    return x_t - d_t + d_next
+    """Cold Diffusion sampling (Bansal et al. 2022): ``cold_update`` with D(x0_hat, t) and D(x0_hat, t_next).
+    The last step of Alg. 2 returns x_t - D(x0_hat, t) + x0_hat."""
+    d_next = redegrade(degradation, pred.x0_hat, t_next, fixed_noise)
+    d_t = redegrade(degradation, pred.x0_hat, t, fixed_noise) if improved else None
+    return cold_update(x_t, d_t, d_next, improved)
 
 
 def per_image_noise(shape: Sequence[int], generators: Sequence[torch.Generator], device=None,
@@ -260,12 +279,36 @@ def make_generators(seed: int, n: int) -> list[torch.Generator]:
 class Step:
     """One sampler's update rule as an object: ``step(x_t, t, t_next, pred, noise) -> x_next``. A step keeps
     what its rule needs from earlier steps (multistep solvers: the earlier x0_hat) and validates its own
-    inputs, so the loop treats every sampler alike. ``stochastic``: it needs fresh noise for each t_next >= 0."""
+    inputs, so the loop treats every sampler alike. ``stochastic``: it needs fresh noise for each t_next >= 0.
+
+    A call is three parts, so that the same code that samples also explains a step (``explain_step``):
+    ``inputs`` names the tensors the update combines (x_t, x0_hat, eps_hat, an earlier ``x0_hat[t_k]``, the
+    ``noise``, cold's re-degraded images) without changing the state; ``rule`` is the update, linear in them;
+    ``advance`` keeps what later steps need. ``info`` gives the step's named scalars (order, h, sigma...)."""
 
     stochastic = False
 
-    def __call__(self, x_t, t: int, t_next: int, pred: Prediction, noise):
+    def inputs(self, x_t, t: int, t_next: int, pred: Prediction, noise) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def rule(self, v: dict[str, torch.Tensor], t: int, t_next: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def advance(self, v: dict[str, torch.Tensor], t: int, t_next: int, pred: Prediction) -> None:
+        pass
+
+    def info(self, t: int, t_next: int) -> dict:
+        return {}
+
+    def __call__(self, x_t, t: int, t_next: int, pred: Prediction, noise):
+        v = self.inputs(x_t, t, t_next, pred, noise)
+        x_next = self.rule(v, t, t_next)
+        self.advance(v, t, t_next, pred)
+        return x_next
+
+
+def _with_noise(v: dict, noise, t_next: int) -> dict:
+    return {**v, "noise": noise} if noise is not None and t_next >= 0 else v
 
 
 class DDPMStep(Step):
@@ -274,26 +317,70 @@ class DDPMStep(Step):
     def __init__(self, schedule: Schedule, variance: str):
         self.schedule, self.variance = schedule, variance
 
-    def __call__(self, x_t, t, t_next, pred, noise):
-        return ddpm_step(self.schedule, x_t, t, t_next, pred, noise, self.variance)
+    def inputs(self, x_t, t, t_next, pred, noise):
+        return _with_noise({"x_t": x_t, "x0_hat": pred.x0_hat}, noise, t_next)
+
+    def rule(self, v, t, t_next):
+        return ddpm_step(self.schedule, v["x_t"], t, t_next, Prediction(v["x0_hat"], None), v.get("noise"),
+                         self.variance)
+
+    def info(self, t, t_next):
+        beta, var = ddpm_variance(_ab(self.schedule, t), _ab(self.schedule, t_next), self.variance)
+        return {"beta": beta, "variance": self.variance, "posterior_variance": var}
 
 
 class DDIMStep(Step):
     def __init__(self, schedule: Schedule, eta: float):
         self.schedule, self.eta, self.stochastic = schedule, eta, eta > 0
 
-    def __call__(self, x_t, t, t_next, pred, noise):
-        return ddim_step(self.schedule, x_t, t, t_next, pred, noise, self.eta)
+    def inputs(self, x_t, t, t_next, pred, noise):
+        return _with_noise({"x0_hat": pred.x0_hat, "eps_hat": pred.eps_hat}, noise, t_next)
+
+    def rule(self, v, t, t_next):
+        return ddim_step(self.schedule, None, t, t_next, Prediction(v["x0_hat"], v["eps_hat"]), v.get("noise"),
+                         self.eta)
+
+    def info(self, t, t_next):
+        return {"eta": self.eta, "sigma": ddim_sigma(_ab(self.schedule, t), _ab(self.schedule, t_next), self.eta)}
+
+
+def _earlier(history: Sequence[tuple[int, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Earlier x0_hat as named inputs: ``x0_hat[t_k]`` is the x0_hat the denoiser gave at t_k."""
+    return {f"x0_hat[{tk}]": x0 for tk, x0 in history}
+
+
+def _history(v: dict, times: Sequence[int]) -> list[tuple[int, torch.Tensor]]:
+    return [(tk, v[f"x0_hat[{tk}]"]) for tk in times]
 
 
 class DPMpp2MStep(Step):
     def __init__(self, schedule: Schedule):
         self.schedule, self.prev = schedule, None
 
-    def __call__(self, x_t, t, t_next, pred, noise):
-        x_next = dpmpp_2m_step(self.schedule, x_t, t, t_next, pred, self.prev)
+    def _used(self, t_next):
+        return [] if t_next < 0 or self.prev is None else [self.prev]
+
+    def inputs(self, x_t, t, t_next, pred, noise):
+        if t_next < 0:
+            return {"x0_hat": pred.x0_hat}
+        return {"x_t": x_t, "x0_hat": pred.x0_hat, **_earlier(self._used(t_next))}
+
+    def rule(self, v, t, t_next):
+        prev = _history(v, [tk for tk, _ in self._used(t_next)])
+        return dpmpp_2m_step(self.schedule, v.get("x_t"), t, t_next, Prediction(v["x0_hat"], None),
+                             prev[0] if prev else None)
+
+    def advance(self, v, t, t_next, pred):
         self.prev = (t, pred.x0_hat)
-        return x_next
+
+    def info(self, t, t_next):
+        if t_next < 0:
+            return {"order": 1, "note": "last step: x_next = x0_hat (sigma_next = 0)"}
+        used = self._used(t_next)
+        h, r = dpm_step_size(self.schedule, t, t_next, used[0][0] if used else None)
+        out = {"order": 2 if used else 1, "lambda_t": _lam(_ab(self.schedule, t)),
+               "lambda_next": _lam(_ab(self.schedule, t_next)), "h": h}
+        return {**out, "r": r, "t_prev": used[0][0]} if used else out
 
 
 def _order_near_the_end(timesteps: torch.Tensor, t_next: int, order: int, few: int | None) -> int:
@@ -308,19 +395,48 @@ def _order_near_the_end(timesteps: torch.Tensor, t_next: int, order: int, few: i
     return min(order, steps - ts.index(t_next) + 1)
 
 
-class DPMpp3MStep(Step):
+class _Multistep(Step):
+    """A solver of order up to ``order`` that reuses the x0_hat of its last order - 1 steps (``history``)."""
+
+    few: int | None = None
+
+    def __init__(self, schedule: Schedule, timesteps: torch.Tensor, order: int):
+        self.schedule, self.timesteps, self.order = schedule, timesteps, order
+        self.history: list[tuple[int, torch.Tensor]] = []      # (t_i, x0_hat_i), newest last
+
+    def order_at(self, t_next: int) -> int:
+        """The order of the step into t_next: capped near the end and by how many earlier points there are."""
+        return min(_order_near_the_end(self.timesteps, t_next, self.order, self.few), len(self.history) + 1)
+
+    def _used(self, t_next):
+        k = self.order_at(t_next) - 1
+        return [] if t_next < 0 or k == 0 else self.history[-k:]
+
+    def info(self, t, t_next):
+        return {"order": 1 if t_next < 0 else self.order_at(t_next)}
+
+
+class DPMpp3MStep(_Multistep):
+    few = 15
+
     def __init__(self, schedule: Schedule, timesteps: torch.Tensor):
-        self.schedule, self.timesteps, self.history = schedule, timesteps, []
+        super().__init__(schedule, timesteps, 3)
 
-    def __call__(self, x_t, t, t_next, pred, noise):
-        order = _order_near_the_end(self.timesteps, t_next, 3, few=15)
-        self.x_used, self.order_used, self.history_used = x_t, min(order, len(self.history) + 1), list(self.history)
-        x_next = dpmpp_3m_step(self.schedule, x_t, t, t_next, pred, self.history, order)
+    def inputs(self, x_t, t, t_next, pred, noise):
+        if t_next < 0:
+            return {"x0_hat": pred.x0_hat}
+        return {"x_t": x_t, "x0_hat": pred.x0_hat, **_earlier(self._used(t_next))}
+
+    def rule(self, v, t, t_next):
+        hist = _history(v, [tk for tk, _ in self._used(t_next)])
+        return dpmpp_3m_step(self.schedule, v.get("x_t"), t, t_next, Prediction(v["x0_hat"], None), hist,
+                             len(hist) + 1)
+
+    def advance(self, v, t, t_next, pred):
         self.history = (self.history + [(t, pred.x0_hat)])[-2:]
-        return x_next
 
 
-class UniPCStep(Step):
+class UniPCStep(_Multistep):
     """UniPC-bh2 (Zhao et al. 2023): predictor UniP-``order`` and, from the second step on, the corrector UniC
     applied to x_t with the denoiser's output at x_t before predicting x_next (Alg. 1-2). The state the
     next corrector redoes is the corrected x_t; the x0_hat kept is the one the denoiser gave at x_t."""
@@ -328,29 +444,54 @@ class UniPCStep(Step):
     def __init__(self, schedule: Schedule, timesteps: torch.Tensor, order: int = 2):
         if order not in (1, 2, 3):
             raise ValueError(f"UniPC order must be 1, 2 or 3, got {order}")
-        self.schedule, self.timesteps, self.order = schedule, timesteps, order
-        self.history: list[tuple[int, torch.Tensor]] = []      # (t_i, x0_hat_i), newest last
-        self.last: tuple[torch.Tensor, int] | None = None        # (x_s, s, order) of the previous prediction
+        super().__init__(schedule, timesteps, order)
+        self.last: tuple[torch.Tensor, int, int] | None = None   # (x_s, s, order) of the previous prediction
 
-    def __call__(self, x_t, t, t_next, pred, noise):
-        if self.last is not None:
-            x_s, s, used = self.last
-            *earlier, (_, x0_s) = self.history
-            x_t = unipc_correct(self.schedule, x_s, s, x0_s, t, x_t, pred, earlier, used)
-        order = min(_order_near_the_end(self.timesteps, t_next, self.order, few=None), len(self.history) + 1)
-        self.x_used, self.order_used, self.history_used = x_t, order, list(self.history)
-        x_next = unipc_step(self.schedule, x_t, t, t_next, pred, self.history, order)
+    def corrected(self, x_t, t, pred):
+        """x_t as UniC corrects it with the denoiser's output at x_t (the recorded x_t on the first step)."""
+        if self.last is None:
+            return x_t
+        x_s, s, used = self.last
+        *earlier, (_, x0_s) = self.history
+        return unipc_correct(self.schedule, x_s, s, x0_s, t, x_t, pred, earlier, used)
+
+    def inputs(self, x_t, t, t_next, pred, noise):
+        x_t = self.corrected(x_t, t, pred)
+        if t_next < 0:
+            return {"x0_hat": pred.x0_hat}
+        return {"x_t": x_t, "x0_hat": pred.x0_hat, **_earlier(self._used(t_next))}
+
+    def rule(self, v, t, t_next):
+        hist = _history(v, [tk for tk, _ in self._used(t_next)])
+        return unipc_step(self.schedule, v.get("x_t"), t, t_next, Prediction(v["x0_hat"], None), hist,
+                          len(hist) + 1)
+
+    def advance(self, v, t, t_next, pred):
+        order = self.order_at(t_next)
         self.history = (self.history + [(t, pred.x0_hat)])[-self.order:]
-        self.last = (x_t, t, order) if t_next >= 0 else None
-        return x_next
+        self.last = (v["x_t"], t, order) if t_next >= 0 else None
+
+    def info(self, t, t_next):
+        return {**super().info(t, t_next), "corrected": self.last is not None}
 
 
 class ColdStep(Step):
     def __init__(self, degradation: Degradation, fixed_noise, improved: bool):
         self.degradation, self.fixed_noise, self.improved = degradation, fixed_noise, improved
 
-    def __call__(self, x_t, t, t_next, pred, noise):
-        return cold_step(self.degradation, x_t, t, t_next, pred, self.fixed_noise, self.improved)
+    def inputs(self, x_t, t, t_next, pred, noise):
+        d_next = {"D(x0_hat,t_next)": redegrade(self.degradation, pred.x0_hat, t_next, self.fixed_noise)}
+        if not self.improved:
+            return d_next
+        return {"x_t": x_t, "D(x0_hat,t)": redegrade(self.degradation, pred.x0_hat, t, self.fixed_noise), **d_next}
+
+    def rule(self, v, t, t_next):
+        return cold_update(v.get("x_t"), v.get("D(x0_hat,t)"), v["D(x0_hat,t_next)"], self.improved)
+
+    def info(self, t, t_next):
+        T = self.degradation.T
+        return {"improved": self.improved, "degradation": self.degradation.name, "T": T,
+                "severity_t": (t + 1) / T, "severity_next": max(t_next + 1, 0) / T}
 
 
 def make_step(spec: SamplerSpec, timesteps: torch.Tensor, schedule: Schedule | None = None,
@@ -395,38 +536,49 @@ def sample_stream(denoiser: Denoiser, x_start: torch.Tensor, timesteps: torch.Te
             pred = denoiser(x, t_vec, cond)
             noise = per_image_noise(x.shape, generators, x.device, x.dtype) if step.stochastic and t_next >= 0 else None
             x_next = step(x, t, t_next, pred, noise)
-        yield SampleStep(i, len(pairs), t, t_next, x, x_next, pred.x0_hat, pred.eps_hat, stage)
+        yield SampleStep(i, len(pairs), t, t_next, x, x_next, pred.x0_hat, pred.eps_hat, stage, noise)
         x = x_next
 
 
-def explain_multistep(spec: SamplerSpec, timesteps: torch.Tensor, schedule: Schedule, records: Sequence[SampleStep],
-                      i: int) -> tuple[dict[str, float], dict[str, torch.Tensor], dict]:
-    """Step ``i`` of a recorded DPM-Solver++(3M) or UniPC run as x_next = sum(weight * term), for explaining it.
+@dataclass(frozen=True)
+class StepExplanation:
+    """Step ``index`` of a recorded run as x_next = sum(weights[k] * terms[k]).
 
-    The step object is replayed over the records up to step i, so the terms are what the update combined:
-    x_t as it used it (after UniC's correction for UniPC), the denoiser's x0_hat at t and the earlier x0_hat it
-    reuses (named ``x0_hat[t_k]``). The weights come from the update function itself, evaluated on unit inputs
-    (it is linear in them), so they cannot drift from the sampler. Returns (weights, terms, info)."""
-    step = make_step(spec, timesteps, schedule)
-    for rec in records[:i + 1]:
-        step(rec.x_t, rec.t, rec.t_next, Prediction(rec.x0_hat, rec.eps_hat), None)
+    ``terms``: the named tensors the sampler's update combined (x_t as it used it, after UniC's correction for
+    UniPC; x0_hat, eps_hat; ``x0_hat[t_k]``, the denoiser's output at an earlier t_k; ``noise``, the z of a
+    stochastic step; cold's ``D(x0_hat,t)`` and ``D(x0_hat,t_next)``). ``weights``: their coefficients, read
+    from the update itself on unit inputs (it is linear in them), so they cannot drift from the sampler.
+    ``x_next``: the update applied to the terms, the sampler's own x_next. ``info``: the step's named scalars."""
+
+    index: int
+    t: int
+    t_next: int
+    weights: dict[str, float]
+    terms: dict[str, torch.Tensor]
+    x_next: torch.Tensor
+    info: dict
+
+
+def explain_step(spec: SamplerSpec, timesteps: torch.Tensor, records: Sequence[SampleStep], i: int,
+                 schedule: Schedule | None = None, degradation: Degradation | None = None,
+                 fixed_noise: torch.Tensor | None = None) -> StepExplanation:
+    """Explain step ``i`` of ``records`` (a run of ``spec`` over ``timesteps``, at least its first i + 1 steps):
+    the step object is replayed over the records, so multistep state is what the run had. A stochastic
+    step needs its record's ``noise``."""
+    step = make_step(spec, timesteps, schedule, degradation, fixed_noise)
+    if step.stochastic and any(r.noise is None and r.t_next >= 0 for r in records[:i + 1]):
+        raise ValueError("explaining a stochastic run needs the noise its steps drew (SampleStep.noise)")
+    for rec in records[:i]:
+        step(rec.x_t, rec.t, rec.t_next, Prediction(rec.x0_hat, rec.eps_hat), rec.noise)
     rec = records[i]
-    t, t_next, order, history = rec.t, rec.t_next, step.order_used, step.history_used
-    names = ["x_t", "x0_hat"] + [f"x0_hat[{tk}]" for tk, _ in history]
-    terms = dict(zip(names, [step.x_used, rec.x0_hat] + [x0 for _, x0 in history]))
+    t, t_next = int(rec.t), int(rec.t_next)
+    terms = step.inputs(rec.x_t, t, t_next, Prediction(rec.x0_hat, rec.eps_hat), rec.noise)
 
-    def update(values: dict[str, torch.Tensor]) -> torch.Tensor:
-        hist = [(tk, values[f"x0_hat[{tk}]"]) for tk, _ in history]
-        pred = Prediction(values["x0_hat"], torch.zeros((), dtype=torch.float64))
-        if spec.name == "dpm++3m":
-            return dpmpp_3m_step(schedule, values["x_t"], t, t_next, pred, hist, order)
-        return unipc_step(schedule, values["x_t"], t, t_next, pred, hist, order)
+    def unit(name):
+        return {k: torch.full((1,), 1.0 if k == name else 0.0, dtype=torch.float64) for k in terms}
 
-    zero = {k: torch.zeros((), dtype=torch.float64) for k in names}
-    weights = {k: float(update({**zero, k: torch.ones((), dtype=torch.float64)})) for k in names}
-    weights = {k: w for k, w in weights.items() if w != 0.0}
-    info = {"order": order, "corrected": spec.name == "unipc" and i > 0}
-    return weights, terms, info
+    weights = {k: float(step.rule(unit(k), t, t_next)) for k in terms}
+    return StepExplanation(i, t, t_next, weights, terms, step.rule(terms, t, t_next), step.info(t, t_next))
 
 
 def sample(denoiser: Denoiser, x_start: torch.Tensor, timesteps: torch.Tensor, spec: SamplerSpec,

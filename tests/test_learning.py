@@ -84,8 +84,8 @@ COEF = re.compile(r"coefficient of `([^`]+)` \| ([-+0-9.e]+) \|")
 @pytest.mark.parametrize("sampler", ["ddim", "dpm++"])
 def test_explain_step_numbers_reproduce_x_next(client, server, sampler):
     """The coefficients the app shows (JSON and markdown table) rebuild x_next from x_t, x0_hat, eps_hat
-    (and DPM-Solver++(2M)'s previous x0_hat) within 1e-4, on the records of the same run made with the
-    package directly."""
+    (and DPM-Solver++(2M)'s previous x0_hat, named ``x0_hat[t_prev]``) within 1e-4, on the records of the same
+    run made with the package directly."""
     from diffusion_core import load
     steps, seed = 5, 21
     generate(client, model="tiny", sampler=sampler, steps=steps, seed=seed, class_label="Bag", guidance=2.0)
@@ -103,7 +103,7 @@ def test_explain_step_numbers_reproduce_x_next(client, server, sampler):
         assert "$$" in md and ("\\hat x_0" in md)
         terms = {"x_t": rec.x_t, "x0_hat": rec.x0_hat, "eps_hat": rec.eps_hat}
         if k > 1:
-            terms["x0_hat_prev"] = recs[k - 2].x0_hat
+            terms[f"x0_hat[{recs[k - 2].t}]"] = recs[k - 2].x0_hat
         shown = {name: float(v) for name, v in COEF.findall(md)}
         assert set(shown) == set(num["coefficients"])
         for coefs in (num["coefficients"], shown):
@@ -121,9 +121,9 @@ def test_explain_step_numbers_reproduce_x_next(client, server, sampler):
 @pytest.mark.parametrize("sampler", ["dpm++3m", "unipc"])
 def test_explain_multistep_solvers(client, server, sampler):
     """DPM-Solver++(3M) and UniPC are explained with the weights the package's own update gives
-    (``explain_multistep``): the app shows the same numbers, in JSON and in the markdown, with the earlier
+    (``explain_step``): the app shows the same numbers, in JSON and in the markdown, with the earlier
     steps' x0_hat as named terms; for 3M they rebuild x_next from the recorded x_t and x0_hat."""
-    from diffusion_core import SamplerSpec, explain_multistep, load
+    from diffusion_core import SamplerSpec, explain_step, load
     steps, seed = 6, 5
     generate(client, model="tiny", sampler=sampler, steps=steps, seed=seed, class_label="Bag", guidance=2.0,
              spacing="logsnr")
@@ -132,7 +132,8 @@ def test_explain_multistep_solvers(client, server, sampler):
     ts = torch.tensor([r.t for r in recs] + [-1])
     for k in range(1, steps + 1):
         md, strip, plot, num = client.predict(step=k, api_name="/explain_step")
-        weights, terms, info = explain_multistep(SamplerSpec(sampler), ts, pipe.schedule, recs, k - 1)
+        ex = explain_step(SamplerSpec(sampler), ts, recs, k - 1, schedule=pipe.schedule)
+        weights, info = ex.weights, ex.info
         assert num["coefficients"].keys() == weights.keys() and num["order"] == info["order"]
         assert all(abs(num["coefficients"][n] - w) < 1e-12 for n, w in weights.items())
         shown = {name: float(v) for name, v in COEF.findall(md)}
@@ -157,7 +158,7 @@ def test_explain_stochastic_and_cold(client, model, sampler, expect):
     assert expect in md
     if sampler == "ddpm":
         assert num["sigma"] > 0 and f"{num['sigma']:.6g}" in md
-        assert 0.6 < num["implied_noise_std"] < 1.4          # x_next - mean = sigma z, z ~ N(0, 1)
+        assert 0.6 < num["noise_std"] < 1.4 and num["residual_max"] < 1e-4     # the z the step drew, N(0, 1)
     else:
         assert num["residual_max"] < 1e-4 and set(num["coefficients"]) == {"x_t", "D(x0_hat,t)", "D(x0_hat,t_next)"}
 

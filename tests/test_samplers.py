@@ -8,6 +8,7 @@ constant, so the exact deterministic map between any two times is known.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ import torch
 from diffusion_core.degradations import make_degradation
 from diffusion_core.denoisers import Prediction, prediction_from_output
 from diffusion_core.samplers import (SampleStep, SamplerSpec, UniPCStep, cold_step, ddim_step, ddpm_step,
-                                     dpmpp_2m_step, dpmpp_3m_step, explain_multistep, make_generators, make_step,
+                                     dpmpp_2m_step, dpmpp_3m_step, explain_step, make_generators, make_step,
                                      per_image_noise, sample, sample_stream, unipc_correct, unipc_step)
 from diffusion_core.schedules import Schedule, make_schedule, spaced_timesteps, timestep_pairs
 
@@ -520,21 +521,89 @@ def test_multistep_full_runs_converge(name, kind):
     assert all(e < d for e, d in zip(errs, ddim)), (errs, ddim)
 
 
-@pytest.mark.parametrize("name", ["dpm++3m", "unipc"])
-@pytest.mark.parametrize("spacing", ["trailing", "logsnr", "karras"])
-def test_explained_multistep_weights_rebuild_every_step(name, spacing):
-    """The explanation (weights from the update itself on unit inputs, terms from replaying the records)
-    rebuilds each step's x_next to float64 rounding; UniPC's x_t term is the corrected state, not the recorded x_t."""
-    sched = make_schedule("cosine", 1000)
-    ts = spaced_timesteps(1000, 8, spacing, schedule=sched)
-    recs = list(sample_stream(gaussian_denoiser(sched), x_T(2, size=8), ts, SamplerSpec(name), schedule=sched))
+EXPLAINED = [("ddpm", {}), ("ddpm", {"variance": "beta"}), ("ddim", {}), ("ddim", {"eta": 0.5}), ("dpm++", {}),
+             ("dpm++3m", {}), ("unipc", {}), ("cold", {}), ("cold", {"improved": False})]
+
+
+@pytest.mark.parametrize("name,opts", EXPLAINED, ids=[f"{n}-{'-'.join(map(str, o.values())) or 'default'}"
+                                                      for n, o in EXPLAINED])
+@pytest.mark.parametrize("spacing", ["trailing", "leading", "linspace", "logsnr", "karras"])
+def test_explained_step_rebuilds_every_step_of_every_sampler(name, opts, spacing):
+    """``explain_step`` (the weights read from the update itself on unit inputs, the terms from replaying the
+    records) rebuilds each step's x_next to float64 rounding, and its own x_next is the sampler's, bit for bit,
+    for every sampler, spacing and the stochastic cases (DDPM, DDIM with eta > 0: the noise is a term).
+    Where the paper gives the weights in closed form (DDPM eqs. 6-7, DDIM eqs. 12 and 16, DPM-Solver++(2M),
+    Cold Diffusion Alg. 1-2) they are checked against it, written out here."""
+    spec = SamplerSpec(name, **opts)
+    if name == "cold":
+        if spacing in ("logsnr", "karras"):
+            pytest.skip("cold diffusion has no noise-level grid")
+        T, sched, deg = 20, None, make_degradation("blur", 20)
+        den = lambda x, t, c: Prediction(x * 0.5, x * 0.5)    # noqa: E731  any denoiser
+        kw = dict(degradation=deg)
+    else:
+        T, sched, deg = 1000, make_schedule("cosine", 1000), None
+        den, kw = gaussian_denoiser(sched), dict(schedule=sched)
+    ts = spaced_timesteps(T, 7, spacing, schedule=sched)
+    recs = list(sample_stream(den, x_T(2, n=2, size=8), ts, spec, generators=make_generators(5, 2), **kw))
     for i, rec in enumerate(recs):
-        weights, terms, info = explain_multistep(SamplerSpec(name), ts, sched, recs, i)
-        rebuilt = sum(w * terms[k] for k, w in weights.items())
-        assert (rebuilt - rec.x_next).abs().max() < 1e-12, (i, weights)
-        assert info["order"] == (1 if i in (0, len(recs) - 1) else 2 if i == 1 or i == len(recs) - 2 or name == "unipc" else 3)
-        if name == "unipc" and 0 < i < len(recs) - 1:
-            assert (terms["x_t"] - rec.x_t).abs().max() > 1e-6           # the corrector moved it
+        ex = explain_step(spec, ts, recs, i, **kw)
+        assert torch.equal(ex.x_next, rec.x_next), i
+        rebuilt = sum(w * ex.terms[k] for k, w in ex.weights.items())
+        assert (rebuilt - rec.x_next).abs().max() < 1e-12, (i, ex.weights)
+        assert ("noise" in ex.weights) == (spec.stochastic and rec.t_next >= 0 and ex.weights.get("noise", 1) != 0)
+        if name == "cold":
+            w = {"x_t": 1.0, "D(x0_hat,t)": -1.0, "D(x0_hat,t_next)": 1.0} if spec.improved else {"D(x0_hat,t_next)": 1.0}
+            assert ex.weights == w
+            assert torch.equal(ex.terms["D(x0_hat,t_next)"], deg(rec.x0_hat, torch.full((2,), rec.t_next), None))
+            continue
+        ab, ab_n = float(sched.alpha_bar_at(rec.t)), float(sched.alpha_bar_at(rec.t_next))
+        beta = 1 - ab / ab_n
+        if name == "ddpm":
+            var = (1 - ab_n) / (1 - ab) * beta if spec.variance == "posterior" else beta
+            want = {"x0_hat": math.sqrt(ab_n) * beta / (1 - ab), "x_t": math.sqrt(1 - beta) * (1 - ab_n) / (1 - ab)}
+            if rec.t_next >= 0:
+                want["noise"] = math.sqrt(var)
+        elif name == "ddim":
+            sigma = spec.eta * math.sqrt((1 - ab_n) / (1 - ab) * (1 - ab / ab_n))
+            want = {"x0_hat": math.sqrt(ab_n), "eps_hat": math.sqrt(max(1 - ab_n - sigma ** 2, 0))}
+            if sigma > 0:
+                want["noise"] = sigma
+        elif name == "dpm++":
+            lam = lambda a: 0.5 * math.log(a / (1 - a))    # noqa: E731
+            if rec.t_next < 0:
+                want = {"x0_hat": 1.0}
+            else:
+                h = lam(ab_n) - lam(ab)
+                c = -math.sqrt(ab_n) * math.expm1(-h)
+                want = {"x_t": math.sqrt((1 - ab_n) / (1 - ab))}
+                if i == 0:
+                    want["x0_hat"] = c
+                else:
+                    r = (lam(ab) - lam(float(sched.alpha_bar_at(recs[i - 1].t)))) / h
+                    want.update({"x0_hat": c * (1 + 1 / (2 * r)), f"x0_hat[{recs[i - 1].t}]": -c / (2 * r)})
+                    assert torch.equal(ex.terms[f"x0_hat[{recs[i - 1].t}]"], recs[i - 1].x0_hat)
+        else:
+            order = (1 if i in (0, len(recs) - 1) else 2 if i == 1 or i == len(recs) - 2 or name == "unipc" else 3)
+            assert ex.info["order"] == order
+            assert {k for k in ex.weights if k.startswith("x0_hat[")} == \
+                {f"x0_hat[{r.t}]" for r in recs[max(0, i - order + 1):i]} if rec.t_next >= 0 else True
+            if name == "unipc" and 0 < i < len(recs) - 1:
+                assert (ex.terms["x_t"] - rec.x_t).abs().max() > 1e-6           # the corrector moved it
+            continue
+        assert ex.weights.keys() == want.keys(), (i, ex.weights, want)
+        assert all(abs(ex.weights[k] - w) < 1e-12 * max(1, abs(w)) for k, w in want.items()), (i, ex.weights, want)
+        if "noise" in want:
+            assert torch.equal(ex.terms["noise"], rec.noise)
+
+
+def test_explaining_a_stochastic_step_needs_its_noise():
+    sched = make_schedule("cosine", 1000)
+    ts = spaced_timesteps(1000, 4, "trailing")
+    recs = list(sample_stream(gaussian_denoiser(sched), x_T(2, size=8), ts, SamplerSpec("ddpm"), schedule=sched,
+                              generators=make_generators(0, 1)))
+    with pytest.raises(ValueError, match="noise"):
+        explain_step(SamplerSpec("ddpm"), ts, [replace(r, noise=None) for r in recs], 1, schedule=sched)
 
 
 @pytest.mark.parametrize("model", ["fashion", "fashion-linear"])
