@@ -50,7 +50,7 @@ from diffusion_core import (BACKEND_ENV, BACKENDS, MAX_GUIDANCE, MAX_STEPS, SAMP
                             BackendError,
                             CheckpointError, ImageError, SampleStep,
                             SamplerSpec, explain_step, grid, load, load_image, make_degradation, make_generators,
-                            make_schedule, open_image, read_json, sample_stream, spaced_timesteps, to_mode, to_pil)
+                            make_schedule, open_image, read_json, to_mode, to_pil)
 
 log = logging.getLogger("diffusion_app")
 
@@ -1793,15 +1793,14 @@ class DiffusionApp:
             raise ValueError(f"guidance scale must be in [0, {MAX_GUIDANCE:g}], got {guidance}")
         labels = self._labels(pipe, model, class_label, attributes)
         sa, sb = self._seed(seed_a), self._seed(seed_b)
-        za, zb = self._start_noise(pipe, sa), self._start_noise(pipe, sb)
-        alphas = [k / (frames - 1) for k in range(frames)]
-        x_T = torch.stack([slerp(za, zb, a) for a in alphas]).to(self.models.device)
         dev = self.models.device
-        ts = spaced_timesteps(pipe.config.diffusion.T, steps, "trailing")
+        za, zb = pipe.start_noise(1, sa)[0], pipe.start_noise(1, sb)[0]
+        alphas = [k / (frames - 1) for k in range(frames)]
+        x_T = torch.stack([slerp(za, zb, a) for a in alphas])
         t0 = time.time()
         last = None
-        for last in sample_stream(pipe.denoiser(g), x_T, ts, SamplerSpec(sampler, eta=0.0), schedule=pipe.schedule,
-                                  cond=pipe.condition(frames, labels, device=dev)):
+        for last in pipe.stream(frames, sampler=sampler, steps=steps, spacing="trailing", guidance=g, labels=labels,
+                                seed=sa, x_start=x_T, device=dev):
             pass
         x = last.x_next.detach().float().cpu().clamp(-1, 1)
         d = self._run_dir(model)
@@ -1815,14 +1814,6 @@ class DiffusionApp:
         note = (f"slerp(x_T(seed {sa}), x_T(seed {sb}), alpha) for {frames} alphas · "
                 f"{SAMPLER_NAMES[sampler]} {steps} steps · guidance {g:g} · {time.time() - t0:.1f} s")
         return gallery, row, note
-
-    def _start_noise(self, pipe, seed) -> torch.Tensor:
-        """x_T of ``seed``: the first state of the pipeline's own stream (so alpha 0 / 1 reproduce Generate)."""
-        stream = pipe.stream(1, sampler="ddim", steps=1, seed=seed, guidance=1.0, device=self.models.device)
-        try:
-            return next(iter(stream)).x_t[0].detach().clone()
-        finally:
-            stream.close()
 
 
 # ---------------------------------------------------------------------------------------------------

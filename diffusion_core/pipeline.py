@@ -198,12 +198,19 @@ class Pipeline:
                init_image: torch.Tensor | None = None, strength: float = 0.6, seed: int = 0, clip: str | None = None,
                low_res: torch.Tensor | None = None, sr_steps: int | None = None, sr_sampler: str | None = None,
                variance: str = "posterior", improved: bool = True, aug_level: float = 0.0,
+               x_start: torch.Tensor | None = None, t_start: int | None = None,
                device="cpu") -> Iterator[SampleStep]:
         """Generate ``n`` images, yielding every step. Images in [-1, 1]; image i uses seed + i.
 
         labels: class / attribute names or indices; cond_image: (C, H, W) stickman in [-1, 1];
         init_image: (C, H, W) or (n, C, H, W) for img2img with ``strength``; low_res: (n, C, h, w) input of
         a super-resolution model. A cascade runs its base then each SR stage (``stage`` in the records).
+
+        x_start: the state to start from, (n, C, H, W), at ``t_start`` (default T - 1: the x_T of generation,
+        e.g. a slerp of two seeds' ``start_noise``); the grid then runs from t_start down to the clean image in
+        at most t_start + 1 steps. With it a run can continue from any recorded x_t ("branch from a step") with
+        other settings. The seed's RNG streams are used as in a plain run (so x_start = start_noise(n, seed)
+        reproduces it for every sampler). Gaussian models that generate from noise only.
         """
         if not 1 <= n <= MAX_BATCH:
             raise ValueError(f"batch size must be in [1, {MAX_BATCH}], got {n}")
@@ -211,6 +218,8 @@ class Pipeline:
             raise ValueError(f"steps must be in [1, {MAX_STEPS}], got {steps}")
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
             raise ValueError(f"seed must be a whole number in [0, {MAX_SEED}], got {seed!r}")
+        if x_start is not None and (self.kind == "cascade" or self.config.diffusion.is_cold):
+            raise ValueError("x_start needs one Gaussian model (not a cascade or a cold-diffusion model)")
         if self.kind == "cascade":
             yield from self._stream_cascade(n, sampler=sampler, steps=steps, spacing=spacing, eta=eta,
                                             guidance=guidance, labels=labels, cond_image=cond_image,
@@ -254,12 +263,25 @@ class Pipeline:
             yield from self._stream_cold(den, n, steps, spacing, gens, cond, init_image, strength, improved, device)
             return
         sched = self.schedule
-        if init_image is not None:
+        if x_start is not None:
+            if init_image is not None or cfg.task == "super_resolution":
+                raise ValueError("x_start is the state of a generation from noise: not with img2img or super-resolution")
+            t0 = T - 1 if t_start is None else t_start
+            if isinstance(t0, bool) or not isinstance(t0, int) or not 0 <= t0 < T:
+                raise ValueError(f"t_start must be a whole number in [0, {T - 1}], got {t_start!r}")
+            if tuple(x_start.shape) != (n, c, *hw):
+                raise ValueError(f"x_start must have shape {(n, c, *hw)}, got {tuple(x_start.shape)}")
+            per_image_noise((n, c, *hw), gens, device)      # the draw a plain run makes: step noise stays the seed's
+            x_start = x_start.to(device)
+            ts = spaced_timesteps(T, min(steps, t0 + 1), spacing, t_start=t0, schedule=sched)
+        elif t_start is not None:
+            raise ValueError("t_start needs x_start, the state at t_start")
+        elif init_image is not None:
             x0 = init_image if init_image.dim() == 4 else init_image[None].expand(n, -1, -1, -1)
             x_start, ts = noised_start(sched, x0.to(device), steps, strength, spacing, gens)
         else:
             ts = spaced_timesteps(T, steps, spacing, schedule=sched)
-            x_start = per_image_noise((n, c, *hw), gens, device)
+            x_start = per_image_noise((n, c, *hw), gens, device)      # = start_noise(n, seed) for generation
         records = sample_stream(den, x_start, ts, spec, schedule=sched, cond=cond, generators=gens)
         if crop_to is None:
             yield from records
@@ -343,6 +365,12 @@ class Pipeline:
         if self.kind != "cascade":
             return steps
         return steps + sum(self.stage_steps(opts, sr_steps) for _, opts in self.stages[1:])
+
+    def start_noise(self, n: int = 1, seed: int = 0, device="cpu") -> torch.Tensor:
+        """The x_T that ``stream(n, seed=seed)`` starts a generation from: image i is drawn from the RNG stream
+        seeded seed + i, (n, C, H, W)."""
+        c, s = self.config.unet.out_channels, self.config.unet.image_size
+        return per_image_noise((n, c, s, s), make_generators(seed, n), device)
 
     def sample(self, n: int = 1, **kw) -> torch.Tensor:
         """Run ``stream`` to the end: (n, C, H, W) in [-1, 1] (clamped)."""

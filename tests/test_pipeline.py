@@ -143,6 +143,47 @@ def test_stream_argument_errors(pipe):
             next(pipe.stream(**{"n": 1, **kw}))
 
 
+@pytest.mark.parametrize("kw", [dict(sampler="ddpm"), dict(sampler="ddim", eta=0.7), dict(sampler="dpm++3m", spacing="karras"),
+                                dict(sampler="unipc", guidance=3.0, labels=["green"])])
+def test_x_start_of_start_noise_reproduces_the_plain_run(pipe, kw):
+    """``start_noise(n, seed)`` is the x_T a run of that seed starts from, and handing it back as ``x_start``
+    gives the same run bit for bit, stochastic samplers included (their step noise stays the seed's)."""
+    recs = list(pipe.stream(3, steps=5, seed=4, **kw))
+    assert torch.equal(pipe.start_noise(3, 4), recs[0].x_t)
+    again = list(pipe.stream(3, steps=5, seed=4, x_start=pipe.start_noise(3, 4), **kw))
+    assert all(torch.equal(a.x_next, b.x_next) for a, b in zip(recs, again)) and len(recs) == len(again)
+    other = pipe.start_noise(3, 5)
+    assert not torch.equal(pipe.sample(3, steps=5, seed=4, x_start=other, **kw), recs[-1].x_next)
+
+
+@pytest.mark.parametrize("spacing", ["trailing", "karras"])
+def test_branching_from_a_step_with_the_same_settings_continues_the_run(pipe, spacing):
+    """Continuing from step k's x_t at t_start = t_k with the steps that were left: on a trailing grid (T/K a
+    whole number) the remaining grid is the original's tail, so deterministic DDIM lands on the same image bit
+    for bit; on a grid in noise level it starts at t_k and ends at the clean image."""
+    T = pipe.config.diffusion.T
+    steps = 10 if T % 10 == 0 else 4
+    recs = list(pipe.stream(2, sampler="ddim", steps=steps, spacing=spacing, seed=9, guidance=2.0, labels=["red"]))
+    k = steps // 2
+    branch = list(pipe.stream(2, sampler="ddim", steps=steps - k, spacing=spacing, seed=9, guidance=2.0, labels=["red"],
+                              x_start=recs[k].x_t, t_start=recs[k].t))
+    assert branch[0].t == recs[k].t and branch[-1].t_next == -1 and torch.equal(branch[0].x_t, recs[k].x_t)
+    if spacing == "trailing":
+        assert [r.t for r in branch] == [r.t for r in recs[k:]]
+        assert torch.equal(branch[-1].x_next, recs[-1].x_next)
+    changed = pipe.sample(2, sampler="ddim", steps=steps - k, spacing=spacing, seed=9, guidance=5.0, labels=["red"],
+                          x_start=recs[k].x_t, t_start=recs[k].t)
+    assert not torch.equal(changed, recs[-1].x_next)
+
+
+def test_x_start_argument_errors(pipe):
+    x = pipe.start_noise(1, 0)
+    for kw, msg in ((dict(x_start=x, t_start=pipe.config.diffusion.T), "t_start must"), (dict(t_start=3), "needs x_start"),
+                    (dict(x_start=x[..., :4]), "shape"), (dict(x_start=x, init_image=x[0]), "not with img2img")):
+        with pytest.raises(ValueError, match=msg):
+            next(pipe.stream(1, **kw))
+
+
 def test_labels_and_guidance_change_the_result(pipe):
     plain = pipe.sample(2, sampler="ddim", steps=4, seed=0)
     red = pipe.sample(2, sampler="ddim", steps=4, seed=0, labels=["RED"])
