@@ -117,7 +117,7 @@ def free_port() -> int:
 
 def launch_app(checkpoints_dir) -> tuple[object, str]:
     """Build the app on ``checkpoints_dir`` and serve it in this process on a free port: (demo, url)."""
-    import app
+    import diffusion_app as app
     demo = app.build_demo(str(checkpoints_dir))
     port = free_port()
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, **app.LAUNCH_KW)

@@ -236,7 +236,7 @@ def test_no_models_folder(tmp_path):
     """An empty (or missing) checkpoints folder still builds; generating says what to do."""
     import gradio as gr
 
-    import app
+    import diffusion_app as app
     demo = app.build_demo(str(tmp_path / "missing"))
     state = demo.app_state
     assert state.models.names() == []
@@ -249,7 +249,7 @@ def test_no_models_folder(tmp_path):
 
 
 def test_classifier_folders_are_not_listed_as_models(tmp_path):
-    import app
+    import diffusion_app as app
     root = build_checkpoints(tmp_path / "ckpt")
     (root / "classifier-fashion").mkdir()
     (root / "classifier-fashion" / "config.json").write_text(json.dumps({"kind": "classifier", "num_outputs": 10}))
@@ -264,7 +264,7 @@ def test_each_model_opens_with_its_own_default_settings(tmp_path):
     """Choosing a model moves sampler, steps, grid and guidance to the model's ``sampling`` defaults, and its card
     says which and why; a model without them gets DPM-Solver++ 25 on the trailing grid, guidance 2 (the app's
     defaults before per-model ones), and a cascade its base stage's."""
-    import app
+    import diffusion_app as app
     root = build_checkpoints(tmp_path / "ckpt")
     cfg = json.loads((root / "tiny" / "config.json").read_text())
     cfg["sampling"] = {"sampler": "unipc", "steps": 7, "spacing": "logsnr", "guidance": 3.5, "why": "measured best"}
@@ -299,7 +299,7 @@ def test_the_shipped_fashion_defaults_are_the_best_ten_step_row_of_the_solver_ta
 def test_model_cards_state_the_output_size(tmp_path):
     """A super-resolution model's card gives low -> high resolution, and a cascade's its final output size, not
     the size of the network's training crops or of the base stage (issue 18: "32 -> 32 px" for emoji-sr)."""
-    import app
+    import diffusion_app as app
     from diffusion_core import load
     root = build_checkpoints(tmp_path / "ckpt")
     a = app.DiffusionApp(str(root))
@@ -318,27 +318,29 @@ def test_model_cards_state_the_output_size(tmp_path):
 def test_both_comparisons_run_with_the_defaults_the_page_shows(tmp_path):
     """Learn -> compare with the controls as the page starts (issue 18: "Compare guidance scales" refused its own
     defaults, 3 samplers x 5 scales > 12 cells)."""
-    import app
+    import diffusion_app as app
+    from diffusion_app import settings
     a = app.DiffusionApp(str(build_checkpoints(tmp_path / "ckpt")))
-    img, note = a.compare_guidance("tiny", "Coat", None, 0, app.COMPARE_DEFAULT_SAMPLERS, app.COMPARE_GUIDANCE,
-                                   app.COMPARE_DEFAULT_GUIDANCE_STEPS)
-    assert img is not None and len(app.COMPARE_DEFAULT_SAMPLERS) * len(app.COMPARE_GUIDANCE) <= app.COMPARE_MAX_CELLS
-    img, note = a.compare("tiny", "Coat", None, 0, app.COMPARE_DEFAULT_SAMPLERS, app.COMPARE_DEFAULT_STEPS)
+    img, note = a.compare_guidance("tiny", "Coat", None, 0, settings.COMPARE_DEFAULT_SAMPLERS, settings.COMPARE_GUIDANCE,
+                                   settings.COMPARE_DEFAULT_GUIDANCE_STEPS)
+    assert img is not None and len(settings.COMPARE_DEFAULT_SAMPLERS) * len(settings.COMPARE_GUIDANCE) <= settings.COMPARE_MAX_CELLS
+    img, note = a.compare("tiny", "Coat", None, 0, settings.COMPARE_DEFAULT_SAMPLERS, settings.COMPARE_DEFAULT_STEPS)
     assert img is not None
 
 
 def test_switching_model_keeps_the_picks_the_new_model_has(tmp_path):
     """emoji -> emoji-cascade kept nothing the user had picked (issue 18); now the class or attributes that the
     new model also has stay chosen, the others are dropped."""
-    import app
+    import diffusion_app as app
+    from diffusion_app import settings
     from app_fixtures import ATTRS
     a = app.DiffusionApp(str(build_checkpoints(tmp_path / "ckpt")))
-    out = a.on_model_change("tiny-attr", "ddim", app.ANY, [ATTRS[0], "not-an-attribute", ATTRS[1]])
+    out = a.on_model_change("tiny-attr", "ddim", settings.ANY, [ATTRS[0], "not-an-attribute", ATTRS[1]])
     assert out[4]["value"] == [ATTRS[0], ATTRS[1]]
     out = a.on_model_change("tiny-linear", "ddim", "Coat", [ATTRS[0]])
     assert out[3]["value"] == "Coat" and out[4]["value"] == []
     out = a.on_model_change("tiny-linear", "ddim", "Purple", None)
-    assert out[3]["value"] == app.ANY
+    assert out[3]["value"] == settings.ANY
 
 
 def test_backend_setting_first_says_it_measures_then_names_the_backend(tmp_path, monkeypatch):
@@ -347,7 +349,7 @@ def test_backend_setting_first_says_it_measures_then_names_the_backend(tmp_path,
     used as asked and an unknown one is a clear error."""
     import gradio as gr
 
-    import app
+    import diffusion_app as app
     monkeypatch.delenv("DIFFUSION_CORE_BACKEND", raising=False)
     a = app.DiffusionApp(str(build_checkpoints(tmp_path / "ckpt")))
     assert a.models.backend == "auto"
@@ -370,7 +372,8 @@ def test_model_card_lists_measurements_compactly(tmp_path):
     """Issue 18: the card dumped every key of every metrics file (fashion's card: ~6,900 px). Now one table line
     per run (settings, headline numbers): the run at the model's default settings first, other seeds and
     backends last, a repeated run once, and past CARD_MEASUREMENTS lines a folded "N more measurements"."""
-    import app
+    import diffusion_app as app
+    from diffusion_app import settings
     root = build_checkpoints(tmp_path / "ckpt")
     folder = root / "tiny"
     (folder / "metrics.json").unlink()
@@ -389,7 +392,7 @@ def test_model_card_lists_measurements_compactly(tmp_path):
     table = md[md.index("**Measured**"):]
     shown, folded = table.split("<details>")
     rows = [line for line in shown.splitlines() if line.startswith("| ") and "settings" not in line]
-    assert len(rows) == app.CARD_MEASUREMENTS and "(default)" in rows[0] and "FID 5.00" in rows[0]
+    assert len(rows) == settings.CARD_MEASUREMENTS and "(default)" in rows[0] and "FID 5.00" in rows[0]
     assert [r for r in rows[1:] if "DDIM" in r] == rows[1:]        # then the others, by FID: 6.0, 7.0, 8.0
     assert "FID 6.00" in rows[1] and "FID 8.00" in rows[3]
     assert "3 more measurements" in folded and folded.count("| DDIM 10 steps") == 1
@@ -401,9 +404,10 @@ def test_model_card_lists_measurements_compactly(tmp_path):
 def test_a_long_run_shows_the_time_left():
     """Issue 18: a DDPM 1000 run showed no time estimate. After a second, the status line extrapolates the time
     left from the steps done (a cascade's stages counted alike)."""
-    import app
-    assert app.eta_seconds(0.5, 0.1) is None and app.eta_seconds(2.0, 0.0) is None and app.eta_seconds(9.0, 1.0) is None
-    assert app.eta_seconds(2.0, 0.1) == pytest.approx(18.0) and app.eta_seconds(30.0, 0.75) == pytest.approx(10.0)
+    import diffusion_app as app
+    from diffusion_app import render
+    assert render.eta_seconds(0.5, 0.1) is None and render.eta_seconds(2.0, 0.0) is None and render.eta_seconds(9.0, 1.0) is None
+    assert render.eta_seconds(2.0, 0.1) == pytest.approx(18.0) and render.eta_seconds(30.0, 0.75) == pytest.approx(10.0)
     a = app.DiffusionApp.__new__(app.DiffusionApp)
 
     from types import SimpleNamespace
@@ -421,7 +425,7 @@ def test_a_long_run_shows_the_time_left():
 def test_an_uploaded_forward_image_gets_its_own_caption(tmp_path):
     """Issue 18: after an upload the Forward tab still captioned the last Fashion-MNIST example; an upload now
     says what it is and at what size it is used (the page wires it to the image's upload event)."""
-    import app
+    import diffusion_app as app
     from PIL import Image
     path = tmp_path / "red.png"
     Image.new("RGB", (48, 40), (200, 30, 30)).save(path)
@@ -440,7 +444,8 @@ def test_zero_gpu_wraps_every_sampling_handler_and_nothing_elsewhere(tmp_path, m
     import sys
     import types
 
-    import app
+    import diffusion_app as app
+    from diffusion_app import zerogpu
     wrapped = []
 
     def GPU(duration=60):
@@ -455,17 +460,17 @@ def test_zero_gpu_wraps_every_sampling_handler_and_nothing_elsewhere(tmp_path, m
     root = build_checkpoints(tmp_path / "ckpt")
     monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
     monkeypatch.delenv("DIFFUSION_DEVICE", raising=False)
-    assert not app.on_zero_gpu() and app.gpu_task(len) is len
+    assert not zerogpu.on_zero_gpu() and zerogpu.gpu_task(len) is len
     app.build_demo(str(root))
     assert wrapped == []
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
-    assert app.on_zero_gpu() and app.DiffusionApp(str(root)).models.device == "cuda"
+    assert zerogpu.on_zero_gpu() and app.DiffusionApp(str(root)).models.device == "cuda"
     demo = app.build_demo(str(root))
     assert sorted(wrapped) == ["compare", "compare_guidance", "generate", "interpolate", "upscale"]
     by_api = {fn.api_name: fn.fn for fn in demo.fns.values() if getattr(fn, "api_name", None)}
     assert by_api["generate"].zero_gpu_duration == 120 and not hasattr(by_api["forward"], "zero_gpu_duration")
     monkeypatch.setitem(sys.modules, "spaces", None)                 # not importable: CPU, nothing wrapped
-    assert not app.on_zero_gpu() and app.gpu_task(len) is len
+    assert not zerogpu.on_zero_gpu() and zerogpu.gpu_task(len) is len
 
 
 def test_a_backend_that_cannot_run_does_not_mark_the_model_broken(tmp_path, monkeypatch):
@@ -473,7 +478,7 @@ def test_a_backend_that_cannot_run_does_not_mark_the_model_broken(tmp_path, monk
     model still loads on fp32 afterwards, and a loaded model keeps its backend after a failed switch."""
     import gradio as gr
 
-    import app
+    import diffusion_app as app
     from diffusion_core import backends
     monkeypatch.setattr(backends, "openvino_version", lambda: None)
     a = app.DiffusionApp(str(build_checkpoints(tmp_path / "ckpt")))

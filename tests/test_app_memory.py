@@ -112,8 +112,8 @@ def test_memory_stays_flat_over_many_new_sessions(app_process):
 def test_kept_runs_stay_in_their_budget():
     """KeptRuns: the least recently used runs go first; a run that alone would pass the budget keeps what it has; a
     replaced or dropped run is no longer accounted."""
-    import app
-    runs = app.KeptRuns(max_bytes=1000)
+    from diffusion_app import runs
+    runs = runs.KeptRuns(max_bytes=1000)
     a, b, c = {}, {}, {}
     for key, run in (("a", a), ("b", b)):
         runs.put(key, run)
@@ -134,7 +134,7 @@ def test_a_run_over_the_budget_keeps_its_first_steps(tmp_path):
     that reproduce each x_t', and says why not after; the note after the run says what is kept."""
     import gradio as gr
 
-    import app
+    import diffusion_app as app
     from app_fixtures import build_checkpoints
     state = app.DiffusionApp(str(build_checkpoints(tmp_path / "ckpt")))
     state.runs.max_bytes = 4 * 3 * 16 * 16 * 4      # the first step keeps 4 tensors of 1 KB, later ones 3

@@ -54,7 +54,7 @@ def sketch(composite: str, layers=(), background=None) -> dict:
 
 CASES = [
     # endpoint, kwargs, expected message (alternatives separated by |). Every numeric input is checked by
-    # app.number, through the Slider / Number preprocessing or in the handler: "<name> must be a (whole) number
+    # inputs.number, through the Slider / Number preprocessing or in the handler: "<name> must be a (whole) number
     # in [lo, hi], got <value>", for out-of-range values and for wrong types alike
     (G, dict(model="tiny", init_image="notes.png"), "Init image (optional, img2img): not a readable image"),
     (G, dict(model="tiny", init_image="zero.png"), "not a readable image"),
@@ -209,12 +209,13 @@ def test_one_value_for_a_list_input_is_that_value(client):  # noqa: F811
 def test_number_checks_type_range_and_finiteness():
     """The app's one check of a numeric input: a message naming it and its range for None, text, NaN, inf,
     booleans, fractions where a whole number is needed, and out-of-range values; numeric text is accepted."""
-    import app
+    import diffusion_app as app
+    from diffusion_app import inputs
     for value in (None, "many", float("nan"), float("inf"), True, 1.5, 0, 1001):
         with pytest.raises(ValueError, match=r"steps must be a whole number in \[1, 1000\], got"):
-            app.number(value, "steps", 1, 1000, whole=True)
-    assert app.number("25", "steps", 1, 1000, whole=True) == 25.0
-    assert app.number(2.5, "guidance scale", 0, 20) == 2.5
+            inputs.number(value, "steps", 1, 1000, whole=True)
+    assert inputs.number("25", "steps", 1, 1000, whole=True) == 25.0
+    assert inputs.number(2.5, "guidance scale", 0, 20) == 2.5
     with pytest.raises(ValueError, match="seed must be a whole number"):
         app.DiffusionApp._seed(float("nan"))
 
@@ -262,7 +263,8 @@ def _write_broken_folders(ckpt) -> dict[str, str]:
 def test_broken_folders_are_listed_with_their_reason_and_never_affect_the_others(client, server):  # noqa: F811
     import shutil
 
-    import app
+    import diffusion_app as app
+    from diffusion_app import settings
     url, ckpt = server
     broken = _write_broken_folders(ckpt)
     try:
@@ -281,7 +283,7 @@ def test_broken_folders_are_listed_with_their_reason_and_never_affect_the_others
         for name in broken:
             try:
                 state.models.get(name)
-            except app.USER_ERRORS:
+            except settings.USER_ERRORS:
                 pass
         labels = {value: label for label, value in state.models.choices()}
         for name, why in broken.items():
@@ -301,7 +303,8 @@ def test_model_cards_and_the_folder_scan_are_cached(client, server, monkeypatch)
     import os
     import time
 
-    import app
+    import diffusion_app as app
+    from diffusion_app import models
     reads = []
 
     def counting(fn):
@@ -309,7 +312,7 @@ def test_model_cards_and_the_folder_scan_are_cached(client, server, monkeypatch)
             reads.append(str(path))
             return fn(path, *a, **kw)
         return wrapper
-    monkeypatch.setattr(app, "read_json", counting(app.read_json))
+    monkeypatch.setattr(models, "read_json", counting(models.read_json))
     monkeypatch.setattr(app.DiffusionApp, "_read_json", staticmethod(counting(app.DiffusionApp._read_json)))
     ckpt = server[1]
     client.predict(model="tiny", api_name="/model_card")

@@ -10,7 +10,7 @@ PKG = ROOT / "diffusion_core"
 
 def imports(path: Path) -> set[str]:
     """Every module ``path`` imports, anywhere in the file, as absolute dotted names (relative imports resolved
-    against the package)."""
+    against the package the file is in)."""
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -18,7 +18,7 @@ def imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = "diffusion_core" + ("." + base if base else "")
+                base = path.parent.name + ("." + base if base else "")
                 out.update(f"{base}.{a.name}" if not node.module else base for a in node.names)
             else:
                 out.add(base)
@@ -53,14 +53,31 @@ def test_the_network_does_not_import_training_or_data():
     assert not bad, bad
 
 
+APP_FILES = [ROOT / "app.py", *sorted((ROOT / "diffusion_app").glob("*.py"))]
+
+
 def test_the_app_uses_only_the_public_api():
-    """app.py imports names from ``diffusion_core`` itself, never from one of its modules."""
+    """The launcher and every module of the app package import names from ``diffusion_core`` itself, never from
+    one of its modules (``import diffusion_core.samplers`` or ``from diffusion_core.images import ...``)."""
     import diffusion_core
-    mods = imports(ROOT / "app.py")
-    sub = {m for m in mods if m.startswith("diffusion_core.") and m.split(".")[1] not in diffusion_core.__all__}
-    assert not sub, sub
-    used = {m.split(".")[1] for m in mods if m.startswith("diffusion_core.")}
-    assert used <= set(diffusion_core.__all__), used - set(diffusion_core.__all__)
+    assert len(APP_FILES) > 10
+    for path in APP_FILES:
+        mods = imports(path)
+        sub = {m for m in mods if m.startswith("diffusion_core.") and m.split(".")[1] not in diffusion_core.__all__}
+        assert not sub, (path.name, sub)
+        used = {m.split(".")[1] for m in mods if m.startswith("diffusion_core.")}
+        assert used <= set(diffusion_core.__all__), (path.name, used - set(diffusion_core.__all__))
+
+
+def test_the_app_is_a_launcher_and_small_modules():
+    """app.py only launches the package (no handlers or layout of its own), and no module of the package is
+    longer than about 400 lines (issue 18: each readable in one sitting)."""
+    tree = ast.parse((ROOT / "app.py").read_text())
+    defs = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    assert defs <= {"freeze_startup_objects", "exit_on_sigterm"}, defs
+    assert "diffusion_app" in imports(ROOT / "app.py")
+    long = {p.name: n for p in APP_FILES if (n := len(p.read_text().splitlines())) > 420}
+    assert not long, long
 
 
 def test_the_runtime_layer_sits_below_the_pipeline():

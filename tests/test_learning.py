@@ -43,25 +43,25 @@ def pixels(path) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------ slerp
 def test_slerp_endpoints_norm_and_fallback():
-    import app
+    from diffusion_app import learn
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(3, 8, 8, generator=g), torch.randn(3, 8, 8, generator=g)
-    assert torch.equal(app.slerp(a, b, 0.0), a) and torch.equal(app.slerp(a, b, 1.0), b)
+    assert torch.equal(learn.slerp(a, b, 0.0), a) and torch.equal(learn.slerp(a, b, 1.0), b)
     ua, ub = a / a.norm(), b / b.norm()
     theta = math.acos(float((ua * ub).sum()))
     for alpha in (0.1, 0.25, 0.5, 0.9):
-        m = app.slerp(ua, ub, alpha)
+        m = learn.slerp(ua, ub, alpha)
         assert abs(float(m.norm()) - 1) < 1e-5                       # stays on the unit sphere
         assert abs(math.acos(min(1.0, float((ua * m).sum()))) - alpha * theta) < 1e-4   # constant speed
     lerp_mid = 0.5 * (ua + ub)
     assert float(lerp_mid.norm()) < 0.9                             # a lerp would shrink it
     near = ua + 1e-9 * ub                                            # nearly parallel: falls back to lerp
-    m = app.slerp(ua, near, 0.5)
+    m = learn.slerp(ua, near, 0.5)
     assert torch.isfinite(m).all() and torch.allclose(m, 0.5 * (ua + near), atol=1e-7)
-    m = app.slerp(ua, -ua, 0.3)                                      # antiparallel: no division by ~0
+    m = learn.slerp(ua, -ua, 0.3)                                      # antiparallel: no division by ~0
     assert torch.isfinite(m).all()
     with pytest.raises(ValueError):
-        app.slerp(a, b[:2], 0.5)
+        learn.slerp(a, b[:2], 0.5)
 
 
 # ------------------------------------------------------------------------------------------------ endpoints
@@ -173,16 +173,16 @@ def test_trajectory_has_a_frame_per_step(client):
 
 
 def test_compare_grid_sizes(client):
-    import app
+    from diffusion_app import render
     img, note = client.predict(model="tiny", class_label="Bag", seed=3, samplers=["ddim", "dpm++"],
                                step_counts=[2, 3], guidance=2.0, schedules=False, api_name="/compare")
-    assert Image.open(img).size == app.grid_size(2, 2) and "2 x 2" in note
+    assert Image.open(img).size == render.grid_size(2, 2) and "2 x 2" in note
     img, note = client.predict(model="tiny", class_label="Bag", seed=3, samplers=["ddim"], step_counts=[2, 3, 5],
                                guidance=2.0, schedules=True, api_name="/compare")
-    assert Image.open(img).size == app.grid_size(2, 3)                  # tiny and tiny-linear rows
+    assert Image.open(img).size == render.grid_size(2, 3)                  # tiny and tiny-linear rows
     img, note = client.predict(model="tiny", class_label="Bag", seed=3, samplers=["dpm++"],
                                guidance_scales=[0, 1, 4], steps=2, schedules=False, api_name="/compare_guidance")
-    assert Image.open(img).size == app.grid_size(1, 3)
+    assert Image.open(img).size == render.grid_size(1, 3)
 
 
 @pytest.mark.parametrize("api,kw,message", [

@@ -1,0 +1,101 @@
+"""The page's texts, CSS and script."""
+from __future__ import annotations
+
+
+
+
+CSS = """
+.dc-status {font-size: 0.95em; min-height: 1.4em; font-variant-numeric: tabular-nums;}
+.dc-bar {height: 8px; background: var(--neutral-200, #e5e7eb); border-radius: 4px; margin-top: 6px; overflow: hidden;}
+.dc-fill {height: 100%; background: var(--color-accent, #f97316); transition: width 0.15s;}
+.dc-small-btn {align-self: end;}
+.dc-pixel img {image-rendering: pixelated;}
+#fwd-image img, #card-img img {width: 100%; height: 100%; object-fit: contain;}
+#fwd-strip img {max-width: 100%; height: auto; object-fit: contain;}
+/* the result gallery: whole thumbnails with their "seed N" caption below, not over them (pose figures lost
+   their heads under the label and their feet under the caption); 2 columns on a phone instead of 4 tiles of 98 px */
+#gallery .grid-container {grid-template-columns: repeat(var(--grid-cols), minmax(0, 1fr)) !important;
+  grid-auto-rows: auto !important; padding-top: 34px !important;}
+#gallery .thumbnail-item {aspect-ratio: auto !important; height: auto !important; display: flex !important;
+  flex-direction: column !important; align-items: stretch !important;}
+#gallery .thumbnail-item img {width: 100% !important; height: auto !important; aspect-ratio: 1 / 1;}
+#gallery .caption-label {position: static !important; transform: none !important; margin: 2px auto !important;
+  max-width: 100% !important;}
+@media (max-width: 640px) {
+  #gallery .grid-container {grid-template-columns: repeat(2, minmax(0, 1fr)) !important;}
+}
+#run-row {position: sticky; bottom: 0; z-index: 20; padding: 8px 0;
+  background: var(--background-fill-primary, #fff);}
+/* Gradio's container clips with overflow: hidden, which makes it a scroll container and disables sticky; clip
+   cuts the same overflow without being one */
+.gradio-container {overflow: clip !important;}
+/* phones: Gradio moves the tabs that do not fit into a "..." menu (it measures the same buttons in a hidden copy);
+   tighter tabs keep all four main tabs and the Learn tabs in view at 390 px */
+@media (max-width: 640px) {
+  .tab-container button {padding-left: 6px !important; padding-right: 6px !important; font-size: 0.9em !important;}
+}
+"""
+
+
+LEARN_INTRO = """Why does each step do what it does? **Explain** and **Trajectory** look at the last Generate
+run of this session (its first image; a cascade's base stage). **Compare** and **Interpolate** sample anew with the
+model, class and guidance chosen on the Generate tab."""
+
+
+ABOUT = """
+## What is this?
+
+A from-scratch diffusion package (`diffusion_core`) with a small demo. A diffusion model learns to undo a
+**forward process** that gradually destroys images:
+q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I) (Ho et al. 2020, eq. 4). Generation runs the
+reverse process from pure noise x_T down to x_0; at every step the network predicts the clean image
+**x0_hat**, shown beside the current state **x_t** while it streams.
+
+**Samplers.** *DDPM* (ancestral, stochastic), *DDIM* (Song et al. 2021; eta = 0 deterministic, eta = 1
+DDPM-like), *DPM-Solver++(2M)* (Lu et al. 2022; good images in 15-25 steps) and *Cold* (Bansal et al.
+2022) for models trained on deterministic degradations (blur, pixelate, mask). **Spacing** chooses the
+timesteps of a short run (trailing / leading / linspace, Lin et al. 2024, Table 2).
+
+**Conditioning.** Class labels or multi-label attributes enter through the time embedding; a
+**guidance scale** w > 1 applies classifier-free guidance (Ho & Salimans 2022); 1 is plain conditional
+sampling, 0 unconditional. Pose models take a stickman drawing (black strokes on white) as an extra
+input image. **img2img** (SDEdit, Meng et al. 2022) starts from a noised version of your image; strength 1
+means start from pure noise.
+
+**Ensembles and cascades.** An *ensemble* routes each timestep to the expert trained on that noise range
+(the status line shows which one is active). A *cascade* runs a base model and then super-resolution
+stages conditioned on the upsampled low-resolution image (Ho et al. 2021); *Upscale* runs such a stage on a
+gallery image.
+
+**Reproducibility.** Image i of a run with seed s uses its own random stream seeded s + i, so a seed gives
+the same image at any batch size. Every PNG carries its settings as JSON in the `parameters` text chunk.
+
+**API.** `from gradio_client import Client; c = Client("http://127.0.0.1:7860/")`, then
+`c.predict("fashion", api_name="/model_card")`, `c.submit(model="fashion", steps=20, api_name="/generate")`
+(streams previews), `/forward`, `/schedule_plot`, `/upscale`; the Learn tab's `/explain_step` and `/trajectory`
+(about the session's last `/generate` run), `/compare`, `/compare_guidance` and `/interpolate`.
+
+**Learn.** *Explain* writes the sampler's update out with the numbers of the chosen step (t, alpha_bar,
+sigma, DPM-Solver++'s lambda and h, cold diffusion's D(x0_hat, t)) and checks that they reproduce x_t'.
+*Compare* puts samplers, step counts, guidance scales or noise schedules side by side for one seed.
+*Interpolate* slerps between two seeds' starting noise. *Trajectory* shows how x0_hat sharpens step by step.
+"""
+
+# Gradio's sketch pad starts with no tool: the first stroke only selected the hint "select the draw tool to start"
+# (issue 18). Whenever the stickman pad is shown without a tool, pick its brush (checked once per animation frame).
+ARM_SKETCH_JS = """
+() => {
+  let queued = false;
+  const arm = () => {
+    queued = false;
+    const pad = document.querySelector('#stick-sketch');
+    if (!pad || pad.offsetParent === null) return;
+    const hint = [...pad.querySelectorAll('*')].some(
+      (e) => e.childElementCount === 0 && /select the draw tool/i.test(e.textContent || ''));
+    const brush = pad.querySelector('button[aria-label="Brush"]');
+    if (hint && brush) brush.click();
+  };
+  new MutationObserver(() => { if (!queued) { queued = true; requestAnimationFrame(arm); } })
+    .observe(document.body, {subtree: true, childList: true, attributes: true, attributeFilter: ['style', 'class']});
+}
+"""

@@ -1,0 +1,80 @@
+"""What every tab shares: the model catalogue, the kept runs, the output folder, labels and seeds."""
+from __future__ import annotations
+
+import atexit
+import os
+import random
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+
+from .inputs import as_list, number
+from .models import Models
+from .runs import KeptRuns
+from .settings import ANY, HERE, MAX_SEED, USER_ERRORS
+from .zerogpu import on_zero_gpu
+
+
+class AppBase:
+    def __init__(self, checkpoints_dir=None, device=None):
+        root = checkpoints_dir or os.environ.get("DIFFUSION_CHECKPOINTS") or str(HERE / "checkpoints")
+        self.models = Models(root, device or os.environ.get("DIFFUSION_DEVICE") or ("cuda" if on_zero_gpu() else "cpu"))
+        self.out_dir = Path(tempfile.mkdtemp(prefix="diffusion_app_"))
+        atexit.register(shutil.rmtree, self.out_dir, ignore_errors=True)
+        self._stops: dict[str, threading.Event] = {}
+        self._cards: dict[str, tuple[tuple, tuple]] = {}      # model -> (what it was made from, (markdown, samples))
+        self.runs = KeptRuns(int(float(os.environ.get("DIFFUSION_KEPT_RUNS_MB", "128")) * 2**20))
+        self._fashion = None
+        self._fashion_lock = threading.Lock()
+
+    def upscaler_for(self, name, pipe):
+        if pipe.kind == "cascade":
+            return name, pipe
+        if pipe.config.task == "super_resolution":
+            return name, pipe
+        for n in self.models.sr_models(pipe.channels):
+            try:
+                return n, self.models.get(n)
+            except USER_ERRORS:         # a broken SR folder is skipped, never failing this model's card
+                continue
+        return None, None
+
+    def _labels(self, pipe, model, class_label=ANY, attributes=None) -> list:
+        """The labels of the Generate controls for ``pipe``, checked against the model's names."""
+        cfg = pipe.base.config
+        if cfg.multi_label:
+            labels = as_list(attributes)
+        else:
+            labels = [] if class_label in (None, "", ANY) else [class_label]
+        if labels and not cfg.unet.num_labels:
+            raise ValueError(f"model {model!r} takes no labels (got {', '.join(map(str, labels))})")
+        if labels:   # resolve now so a bad label fails before any work, with the model's names
+            pipe.base.condition(1, labels)
+        return labels
+
+    @staticmethod
+    def _seed(seed) -> int:
+        """-1 (or nothing) for a random seed, else a whole number in [0, MAX_SEED]."""
+        seed = -1 if seed is None else int(number(seed, "seed", -1, MAX_SEED, whole=True))
+        if seed < 0:
+            seed = random.randint(0, MAX_SEED)
+        if seed > MAX_SEED:
+            raise ValueError(f"seed must be in [0, {MAX_SEED}] (or -1 for random), got {seed}")
+        return seed
+
+    @staticmethod
+    def _needs_plain_generation(pipe, model, what):
+        cfg = pipe.base.config
+        if cfg.task == "super_resolution":
+            raise ValueError(f"{what} needs a model that generates from noise; {model!r} is a super-resolution "
+                             "model (it needs a low-resolution input)")
+        if cfg.task == "pose":
+            raise ValueError(f"{what} needs a model that generates from noise alone; {model!r} needs a stickman "
+                             "drawing (use Generate)")
+
+    def _run_dir(self, model: str) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(model))[:40]
+        return Path(tempfile.mkdtemp(prefix=f"{time.strftime('%H%M%S')}-{safe}-", dir=self.out_dir))

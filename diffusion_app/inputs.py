@@ -1,0 +1,254 @@
+"""Checked inputs: components that validate what a browser or an API client sends, and the error wrapper."""
+from __future__ import annotations
+
+import base64
+import functools
+import math
+import re
+from types import SimpleNamespace
+
+import gradio as gr
+from PIL import Image
+from pydantic import ConfigDict, ValidationError
+import torch
+
+from diffusion_core import ImageError, open_image
+
+from .settings import USER_ERRORS, log
+
+
+def read_image(src, label: str) -> Image.Image:
+    """The app's one guarded image decoder: every image input (uploads, the sketch pad's background, layers and
+    composite, the upscale input, the forward tab) is decoded here, under the package's pixel limit (open_image:
+    the size is checked from the header, before decoding). A bad file is a one-line gr.Error naming the input."""
+    try:
+        return open_image(src)
+    except ImageError as e:
+        raise gr.Error(f"{label}: {e}", print_exception=False) from None
+
+
+def _file_source(payload):
+    """The path (or, for a data: URL, the bytes) of an uploaded image, not decoded; None for no image."""
+    if payload is None:
+        return None
+    if isinstance(payload, (bytes, bytearray, memoryview)):     # a sketch layer held in Gradio's blob storage
+        return bytes(payload)
+    url = getattr(payload, "url", None) or ""
+    if not payload.path and url.startswith("data:"):
+        try:
+            return base64.b64decode(url.split(",", 1)[1], validate=True)
+        except (ValueError, IndexError):
+            return b""          # read_image says it is not a readable image
+    return payload.path
+
+
+class _Template:
+    """Mixin for a component that extends a Gradio one: Gradio names a template component's frontend after
+    ``__class__.__base__``, which is a mixin here; name the Gradio component it extends instead (else the page
+    fetches a custom component and breaks). gr.Sketchpad is itself a template of gr.ImageEditor."""
+
+    def get_block_name(self) -> str:
+        return next(c for c in type(self).__mro__ if c.__module__.startswith("gradio.components.")).__name__.lower()
+
+    def get_block_class(self) -> str:
+        return self.get_block_name()
+
+
+class _CheckedPayload(_Template):
+    """Mixin for file components: a payload of the wrong shape (a string, a number, a dict without a file) is a
+    one-line gr.Error naming the input, not a pydantic traceback (Gradio validates the payload before
+    ``preprocess``, against ``data_model``: here a subclass of the component's own model that says what is wrong)."""
+
+    @property
+    def data_model(self):
+        base = next(c.__dict__["data_model"] for c in type(self).__mro__[1:]
+                    if isinstance(c.__dict__.get("data_model"), type))
+        return _checked_model(base, getattr(self, "label", None) or "image", self.expected)
+
+
+@functools.lru_cache(maxsize=32)     # one class per input, not per session (a session's label update copies it)
+def _checked_model(base, label: str, expected: str):
+    """``base`` (a Gradio payload model) whose validation error is a one-line gr.Error naming the input."""
+    class Checked(base):
+        model_config = ConfigDict(title=base.__name__)      # the API schema keeps the model's own name
+
+        @classmethod
+        def model_validate(cls, obj, *a, **kw):
+            try:
+                return super().model_validate(obj, *a, **kw)
+            except ValidationError:
+                raise gr.Error(f"{label}: expected {expected}, got {type(obj).__name__} {str(obj)[:40]!r}",
+                               print_exception=False) from None
+    return Checked
+
+
+class SafeImage(_CheckedPayload, gr.Image):
+    """gr.Image whose upload is decoded by ``read_image`` (the pixel limit, a clear message for a text file or a
+    bomb) and handed to the handler as a checked PIL image. Rendered by the frontend as a plain Image."""
+
+    is_template = True
+    expected = "an image file"
+
+    def preprocess(self, payload):
+        src = _file_source(payload)
+        return None if src is None else read_image(src, self.label or "Image")
+
+
+MAX_SKETCH_LAYERS = 4       # the app's sketch pad sends one (layers=False); an API client could send thousands
+
+
+class SafeSketchpad(_CheckedPayload, gr.Sketchpad):
+    """gr.Sketchpad whose background, layers and composite are each decoded by ``read_image`` (Gradio's own
+    preprocessing decoded them under Pillow's default limit, ~179 MP: a 13000x13000 sketch cost 2.6 GB). The
+    handler receives {"background", "layers", "composite"} as PIL images (None where absent)."""
+
+    is_template = True
+    expected = "a dict with 'background', 'layers' and 'composite' image files"
+
+    def convert_and_format_image(self, file, flatten_on_white=False):
+        src = _file_source(file)
+        return None if src is None else read_image(src, self.label or "Sketch")
+
+    def preprocess(self, payload):
+        if payload is not None and len(payload.layers or []) > MAX_SKETCH_LAYERS:
+            raise gr.Error(f"{self.label}: at most {MAX_SKETCH_LAYERS} layers, got {len(payload.layers)}",
+                           print_exception=False)
+        return super().preprocess(payload)
+
+
+class LabelChecks(gr.CheckboxGroup):
+    """CheckboxGroup whose choices change with the model: validation happens in the handler (which knows
+    the model), so API clients may pass any attribute names and get a clear message for unknown ones."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        return [str(v) for v in as_list(payload)]
+
+
+class NumberChecks(gr.CheckboxGroup):
+    """CheckboxGroup of numbers (step counts, guidance scales) whose API callers may pass other values too:
+    the handler checks them (range, whole numbers) and says what is wrong."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        return as_list(payload)
+
+
+def as_list(value) -> list:
+    """A list input as an API client may send it: None is empty, and one value (a string such as "woman", or a
+    number) is a list of that one value, never read letter by letter."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple, set)) else [value]
+
+
+def _named_error(label, e: gr.Error) -> gr.Error:
+    return gr.Error(f"{label}: {e.message}", print_exception=False)
+
+
+class _NamedErrors(_Template):
+    """Mixin: a component whose error names the control ("Sampler: Value x is not in the list of choices.")."""
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except gr.Error as e:
+            raise _named_error(self.label, e) from None
+
+
+class _CheckedNumber(_Template):
+    """Mixin for Slider and Number: the value goes through ``number`` (type, finiteness, range, and whole where the
+    control steps by whole numbers) before Gradio's own preprocessing, so text, None, NaN or inf from an API client
+    get a message naming the control and its range (Gradio's check failed on them with its generic error)."""
+
+    def preprocess(self, payload):
+        if payload is None and isinstance(self, gr.Number):
+            return None         # an empty Number field: the handler's default (-1 or nothing: a random seed)
+        whole = getattr(self, "precision", None) == 0 or getattr(self, "step", None) == 1
+        name = re.sub(r"\s*\(.*?\)", "", self.label or "value").strip()      # "Seed (-1 = random)" -> "Seed"
+        try:
+            v = number(payload, name, self.minimum, self.maximum, whole=whole)
+        except ValueError as e:
+            raise gr.Error(str(e), print_exception=False) from None
+        return super().preprocess(int(v) if whole else v)
+
+
+class Slider(_CheckedNumber, gr.Slider):
+    is_template = True
+
+
+class Number(_CheckedNumber, gr.Number):
+    is_template = True
+
+
+class Radio(_NamedErrors, gr.Radio):
+    is_template = True
+
+
+class Dropdown(_NamedErrors, gr.Dropdown):
+    is_template = True
+
+
+class Choices(_NamedErrors, gr.CheckboxGroup):
+    """CheckboxGroup whose API callers may send one value (or None) instead of a list: made a list first, then
+    Gradio's own check of the choices (a string was checked letter by letter)."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        return super().preprocess(as_list(payload))
+
+
+def number(value, name: str, lo: float, hi: float, whole: bool = False) -> float:
+    """A numeric input checked once, for every endpoint: a finite number (or a numeric string, as an API client
+    may send) in [lo, hi], whole where asked; otherwise a ValueError naming the input and its range (None, text,
+    NaN and inf used to surface as Gradio's generic error or {"error": null})."""
+    bounds = f"[{int(lo)}, {int(hi)}]" if whole else f"[{lo:g}, {hi:g}]"
+    got = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    what = f"{name} must be a {'whole ' if whole else ''}number in {bounds}, got {got}"
+    if isinstance(value, bool) or value is None:
+        raise ValueError(what)
+    try:
+        v = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(what) from None
+    if not math.isfinite(v) or not lo <= v <= hi or (whole and v != int(v)):
+        raise ValueError(what)
+    return v
+
+
+def _number(v, default=None):
+    """``v`` when it is a real number (not a bool), else ``default``."""
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else default
+
+
+def user_error(e: Exception) -> gr.Error:
+    msg = str(e).strip() or type(e).__name__
+    return gr.Error(msg, print_exception=False)      # a user mistake: a message, not a server traceback
+
+
+def handles_errors(what: str):
+    """Decorator for a (non-streaming) handler: runs it in inference mode; ValueError / ImageError /
+    CheckpointError become a gr.Error with their message, anything else a one-line gr.Error (logged)."""
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                with torch.inference_mode():
+                    return fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except USER_ERRORS as e:
+                raise user_error(e) from None
+            except Exception as e:
+                log.exception("%s failed", what)
+                raise gr.Error(f"{what} failed: {type(e).__name__}: {e}") from None
+        return wrapper
+    return deco
+
+
+def page_parts(scope: dict) -> SimpleNamespace:
+    """The components a page builder made (its local variables), by name: what its events are wired to."""
+    return SimpleNamespace(**{k: v for k, v in scope.items() if isinstance(v, gr.blocks.Block)})

@@ -1,0 +1,155 @@
+"""The model catalogue: the folders under the checkpoints directory, loaded on demand and cached."""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+
+from diffusion_core import BACKEND_ENV, BackendError, CheckpointError, SAMPLER_KINDS, load, read_json
+
+from .settings import log
+
+
+class Models:
+    """The model folders under ``root`` (each sub-folder with a config.json), loaded lazily and cached.
+
+    The scan is cached too: a config.json is read again only when its size or time changes (a request stats the
+    folders; it used to parse every config.json). A folder whose config.json cannot be read, or whose load failed,
+    stays listed as broken with its one-line reason and never affects the others; a failed load is not retried
+    until the folder's files change. A folder whose files change on disk (a training run re-exporting) is reloaded
+    on next use."""
+
+    def __init__(self, root, device="cpu", backend=None):
+        self.root = Path(root)
+        self.device = device
+        # where networks run unless a request names one: $DIFFUSION_CORE_BACKEND, else auto (measured at first load)
+        self.backend = backend or os.environ.get(BACKEND_ENV) or "auto"
+        self._cache: dict[str, tuple[tuple, object]] = {}
+        self._failed: dict[str, tuple[tuple, str]] = {}         # name -> (signature, reason) of a failed load
+        self._scanned: dict[str, tuple[tuple, bool, dict, str | None]] = {}   # name -> (stat, listed, config, error)
+        self._lock = threading.Lock()
+
+    def _scan(self) -> dict[str, tuple[tuple, bool, dict, str | None]]:
+        out = {}
+        folders = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+            if self.root.is_dir() else []
+        for p in folders:
+            try:
+                st = (p / "config.json").stat()
+            except OSError:
+                continue
+            stat = (st.st_mtime_ns, st.st_size)
+            hit = self._scanned.get(p.name)
+            if hit is None or hit[0] != stat:
+                try:
+                    raw = read_json(p / "config.json")          # bounded in size and depth
+                    hit = (stat, raw.get("kind", "model") in SAMPLER_KINDS, raw, None)
+                except CheckpointError as e:
+                    hit = (stat, True, {}, str(e))                 # listed, as broken with the reason
+            out[p.name] = hit
+        self._scanned = out
+        return out
+
+    def names(self) -> list[str]:
+        return [n for n, (_, listed, _, _) in self._scan().items() if listed]
+
+    def broken(self, name) -> str | None:
+        """Why ``name`` cannot be used (one line, paths relative to the models folder), or None as far as known:
+        its config.json is unreadable, or loading it failed and its files have not changed since."""
+        hit = self._scanned.get(name)
+        reason = hit[3] if hit else None
+        failed = self._failed.get(name)
+        if reason is None and failed is not None and failed[0] == self.signature(name):
+            reason = failed[1]
+        if reason is None:
+            return None
+        line = reason.replace(f"{self.root}/", "").splitlines()[0] if reason.strip() else "unknown error"
+        return line if len(line) <= 160 else line[:157] + "..."
+
+    def choices(self) -> list[tuple[str, str]]:
+        """(label, name) for the model list: a broken folder is labelled "name (broken: reason)"."""
+        out = []
+        for n in self.names():
+            why = self.broken(n)
+            out.append((f"{n} (broken: {why})" if why else n, n))
+        return out
+
+    def default(self) -> str | None:
+        names = self.names()
+        good = [n for n in names if self.broken(n) is None] or names
+        return "fashion" if "fashion" in good else (good[0] if good else None)
+
+    def folder(self, name) -> Path:
+        names = self.names()
+        if not names:
+            raise ValueError(f"no models found in {self.root} (each model is a sub-folder with config.json; "
+                             "train one with `python -m diffusion_core train ...`)")
+        if not isinstance(name, str) or name not in names:
+            raise ValueError(f"unknown model {name!r}; available: {', '.join(names)}")
+        return self.root / name
+
+    def signature(self, name) -> tuple:
+        """What decides whether ``name`` must be loaded again: its JSON files and weights, with their times."""
+        folder = self.root / name
+        try:
+            files = list(folder.glob("*.json")) + list(folder.rglob("*.safetensors"))
+            return tuple(sorted((str(p), p.stat().st_mtime_ns) for p in files if p.is_file()))
+        except OSError:
+            return ()
+
+    def is_ready(self, name, backend=None) -> bool:
+        """Whether ``get(name, backend)`` returns at once (loaded, files unchanged, backend already chosen)."""
+        hit = self._cache.get(name)
+        return bool(hit) and hit[0] == self.signature(name) and hit[1].backend_request == (backend or self.backend)
+
+    def get(self, name, backend=None):
+        """The loaded pipeline of ``name``, its networks on ``backend`` (None: this catalogue's default)."""
+        folder = self.folder(name)
+        sig = self.signature(name)
+        backend = backend or self.backend
+        with self._lock:
+            hit = self._cache.get(name)
+            if hit and hit[0] == sig:
+                if hit[1].backend_request != backend:
+                    hit[1].set_backend(backend)
+                return hit[1]
+            failed = self._failed.get(name)
+            if failed and failed[0] == sig:
+                raise CheckpointError(failed[1])
+            self._cache.pop(name, None)
+            try:
+                pipe = load(folder, device=self.device, backend=backend)
+            except BackendError:
+                raise       # the backend asked for cannot run here: the folder is fine, nothing to remember
+            except CheckpointError as e:
+                self._failed[name] = (sig, str(e))
+                raise
+            except Exception as e:      # a folder never takes the app down: it is listed as broken with this
+                log.exception("loading %s failed", folder)
+                self._failed[name] = (sig, f"{folder}: {type(e).__name__}: {e}")
+                raise CheckpointError(self._failed[name][1]) from None
+            self._failed.pop(name, None)
+            self._cache[name] = (sig, pipe)
+            return pipe
+
+    def raw_config(self, name) -> dict:
+        """The parsed config.json of a listed folder (from the scan; {} for an unreadable one)."""
+        hit = self._scanned.get(name) or self._scan().get(name)
+        return hit[2] if hit else {}
+
+    def sr_models(self, channels: int) -> list[str]:
+        """Stand-alone super-resolution models with ``channels`` output channels (config.json only)."""
+        out = []
+        for n in self.names():
+            c = self.raw_config(n)
+            if c.get("kind", "model") == "model" and c.get("task") == "super_resolution" \
+                    and section(c, "unet").get("out_channels", 1) == channels:
+                out.append(n)
+        return out
+
+
+def section(config: dict, key: str) -> dict:
+    """``config[key]`` when it is a JSON object, else {} (a hostile config.json may hold anything there)."""
+    value = config.get(key)
+    return value if isinstance(value, dict) else {}

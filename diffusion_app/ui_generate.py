@@ -1,0 +1,170 @@
+"""The Generate tab's page: model, conditioning and sampler controls, the live preview, the results, upscaling
+and the model card; and the events that join them to the handlers."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import gradio as gr
+
+from diffusion_core import BACKENDS, MAX_GUIDANCE, MAX_STEPS, SPACINGS
+
+from .inputs import Dropdown, LabelChecks, Number, Radio, SafeImage, SafeSketchpad, Slider, page_parts
+from .render import html_status
+from .settings import ANY, LIGHT, MAX_BATCH, MAX_SEED, SAMPLER_CHOICES, STATE_TTL_S, STICKMEN_DIR
+from .zerogpu import gpu_task
+
+
+def generate_page(app) -> SimpleNamespace:
+    """Build the tab's components (inside its ``gr.Tab``); returns them by name."""
+    names = app.models.choices()        # (label, folder): a broken folder is listed with its reason
+    default = app.models.default()
+    stickmen = sorted(str(p) for p in STICKMEN_DIR.glob("*.png")) if STICKMEN_DIR.is_dir() else []
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2, min_width=330):
+            with gr.Row(equal_height=False):
+                model = gr.Dropdown(names, value=default, label="Model", allow_custom_value=True,
+                                    scale=5, elem_id="model", info=f"folders in {app.models.root}")
+                refresh = gr.Button("↻ rescan", scale=0, min_width=70, size="sm",
+                                    elem_classes="dc-small-btn")
+            class_label = gr.Dropdown([ANY], value=ANY, label="Class", allow_custom_value=True,
+                                      info="(any) samples unconditionally", visible=False,
+                                      elem_id="class-label")
+            attributes = LabelChecks([], value=[], label="Attributes", visible=False)
+            with gr.Group(visible=False) as pose_group:
+                stick_source = Radio([("Sketch pad", "sketch"), ("Upload / example", "upload")],
+                                        value="sketch", label="Stickman (black strokes on white)",
+                                        info="sketch pad: draw with the mouse or a finger; the eraser "
+                                             "and undo are on its toolbars")
+                stick_sketch = SafeSketchpad(label="Stickman sketch", type="pil",
+                                            image_mode="RGBA",
+                                            canvas_size=(256, 256), fixed_canvas=True, height=300,
+                                            brush=gr.Brush(default_size=6, colors=["#000000"],
+                                                           color_mode="fixed"),
+                                            layers=False, elem_id="stick-sketch")
+                stick_upload = SafeImage(label="Stickman image", type="filepath", image_mode=None,
+                                         sources=["upload", "clipboard"], height=220, visible=False)
+                if stickmen:
+                    with gr.Column(visible=False) as stick_examples:
+                        gr.Examples([[p] for p in stickmen], inputs=[stick_upload],
+                                    label="Example stickmen", examples_per_page=8)
+                else:
+                    stick_examples = gr.Column(visible=False)
+            sampler = Dropdown(SAMPLER_CHOICES, value="dpm++", label="Sampler")
+            eta = Slider(0, 1, value=0.0, step=0.05, label="DDIM eta", visible=False,
+                            info="0 deterministic, 1 DDPM-like")
+            with gr.Row():
+                steps = Slider(1, MAX_STEPS, value=25, step=1, label="Steps", elem_id="steps")
+                spacing = Radio(list(SPACINGS), value="trailing", label="Timestep spacing",
+                                   info="logsnr / karras: grids in noise level (Gaussian models)")
+            guidance = Slider(0, MAX_GUIDANCE, value=2.0, step=0.25, label="Guidance scale",
+                                 info="classifier-free guidance; 1 = off, 0 = unconditional")
+            with gr.Row(equal_height=False):
+                seed = Number(-1, label="Seed (-1 = random)", precision=0, minimum=-1,
+                              maximum=MAX_SEED, scale=3, elem_id="seed")
+                with gr.Column(scale=1, min_width=90):
+                    rand_btn = gr.Button("🎲 random", size="sm", elem_classes="dc-small-btn")
+                    reuse_btn = gr.Button("♻ reuse last", size="sm", elem_classes="dc-small-btn")
+            with gr.Row():
+                batch_size = Slider(1, MAX_BATCH, value=4, step=1, label="Batch size", elem_id="batch-size")
+                preview_every = Slider(1, 50, value=1, step=1, label="Preview every k steps")
+            backend = Dropdown(list(BACKENDS), value=app.models.backend, label="Backend",
+                               elem_id="backend",
+                               info="where the network runs: auto measures this CPU and picks the "
+                                    "fastest that matches fp32 (bf16, OpenVINO); the status line says which")
+            with gr.Accordion("img2img / low-res input", open=False) as init_acc:
+                init_image = SafeImage(label="Init image (optional, img2img)", type="filepath",
+                                       image_mode=None, sources=["upload", "clipboard"], height=200)
+                strength = Slider(0.05, 1.0, value=0.6, step=0.05, label="Strength",
+                                     info="how much noise is added to the init image (1 = all)")
+            with gr.Row():
+                make_gif = gr.Checkbox(False, label="Make GIF of the reverse process")
+                gif_frames = Radio(["x0_hat", "x_t"], value="x0_hat", label="GIF frames",
+                                      show_label=False)
+            # last in the column and sticky at the viewport's bottom (CSS): in view however long the
+            # column (emoji's 52 attributes), and on a phone right above the preview that follows
+            with gr.Row(elem_id="run-row"):
+                run_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+                stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
+        with gr.Column(scale=3, min_width=360):
+            preview = gr.Image(label="x_t | x0_hat", show_label=False, type="pil", format="png",
+                               height=300, interactive=False, elem_id="preview",
+                               elem_classes="dc-pixel")
+            status = gr.HTML(html_status("Pick a model and press Generate."), elem_id="status")
+            gallery = gr.Gallery(label="Result (PNG with settings in its 'parameters' text chunk)",
+                                 show_label=False,
+                                 columns=4, height="auto", format="png", object_fit="contain",
+                                 interactive=False, elem_id="gallery", elem_classes="dc-pixel")
+            gif = gr.Image(label="Reverse process (GIF)", type="filepath", height=220,
+                           interactive=False, visible=False, elem_id="gif")
+            with gr.Accordion("Upscale (super-resolution)", open=False, visible=False) as up_acc:
+                with gr.Row():
+                    up_input = SafeImage(label="Image to upscale (click a gallery image)",
+                                         type="filepath", image_mode=None, height=160,
+                                         sources=["upload", "clipboard"])
+                    with gr.Column():
+                        up_steps = Slider(1, 200, value=20, step=1, label="SR steps")
+                        up_btn = gr.Button("Upscale", elem_id="upscale-btn")
+                up_note = gr.Markdown()
+                up_slider = gr.ImageSlider(label="before (nearest) / after", type="pil", height=300)
+                up_file = gr.File(label="Upscaled PNG (full resolution)")
+            with gr.Accordion("Model card", open=True):
+                card = gr.Markdown(elem_id="model-card")
+                card_img = gr.Image(label="samples.png", type="filepath", height=280, interactive=False,
+                                    elem_classes="dc-pixel", elem_id="card-img")
+    last_seed = gr.State(None)
+    partial = gr.State(None, time_to_live=STATE_TTL_S)
+    # the key of the session's last run in app.runs (the steps themselves stay there, under a budget)
+    learn_run = gr.State(None, time_to_live=STATE_TTL_S, delete_callback=app.runs.drop)
+    return page_parts(locals())
+
+
+def wire_generate(app, demo, g: SimpleNamespace, l: SimpleNamespace) -> None:
+    """The tab's events (``l``: the Learn page, whose step slider and notes follow each run)."""
+    model_outputs = [g.sampler, g.eta, g.guidance, g.class_label, g.attributes, g.pose_group, g.init_image, g.init_acc, g.up_acc,
+                     g.steps, g.spacing]
+    # the card follows the controls (.then): once a model's card shows, its default settings are in place,
+    # so a value typed after that is not reset by a late controls update
+    # no progress overlay on the controls these fill in: after the page loaded they spun for 2-3 s (issue 18)
+    g.model.change(app.on_model_change, [g.model, g.sampler, g.class_label, g.attributes], model_outputs, api_visibility="private",
+                 show_progress="hidden", **LIGHT).then(app.card_update, [g.model], [g.card, g.card_img],
+                                                       api_visibility="private", show_progress="hidden", **LIGHT)
+    demo.load(app.on_model_change, [g.model, g.sampler, g.class_label, g.attributes], model_outputs, api_visibility="private",
+              show_progress="hidden", **LIGHT).then(app.card_update, [g.model], [g.card, g.card_img],
+                                                    api_visibility="private", show_progress="hidden", **LIGHT)
+    # API endpoint (markdown, samples.png): on a never-shown button, so the UI does not run it twice
+    card_api = gr.Button(visible=False)
+    card_api.click(app.model_card, [g.model], [g.card, g.card_img], api_name="model_card", **LIGHT)
+    g.refresh.click(app.refresh_models, [g.model], [g.model], api_visibility="private", **LIGHT)
+    g.sampler.change(lambda s: gr.update(visible=(s == "ddim")), [g.sampler], [g.eta], api_visibility="private",
+                   queue=False)
+    g.stick_source.change(lambda s: (gr.update(visible=s == "sketch"), gr.update(visible=s == "upload"),
+                                   gr.update(visible=s == "upload")),
+                        [g.stick_source], [g.stick_sketch, g.stick_upload, g.stick_examples], api_visibility="private",
+                        queue=False)
+    g.make_gif.change(lambda v: gr.update(visible=bool(v)), [g.make_gif], [g.gif], api_visibility="private",
+                    queue=False)
+    g.rand_btn.click(lambda: -1, None, [g.seed], api_visibility="private", queue=False)
+    g.reuse_btn.click(lambda s: s if s is not None else gr.skip(), [g.last_seed], [g.seed], api_visibility="private",
+                    queue=False)
+
+    gen_inputs = [g.model, g.sampler, g.steps, g.spacing, g.eta, g.guidance, g.seed, g.batch_size, g.preview_every, g.class_label,
+                  g.attributes, g.stick_source, g.stick_sketch, g.stick_upload, g.init_image, g.strength, g.make_gif, g.gif_frames,
+                  g.backend]
+    # the live preview and its status line into view when a run starts (on a phone: below every control)
+    g.run_btn.click(None, None, None, js="() => document.querySelector('#preview')?.scrollIntoView("
+                                       "{block: 'center', behavior: 'instant'})")
+    gen = g.run_btn.click(gpu_task(app.generate), gen_inputs, [g.preview, g.status, g.gallery, g.gif, g.last_seed, g.partial, g.learn_run],
+                        api_name="generate", concurrency_id="sampling", show_progress="minimal")
+    gen.then(app.after_run, [g.learn_run, l.explain_idx], [l.explain_idx, l.explain_note, l.traj_note],
+             api_visibility="private", queue=False)
+    g.stop_btn.click(app.stop, [g.partial], [g.gallery, g.status], cancels=[gen], api_visibility="private",
+                   queue=False)
+
+    def pick(gal, evt: gr.SelectData):
+        if not gal or evt.index is None or evt.index >= len(gal):
+            return gr.skip()
+        item = gal[evt.index]
+        return item[0] if isinstance(item, (list, tuple)) else item
+    g.gallery.select(pick, [g.gallery], [g.up_input], api_visibility="private", queue=False)
+    g.up_btn.click(gpu_task(app.upscale), [g.model, g.up_input, g.up_steps], [g.up_slider, g.up_file, g.up_note], api_name="upscale",
+                 concurrency_id="sampling")
