@@ -24,7 +24,7 @@ CSS = """
 @media (max-width: 640px) {
   #gallery .grid-container {grid-template-columns: repeat(2, minmax(0, 1fr)) !important;}
 }
-#run-row {position: sticky; bottom: 0; z-index: 20; padding: 8px 0;
+#run-row {position: sticky; bottom: 0; z-index: 100; padding: 8px 0;
   background: var(--background-fill-primary, #fff);}
 /* Gradio's container clips with overflow: hidden, which makes it a scroll container and disables sticky; clip
    cuts the same overflow without being one */

@@ -10,6 +10,7 @@ import gradio as gr
 from .base import AppBase
 from .inputs import _number, as_list, user_error
 from .render import fmt_duration
+from .presets import MAX_EXAMPLES, check, example_file, examples_for, from_query
 from .settings import ANY, CARD_MEASUREMENTS, SAMPLER_CHOICES, SAMPLER_NAMES, USER_ERRORS
 
 
@@ -194,46 +195,95 @@ class Cards(AppBase):
             sd = replace(sd, sampler="dpm++" if "dpm++" in pipe.samplers else pipe.samplers[0])
         return sd
 
-    def on_model_change(self, model, sampler, class_label=ANY, attributes=None):
+    def on_model_change(self, model, sampler=None, class_label=ANY, attributes=None):
         """Control visibility / choices for the selected model (its card is the model_card event); the sampler,
         steps, grid and guidance move to the model's own defaults (``sampling`` in its config). The chosen class
         and attributes stay chosen where the new model has them (emoji -> emoji-cascade keeps the picks)."""
+        return self.controls_for(model, class_label, attributes)
+
+    def controls_for(self, model, class_label=ANY, attributes=None, settings: dict | None = None):
+        """The Generate controls for ``model`` (the outputs ``MODEL_OUTPUTS`` of the page): its defaults, then
+        ``settings`` (an example's or a link's, see presets) on top. Returns a tuple of updates; the last ones
+        (seed, batch size, stickman source and file, the example buttons) are skipped without settings."""
         if model in (None, "") and not self.models.names():
             hide = gr.update(visible=False)
             return (gr.skip(), gr.skip(), gr.skip(), hide, hide, hide, gr.skip(), gr.skip(), hide, gr.skip(),
-                    gr.skip())
+                    gr.skip()) + (gr.skip(),) * 4 + (hide,) * MAX_EXAMPLES
         try:
             pipe = self.models.get(model)
+            examples = examples_for(pipe, model)
         except USER_ERRORS as e:
             raise user_error(e) from None
         cfg = pipe.base.config
         samplers = list(pipe.samplers)
         choices = [c for c in SAMPLER_CHOICES if c[1] in samplers]
         sd = self.sampling_defaults(pipe)
-        sampler = sd.sampler
+        st = dict(settings or {})
+        sampler = st["sampler"] if st.get("sampler") in samplers else sd.sampler
         single = bool(cfg.label_names) and not cfg.multi_label
         multi = bool(cfg.label_names) and cfg.multi_label
         pose = cfg.task == "pose"
         sr = cfg.task == "super_resolution"
         guidable = bool(cfg.unet.num_labels) or pose
+        if "labels" in st:          # the settings' labels replace the picks (those the model has)
+            picked = [x for x in st["labels"] if x in cfg.label_names]
+            class_label, attributes = (picked[0] if picked else ANY), picked
         sr_name, _ = self.upscaler_for(model, pipe)
         init_label = "Low-resolution input (required)" if sr else "Init image (optional, img2img)"
+        lowres = example_file("lowres", st.get("lowres")) if sr else None
+        stickman = example_file("stickman", st.get("stickman")) if pose else None
+        keep = gr.skip()
+        buttons = [gr.update(value=f"▶ {ex['title']}", visible=True) for ex in examples]
+        buttons += [gr.update(visible=False)] * (MAX_EXAMPLES - len(buttons))
         return (
             gr.update(choices=choices, value=sampler),
-            gr.update(visible=(sampler == "ddim")),
-            gr.update(visible=guidable, value=sd.guidance),     # no effect without a guidable condition
+            gr.update(visible=(sampler == "ddim"), **({"value": st["eta"]} if "eta" in st else {})),
+            gr.update(visible=guidable, value=st.get("guidance", sd.guidance)),     # no effect unguided
             gr.update(visible=single, choices=[ANY] + list(cfg.label_names),
                       value=class_label if single and class_label in cfg.label_names else ANY),
             gr.update(visible=multi, choices=list(cfg.label_names),
                       value=[a for a in as_list(attributes) if a in cfg.label_names] if multi else [],
                       info=pipe.picks_meaning.capitalize() if multi else None),
             gr.update(visible=pose),
-            gr.update(label=init_label),
+            gr.update(label=init_label, **({"value": str(lowres)} if lowres else {})),
             gr.update(open=sr),
             gr.update(visible=sr_name is not None),
-            gr.update(value=sd.steps),
-            gr.update(value=sd.spacing),
+            gr.update(value=st.get("steps", sd.steps)),
+            gr.update(value=st.get("spacing", sd.spacing)),
+            gr.update(value=st["seed"]) if "seed" in st else keep,
+            gr.update(value=st["batch"]) if "batch" in st else keep,
+            gr.update(value="upload") if stickman else keep,
+            gr.update(value=str(stickman), visible=True) if stickman else keep,
+            *buttons,
         )
+
+    def on_load(self, model, class_label=ANY, attributes=None, request: gr.Request = None):
+        """Page load: the controls for the chosen model, or for the settings of a link (``?model=...&seed=...``,
+        see presets.settings_link) where the page was opened with one. A value the link gets wrong is named in a
+        warning and left at the model's default. Returns the model's update, then ``controls_for``'s."""
+        params = getattr(request, "query_params", None) or {}
+        settings, bad = from_query(params, self.models)
+        if bad == ["model"]:
+            gr.Warning("the link names a model this app does not have; showing the default model")
+        elif bad:
+            gr.Warning(f"the link's {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not valid here; "
+                       "the model's defaults are used instead")
+        if not settings:
+            return (gr.skip(),) + self.controls_for(model, class_label, attributes)
+        return (gr.update(value=settings["model"]),) + self.controls_for(settings["model"], class_label, attributes,
+                                                                         settings)
+
+    def apply_example(self, model, index: int):
+        """Example ``index`` of ``model`` (its button's): the model's controls set to the example's settings, which
+        the page then generates with. Returns (model update, then ``controls_for``'s)."""
+        try:
+            examples = examples_for(self.models.get(model), model)
+        except USER_ERRORS as e:
+            raise user_error(e) from None
+        if not 0 <= index < len(examples):
+            raise gr.Error(f"{model} has {len(examples)} examples")
+        settings, _ = check(examples[index])
+        return (gr.skip(),) + self.controls_for(model, ANY, [], settings)
 
     def card_update(self, model):
         """The model card for the UI (hides the samples image when there is none)."""

@@ -15,6 +15,7 @@ from diffusion_core import (BACKENDS, MAX_GUIDANCE, MAX_STEPS, SampleStep, load_
 
 from .base import AppBase
 from .inputs import number, user_error
+from .presets import bundled_name, settings_link
 from .render import as_pil_uint8, batch_grid, eta_seconds, fmt_duration, html_status, save_png, side_by_side
 from .settings import ANY, GIF_MAX_FRAMES, MAX_BATCH, SAMPLER_NAMES, USER_ERRORS, log
 
@@ -139,8 +140,21 @@ class GenerateTab(AppBase):
                 f"<span title=\"{html.escape(self._backend_reason(pipe))}\">{pipe.backend}</span>")
         if stopped:
             text += " · gallery shows the last x0_hat prediction"
+        text += "<br>" + self._settings_link(meta, cfg, stick_source, stick_upload, init_image)
         run["done"] = not stopped
         yield (side_by_side(last.x_t, final), html_status(text, 1.0), gallery, gif, seed, {"done": True}, session)
+
+    @staticmethod
+    def _settings_link(meta, cfg, stick_source, stick_upload, init_image) -> str:
+        """A link that reopens the app with this run's settings (presets.settings_link): a bundled stickman or
+        low-res example is named in it; an uploaded or drawn image cannot be, and the link says so."""
+        stickman = bundled_name("stickman", stick_upload) if cfg.task == "pose" and stick_source == "upload" else None
+        lowres = bundled_name("lowres", init_image) if cfg.task == "super_resolution" else None
+        missing = ("the drawing" if cfg.task == "pose" and not stickman else
+                   "the input image" if init_image is not None and not lowres else None)
+        href = html.escape(settings_link(meta, stickman, lowres))
+        return (f'<a class="dc-link" id="settings-link" href="{href}" target="_blank">🔗 link to these settings</a>'
+                + (f" (without {missing}: only bundled examples travel in a link)" if missing else ""))
 
     def _status(self, pipe, rec, n_stages, t0) -> str:
         parts = [f"step {rec.index + 1}/{rec.num_steps}", f"t = {rec.t} → {rec.t_next}"]

@@ -2,6 +2,7 @@
 and the model card; and the events that join them to the handlers."""
 from __future__ import annotations
 
+import functools
 from types import SimpleNamespace
 
 import gradio as gr
@@ -26,6 +27,11 @@ def generate_page(app) -> SimpleNamespace:
                                     scale=5, elem_id="model", info=f"folders in {app.models.root}")
                 refresh = gr.Button("↻ rescan", scale=0, min_width=70, size="sm",
                                     elem_classes="dc-small-btn")
+            # one click: the model's example settings (a class, attributes, a stickman, a low-res image), then Generate
+            with gr.Row(elem_id="examples-row", elem_classes="dc-examples"):
+                example_0 = gr.Button(visible=False, size="sm", min_width=90, elem_id="example-0")
+                example_1 = gr.Button(visible=False, size="sm", min_width=90, elem_id="example-1")
+                example_2 = gr.Button(visible=False, size="sm", min_width=90, elem_id="example-2")
             class_label = gr.Dropdown([ANY], value=ANY, label="Class", allow_custom_value=True,
                                       info="(any) samples unconditionally", visible=False,
                                       elem_id="class-label")
@@ -118,53 +124,68 @@ def generate_page(app) -> SimpleNamespace:
     return page_parts(locals())
 
 
+def model_outputs(g: SimpleNamespace) -> list:
+    """The controls ``Cards.controls_for`` sets, in its order."""
+    return [g.sampler, g.eta, g.guidance, g.class_label, g.attributes, g.pose_group, g.init_image, g.init_acc,
+            g.up_acc, g.steps, g.spacing, g.seed, g.batch_size, g.stick_source, g.stick_upload,
+            g.example_0, g.example_1, g.example_2]
+
+
+SCROLL_TO_PREVIEW = "() => document.querySelector('#preview')?.scrollIntoView({block: 'center', behavior: 'instant'})"
+
+
 def wire_generate(app, demo, g: SimpleNamespace, l: SimpleNamespace) -> None:
     """The tab's events (``l``: the Learn page, whose step slider and notes follow each run)."""
-    model_outputs = [g.sampler, g.eta, g.guidance, g.class_label, g.attributes, g.pose_group, g.init_image, g.init_acc, g.up_acc,
-                     g.steps, g.spacing]
-    # the card follows the controls (.then): once a model's card shows, its default settings are in place,
-    # so a value typed after that is not reset by a late controls update
-    # no progress overlay on the controls these fill in: after the page loaded they spun for 2-3 s (issue 18)
-    g.model.change(app.on_model_change, [g.model, g.sampler, g.class_label, g.attributes], model_outputs, api_visibility="private",
-                 show_progress="hidden", **LIGHT).then(app.card_update, [g.model], [g.card, g.card_img],
-                                                       api_visibility="private", show_progress="hidden", **LIGHT)
-    demo.load(app.on_model_change, [g.model, g.sampler, g.class_label, g.attributes], model_outputs, api_visibility="private",
-              show_progress="hidden", **LIGHT).then(app.card_update, [g.model], [g.card, g.card_img],
-                                                    api_visibility="private", show_progress="hidden", **LIGHT)
+    quiet = dict(api_visibility="private", show_progress="hidden", **LIGHT)
+    controls = model_outputs(g)
+    card = dict(fn=app.card_update, inputs=[g.model], outputs=[g.card, g.card_img], **quiet)
+    # the card follows the controls (.then): once a model's card shows, its default settings are in place, so a
+    # value typed after that is not reset by a late controls update. No progress overlay on the controls these
+    # fill in: after the page loaded they spun for 2-3 s (issue 18). A model picked by the user (.input, not
+    # .change) gets its defaults; a model set by a link or an example gets their settings instead.
+    g.model.input(app.on_model_change, [g.model, g.sampler, g.class_label, g.attributes], controls,
+                  **quiet).then(**card)
+    demo.load(app.on_load, [g.model, g.class_label, g.attributes], [g.model] + controls, **quiet).then(**card)
     # API endpoint (markdown, samples.png): on a never-shown button, so the UI does not run it twice
     card_api = gr.Button(visible=False)
     card_api.click(app.model_card, [g.model], [g.card, g.card_img], api_name="model_card", **LIGHT)
-    g.refresh.click(app.refresh_models, [g.model], [g.model], api_visibility="private", **LIGHT)
-    g.sampler.change(lambda s: gr.update(visible=(s == "ddim")), [g.sampler], [g.eta], api_visibility="private",
-                   queue=False)
+    g.refresh.click(app.refresh_models, [g.model], [g.model], **quiet).then(
+        app.on_model_change, [g.model, g.sampler, g.class_label, g.attributes], controls, **quiet).then(**card)
+    local = dict(api_visibility="private", queue=False)
+    g.sampler.change(lambda s: gr.update(visible=(s == "ddim")), [g.sampler], [g.eta], **local)
     g.stick_source.change(lambda s: (gr.update(visible=s == "sketch"), gr.update(visible=s == "upload"),
-                                   gr.update(visible=s == "upload")),
-                        [g.stick_source], [g.stick_sketch, g.stick_upload, g.stick_examples], api_visibility="private",
-                        queue=False)
-    g.make_gif.change(lambda v: gr.update(visible=bool(v)), [g.make_gif], [g.gif], api_visibility="private",
-                    queue=False)
-    g.rand_btn.click(lambda: -1, None, [g.seed], api_visibility="private", queue=False)
-    g.reuse_btn.click(lambda s: s if s is not None else gr.skip(), [g.last_seed], [g.seed], api_visibility="private",
-                    queue=False)
+                                     gr.update(visible=s == "upload")),
+                          [g.stick_source], [g.stick_sketch, g.stick_upload, g.stick_examples], **local)
+    g.make_gif.change(lambda v: gr.update(visible=bool(v)), [g.make_gif], [g.gif], **local)
+    g.rand_btn.click(lambda: -1, None, [g.seed], **local)
+    g.reuse_btn.click(lambda s: s if s is not None else gr.skip(), [g.last_seed], [g.seed], **local)
 
-    gen_inputs = [g.model, g.sampler, g.steps, g.spacing, g.eta, g.guidance, g.seed, g.batch_size, g.preview_every, g.class_label,
-                  g.attributes, g.stick_source, g.stick_sketch, g.stick_upload, g.init_image, g.strength, g.make_gif, g.gif_frames,
-                  g.backend]
+    gen_inputs = [g.model, g.sampler, g.steps, g.spacing, g.eta, g.guidance, g.seed, g.batch_size, g.preview_every,
+                  g.class_label, g.attributes, g.stick_source, g.stick_sketch, g.stick_upload, g.init_image,
+                  g.strength, g.make_gif, g.gif_frames, g.backend]
+    gen_outputs = [g.preview, g.status, g.gallery, g.gif, g.last_seed, g.partial, g.learn_run]
+    after = dict(fn=app.after_run, inputs=[g.learn_run, l.explain_idx], outputs=[l.explain_idx, l.explain_note,
+                                                                                  l.traj_note], **local)
     # the live preview and its status line into view when a run starts (on a phone: below every control)
-    g.run_btn.click(None, None, None, js="() => document.querySelector('#preview')?.scrollIntoView("
-                                       "{block: 'center', behavior: 'instant'})")
-    gen = g.run_btn.click(gpu_task(app.generate), gen_inputs, [g.preview, g.status, g.gallery, g.gif, g.last_seed, g.partial, g.learn_run],
-                        api_name="generate", concurrency_id="sampling", show_progress="minimal")
-    gen.then(app.after_run, [g.learn_run, l.explain_idx], [l.explain_idx, l.explain_note, l.traj_note],
-             api_visibility="private", queue=False)
-    g.stop_btn.click(app.stop, [g.partial], [g.gallery, g.status], cancels=[gen], api_visibility="private",
-                   queue=False)
+    g.run_btn.click(None, None, None, js=SCROLL_TO_PREVIEW)
+    gen = g.run_btn.click(gpu_task(app.generate), gen_inputs, gen_outputs, api_name="generate",
+                          concurrency_id="sampling", show_progress="minimal")
+    gen.then(**after)
+    runs = [gen]
+    for i, button in enumerate((g.example_0, g.example_1, g.example_2)):
+        run = button.click(functools.partial(app.apply_example, index=i), [g.model], [g.model] + controls,
+                           **quiet).then(**card).then(None, None, None, js=SCROLL_TO_PREVIEW).then(
+            gpu_task(app.generate), gen_inputs, gen_outputs, api_visibility="private", concurrency_id="sampling",
+            show_progress="minimal")
+        run.then(**after)
+        runs.append(run)
+    g.stop_btn.click(app.stop, [g.partial], [g.gallery, g.status], cancels=runs, **local)
 
     def pick(gal, evt: gr.SelectData):
         if not gal or evt.index is None or evt.index >= len(gal):
             return gr.skip()
         item = gal[evt.index]
         return item[0] if isinstance(item, (list, tuple)) else item
-    g.gallery.select(pick, [g.gallery], [g.up_input], api_visibility="private", queue=False)
-    g.up_btn.click(gpu_task(app.upscale), [g.model, g.up_input, g.up_steps], [g.up_slider, g.up_file, g.up_note], api_name="upscale",
-                 concurrency_id="sampling")
+    g.gallery.select(pick, [g.gallery], [g.up_input], **local)
+    g.up_btn.click(gpu_task(app.upscale), [g.model, g.up_input, g.up_steps], [g.up_slider, g.up_file, g.up_note],
+                   api_name="upscale", concurrency_id="sampling")

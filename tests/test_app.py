@@ -9,6 +9,7 @@ import json
 import re
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -488,3 +489,80 @@ def test_a_backend_that_cannot_run_does_not_mark_the_model_broken(tmp_path, monk
     with pytest.raises(gr.Error, match="not available"):
         list(a.generate("tiny", "ddim", 2, batch_size=1, backend="openvino"))
     assert a.models.is_ready("tiny", "fp32") and a.models.get("tiny", "fp32").backend == "fp32"
+
+
+CONTROL_NAMES = ["sampler", "eta", "guidance", "class_label", "attributes", "pose_group", "init_image", "init_acc",
+                 "up_acc", "steps", "spacing", "seed", "batch_size", "stick_source", "stick_upload",
+                 "example_0", "example_1", "example_2"]
+
+
+def controls(updates) -> dict:
+    """controls_for's tuple of updates by control name (the order of ui_generate.model_outputs)."""
+    assert len(updates) == len(CONTROL_NAMES)
+    return dict(zip(CONTROL_NAMES, updates))
+
+
+def test_one_click_examples_for_every_model_generate(tmp_path):
+    """Issue 18: every model gets one-click examples (a class, an attribute set, a stickman, a low-res image, or
+    seeds), shown on its buttons; each example's settings, applied to the controls, make a Generate run that
+    finishes, with the example's class / attributes / bundled input, and a link naming them."""
+    import diffusion_app as app
+    from diffusion_app.ui_generate import model_outputs
+    a = app.DiffusionApp(str(build_checkpoints(tmp_path / "ckpt")))
+    assert len(model_outputs(types.SimpleNamespace(**{n: n for n in CONTROL_NAMES}))) == len(CONTROL_NAMES)
+    for model in a.models.names():
+        shown = controls(a.on_model_change(model, "ddim"))
+        titles = [u["value"] for k, u in shown.items() if k.startswith("example_") and u.get("visible")]
+        assert titles and all(t.startswith("▶ ") for t in titles), (model, shown)
+        for i in range(len(titles)):
+            up = controls(a.apply_example(model, i)[1:])
+            v = {k: u.get("value") for k, u in up.items() if isinstance(u, dict)}
+            kind = a.models.get(model).base.config
+            if kind.task == "super_resolution":
+                assert Path(v["init_image"]).parent.name == "lowres", v
+            if kind.task == "pose":
+                assert v["stick_source"] == "upload" and Path(v["stick_upload"]).parent.name == "stickmen", v
+            if kind.label_names:
+                assert v["class_label" if not kind.multi_label else "attributes"] not in (None, "(any)", []), v
+            out = list(a.generate(model, v["sampler"], 3, v["spacing"], v.get("eta") or 0.0, v["guidance"], v["seed"],
+                                  2, 1, v["class_label"], v["attributes"], v.get("stick_source") or "sketch", None,
+                                  v.get("stick_upload"), v.get("init_image")))
+            status = out[-1][1]
+            assert "Done" in status and "settings-link" in status, (model, i, status)
+            if kind.task in ("pose", "super_resolution"):
+                name = Path(v["stick_upload"] if kind.task == "pose" else v["init_image"]).name
+                assert name in status and "without" not in status, status
+    with pytest.raises(Exception, match="examples"):
+        a.apply_example("tiny", 7)
+
+
+def test_a_settings_link_round_trips_and_bad_values_are_dropped(tmp_path):
+    """Issue 18: the link under a result reopens the app with its settings: presets.settings_link writes the run's
+    settings, on_load reads them from the page's query and sets the model and every control; a link's bad values
+    (out of bounds, unknown spacing, a path for a bundled file, a model the app lacks) are named and dropped."""
+    import html as html_lib
+    from urllib.parse import parse_qs, urlparse
+
+    import diffusion_app as app
+    from diffusion_app import presets
+    a = app.DiffusionApp(str(build_checkpoints(tmp_path / "ckpt")))
+    out = list(a.generate("tiny-attr", "ddim", 4, "leading", 0.3, 3.5, 11, 2, 1, None, ["red", "round"]))
+    href = html_lib.unescape(re.search(r'href="([^"]+)"', out[-1][1]).group(1))
+    query = parse_qs(urlparse(href).query)
+
+    class Request:                      # what Gradio hands a handler: the page's query parameters
+        query_params = query
+    model, *rest = a.on_load("tiny", "(any)", [], Request())
+    v = {k: u.get("value") for k, u in controls(rest).items() if isinstance(u, dict)}
+    assert model["value"] == "tiny-attr"
+    assert (v["sampler"], v["steps"], v["spacing"], v["eta"], v["guidance"], v["seed"], v["batch_size"]) == \
+        ("ddim", 4, "leading", 0.3, 3.5, 11, 2), v
+    assert v["attributes"] == ["red", "round"]
+    plain = a.on_load("tiny", "(any)", [], None)            # no link: the chosen model, its defaults
+    assert plain[0] is not None and controls(plain[1:])["steps"]["value"] == a.models.get("tiny").config.sampling.steps
+    bad = {"model": ["tiny"], "steps": ["5000"], "spacing": ["cubic"], "guidance": ["2"], "stickman": ["../app.py"],
+           "seed": ["x"]}
+    settings, dropped = presets.from_query(bad, a.models)
+    assert settings == {"model": "tiny", "guidance": 2.0} and sorted(dropped) == ["seed", "spacing", "steps", "stickman"]
+    assert presets.from_query({"model": ["../etc"], "steps": ["5"]}, a.models) == ({}, ["model"])
+    assert presets.from_query({}, a.models) == ({}, [])

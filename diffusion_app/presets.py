@@ -1,0 +1,161 @@
+"""Settings as data: the one-click examples of every model, and links that reopen the app with a result's settings.
+
+A *settings* dict holds some of: model, sampler, steps, spacing, eta, guidance, seed, batch, labels (class or
+attribute names), stickman (a file of ``examples/stickmen``), lowres (a file of ``examples/lowres``) and a title.
+``examples_for`` makes them for a model, ``settings_link`` writes one as a query string and ``from_query`` reads
+one back, checking every value: a link is typed by anyone, so a bad value is dropped (and named), never used.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from urllib.parse import urlencode
+
+import numpy as np
+from PIL import Image
+
+from diffusion_core import MAX_GUIDANCE, MAX_STEPS, SPACINGS, read_json
+
+from .inputs import number
+from .settings import HERE, MAX_BATCH, MAX_SEED
+
+STICKMEN = HERE / "examples" / "stickmen"
+LOWRES = HERE / "examples" / "lowres"
+EXAMPLES_FILE = "examples.json"     # optional, in a model folder: a list of settings dicts (without "model")
+MAX_EXAMPLES = 3
+# attribute sets tried, in order, for a multi-label model without an examples.json
+PICKS = (("woman", "dark skin tone"), ("cat", "face"), ("red", "heart"), ("man", "beard"), ("flag",), ("star",))
+NUMBERS = {"steps": (1, MAX_STEPS, True), "eta": (0.0, 1.0, False), "guidance": (0.0, MAX_GUIDANCE, False),
+           "seed": (-1, MAX_SEED, True), "batch": (1, MAX_BATCH, True)}
+KEYS = ("model", "sampler", "steps", "spacing", "eta", "guidance", "seed", "batch", "labels", "stickman", "lowres")
+
+
+def example_file(kind: str, name) -> Path | None:
+    """The bundled example ``name`` (a bare file name) of ``kind`` (stickman / lowres), or None."""
+    folder = STICKMEN if kind == "stickman" else LOWRES
+    if not isinstance(name, str) or Path(name).name != name or not name.endswith(".png"):
+        return None
+    path = folder / name
+    return path if path.is_file() else None
+
+
+def bundled_name(kind: str, image) -> str | None:
+    """The name of the bundled example of ``kind`` that ``image`` (an upload: a path or a decoded PIL image) is,
+    pixel for pixel, or None."""
+    if image is None:
+        return None
+    try:
+        img = image if isinstance(image, Image.Image) else Image.open(image)
+        mine = np.asarray(img.convert("RGB"))
+        for path in sorted((STICKMEN if kind == "stickman" else LOWRES).glob("*.png")):
+            with Image.open(path) as ex:
+                if ex.size == img.size and np.array_equal(np.asarray(ex.convert("RGB")), mine):
+                    return path.name
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _listed(pipe) -> list[dict]:
+    """The examples a model folder lists (``examples.json``), or its cascade's base stage's."""
+    for folder in (pipe.path, pipe.base.path):
+        f = Path(folder) / EXAMPLES_FILE
+        if f.is_file():
+            items = read_json(f)
+            if not isinstance(items, list):
+                raise ValueError(f"{f}: expected a list of settings")
+            return [dict(x) for x in items if isinstance(x, dict)]
+    return []
+
+
+def examples_for(pipe, model: str) -> list[dict]:
+    """Up to MAX_EXAMPLES settings for ``model``: those its folder lists, else made from what it is conditioned
+    on: classes spread over its label list, attribute sets it has (PICKS), bundled stickmen for a pose model,
+    bundled low-resolution images for a super-resolution model; seeds for an unconditional one."""
+    cfg = pipe.base.config
+    out = _listed(pipe)
+    if not out:
+        if cfg.task == "super_resolution":
+            out = [{"title": f"upscale {p.stem}", "lowres": p.name} for p in sorted(LOWRES.glob("*.png"))]
+        elif cfg.task == "pose":
+            out = [{"title": f"stickman {p.stem[-2:]}", "stickman": p.name} for p in sorted(STICKMEN.glob("*.png"))]
+        elif cfg.multi_label:
+            names = set(cfg.label_names)
+            picks = [p for p in PICKS if set(p) <= names] or [(n,) for n in cfg.label_names]
+            out = [{"title": " + ".join(p), "labels": list(p)} for p in picks]
+        elif cfg.label_names:
+            n = len(cfg.label_names)
+            idx = sorted({0, n // 2, n - 1})
+            out = [{"title": cfg.label_names[i], "labels": [cfg.label_names[i]]} for i in idx]
+        else:
+            out = [{"title": f"seed {s}", "seed": s} for s in range(MAX_EXAMPLES)]
+    for ex in out:
+        ex.setdefault("seed", 0)
+        ex.setdefault("title", " + ".join(ex.get("labels", [])) or f"seed {ex['seed']}")
+        ex["model"] = model
+    return out[:MAX_EXAMPLES]
+
+
+def settings_link(meta: dict, stickman: str | None = None, lowres: str | None = None) -> str:
+    """A result's settings (its PNG metadata) as a query string that ``from_query`` reads: "?model=...&seed=..."."""
+    q = [("model", meta["model"]), ("sampler", meta["sampler"]), ("steps", meta["steps"]),
+         ("spacing", meta["spacing"]), ("guidance", f"{meta['guidance']:g}"), ("seed", meta["seed"]),
+         ("batch", meta["batch_size"])]
+    if meta.get("eta") is not None:
+        q.append(("eta", f"{meta['eta']:g}"))
+    q += [("label", name) for name in meta.get("labels") or []]
+    if stickman:
+        q.append(("stickman", stickman))
+    if lowres:
+        q.append(("lowres", lowres))
+    return "?" + urlencode(q)
+
+
+def from_query(params, models) -> tuple[dict, list[str]]:
+    """The settings of a link (``params``: a mapping with ``getlist``, e.g. a request's query parameters, or a dict
+    of lists) and the names of the values dropped as invalid. Only a model the catalogue lists is taken; every
+    other value is checked against its bounds (and the labels against the model) by ``check``."""
+    get = (lambda k: params.getlist(k)) if hasattr(params, "getlist") else (lambda k: list(params.get(k, [])))
+    raw = {k: v[-1] for k in KEYS if k != "labels" and (v := get(k))}
+    if get("label"):
+        raw["labels"] = get("label")
+    if not raw:
+        return {}, []
+    if raw.get("model") not in models.names():
+        return {}, ["model"]
+    return check(raw)
+
+
+def check(raw: dict) -> tuple[dict, list[str]]:
+    """Keep the values of ``raw`` that are valid on their own (numbers in bounds, a known spacing, bundled
+    example names); the sampler and labels are checked against the model when the settings are applied."""
+    out, bad = {"model": raw["model"]}, []
+    for k, v in raw.items():
+        if k in ("model", "title"):
+            continue
+        try:
+            if k in NUMBERS:
+                lo, hi, whole = NUMBERS[k]
+                v = number(v, k, lo, hi, whole=whole)
+                v = int(v) if whole else v
+            elif k == "spacing" and v not in SPACINGS:
+                raise ValueError(v)
+            elif k in ("stickman", "lowres") and example_file(k, v) is None:
+                raise ValueError(v)
+            elif k == "labels" and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+                raise ValueError(v)
+            elif k == "sampler" and not isinstance(v, str):
+                raise ValueError(v)
+            elif k not in KEYS:
+                raise ValueError(v)
+        except ValueError:
+            bad.append(k)
+            continue
+        out[k] = v
+    return out, bad
+
+
+def describe(settings: dict) -> str:
+    """The settings in one line, for a note: {"seed": 3, ...} -> "seed=3 · ..."."""
+    return " · ".join(f"{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in settings.items()
+                      if k not in ("model", "title"))
