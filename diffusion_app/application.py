@@ -1,6 +1,7 @@
 """The app's handlers, one class per tab joined into one object that the page calls."""
 from __future__ import annotations
 
+from .branch import BranchTab
 from .cards import Cards
 from .compare import CompareTab
 from .forward import ForwardTab
@@ -9,5 +10,5 @@ from .learn import LearnTab
 from .upscale import UpscaleTab
 
 
-class DiffusionApp(Cards, GenerateTab, UpscaleTab, ForwardTab, LearnTab, CompareTab):
+class DiffusionApp(Cards, GenerateTab, UpscaleTab, ForwardTab, LearnTab, CompareTab, BranchTab):
     """Every handler of the page (each a method of its tab's class, all sharing ``AppBase``'s state)."""

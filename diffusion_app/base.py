@@ -78,3 +78,13 @@ class AppBase:
     def _run_dir(self, model: str) -> Path:
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(model))[:40]
         return Path(tempfile.mkdtemp(prefix=f"{time.strftime('%H%M%S')}-{safe}-", dir=self.out_dir))
+
+    def _run_or_error(self, key) -> dict:
+        run = self.runs.get(key)
+        if run is None and key is not None:
+            raise ValueError(f"this session's last run is no longer kept (the server keeps the last runs of all "
+                             f"sessions, up to {self.runs.max_bytes / 2**20:g} MB): run Generate again")
+        if not run or not run.get("steps"):
+            raise ValueError("no Generate run to look at yet: run Generate first (this session keeps the steps of "
+                             "its last run, first image)")
+        return run

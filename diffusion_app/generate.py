@@ -94,6 +94,8 @@ class GenerateTab(AppBase):
             meta["stickman"] = stick_source
         n_stages = len(pipe.stages) if pipe.kind == "cascade" else 1
         run = self._new_run(pipe, model, meta)     # the first image's steps, for the Learn tab
+        run["cond_image"] = kw.get("cond_image")   # a stickman (C, H, W): a branch of the run is conditioned on it
+        run["img2img"] = "init_image" in kw
         self.runs.put(session, run)                 # the session's gr.State holds the key; the steps stay here
         frames: list[np.ndarray] = []
         t0 = time.time()
@@ -217,6 +219,8 @@ class GenerateTab(AppBase):
         d = base.config.diffusion
         run = {"model": model, "sampler": meta["sampler"], "eta": meta.get("eta") or 0.0, "variance": "posterior",
                "improved": True, "seed": meta["seed"], "steps": [], "grid": [], "done": False,
+               "labels": list(meta["labels"]), "spacing": meta["spacing"], "guidance": meta["guidance"],
+               "task": base.config.task,
                "summary": (f"model {model} · {SAMPLER_NAMES.get(meta['sampler'], meta['sampler'])} · "
                            f"{meta['steps']} steps ({meta['spacing']}) · guidance {meta['guidance']:g} · "
                            f"seed {meta['seed']} · first image" + (" · base stage of the cascade"

@@ -45,16 +45,6 @@ def slerp(a: torch.Tensor, b: torch.Tensor, alpha: float, eps: float = 1e-6) -> 
 
 
 class LearnTab(AppBase):
-    def _run_or_error(self, key) -> dict:
-        run = self.runs.get(key)
-        if run is None and key is not None:
-            raise ValueError(f"this session's last run is no longer kept (the server keeps the last runs of all "
-                             f"sessions, up to {self.runs.max_bytes / 2**20:g} MB): run Generate again")
-        if not run or not run.get("steps"):
-            raise ValueError("no Generate run to look at yet: run Generate first (this session keeps the steps of "
-                             "its last run, first image)")
-        return run
-
     def after_run(self, key, step):
         """After Generate: the Explain slider spans the run's steps; a note says what is kept."""
         run = self.runs.get(key)

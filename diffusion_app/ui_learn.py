@@ -5,13 +5,13 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from diffusion_core import MAX_STEPS
+from diffusion_core import MAX_GUIDANCE, MAX_STEPS
 
 from .assets import LEARN_INTRO
-from .inputs import Choices, Number, NumberChecks, Radio, Slider, page_parts
+from .inputs import Choices, Dropdown, Number, NumberChecks, Radio, Slider, page_parts
 from .settings import (COMPARE_DEFAULT_GUIDANCE_STEPS, COMPARE_DEFAULT_SAMPLERS, COMPARE_DEFAULT_STEPS,
                        COMPARE_GUIDANCE, COMPARE_MAX_CELLS, COMPARE_MAX_STEPS, COMPARE_SAMPLERS, COMPARE_STEPS,
-                       INTERP_MAX_FRAMES, LATEX, LIGHT, MAX_SEED)
+                       INTERP_MAX_FRAMES, LATEX, LIGHT, MAX_SEED, SAMPLER_CHOICES, STATE_TTL_S)
 from .zerogpu import gpu_task
 
 
@@ -32,11 +32,31 @@ def learn_page() -> SimpleNamespace:
                     explain_md = gr.Markdown(latex_delimiters=LATEX, elem_id="explain-md")
                 with gr.Column(scale=2):
                     explain_plot = gr.Plot(show_label=False, format="png", elem_id="explain-plot")
-            explain_img = gr.Image(label="What this step combines (first image of the run)", type="pil",
+            gr.Markdown("**What this step combines** (first image of the run)")
+            explain_img = gr.Image(label="What this step combines", show_label=False, type="pil",
                                    format="png", interactive=False, elem_id="explain-img",
                                    elem_classes="dc-pixel")
             with gr.Accordion("All numbers of this step (JSON)", open=False):
                 explain_json = gr.JSON(elem_id="explain-json")
+            with gr.Accordion("Branch from this step: what if the guidance (sampler, steps, labels) changed here?",
+                              open=True):
+                gr.Markdown("Continue the run from x_t at the step above with other settings; each branch lines up "
+                            "beside the original (same seed, so only the changed setting differs).")
+                with gr.Row(equal_height=True):
+                    branch_sampler = Dropdown([c for c in SAMPLER_CHOICES if c[1] != "cold"], value="dpm++",
+                                              label="Sampler", elem_id="branch-sampler")
+                    branch_steps = Slider(1, MAX_STEPS, value=10, step=1, label="Steps from there",
+                                          elem_id="branch-steps")
+                    branch_guidance = Slider(0, MAX_GUIDANCE, value=4.0, step=0.25, label="Guidance scale",
+                                             elem_id="branch-guidance")
+                with gr.Row(equal_height=True):
+                    branch_relabel = gr.Checkbox(False, label="use the Generate tab's class / attributes")
+                    branch_btn = gr.Button("Branch", variant="primary", elem_id="branch-btn")
+                branch_note = gr.Markdown(elem_id="branch-note")
+                branch_row = gr.Image(label="x_t at the step · the original · the branches", show_label=False,
+                                      type="pil", format="png", interactive=False, elem_id="branch-row",
+                                      elem_classes="dc-pixel")
+                branches = gr.State([], time_to_live=STATE_TTL_S)
         with gr.Tab("Compare", id="learn-compare"):
             gr.Markdown(f"One seed, one image per cell; the model, class and guidance are the Generate "
                         f"tab's. At most {COMPARE_MAX_CELLS} cells and {COMPARE_MAX_STEPS} sampling "
@@ -111,5 +131,8 @@ def wire_learn(app, g: SimpleNamespace, l: SimpleNamespace) -> None:
     l.int_btn.click(gpu_task(app.interpolate), [g.model, g.class_label, g.attributes, l.int_a, l.int_b, l.int_frames, l.int_sampler,
                                     l.int_steps, g.guidance], [l.int_gallery, l.int_row, l.int_note],
                   api_name="interpolate", concurrency_id="sampling")
+    l.branch_btn.click(gpu_task(app.branch), [l.explain_idx, l.branch_sampler, l.branch_steps, l.branch_guidance,
+                                             l.branch_relabel, g.class_label, g.attributes, l.branches, g.learn_run],
+                       [l.branch_row, l.branch_note, l.branches], api_name="branch", concurrency_id="sampling")
     l.traj_btn.click(app.trajectory, [l.traj_frames, l.traj_what, g.learn_run], [l.traj_gif, l.traj_strip],
                    api_name="trajectory", **LIGHT)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -358,8 +359,8 @@ def test_backend_setting_first_says_it_measures_then_names_the_backend(tmp_path,
     assert "measuring which backend" in outs[0][1] and outs[0][0] is not None      # a status, no preview yet
     chosen = a.models.get("tiny").backend
     assert chosen in ("fp32", "bf16", "openvino")
-    def text(status_html):      # the status line without its markup and progress bar
-        return re.sub(r"<[^>]+>", "", status_html.split("</div>")[0]).strip()
+    def text(status_html):      # the status line without its markup, progress bar and the settings link below it
+        return re.sub(r"<[^>]+>", "", status_html.split("</div>")[0].split("<br>")[0]).strip()
     assert all(text(o[1]).endswith(f"· {chosen}") for o in outs[1:]), [o[1] for o in outs]
     again = list(a.generate("tiny", "ddim", 3, class_label="Coat", seed=1, batch_size=2))
     assert "measuring" not in again[0][1]                           # remembered: straight to the first step
@@ -467,7 +468,8 @@ def test_zero_gpu_wraps_every_sampling_handler_and_nothing_elsewhere(tmp_path, m
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
     assert zerogpu.on_zero_gpu() and app.DiffusionApp(str(root)).models.device == "cuda"
     demo = app.build_demo(str(root))
-    assert sorted(wrapped) == ["compare", "compare_guidance", "generate", "interpolate", "upscale"]
+    assert set(wrapped) == {"branch", "compare", "compare_guidance", "generate", "interpolate", "upscale"}
+    assert wrapped.count("generate") == 4          # the Generate button and the three example buttons
     by_api = {fn.api_name: fn.fn for fn in demo.fns.values() if getattr(fn, "api_name", None)}
     assert by_api["generate"].zero_gpu_duration == 120 and not hasattr(by_api["forward"], "zero_gpu_duration")
     monkeypatch.setitem(sys.modules, "spaces", None)                 # not importable: CPU, nothing wrapped
@@ -566,3 +568,30 @@ def test_a_settings_link_round_trips_and_bad_values_are_dropped(tmp_path):
     assert settings == {"model": "tiny", "guidance": 2.0} and sorted(dropped) == ["seed", "spacing", "steps", "stickman"]
     assert presets.from_query({"model": ["../etc"], "steps": ["5"]}, a.models) == ({}, ["model"])
     assert presets.from_query({}, a.models) == ({}, [])
+
+
+def test_branch_from_a_step(tmp_path):
+    """Issue 18: from any kept step of the last run, continue with other settings and see the branches beside the
+    original. A branch with the run's own settings (DDIM, the steps it had left, its guidance) is the run itself,
+    bit for bit (same x_t, same grid tail, same seed); more guidance or another class gives another image; each
+    branch adds a cell to the row; runs it cannot continue are refused with the reason."""
+    import diffusion_app as app
+    a = app.DiffusionApp(str(build_checkpoints(tmp_path / "ckpt")))
+    assert a.models.get("tiny").config.diffusion.T % 10 == 0
+    out = list(a.generate("tiny", "ddim", 10, "trailing", 0.0, 2.0, 5, 2, 1, "Coat"))
+    key = out[-1][-1]
+    recs = a.runs.get(key)["steps"]
+    row, note, kept = a.branch(5, "ddim", None, 2.0, False, branches=None, run=key)
+    assert torch.equal(kept[-1]["image"], recs[-1].x_next[0].clamp(-1, 1)) and "step 5 of 10" in note
+    row2, _, kept = a.branch(5, "ddim", None, 6.0, False, branches=kept, run=key)
+    assert not torch.equal(kept[-1]["image"], kept[0]["image"]) and len(kept) == 2
+    assert row2.width > row.width and row2.height == row.height
+    _, _, kept = a.branch(5, "dpm++", 4, 2.0, True, "Bag", None, branches=kept, run=key)
+    assert "Bag" in kept[-1]["caption"] and "DPM++ 4" in kept[-1]["caption"] and len(kept) == 3
+    _, _, other = a.branch(3, "ddim", None, 2.0, False, branches=kept, run=key)
+    assert len(other) == 1                                  # another step: a new row
+    with pytest.raises(Exception, match=r"must be a whole number in \[1, 10\]"):
+        a.branch(11, "ddim", None, 2.0, False, branches=None, run=key)
+    cold = list(a.generate("tiny-cold", "cold", 4, "trailing", 0.0, 1.0, 1, 1, 1))
+    with pytest.raises(Exception, match="cold-diffusion"):
+        a.branch(2, "ddim", None, 1.0, False, branches=None, run=cold[-1][-1])

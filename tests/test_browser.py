@@ -262,6 +262,18 @@ def test_learn_tab(page):
     page.wait_for_selector("#explain-img img")
     assert not errors(page), errors(page)
     page.screenshot(path=str(ARTIFACTS / "learn-explain.png"), full_page=True)
+    # branch from step 3 twice (guidance 4, then 7): the row holds x_t, the original and both branches
+    page.locator("#branch-btn").click()
+    page.wait_for_function("document.querySelector('#branch-note')?.innerText.includes('1 branch')")
+    set_number(page, "branch-guidance", 7)
+    page.locator("#branch-btn").click()
+    page.wait_for_function("document.querySelector('#branch-note')?.innerText.includes('2 branch')")
+    w, h = page.evaluate("() => { const i = document.querySelector('#branch-row img'); "
+                         "return [i.naturalWidth, i.naturalHeight]; }")
+    assert w > 3.5 * h, (w, h)                  # four cells side by side
+    assert not errors(page), errors(page)
+    page.locator("#branch-row").scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "learn-branch.png"))
     for tab, button, result in (("Compare", "#compare-btn", "#compare-img img"),
                                 ("Interpolate", "#interpolate-btn", "#interpolate-row img"),
                                 ("Trajectory", "#trajectory-btn", "#trajectory-gif img")):
