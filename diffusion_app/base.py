@@ -35,7 +35,7 @@ class AppBase:
             return name, pipe
         if pipe.config.task == "super_resolution":
             return name, pipe
-        for n in self.models.sr_models(pipe.channels):
+        for n in self.models.sr_models(pipe.channels, base=name):
             try:
                 return n, self.models.get(n)
             except USER_ERRORS:         # a broken SR folder is skipped, never failing this model's card

@@ -138,15 +138,20 @@ class Models:
         hit = self._scanned.get(name) or self._scan().get(name)
         return hit[2] if hit else {}
 
-    def sr_models(self, channels: int) -> list[str]:
-        """Stand-alone super-resolution models with ``channels`` output channels (config.json only)."""
-        out = []
+    def sr_models(self, channels: int, base: str | None = None) -> list[str]:
+        """Stand-alone super-resolution models with ``channels`` output channels (config.json only); those that a
+        cascade here runs after ``base`` first (pose -> pose-sr, not the emoji one that also takes RGB)."""
+        out, paired = [], set()
         for n in self.names():
             c = self.raw_config(n)
             if c.get("kind", "model") == "model" and c.get("task") == "super_resolution" \
                     and section(c, "unet").get("out_channels", 1) == channels:
                 out.append(n)
-        return out
+            stages = c.get("stages") if c.get("kind") == "cascade" else None
+            if isinstance(stages, list) and stages and all(isinstance(st, dict) for st in stages) \
+                    and Path(str(stages[0].get("path", ""))).name == base:
+                paired.update(Path(str(st.get("path", ""))).name for st in stages[1:])
+        return sorted(out, key=lambda n: n not in paired)
 
 
 def section(config: dict, key: str) -> dict:

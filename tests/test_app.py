@@ -595,3 +595,16 @@ def test_branch_from_a_step(tmp_path):
     cold = list(a.generate("tiny-cold", "cold", 4, "trailing", 0.0, 1.0, 1, 1, 1))
     with pytest.raises(Exception, match="cold-diffusion"):
         a.branch(2, "ddim", None, 1.0, False, branches=None, run=cold[-1][-1])
+
+
+def test_the_upscaler_offered_is_the_one_a_cascade_pairs_with_the_model(tmp_path):
+    """The pose card offered emoji-sr (the first RGB super-resolution model by name) to upscale pose figures: a
+    super-resolution model that a cascade runs after this model now comes first."""
+    import shutil
+
+    import diffusion_app as app
+    root = build_checkpoints(tmp_path / "ckpt")
+    shutil.copytree(root / "tiny-sr", root / "a-sr")         # same channels, first by name, paired with nothing
+    a = app.DiffusionApp(str(root))
+    assert a.upscaler_for("tiny", a.models.get("tiny"))[0] == "tiny-sr"
+    assert a.upscaler_for("tiny-linear", a.models.get("tiny-linear"))[0] == "a-sr"   # no cascade: by name
