@@ -396,13 +396,15 @@ def _order_near_the_end(timesteps: torch.Tensor, t_next: int, order: int, few: i
 
 
 class _Multistep(Step):
-    """A solver of order up to ``order`` that reuses the x0_hat of its last order - 1 steps (``history``)."""
+    """A solver of order up to ``order`` that reuses the x0_hat of its last steps (``history``): its ``update``
+    function gets the earlier (t_k, x0_hat_k) the order of this step needs, newest last."""
 
-    few: int | None = None
+    few: int | None = None      # lower the order near the end on grids of fewer steps (None: on every grid)
+    update = None               # the solver's step function (schedule, x_t, t, t_next, pred, history, order)
 
-    def __init__(self, schedule: Schedule, timesteps: torch.Tensor, order: int):
-        self.schedule, self.timesteps, self.order = schedule, timesteps, order
-        self.history: list[tuple[int, torch.Tensor]] = []      # (t_i, x0_hat_i), newest last
+    def __init__(self, schedule: Schedule, timesteps: torch.Tensor, order: int, keep: int):
+        self.schedule, self.timesteps, self.order, self.keep = schedule, timesteps, order, keep
+        self.history: list[tuple[int, torch.Tensor]] = []      # (t_i, x0_hat_i), newest last, ``keep`` of them
 
     def order_at(self, t_next: int) -> int:
         """The order of the step into t_next: capped near the end and by how many earlier points there are."""
@@ -412,28 +414,34 @@ class _Multistep(Step):
         k = self.order_at(t_next) - 1
         return [] if t_next < 0 or k == 0 else self.history[-k:]
 
-    def info(self, t, t_next):
-        return {"order": 1 if t_next < 0 else self.order_at(t_next)}
-
-
-class DPMpp3MStep(_Multistep):
-    few = 15
-
-    def __init__(self, schedule: Schedule, timesteps: torch.Tensor):
-        super().__init__(schedule, timesteps, 3)
+    def corrected(self, x_t, t, pred):
+        """x_t as the step uses it (a predictor-corrector solver corrects it first)."""
+        return x_t
 
     def inputs(self, x_t, t, t_next, pred, noise):
+        x_t = self.corrected(x_t, t, pred)
         if t_next < 0:
             return {"x0_hat": pred.x0_hat}
         return {"x_t": x_t, "x0_hat": pred.x0_hat, **_earlier(self._used(t_next))}
 
     def rule(self, v, t, t_next):
         hist = _history(v, [tk for tk, _ in self._used(t_next)])
-        return dpmpp_3m_step(self.schedule, v.get("x_t"), t, t_next, Prediction(v["x0_hat"], None), hist,
-                             len(hist) + 1)
+        return type(self).update(self.schedule, v.get("x_t"), t, t_next, Prediction(v["x0_hat"], None), hist,
+                                 len(hist) + 1)
 
     def advance(self, v, t, t_next, pred):
-        self.history = (self.history + [(t, pred.x0_hat)])[-2:]
+        self.history = (self.history + [(t, pred.x0_hat)])[-self.keep:]
+
+    def info(self, t, t_next):
+        return {"order": 1 if t_next < 0 else self.order_at(t_next)}
+
+
+class DPMpp3MStep(_Multistep):
+    few = 15
+    update = staticmethod(dpmpp_3m_step)
+
+    def __init__(self, schedule: Schedule, timesteps: torch.Tensor):
+        super().__init__(schedule, timesteps, 3, keep=2)
 
 
 class UniPCStep(_Multistep):
@@ -441,10 +449,12 @@ class UniPCStep(_Multistep):
     applied to x_t with the denoiser's output at x_t before predicting x_next (Alg. 1-2). The state the
     next corrector redoes is the corrected x_t; the x0_hat kept is the one the denoiser gave at x_t."""
 
+    update = staticmethod(unipc_step)
+
     def __init__(self, schedule: Schedule, timesteps: torch.Tensor, order: int = 2):
         if order not in (1, 2, 3):
             raise ValueError(f"UniPC order must be 1, 2 or 3, got {order}")
-        super().__init__(schedule, timesteps, order)
+        super().__init__(schedule, timesteps, order, keep=order)
         self.last: tuple[torch.Tensor, int, int] | None = None   # (x_s, s, order) of the previous prediction
 
     def corrected(self, x_t, t, pred):
@@ -455,20 +465,9 @@ class UniPCStep(_Multistep):
         *earlier, (_, x0_s) = self.history
         return unipc_correct(self.schedule, x_s, s, x0_s, t, x_t, pred, earlier, used)
 
-    def inputs(self, x_t, t, t_next, pred, noise):
-        x_t = self.corrected(x_t, t, pred)
-        if t_next < 0:
-            return {"x0_hat": pred.x0_hat}
-        return {"x_t": x_t, "x0_hat": pred.x0_hat, **_earlier(self._used(t_next))}
-
-    def rule(self, v, t, t_next):
-        hist = _history(v, [tk for tk, _ in self._used(t_next)])
-        return unipc_step(self.schedule, v.get("x_t"), t, t_next, Prediction(v["x0_hat"], None), hist,
-                          len(hist) + 1)
-
     def advance(self, v, t, t_next, pred):
         order = self.order_at(t_next)
-        self.history = (self.history + [(t, pred.x0_hat)])[-self.order:]
+        super().advance(v, t, t_next, pred)
         self.last = (v["x_t"], t, order) if t_next >= 0 else None
 
     def info(self, t, t_next):
