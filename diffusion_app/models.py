@@ -1,12 +1,11 @@
 """The model catalogue: the folders under the checkpoints directory, loaded on demand and cached."""
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
 
-from diffusion_core import BACKEND_ENV, BackendError, CheckpointError, SAMPLER_KINDS, load, read_json
+from diffusion_core import BackendError, CheckpointError, SAMPLER_KINDS, load, read_json, requested_backend
 
 from .settings import log
 
@@ -24,7 +23,7 @@ class Models:
         self.root = Path(root)
         self.device = device
         # where networks run unless a request names one: $DIFFUSION_CORE_BACKEND, else auto (measured at first load)
-        self.backend = backend or os.environ.get(BACKEND_ENV) or "auto"
+        self.backend = requested_backend(backend)       # the app's default: auto
         self._cache: dict[str, tuple[tuple, object]] = {}
         self._failed: dict[str, tuple[tuple, str]] = {}         # name -> (signature, reason) of a failed load
         self._scanned: dict[str, tuple[tuple, bool, dict, str | None]] = {}   # name -> (stat, listed, config, error)

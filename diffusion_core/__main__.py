@@ -239,13 +239,14 @@ def check_ranges(args, bounds) -> None:
 def _sample(args) -> int:
     import torch
     from .images import grid, load_image, to_pil
-    from .options import BACKEND_ENV, MAX_GUIDANCE
+    from .backends import requested_backend
+    from .options import MAX_GUIDANCE
     from .pipeline import MAX_BATCH, MAX_SEED, MAX_STEPS, load
     check_ranges(args, [("n", 1, 10000), ("batch", 1, MAX_BATCH), ("seed", 0, MAX_SEED - 10000),
                         ("steps", 1, MAX_STEPS), ("strength", 0.0, 1.0), ("eta", 0.0, 1.0), ("guidance", 0.0, MAX_GUIDANCE)])
     if args.sr_steps is not None:
         check_ranges(args, [("sr_steps", 1, MAX_STEPS)])
-    pipe = load(Path(args.model), backend=args.backend or os.environ.get(BACKEND_ENV) or "auto")
+    pipe = load(Path(args.model), backend=requested_backend(args.backend))      # sample's default: auto
     sampler = args.sampler or pipe.samplers[0 if pipe.samplers == ("cold",) else 1]
     base = pipe.base.config
     ch, size = base.unet.out_channels, base.unet.image_size

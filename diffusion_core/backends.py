@@ -87,9 +87,10 @@ def openvino_version() -> str | None:
     return openvino.get_version()
 
 
-def requested(name: str | None = None) -> str:
-    """The backend asked for: ``name`` if given, else the environment variable, else auto."""
-    name = (name or os.environ.get(ENV, "") or "auto").strip().lower()
+def requested_backend(name: str | None = None, default: str = "auto") -> str:
+    """The backend asked for: ``name`` if given, else the environment variable, else ``default`` (the one place
+    that order is written: the library defaults to fp32, the command line's sample and the app to auto)."""
+    name = (name or os.environ.get(ENV, "") or default).strip().lower()
     if name not in CHOICES:
         raise BackendError(f"unknown backend {name!r} (choose from {', '.join(CHOICES)})")
     return name
@@ -377,7 +378,7 @@ def choose(net: nn.Module, requested_name: str = "auto", folder: Path | None = N
            image_size: int | None = None) -> tuple[Callable, Choice]:
     """The runner and the choice for ``net``: a forced backend as asked, or for auto the fastest candidate whose
     output matches fp32, measured here (and remembered in the cache for this network, CPU and versions)."""
-    name = requested(requested_name)
+    name = requested_backend(requested_name)
     device = next(net.parameters()).device.type
     cache = cache_dir_for(folder)
     if name != "auto":

@@ -249,7 +249,7 @@ def evaluate_model(model_dir: Path, classifier_dir: Path | None, n: int = 2000, 
     ``cache``: keep the samples generated so far in this file and resume from it (see SampleCache)."""
     from tqdm import tqdm
     from .pipeline import load
-    pipe = load(model_dir, device)
+    pipe = load(model_dir, device)      # fp32 first: the backend is chosen once, for whole batches
     pipe.chunk = 0      # whole batches (faster); metrics need no bit-identity across batch sizes
     pipe.set_backend(backend)
     cfg = pipe.base.config

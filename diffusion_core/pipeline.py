@@ -5,7 +5,6 @@ CLI and the app use (it yields ``SampleStep`` records), and ``Pipeline.sample(..
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -107,7 +106,7 @@ class Pipeline:
     def set_backend(self, name: str | None = None) -> "Pipeline":
         """Run every network of this pipeline (experts, stages) on backend ``name``: fp32 | bf16 | openvino, or
         auto (measured here, ``backends.choose``); None: the ``DIFFUSION_CORE_BACKEND`` variable, else fp32."""
-        name = backends.requested(name or os.environ.get(backends.ENV) or "fp32")
+        name = backends.requested_backend(name, default="fp32")
         if self.kind == "cascade":
             for stage, _ in self.stages:
                 stage.set_backend(name)
@@ -395,7 +394,8 @@ def load(folder, device="cpu", backend: str | None = None) -> Pipeline:
     """Load a model, ensemble or cascade folder. Raises CheckpointError with a one-line reason. ``backend``:
     where the networks run (``Pipeline.set_backend``; None: $DIFFUSION_CORE_BACKEND, else fp32)."""
     pipe = _load(Path(folder), device)
-    return pipe.set_backend(backend) if backend or os.environ.get(backends.ENV) else pipe
+    name = backends.requested_backend(backend, default="fp32")
+    return pipe.set_backend(name) if name != "fp32" else pipe       # a loaded pipeline runs fp32 already
 
 
 def _load(folder: Path, device="cpu") -> Pipeline:
