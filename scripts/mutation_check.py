@@ -151,6 +151,12 @@ MUTANTS = [
   "torch.tensor(run[\"grid\"] + [run[\"grid_end\"]]) if False", "tests/test_app_memory.py -k first_steps"),
  ("a run over the budget keeps every step", "diffusion_app/generate.py", "            run[\"capped\"] = True\n            return",
   "            pass", "tests/test_app_memory.py -k first_steps"),
+ ("a link's values taken unchecked", "diffusion_app/presets.py", "    return check(raw)\n",
+  "    return raw, []\n", "tests/test_app.py -k round_trips"),
+ ("branch continues from the next step's state", "diffusion_app/branch.py", "x_start=rec.x_t.to(self.models.device)",
+  "x_start=recs[step].x_t.to(self.models.device)", "tests/test_app.py -k branch_from"),
+ ("upscaler ignores the cascades' pairing", "diffusion_app/models.py",
+  "        return sorted(out, key=lambda n: n not in paired)", "        return out", "tests/test_app.py -k upscaler_offered"),
  ("model cards re-read per request", "diffusion_app/cards.py", "        if hit is None or hit[0] != key:\n            hit = (key, self._model_card",
   "        if True:\n            hit = (key, self._model_card", "tests/test_bad_inputs.py -k cached"),
 ]
