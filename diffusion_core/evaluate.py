@@ -90,8 +90,13 @@ def _data_for(name: str, split: str) -> DataConfig:
 
 def train_classifier(name: str, out: Path, epochs: int = 5, seed: int = 0, batch: int = 128) -> dict:
     """Train the evaluation classifier on the training split; report test accuracy (or mean F1)."""
+    with torch.random.fork_rng(devices=[]):    # seeded, and torch's global generator left as it was
+        torch.manual_seed(seed)
+        return _train_classifier(name, out, epochs, seed, batch)
+
+
+def _train_classifier(name: str, out: Path, epochs: int, seed: int, batch: int) -> dict:
     from tqdm import tqdm
-    torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     train, test = load_data(_data_for(name, "train")), load_data(_data_for(name, "test"))
     multi = train.multi_label

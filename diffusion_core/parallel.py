@@ -76,11 +76,13 @@ def generator() -> torch.Generator | None:
 
 
 @contextmanager
-def seeded(seed: int):
-    """Random draws that accept ``generator()`` (our dropout) use a generator seeded with ``seed`` in this thread.
+def seeded(seed: int, device="cpu"):
+    """Random draws that accept ``generator()`` (our dropout) use a generator on ``device`` seeded with ``seed`` in
+    this thread.
 
-    Workers must not share the global generator: which thread draws first would change every mask."""
-    _local.generator = torch.Generator().manual_seed(int(seed))
+    Workers must not share the global generator: which thread draws first would change every mask; and training
+    leaves torch's global generator to the user."""
+    _local.generator = torch.Generator(device=device).manual_seed(int(seed))
     try:
         yield
     finally:

@@ -193,8 +193,9 @@ class Trainer:
         self.out = Path(cfg.out_dir)
         self.data = load_data(cfg.data)
         self.mcfg = model_config(cfg, self.data)
-        torch.manual_seed(cfg.seed)     # the network's initialisation (identical on every rank)
-        self.net = UNet(self.mcfg.unet).to(self.device)
+        with torch.random.fork_rng(devices=[]):     # torch's global generator is left as it was
+            torch.manual_seed(cfg.seed)     # the network's initialisation (identical on every rank)
+            self.net = UNet(self.mcfg.unet).to(self.device)
         if cfg.parent:
             pcfg, pnet = load_network(Path(cfg.parent))
             try:
@@ -212,6 +213,7 @@ class Trainer:
         self.degradation = make_degradation(d.degradation, d.T, self.schedule) if d.is_cold else None
         self.t_lo, self.t_hi = (d.t_range[0], d.t_range[1]) if d.t_range else (0, d.T)
         self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.rank + 1)   # data + noise stream
+        self.dropout_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 500 + self.rank)  # dropout masks' seeds
         self.step, self.wall = 0, 0.0
         self.saved_step: int | None = None        # the step of the last checkpoint on disk
         self.stop_requested = False
@@ -285,7 +287,7 @@ class Trainer:
         for pid, st in opt["state"].items():
             for k, v in st.items():
                 tensors[f"opt.{pid}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
-        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.dropout"] = self.dropout_gen.get_state()
         tensors["rng.data"] = self.gen.get_state()
         meta = {"step": str(self.step), "wall": repr(self.wall), "config": json.dumps(to_dict(self.cfg)),
                 "param_groups": json.dumps(opt["param_groups"])}
@@ -331,7 +333,8 @@ class Trainer:
             with safe_open(str(path), "pt") as f:
                 meta = f.metadata() or {}
             tensors = load_file(str(path))
-            missing = [k for k in ("rng.torch", "rng.data", "ema.n_averaged") if k not in tensors]
+            missing = [k for k in ("rng.data", "ema.n_averaged") if k not in tensors]
+            missing += [] if "rng.dropout" in tensors or "rng.torch" in tensors else ["rng.dropout"]
             missing += [k for k in ("step", "wall", "config", "param_groups") if k not in meta]
             if missing:
                 raise ValueError(f"no {', '.join(missing)}")
@@ -373,7 +376,8 @@ class Trainer:
                 _, pid, name = k.split(".", 2)
                 state.setdefault(int(pid), {})[name] = v
         self.opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
-        torch.set_rng_state(tensors["rng.torch"])
+        # a checkpoint written before the trainer had its own dropout stream saved torch's global one
+        self.dropout_gen.set_state(tensors["rng.dropout"] if "rng.dropout" in tensors else tensors["rng.torch"])
         self.gen.set_state(tensors["rng.data"])
         if self.rank:   # every rank keeps its own data stream
             self.gen.manual_seed(self.cfg.seed * 1000 + self.rank + 1 + int(meta["step"]))
@@ -484,12 +488,14 @@ class Trainer:
                 self.opt.zero_grad(set_to_none=True)
                 x0, t, eps, cond = self.make_batch()
                 if self.world > 1 or self.device.type != "cpu":    # DDP reduces once per backward
-                    loss = self.loss(x0, t, eps, cond)
+                    seed = int(torch.randint(2 ** 62, (1,), generator=self.dropout_gen))
+                    with parallel.seeded(seed, self.device):
+                        loss = self.loss(x0, t, eps, cond)
                     loss.backward()
                 else:   # one piece of the batch per CPU core (parallel.py)
                     loss = backward_in_parts(lambda a, b: self.loss(x0[a:b], t[a:b], eps[a:b],
                                                                     cond.index(slice(a, b)) if cond is not None else None),
-                                             x0.shape[0], list(self.net.parameters()))
+                                             x0.shape[0], list(self.net.parameters()), generator=self.dropout_gen)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"loss became {loss.item()} at step {self.step}; stopping. The last good "
                                              f"checkpoint is kept in {self.out / STATE} (try a lower lr)")
@@ -586,21 +592,23 @@ def clean_debris(out: Path, step: int) -> None:
 
 
 def backward_in_parts(loss_of: Callable[[int, int], torch.Tensor], b: int, params: list[torch.Tensor],
-                      min_rows: int = 4) -> torch.Tensor:
+                      min_rows: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
     """Gradient of the mean loss over b rows into ``p.grad``, computed as row pieces on the CPU's cores.
 
     ``loss_of(start, stop)`` is the mean loss over rows [start, stop). Each worker (``parallel.run_pieces``)
     takes the gradient of (stop - start) / b times its piece's loss with its own dropout generator, seeded
-    from torch's global generator, so a run is reproducible; the pieces' gradients are summed in piece order.
-    The sum of the pieces is the full batch's mean loss and gradient (up to rounding). One piece (one core, or
-    a small batch): plain ``backward()``. Returns the loss, detached."""
+    from ``generator`` (the trainer's dropout stream; None: torch's global one), so a run is reproducible; the
+    pieces' gradients are summed in piece order. The sum of the pieces is the full batch's mean loss and
+    gradient (up to rounding). One piece (one core, or a small batch): plain ``backward()``. Returns the loss,
+    detached."""
     w = parallel.workers()
     ranges = parallel.split_rows(b, w, min_rows, max_rows=parallel.TRAIN_PIECE_ROWS if w > 1 else None)
+    seeds = torch.randint(2 ** 62, (len(ranges),), generator=generator).tolist()
     if len(ranges) == 1:
-        loss = loss_of(0, b)
+        with parallel.seeded(seeds[0]):
+            loss = loss_of(0, b)
         loss.backward()
         return loss.detach()
-    seeds = torch.randint(2 ** 62, (len(ranges),)).tolist()
 
     def piece(start: int, stop: int, seed: int):
         with parallel.seeded(seed):

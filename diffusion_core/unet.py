@@ -72,7 +72,7 @@ class Dropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        return x * dropout_mask(x, self.p, parallel.generator() if x.device.type == "cpu" else None)
+        return x * dropout_mask(x, self.p, parallel.generator())
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

@@ -125,6 +125,46 @@ def test_resume_is_exact(tmp_path):
         assert torch.equal(v, w), k
 
 
+def test_training_owns_its_randomness(tmp_path):
+    """Issue 19: training seeds only its own generators (the network's initialisation in a forked RNG, the data /
+    noise stream, the dropout masks' stream). torch's global generator is the same after a run as before it,
+    its state does not change the run, and with dropout on, stopping and resuming is still exact (the dropout
+    stream is saved in the checkpoint)."""
+    folder = write_idx(tmp_path / "idx")
+    base = ["data.source=idx", f"data.path={folder}", "unet.dropout=0.3"]
+
+    def cfg(name, steps):
+        return load_train_config(None, TINY + base + [f"out_dir={tmp_path / name}", f"steps={steps}"])
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    straight = Trainer(cfg("a", 4), progress=False)
+    straight.run()
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(999)                                  # another global state: the same run
+    other = Trainer(cfg("b", 4), progress=False)
+    other.run()
+    first = Trainer(cfg("c", 2), progress=False)
+    first.run()
+    # a checkpoint from before the trainer had its own dropout stream holds it as "rng.torch": still resumable
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    with safe_open(str(tmp_path / "c" / STATE), "pt") as f:
+        meta = f.metadata()
+    state = load_file(str(tmp_path / "c" / STATE))
+    state["rng.torch"] = state.pop("rng.dropout")
+    save_file(state, str(tmp_path / "c" / STATE), metadata=meta)
+    resumed = Trainer(cfg("c", 4), resume=True, progress=False)
+    resumed.run()
+    for run in (other, resumed):
+        for (k, v), (_, w) in zip(straight.net.state_dict().items(), run.net.state_dict().items()):
+            assert torch.equal(v, w), k
+    unseeded = Trainer(load_train_config(None, TINY + base + [f"out_dir={tmp_path / 'd'}", "steps=4", "seed=1"]),
+                       progress=False)
+    unseeded.run()
+    assert not all(torch.equal(v, w) for v, w in zip(straight.net.state_dict().values(),
+                                                    unseeded.net.state_dict().values()))
+
+
 def test_nan_loss_stops_and_keeps_checkpoint(tmp_path, monkeypatch):
     folder = write_idx(tmp_path / "idx")
     cfg = tiny_cfg(tmp_path, "data.source=idx", f"data.path={folder}", "steps=10")
@@ -165,7 +205,7 @@ def test_kill_during_checkpoint_write_then_resume(tmp_path):
     p.wait(timeout=60)
     assert killed_mid_write
     state = load_file(str(out / STATE))           # the previous checkpoint is intact
-    assert "rng.torch" in state
+    assert "rng.dropout" in state
     r = run_cli(*args, "--resume")
     assert r.returncode == 0, r.stderr
     assert json.loads((out / "model" / "training.json").read_text())["steps"] == 8
