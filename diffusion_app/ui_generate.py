@@ -143,14 +143,26 @@ def wire_generate(app, demo, g: SimpleNamespace, l: SimpleNamespace) -> None:
     # value typed after that is not reset by a late controls update. No progress overlay on the controls these
     # fill in: after the page loaded they spun for 2-3 s (issue 18). A model picked by the user (.input, not
     # .change) gets its defaults; a model set by a link or an example gets their settings instead.
-    g.model.input(app.on_model_change, [g.model, g.sampler, g.class_label, g.attributes], controls,
+    # A dropdown's input event fires even when the same model is picked again: ``shown`` (the model the controls
+    # are set for) makes that a no-op, so re-picking the model keeps the settings typed since.
+    shown = gr.State(None)
+
+    def picked(model, sampler, class_label, attributes, current):
+        if model == current:
+            return (gr.skip(),) * (len(controls) + 1)
+        return (*app.on_model_change(model, sampler, class_label, attributes), model)
+
+    def loaded(model, class_label, attributes, request: gr.Request):
+        out = app.on_load(model, class_label, attributes, request)
+        return (*out, out[0]["value"] if isinstance(out[0], dict) and "value" in out[0] else model)
+    g.model.input(picked, [g.model, g.sampler, g.class_label, g.attributes, shown], controls + [shown],
                   **quiet).then(**card)
-    demo.load(app.on_load, [g.model, g.class_label, g.attributes], [g.model] + controls, **quiet).then(**card)
+    demo.load(loaded, [g.model, g.class_label, g.attributes], [g.model] + controls + [shown], **quiet).then(**card)
     # API endpoint (markdown, samples.png): on a never-shown button, so the UI does not run it twice
     card_api = gr.Button(visible=False)
     card_api.click(app.model_card, [g.model], [g.card, g.card_img], api_name="model_card", **LIGHT)
     g.refresh.click(app.refresh_models, [g.model], [g.model], **quiet).then(
-        app.on_model_change, [g.model, g.sampler, g.class_label, g.attributes], controls, **quiet).then(**card)
+        picked, [g.model, g.sampler, g.class_label, g.attributes, shown], controls + [shown], **quiet).then(**card)
     local = dict(api_visibility="private", queue=False)
     g.sampler.change(lambda s: gr.update(visible=(s == "ddim")), [g.sampler], [g.eta], **local)
     g.stick_source.change(lambda s: (gr.update(visible=s == "sketch"), gr.update(visible=s == "upload"),

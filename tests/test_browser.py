@@ -268,9 +268,9 @@ def test_learn_tab(page):
     set_number(page, "branch-guidance", 7)
     page.locator("#branch-btn").click()
     page.wait_for_function("document.querySelector('#branch-note')?.innerText.includes('2 branch')")
-    w, h = page.evaluate("() => { const i = document.querySelector('#branch-row img'); "
-                         "return [i.naturalWidth, i.naturalHeight]; }")
-    assert w > 3.5 * h, (w, h)                  # four cells side by side
+    # four cells side by side (the note can arrive before the new image has loaded: wait for the image)
+    page.wait_for_function("() => { const i = document.querySelector('#branch-row img'); "
+                           "return !!i && i.complete && i.naturalWidth > 3.5 * i.naturalHeight; }")
     assert not errors(page), errors(page)
     page.locator("#branch-row").scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "learn-branch.png"))
@@ -295,6 +295,10 @@ def test_examples_and_settings_links(url, browser):
         pg.wait_for_selector("#model-card h3")
         choose(pg, "model", "tiny-attr")
         wait_card(pg, "tiny-attr")
+        set_number(pg, "steps", 7)                  # picking the same model again keeps what was typed
+        choose(pg, "model", "tiny-attr")
+        pg.wait_for_timeout(1000)
+        assert pg.locator("#steps input[type=number]").input_value() == "7"
         title = pg.locator("#example-1").inner_text()
         assert title.startswith("▶ "), title
         pg.evaluate(WATCH_JS)
