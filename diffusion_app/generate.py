@@ -101,6 +101,7 @@ class GenerateTab(AppBase):
         t0 = time.time()
         last = None
         partial = None
+        first = True
         try:
             for rec in stream:   # each step runs under inference mode inside the package's loop
                 last = rec
@@ -116,10 +117,13 @@ class GenerateTab(AppBase):
                     frac = (rec.stage + (rec.index + 1) / rec.num_steps) / n_stages
                     partial = {"x0": rec.x0_hat.detach().float().cpu().clamp(-1, 1).numpy(), "meta": meta,
                                "step": f"{rec.index + 1}/{rec.num_steps}", "stage": rec.stage}
-                    # gallery and GIF are None (empty) until the run ends, not gr.skip(): Gradio rebuilds a
-                    # skipped component's config on every yield, about 1.5 ms of the server's Python time each
+                    # the first preview empties the gallery and GIF (the last run's results); later ones leave
+                    # them alone: a preview still on its way when Stop is pressed must not empty the partial
+                    # result that Stop puts there (gr.skip() costs Gradio ~1.5 ms per yield)
+                    clear = None if first else gr.skip()
+                    first = False
                     yield (side_by_side(rec.x_t, rec.x0_hat), html_status(self._status(pipe, rec, n_stages, t0), frac),
-                           None, None, seed, partial, session)
+                           clear, clear, seed, partial, session)
         except USER_ERRORS as e:
             raise user_error(e) from None
         except Exception as e:      # never show a traceback; keep serving
