@@ -7,7 +7,6 @@ one back, checking every value: a link is typed by anyone, so a bad value is dro
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -17,10 +16,9 @@ from PIL import Image
 from diffusion_core import MAX_GUIDANCE, MAX_STEPS, SPACINGS, read_json
 
 from .inputs import number
-from .settings import HERE, MAX_BATCH, MAX_SEED
+from .settings import HERE, MAX_BATCH, MAX_SEED, STICKMEN_DIR
 
-STICKMEN = HERE / "examples" / "stickmen"
-LOWRES = HERE / "examples" / "lowres"
+LOWRES_DIR = HERE / "examples" / "lowres"          # bundled low-resolution inputs (scripts/make_examples.py)
 EXAMPLES_FILE = "examples.json"     # optional, in a model folder: a list of settings dicts (without "model")
 MAX_EXAMPLES = 3
 # attribute sets tried, in order, for a multi-label model without an examples.json
@@ -30,9 +28,13 @@ NUMBERS = {"steps": (1, MAX_STEPS, True), "eta": (0.0, 1.0, False), "guidance": 
 KEYS = ("model", "sampler", "steps", "spacing", "eta", "guidance", "seed", "batch", "labels", "stickman", "lowres")
 
 
+def _folder(kind: str) -> Path:
+    return STICKMEN_DIR if kind == "stickman" else LOWRES_DIR
+
+
 def example_file(kind: str, name) -> Path | None:
     """The bundled example ``name`` (a bare file name) of ``kind`` (stickman / lowres), or None."""
-    folder = STICKMEN if kind == "stickman" else LOWRES
+    folder = _folder(kind)
     if not isinstance(name, str) or Path(name).name != name or not name.endswith(".png"):
         return None
     path = folder / name
@@ -45,11 +47,14 @@ def bundled_name(kind: str, image) -> str | None:
     if image is None:
         return None
     try:
-        img = image if isinstance(image, Image.Image) else Image.open(image)
-        mine = np.asarray(img.convert("RGB"))
-        for path in sorted((STICKMEN if kind == "stickman" else LOWRES).glob("*.png")):
+        if isinstance(image, Image.Image):
+            size, mine = image.size, np.asarray(image.convert("RGB"))
+        else:
+            with Image.open(image) as img:
+                size, mine = img.size, np.asarray(img.convert("RGB"))
+        for path in sorted(_folder(kind).glob("*.png")):
             with Image.open(path) as ex:
-                if ex.size == img.size and np.array_equal(np.asarray(ex.convert("RGB")), mine):
+                if ex.size == size and np.array_equal(np.asarray(ex.convert("RGB")), mine):
                     return path.name
     except (OSError, ValueError):
         return None
@@ -76,9 +81,9 @@ def examples_for(pipe, model: str) -> list[dict]:
     out = _listed(pipe)
     if not out:
         if cfg.task == "super_resolution":
-            out = [{"title": f"upscale {p.stem}", "lowres": p.name} for p in sorted(LOWRES.glob("*.png"))]
+            out = [{"title": f"upscale {p.stem}", "lowres": p.name} for p in sorted(LOWRES_DIR.glob("*.png"))]
         elif cfg.task == "pose":
-            out = [{"title": f"stickman {p.stem[-2:]}", "stickman": p.name} for p in sorted(STICKMEN.glob("*.png"))]
+            out = [{"title": f"stickman {p.stem[-2:]}", "stickman": p.name} for p in sorted(STICKMEN_DIR.glob("*.png"))]
         elif cfg.multi_label:
             names = set(cfg.label_names)
             picks = [p for p in PICKS if set(p) <= names] or [(n,) for n in cfg.label_names]
@@ -154,8 +159,3 @@ def check(raw: dict) -> tuple[dict, list[str]]:
         out[k] = v
     return out, bad
 
-
-def describe(settings: dict) -> str:
-    """The settings in one line, for a note: {"seed": 3, ...} -> "seed=3 · ..."."""
-    return " · ".join(f"{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in settings.items()
-                      if k not in ("model", "title"))
