@@ -353,36 +353,6 @@ def _history(v: dict, times: Sequence[int]) -> list[tuple[int, torch.Tensor]]:
     return [(tk, v[f"x0_hat[{tk}]"]) for tk in times]
 
 
-class DPMpp2MStep(Step):
-    def __init__(self, schedule: Schedule):
-        self.schedule, self.prev = schedule, None
-
-    def _used(self, t_next):
-        return [] if t_next < 0 or self.prev is None else [self.prev]
-
-    def inputs(self, x_t, t, t_next, pred, noise):
-        if t_next < 0:
-            return {"x0_hat": pred.x0_hat}
-        return {"x_t": x_t, "x0_hat": pred.x0_hat, **_earlier(self._used(t_next))}
-
-    def rule(self, v, t, t_next):
-        prev = _history(v, [tk for tk, _ in self._used(t_next)])
-        return dpmpp_2m_step(self.schedule, v.get("x_t"), t, t_next, Prediction(v["x0_hat"], None),
-                             prev[0] if prev else None)
-
-    def advance(self, v, t, t_next, pred):
-        self.prev = (t, pred.x0_hat)
-
-    def info(self, t, t_next):
-        if t_next < 0:
-            return {"order": 1, "note": "last step: x_next = x0_hat (sigma_next = 0)"}
-        used = self._used(t_next)
-        h, r = dpm_step_size(self.schedule, t, t_next, used[0][0] if used else None)
-        out = {"order": 2 if used else 1, "lambda_t": _lam(_ab(self.schedule, t)),
-               "lambda_next": _lam(_ab(self.schedule, t_next)), "h": h}
-        return {**out, "r": r, "t_prev": used[0][0]} if used else out
-
-
 def _order_near_the_end(timesteps: torch.Tensor, t_next: int, order: int, few: int | None) -> int:
     """``order``, capped by the number of steps left (this one included) on grids of fewer than ``few`` steps
     (``few`` None: on every grid): the last step is first order, the one before at most second order. This is
@@ -434,6 +404,29 @@ class _Multistep(Step):
 
     def info(self, t, t_next):
         return {"order": 1 if t_next < 0 else self.order_at(t_next)}
+
+
+def _dpmpp_2m_update(schedule: Schedule, x_t, t: int, t_next: int, pred: Prediction,
+                     history: Sequence[tuple[int, torch.Tensor]], order: int):
+    """``dpmpp_2m_step`` with its earlier point given as a history (empty on the first step)."""
+    return dpmpp_2m_step(schedule, x_t, t, t_next, pred, history[-1] if history else None)
+
+
+class DPMpp2MStep(_Multistep):
+    few = 0                     # second order to the end, on every grid (the step into t = -1 returns x0_hat)
+    update = staticmethod(_dpmpp_2m_update)
+
+    def __init__(self, schedule: Schedule, timesteps: torch.Tensor):
+        super().__init__(schedule, timesteps, 2, keep=1)
+
+    def info(self, t, t_next):
+        if t_next < 0:
+            return {"order": 1, "note": "last step: x_next = x0_hat (sigma_next = 0)"}
+        used = self._used(t_next)
+        h, r = dpm_step_size(self.schedule, t, t_next, used[0][0] if used else None)
+        out = {"order": 2 if used else 1, "lambda_t": _lam(_ab(self.schedule, t)),
+               "lambda_next": _lam(_ab(self.schedule, t_next)), "h": h}
+        return {**out, "r": r, "t_prev": used[0][0]} if used else out
 
 
 class DPMpp3MStep(_Multistep):
@@ -507,7 +500,7 @@ def make_step(spec: SamplerSpec, timesteps: torch.Tensor, schedule: Schedule | N
     if spec.name == "ddim":
         return DDIMStep(schedule, spec.eta)
     if spec.name == "dpm++":
-        return DPMpp2MStep(schedule)
+        return DPMpp2MStep(schedule, timesteps)
     if spec.name == "dpm++3m":
         return DPMpp3MStep(schedule, timesteps)
     return UniPCStep(schedule, timesteps)
