@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from . import backends
 from .checkpoint import (CONFIG, MAX_CASCADE_SIZE, CascadeManifest, CheckpointError, EnsembleManifest, folder_kind,
                          load_model_config, load_network, load_prior, read_manifest)
-from .conditioning import Condition, augment_low_res, picks_condition, picks_meaning, resolve_labels
+from .conditioning import AUGMENTED_INPUT_SCALE, Condition, augment_low_res, back_project, picks_condition, picks_meaning, resolve_labels
 from .config import ConfigError, ModelConfig
 from .degradations import Degradation, make_degradation
 from .denoisers import ClassifierFreeGuidance, ClipX0, ExpertEnsemble, ModelDenoiser
@@ -282,14 +282,19 @@ class Pipeline:
             ts = spaced_timesteps(T, steps, spacing, schedule=sched)
             x_start = per_image_noise((n, c, *hw), gens, device)      # = start_noise(n, seed) for generation
         records = sample_stream(den, x_start, ts, spec, schedule=sched, cond=cond, generators=gens)
-        if crop_to is None:
+        if cfg.task != "super_resolution":
             yield from records
             return
-        h, w = crop_to
+        h, w = crop_to or hw
         for rec in records:
-            yield replace(rec, x_t=rec.x_t[..., :h, :w], x_next=rec.x_next[..., :h, :w],
-                          x0_hat=rec.x0_hat[..., :h, :w], eps_hat=rec.eps_hat[..., :h, :w],
-                          noise=None if rec.noise is None else rec.noise[..., :h, :w])
+            if crop_to is not None:
+                rec = replace(rec, x_t=rec.x_t[..., :h, :w], x_next=rec.x_next[..., :h, :w],
+                              x0_hat=rec.x0_hat[..., :h, :w], eps_hat=rec.eps_hat[..., :h, :w],
+                              noise=None if rec.noise is None else rec.noise[..., :h, :w])
+            if rec.index == rec.num_steps - 1:      # the result downsamples back to its input (un-augmented)
+                scale = AUGMENTED_INPUT_SCALE if aug_level > 0 else 1
+                rec = replace(rec, x_next=back_project(rec.x_next, low_res.to(device), scale))
+            yield rec
 
     def _stream_cold(self, den, n, steps, spacing, gens, cond, init_image, strength, improved, device):
         if spacing in NOISE_LEVEL_SPACINGS:

@@ -18,6 +18,11 @@ SRC = Path(__file__).resolve().parents[1]
 DST = Path(tempfile.gettempdir()) / "diffusion_core_mutants" / "repo"
 
 MUTANTS = [
+ ("SR result not back-projected", "diffusion_core/pipeline.py",
+  "rec = replace(rec, x_next=back_project(rec.x_next, low_res.to(device), scale))", "pass",
+  "tests/test_pipeline.py -k downsamples_back"),
+ ("augmented SR input matched pixel for pixel", "diffusion_core/pipeline.py",
+  "scale = AUGMENTED_INPUT_SCALE if aug_level > 0 else 1", "scale = 1", "tests/test_pipeline.py -k downsamples_back"),
  ("v target swapped", "diffusion_core/denoisers.py",
   "return ab.sqrt() * eps - (1 - ab).sqrt() * x0", "return ab.sqrt() * x0 - (1 - ab).sqrt() * eps",
   "tests/test_training_math.py -k 'zero_loss or x0_error'"),

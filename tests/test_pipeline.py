@@ -304,3 +304,30 @@ def test_one_low_res_image_gives_a_batch_of_super_resolved_samples(tmp_path, mak
     assert torch.equal(x[1], sr.sample(1, low_res=low, steps=3, seed=6)[0])       # image i uses seed + i
     with pytest.raises(ValueError, match="2 low-resolution images for a batch of 3"):
         sr.sample(3, low_res=low.expand(2, -1, -1, -1), steps=3)
+
+
+@pytest.mark.parametrize("aug_level", [0.0, 0.3])
+def test_super_resolution_output_downsamples_back_to_its_input(tmp_path, make_model, aug_level):
+    """Issue 21: an SR stage trained on crops gets low frequencies wrong on the whole canvas (emoji 64 -> 128
+    came back on a lavender-tinted white). Its result is back-projected onto its input (Irani & Peleg 1991,
+    written out here): x <- x + bicubic_up(target - area_down(x)), twice, target = the input itself, or for a
+    noise-augmented input (a cascade's later stage) the input area-averaged to 1/4 of its size, so that the
+    base's speckle is not drawn back in. Only the result changes: every earlier record is the sampler's own."""
+    make_model(tmp_path / "sr", seed=21, task="super_resolution", low_res=8, high_res=16,
+               unet=dict(in_channels=3, out_channels=3, cond_channels=3, aug_level_embedding=True, image_size=16,
+                         channel_mults=(1, 2, 2)))
+    sr = load(tmp_path / "sr")
+    low = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    recs = list(sr.stream(2, low_res=low, steps=4, sampler="ddim", seed=4, aug_level=aug_level))
+    side = 8 if aug_level == 0 else 2
+    target = torch.nn.functional.adaptive_avg_pool2d(low, side)
+    x = recs[-1].x0_hat      # DDIM's last step (to alpha_bar = 1) returns x0_hat
+    for _ in range(2):
+        x = x + torch.nn.functional.interpolate(target - torch.nn.functional.adaptive_avg_pool2d(x, side),
+                                                size=(16, 16), mode="bicubic", align_corners=False)
+    assert torch.allclose(recs[-1].x_next, x, atol=1e-5)
+    before = (torch.nn.functional.adaptive_avg_pool2d(recs[-1].x0_hat, side) - target).abs().mean()
+    after = (torch.nn.functional.adaptive_avg_pool2d(recs[-1].x_next, side) - target).abs().mean()
+    assert after < 0.2 * before
+    for r in recs[:-1]:
+        assert torch.equal(r.x_next, recs[recs.index(r) + 1].x_t)
