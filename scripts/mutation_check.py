@@ -18,6 +18,10 @@ SRC = Path(__file__).resolve().parents[1]
 DST = Path(tempfile.gettempdir()) / "diffusion_core_mutants" / "repo"
 
 MUTANTS = [
+ ("cascade evaluated through its last stage only", "diffusion_core/evaluate.py",
+  "high.append(pipe.sample(b, low_res=x, sr_steps=steps, sr_sampler=sampler, seed=seed + start))",
+  "high.append(pipe.upscale(x, steps=steps, sampler=sampler, seed=seed + start))",
+  "tests/test_checkpoint.py -k evaluate_cascade"),
  ("SR result not back-projected", "diffusion_core/pipeline.py",
   "rec = replace(rec, x_next=back_project(rec.x_next, low_res.to(device), scale))", "pass",
   "tests/test_pipeline.py -k downsamples_back"),

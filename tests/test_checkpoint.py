@@ -385,3 +385,25 @@ def test_evaluate_cascade_compares_with_the_base_upscaled(tmp_path, make_model):
     assert (tmp_path / "casc" / "cascade_examples.png").is_file()
     with pytest.raises(ValueError, match="not a cascade"):
         evaluate_cascade(tmp_path / "base", n=1)
+
+
+def test_evaluate_cascade_runs_every_stage_and_scores_poses_at_the_base_size(tmp_path, make_model):
+    """Issue 21: a three-stage cascade (8 -> 16 -> 32) is evaluated through both super-resolution stages (only
+    the last one ran on the base's output before: 8 -> 16, not 32), and a pose cascade's final image is scored
+    against the drawing at the base's size, beside the base's own score; the whole cascade is timed for one and
+    for four images."""
+    from diffusion_core.evaluate import evaluate_cascade
+    make_model(tmp_path / "base", seed=20, task="pose", unet=dict(in_channels=3, out_channels=3, cond_channels=1))
+    for name, lo in (("sr1", 8), ("sr2", 16)):
+        make_model(tmp_path / name, seed=21, task="super_resolution", low_res=lo, high_res=2 * lo,
+                   unet=dict(in_channels=3, out_channels=3, cond_channels=3, aug_level_embedding=True,
+                             image_size=2 * lo))
+    save_cascade(tmp_path / "casc", [{"path": "../base"}, {"path": "../sr1", "aug_level": 0.1},
+                                     {"path": "../sr2", "aug_level": 0.1}], description="8 -> 16 -> 32")
+    m = evaluate_cascade(tmp_path / "casc", n=3, steps=2, guidance=1.0, batch=2)
+    assert m["stage_sizes"] == [8, 16, 32]
+    from PIL import Image
+    assert Image.open(tmp_path / "casc" / "cascade_examples.png").width > 3 * 32     # 32 px cells, not 16
+    for k in ("pose_adherence_cascade", "pose_adherence_base", "pose_adherence_real"):
+        assert 0 <= m[k] <= 1
+    assert m["seconds_one_image"] > 0 and m["seconds_four_images"] > 0
