@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from diffusion_core import BACKENDS, MAX_GUIDANCE, MAX_STEPS, SPACINGS
+from diffusion_core import BACKENDS, MAX_GUIDANCE, MAX_STEPS, SPACINGS, SR_SAMPLING
 
 from .inputs import Dropdown, LabelChecks, Number, Radio, SafeImage, SafeSketchpad, Slider, page_parts
 from .render import html_status
@@ -108,7 +108,7 @@ def generate_page(app) -> SimpleNamespace:
                                          type="filepath", image_mode=None, height=160,
                                          sources=["upload", "clipboard"])
                     with gr.Column():
-                        up_steps = Slider(1, 200, value=20, step=1, label="SR steps")
+                        up_steps = Slider(1, 200, value=SR_SAMPLING.steps, step=1, label="SR steps")
                         up_btn = gr.Button("Upscale", elem_id="upscale-btn")
                 up_note = gr.Markdown()
                 up_slider = gr.ImageSlider(label="before (nearest) / after", type="pil", height=300)

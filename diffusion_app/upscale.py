@@ -7,16 +7,16 @@ import gradio as gr
 from PIL import Image
 import torch
 
-from diffusion_core import MAX_STEPS, load_image, open_image
+from diffusion_core import MAX_STEPS, SR_SAMPLING, load_image, open_image
 
 from .base import AppBase
 from .inputs import number, user_error
 from .render import as_pil_uint8, save_png, upscale_nearest
-from .settings import MAX_UPSCALE_INPUT, PREVIEW_PX, USER_ERRORS, log
+from .settings import MAX_UPSCALE_INPUT, PREVIEW_PX, SAMPLER_NAMES, USER_ERRORS, log
 
 
 class UpscaleTab(AppBase):
-    def upscale(self, model, image, sr_steps=20, seed=0):
+    def upscale(self, model, image, sr_steps=SR_SAMPLING.steps, seed=0):
         """Super-resolve one image with the model's SR stage (cascade), the model itself (SR model), or a
         stand-alone SR model with matching channels. Returns (before nearest-upsampled, after) and a note."""
         try:
@@ -44,6 +44,7 @@ class UpscaleTab(AppBase):
         path = save_png(after, self._run_dir(model) / "upscaled.png",
                         {"model": sr_name, "upscale_of": model, "steps": sr_steps, "seed": int(seed or 0)})
         target = max(PREVIEW_PX, after.width)
-        note = (f"{low.shape[-1]} px → {after.width} px with {sr_name} ({sr_steps} DPM-Solver++ steps, "
+        sampler = SAMPLER_NAMES.get(sr_cfg.sampling.sampler, sr_cfg.sampling.sampler)
+        note = (f"{low.shape[-1]} px → {after.width} px with {sr_name} ({sr_steps} {sampler} steps, "
                 f"{time.time() - t0:.1f} s)")
         return (upscale_nearest(before, target), upscale_nearest(after, target)), path, note

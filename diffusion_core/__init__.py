@@ -15,7 +15,7 @@ import importlib
 _EXPORTS = {
     "checkpoint": ("SAMPLER_KINDS", "CheckpointError", "read_json", "save_cascade", "save_ensemble", "save_model"),
     "conditioning": ("Condition",),
-    "config": ("ConfigError", "DiffusionConfig", "ModelConfig", "UNetConfig"),
+    "config": ("SR_SAMPLING", "ConfigError", "DiffusionConfig", "ModelConfig", "UNetConfig"),
     "data": ("DataConfig", "load_data"),
     "degradations": ("make_degradation",),
     "denoisers": ("ClassifierFreeGuidance", "ClipX0", "ExpertEnsemble", "ModelDenoiser", "Prediction"),

@@ -80,7 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--classifier", help="classifier folder (default: checkpoints/classifier-<dataset>)")
     e.add_argument("--n", type=int, default=2000, help="samples to generate and compare")
     e.add_argument("--sampler", default=None, choices=SAMPLERS, help="default: ddim (cold for cold models)")
-    e.add_argument("--steps", type=int, default=50, help="sampling steps")
+    e.add_argument("--steps", type=int, default=None,
+                   help="sampling steps (default 50; a super-resolution model: its own, see its config's sampling)")
     e.add_argument("--spacing", default="trailing", choices=SPACINGS, help=spacing_help)
     e.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale")
     e.add_argument("--seed", type=int, default=0, help="image i uses seed + i")

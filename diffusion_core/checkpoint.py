@@ -276,8 +276,8 @@ class CascadeStage:
 
     path: str
     aug_level: float = 0.0
-    steps: int = 0                  # 0: the request's super-resolution steps
-    sampler: str = ""               # "": the request's super-resolution sampler
+    steps: int = 0                  # 0: the request's super-resolution steps, else the stage model's own
+    sampler: str = ""               # "": the request's super-resolution sampler, else the stage model's own
 
     def __post_init__(self):
         from .options import SAMPLERS

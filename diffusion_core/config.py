@@ -188,6 +188,16 @@ class SamplingDefaults:
             raise ConfigError("sampling.why is longer than 2,000 characters")
 
 
+# A super-resolution model's defaults when its config names none. Ancestral DDPM removes the grain that a
+# deterministic solver leaves on flat backgrounds: on 32 held-out images each (20 DPM-Solver++ steps -> 10 DDPM
+# steps, back-projected) SSIM pose-sr 0.930 -> 0.982 (bicubic 0.944), emoji-sr 0.946 -> 0.965 (bicubic 0.906);
+# emoji-sr128 (8 images) 0.977 -> 0.982 (bicubic 0.948); 10 steps matched 20 and cost half.
+SR_SAMPLING = SamplingDefaults("ddpm", 10, "trailing", 1.0,
+                               "super-resolution stages sample with ancestral DDPM, 10 steps: on held-out images its "
+                               "output has the SSIM of 20 DDPM steps and above bicubic's, where DPM-Solver++ (20 steps) "
+                               "leaves grain on flat backgrounds (docs/models.md, super-resolution)")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild and sample a trained model from its folder."""
@@ -222,5 +232,7 @@ class ModelConfig:
                               f"{self.unet.num_labels}")
         if self.task not in ("generate", "super_resolution", "pose"):
             raise ConfigError(f"task must be generate, super_resolution or pose, got {self.task!r}")
+        if self.task == "super_resolution" and self.sampling == SamplingDefaults():     # none given
+            object.__setattr__(self, "sampling", SR_SAMPLING)
         if self.unet.label_mask and not self.unet.num_labels:
             raise ConfigError("unet.label_mask needs a model with labels (unet.num_labels > 0)")

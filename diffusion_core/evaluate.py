@@ -386,8 +386,8 @@ def _held_out_high_res(sr_dir: Path, n: int, size: int, seed: int) -> tuple[torc
     raise ValueError(f"{sr_dir}: no held-out recipe for data source {source!r}")
 
 
-def evaluate_super_resolution(sr_dir: Path, n: int = 200, steps: int = 20, sampler: str = "dpm++", seed: int = 0,
-                              batch: int = 50, progress: bool = True) -> dict:
+def evaluate_super_resolution(sr_dir: Path, n: int = 200, steps: int | None = None, sampler: str | None = None,
+                              seed: int = 0, batch: int = 50, progress: bool = True) -> dict:
     """Super-resolution against bicubic upscaling on held-out images: downsample the truth (area) to the
     model's input size, upscale it both ways, and compare PSNR / SSIM / sharpness with the truth.
     Writes sr_examples.png (rows: input (nearest), bicubic, diffusion SR, truth)."""
@@ -399,6 +399,7 @@ def evaluate_super_resolution(sr_dir: Path, n: int = 200, steps: int = 20, sampl
     if cfg.task != "super_resolution":
         raise ValueError(f"{sr_dir} is not a super-resolution model")
     hi_size = cfg.high_res
+    steps, sampler = steps or cfg.sampling.steps, sampler or cfg.sampling.sampler     # the model's own defaults
     truth, what = _held_out_high_res(sr_dir, n, hi_size, seed)
     n = len(truth)
     low = F.interpolate(truth, size=(cfg.low_res, cfg.low_res), mode="area")
@@ -425,7 +426,8 @@ def evaluate_cascade(cascade_dir: Path, n: int = 100, steps: int = 20, sampler: 
                      guidance: float = 2.0, seed: int = 0, batch: int = 50) -> dict:
     """Is the cascade's output sharper than its base model's, upscaled, and does it keep what the base drew?
     n base samples (conditioned like held-out data: the labels of held-out emoji, or held-out stickmen drawn
-    like evaluate's) go through every super-resolution stage; the same base images are also upscaled
+    like evaluate's; ``steps`` and ``sampler`` are the base's) go through every super-resolution stage at its own
+    steps and sampler (as the app runs them); the same base images are also upscaled
     bicubically. Sharpness (mean gradient magnitude) of both, beside held-out real images at the output size;
     for a pose base, the pose adherence of the final image (area-downscaled to the base's size) to the drawing,
     beside the base's own. Then the wall time of the whole cascade for one image and for four (the second
@@ -457,11 +459,14 @@ def evaluate_cascade(cascade_dir: Path, n: int = 100, steps: int = 20, sampler: 
         part = {k: v[start:start + b] for k, v in kw.items()}
         x = base.sample(b, sampler=sampler, steps=steps, guidance=guidance, seed=seed + start, **part)
         low.append(x)
-        high.append(pipe.sample(b, low_res=x, sr_steps=steps, sr_sampler=sampler, seed=seed + start))
+        high.append(pipe.sample(b, low_res=x, seed=seed + start))      # each stage at its own steps and sampler
     low, high = torch.cat(low), torch.cat(high)
     bicubic = F.interpolate(low, size=(hi_size, hi_size), mode="bicubic", align_corners=False).clamp(-1, 1)
     m = {"model": str(cascade_dir), "n": n, "sampler": sampler, "steps": steps, "guidance": guidance, "seed": seed,
          "stage_sizes": list(pipe.stage_sizes),
+         "sr_stages": [{"sampler": o.get("sampler") or st.config.sampling.sampler,
+                        "steps": pipe.stage_steps(st, o), "aug_level": o.get("aug_level", 0.0)}
+                       for st, o in pipe.stages[1:]],
          "sampling_s_per_image": round((time.time() - t0) / n, 4),
          "sharpness_cascade": round(float(sharpness(high).mean()), 4),
          "sharpness_base_bicubic": round(float(sharpness(bicubic).mean()), 4),
@@ -479,7 +484,7 @@ def evaluate_cascade(cascade_dir: Path, n: int = 100, steps: int = 20, sampler: 
     timed = {}
     for k in (1, 1, 4):     # the first run warms up
         t1 = time.perf_counter()
-        pipe.sample(k, sampler=sampler, steps=steps, guidance=guidance, sr_steps=steps, seed=seed,
+        pipe.sample(k, sampler=sampler, steps=steps, guidance=guidance, seed=seed,
                     **{name: v[torch.arange(k) % len(v)] for name, v in kw.items()})
         timed[k] = round(time.perf_counter() - t1, 3)
     m["seconds_one_image"], m["seconds_four_images"] = timed[1], timed[4]
@@ -533,7 +538,7 @@ def evaluate_command(args) -> int:
     if args.picks:      # partial labels as users pick them (evaluate_picks.py)
         from .evaluate_picks import evaluate_picks, format_table
         m = evaluate_picks(model, Path(args.classifier) if args.classifier else None, per_pick=args.per_pick,
-                           sampler=args.sampler or "dpm++", steps=args.steps, guidance=args.guidance,
+                           sampler=args.sampler or "dpm++", steps=args.steps or 50, guidance=args.guidance,
                            seed=args.seed, device=args.device, progress=not args.no_progress)
         m["command"] = command_line() if sys.argv[1:2] == ["evaluate"] else None
         m["threads"] = torch.get_num_threads()
@@ -547,15 +552,15 @@ def evaluate_command(args) -> int:
         raise SystemExit("--samples-only keeps samples in the cache: not with --no-cache, nor for a cascade or a "
                          "super-resolution model")
     if kind == "cascade":
-        m = evaluate_cascade(model, n=args.n, steps=args.steps, sampler=args.sampler or "dpm++",
+        m = evaluate_cascade(model, n=args.n, steps=args.steps or 50, sampler=args.sampler or "dpm++",
                              guidance=args.guidance, seed=args.seed, batch=args.batch)
     elif sr:
-        m = evaluate_super_resolution(model, n=args.n, steps=args.steps, sampler=args.sampler or "dpm++",
+        m = evaluate_super_resolution(model, n=args.n, steps=args.steps, sampler=args.sampler,
                                       seed=args.seed, batch=args.batch, progress=not args.no_progress)
     else:
         cache = None if args.no_cache else Path(args.cache_dir) / f"{model.resolve().name}-{out.stem}.safetensors"
         m = evaluate_model(model, Path(args.classifier) if args.classifier else None, n=args.n,
-                           sampler=args.sampler, steps=args.steps, spacing=args.spacing, guidance=args.guidance,
+                           sampler=args.sampler, steps=args.steps or 50, spacing=args.spacing, guidance=args.guidance,
                            seed=args.seed, batch=args.batch, cache=cache, device=args.device, backend=args.backend,
                            samples_only=samples_only, progress=not args.no_progress)
         if m.get("samples_only"):

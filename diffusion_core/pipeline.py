@@ -349,7 +349,8 @@ class Pipeline:
             else:
                 sk = dict(kw)
                 sk.update(labels=(), cond_image=None, init_image=None, guidance=1.0, eta=0.0,
-                          steps=self.stage_steps(opts, sr_steps), sampler=sr_sampler or opts.get("sampler", "dpm++"),
+                          steps=self.stage_steps(stage, opts, sr_steps),
+                          sampler=sr_sampler or opts.get("sampler") or stage.config.sampling.sampler,
                           seed=seed + 10_000 * i, aug_level=opts.get("aug_level", 0.0))
                 gen = stage.stream(n, low_res=x, **sk)
             last = None
@@ -359,16 +360,17 @@ class Pipeline:
             x = last.x_next
 
     @staticmethod
-    def stage_steps(opts: dict, sr_steps: int | None = None) -> int:
-        """Steps of a cascade's super-resolution stage: the request's ``sr_steps``, else the stage's own, else 20."""
-        return sr_steps or opts.get("steps", 20)
+    def stage_steps(stage: "Pipeline", opts: dict, sr_steps: int | None = None) -> int:
+        """Steps of a cascade's super-resolution stage: the request's ``sr_steps``, else the cascade's for this
+        stage, else the stage model's own default (``sampling`` in its config; config.SR_SAMPLING if none)."""
+        return sr_steps or opts.get("steps") or stage.config.sampling.steps
 
     def run_steps(self, steps: int, sr_steps: int | None = None) -> int:
         """Sampling steps that one ``stream(steps=steps)`` takes: ``steps``, plus every super-resolution stage's for
         a cascade (a work limit that counts only ``steps`` let a cascade's comparison run 79 s)."""
         if self.kind != "cascade":
             return steps
-        return steps + sum(self.stage_steps(opts, sr_steps) for _, opts in self.stages[1:])
+        return steps + sum(self.stage_steps(stage, opts, sr_steps) for stage, opts in self.stages[1:])
 
     def start_noise(self, n: int = 1, seed: int = 0, device="cpu") -> torch.Tensor:
         """The x_T that ``stream(n, seed=seed)`` starts a generation from: image i is drawn from the RNG stream
@@ -383,12 +385,14 @@ class Pipeline:
             pass
         return last.x_next.clamp(-1, 1)
 
-    def upscale(self, low_res: torch.Tensor, steps: int = 20, sampler: str = "dpm++", seed: int = 0,
+    def upscale(self, low_res: torch.Tensor, steps: int | None = None, sampler: str | None = None, seed: int = 0,
                 aug_level: float | None = None) -> torch.Tensor:
-        """Super-resolve (n, C, h, w) images with the last SR stage (cascade) or this SR model."""
+        """Super-resolve (n, C, h, w) images with the last SR stage (cascade) or this SR model; steps and
+        sampler default to that model's own (``sampling`` in its config)."""
         sr = self.stages[-1][0] if self.kind == "cascade" else self
         if sr.config.task != "super_resolution":
             raise ValueError("this model has no super-resolution stage")
+        steps, sampler = steps or sr.config.sampling.steps, sampler or sr.config.sampling.sampler
         if aug_level is None:
             aug_level = self.stages[-1][1].get("aug_level", 0.0) if self.kind == "cascade" else 0.0
         return sr.sample(low_res.shape[0], low_res=low_res, steps=steps, sampler=sampler, seed=seed,

@@ -18,9 +18,14 @@ SRC = Path(__file__).resolve().parents[1]
 DST = Path(tempfile.gettempdir()) / "diffusion_core_mutants" / "repo"
 
 MUTANTS = [
+ ("SR models keep the general sampling default", "diffusion_core/config.py",
+  'object.__setattr__(self, "sampling", SR_SAMPLING)', "pass", "tests/test_checkpoint.py -k 'own_sampling or cascade_loads'"),
+ ("cascade stage ignores its model's sampler", "diffusion_core/pipeline.py",
+  'sampler=sr_sampler or opts.get("sampler") or stage.config.sampling.sampler', 'sampler=sr_sampler or opts.get("sampler") or "dpm++"',
+  "tests/test_checkpoint.py -k 'own_sampling or cascade_loads'"),
  ("cascade evaluated through its last stage only", "diffusion_core/evaluate.py",
-  "high.append(pipe.sample(b, low_res=x, sr_steps=steps, sr_sampler=sampler, seed=seed + start))",
-  "high.append(pipe.upscale(x, steps=steps, sampler=sampler, seed=seed + start))",
+  "high.append(pipe.sample(b, low_res=x, seed=seed + start))",
+  "high.append(pipe.upscale(x, seed=seed + start))",
   "tests/test_checkpoint.py -k evaluate_cascade"),
  ("SR result not back-projected", "diffusion_core/pipeline.py",
   "rec = replace(rec, x_next=back_project(rec.x_next, low_res.to(device), scale))", "pass",

@@ -348,7 +348,8 @@ def test_cascade_loads_and_samples(tmp_path, make_model):
     # the SR stage is the SR model run on the base model's output, with the stage's options
     base, sr = pipe.stages[0][0], pipe.stages[1][0]
     low = base.sample(2, sampler="ddim", steps=4, seed=5)
-    want = sr.sample(2, low_res=low, steps=3, sampler="dpm++", seed=5 + 10_000, aug_level=0.1)
+    assert sr.config.sampling.sampler == "ddpm"     # the SR model's own default sampler (config.SR_SAMPLING)
+    want = sr.sample(2, low_res=low, steps=3, sampler="ddpm", seed=5 + 10_000, aug_level=0.1)
     assert torch.equal(out, want)
     assert torch.equal(pipe.upscale(low, steps=3, seed=5 + 10_000), want)
 
@@ -407,3 +408,29 @@ def test_evaluate_cascade_runs_every_stage_and_scores_poses_at_the_base_size(tmp
     for k in ("pose_adherence_cascade", "pose_adherence_base", "pose_adherence_real"):
         assert 0 <= m[k] <= 1
     assert m["seconds_one_image"] > 0 and m["seconds_four_images"] > 0
+
+
+def test_super_resolution_stages_default_to_their_own_sampling(tmp_path, make_model):
+    """Issue 21: a super-resolution model without a ``sampling`` entry samples with config.SR_SAMPLING (ancestral
+    DDPM, 10 steps: a deterministic solver left grain on flat backgrounds); a cascade stage, the Upscale tab's
+    ``Pipeline.upscale`` and evaluate use the stage model's own defaults unless the request or the cascade's
+    manifest names others; a generating model keeps the general default."""
+    from diffusion_core import SR_SAMPLING
+    from diffusion_core.config import ModelConfig, SamplingDefaults
+    assert (SR_SAMPLING.sampler, SR_SAMPLING.steps) == ("ddpm", 10)
+    assert ModelConfig(task="super_resolution", low_res=8, high_res=16).sampling == SR_SAMPLING
+    assert ModelConfig().sampling == SamplingDefaults()
+    own = SamplingDefaults("ddim", 7, guidance=1.0)
+    assert ModelConfig(task="super_resolution", low_res=8, high_res=16, sampling=own).sampling == own
+    _cascade(tmp_path, make_model)
+    casc = load(tmp_path / "casc")
+    sr = casc.stages[1][0]
+    low = torch.rand(1, 3, 8, 8) * 2 - 1
+    assert torch.equal(sr.upscale(low, seed=2), sr.sample(1, low_res=low, steps=10, sampler="ddpm", seed=2))
+    save_cascade(tmp_path / "plain", [{"path": "../base"}, {"path": "../sr", "aug_level": 0.1}])
+    plain = load(tmp_path / "plain")
+    recs = list(plain.stream(1, sampler="ddim", steps=2, seed=1))
+    assert [r.stage for r in recs] == [0] * 2 + [1] * 10 and plain.run_steps(2) == 12
+    assert torch.equal(recs[-1].x_next, list(plain.stream(1, sampler="ddim", steps=2, seed=1, sr_sampler="ddpm"))[-1].x_next)
+    assert not torch.equal(recs[-1].x_next,
+                           list(plain.stream(1, sampler="ddim", steps=2, seed=1, sr_sampler="dpm++"))[-1].x_next)
