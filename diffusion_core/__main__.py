@@ -233,7 +233,7 @@ def check_ranges(args, bounds) -> None:
     """One-line errors for numeric options out of range: ``bounds`` = [(option, lo, hi), ...]."""
     for name, lo, hi in bounds:
         v = getattr(args, name)
-        if not lo <= v <= hi:
+        if v is not None and not lo <= v <= hi:      # None: the option's default is the model's own
             raise ValueError(f"--{name.replace('_', '-')} must be in [{lo}, {hi}], got {v}")
 
 

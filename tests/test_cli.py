@@ -78,3 +78,17 @@ def test_low_res_input_for_super_resolution_and_cascades(tmp_path, make_model):
         assert Image.open(out / expect[0]).size == (16, 16)
     r = cli("sample", "--model", str(tmp_path / "base"), "--low-res", str(lows), "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "neither a super-resolution model nor a cascade" in r.stderr, r.stderr
+
+
+def test_evaluate_a_super_resolution_model_at_its_own_defaults(tmp_path, make_model):
+    """`evaluate` without --steps / --sampler scores an SR model at its own sampling defaults (SR_SAMPLING: the
+    range check once compared None with 1 and failed with a TypeError)."""
+    import json
+    make_model(tmp_path / "sr", seed=21, task="super_resolution", low_res=8, high_res=16,
+               unet=dict(in_channels=3, out_channels=3, cond_channels=3, aug_level_embedding=True, image_size=16))
+    r = cli("evaluate", "--model", str(tmp_path / "sr"), "--n", "2", "--batch", "2", "--out", str(tmp_path / "m.json"))
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert (m["sampler"], m["steps"]) == ("ddpm", 10)
+    r = cli("evaluate", "--model", str(tmp_path / "sr"), "--n", "2", "--steps", "0")
+    assert r.returncode == 2 and "--steps must be in" in r.stderr, r.stderr
