@@ -329,7 +329,7 @@ def probe_batch(cfg, rows: int = 16, image_size: int | None = None) -> tuple[tor
 
 def match_error(runner: Callable, net: nn.Module, image_size: int | None = None) -> float:
     """rms(runner - fp32) / rms(fp32) of the network output on ``probe_batch``."""
-    x, t, cond = probe_batch(net.cfg, image_size=image_size)
+    x, t, cond = probe_batch(net.cfg, rows_at(16, image_size or net.cfg.image_size), image_size)
     with torch.inference_mode():
         ref = net(x, t, cond)
         out = runner(x, t, cond)
@@ -337,6 +337,13 @@ def match_error(runner: Callable, net: nn.Module, image_size: int | None = None)
 
 
 TIMING_ROWS = (8, 32)        # network rows timed: 4 and 16 guided images (the app's default batch, the bench's)
+TIMING_SIDE = 32             # ... at this image side; a larger network is timed on as many pixels, not rows
+
+
+def rows_at(rows: int, side: int) -> int:
+    """``rows`` rows of a TIMING_SIDE-px network, as rows of a ``side``-px one costing as many pixels (at least 2,
+    so row workers still split them): a 128 px super-resolution stage timed on 32 full rows took minutes."""
+    return max(2, round(rows * (TIMING_SIDE / side) ** 2))
 
 
 def time_runner(runner: Callable, cfg, chunk: int, repeats: int = 3, image_size: int | None = None) -> float:
@@ -347,7 +354,7 @@ def time_runner(runner: Callable, cfg, chunk: int, repeats: int = 3, image_size:
     den = ModelDenoiser(runner, None, "x0", chunk)
     per_row = []
     with torch.inference_mode():
-        for rows in TIMING_ROWS:
+        for rows in (rows_at(r, image_size or cfg.image_size) for r in TIMING_ROWS):
             x, t, cond = probe_batch(cfg, rows, image_size)
             den(x, t, cond)                              # warm-up: first-call allocations, kernel selection
             times = []

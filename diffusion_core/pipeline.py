@@ -34,6 +34,14 @@ from .schedules import Schedule, make_schedule, spaced_timesteps
 EVAL_CHUNK = 8
 
 
+def eval_chunk(side: int) -> int:
+    """The fixed network batch of a model drawing ``side``-px images: EVAL_CHUNK rows at 32 px, fewer for a larger
+    image (as many pixels, ``backends.rows_at``), never below 2. A 128 px super-resolution stage padded one image
+    to 8 rows (8x the work); 2 rows stay bit-identical however the batch is split here (1 row did not: one
+    image then runs on 2 threads, a batch's rows on 1 each, and the kernels round differently)."""
+    return min(EVAL_CHUNK, backends.rows_at(EVAL_CHUNK, side))
+
+
 @dataclass
 class Pipeline:
     """kind: model | ensemble | cascade. ``config`` is the (first) model's config; for an ensemble,
@@ -414,6 +422,7 @@ def _load(folder: Path, device="cpu") -> Pipeline:
         cfg, net = load_network(folder, device)
         prior, prior_labels = load_prior(folder)
         return Pipeline("model", cfg, folder, net=net, prior=prior, prior_labels=prior_labels,
+                        chunk=eval_chunk(cfg.high_res or cfg.unet.image_size),
                         description=cfg.description)
     if kind == "ensemble":
         return load_ensemble(folder, read_manifest(folder, EnsembleManifest), device)

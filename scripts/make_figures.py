@@ -46,7 +46,7 @@ MAX_BYTES = 300_000           # every file in docs/figures stays below this
 DPI = 100
 SEED = 0                      # image i of a run uses seed SEED + i (diffusion_core.make_generators)
 FIGURES = ("forward_noise", "schedules", "degradations", "reverse_ddim", "samplers", "guidance", "classes",
-           "schedules_models", "cold", "experts", "cascade", "pose_cascade")
+           "schedules_models", "cold", "experts", "cascade", "pose_cascade", "cascade128", "pose_cascade128")
 PREFERRED_CLASS = ("Sneaker", "Ankle boot")
 EMOJI_ATTRIBUTES = ("face", "heart", "cat", "flag", "star", "hand", "moon", "sun")
 SAMPLER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpm++": "DPM-Solver++(2M)", "cold": "Cold"}
@@ -491,6 +491,14 @@ def fig_pose_cascade(S: Settings):
     cascade_figure(S, "pose-cascade", "pose_cascade.png")
 
 
+def fig_cascade128(S: Settings):
+    cascade_figure(S, "emoji-cascade-128", "cascade128.png")
+
+
+def fig_pose_cascade128(S: Settings):
+    cascade_figure(S, "pose-cascade-128", "pose_cascade128.png")
+
+
 def cascade_figure(S: Settings, name: str, filename: str):
     if not S.has(name):
         raise Skip(f"no cascade folder {S.folder(name)}")
@@ -501,7 +509,7 @@ def cascade_figure(S: Settings, name: str, filename: str):
     n = 6
     kw = dict(sampler="dpm++", steps=S.grid_steps, guidance=2.0, seed=SEED)
     if S.sr_steps:
-        kw["sr_steps"] = min(S.sr_steps, int(pipe.stages[-1][1].get("steps", 20)))
+        kw["sr_steps"] = min(S.sr_steps, pipe.stage_steps(*pipe.stages[-1]))
     cond_rows, row_labels, cols = [], [], []
     if base.config.task == "pose":
         from diffusion_core.data import to_tensor
@@ -526,12 +534,15 @@ def cascade_figure(S: Settings, name: str, filename: str):
     size = high.shape[-1]
     near = F.interpolate(low, size=(size, size), mode="nearest")
     bic = F.interpolate(low, size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
-    rows = [F.interpolate(c, size=(size, size), mode="nearest") for c in cond_rows] + [near, bic, high]
+    # every super-resolution stage's output, the earlier ones nearest-upscaled to the last one's size
+    stages = [F.interpolate(last[k].x_next.clamp(-1, 1), size=(size, size), mode="nearest") for k in sorted(last)[1:]]
+    rows = [F.interpolate(c, size=(size, size), mode="nearest") for c in cond_rows] + [near, bic] + stages
     if rows[0].shape[1] != high.shape[1]:
         rows = [r.expand(-1, high.shape[1], -1, -1) for r in rows]
-    row_labels += [f"base {low.shape[-1]} px\n(nearest)", f"bicubic\n{size} px", f"SR stage\n{size} px"]
+    row_labels += [f"base {low.shape[-1]} px\n(nearest)", f"bicubic\n{size} px"]
+    row_labels += [f"SR stage\n{last[k].x_next.shape[-1]} px" for k in sorted(last)[1:]]
     fig = grid_figure(torch.cat(rows), n, row_labels, cols, title=f"{name}: base stage, then super-resolution",
-                      cell=1.1, fontsize=8)
+                      cell=1.1 if size <= 64 else 1.7, fontsize=8)
     save_png(fig, S.out / filename, name)
 
 

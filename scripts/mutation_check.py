@@ -18,6 +18,10 @@ SRC = Path(__file__).resolve().parents[1]
 DST = Path(tempfile.gettempdir()) / "diffusion_core_mutants" / "repo"
 
 MUTANTS = [
+ ("every model padded to 8 rows", "diffusion_core/pipeline.py",
+  "chunk=eval_chunk(cfg.high_res or cfg.unet.image_size),", "chunk=EVAL_CHUNK,", "tests/test_pipeline.py -k large_model"),
+ ("large networks timed on full rows", "diffusion_core/backends.py",
+  "return max(2, round(rows * (TIMING_SIDE / side) ** 2))", "return rows", "tests/test_backends.py -k large_network"),
  ("SR models keep the general sampling default", "diffusion_core/config.py",
   'object.__setattr__(self, "sampling", SR_SAMPLING)', "pass", "tests/test_checkpoint.py -k 'own_sampling or cascade_loads'"),
  ("cascade stage ignores its model's sampler", "diffusion_core/pipeline.py",

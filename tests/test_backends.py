@@ -276,3 +276,21 @@ def test_a_choice_measured_on_a_busy_machine_is_used_but_not_remembered(tiny_net
     monkeypatch.setattr(backends.os, "getloadavg", lambda: (0.2, 0.2, 0.2))
     _, choice = backends.choose(net, "auto", folder)
     assert "not remembered" not in choice.reason and (folder / ".cache" / "backend-choice.json").is_file()
+
+
+def test_a_large_network_is_timed_and_matched_on_as_many_pixels_as_a_small_one(tiny_net):
+    """The auto choice times every candidate: at 128 px, the 8 and 32 rows (and the 16-row match batch) of a 32 px
+    network cost 16x the pixels, and loading the 128 px cascade took minutes. Rows scale with 1 / side^2 (at least
+    2); a 32 px network is timed as before."""
+    cfg, net = tiny_net(num_labels=4)
+    pixels = {}
+    def runner(x, t, cond=None):
+        pixels.setdefault(x.shape[-1], []).append(x.shape[0] * x.shape[-1] * x.shape[-2])
+        return net(x, t, cond)
+    from diffusion_core.pipeline import eval_chunk
+    for side in (32, 64, 128):      # timed through the fixed chunks the model's pipeline uses
+        backends.time_runner(runner, net.cfg, chunk=eval_chunk(side), repeats=1, image_size=side)
+        backends.match_error(runner, net, image_size=side)
+    assert backends.rows_at(8, 32) == 8 and backends.rows_at(32, 32) == 32      # 32 px: the rows of before
+    for side in (64, 128):      # the whole measurement: about a 32 px network's pixels (10x more before at 128 px)
+        assert sum(pixels[side]) <= 2 * sum(pixels[32]), (side, sum(pixels[side]), sum(pixels[32]))

@@ -331,3 +331,25 @@ def test_super_resolution_output_downsamples_back_to_its_input(tmp_path, make_mo
     assert after < 0.2 * before
     for r in recs[:-1]:
         assert torch.equal(r.x_next, recs[recs.index(r) + 1].x_t)
+
+
+def test_a_large_model_runs_fewer_rows_per_call_and_keeps_the_seed_contract(tmp_path, make_model):
+    """The network runs on fixed batches (EVAL_CHUNK rows at 32 px) so that image i of a batch is image 0 of seed
+    + i. A 128 px super-resolution stage padded one image to 8 rows: 8x the work of the image. A model's chunk now
+    scales with 1 / side^2 (never below 2, never above 8), and the seed contract still holds bit for bit."""
+    from diffusion_core.pipeline import EVAL_CHUNK, eval_chunk
+    assert [eval_chunk(s) for s in (8, 16, 32, 64, 128, 256)] == [EVAL_CHUNK] * 3 + [2, 2, 2]
+    make_model(tmp_path / "sr", seed=21, task="super_resolution", low_res=32, high_res=64,
+               unet=dict(in_channels=3, out_channels=3, cond_channels=3, aug_level_embedding=True, image_size=64,
+                         channel_mults=(1, 2)))
+    sr = load(tmp_path / "sr")
+    assert sr.chunk == 2
+    rows = []
+    net = sr.net
+    sr.net = lambda x, t, cond=None: rows.append(x.shape[0]) or net(x, t, cond)
+    low = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    one = sr.sample(1, low_res=low, steps=2, seed=7)
+    assert set(rows) == {2}                       # one image: 2 rows per call, not 8
+    sr.net = net
+    three = sr.sample(3, low_res=low, steps=2, seed=6)
+    assert torch.equal(three[1], one[0])
