@@ -142,7 +142,8 @@ class GenerateTab(AppBase):
         gif = self._save_gif(frames, meta) if make_gif and frames else None
         took = time.time() - t0
         text = (f"<b>{'Stopped' if stopped else 'Done'}</b> · {batch_size} image(s) · seed {seed} · "
-                f"{SAMPLER_NAMES.get(sampler, sampler)} {steps} steps ({spacing}) · {took:.1f} s · "
+                f"{SAMPLER_NAMES.get(sampler, sampler)} {steps} steps ({spacing}){self._sr_stages(pipe)} · "
+                f"{took:.1f} s · "
                 f"<span title=\"{html.escape(self._backend_reason(pipe))}\">{pipe.backend}</span>")
         if stopped:
             text += " · gallery shows the last x0_hat prediction"
@@ -179,6 +180,18 @@ class GenerateTab(AppBase):
         parts.append(f"{el:.1f} s" + (f", about {fmt_duration(left)} left" if left is not None else ""))
         parts.append(pipe.backend)
         return " · ".join(parts)
+
+    @staticmethod
+    def _sr_stages(pipe) -> str:
+        """", then 2 super-resolution stages (DDPM 10 steps each)" for a cascade: how its later stages sample."""
+        if pipe.kind != "cascade":
+            return ""
+        runs = [f"{SAMPLER_NAMES.get(pipe.stage_sampler(st, o), pipe.stage_sampler(st, o))} "
+                f"{pipe.stage_steps(st, o)} steps" for st, o in pipe.stages[1:]]
+        k = len(runs)
+        same = len(set(runs)) == 1
+        return (f", then {k} super-resolution stage{'s' if k > 1 else ''} ("
+                + (runs[0] + (" each" if k > 1 else "") if same else "; ".join(runs)) + ")")
 
     @staticmethod
     def _backend_reason(pipe) -> str:

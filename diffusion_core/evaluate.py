@@ -464,7 +464,7 @@ def evaluate_cascade(cascade_dir: Path, n: int = 100, steps: int = 20, sampler: 
     bicubic = F.interpolate(low, size=(hi_size, hi_size), mode="bicubic", align_corners=False).clamp(-1, 1)
     m = {"model": str(cascade_dir), "n": n, "sampler": sampler, "steps": steps, "guidance": guidance, "seed": seed,
          "stage_sizes": list(pipe.stage_sizes),
-         "sr_stages": [{"sampler": o.get("sampler") or st.config.sampling.sampler,
+         "sr_stages": [{"sampler": pipe.stage_sampler(st, o),
                         "steps": pipe.stage_steps(st, o), "aug_level": o.get("aug_level", 0.0)}
                        for st, o in pipe.stages[1:]],
          "sampling_s_per_image": round((time.time() - t0) / n, 4),

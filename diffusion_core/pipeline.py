@@ -358,7 +358,7 @@ class Pipeline:
                 sk = dict(kw)
                 sk.update(labels=(), cond_image=None, init_image=None, guidance=1.0, eta=0.0,
                           steps=self.stage_steps(stage, opts, sr_steps),
-                          sampler=sr_sampler or opts.get("sampler") or stage.config.sampling.sampler,
+                          sampler=self.stage_sampler(stage, opts, sr_sampler),
                           seed=seed + 10_000 * i, aug_level=opts.get("aug_level", 0.0))
                 gen = stage.stream(n, low_res=x, **sk)
             last = None
@@ -372,6 +372,12 @@ class Pipeline:
         """Steps of a cascade's super-resolution stage: the request's ``sr_steps``, else the cascade's for this
         stage, else the stage model's own default (``sampling`` in its config; config.SR_SAMPLING if none)."""
         return sr_steps or opts.get("steps") or stage.config.sampling.steps
+
+    @staticmethod
+    def stage_sampler(stage: "Pipeline", opts: dict, sr_sampler: str | None = None) -> str:
+        """Sampler of a cascade's super-resolution stage: the request's ``sr_sampler``, else the cascade's for this
+        stage, else the stage model's own default."""
+        return sr_sampler or opts.get("sampler") or stage.config.sampling.sampler
 
     def run_steps(self, steps: int, sr_steps: int | None = None) -> int:
         """Sampling steps that one ``stream(steps=steps)`` takes: ``steps``, plus every super-resolution stage's for

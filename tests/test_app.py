@@ -151,6 +151,8 @@ def test_generate_model_kinds(client, kw, expect):
     assert len(gal) == 2
     if kw["model"] == "tiny-cascade":
         assert Image.open(gallery_path(gal[0])).size == (32, 32)     # 16 px base, x2 super-resolution
+        # the done line says how the later stage sampled: the cascade's 3 steps, the SR model's own sampler
+        assert "then 1 super-resolution stage (DDPM 3 steps)" in outs[-1][1], outs[-1][1]
 
 
 def test_generate_pose_sr_and_img2img(client, files):
