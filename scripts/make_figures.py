@@ -507,7 +507,8 @@ def cascade_figure(S: Settings, name: str, filename: str):
         raise Skip(f"{S.folder(name)} is not a cascade")
     base = pipe.base
     n = 6
-    kw = dict(sampler="dpm++", steps=S.grid_steps, guidance=2.0, seed=SEED)
+    sd = base.config.sampling       # the base's own sampler and guidance, as the app runs it
+    kw = dict(sampler=sd.sampler, steps=S.grid_steps, guidance=sd.guidance, seed=SEED)
     if S.sr_steps:
         kw["sr_steps"] = min(S.sr_steps, pipe.stage_steps(*pipe.stages[-1]))
     cond_rows, row_labels, cols = [], [], []
