@@ -480,6 +480,10 @@ def evaluate_cascade(cascade_dir: Path, n: int = 100, steps: int = 20, sampler: 
         final, base8 = to_uint8(F.interpolate(high, size=(size, size), mode="area")), to_uint8(low)
         m["pose_adherence_cascade"] = float(np.mean([pose_adherence(final[i], sticks[i]) for i in range(n)]))
         m["pose_adherence_base"] = float(np.mean([pose_adherence(base8[i], sticks[i]) for i in range(n)]))
+        # the resampling alone: the base's bicubic upscale, area-downscaled back like the cascade's image
+        trip = to_uint8(F.interpolate(bicubic, size=(size, size), mode="area"))
+        m["pose_adherence_base_bicubic_round_trip"] = float(np.mean([pose_adherence(trip[i], sticks[i])
+                                                                     for i in range(n)]))
         m["pose_adherence_real"] = float(np.mean([pose_adherence(real_figs[i], sticks[i]) for i in range(n)]))
     timed = {}
     for k in (1, 1, 4):     # the first run warms up

@@ -405,7 +405,8 @@ def test_evaluate_cascade_runs_every_stage_and_scores_poses_at_the_base_size(tmp
     assert m["stage_sizes"] == [8, 16, 32]
     from PIL import Image
     assert Image.open(tmp_path / "casc" / "cascade_examples.png").width > 3 * 32     # 32 px cells, not 16
-    for k in ("pose_adherence_cascade", "pose_adherence_base", "pose_adherence_real"):
+    for k in ("pose_adherence_cascade", "pose_adherence_base", "pose_adherence_real",
+              "pose_adherence_base_bicubic_round_trip"):
         assert 0 <= m[k] <= 1
     assert m["seconds_one_image"] > 0 and m["seconds_four_images"] > 0
 
