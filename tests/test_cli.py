@@ -92,3 +92,22 @@ def test_evaluate_a_super_resolution_model_at_its_own_defaults(tmp_path, make_mo
     assert (m["sampler"], m["steps"]) == ("ddpm", 10)
     r = cli("evaluate", "--model", str(tmp_path / "sr"), "--n", "2", "--steps", "0")
     assert r.returncode == 2 and "--steps must be in" in r.stderr, r.stderr
+
+
+def test_a_cascades_progress_bar_counts_every_stage_from_the_start(tmp_path, make_model):
+    """The bar's total was the base's steps (0/3), then grew to the real count at the end of the first batch; now
+    it counts the super-resolution stages from the first step: 3 base steps + 2 SR steps, and only the SR steps
+    when a low-resolution input skips the base."""
+    make_model(tmp_path / "base", seed=20, unet=dict(in_channels=3, out_channels=3))
+    make_model(tmp_path / "sr", seed=21, task="super_resolution", low_res=8, high_res=16,
+               unet=dict(in_channels=3, out_channels=3, cond_channels=3, aug_level_embedding=True, image_size=16))
+    save_cascade(tmp_path / "casc", [{"path": "../base"}, {"path": "../sr", "aug_level": 0.1}])
+    r = cli("sample", "--model", str(tmp_path / "casc"), "--n", "1", "--steps", "3", "--sr-steps", "2",
+            "--out", str(tmp_path / "o"))
+    assert r.returncode == 0, r.stderr
+    assert "0/5" in r.stderr and "/3 " not in r.stderr and "5/5" in r.stderr, r.stderr
+    Image.fromarray((np.random.default_rng(0).random((8, 8, 3)) * 255).astype(np.uint8)).save(tmp_path / "low.png")
+    r = cli("sample", "--model", str(tmp_path / "casc"), "--low-res", str(tmp_path / "low.png"), "--sr-steps", "2",
+            "--out", str(tmp_path / "o2"))
+    assert r.returncode == 0, r.stderr
+    assert "0/2" in r.stderr and "2/2" in r.stderr, r.stderr
