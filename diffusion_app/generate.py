@@ -186,8 +186,9 @@ class GenerateTab(AppBase):
         """", then 2 super-resolution stages (DDPM 10 steps each)" for a cascade: how its later stages sample."""
         if pipe.kind != "cascade":
             return ""
-        runs = [f"{SAMPLER_NAMES.get(pipe.stage_sampler(st, o), pipe.stage_sampler(st, o))} "
-                f"{pipe.stage_steps(st, o)} steps" for st, o in pipe.stages[1:]]
+        names = [pipe.stage_sampler(st, o) for st, o in pipe.stages[1:]]
+        runs = [f"{SAMPLER_NAMES.get(name, name)} {pipe.stage_steps(st, o)} steps"
+                for name, (st, o) in zip(names, pipe.stages[1:])]
         k = len(runs)
         same = len(set(runs)) == 1
         return (f", then {k} super-resolution stage{'s' if k > 1 else ''} ("

@@ -274,11 +274,10 @@ def _sample(args) -> int:
                                    strength=args.strength, seed=args.seed + start, **kw):
                 if bar is None and not args.no_progress:   # made at the first step: an error before prints no bar
                     from tqdm import tqdm
-                    per = rec.num_steps          # a cascade: its base's steps (unless given low_res), then every stage's
-                    if pipe.kind == "cascade":
-                        sr = sum(pipe.stage_steps(st, o, args.sr_steps) for st, o in pipe.stages[1:])
-                        per = sr if low is not None else per + sr
-                    bar = tqdm(total=batches * per, unit="step", dynamic_ncols=True,
+                    # a cascade: its base's steps (none when given low_res), then every stage's
+                    base_steps = 0 if pipe.kind == "cascade" and low is not None else rec.num_steps
+                    bar = tqdm(total=batches * pipe.run_steps(base_steps, args.sr_steps), unit="step",
+                               dynamic_ncols=True,
                                desc=f"{args.n} image{'s' * (args.n > 1)}")
                 last, count = rec, count + 1
                 if bar is not None:

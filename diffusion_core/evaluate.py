@@ -330,15 +330,11 @@ def evaluate_model(model_dir: Path, classifier_dir: Path | None, n: int = 2000, 
     if dataset == "pose":
         from .data_pose import pose_adherence, pose_precision
         from .images import to_uint8
-        g8 = to_uint8(gen)
-        scores = [pose_adherence(g8[i], sticks[i]) for i in range(n)]
-        real_scores = [pose_adherence(real_figs[i], sticks[i]) for i in range(min(n, 200))]
-        metrics["pose_adherence"] = float(np.mean(scores))
-        metrics["pose_adherence_real"] = float(np.mean(real_scores))
-        prec = [pose_precision(g8[i], sticks[i]) for i in range(n)]
-        metrics["pose_precision"] = float(np.nanmean(prec))
-        metrics["pose_precision_real"] = float(np.nanmean([pose_precision(real_figs[i], sticks[i])
-                                                           for i in range(min(n, 200))]))
+        g8, n_real = to_uint8(gen), min(n, 200)
+        metrics["pose_adherence"] = _mean_over_pairs(pose_adherence, g8, sticks, n)
+        metrics["pose_adherence_real"] = _mean_over_pairs(pose_adherence, real_figs, sticks, n_real)
+        metrics["pose_precision"] = _mean_over_pairs(pose_precision, g8, sticks, n, np.nanmean)
+        metrics["pose_precision_real"] = _mean_over_pairs(pose_precision, real_figs, sticks, n_real, np.nanmean)
         metrics["seed_diversity"] = float((gen[0::2][: n // 2 - 1] - gen[1::2][: n // 2 - 1]).abs().mean())
         return metrics
     clf_dir = Path(classifier_dir or Path("checkpoints") / f"classifier-{dataset}")
@@ -368,6 +364,11 @@ def evaluate_model(model_dir: Path, classifier_dir: Path | None, n: int = 2000, 
         metrics["f1_visible"] = visible_f1(metrics["f1_per_attribute"], training.get("test_f1_per_attribute", {}),
                                            metrics["positives_per_attribute"])
     return metrics
+
+
+def _mean_over_pairs(score, figures, sticks, n: int, mean=np.mean) -> float:
+    """``mean`` of ``score(figures[i], sticks[i])`` over the first ``n`` pairs (pose adherence / precision)."""
+    return float(mean([score(figures[i], sticks[i]) for i in range(n)]))
 
 
 def _held_out_high_res(sr_dir: Path, n: int, size: int, seed: int) -> tuple[torch.Tensor, str]:
@@ -477,14 +478,12 @@ def evaluate_cascade(cascade_dir: Path, n: int = 100, steps: int = 20, sampler: 
         m["real"] = what
     if sticks is not None:
         from .data_pose import pose_adherence
-        final, base8 = to_uint8(F.interpolate(high, size=(size, size), mode="area")), to_uint8(low)
-        m["pose_adherence_cascade"] = float(np.mean([pose_adherence(final[i], sticks[i]) for i in range(n)]))
-        m["pose_adherence_base"] = float(np.mean([pose_adherence(base8[i], sticks[i]) for i in range(n)]))
-        # the resampling alone: the base's bicubic upscale, area-downscaled back like the cascade's image
-        trip = to_uint8(F.interpolate(bicubic, size=(size, size), mode="area"))
-        m["pose_adherence_base_bicubic_round_trip"] = float(np.mean([pose_adherence(trip[i], sticks[i])
-                                                                     for i in range(n)]))
-        m["pose_adherence_real"] = float(np.mean([pose_adherence(real_figs[i], sticks[i]) for i in range(n)]))
+        def down(x):
+            return to_uint8(F.interpolate(x, size=(size, size), mode="area"))
+        # the cascade's final image and, for the resampling alone, the base's bicubic upscale, both area-downscaled
+        for key, figs in (("cascade", down(high)), ("base", to_uint8(low)), ("base_bicubic_round_trip", down(bicubic)),
+                          ("real", real_figs)):
+            m[f"pose_adherence_{key}"] = _mean_over_pairs(pose_adherence, figs, sticks, n)
     timed = {}
     for k in (1, 1, 4):     # the first run warms up
         t1 = time.perf_counter()

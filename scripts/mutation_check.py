@@ -25,7 +25,7 @@ MUTANTS = [
  ("SR models keep the general sampling default", "diffusion_core/config.py",
   'object.__setattr__(self, "sampling", SR_SAMPLING)', "pass", "tests/test_checkpoint.py -k 'own_sampling or cascade_loads'"),
  ("cascade stage ignores its model's sampler", "diffusion_core/pipeline.py",
-  'sampler=sr_sampler or opts.get("sampler") or stage.config.sampling.sampler', 'sampler=sr_sampler or opts.get("sampler") or "dpm++"',
+  'return sr_sampler or opts.get("sampler") or stage.config.sampling.sampler', 'return sr_sampler or opts.get("sampler") or "dpm++"',
   "tests/test_checkpoint.py -k 'own_sampling or cascade_loads'"),
  ("cascade evaluated through its last stage only", "diffusion_core/evaluate.py",
   "high.append(pipe.sample(b, low_res=x, seed=seed + start))",
