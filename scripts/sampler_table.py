@@ -5,6 +5,7 @@
     python scripts/sampler_table.py --skip ddpm   # run the rows of the other samplers only
     python scripts/sampler_table.py --solvers     # the solver x grid x steps table of `fashion` (issue 22)
     python scripts/sampler_table.py --solvers --table --plot docs/figures/solvers_fid.png
+    python scripts/sampler_table.py --solvers --device cuda --jobs 4   # on a GPU machine (metrics on its CPUs)
 
 Each row is one `python -m diffusion_core evaluate --model checkpoints/M --sampler S --steps K --n N
 --guidance 2 --tag S K-nN` run; its JSON lands in checkpoints/M/metrics-<tag>.json (the command is kept
@@ -46,21 +47,38 @@ def metrics_path(model: str, sampler: str, steps: int, n: int, spacing: str = "t
     return ROOT / "checkpoints" / model / f"metrics-{tag(sampler, steps, n, spacing)}.json"
 
 
-def command(model: str, sampler: str, steps: int, n: int, spacing: str = "trailing") -> list[str]:
+def command(model: str, sampler: str, steps: int, n: int, spacing: str = "trailing",
+            device: str = "cpu") -> list[str]:
     return [sys.executable, "-m", "diffusion_core", "evaluate", "--model", f"checkpoints/{model}", "--sampler",
             sampler, "--steps", str(steps), "--n", str(n), "--guidance", "2", "--batch", "50",
-            "--spacing", spacing, "--tag", tag(sampler, steps, n, spacing), "--no-progress"]
+            "--spacing", spacing, "--tag", tag(sampler, steps, n, spacing), "--no-progress"] + (
+            ["--device", device] if device != "cpu" else [])
 
 
-def run_missing(skip: list[str], rows) -> None:
+def run_missing(skip: list[str], rows, device: str = "cpu", jobs: int = 1) -> None:
+    """Run every row without a metrics file, ``jobs`` at a time (more than one only where the machine has
+    cores to spare, e.g. sampling on a GPU: two CPU-bound rows at once slow each other several-fold)."""
+    running: list[subprocess.Popen] = []
     for model, sampler, steps, n, *grid in rows:
         spacing = grid[0] if grid else "trailing"
         if (sampler in skip or model in skip or metrics_path(model, sampler, steps, n, spacing).is_file()
                 or not (ROOT / "checkpoints" / model).is_dir()):
             continue
-        cmd = command(model, sampler, steps, n, spacing)
+        while len(running) >= jobs:
+            _reap(running)
+        cmd = command(model, sampler, steps, n, spacing, device)
         print(" ".join(["python"] + cmd[1:]), flush=True)
-        subprocess.run(cmd, cwd=ROOT, check=True)
+        running.append(subprocess.Popen(cmd, cwd=ROOT))
+    while running:
+        _reap(running)
+
+
+def _reap(running: list[subprocess.Popen]) -> None:
+    """Wait for the oldest row; stop everything if it failed."""
+    if (rc := running.pop(0).wait()) != 0:
+        for p in running:
+            p.kill()
+        raise SystemExit(f"a row failed (exit status {rc})")
 
 
 def passes(m: dict) -> int:
@@ -127,20 +145,21 @@ def solver_plot(out: Path) -> None:
             if pts:
                 line, marker = styles[spacing]
                 ax.plot(*zip(*pts), line, marker=marker, color=colours[sampler], label=f"{sampler} {spacing}")
-    for label, path in (("DDIM 50", metrics_path("fashion", "ddim", 50, 2000)),
-                        ("DDIM 100", metrics_path("fashion", "ddim", 100, 2000))):
+    for label, path, va in (("DDIM 50", metrics_path("fashion", "ddim", 50, 2000), "bottom"),
+                            ("DDIM 100", metrics_path("fashion", "ddim", 100, 2000), "top")):
         if path.is_file():
             fid = json.loads(path.read_text())["fid"]
             ax.axhline(fid, color="grey", lw=0.8)
-            ax.annotate(f"{label}: {fid:.2f}", (1.0, fid), xycoords=("axes fraction", "data"), xytext=(-4, 2),
-                        textcoords="offset points", ha="right", va="bottom", fontsize=8, color="grey")
+            ax.annotate(f"{label}: {fid:.2f}", (1.0, fid), xycoords=("axes fraction", "data"), xytext=(4, 0),
+                        textcoords="offset points", ha="left", va=va, fontsize=7, color="grey",
+                        annotation_clip=False)     # right of the axes, off the lines; one above, one below
     ax.set_xlabel("U-Net passes per image (guided: 2 per step)")
     ax.set_ylabel("FID (classifier features, 2,000 samples)")
     ax.set_yscale("log")
     from matplotlib.ticker import NullFormatter, ScalarFormatter
     ax.yaxis.set_major_formatter(ScalarFormatter())
     ax.yaxis.set_minor_formatter(NullFormatter())
-    ax.set_yticks([2, 3, 4, 5, 6, 8, 10])
+    ax.set_yticks([2, 3, 4, 5, 6, 8, 10, 15, 20, 30])
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
     fig.tight_layout()
@@ -155,9 +174,11 @@ def main(argv=None) -> int:
     p.add_argument("--plot", help="with --solvers: write the FID against U-Net passes plot here (add --table to plot "
                                   "without running the missing rows first)")
     p.add_argument("--skip", action="append", default=[], help="do not run rows of this sampler or model")
+    p.add_argument("--device", default="cpu", help="where the rows sample (evaluate --device; metrics on the CPU)")
+    p.add_argument("--jobs", type=int, default=1, help="rows run at once (default 1)")
     args = p.parse_args(argv)
     if not args.table:
-        run_missing(args.skip, SOLVER_ROWS if args.solvers else ROWS)
+        run_missing(args.skip, SOLVER_ROWS if args.solvers else ROWS, args.device, args.jobs)
     print(solver_table() if args.solvers else table())
     if args.solvers and args.plot:
         solver_plot(Path(args.plot))
