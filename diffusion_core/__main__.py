@@ -121,11 +121,14 @@ def _parser() -> argparse.ArgumentParser:
 
     ca = parser("cascade", help="assemble a base model and super-resolution stages into a cascade folder")
     ca.add_argument("--out", required=True, help="the cascade folder (stage paths are relative to it)")
-    ca.add_argument("--stage", action="append", required=True, metavar="FOLDER[:AUG_LEVEL]",
-                    help="the base model first, then each super-resolution stage with its noise-augmentation level")
+    ca.add_argument("--stage", action="append", required=True, metavar="FOLDER[:AUG_LEVEL[:MATCH_SCALE]]",
+                    help="the base model first, then each super-resolution stage with its noise-augmentation level "
+                         "and, optionally, the scale at which its result is matched back to its input (1: pixel "
+                         "for pixel; default 4 for an augmented input, else 1)")
     ca.add_argument("--description", default="", help="shown on the model card")
 
-    sub.add_parser("bench", help="sampling / training speed against diffusers (see: bench --help)", add_help=False)
+    sub.add_parser("bench", help="sampling / training speed against diffusers, from a checkout (benchmarks/bench.py; "
+                                 "see: bench --help)", add_help=False)
 
     cv = parser("convert", help="convert a pickle .pt state_dict to safetensors (weights only, no code run)")
     cv.add_argument("checkpoint", help="the .pt / .pth file (read with torch.load(weights_only=True))")
@@ -137,7 +140,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:          # the benchmark has its own options: python -m diffusion_core bench --help
-        from .bench import main as bench_main
+        try:                           # it lives beside the package, in the repository (benchmarks/bench.py)
+            from benchmarks.bench import main as bench_main
+        except ModuleNotFoundError as err:
+            if err.name not in ("benchmarks", "benchmarks.bench"):
+                raise
+            print("error: bench runs from a checkout of the repository (its benchmarks/ folder): run it in the "
+                  "repository's root", file=sys.stderr)
+            return 2
         return bench_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
@@ -210,12 +220,13 @@ def _assemble(args) -> int:
         else:
             stages = []
             for item in args.stage:
-                path, _, aug = item.partition(":")
+                path, _, rest = item.partition(":")
+                aug, _, scale = rest.partition(":")
                 try:
-                    level = float(aug) if aug else 0.0
+                    level, match = float(aug) if aug else 0.0, int(scale) if scale else 0
                 except ValueError:
-                    raise ValueError(f"--stage expects FOLDER[:AUG_LEVEL], got {item!r}") from None
-                stages.append(CascadeStage(path, level))
+                    raise ValueError(f"--stage expects FOLDER[:AUG_LEVEL[:MATCH_SCALE]], got {item!r}") from None
+                stages.append(CascadeStage(path, level, match_scale=match))
             manifest = CascadeManifest(tuple(stages), args.description)
             load_cascade(out, manifest)
     except (ConfigError, ValueError) as e:

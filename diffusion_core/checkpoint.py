@@ -272,12 +272,15 @@ class EnsembleManifest:
 @dataclass(frozen=True)
 class CascadeStage:
     """One stage of a cascade: its folder (relative to the cascade's) and, for a super-resolution stage, the
-    noise-augmentation level of its low-res input (Ho et al. 2021) and, if set, its own steps / sampler."""
+    noise-augmentation level of its low-res input (Ho et al. 2021) and, if set, its own steps / sampler and the
+    scale at which its result is matched back to its input (``conditioning.back_project``)."""
 
     path: str
     aug_level: float = 0.0
     steps: int = 0                  # 0: the request's super-resolution steps, else the stage model's own
     sampler: str = ""               # "": the request's super-resolution sampler, else the stage model's own
+    match_scale: int = 0            # back-projection target: the input at 1/match_scale of its size (0: the
+                                    # rule of conditioning.back_projection_scale)
 
     def __post_init__(self):
         from .options import SAMPLERS
@@ -287,6 +290,8 @@ class CascadeStage:
             raise ConfigError(f"stage {self.path}: steps must be in [0, 1000], got {self.steps}")
         if self.sampler and self.sampler not in SAMPLERS:
             raise ConfigError(f"stage {self.path}: unknown sampler {self.sampler!r}")
+        if not 0 <= self.match_scale <= 8:
+            raise ConfigError(f"stage {self.path}: match_scale must be in [0, 8], got {self.match_scale}")
 
     def options(self) -> dict:
         """The options a cascade stage runs with (only those set)."""
@@ -295,6 +300,8 @@ class CascadeStage:
             out["steps"] = self.steps
         if self.sampler:
             out["sampler"] = self.sampler
+        if self.match_scale:
+            out["match_scale"] = self.match_scale
         return out
 
 

@@ -204,6 +204,12 @@ BACK_PROJECTION_ROUNDS = 2
 AUGMENTED_INPUT_SCALE = 4     # a noise-augmented input is matched at 1/4 of its size: its colours, not its pixels
 
 
+def back_projection_scale(aug_level: float, match_scale: int | None = None) -> int:
+    """The scale at which a super-resolution result is matched to its input: ``match_scale`` where a cascade
+    stage sets one, else 1, or AUGMENTED_INPUT_SCALE for an input the stage was told is noisy."""
+    return match_scale or (AUGMENTED_INPUT_SCALE if aug_level > 0 else 1)
+
+
 def back_project(x: torch.Tensor, low_res: torch.Tensor, scale: int = 1,
                  rounds: int = BACK_PROJECTION_ROUNDS) -> torch.Tensor:
     """Iterative back-projection (Irani & Peleg 1991): x <- x + up(target - down(x)), ``rounds`` times, where

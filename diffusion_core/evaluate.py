@@ -437,6 +437,7 @@ def evaluate_cascade(cascade_dir: Path, n: int = 100, steps: int = 20, sampler: 
     from .images import grid, to_uint8
     from .pipeline import load
     from .quality import sharpness
+    from .conditioning import back_projection_scale
     pipe = load(cascade_dir)
     if pipe.kind != "cascade":
         raise ValueError(f"{cascade_dir} is not a cascade folder")
@@ -466,7 +467,8 @@ def evaluate_cascade(cascade_dir: Path, n: int = 100, steps: int = 20, sampler: 
     m = {"model": str(cascade_dir), "n": n, "sampler": sampler, "steps": steps, "guidance": guidance, "seed": seed,
          "stage_sizes": list(pipe.stage_sizes),
          "sr_stages": [{"sampler": pipe.stage_sampler(st, o),
-                        "steps": pipe.stage_steps(st, o), "aug_level": o.get("aug_level", 0.0)}
+                        "steps": pipe.stage_steps(st, o), "aug_level": o.get("aug_level", 0.0),
+                        "match_scale": back_projection_scale(o.get("aug_level", 0.0), o.get("match_scale"))}
                        for st, o in pipe.stages[1:]],
          "sampling_s_per_image": round((time.time() - t0) / n, 4),
          "sharpness_cascade": round(float(sharpness(high).mean()), 4),

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from . import backends
 from .checkpoint import (CONFIG, MAX_CASCADE_SIZE, CascadeManifest, CheckpointError, EnsembleManifest, folder_kind,
                          load_model_config, load_network, load_prior, read_manifest)
-from .conditioning import AUGMENTED_INPUT_SCALE, Condition, augment_low_res, back_project, picks_condition, picks_meaning, resolve_labels
+from .conditioning import Condition, augment_low_res, back_project, back_projection_scale, picks_condition, picks_meaning, resolve_labels
 from .config import ConfigError, ModelConfig
 from .degradations import Degradation, make_degradation
 from .denoisers import ClassifierFreeGuidance, ClipX0, ExpertEnsemble, ModelDenoiser
@@ -205,13 +205,15 @@ class Pipeline:
                init_image: torch.Tensor | None = None, strength: float = 0.6, seed: int = 0, clip: str | None = None,
                low_res: torch.Tensor | None = None, sr_steps: int | None = None, sr_sampler: str | None = None,
                variance: str = "posterior", improved: bool = True, aug_level: float = 0.0,
-               x_start: torch.Tensor | None = None, t_start: int | None = None,
+               match_scale: int | None = None, x_start: torch.Tensor | None = None, t_start: int | None = None,
                device="cpu") -> Iterator[SampleStep]:
         """Generate ``n`` images, yielding every step. Images in [-1, 1]; image i uses seed + i.
 
         labels: class / attribute names or indices; cond_image: (C, H, W) stickman in [-1, 1];
         init_image: (C, H, W) or (n, C, H, W) for img2img with ``strength``; low_res: (n, C, h, w) input of
-        a super-resolution model. A cascade runs its base then each SR stage (``stage`` in the records).
+        a super-resolution model; its result is back-projected onto low_res at 1/``match_scale`` of its size
+        (None: ``back_projection_scale``'s rule). A cascade runs its base then each SR stage (``stage`` in the
+        records).
 
         x_start: the state to start from, (n, C, H, W), at ``t_start`` (default T - 1: the x_T of generation,
         e.g. a slerp of two seeds' ``start_noise``); the grid then runs from t_start down to the clean image in
@@ -300,7 +302,7 @@ class Pipeline:
                               x0_hat=rec.x0_hat[..., :h, :w], eps_hat=rec.eps_hat[..., :h, :w],
                               noise=None if rec.noise is None else rec.noise[..., :h, :w])
             if rec.index == rec.num_steps - 1:      # the result downsamples back to its input (un-augmented)
-                scale = AUGMENTED_INPUT_SCALE if aug_level > 0 else 1
+                scale = back_projection_scale(aug_level, match_scale)
                 rec = replace(rec, x_next=back_project(rec.x_next, low_res.to(device), scale))
             yield rec
 
@@ -359,7 +361,8 @@ class Pipeline:
                 sk.update(labels=(), cond_image=None, init_image=None, guidance=1.0, eta=0.0,
                           steps=self.stage_steps(stage, opts, sr_steps),
                           sampler=self.stage_sampler(stage, opts, sr_sampler),
-                          seed=seed + 10_000 * i, aug_level=opts.get("aug_level", 0.0))
+                          seed=seed + 10_000 * i, aug_level=opts.get("aug_level", 0.0),
+                          match_scale=opts.get("match_scale"))
                 gen = stage.stream(n, low_res=x, **sk)
             last = None
             for rec in gen:

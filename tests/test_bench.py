@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from diffusion_core import bench
+from benchmarks import bench
 from diffusion_core.unet import UNet, _norm, count_parameters
 
 REQUIRED = ("sampling_ratio", "training_ratio", "peak_fraction", "first_preview_s", "fashion16_dpm20_s")
@@ -48,10 +48,36 @@ def test_json_has_the_required_keys(tiny_result):
         assert theirs[key]["unet_calls"] == row["steps"] and theirs[key]["unet_batch"] == [2 * row["batch"]]
         assert row["unet_calls"] >= row["steps"] and max(row["unet_batch"]) <= 2 * row["batch"]
     assert r["flops"]["ours"]["flops_per_forward"] > 0 and 0 < r["peak_fraction"]
-    # the diffusers schedulers take the same steps as ours
-    for v in r["scheduler_agreement"].values():
-        assert v["same_timesteps"] and v["max_abs_diff"] < 1e-2
 
+
+
+@pytest.mark.parametrize("kind, steps, clip", [("ddim", 50, True), ("dpm++", 20, False), ("ddim", 2, True)])
+def test_the_benchmarks_diffusers_schedulers_take_our_steps(kind, steps, clip):
+    """The benchmark's diffusers side (``bench.diffusers_scheduler``: same betas, trailing timesteps, clipping as
+    ours) takes the steps our sampler takes: the same timesteps and, on the exact eps-model of data ~ N(0, 0.5^2 I),
+    the same result up to float32 round-off. Otherwise its speed rows would compare different work."""
+    pytest.importorskip("diffusers")
+    from diffusion_core.config import DiffusionConfig
+    from diffusion_core.denoisers import ClipX0, ModelDenoiser
+    from diffusion_core.samplers import SamplerSpec, sample
+    from diffusion_core.schedules import make_schedule, spaced_timesteps
+    diffusion = DiffusionConfig(schedule="cosine")
+    sched = make_schedule(diffusion.schedule, diffusion.T, diffusion.beta_1, diffusion.beta_T)
+
+    def model(x, t, _cond=None):          # E[eps | x_t] for x_0 ~ N(0, 0.5^2 I)
+        ab = sched.alpha_bar_at(torch.as_tensor(t).reshape(-1)[:1]).float().view(1, 1, 1, 1)
+        return (1 - ab).sqrt() * x / (0.25 * ab + 1 - ab)
+    x_start = bench.initial_noise(2, 1, 8, seed=0)
+    den = ModelDenoiser(model, sched, "eps")
+    ts = spaced_timesteps(diffusion.T, steps, "trailing")
+    ours = sample(ClipX0(den, sched, "clip") if clip else den, x_start, ts, SamplerSpec(kind), schedule=sched)
+    ds = bench.diffusers_scheduler(kind, diffusion, clip=clip)
+    ds.set_timesteps(steps)
+    assert [int(v) for v in ds.timesteps] == [int(v) for v in ts[:-1]]
+    x = x_start.clone()
+    for t in ds.timesteps:
+        x = ds.step(model(x, t), t, x).prev_sample
+    assert (ours - x).abs().max() < 1e-2
 
 def test_json_tells_the_backend_story(tiny_result):
     """Issue 25: which CPU, which backend was chosen, one row per available backend, ratios against fp32 and

@@ -239,8 +239,10 @@ def test_cascade_cycles_are_refused_without_recursing(tmp_path, make_model):
 @pytest.mark.parametrize("args, fragment", [
     (["--stage", "../base", "--stage", "../nowhere"], "no such checkpoint folder"),
     (["--stage", "../base", "--stage", "../base"], "not a super-resolution model"),
-    (["--stage", "../base", "--stage", "../sr:lots"], "FOLDER[:AUG_LEVEL]"),
+    (["--stage", "../base", "--stage", "../sr:lots"], "FOLDER[:AUG_LEVEL[:MATCH_SCALE]]"),
     (["--stage", "../base", "--stage", "../sr:3"], "aug_level"),
+    (["--stage", "../base", "--stage", "../sr:0.1:half"], "FOLDER[:AUG_LEVEL[:MATCH_SCALE]]"),
+    (["--stage", "../base", "--stage", "../sr:0.1:9"], "match_scale"),
     (["--stage", ".", "--stage", "."], "itself a cascade"),
 ])
 def test_cascade_command_checks_everything_before_writing(tmp_path, make_model, args, fragment):
@@ -354,6 +356,31 @@ def test_cascade_loads_and_samples(tmp_path, make_model):
     assert torch.equal(pipe.upscale(low, steps=3, seed=5 + 10_000), want)
 
 
+def test_a_cascade_stage_can_match_its_result_to_its_input_pixel_for_pixel(tmp_path, make_model):
+    """Issue 21: a stage's result is back-projected onto its (noise-augmented) input at 1/4 of its size by
+    default; ``match_scale`` in the stage's manifest entry (``cascade --stage FOLDER:AUG:SCALE``) sets that scale.
+    At 1 the result, area-downscaled, is the base's output up to what two rounds leave (the pose cascades use it
+    for their first stage: the figure keeps the drawn pose). The stage is the SR model run with that scale."""
+    import subprocess
+    import sys
+    _cascade(tmp_path, make_model)
+    r = subprocess.run([sys.executable, "-m", "diffusion_core", "cascade", "--out", str(tmp_path / "casc1"),
+                        "--stage", "../base", "--stage", "../sr:0.1:1"], capture_output=True, text=True,
+                       cwd=Path(__file__).parents[1], timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "casc1" / "config.json").read_text())["stages"][1]["match_scale"] == 1
+    default, exact = load(tmp_path / "casc"), load(tmp_path / "casc1")
+    assert exact.stages[1][1]["match_scale"] == 1 and "match_scale" not in default.stages[1][1]
+    kw = dict(sampler="ddim", steps=4, seed=5, sr_steps=3)
+    low = default.base.sample(2, sampler="ddim", steps=4, seed=5)
+    a, b = default.sample(2, **kw), exact.sample(2, **kw)
+    err = [(torch.nn.functional.adaptive_avg_pool2d(x, 8) - low).abs().mean() for x in (a, b)]
+    assert err[1] < 0.5 * err[0], err
+    sr = default.stages[1][0]
+    want = sr.sample(2, low_res=low, steps=3, sampler="ddpm", seed=5 + 10_000, aug_level=0.1, match_scale=1)
+    assert torch.equal(b, want) and not torch.equal(a, want)
+
+
 def test_cascade_refusals(tmp_path, make_model):
     _cascade(tmp_path, make_model)
     cfg_path = tmp_path / "casc" / "config.json"
@@ -362,12 +389,13 @@ def test_cascade_refusals(tmp_path, make_model):
                              ([{"path": "../sr"}, {"path": "../sr"}], "must be a base model"),
                              ([{"path": "../base"}, {"path": "../sr", "aug_level": 3}], "aug_level"),
                              ([{"path": "../base"}, {"path": "../sr", "steps": "many"}], "steps"),
+                             ([{"path": "../base"}, {"path": "../sr", "match_scale": -1}], "match_scale"),
                              ([{"path": "../base"}, {"steps": 3}], "missing key(s) path"),
                              ([{"path": "../base"}] + [{"path": "../sr"}] * 4, "2 to 4 stages")):
         write_json(cfg_path, {"version": 1, "kind": "cascade", "stages": stages})
         _refused(tmp_path / "casc", cfg_path, fragment)
         if fragment != "not a super-resolution model" and fragment != "must be a base model":
-            with pytest.raises(CheckpointError, match="stage|aug_level|steps|path"):
+            with pytest.raises(CheckpointError, match="stage|aug_level|steps|path|match_scale"):
                 save_cascade(tmp_path / "casc2", stages)      # refused before anything is written
     assert not (tmp_path / "casc2" / "config.json").exists()
 

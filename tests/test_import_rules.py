@@ -36,6 +36,16 @@ def test_the_package_never_imports_gradio():
         assert not {m for m in imports(path) if m.split(".")[0] in ("gradio", "gradio_client", "spaces")}, path.name
 
 
+def test_the_benchmark_is_outside_the_package():
+    """Issue 19: the benchmark (diffusers, a development dependency; the library's speed switches set at run
+    time) lives in benchmarks/, beside the package. Only the CLI's ``bench`` command reaches it."""
+    assert not (PKG / "bench.py").exists() and (ROOT / "benchmarks" / "bench.py").is_file()
+    for path in PKG.glob("*.py"):
+        uses = {m for m in imports(path) if m.split(".")[0] == "benchmarks"}
+        assert not uses or path.name == "__main__.py", path.name
+        assert not {m for m in imports(path) if m.split(".")[0] == "diffusers"}, path.name
+
+
 def test_the_maths_does_not_import_the_network_data_or_training():
     """Schedules, samplers and denoisers are functions over tensors and a denoiser callable (DESIGN habit 1)."""
     forbidden = {"unet", "data", "data_emoji", "data_pose", "train", "evaluate", "pipeline", "checkpoint", "bench",

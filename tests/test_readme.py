@@ -57,7 +57,7 @@ def is_synopsis(cmd: str) -> bool:
 
 def subparsers() -> dict[str, argparse.ArgumentParser]:
     from diffusion_core.__main__ import _parser
-    from diffusion_core.bench import build_parser
+    from benchmarks.bench import build_parser
     sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
     return {**sub.choices, "bench": build_parser()}     # bench parses its own options
 

@@ -1,6 +1,8 @@
 """Benchmark: sampling and training speed of our U-Net against ``diffusers``, measured in one run.
 
-``python -m diffusion_core bench [--model checkpoints/fashion] [--out bench.json] [--threads N]``
+``python -m diffusion_core bench [--model checkpoints/fashion] [--out bench.json] [--threads N]`` (or ``python
+benchmarks/bench.py ...``), from a checkout: the benchmark is not part of the library (it needs diffusers, a
+development dependency, and sets the library's speed switches itself).
 
 What is measured, on the same machine in the same process:
 
@@ -59,10 +61,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import backends, parallel
-from .config import DiffusionConfig, ModelConfig, UNetConfig, to_dict
-from .options import BACKENDS as BACKEND_CHOICES
-from .unet import UNet, _norm, count_parameters
+if __package__ in (None, ""):        # run as a script: the repository root on the path, for diffusion_core
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from diffusion_core import backends, parallel  # noqa: E402
+from diffusion_core.config import DiffusionConfig, ModelConfig, UNetConfig, to_dict  # noqa: E402
+from diffusion_core.options import BACKENDS as BACKEND_CHOICES  # noqa: E402
+from diffusion_core.unet import UNet, _norm, count_parameters  # noqa: E402
 
 FASHION_UNET = UNetConfig(base_channels=32, channel_mults=(1, 2, 2, 2), num_res_blocks=2, attention_resolutions=(8,),
                           num_labels=10, in_channels=1, out_channels=1, image_size=32)
@@ -203,7 +208,7 @@ def random_network(cfg: UNetConfig, seed: int) -> UNet:
 
 def fashion_pipeline(path: str, tiny: bool, seed: int = 0):
     """(pipeline, where its weights came from). Random weights when ``path`` does not exist (or --tiny)."""
-    from .pipeline import Pipeline, load
+    from diffusion_core.pipeline import Pipeline, load
     folder = Path(path)
     if folder.exists() and not tiny:
         pipe = load(folder)
@@ -278,7 +283,7 @@ def diffusers_scheduler(kind: str, diffusion: DiffusionConfig, clip: bool = True
 
 def initial_noise(n: int, channels: int, size: int, seed: int) -> torch.Tensor:
     """x_T exactly as our pipeline draws it (image i from the stream seeded seed + i)."""
-    from .samplers import make_generators, per_image_noise
+    from diffusion_core.samplers import make_generators, per_image_noise
     return per_image_noise((n, channels, size, size), make_generators(seed, n))
 
 
@@ -444,7 +449,7 @@ def bench_backends(args, s, pipe) -> tuple[list[dict], dict]:
 
 def random_cascade(folder: Path, tiny: bool, seed: int) -> Path:
     """A random-weight cascade like the emoji one: RGB 32 px base with 52 attribute labels + SR 32 -> 64."""
-    from .checkpoint import save_cascade, save_model
+    from diffusion_core.checkpoint import save_cascade, save_model
     if tiny:
         base = UNetConfig(in_channels=3, out_channels=3, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
                           attention_resolutions=(8,), num_labels=4, image_size=16)
@@ -468,7 +473,7 @@ def random_cascade(folder: Path, tiny: bool, seed: int) -> Path:
 
 
 def bench_cascade(args, s) -> tuple[list[dict], dict]:
-    from .pipeline import load
+    from diffusion_core.pipeline import load
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.cascade)
         if folder.exists() and not args.tiny:
@@ -493,7 +498,7 @@ def bench_cascade(args, s) -> tuple[list[dict], dict]:
 
 
 def train_batch(cfg: UNetConfig, diffusion: DiffusionConfig, b: int, seed: int) -> dict:
-    from .schedules import make_schedule
+    from diffusion_core.schedules import make_schedule
     g = torch.Generator().manual_seed(seed)
     x0 = torch.rand((b, cfg.in_channels, cfg.image_size, cfg.image_size), generator=g) * 2 - 1
     t = torch.randint(0, diffusion.T, (b,), generator=g)
@@ -510,7 +515,7 @@ def train_step_fn(net: nn.Module, forward: Callable[[dict], torch.Tensor], batch
     ``in_parts``: forward and backward as row pieces on the CPU's cores, as train.py does (ours only)."""
     from torch.optim.swa_utils import AveragedModel
 
-    from .train import adamw, backward_in_parts, ema_with_warmup
+    from diffusion_core.train import adamw, backward_in_parts, ema_with_warmup
     net.train()
     opt = adamw(net.parameters(), TRAIN_LR)
     ema = AveragedModel(net, multi_avg_fn=ema_with_warmup(EMA_DECAY), use_buffers=True)
@@ -536,7 +541,7 @@ def train_step_fn(net: nn.Module, forward: Callable[[dict], torch.Tensor], batch
 
 
 def bench_training(args, s, cfg: UNetConfig, diffusion: DiffusionConfig, ref) -> list[dict]:
-    from .conditioning import Condition
+    from diffusion_core.conditioning import Condition
     b, k = s["train_batch"], s["train_steps"]
     batch = train_batch(cfg, diffusion, b, args.seed)
     nets = [("ours", random_network(cfg, args.seed),
@@ -629,7 +634,7 @@ def conv_peak(batch: int, channels: int, size: int, reps: int, dtype: torch.dtyp
 
 
 def bench_flops(args, s, pipe, ref) -> dict:
-    from .conditioning import Condition
+    from diffusion_core.conditioning import Condition
     cfg = pipe.config.unet
     b = s["flops_batch"]
     x = initial_noise(b, cfg.in_channels, cfg.image_size, args.seed)
@@ -674,33 +679,6 @@ def bench_flops(args, s, pipe, ref) -> dict:
                f"{out['bf16_matmul_peak']['gflops']:.1f}), 3x3 conv channels_last {out['conv_peak']['gflops']:.1f} "
                f"(bf16 {out['bf16_conv_peak']['gflops']:.1f}); U-Net ({chosen}) at {out['peak_fraction']:.1%} of the "
                f"best ({out['peak_fraction_vs_mm']:.1%} of fp32 torch.mm)")
-    return out
-
-
-def scheduler_agreement(diffusion: DiffusionConfig, steps: dict, seed: int) -> dict:
-    """Do diffusers' schedulers take the same steps as our samplers? Both run on the same analytic
-    eps-model from the same noise; returns the max abs difference of the results (float32 round-off)."""
-    from .denoisers import ClipX0, ModelDenoiser
-    from .samplers import SamplerSpec, sample
-    from .schedules import make_schedule, spaced_timesteps
-    sched = make_schedule(diffusion.schedule, diffusion.T, diffusion.beta_1, diffusion.beta_T)
-
-    def model(x, t, _cond=None):          # the exact eps-predictor for data ~ N(0, 0.5^2 I)
-        ab = sched.alpha_bar_at(torch.as_tensor(t).reshape(-1)[:1]).float().view(1, 1, 1, 1)
-        return (1 - ab).sqrt() * x / (0.25 * ab + 1 - ab)
-    x_start = initial_noise(2, 1, 8, seed)
-    out = {}
-    for kind, n, clip in (("ddim", steps["ddim"], "clip"), ("dpm++", steps["dpm++"], "none")):
-        den = ModelDenoiser(model, sched, "eps")
-        den = ClipX0(den, sched, clip) if clip != "none" else den
-        ours = sample(den, x_start, spaced_timesteps(diffusion.T, n, "trailing"), SamplerSpec(kind), schedule=sched)
-        ds = diffusers_scheduler(kind, diffusion, clip=clip == "clip")
-        ds.set_timesteps(n)
-        x = x_start.clone()
-        for t in ds.timesteps:
-            x = ds.step(model(x, t), t, x).prev_sample
-        same_t = [int(v) for v in ds.timesteps] == [int(v) for v in spaced_timesteps(diffusion.T, n, "trailing")[:-1]]
-        out[f"{kind}{n}"] = {"max_abs_diff": float((ours - x).abs().max()), "same_timesteps": same_t}
     return out
 
 
@@ -810,8 +788,6 @@ def run_benchmark(args) -> dict:
         params["diffusers"] = count_parameters(ref["unet"])
         params["relative_diff"] = params["diffusers"] / params["ours"] - 1
         params["within_15pct"] = abs(params["relative_diff"]) <= 0.15
-        result["scheduler_agreement"] = scheduler_agreement(
-            pipe.config.diffusion, {"ddim": s["ddim_steps"], "dpm++": s["dpm_steps"]}, args.seed)
         result["notes"].append("diffusers DPM-Solver++ does not clip x0 (ours clips to [-1, 1]); DDIM clips on both "
                                "sides. Weights differ (random for diffusers), which does not change the work.")
     result["params"] = params
@@ -892,7 +868,7 @@ def run_benchmark(args) -> dict:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     old_threads = torch.get_num_threads()
-    from . import unet as unet_module
+    from diffusion_core import unet as unet_module
     old_layout, old_workers = unet_module.CHANNELS_LAST, parallel.WORKERS
     try:
         torch.set_num_threads(args.threads)
