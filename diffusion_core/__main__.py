@@ -178,14 +178,14 @@ def _run(args) -> int:
     if args.command == "sample":
         return _sample(args)
     if args.command == "evaluate":
-        from .evaluate import evaluate_command
+        from .evaluation.evaluate import evaluate_command
         from .options import MAX_GUIDANCE
         from .pipeline import MAX_SEED, MAX_STEPS
         check_ranges(args, [("n", 1, 100_000), ("batch", 1, 1000), ("steps", 1, MAX_STEPS), ("seed", 0, MAX_SEED),
                             ("guidance", 0.0, MAX_GUIDANCE)])
         return evaluate_command(args)
     if args.command == "classifier":
-        from .evaluate import train_classifier
+        from .evaluation.classifier import train_classifier
         train_classifier(args.data, Path(args.out), epochs=args.epochs, seed=args.seed)
         return 0
     if args.command in ("ensemble", "cascade"):

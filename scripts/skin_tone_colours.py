@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffusion_core import load  # noqa: E402
 from diffusion_core.data import DataConfig, load_data  # noqa: E402
-from diffusion_core.evaluate_picks import mean_colours  # noqa: E402
+from diffusion_core.evaluation.picks import mean_colours  # noqa: E402
 
 TONES = ("light skin tone", "medium-light skin tone", "medium skin tone", "medium-dark skin tone", "dark skin tone")
 

@@ -4,6 +4,7 @@ import pytest
 from PIL import Image
 
 from diffusion_core import data_pose as dp
+from diffusion_core.evaluation import pose_metrics as pm
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,7 @@ def test_figures_vary_for_the_same_pose():
         for b in range(a + 1, 6):
             assert np.abs(imgs[a] - imgs[b]).mean() > 5
     # ... but the silhouette follows the pose: the masks overlap strongly
-    masks = [dp.figure_mask(im) for im in imgs]
+    masks = [pm.figure_mask(im) for im in imgs]
     inter = np.logical_and(masks[0], masks[1]).sum()
     union = np.logical_or(masks[0], masks[1]).sum()
     assert inter / union > 0.5
@@ -78,8 +79,8 @@ def test_figures_vary_for_the_same_pose():
 def test_pose_adherence_matching_vs_mismatched(pairs):
     f, s = pairs
     n = len(f)
-    match = np.array([dp.pose_adherence(f[i], s[i]) for i in range(n)])
-    mism = np.array([dp.pose_adherence(f[(i + 7) % n], s[i]) for i in range(n)])
+    match = np.array([pm.pose_adherence(f[i], s[i]) for i in range(n)])
+    mism = np.array([pm.pose_adherence(f[(i + 7) % n], s[i]) for i in range(n)])
     assert np.nanmean(match) >= 0.9
     assert np.nanmean(mism) < 0.75
     assert np.nanmean(match) - np.nanmean(mism) > 0.25
@@ -88,28 +89,28 @@ def test_pose_adherence_matching_vs_mismatched(pairs):
 
 def test_pose_adherence_handdrawn_and_resize():
     f, s = dp.make_pairs(30, 32, seed=2, style="handdrawn")
-    match = np.mean([dp.pose_adherence(f[i], s[i]) for i in range(30)])
+    match = np.mean([pm.pose_adherence(f[i], s[i]) for i in range(30)])
     assert match >= 0.8
     # a 256 px drawing is resized to the figure's size
     pose = dp.random_pose(np.random.default_rng(9))
     big = np.asarray(dp.draw_stickman(pose, 128, np.random.default_rng(1), "clean"))
     fig = np.asarray(dp.draw_figure(pose, 32, np.random.default_rng(2)))
-    assert dp.pose_adherence(fig, big) >= 0.9
+    assert pm.pose_adherence(fig, big) >= 0.9
 
 
 def test_masks():
-    assert not dp.pose_mask(np.full((16, 16), 255, np.uint8)).any()
-    assert np.isnan(dp.pose_adherence(np.zeros((16, 16, 3), np.uint8), np.full((16, 16, 1), 250, np.uint8)))
-    assert not dp.figure_mask(np.full((16, 16, 3), 200, np.uint8)).any()
+    assert not pm.pose_mask(np.full((16, 16), 255, np.uint8)).any()
+    assert np.isnan(pm.pose_adherence(np.zeros((16, 16, 3), np.uint8), np.full((16, 16, 1), 250, np.uint8)))
+    assert not pm.figure_mask(np.full((16, 16, 3), 200, np.uint8)).any()
     stick = np.full((16, 16), 255, np.uint8)
     stick[4:12, 7:9] = 150                                   # faint pencil still counts
-    m = dp.pose_mask(stick)
+    m = pm.pose_mask(stick)
     assert m.sum() == 16 and m[4:12, 7:9].all()
     fig = np.full((16, 16, 3), 230, np.uint8)
     fig[3:13, 6:10] = (200, 40, 40)
-    assert dp.figure_mask(fig).sum() == 40
-    assert dp.pose_adherence(fig, stick) == 1.0
-    assert dp._thin(np.ones((7, 7), bool)).sum() <= 3          # thinning shrinks blobs
+    assert pm.figure_mask(fig).sum() == 40
+    assert pm.pose_adherence(fig, stick) == 1.0
+    assert pm._thin(np.ones((7, 7), bool)).sum() <= 3          # thinning shrinks blobs
 
 
 def test_handdrawn_differs_from_clean():
@@ -139,11 +140,11 @@ def test_pose_precision_matching_vs_blob(pairs):
     covers every stroke, so its adherence is 1) does not."""
     f, s = pairs
     n = len(f)
-    match = np.nanmean([dp.pose_precision(f[i], s[i]) for i in range(n)])
-    mism = np.nanmean([dp.pose_precision(f[(i + 7) % n], s[i]) for i in range(n)])
+    match = np.nanmean([pm.pose_precision(f[i], s[i]) for i in range(n)])
+    mism = np.nanmean([pm.pose_precision(f[(i + 7) % n], s[i]) for i in range(n)])
     assert match >= 0.8 and match - mism > 0.15
     blob = np.full_like(f[0], 200)
     blob[2:-2, 2:-2] = (20, 30, 200)
-    assert dp.pose_adherence(blob, s[0]) > 0.95
-    assert dp.pose_precision(blob, s[0]) < 0.6
-    assert np.isnan(dp.pose_precision(np.full_like(f[0], 200), s[0]))
+    assert pm.pose_adherence(blob, s[0]) > 0.95
+    assert pm.pose_precision(blob, s[0]) < 0.6
+    assert np.isnan(pm.pose_precision(np.full_like(f[0], 200), s[0]))

@@ -10,7 +10,8 @@ PKG = ROOT / "diffusion_core"
 
 def imports(path: Path) -> set[str]:
     """Every module ``path`` imports, anywhere in the file, as absolute dotted names (relative imports resolved
-    against the package the file is in)."""
+    against the package the file is in, sub-packages included)."""
+    package = list(path.relative_to(ROOT).parent.parts)       # e.g. ["diffusion_core", "evaluation"]
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -18,7 +19,8 @@ def imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = path.parent.name + ("." + base if base else "")
+                anchor = ".".join(package[:len(package) - (node.level - 1)])
+                base = anchor + ("." + base if base else "")
                 out.update(f"{base}.{a.name}" if not node.module else base for a in node.names)
             else:
                 out.add(base)
@@ -28,11 +30,13 @@ def imports(path: Path) -> set[str]:
 
 
 def module_imports(name: str) -> set[str]:
-    return imports(PKG / f"{name}.py")
+    """name: a module of the package, dotted below it ("samplers", "evaluation.metrics")."""
+    return imports(PKG.joinpath(*name.split(".")).with_suffix(".py"))
 
 
 def test_the_package_never_imports_gradio():
-    for path in PKG.glob("*.py"):
+    assert len(list(PKG.rglob("*.py"))) > len(list(PKG.glob("*.py")))      # sub-packages are read too
+    for path in PKG.rglob("*.py"):
         assert not {m for m in imports(path) if m.split(".")[0] in ("gradio", "gradio_client", "spaces")}, path.name
 
 
@@ -40,7 +44,7 @@ def test_the_benchmark_is_outside_the_package():
     """Issue 19: the benchmark (diffusers, a development dependency; the library's speed switches set at run
     time) lives in benchmarks/, beside the package. Only the CLI's ``bench`` command reaches it."""
     assert not (PKG / "bench.py").exists() and (ROOT / "benchmarks" / "bench.py").is_file()
-    for path in PKG.glob("*.py"):
+    for path in PKG.rglob("*.py"):
         uses = {m for m in imports(path) if m.split(".")[0] == "benchmarks"}
         assert not uses or path.name == "__main__.py", path.name
         assert not {m for m in imports(path) if m.split(".")[0] == "diffusers"}, path.name
@@ -48,7 +52,7 @@ def test_the_benchmark_is_outside_the_package():
 
 def test_the_maths_does_not_import_the_network_data_or_training():
     """Schedules, samplers and denoisers are functions over tensors and a denoiser callable (DESIGN habit 1)."""
-    forbidden = {"unet", "data", "data_emoji", "data_pose", "train", "evaluate", "pipeline", "checkpoint", "bench",
+    forbidden = {"unet", "data", "data_emoji", "data_pose", "train", "evaluation", "pipeline", "checkpoint",
                  "backends"}
     for name in ("schedules", "samplers", "denoisers", "options"):
         bad = {m for m in module_imports(name) if m.startswith("diffusion_core.") and m.split(".")[1] in forbidden}
@@ -59,7 +63,7 @@ def test_the_maths_does_not_import_the_network_data_or_training():
 def test_the_network_does_not_import_training_or_data():
     bad = {m for m in module_imports("unet")
            if m.startswith("diffusion_core.") and m.split(".")[1] in {"train", "data", "data_emoji", "data_pose",
-                                                                       "evaluate", "pipeline", "bench"}}
+                                                                       "evaluation", "pipeline"}}
     assert not bad, bad
 
 
@@ -93,6 +97,20 @@ def test_the_app_is_a_launcher_and_small_modules():
 def test_the_runtime_layer_sits_below_the_pipeline():
     """backends.py wraps a network; it knows nothing of pipelines, training, data or the benchmark (DESIGN 12)."""
     bad = {m for m in module_imports("backends")
-           if m.startswith("diffusion_core.") and m.split(".")[1] in {"pipeline", "train", "evaluate", "bench", "data",
+           if m.startswith("diffusion_core.") and m.split(".")[1] in {"pipeline", "train", "evaluation", "data",
                                                                        "data_emoji", "data_pose", "checkpoint"}}
     assert not bad, bad
+
+
+def test_evaluation_is_a_layer_above_the_model():
+    """Issue 19: the evaluation sub-package (classifiers, FID, pose metrics, the evaluate command) scores what the
+    library makes; the maths, the network, the data, training and the pipeline never import it (only the CLI
+    does). Its metrics modules stand alone: no network, no pipeline."""
+    users = {p.relative_to(PKG).as_posix() for p in PKG.rglob("*.py")
+             if any(m.startswith("diffusion_core.evaluation") for m in imports(p))
+             and p.parent.name != "evaluation"}
+    assert users == {"__main__.py"}, users
+    for name in ("evaluation.metrics", "evaluation.pose_metrics"):
+        assert not {m for m in module_imports(name) if m.startswith("diffusion_core.")}, name
+    assert not (PKG / "evaluate.py").exists() and not (PKG / "evaluate_picks.py").exists()
+

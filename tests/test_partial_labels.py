@@ -239,7 +239,7 @@ def test_pipeline_builds_the_picks_condition(tmp_path, make_model, mask):
 
 # ---- evaluation as users pick ---------------------------------------------------------------------
 def test_picks_measures_and_colours():
-    from diffusion_core.evaluate_picks import PICKS, includes_all, mean_colours
+    from diffusion_core.evaluation.picks import PICKS, includes_all, mean_colours
     logits = torch.tensor([[1.0, -1.0, 2.0], [1.0, 1.0, -0.5], [-1.0, 3.0, 3.0]])
     assert includes_all(logits, [0]).tolist() == [True, True, False]
     assert includes_all(logits, [0, 2]).tolist() == [True, False, False]
@@ -252,7 +252,7 @@ def test_picks_measures_and_colours():
 
 def test_evaluate_picks_end_to_end(tmp_path, make_model):
     from diffusion_core.data_emoji import ATTRIBUTES, EMOJI_TEST, FONT
-    from diffusion_core.evaluate_picks import evaluate_picks, format_table
+    from diffusion_core.evaluation.picks import evaluate_picks, format_table
     if not (Path(EMOJI_TEST).exists() and Path(FONT).exists()) or not (ROOT / "checkpoints/classifier-emoji").is_dir():
         pytest.skip("emoji packages or the emoji classifier not present")
     make_model(tmp_path / "m", unet=dict(num_labels=len(ATTRIBUTES), label_mask=True, in_channels=3, out_channels=3,

@@ -400,7 +400,7 @@ def test_cli_sample_and_bad_arguments(tmp_path):
 
 
 def test_evaluate_metrics(tmp_path):
-    from diffusion_core.evaluate import f1_per_attribute, frechet_distance
+    from diffusion_core.evaluation.metrics import f1_per_attribute, frechet_distance
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(2000, 4)), rng.normal(size=(2000, 4))
     assert frechet_distance(a, b) < 0.05
@@ -417,7 +417,7 @@ def test_evaluate_metrics(tmp_path):
     pred = torch.tensor([[1, 0], [1, 1], [0, 0]], dtype=torch.bool)
     truth = torch.tensor([[1, 0], [0, 1], [0, 1]], dtype=torch.bool)
     assert torch.allclose(f1_per_attribute(pred, truth), torch.tensor([2 / 3, 2 / 3]))
-    from diffusion_core.evaluate import visible_f1
+    from diffusion_core.evaluation.metrics import visible_f1
     v = visible_f1({"woman": 0.9, "cat": 0.0, "bald": 0.5, "man": 0.7},
                    {"woman": 0.95, "cat": 0.9, "bald": 0.3, "man": 0.85}, {"woman": 40, "cat": 1, "bald": 30, "man": 10})
     assert v["attributes"] == ["woman", "man"] and v["mean"] == pytest.approx(0.8)   # cat: 1 positive; bald: unseen
@@ -425,7 +425,7 @@ def test_evaluate_metrics(tmp_path):
 
 @pytest.mark.skipif(not HAS_FASHION, reason="dataset-fashion-mnist not installed")
 def test_evaluate_command_end_to_end(tmp_path):
-    from diffusion_core.evaluate import Classifier, ClassifierConfig, save_classifier
+    from diffusion_core.evaluation.classifier import Classifier, ClassifierConfig, save_classifier
     folder = write_idx(tmp_path / "idx")
     model = Trainer(tiny_cfg(tmp_path, "data.source=idx", f"data.path={folder}", "steps=1"), progress=False).run()
     torch.manual_seed(0)
@@ -477,7 +477,7 @@ def test_evaluate_command_end_to_end(tmp_path):
 
 
 def test_sample_cache_reads_a_legacy_key_and_rewrites_it(tmp_path):
-    from diffusion_core.evaluate import SampleCache
+    from diffusion_core.evaluation.evaluate import SampleCache
     path = tmp_path / "c.safetensors"
     old = SampleCache(path, {"model": "/abs/fashion", "steps": 2})
     old.batch_s = [1.5]
@@ -500,7 +500,7 @@ def test_emoji_source_trains(tmp_path):
     assert pipe.config.multi_label and "woman" in pipe.label_names and "dark skin tone" in pipe.label_names
     x = pipe.sample(1, steps=2, labels=["woman", "dark skin tone"], guidance=2.0)
     assert x.shape == (1, 3, 32, 32)
-    from diffusion_core.evaluate import memorisation
+    from diffusion_core.evaluation.evaluate import memorisation
     m = memorisation(out, n=4, steps=2)
     assert m["n"] == 4 and (out / "memorisation.png").is_file()
     # an untrained model's samples are noise: far from every training image, unlike held-out real emoji
@@ -513,7 +513,7 @@ def test_evaluate_super_resolution_against_bicubic(tmp_path):
     sr = Trainer(load_train_config(None, TINY + ["task=super_resolution", "low_res=16", "crop=16", "data.source=pose",
                                                  "data.pose_pairs=16", "data.image_size=32", "data.channels=3",
                                                  f"out_dir={out}", "steps=2"]), progress=False).run()
-    from diffusion_core.evaluate import evaluate_super_resolution
+    from diffusion_core.evaluation.evaluate import evaluate_super_resolution
     m = evaluate_super_resolution(sr, n=4, steps=2, batch=3)
     assert m["n"] == 4 and m["output"] == "32x32" and "procedural figures" in m["held_out"]
     for k in ("psnr_bicubic", "psnr_sr", "ssim_bicubic", "ssim_sr", "sharpness_sr", "sharpness_truth"):

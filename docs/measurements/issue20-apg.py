@@ -19,7 +19,7 @@ torch.set_num_threads(1)
 from diffusion_core import denoisers, load  # noqa: E402
 from diffusion_core.data import DataConfig, load_data  # noqa: E402
 from diffusion_core.denoisers import Prediction, _bcast  # noqa: E402
-from diffusion_core.evaluate_picks import evaluate_picks  # noqa: E402
+from diffusion_core.evaluation.picks import evaluate_picks  # noqa: E402
 from guidance_colours import measure, TONES  # noqa: E402
 
 mode, g = sys.argv[1], float(sys.argv[2])

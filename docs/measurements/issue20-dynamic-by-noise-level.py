@@ -3,7 +3,7 @@ from pathlib import Path
 sys.path.insert(0, "/work/main"); sys.path.insert(0, "/work/main/scripts")
 torch.set_num_threads(1)
 from diffusion_core import denoisers, load
-from diffusion_core.evaluate_picks import evaluate_picks
+from diffusion_core.evaluation.picks import evaluate_picks
 from guidance_colours import measure, TONES  # TONES from skin_tone_colours
 from diffusion_core.data import DataConfig, load_data
 plain = denoisers.ClipX0.__call__

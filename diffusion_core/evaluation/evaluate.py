@@ -1,193 +1,29 @@
-"""Evaluation: a small classifier per dataset, trained with the project's own command, gives
+"""The ``evaluate`` command: samples of a model, an SR stage or a cascade, scored against held-out real data.
 
-* FID in its penultimate features (Heusel et al. 2017's Fréchet distance, in our classifier's feature space
-  instead of Inception's), always printed beside the real-vs-real baseline at the same sample count;
+* FID in the evaluation classifier's penultimate features (``classifier``, ``metrics``), always beside the
+  real-vs-real baseline at the same sample count;
 * conditional accuracy (class labels) and per-attribute F1 (multi-labels) of generated samples;
-* for the pose model, pose adherence (see data_pose.pose_adherence).
+* for the pose model, pose adherence and precision (``pose_metrics``);
+* for SR stages PSNR / SSIM / sharpness against bicubic, for cascades sharpness and pose adherence per stage.
 
-Everything is deterministic given a seed.
+Generated samples are kept after every batch (``SampleCache``), so a stopped run resumes. Everything is
+deterministic given a seed.
 """
 from __future__ import annotations
 
 import json
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint import atomic_save_tensors, read_json, write_json
-from .data import DataConfig, load_data
-
-
-@dataclass(frozen=True)
-class ClassifierConfig:
-    data: str = "fashion"
-    channels: int = 1
-    image_size: int = 32
-    num_outputs: int = 10
-    multi_label: bool = False
-    width: int = 32
-    feature_dim: int = 128
-    label_names: tuple[str, ...] = ()
-
-
-class Classifier(nn.Module):
-    """A small CNN: 3 conv stages -> global pool -> feature (feature_dim) -> logits."""
-
-    def __init__(self, cfg: ClassifierConfig):
-        super().__init__()
-        w = cfg.width
-        self.cfg = cfg
-
-        def stage(cin, cout):
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
-                                 nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2))
-        self.body = nn.Sequential(stage(cfg.channels, w), stage(w, 2 * w), stage(2 * w, 4 * w),
-                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * w, cfg.feature_dim), nn.ReLU())
-        self.head = nn.Linear(cfg.feature_dim, cfg.num_outputs)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, C, H, W) in [-1, 1] -> (B, feature_dim)."""
-        if x.shape[-1] != self.cfg.image_size:
-            x = F.interpolate(x, size=(self.cfg.image_size,) * 2, mode="area")
-        return self.body(x)
-
-    def forward(self, x):
-        return self.head(self.features(x))
-
-
-def save_classifier(folder: Path, cfg: ClassifierConfig, net: Classifier, record: dict) -> None:
-    from .config import to_dict
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_save_tensors(net.state_dict(), folder / "model.safetensors")
-    write_json(folder / "config.json", {"kind": "classifier", **to_dict(cfg)})
-    write_json(folder / "training.json", record)
-
-
-def load_classifier(folder: Path) -> Classifier:
-    from safetensors.torch import load_file
-    from .config import from_dict
-    data = read_json(Path(folder) / "config.json")
-    data.pop("kind", None)
-    cfg = from_dict(ClassifierConfig, data)
-    net = Classifier(cfg)
-    net.load_state_dict(load_file(str(Path(folder) / "model.safetensors")))
-    return net.eval()
-
-
-def _data_for(name: str, split: str) -> DataConfig:
-    if name == "fashion":
-        return DataConfig(source="fashion", split=split, image_size=32, channels=1)
-    if name == "emoji":
-        return DataConfig(source="emoji", split=split, image_size=32, channels=3)
-    raise ValueError(f"no classifier recipe for dataset {name!r}")
-
-
-def train_classifier(name: str, out: Path, epochs: int = 5, seed: int = 0, batch: int = 128) -> dict:
-    """Train the evaluation classifier on the training split; report test accuracy (or mean F1)."""
-    with torch.random.fork_rng(devices=[]):    # seeded, and torch's global generator left as it was
-        torch.manual_seed(seed)
-        return _train_classifier(name, out, epochs, seed, batch)
-
-
-def _train_classifier(name: str, out: Path, epochs: int, seed: int, batch: int) -> dict:
-    from tqdm import tqdm
-    g = torch.Generator().manual_seed(seed)
-    train, test = load_data(_data_for(name, "train")), load_data(_data_for(name, "test"))
-    multi = train.multi_label
-    cfg = ClassifierConfig(data=name, channels=train.images.shape[-1], image_size=train.images.shape[1],
-                           num_outputs=train.labels.shape[1], multi_label=multi, label_names=train.label_names)
-    net = Classifier(cfg)
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
-    steps = epochs * (len(train) // batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
-    t0 = time.time()
-    net.train()
-    for _ in tqdm(range(steps), unit="step", mininterval=2.0):
-        idx = torch.randint(len(train), (batch,), generator=g)
-        b = train.batch(idx, torch.rand(batch, generator=g) < 0.5 if name == "emoji" else None)
-        x = b["image"]
-        x = x + 0.05 * torch.randn(x.shape, generator=g)      # robustness to small sampling noise
-        logits = net(x)
-        y = b["labels"]
-        loss = F.binary_cross_entropy_with_logits(logits, y) if multi else F.cross_entropy(logits, y.argmax(1))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-    net.eval()
-    with torch.inference_mode():
-        logits = torch.cat([net(test.batch(torch.arange(i, min(i + 500, len(test))))["image"])
-                            for i in range(0, len(test), 500)])
-    y = torch.from_numpy(test.labels)
-    record = {"command": f"python -m diffusion_core classifier --data {name} --out {out} --epochs {epochs} --seed {seed}",
-              "steps": steps, "wall_time_s": round(time.time() - t0, 1), "train_images": len(train),
-              "test_images": len(test)}
-    if multi:
-        record["test_f1_per_attribute"] = dict(zip(train.label_names, f1_per_attribute(logits > 0, y > 0.5).tolist()))
-    else:
-        record["test_accuracy"] = float((logits.argmax(1) == y.argmax(1)).float().mean())
-    save_classifier(out, cfg, net, record)
-    print(json.dumps({k: v for k, v in record.items() if k != "test_f1_per_attribute"}, indent=2))
-    return record
-
-
-# ---- metrics -------------------------------------------------------------------------------------
-def frechet_distance(f1: np.ndarray, f2: np.ndarray) -> float:
-    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^{1/2}) between Gaussian fits of two feature sets (N, D).
-
-    A feature that is constant in both sets (a ReLU unit that never fires: 12 of the fashion classifier's
-    128) adds exactly 0 to the covariance terms but makes S1 S2 singular, so those terms leave it out."""
-    from scipy import linalg
-    mu1, mu2 = f1.mean(0), f2.mean(0)
-    varying = (f1.std(0) > 0) | (f2.std(0) > 0)
-    if not varying.any():
-        return float(((mu1 - mu2) ** 2).sum())
-    s1, s2 = (np.atleast_2d(np.cov(f[:, varying], rowvar=False)) for f in (f1, f2))
-    covmean = linalg.sqrtm(s1 @ s2)
-    if not np.isfinite(covmean).all():
-        eps = np.eye(len(s1)) * 1e-6
-        covmean = linalg.sqrtm((s1 + eps) @ (s2 + eps))
-    covmean = covmean.real
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
-
-
-VISIBLE_CLASSIFIER_F1 = 0.8    # the classifier finds the attribute on held-out real emoji at 32x32
-MIN_POSITIVES = 10             # an F1 over fewer wanted positives is mostly noise (one miss of 1 = F1 0)
-
-
-def visible_f1(f1: dict, classifier_f1: dict, positives: dict) -> dict:
-    """Mean F1 of generated samples over the attributes that are visible at 32x32 and measurable here:
-    the classifier's own F1 on held-out real images is >= VISIBLE_CLASSIFIER_F1 (what it cannot see in real
-    emoji it cannot judge in generated ones) and at least MIN_POSITIVES of the n conditions ask for it."""
-    names = [k for k in f1
-             if classifier_f1.get(k, 0.0) >= VISIBLE_CLASSIFIER_F1 and positives.get(k, 0) >= MIN_POSITIVES]
-    return {"mean": float(np.mean([f1[k] for k in names])) if names else None, "attributes": names,
-            "rule": f"classifier test F1 >= {VISIBLE_CLASSIFIER_F1} and >= {MIN_POSITIVES} positives among the "
-                    f"conditions"}
-
-
-def f1_per_attribute(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    """pred, truth: (N, L) bool -> (L,) F1 (0 where an attribute never occurs in either)."""
-    tp = (pred & truth).sum(0).float()
-    fp = (pred & ~truth).sum(0).float()
-    fn = (~pred & truth).sum(0).float()
-    return torch.where(tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn).clamp(min=1), torch.zeros_like(tp))
-
-
-@torch.inference_mode()
-def features_of(clf: Classifier, images: torch.Tensor, batch: int = 500) -> tuple[np.ndarray, torch.Tensor]:
-    feats, logits = [], []
-    for i in range(0, len(images), batch):
-        f = clf.features(images[i:i + batch])
-        feats.append(f)
-        logits.append(clf.head(f))
-    return torch.cat(feats).numpy().astype(np.float64), torch.cat(logits)
+from ..checkpoint import read_json, write_json
+from ..data import DataConfig, load_data
+from .classifier import _data_for, features_of, load_classifier
+from .metrics import f1_per_attribute, frechet_distance, visible_f1
 
 
 def _sha256(path: Path) -> str:
@@ -233,7 +69,7 @@ class SampleCache:
     def save(self, images: list[torch.Tensor], elapsed: float) -> None:
         if self.path is None:
             return
-        from .checkpoint import atomic_save_tensors
+        from ..checkpoint import atomic_save_tensors
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_save_tensors({f"batch.{i}": x.contiguous() for i, x in enumerate(images)}, self.path,
                             metadata={"settings": self.settings, "elapsed": repr(elapsed),
@@ -253,7 +89,7 @@ def evaluate_model(model_dir: Path, classifier_dir: Path | None, n: int = 2000, 
 
     ``cache``: keep the samples generated so far in this file and resume from it (see SampleCache)."""
     from tqdm import tqdm
-    from .pipeline import load
+    from ..pipeline import load
     pipe = load(model_dir, device)      # fp32 first: the backend is chosen once, for whole batches
     pipe.chunk = 0      # whole batches (faster); metrics need no bit-identity across batch sizes
     pipe.set_backend(backend)
@@ -264,7 +100,7 @@ def evaluate_model(model_dir: Path, classifier_dir: Path | None, n: int = 2000, 
                "guidance": guidance, "seed": seed, "backend": pipe.backend}
     # conditions: class i % L (single label) / attribute sets of held-out images (multi-label) / held-out drawings
     if dataset == "pose":
-        from .data_pose import make_pairs
+        from ..data_pose import make_pairs
         real_figs, sticks = make_pairs(n, cfg.unet.image_size, seed=seed + 777, style="handdrawn")
     elif dataset == "emoji":
         real = load_data(_data_for("emoji", "all"))
@@ -300,7 +136,7 @@ def evaluate_model(model_dir: Path, classifier_dir: Path | None, n: int = 2000, 
         elif dataset == "emoji":
             kw["labels"] = cond_labels[start:start + b]
         elif dataset == "pose":
-            from .data import to_tensor
+            from ..data import to_tensor
             kw["cond_image"] = to_tensor(sticks[start:start + b])
         tb = time.perf_counter()
         last, count = None, 0
@@ -328,8 +164,8 @@ def evaluate_model(model_dir: Path, classifier_dir: Path | None, n: int = 2000, 
                                             else (time.time() - t0) / n, 4)
     metrics["timed_batches"] = len(store.batch_s)
     if dataset == "pose":
-        from .data_pose import pose_adherence, pose_precision
-        from .images import to_uint8
+        from .pose_metrics import pose_adherence, pose_precision
+        from ..images import to_uint8
         g8, n_real = to_uint8(gen), min(n, 200)
         metrics["pose_adherence"] = _mean_over_pairs(pose_adherence, g8, sticks, n)
         metrics["pose_adherence_real"] = _mean_over_pairs(pose_adherence, real_figs, sticks, n_real)
@@ -373,11 +209,11 @@ def _mean_over_pairs(score, figures, sticks, n: int, mean=np.mean) -> float:
 
 def _held_out_high_res(sr_dir: Path, n: int, size: int, seed: int) -> tuple[torch.Tensor, str]:
     """Held-out images at the SR model's output size, from the data its train_config.json names."""
-    from .data import to_tensor
+    from ..data import to_tensor
     tc = read_json(sr_dir / "train_config.json") if (sr_dir / "train_config.json").is_file() else {}
     source = tc.get("data", {}).get("source", "emoji")
     if source == "pose":
-        from .data_pose import make_pairs
+        from ..data_pose import make_pairs
         figs, _ = make_pairs(n, size, seed=seed + 777)
         return to_tensor(figs), f"{n} procedural figures (seed {seed + 777}, not the training seed)"
     if source == "emoji":
@@ -392,9 +228,9 @@ def evaluate_super_resolution(sr_dir: Path, n: int = 200, steps: int | None = No
     """Super-resolution against bicubic upscaling on held-out images: downsample the truth (area) to the
     model's input size, upscale it both ways, and compare PSNR / SSIM / sharpness with the truth.
     Writes sr_examples.png (rows: input (nearest), bicubic, diffusion SR, truth)."""
-    from .images import grid
-    from .pipeline import load
-    from .quality import psnr, sharpness, ssim
+    from ..images import grid
+    from ..pipeline import load
+    from ..quality import psnr, sharpness, ssim
     pipe = load(sr_dir)
     cfg = pipe.config
     if cfg.task != "super_resolution":
@@ -434,10 +270,10 @@ def evaluate_cascade(cascade_dir: Path, n: int = 100, steps: int = 20, sampler: 
     beside the base's own. Then the wall time of the whole cascade for one image and for four (the second
     one-image run is timed, the first warms up). Writes cascade_examples.png (rows: base (nearest), bicubic,
     cascade)."""
-    from .images import grid, to_uint8
-    from .pipeline import load
-    from .quality import sharpness
-    from .conditioning import back_projection_scale
+    from ..images import grid, to_uint8
+    from ..pipeline import load
+    from ..quality import sharpness
+    from ..conditioning import back_projection_scale
     pipe = load(cascade_dir)
     if pipe.kind != "cascade":
         raise ValueError(f"{cascade_dir} is not a cascade folder")
@@ -450,8 +286,8 @@ def evaluate_cascade(cascade_dir: Path, n: int = 100, steps: int = 20, sampler: 
         idx = torch.randint(len(held), (n,), generator=torch.Generator().manual_seed(seed))
         kw["labels"] = torch.from_numpy(held.labels[idx.numpy()])
     elif cfg.task == "pose":
-        from .data import to_tensor
-        from .data_pose import make_pairs
+        from ..data import to_tensor
+        from ..data_pose import make_pairs
         real_figs, sticks = make_pairs(n, size, seed=seed + 777, style="handdrawn")     # as evaluate_model draws
         kw["cond_image"] = to_tensor(sticks)
     t0 = time.time()
@@ -479,7 +315,7 @@ def evaluate_cascade(cascade_dir: Path, n: int = 100, steps: int = 20, sampler: 
         m["sharpness_real"] = round(float(sharpness(real).mean()), 4)
         m["real"] = what
     if sticks is not None:
-        from .data_pose import pose_adherence
+        from .pose_metrics import pose_adherence
         def down(x):
             return to_uint8(F.interpolate(x, size=(size, size), mode="area"))
         # the cascade's final image and, for the resampling alone, the base's bicubic upscale, both area-downscaled
@@ -505,9 +341,9 @@ def memorisation(model_dir: Path, n: int = 64, steps: int = 20, guidance: float 
     """The nearest training image to each of ``n`` samples (conditioned like held-out images), and the same
     distance for ``n`` held-out real images as the baseline. Writes memorisation.png: sample rows with
     their nearest training image below each."""
-    from .images import grid
-    from .pipeline import load
-    from .quality import nearest_neighbours
+    from ..images import grid
+    from ..pipeline import load
+    from ..quality import nearest_neighbours
     pipe = load(model_dir)
     cfg = pipe.base.config
     if not cfg.multi_label:
@@ -534,14 +370,14 @@ def memorisation(model_dir: Path, n: int = 64, steps: int = 20, guidance: float 
 
 
 def evaluate_command(args) -> int:
-    from .checkpoint import folder_kind, load_model_config
-    from .train import command_line
+    from ..checkpoint import folder_kind, load_model_config
+    from ..train import command_line
     model = Path(args.model)
     what = "metrics-picks" if args.picks else "metrics"
     out = Path(args.out) if args.out else model / f"{what}{'-' + args.tag if args.tag else ''}.json"
     kind = folder_kind(model)
     if args.picks:      # partial labels as users pick them (evaluate_picks.py)
-        from .evaluate_picks import evaluate_picks, format_table
+        from .picks import evaluate_picks, format_table
         m = evaluate_picks(model, Path(args.classifier) if args.classifier else None, per_pick=args.per_pick,
                            sampler=args.sampler or "dpm++", steps=args.steps or 50, guidance=args.guidance,
                            seed=args.seed, device=args.device, progress=not args.no_progress)

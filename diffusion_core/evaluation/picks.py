@@ -5,7 +5,7 @@ For each pick in ``PICKS`` (1-3 attributes, as a user ticks them in the app or p
 (logit > 0), include every picked one; beside it the same fraction for the real emoji that have every
 picked attribute (what the classifier itself can see: a pick it misses on real emoji cannot be judged on
 generated ones either; the mean over the "judgeable" picks keeps those the classifier finds on at least
-``VISIBLE_CLASSIFIER_F1`` of at least ``MIN_POSITIVES`` real emoji, the rule of ``evaluate.visible_f1``).
+``VISIBLE_CLASSIFIER_F1`` of at least ``MIN_POSITIVES`` real emoji, the rule of ``metrics.visible_f1``).
 A model with ``label_mask`` samples the picks as "at least these" (the others
 unknown); an older model as its full vector ("exactly these"), which is how such a model is used today.
 
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import DataConfig, load_data
+from ..data import DataConfig, load_data
 
 # user-style picks: people with tones and kinds, animals, hearts and colours, flags, faces, objects
 PICKS: tuple[tuple[str, ...], ...] = (
@@ -80,8 +80,9 @@ def evaluate_picks(model_dir: Path, classifier_dir: Path | None = None, per_pick
     beside the same fraction over the real emoji with those attributes; their means over ``picks``; and the
     mean colours. Works on a model or a cascade folder (the cascade's final output is measured)."""
     from tqdm import tqdm
-    from .evaluate import MIN_POSITIVES, VISIBLE_CLASSIFIER_F1, features_of, load_classifier
-    from .pipeline import load
+    from .classifier import features_of, load_classifier
+    from .metrics import MIN_POSITIVES, VISIBLE_CLASSIFIER_F1
+    from ..pipeline import load
     pipe = load(model_dir, device)
     cfg = pipe.base.config
     if not cfg.multi_label:
