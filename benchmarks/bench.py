@@ -515,7 +515,7 @@ def train_step_fn(net: nn.Module, forward: Callable[[dict], torch.Tensor], batch
     ``in_parts``: forward and backward as row pieces on the CPU's cores, as train.py does (ours only)."""
     from torch.optim.swa_utils import AveragedModel
 
-    from diffusion_core.train import adamw, backward_in_parts, ema_with_warmup
+    from diffusion_core.training import adamw, backward_in_parts, ema_with_warmup
     net.train()
     opt = adamw(net.parameters(), TRAIN_LR)
     ema = AveragedModel(net, multi_avg_fn=ema_with_warmup(EMA_DECAY), use_buffers=True)

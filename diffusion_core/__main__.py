@@ -163,7 +163,7 @@ def main(argv=None) -> int:
 
 def _run(args) -> int:
     if args.command == "train":
-        from .train import load_train_config, train
+        from .training import load_train_config, train
         sets = list(args.set)
         if args.device:
             sets.append(f"device={args.device}")

@@ -13,7 +13,7 @@ kernels on this CPU give a row the same bits in any call of 4 or more rows, so a
 chunks as one larger call, which is a few percent faster; ``ModelDenoiser._merges`` checks that on the machine
 it runs on, per network, before doing it.
 
-Training uses the same workers (``train.backward_in_parts``): each computes the loss and gradients of its
+Training uses the same workers (``training.optim.backward_in_parts``): each computes the loss and gradients of its
 rows, with its own seeded dropout generator, and the gradients are summed in a fixed order.
 
 Only for CPU tensors; everything else runs the pieces in turn. Set

@@ -52,7 +52,7 @@ def test_the_benchmark_is_outside_the_package():
 
 def test_the_maths_does_not_import_the_network_data_or_training():
     """Schedules, samplers and denoisers are functions over tensors and a denoiser callable (DESIGN habit 1)."""
-    forbidden = {"unet", "data", "data_emoji", "data_pose", "train", "evaluation", "pipeline", "checkpoint",
+    forbidden = {"unet", "data", "data_emoji", "data_pose", "training", "evaluation", "pipeline", "checkpoint",
                  "backends"}
     for name in ("schedules", "samplers", "denoisers", "options"):
         bad = {m for m in module_imports(name) if m.startswith("diffusion_core.") and m.split(".")[1] in forbidden}
@@ -62,7 +62,7 @@ def test_the_maths_does_not_import_the_network_data_or_training():
 
 def test_the_network_does_not_import_training_or_data():
     bad = {m for m in module_imports("unet")
-           if m.startswith("diffusion_core.") and m.split(".")[1] in {"train", "data", "data_emoji", "data_pose",
+           if m.startswith("diffusion_core.") and m.split(".")[1] in {"training", "data", "data_emoji", "data_pose",
                                                                        "evaluation", "pipeline"}}
     assert not bad, bad
 
@@ -97,7 +97,7 @@ def test_the_app_is_a_launcher_and_small_modules():
 def test_the_runtime_layer_sits_below_the_pipeline():
     """backends.py wraps a network; it knows nothing of pipelines, training, data or the benchmark (DESIGN 12)."""
     bad = {m for m in module_imports("backends")
-           if m.startswith("diffusion_core.") and m.split(".")[1] in {"pipeline", "train", "evaluation", "data",
+           if m.startswith("diffusion_core.") and m.split(".")[1] in {"pipeline", "training", "evaluation", "data",
                                                                        "data_emoji", "data_pose", "checkpoint"}}
     assert not bad, bad
 
@@ -113,4 +113,18 @@ def test_evaluation_is_a_layer_above_the_model():
     for name in ("evaluation.metrics", "evaluation.pose_metrics"):
         assert not {m for m in module_imports(name) if m.startswith("diffusion_core.")}, name
     assert not (PKG / "evaluate.py").exists() and not (PKG / "evaluate_picks.py").exists()
+
+
+def test_training_is_split_by_concern():
+    """Issue 19: the objective (the batch and the loss, as the papers write them) imports no optimizer, state or
+    loop; the state and output modules know nothing of the loop; nothing outside training imports it but the
+    CLI and the evaluation's record of its command line."""
+    local = lambda name: {m.split(".")[2] for m in module_imports(name) if m.startswith("diffusion_core.training.")}
+    assert local("training.objective") <= {"config"}
+    assert local("training.state") <= {"config"} and local("training.outputs") <= {"config"}
+    assert local("training.optim") == set()
+    users = {p.relative_to(PKG).as_posix() for p in PKG.rglob("*.py")
+             if any(m.startswith("diffusion_core.training") for m in imports(p)) and p.parent.name != "training"}
+    assert users <= {"__main__.py", "evaluation/evaluate.py"}, users
+    assert not (PKG / "train.py").exists()
 

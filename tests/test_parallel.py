@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from diffusion_core import parallel
 from diffusion_core.conditioning import Condition
 from diffusion_core.denoisers import ModelDenoiser
-from diffusion_core.train import backward_in_parts
+from diffusion_core.training import backward_in_parts
 from diffusion_core.unet import Dropout, UNet, dropout_mask
 
 from conftest import randomize, tiny_config

@@ -14,7 +14,7 @@ from diffusion_core import load
 from diffusion_core.conditioning import (Condition, LabelHiding, cat_conditions, drop_condition, hide_labels,
                                          picks_condition)
 from diffusion_core.config import ConfigError, ModelConfig, from_dict, to_dict
-from diffusion_core.train import PARENT_RECORD, Trainer, load_train_config
+from diffusion_core.training import PARENT_RECORD, Trainer, load_train_config
 from diffusion_core.unet import UNet, load_parent_state, timestep_embedding
 
 from conftest import randomize, tiny_config

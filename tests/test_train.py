@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from diffusion_core import load
 from diffusion_core.data import DataConfig, load_data, read_idx
-from diffusion_core.train import STATE, TrainConfig, Trainer, load_train_config
+from diffusion_core.training import STATE, TrainConfig, Trainer, load_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["unet.base_channels=8", "unet.channel_mults=[1,2]", "unet.num_res_blocks=1", "unet.attention_resolutions=[8]",

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from diffusion_core.config import ConfigError
-from diffusion_core.train import PREV_STATE, STATE, Trainer, load_train_config
+from diffusion_core.training import PREV_STATE, STATE, Trainer, load_train_config
 
 from test_train import TINY, run_cli, write_idx
 

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from diffusion_core import load
-from diffusion_core.train import Trainer, load_train_config
+from diffusion_core.training import Trainer, load_train_config
 
 TINY = ["unet.base_channels=8", "unet.channel_mults=[1,2]", "unet.num_res_blocks=1", "unet.attention_resolutions=[]",
         "batch_size=4", "checkpoint_every=1000", "sample_every=0", "log_every=1000", "threads=1"]

@@ -371,7 +371,7 @@ def memorisation(model_dir: Path, n: int = 64, steps: int = 20, guidance: float 
 
 def evaluate_command(args) -> int:
     from ..checkpoint import folder_kind, load_model_config
-    from ..train import command_line
+    from ..training import command_line
     model = Path(args.model)
     what = "metrics-picks" if args.picks else "metrics"
     out = Path(args.out) if args.out else model / f"{what}{'-' + args.tag if args.tag else ''}.json"

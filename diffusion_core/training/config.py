@@ -1,0 +1,118 @@
+"""A training run's settings: ``TrainConfig`` (every field has a default; ``--set key=value`` overrides any),
+read from JSON with overrides, and the ``ModelConfig`` the weights are saved with."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ..conditioning import LabelHiding
+from ..config import ConfigError, DiffusionConfig, ModelConfig, UNetConfig, from_dict
+from ..data import DataConfig, ImageData
+
+# (field, lo, hi) of TrainConfig's numbers; a 0 in checkpoint_every or log_every divided by zero
+TRAIN_BOUNDS = (("steps", 1, 10 ** 9), ("batch_size", 1, 65536), ("lr", 0.0, 1.0), ("warmup", 0, 10 ** 9),
+                ("weight_decay", 0.0, 1.0), ("grad_clip", 0.0, 1e6), ("ema_decay", 0.0, 1.0), ("p_uncond", 0.0, 1.0),
+                ("min_snr_gamma", 0.0, 1e6), ("low_res", 0, 1024), ("crop", 0, 1024), ("aug_max", 0.0, 1.0),
+                ("seed", 0, 2 ** 31 - 1), ("threads", 0, 1024), ("checkpoint_every", 1, 10 ** 9),
+                ("sample_every", 0, 10 ** 9), ("log_every", 1, 10 ** 9), ("sample_steps", 1, 1000))
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs. Every field has a default; ``--set key=value`` overrides any."""
+
+    out_dir: str = "runs/default"
+    task: str = "generate"              # generate | super_resolution | pose
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    steps: int = 10000                  # optimizer steps in total (the run stops there)
+    batch_size: int = 64                # per process
+    lr: float = 5e-4
+    warmup: int = 500
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    p_uncond: float = 0.1               # label / image dropout for classifier-free guidance
+    label_hiding: LabelHiding = field(default_factory=LabelHiding)   # partial labels (only with unet.label_mask)
+    min_snr_gamma: float = 0.0          # 0: off; 5 is the paper's choice
+    low_res: int = 0                    # super-resolution: size of the low-res input
+    crop: int = 0                       # super-resolution: train on random crops of this size (0: full)
+    aug_max: float = 0.2                # super-resolution: max noise-augmentation level of the condition
+    parent: str = ""                    # initialise from this checkpoint folder (experts branch from the base;
+                                        # a label_mask network from one without, unet.load_parent_state)
+    seed: int = 0
+    threads: int = 0                    # torch threads per process (0: leave torch's default)
+    device: str = "auto"                # auto | cpu | cuda
+    amp: bool = False                   # bf16 autocast (CPU and CUDA), fp32 master weights and optimizer
+    checkpoint_every: int = 500
+    sample_every: int = 1000
+    log_every: int = 50
+    sample_steps: int = 25
+    description: str = ""
+
+    def __post_init__(self):
+        if self.task not in ("generate", "super_resolution", "pose"):
+            raise ConfigError(f"task must be generate, super_resolution or pose, got {self.task!r}")
+        if self.task == "super_resolution" and not (0 < self.low_res < self.data.image_size):
+            raise ConfigError("super_resolution needs 0 < low_res < data.image_size")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        for name, lo, hi in TRAIN_BOUNDS:
+            v = getattr(self, name)
+            if not lo <= v <= hi:
+                raise ConfigError(f"{name} must be in [{lo}, {hi}], got {v}")
+
+
+def parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(data: dict, sets: list[str]) -> dict:
+    """``--set a.b=value``: value is parsed as JSON when possible, else taken as a string."""
+    data = json.loads(json.dumps(data))
+    for item in sets:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {p} is not a section")
+        node[parts[-1]] = parse_value(value)
+    return data
+
+
+def load_train_config(path: str | None, sets: list[str]) -> TrainConfig:
+    data = {}
+    if path:
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    return from_dict(TrainConfig, apply_overrides(data, sets))
+
+
+def model_config(cfg: TrainConfig, data: ImageData) -> ModelConfig:
+    """The ModelConfig saved with the weights; label names and channels come from the data."""
+    c = cfg.data.channels
+    cond_ch = 0
+    if cfg.task == "super_resolution":
+        cond_ch = c
+    elif cfg.task == "pose" or data.cond is not None:
+        cond_ch = data.cond.shape[-1] if data.cond is not None else 1
+    num_labels = 0 if data.labels is None or cfg.task == "super_resolution" else data.labels.shape[1]
+    unet = replace(cfg.unet, in_channels=c, out_channels=c, num_labels=num_labels, cond_channels=cond_ch,
+                   aug_level_embedding=cfg.task == "super_resolution",
+                   image_size=cfg.crop or cfg.data.image_size)
+    return ModelConfig(unet=unet, diffusion=cfg.diffusion, label_names=data.label_names if num_labels else (),
+                       multi_label=data.multi_label and num_labels > 0, task=cfg.task, low_res=cfg.low_res,
+                       high_res=cfg.data.image_size if cfg.task == "super_resolution" else 0,
+                       description=cfg.description or data.description)
