@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, formatter_class=_Help, **kw)
 
     t = parser("train", help="train a model (also under torchrun for several processes)",
-               description="Train a model. Every option has a default (see TrainConfig in train.py); a config "
+               description="Train a model. Every option has a default (see TrainConfig in training/config.py); a config "
                            "file and --set override them. The result is exported to OUT_DIR/model.")
     t.add_argument("--config", help="JSON file with TrainConfig fields (nested: unet, diffusion, data)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -6,7 +6,7 @@
 For each tone T, two conditions: "full", the whole attribute vector of the real emoji "KIND: T" (an
 in-distribution label set, as the full-label F1 uses), and "picks", the user's picks [KIND, T] (for a
 label_mask model: these present, the rest unknown; for an older one: exactly these). Each is sampled at
-every guidance scale (DPM-Solver++ 20 steps, seeds 0..n-1) and measured with ``evaluate_picks.mean_colours``:
+every guidance scale (DPM-Solver++ 20 steps, seeds 0..n-1) and measured with ``evaluation.picks.mean_colours``:
 the mean RGB (0-255) of the central 8x8 pixels at 32 px, beside the real emoji that have KIND and T.
 """
 from __future__ import annotations
