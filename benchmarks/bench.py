@@ -64,7 +64,7 @@ import torch.nn.functional as F
 if __package__ in (None, ""):        # run as a script: the repository root on the path, for diffusion_core
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffusion_core import backends, parallel  # noqa: E402
+from diffusion_core.runtime import backends, parallel  # noqa: E402
 from diffusion_core.config import DiffusionConfig, ModelConfig, UNetConfig, to_dict  # noqa: E402
 from diffusion_core.options import BACKENDS as BACKEND_CHOICES  # noqa: E402
 from diffusion_core.unet import UNet, _norm, count_parameters  # noqa: E402

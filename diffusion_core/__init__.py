@@ -20,7 +20,7 @@ _EXPORTS = {
     "degradations": ("make_degradation",),
     "denoisers": ("ClassifierFreeGuidance", "ClipX0", "ExpertEnsemble", "ModelDenoiser", "Prediction"),
     "images": ("ImageError", "grid", "load_image", "open_image", "to_mode", "to_pil", "to_uint8"),
-    "backends": ("BackendError", "requested_backend"),
+    "runtime.backends": ("BackendError", "requested_backend"),
     "options": ("BACKEND_ENV", "BACKENDS", "MAX_BATCH", "MAX_GUIDANCE", "MAX_SEED", "MAX_STEPS", "SAMPLERS",
                 "SPACINGS"),
     "pipeline": ("Pipeline", "load"),

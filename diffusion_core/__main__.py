@@ -251,7 +251,7 @@ def check_ranges(args, bounds) -> None:
 def _sample(args) -> int:
     import torch
     from .images import grid, load_image, to_pil
-    from .backends import requested_backend
+    from .runtime.backends import requested_backend
     from .options import MAX_GUIDANCE
     from .pipeline import MAX_BATCH, MAX_SEED, MAX_STEPS, load
     check_ranges(args, [("n", 1, 10000), ("batch", 1, MAX_BATCH), ("seed", 0, MAX_SEED - 10000),

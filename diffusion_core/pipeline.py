@@ -12,7 +12,7 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import backends
+from .runtime import ChunkedNet, backends
 from .checkpoint import (CONFIG, MAX_CASCADE_SIZE, CascadeManifest, CheckpointError, EnsembleManifest, folder_kind,
                          load_model_config, load_network, load_prior, read_manifest)
 from .conditioning import Condition, augment_low_res, back_project, back_projection_scale, picks_condition, picks_meaning, resolve_labels
@@ -30,7 +30,7 @@ from .schedules import Schedule, make_schedule, spaced_timesteps
 # (measured on this CPU: batches of 4..12 share kernels with 1 thread, 4/8/12+ with 2; 8 is inside both).
 # Set Pipeline.chunk = 0 to run whole batches at once (not invariant). With row workers on a CPU the fixed
 # chunks cost little: each worker runs its consecutive chunks as one call where that is verified bit-identical
-# (ModelDenoiser._merges).
+# (ChunkedNet._merges).
 EVAL_CHUNK = 8
 
 
@@ -158,10 +158,10 @@ class Pipeline:
         clip = clip or d.x0_range
         sched = None if d.is_cold else self.schedule
         if self.kind == "ensemble":
-            den = ExpertEnsemble([(lo, hi, ModelDenoiser(self._runner(net), sched, d.prediction, self.chunk))
+            den = ExpertEnsemble([(lo, hi, ModelDenoiser(ChunkedNet(self._runner(net), self.chunk), sched, d.prediction))
                                   for lo, hi, net in self.experts], d.T)
         elif self.kind == "model":
-            den = ModelDenoiser(self._runner(self.net), sched, d.prediction, self.chunk)
+            den = ModelDenoiser(ChunkedNet(self._runner(self.net), self.chunk), sched, d.prediction)
         else:
             raise ValueError("a cascade has one denoiser per stage; use its stages")
         if guidance != 1.0:

@@ -14,13 +14,14 @@ with ``out_channels``.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import parallel
 from .conditioning import Condition, resize_cond_image
 from .config import UNetConfig
 
@@ -60,6 +61,22 @@ def dropout_mask(x: torch.Tensor, p: float, generator: torch.Generator | None = 
     return mask.view(x.shape)
 
 
+# The dropout masks' generator of the current thread of work (None: torch's global one). Set with ``dropout_seeded``
+# by whoever runs the training step: one seeded stream per row worker (runtime/parallel.py), so which thread
+# draws first changes no mask, and torch's global generator is left to the user.
+DROPOUT_GENERATOR: ContextVar[torch.Generator | None] = ContextVar("diffusion_core_dropout_generator", default=None)
+
+
+@contextmanager
+def dropout_seeded(seed: int, device="cpu"):
+    """Dropout masks drawn inside this block come from a generator on ``device`` seeded with ``seed``."""
+    token = DROPOUT_GENERATOR.set(torch.Generator(device=device).manual_seed(int(seed)))
+    try:
+        yield
+    finally:
+        DROPOUT_GENERATOR.reset(token)
+
+
 class Dropout(nn.Module):
     """Inverted dropout with ``dropout_mask`` (identity in eval mode or at p = 0); same role as ``nn.Dropout``."""
 
@@ -72,7 +89,7 @@ class Dropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        return x * dropout_mask(x, self.p, parallel.generator())
+        return x * dropout_mask(x, self.p, DROPOUT_GENERATOR.get())
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

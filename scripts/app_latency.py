@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     finally:
         server.terminate()
         server.wait(30)
-    from diffusion_core.backends import cpu_info      # a script may read the package's modules; the app may not
+    from diffusion_core.runtime.backends import cpu_info      # a script may read the package's modules; the app may not
     info = cpu_info()
     Path(args.out).write_text(json.dumps({"server": "python app.py (own process)", "cpu": os.cpu_count(),
                                           "cpu_model": info.model, "cpu_flags": sorted(info.flags),

@@ -484,7 +484,7 @@ def test_a_backend_that_cannot_run_does_not_mark_the_model_broken(tmp_path, monk
     import gradio as gr
 
     import diffusion_app as app
-    from diffusion_core import backends
+    from diffusion_core.runtime import backends
     monkeypatch.setattr(backends, "openvino_version", lambda: None)
     a = app.DiffusionApp(str(build_checkpoints(tmp_path / "ckpt")))
     with pytest.raises(gr.Error, match="not available"):

@@ -10,8 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffusion_core import backends, load
-from diffusion_core.backends import BackendError, Choice, flat_inputs
+from diffusion_core import load
+from diffusion_core.runtime import backends
+from diffusion_core.runtime.backends import BackendError, Choice, flat_inputs
 from diffusion_core.conditioning import Condition
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -82,7 +82,7 @@ def test_the_benchmarks_diffusers_schedulers_take_our_steps(kind, steps, clip):
 def test_json_tells_the_backend_story(tiny_result):
     """Issue 25: which CPU, which backend was chosen, one row per available backend, ratios against fp32 and
     OpenVINO, and the peak is the best dtype's."""
-    from diffusion_core import backends
+    from diffusion_core.runtime import backends
     r = tiny_result
     assert r["cpu_model"] == r["machine"]["cpu_model"] and isinstance(r["cpu_flags"], list)
     assert r["backend"] in backends.BACKENDS

@@ -53,7 +53,7 @@ def test_the_benchmark_is_outside_the_package():
 def test_the_maths_does_not_import_the_network_data_or_training():
     """Schedules, samplers and denoisers are functions over tensors and a denoiser callable (DESIGN habit 1)."""
     forbidden = {"unet", "data", "data_emoji", "data_pose", "training", "evaluation", "pipeline", "checkpoint",
-                 "backends"}
+                 "runtime"}
     for name in ("schedules", "samplers", "denoisers", "options"):
         bad = {m for m in module_imports(name) if m.startswith("diffusion_core.") and m.split(".")[1] in forbidden}
         assert not bad, (name, bad)
@@ -63,7 +63,7 @@ def test_the_maths_does_not_import_the_network_data_or_training():
 def test_the_network_does_not_import_training_or_data():
     bad = {m for m in module_imports("unet")
            if m.startswith("diffusion_core.") and m.split(".")[1] in {"training", "data", "data_emoji", "data_pose",
-                                                                       "evaluation", "pipeline"}}
+                                                                       "evaluation", "pipeline", "runtime"}}
     assert not bad, bad
 
 
@@ -95,11 +95,18 @@ def test_the_app_is_a_launcher_and_small_modules():
 
 
 def test_the_runtime_layer_sits_below_the_pipeline():
-    """backends.py wraps a network; it knows nothing of pipelines, training, data or the benchmark (DESIGN 12)."""
-    bad = {m for m in module_imports("backends")
-           if m.startswith("diffusion_core.") and m.split(".")[1] in {"pipeline", "training", "evaluation", "data",
-                                                                       "data_emoji", "data_pose", "checkpoint"}}
-    assert not bad, bad
+    """Issue 19: how the network runs (chunks, row workers, backends) is the runtime sub-package, apart from the
+    maths: it knows nothing of pipelines, training, data or evaluation (DESIGN 12), and the denoisers and the
+    network know nothing of it (ModelDenoiser turns any network callable's output into a Prediction; the U-Net
+    owns its dropout generator, which the training's workers seed)."""
+    for name in ("runtime.backends", "runtime.parallel", "runtime.chunked"):
+        bad = {m for m in module_imports(name)
+               if m.startswith("diffusion_core.") and m.split(".")[1] in {"pipeline", "training", "evaluation", "data",
+                                                                           "data_emoji", "data_pose", "checkpoint"}}
+        assert not bad, (name, bad)
+    for name in ("denoisers", "samplers", "unet"):
+        assert not {m for m in module_imports(name) if m.startswith("diffusion_core.runtime")}, name
+    assert not (PKG / "parallel.py").exists() and not (PKG / "backends.py").exists()
 
 
 def test_evaluation_is_a_layer_above_the_model():

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffusion_core import parallel
+from diffusion_core.runtime import parallel
 from diffusion_core.conditioning import Condition
-from diffusion_core.denoisers import ModelDenoiser
+from diffusion_core.runtime import ChunkedNet
 from diffusion_core.training import backward_in_parts
 from diffusion_core.unet import Dropout, UNet, dropout_mask
 
@@ -100,15 +100,15 @@ def test_run_pieces_carries_modes_and_restores_threads(two_workers):
 
 
 @pytest.mark.parametrize("chunk", [0, 8])
-def test_model_denoiser_with_workers_matches_serial(two_workers, chunk):
+def test_chunked_net_with_workers_matches_serial(two_workers, chunk):
     cfg = tiny_config({"num_labels": 3})
     net = randomize(UNet(cfg.unet))
     x, t, cond, _ = _batch(21, cfg)
-    den = ModelDenoiser(net, None, chunk=chunk)
+    den = ChunkedNet(net, chunk)
     with torch.inference_mode():
-        par = den._net(x, t, cond)
+        par = den(x, t, cond)
         parallel.WORKERS = 1
-        ser = den._net(x, t, cond)
+        ser = den(x, t, cond)
         whole = net(x, t, cond)
     assert par.shape == x.shape
     if chunk:   # the same fixed pieces, computed on other threads: bit-identical
@@ -134,7 +134,7 @@ def test_workers_merge_chunks_only_where_rows_do_not_depend_on_the_call_size(two
     for dependent in (False, True):
         sizes = []
         net = _recording_net(sizes, dependent)
-        den = ModelDenoiser(net, None, chunk=8)
+        den = ChunkedNet(net, 8)
 
         def chunked(n):
             idx = [list(range(i, min(i + 8, n))) for i in range(0, n, 8)]
@@ -142,15 +142,15 @@ def test_workers_merge_chunks_only_where_rows_do_not_depend_on_the_call_size(two
             return torch.cat([net(x[c], t[c], None)[:min(8, n - c[0])] for c in idx])
 
         with torch.inference_mode():
-            out = den._net(x, t, None)
+            out = den(x, t, None)
             sizes.clear()
-            again = den._net(x, t, None)             # the check is remembered: only the real calls now
+            again = den(x, t, None)             # the check is remembered: only the real calls now
             assert sorted(sizes) == ([8, 8, 8, 8] if dependent else [16, 16])
             ref = chunked(32)
             assert torch.equal(out, ref) and torch.equal(again, ref)
             for n in (20, 9, 5):                      # 16 + 4 padded to 8; 8 + 1 padded; one padded chunk
                 sizes.clear()
-                got = den._net(x[:n], t[:n], None)
+                got = den(x[:n], t[:n], None)
                 assert sum(sizes) == -(-n // 8) * 8, (n, sizes)
                 assert torch.equal(got, chunked(n)), n
 

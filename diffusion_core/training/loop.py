@@ -12,13 +12,12 @@ from pathlib import Path
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from .. import parallel
 from ..checkpoint import atomic_write_bytes, load_network, write_json
 from ..config import ConfigError, to_dict
 from ..data import load_data
 from ..degradations import make_degradation
 from ..schedules import make_schedule
-from ..unet import UNet, load_parent_state
+from ..unet import UNet, dropout_seeded, load_parent_state
 from .config import TrainConfig, model_config
 from .objective import diffusion_loss, training_batch
 from .optim import adamw, backward_in_parts, ema_with_warmup
@@ -138,7 +137,7 @@ class Trainer(CheckpointState, Outputs):
                 x0, t, eps, cond = self.make_batch()
                 if self.world > 1 or self.device.type != "cpu":    # DDP reduces once per backward
                     seed = int(torch.randint(2 ** 62, (1,), generator=self.dropout_gen))
-                    with parallel.seeded(seed, self.device):
+                    with dropout_seeded(seed, self.device):
                         loss = self.loss(x0, t, eps, cond)
                     loss.backward()
                 else:   # one piece of the batch per CPU core (parallel.py)

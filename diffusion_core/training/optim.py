@@ -6,7 +6,8 @@ from typing import Callable
 
 import torch
 
-from .. import parallel
+from ..runtime import parallel
+from ..unet import dropout_seeded
 
 
 def backward_in_parts(loss_of: Callable[[int, int], torch.Tensor], b: int, params: list[torch.Tensor],
@@ -23,13 +24,13 @@ def backward_in_parts(loss_of: Callable[[int, int], torch.Tensor], b: int, param
     ranges = parallel.split_rows(b, w, min_rows, max_rows=parallel.TRAIN_PIECE_ROWS if w > 1 else None)
     seeds = torch.randint(2 ** 62, (len(ranges),), generator=generator).tolist()
     if len(ranges) == 1:
-        with parallel.seeded(seeds[0]):
+        with dropout_seeded(seeds[0]):
             loss = loss_of(0, b)
         loss.backward()
         return loss.detach()
 
     def piece(start: int, stop: int, seed: int):
-        with parallel.seeded(seed):
+        with dropout_seeded(seed):
             loss = loss_of(start, stop) * ((stop - start) / b)
             return loss.detach(), torch.autograd.grad(loss, params, allow_unused=True)
 

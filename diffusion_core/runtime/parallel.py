@@ -7,10 +7,10 @@ on this 2-core machine a 32-row forward takes 70 ms this way against 85 ms intra
 numbers). The network releases the GIL inside its kernels, so Python threads suffice.
 
 Results: rows are computed exactly as in a single-threaded run of the same piece. With fixed 8-row
-pieces (``ModelDenoiser(chunk=8)``) the output is bit-identical to running the pieces one after the
+pieces (``ChunkedNet(net, 8)``) the output is bit-identical to running the pieces one after the
 other with 2 intra-op threads (a test checks it), so seeds keep giving the same images. Single-threaded
 kernels on this CPU give a row the same bits in any call of 4 or more rows, so a worker may run its consecutive
-chunks as one larger call, which is a few percent faster; ``ModelDenoiser._merges`` checks that on the machine
+chunks as one larger call, which is a few percent faster; ``ChunkedNet._merges`` checks that on the machine
 it runs on, per network, before doing it.
 
 Training uses the same workers (``training.optim.backward_in_parts``): each computes the loss and gradients of its
@@ -68,25 +68,6 @@ def _get_pool(n: int) -> ThreadPoolExecutor:
 def usable(x: torch.Tensor) -> bool:
     """Whether sampling work on ``x`` runs in parallel: CPU, no autograd, more than one worker."""
     return x.device.type == "cpu" and not torch.is_grad_enabled() and workers() > 1
-
-
-def generator() -> torch.Generator | None:
-    """The random generator of the current worker (see ``seeded``), None outside a worker: the global one."""
-    return getattr(_local, "generator", None)
-
-
-@contextmanager
-def seeded(seed: int, device="cpu"):
-    """Random draws that accept ``generator()`` (our dropout) use a generator on ``device`` seeded with ``seed`` in
-    this thread.
-
-    Workers must not share the global generator: which thread draws first would change every mask; and training
-    leaves torch's global generator to the user."""
-    _local.generator = torch.Generator(device=device).manual_seed(int(seed))
-    try:
-        yield
-    finally:
-        _local.generator = None
 
 
 def run_pieces(fn: Callable[..., object], pieces: Sequence[tuple], grad: bool = False) -> list:

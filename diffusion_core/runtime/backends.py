@@ -35,8 +35,9 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from . import options, parallel
-from .conditioning import Condition
+from .. import options
+from ..conditioning import Condition
+from . import parallel
 
 CHOICES, ENV = options.BACKENDS, options.BACKEND_ENV
 BACKENDS = tuple(b for b in CHOICES if b != "auto")
@@ -347,11 +348,11 @@ def rows_at(rows: int, side: int) -> int:
 
 
 def time_runner(runner: Callable, cfg, chunk: int, repeats: int = 3, image_size: int | None = None) -> float:
-    """Seconds per network row through ``ModelDenoiser`` (workers, chunks) as sampling runs it: the median of
+    """Seconds per network row through ``ChunkedNet`` (workers, chunks) as sampling runs it: the median of
     ``repeats`` timings of each batch in TIMING_ROWS, per row, averaged over the batches (a small and a large
     batch count alike)."""
-    from .denoisers import ModelDenoiser
-    den = ModelDenoiser(runner, None, "x0", chunk)
+    from .chunked import ChunkedNet
+    den = ChunkedNet(runner, chunk)
     per_row = []
     with torch.inference_mode():
         for rows in (rows_at(r, image_size or cfg.image_size) for r in TIMING_ROWS):
