@@ -17,8 +17,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from diffusion_core.data_emoji import render_emoji  # noqa: E402
-from diffusion_core.data_pose import make_pairs, write_examples  # noqa: E402
+from diffusion_core.data.emoji import render_emoji  # noqa: E402
+from diffusion_core.data.pose import make_pairs, write_examples  # noqa: E402
 
 LOWRES_EMOJI = {"cat": "\U0001F431", "heart": "\u2764\ufe0f", "woman-dark": "\U0001F469\U0001F3FE"}
 

@@ -514,7 +514,7 @@ def cascade_figure(S: Settings, name: str, filename: str):
     cond_rows, row_labels, cols = [], [], []
     if base.config.task == "pose":
         from diffusion_core.data import to_tensor
-        from diffusion_core.data_pose import make_pairs
+        from diffusion_core.data.pose import make_pairs
         _, sticks = make_pairs(n, base.config.unet.image_size, seed=1_000_003)   # the held-out (test) seed
         kw["cond_image"] = to_tensor(sticks)
         cond_rows.append(kw["cond_image"])

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diffusion_core import data_emoji as de
+from diffusion_core.data import emoji as de
 
 HAVE_TEST_FILE = Path(de.EMOJI_TEST).is_file()
 HAVE_FONT = Path(de.FONT).is_file()

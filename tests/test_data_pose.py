@@ -1,9 +1,9 @@
-"""Procedural stickman -> figure pairs (diffusion_core.data_pose)."""
+"""Procedural stickman -> figure pairs (diffusion_core.data.pose) and the pose metrics."""
 import numpy as np
 import pytest
 from PIL import Image
 
-from diffusion_core import data_pose as dp
+from diffusion_core.data import pose as dp
 from diffusion_core.evaluation import pose_metrics as pm
 
 

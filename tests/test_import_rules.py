@@ -52,7 +52,7 @@ def test_the_benchmark_is_outside_the_package():
 
 def test_the_maths_does_not_import_the_network_data_or_training():
     """Schedules, samplers and denoisers are functions over tensors and a denoiser callable (DESIGN habit 1)."""
-    forbidden = {"unet", "data", "data_emoji", "data_pose", "training", "evaluation", "pipeline", "checkpoint",
+    forbidden = {"unet", "data", "training", "evaluation", "pipeline", "checkpoint",
                  "runtime"}
     for name in ("schedules", "samplers", "denoisers", "options"):
         bad = {m for m in module_imports(name) if m.startswith("diffusion_core.") and m.split(".")[1] in forbidden}
@@ -62,7 +62,7 @@ def test_the_maths_does_not_import_the_network_data_or_training():
 
 def test_the_network_does_not_import_training_or_data():
     bad = {m for m in module_imports("unet")
-           if m.startswith("diffusion_core.") and m.split(".")[1] in {"training", "data", "data_emoji", "data_pose",
+           if m.startswith("diffusion_core.") and m.split(".")[1] in {"training", "data",
                                                                        "evaluation", "pipeline", "runtime"}}
     assert not bad, bad
 
@@ -102,7 +102,7 @@ def test_the_runtime_layer_sits_below_the_pipeline():
     for name in ("runtime.backends", "runtime.parallel", "runtime.chunked"):
         bad = {m for m in module_imports(name)
                if m.startswith("diffusion_core.") and m.split(".")[1] in {"pipeline", "training", "evaluation", "data",
-                                                                           "data_emoji", "data_pose", "checkpoint"}}
+                                                                           "checkpoint"}}
         assert not bad, (name, bad)
     for name in ("denoisers", "samplers", "unet"):
         assert not {m for m in module_imports(name) if m.startswith("diffusion_core.runtime")}, name
@@ -134,4 +134,15 @@ def test_training_is_split_by_concern():
              if any(m.startswith("diffusion_core.training") for m in imports(p)) and p.parent.name != "training"}
     assert users <= {"__main__.py", "evaluation/evaluate.py"}, users
     assert not (PKG / "train.py").exists()
+
+
+def test_data_is_a_sub_package_that_imports_no_model():
+    """Issue 19: the data sources (dataset, idx, folder, emoji, pose/{poses, render}) know nothing of the network,
+    the maths, training, evaluation, the pipeline or the runtime; pose rendering reads poses, not the reverse."""
+    allowed = {"config", "images", "data"}
+    for path in (PKG / "data").rglob("*.py"):
+        used = {m.split(".")[1] for m in imports(path) if m.startswith("diffusion_core.")}
+        assert used <= allowed, (path.relative_to(PKG).as_posix(), used - allowed)
+    assert not any(m.startswith("diffusion_core.data.pose.render") for m in module_imports("data.pose.poses"))
+    assert not (PKG / "data.py").exists() and not (PKG / "data_pose.py").exists() and not (PKG / "data_emoji.py").exists()
 

@@ -173,7 +173,7 @@ def test_hide_labels_rates():
 
 def _emoji_like_parent(tmp_path):
     """A tiny multi-label dataset (emoji, 24 images) parent run, saved as a model folder."""
-    from diffusion_core.data_emoji import EMOJI_TEST, FONT
+    from diffusion_core.data.emoji import EMOJI_TEST, FONT
     if not (Path(EMOJI_TEST).exists() and Path(FONT).exists()):
         pytest.skip("emoji packages not installed")
     common = TINY + ["data.source=emoji", "data.channels=3", "data.limit=24", "steps=1"]
@@ -251,7 +251,7 @@ def test_picks_measures_and_colours():
 
 
 def test_evaluate_picks_end_to_end(tmp_path, make_model):
-    from diffusion_core.data_emoji import ATTRIBUTES, EMOJI_TEST, FONT
+    from diffusion_core.data.emoji import ATTRIBUTES, EMOJI_TEST, FONT
     from diffusion_core.evaluation.picks import evaluate_picks, format_table
     if not (Path(EMOJI_TEST).exists() and Path(FONT).exists()) or not (ROOT / "checkpoints/classifier-emoji").is_dir():
         pytest.skip("emoji packages or the emoji classifier not present")

@@ -491,7 +491,7 @@ def test_sample_cache_reads_a_legacy_key_and_rewrites_it(tmp_path):
 
 
 def test_emoji_source_trains(tmp_path):
-    from diffusion_core.data_emoji import EMOJI_TEST, FONT
+    from diffusion_core.data.emoji import EMOJI_TEST, FONT
     if not (Path(EMOJI_TEST).exists() and Path(FONT).exists()):
         pytest.skip("emoji packages not installed")
     out = Trainer(load_train_config(None, TINY + ["data.source=emoji", "data.channels=3", "data.limit=24",

@@ -100,7 +100,7 @@ def evaluate_model(model_dir: Path, classifier_dir: Path | None, n: int = 2000, 
                "guidance": guidance, "seed": seed, "backend": pipe.backend}
     # conditions: class i % L (single label) / attribute sets of held-out images (multi-label) / held-out drawings
     if dataset == "pose":
-        from ..data_pose import make_pairs
+        from ..data.pose import make_pairs
         real_figs, sticks = make_pairs(n, cfg.unet.image_size, seed=seed + 777, style="handdrawn")
     elif dataset == "emoji":
         real = load_data(_data_for("emoji", "all"))
@@ -213,7 +213,7 @@ def _held_out_high_res(sr_dir: Path, n: int, size: int, seed: int) -> tuple[torc
     tc = read_json(sr_dir / "train_config.json") if (sr_dir / "train_config.json").is_file() else {}
     source = tc.get("data", {}).get("source", "emoji")
     if source == "pose":
-        from ..data_pose import make_pairs
+        from ..data.pose import make_pairs
         figs, _ = make_pairs(n, size, seed=seed + 777)
         return to_tensor(figs), f"{n} procedural figures (seed {seed + 777}, not the training seed)"
     if source == "emoji":
@@ -287,7 +287,7 @@ def evaluate_cascade(cascade_dir: Path, n: int = 100, steps: int = 20, sampler: 
         kw["labels"] = torch.from_numpy(held.labels[idx.numpy()])
     elif cfg.task == "pose":
         from ..data import to_tensor
-        from ..data_pose import make_pairs
+        from ..data.pose import make_pairs
         real_figs, sticks = make_pairs(n, size, seed=seed + 777, style="handdrawn")     # as evaluate_model draws
         kw["cond_image"] = to_tensor(sticks)
     t0 = time.time()
