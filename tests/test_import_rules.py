@@ -30,8 +30,13 @@ def imports(path: Path) -> set[str]:
 
 
 def module_imports(name: str) -> set[str]:
-    """name: a module of the package, dotted below it ("samplers", "evaluation.metrics")."""
-    return imports(PKG.joinpath(*name.split(".")).with_suffix(".py"))
+    """name: a module of the package, dotted below it ("schedules", "evaluation.metrics"), or a sub-package
+    ("samplers"): the imports of all its modules, without those between its own modules."""
+    path = PKG.joinpath(*name.split("."))
+    if path.is_dir():
+        inner = "diffusion_core." + name
+        return {m for p in path.rglob("*.py") for m in imports(p) if not m.startswith(inner)}
+    return imports(path.with_suffix(".py"))
 
 
 def test_the_package_never_imports_gradio():

@@ -1,0 +1,21 @@
+"""Samplers: stateless steps over a denoiser, and one generator that is the sampling loop.
+
+Every step maps (x_t, t, t_next, prediction) to x_{t_next}; ``t_next = -1`` is the clean image
+(alpha_bar = 1). ``sample_stream`` iterates explicit (t, t_next) pairs from one timesteps tensor and
+yields a frozen ``SampleStep`` after every step; ``sample`` runs it to the end. A consumer that stops
+iterating simply stops the loop: nothing is left running and no state leaks.
+
+Modules: ``updates`` (the update equations), ``steps`` (each rule as a step object, ``make_step``), ``loop`` (the
+sampling loop, ``explain_step``, img2img), ``spec`` (the request and the record, per-image noise).
+"""
+from .loop import StepExplanation, explain_step, img2img_timesteps, noised_start, sample, sample_stream
+from .steps import (ColdStep, DDIMStep, DDPMStep, DPMpp2MStep, DPMpp3MStep, Step, UniPCStep, make_step)
+from .spec import SampleStep, SamplerSpec, make_generators, per_image_noise
+from .updates import (cold_step, cold_update, ddim_sigma, ddim_step, ddpm_step, ddpm_variance, dpm_step_size,
+                      dpmpp_2m_step, dpmpp_3m_step, redegrade, unipc_correct, unipc_step)
+
+__all__ = ["StepExplanation", "explain_step", "img2img_timesteps", "noised_start", "sample", "sample_stream",
+           "ColdStep", "DDIMStep", "DDPMStep", "DPMpp2MStep", "DPMpp3MStep", "Step", "UniPCStep", "make_step",
+           "SampleStep", "SamplerSpec", "make_generators", "per_image_noise", "cold_step", "cold_update",
+           "ddim_sigma", "ddim_step", "ddpm_step", "ddpm_variance", "dpm_step_size", "dpmpp_2m_step", "dpmpp_3m_step",
+           "redegrade", "unipc_correct", "unipc_step"]

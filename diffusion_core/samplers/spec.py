@@ -1,0 +1,71 @@
+"""What a sampling run is asked for (``SamplerSpec``) and what it yields after every step (``SampleStep``), and the
+per-image noise streams that make a seed give the same image at any batch size."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from ..options import SAMPLERS
+
+
+@dataclass(frozen=True)
+class SampleStep:
+    """One step of a run. x_t: the state at t; x_next: at t_next; x0_hat/eps_hat: the denoiser at t.
+
+    Tensors are (B, C, H, W), roughly in [-1, 1] (x_t is noisier). ``stage`` counts cascade stages.
+    """
+
+    index: int
+    num_steps: int
+    t: int
+    t_next: int
+    x_t: torch.Tensor
+    x_next: torch.Tensor
+    x0_hat: torch.Tensor
+    eps_hat: torch.Tensor
+    stage: int = 0
+    noise: torch.Tensor | None = None    # the z a stochastic step drew (None for deterministic steps)
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """Which update rule to use, and its options."""
+
+    name: str = "ddim"
+    eta: float = 0.0                 # DDIM: 0 deterministic, 1 DDPM-like
+    variance: str = "posterior"      # DDPM: posterior (beta_tilde) or beta
+    improved: bool = True            # cold: Alg. 2 (True) or Alg. 1 (False)
+
+    def __post_init__(self):
+        if self.name not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.name!r}; choose one of {', '.join(SAMPLERS)}")
+        if not 0.0 <= self.eta <= 1.0:
+            raise ValueError(f"eta must be in [0, 1], got {self.eta}")
+        if self.variance not in ("posterior", "beta"):
+            raise ValueError(f"variance must be posterior or beta, got {self.variance!r}")
+
+    @property
+    def stochastic(self) -> bool:
+        return self.name == "ddpm" or (self.name == "ddim" and self.eta > 0)
+
+    @property
+    def multistep(self) -> bool:
+        """Uses the denoiser's earlier outputs (its steps depend on the whole grid)."""
+        return self.name in ("dpm++", "dpm++3m", "unipc")
+
+
+def per_image_noise(shape: Sequence[int], generators: Sequence[torch.Generator], device=None,
+                    dtype=torch.float32) -> torch.Tensor:
+    """Standard normal noise with one RNG stream per image, so a seed gives the same image at any
+    batch size (as in NVlabs/edm). shape: (B, C, H, W); len(generators) == B."""
+    if len(generators) != shape[0]:
+        raise ValueError(f"need one generator per image: {len(generators)} for a batch of {shape[0]}")
+    noise = torch.stack([torch.randn(tuple(shape[1:]), generator=g, dtype=torch.float32) for g in generators])
+    return noise.to(device=device, dtype=dtype)
+
+
+def make_generators(seed: int, n: int) -> list[torch.Generator]:
+    """Image i of a run with seed s uses the stream seeded s + i."""
+    return [torch.Generator().manual_seed(int(seed) + i) for i in range(n)]
