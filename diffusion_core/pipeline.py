@@ -241,37 +241,54 @@ class Pipeline:
         if spec.name not in self.samplers:
             raise ValueError(f"sampler {sampler!r} does not apply to this model (use {', '.join(self.samplers)})")
         gens = make_generators(seed, n)
-        c, s = cfg.unet.out_channels, cfg.unet.image_size
+        s = cfg.unet.image_size
         cond = self.condition(n, labels, cond_image, device)
         hw, crop_to = (s, s), None
         if cfg.task == "super_resolution":
-            if low_res is None:
-                raise ValueError("a super-resolution model needs a low-resolution input image")
-            if low_res.dim() == 3:
-                low_res = low_res[None]
-            if low_res.shape[0] == 1 and n > 1:      # one input, n samples of it (image i: seed + i)
-                low_res = low_res.expand(n, -1, -1, -1)
-            if low_res.shape[0] != n:
-                raise ValueError(f"{low_res.shape[0]} low-resolution images for a batch of {n}: give one or {n}")
-            out_hw = (low_res.shape[-2] * cfg.sr_factor, low_res.shape[-1] * cfg.sr_factor)
-            up = F.interpolate(low_res.to(device), size=out_hw, mode="bicubic", align_corners=False).clamp(-1, 1)
-            # the U-Net halves the size len(channel_mults) - 1 times: any other size is sampled on a canvas
-            # padded (by edge replication) to a multiple of that, and the records are cropped back to out_hw
-            m = 2 ** (len(cfg.unet.channel_mults) - 1)
-            canvas = (-(-out_hw[0] // m) * m, -(-out_hw[1] // m) * m)
-            if canvas != out_hw:
-                up = F.pad(up, (0, canvas[1] - out_hw[1], 0, canvas[0] - out_hw[0]), mode="replicate")
-            if aug_level > 0:
-                up = augment_low_res(up, aug_level, per_image_noise(up.shape, make_generators(seed + 99_991, n), device))
-            cond = Condition(image=up, aug_level=torch.full((n,), float(aug_level), device=device),
-                             uncond=torch.zeros(n, dtype=torch.bool, device=device))
-            hw, crop_to = canvas, (out_hw if canvas != out_hw else None)
+            low_res, cond, hw, crop_to = self._sr_input(n, low_res, seed, aug_level, device)
         den = self.denoiser(guidance, clip)
-        T = cfg.diffusion.T
         if cfg.diffusion.is_cold:
             yield from self._stream_cold(den, n, steps, spacing, gens, cond, init_image, strength, improved, device)
             return
-        sched = self.schedule
+        x_start, ts = self._start(n, hw, steps, spacing, gens, init_image, strength, x_start, t_start, device)
+        records = sample_stream(den, x_start, ts, spec, schedule=self.schedule, cond=cond, generators=gens)
+        if cfg.task != "super_resolution":
+            yield from records
+            return
+        yield from self._sr_records(records, low_res, crop_to, back_projection_scale(aug_level, match_scale), device)
+
+    def _sr_input(self, n, low_res, seed, aug_level, device):
+        """A super-resolution model's input: ``low_res`` as (n, C, h, w), its bicubic upscale (on a canvas padded
+        to a size the U-Net can halve, by edge replication) noise-augmented at ``aug_level`` as the condition.
+        Returns (low_res, cond, canvas (H, W), the output size to crop the records to, or None)."""
+        cfg = self.config
+        if low_res is None:
+            raise ValueError("a super-resolution model needs a low-resolution input image")
+        if low_res.dim() == 3:
+            low_res = low_res[None]
+        if low_res.shape[0] == 1 and n > 1:      # one input, n samples of it (image i: seed + i)
+            low_res = low_res.expand(n, -1, -1, -1)
+        if low_res.shape[0] != n:
+            raise ValueError(f"{low_res.shape[0]} low-resolution images for a batch of {n}: give one or {n}")
+        out_hw = (low_res.shape[-2] * cfg.sr_factor, low_res.shape[-1] * cfg.sr_factor)
+        up = F.interpolate(low_res.to(device), size=out_hw, mode="bicubic", align_corners=False).clamp(-1, 1)
+        # the U-Net halves the size len(channel_mults) - 1 times: any other size is sampled on a canvas
+        # padded (by edge replication) to a multiple of that, and the records are cropped back to out_hw
+        m = 2 ** (len(cfg.unet.channel_mults) - 1)
+        canvas = (-(-out_hw[0] // m) * m, -(-out_hw[1] // m) * m)
+        if canvas != out_hw:
+            up = F.pad(up, (0, canvas[1] - out_hw[1], 0, canvas[0] - out_hw[0]), mode="replicate")
+        if aug_level > 0:
+            up = augment_low_res(up, aug_level, per_image_noise(up.shape, make_generators(seed + 99_991, n), device))
+        cond = Condition(image=up, aug_level=torch.full((n,), float(aug_level), device=device),
+                         uncond=torch.zeros(n, dtype=torch.bool, device=device))
+        return low_res, cond, canvas, (out_hw if canvas != out_hw else None)
+
+    def _start(self, n, hw, steps, spacing, gens, init_image, strength, x_start, t_start, device):
+        """The state a Gaussian run starts from and its timestep grid: x_T from the seed's noise (generation), the
+        noised ``init_image`` (img2img, SDEdit), or a given ``x_start`` at ``t_start`` (branching from a step)."""
+        cfg, sched = self.config, self.schedule
+        T, c = cfg.diffusion.T, cfg.unet.out_channels
         if x_start is not None:
             if init_image is not None or cfg.task == "super_resolution":
                 raise ValueError("x_start is the state of a generation from noise: not with img2img or super-resolution")
@@ -281,28 +298,26 @@ class Pipeline:
             if tuple(x_start.shape) != (n, c, *hw):
                 raise ValueError(f"x_start must have shape {(n, c, *hw)}, got {tuple(x_start.shape)}")
             per_image_noise((n, c, *hw), gens, device)      # the draw a plain run makes: step noise stays the seed's
-            x_start = x_start.to(device)
-            ts = spaced_timesteps(T, min(steps, t0 + 1), spacing, t_start=t0, schedule=sched)
-        elif t_start is not None:
+            return x_start.to(device), spaced_timesteps(T, min(steps, t0 + 1), spacing, t_start=t0, schedule=sched)
+        if t_start is not None:
             raise ValueError("t_start needs x_start, the state at t_start")
-        elif init_image is not None:
+        if init_image is not None:
             x0 = init_image if init_image.dim() == 4 else init_image[None].expand(n, -1, -1, -1)
-            x_start, ts = noised_start(sched, x0.to(device), steps, strength, spacing, gens)
-        else:
-            ts = spaced_timesteps(T, steps, spacing, schedule=sched)
-            x_start = per_image_noise((n, c, *hw), gens, device)      # = start_noise(n, seed) for generation
-        records = sample_stream(den, x_start, ts, spec, schedule=sched, cond=cond, generators=gens)
-        if cfg.task != "super_resolution":
-            yield from records
-            return
-        h, w = crop_to or hw
+            return noised_start(sched, x0.to(device), steps, strength, spacing, gens)
+        ts = spaced_timesteps(T, steps, spacing, schedule=sched)
+        return per_image_noise((n, c, *hw), gens, device), ts      # = start_noise(n, seed) for generation
+
+    @staticmethod
+    def _sr_records(records, low_res, crop_to, scale: int, device):
+        """A super-resolution run's records, cropped from the padded canvas to the output size; the result
+        back-projected onto its (un-augmented) input at 1/``scale`` of its size (``conditioning.back_project``)."""
         for rec in records:
             if crop_to is not None:
+                h, w = crop_to
                 rec = replace(rec, x_t=rec.x_t[..., :h, :w], x_next=rec.x_next[..., :h, :w],
                               x0_hat=rec.x0_hat[..., :h, :w], eps_hat=rec.eps_hat[..., :h, :w],
                               noise=None if rec.noise is None else rec.noise[..., :h, :w])
             if rec.index == rec.num_steps - 1:      # the result downsamples back to its input (un-augmented)
-                scale = back_projection_scale(aug_level, match_scale)
                 rec = replace(rec, x_next=back_project(rec.x_next, low_res.to(device), scale))
             yield rec
 
