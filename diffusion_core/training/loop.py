@@ -97,23 +97,10 @@ class Trainer(CheckpointState, Outputs):
 
     # ---- the loop -------------------------------------------------------------------------------
     def run(self) -> Path:
+        """Train to ``cfg.steps`` (or until SIGINT / SIGTERM), logging, checkpointing and previewing on the way;
+        then the final checkpoint and, unless stopped, the export to ``out / "model"``."""
         cfg = self.cfg
-        lock = None
-        if self.rank == 0:
-            self.out.mkdir(parents=True, exist_ok=True)
-            lock = lock_folder(self.out)
-            clean_debris(self.out, self.step)
-            if self.step >= cfg.steps:
-                print(f"{self.out / STATE} is at step {self.step}, at or past steps = {cfg.steps}: nothing to train; "
-                      f"exporting step {self.step}", file=sys.stderr)
-            write_json(self.out / "train_config.json", to_dict(cfg))
-            (self.out / "samples").mkdir(exist_ok=True)
-            parent_record = Path(cfg.parent) / "training.json"
-            if cfg.parent and parent_record.is_file() and not (self.out / PARENT_RECORD).exists():
-                # kept from the first start: the parent folder may be replaced (retrained in place) before export
-                atomic_write_bytes(self.out / PARENT_RECORD, parent_record.read_bytes())
-            with open(self.out / "commands.txt", "a") as f:     # every (re)start of this run, in order
-                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} step {self.step}: {self.command}\n")
+        lock = self._open_run_folder() if self.rank == 0 else None
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)} \
             if threading_main() else {}
         log_path = self.out / "log.csv"
@@ -131,26 +118,7 @@ class Trainer(CheckpointState, Outputs):
                 writer.writerow(["step", "loss", "lr", "images_per_s", "wall_s"])
             while self.step < cfg.steps and not self.stop_requested:
                 t0 = time.time()
-                for group in self.opt.param_groups:
-                    group["lr"] = self.lr_at(self.step)
-                self.opt.zero_grad(set_to_none=True)
-                x0, t, eps, cond = self.make_batch()
-                if self.world > 1 or self.device.type != "cpu":    # DDP reduces once per backward
-                    seed = int(torch.randint(2 ** 62, (1,), generator=self.dropout_gen))
-                    with dropout_seeded(seed, self.device):
-                        loss = self.loss(x0, t, eps, cond)
-                    loss.backward()
-                else:   # one piece of the batch per CPU core (parallel.py)
-                    loss = backward_in_parts(lambda a, b: self.loss(x0[a:b], t[a:b], eps[a:b],
-                                                                    cond.index(slice(a, b)) if cond is not None else None),
-                                             x0.shape[0], list(self.net.parameters()), generator=self.dropout_gen)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss became {loss.item()} at step {self.step}; stopping. The last good "
-                                             f"checkpoint is kept in {self.out / STATE} (try a lower lr)")
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
-                self.opt.step()
-                self.ema.update_parameters(self.net)
+                loss = self.train_step()
                 self.step += 1
                 self.wall += time.time() - t0
                 loss_acc += loss.item()
@@ -171,17 +139,7 @@ class Trainer(CheckpointState, Outputs):
                     self.save_state()
                 if self.rank == 0 and cfg.sample_every and self.step % cfg.sample_every == 0:
                     self.sample_grid(self.out / "samples" / f"step{self.step:07d}.png")
-            self.save_state(final=True)
-            if self.world > 1:
-                self.check_ranks_agree()
-            if self.rank == 0 and not self.stop_requested:
-                export = self.export(self.out / "model")
-                self.sample_grid(export / "samples.png")
-                plot_loss(log_path, export / "loss.png")
-            if self.world > 1:      # leave together: no rank tears down gloo while another still uses it
-                import torch.distributed as dist
-                dist.barrier()
-                dist.destroy_process_group()
+            self._finish(log_path)
         finally:
             if bar:
                 bar.close()
@@ -192,6 +150,67 @@ class Trainer(CheckpointState, Outputs):
             for s, h in old.items():
                 signal.signal(s, h)
         return self.out / "model"
+
+    def train_step(self) -> torch.Tensor:
+        """One optimisation step: learning rate, a batch, the loss's gradient (DDP, or row pieces on the CPU's
+        cores), clipping, AdamW, the EMA. Returns the loss (detached where computed in pieces)."""
+        cfg = self.cfg
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        self.opt.zero_grad(set_to_none=True)
+        x0, t, eps, cond = self.make_batch()
+        if self.world > 1 or self.device.type != "cpu":    # DDP reduces once per backward
+            seed = int(torch.randint(2 ** 62, (1,), generator=self.dropout_gen))
+            with dropout_seeded(seed, self.device):
+                loss = self.loss(x0, t, eps, cond)
+            loss.backward()
+        else:   # one piece of the batch per CPU core (parallel.py)
+            loss = backward_in_parts(lambda a, b: self.loss(x0[a:b], t[a:b], eps[a:b],
+                                                            cond.index(slice(a, b)) if cond is not None else None),
+                                     x0.shape[0], list(self.net.parameters()), generator=self.dropout_gen)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {self.step}; stopping. The last good "
+                                     f"checkpoint is kept in {self.out / STATE} (try a lower lr)")
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
+        self.opt.step()
+        self.ema.update_parameters(self.net)
+        return loss
+
+    def _open_run_folder(self):
+        """Rank 0 at a (re)start: the folder locked and cleaned, the config written, the parent's record kept, this
+        command appended to commands.txt. Returns the lock (held until the run ends)."""
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        lock = lock_folder(self.out)
+        clean_debris(self.out, self.step)
+        if self.step >= cfg.steps:
+            print(f"{self.out / STATE} is at step {self.step}, at or past steps = {cfg.steps}: nothing to train; "
+                  f"exporting step {self.step}", file=sys.stderr)
+        write_json(self.out / "train_config.json", to_dict(cfg))
+        (self.out / "samples").mkdir(exist_ok=True)
+        parent_record = Path(cfg.parent) / "training.json"
+        if cfg.parent and parent_record.is_file() and not (self.out / PARENT_RECORD).exists():
+            # kept from the first start: the parent folder may be replaced (retrained in place) before export
+            atomic_write_bytes(self.out / PARENT_RECORD, parent_record.read_bytes())
+        with open(self.out / "commands.txt", "a") as f:     # every (re)start of this run, in order
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} step {self.step}: {self.command}\n")
+        return lock
+
+    def _finish(self, log_path: Path) -> None:
+        """The final checkpoint; with several processes, check that they agree; unless stopped, export the EMA
+        weights with a sample grid and the loss plot; then the processes leave together."""
+        self.save_state(final=True)
+        if self.world > 1:
+            self.check_ranks_agree()
+        if self.rank == 0 and not self.stop_requested:
+            export = self.export(self.out / "model")
+            self.sample_grid(export / "samples.png")
+            plot_loss(log_path, export / "loss.png")
+        if self.world > 1:      # leave together: no rank tears down gloo while another still uses it
+            import torch.distributed as dist
+            dist.barrier()
+            dist.destroy_process_group()
 
     def check_ranks_agree(self) -> None:
         """DDP keeps replicas identical; verify it: every rank's parameter checksum is gathered on rank 0."""
