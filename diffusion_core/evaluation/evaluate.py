@@ -88,7 +88,6 @@ def evaluate_model(model_dir: Path, classifier_dir: Path | None, n: int = 2000, 
     ``backend``: where the network runs (``Pipeline.set_backend``; None: $DIFFUSION_CORE_BACKEND, else fp32).
 
     ``cache``: keep the samples generated so far in this file and resume from it (see SampleCache)."""
-    from tqdm import tqdm
     from ..pipeline import load
     pipe = load(model_dir, device)      # fp32 first: the backend is chosen once, for whole batches
     pipe.chunk = 0      # whole batches (faster); metrics need no bit-identity across batch sizes
@@ -98,14 +97,7 @@ def evaluate_model(model_dir: Path, classifier_dir: Path | None, n: int = 2000, 
     dataset = "emoji" if cfg.multi_label else ("pose" if cfg.task == "pose" else "fashion")
     metrics = {"model": str(model_dir), "n": n, "sampler": sampler, "steps": steps, "spacing": spacing,
                "guidance": guidance, "seed": seed, "backend": pipe.backend}
-    # conditions: class i % L (single label) / attribute sets of held-out images (multi-label) / held-out drawings
-    if dataset == "pose":
-        from ..data.pose import make_pairs
-        real_figs, sticks = make_pairs(n, cfg.unet.image_size, seed=seed + 777, style="handdrawn")
-    elif dataset == "emoji":
-        real = load_data(_data_for("emoji", "all"))
-        ridx = torch.randint(len(real), (n,), generator=torch.Generator().manual_seed(seed))
-        cond_labels = torch.from_numpy(real.labels[ridx.numpy()])
+    conds = _Conditions(dataset, cfg, n, seed)
     weights = sorted(Path(model_dir).rglob("*.safetensors"))
     run = {"sampler": sampler, "steps": steps, "spacing": spacing, "guidance": guidance, "seed": seed, "batch": batch}
     if pipe.backend != "fp32":          # fp32 runs keep the key their cache files were written under
@@ -115,44 +107,10 @@ def evaluate_model(model_dir: Path, classifier_dir: Path | None, n: int = 2000, 
                         legacy=({"model": str(Path(model_dir).resolve()), **run,      # the key before session 5
                                  "weights": [[str(w.relative_to(model_dir)), w.stat().st_size, w.stat().st_mtime]
                                              for w in weights]},))
-    images = store.load()
-    images = images[:(n + batch - 1) // batch]
-    done = sum(len(x) for x in images)
+    t0, images, done = _generate(pipe, store, conds, n, batch, progress, sampler=sampler, steps=steps,
+                                 spacing=spacing, guidance=guidance, seed=seed, device=device)
     if done:
         metrics["resumed_from"] = done
-    t0 = time.time() - store.elapsed
-    # one tick per sampling step of every batch (steps x batches), with an ETA; the total is corrected to the
-    # true step count (img2img, cascades) at the first batch's end
-    batches_left = -(-(n - min(done, n)) // batch)
-    bar = tqdm(total=batches_left * steps, unit="step", disable=not progress, mininterval=2.0,
-               desc=f"{n - min(done, n)} images")
-    per_batch = None
-    for start in range(done, n, batch):
-        b = min(batch, n - start)
-        kw = {}
-        if dataset == "fashion" and cfg.unet.num_labels:
-            kw["labels"] = torch.nn.functional.one_hot(torch.arange(start, start + b) % cfg.unet.num_labels,
-                                                       cfg.unet.num_labels).float()
-        elif dataset == "emoji":
-            kw["labels"] = cond_labels[start:start + b]
-        elif dataset == "pose":
-            from ..data import to_tensor
-            kw["cond_image"] = to_tensor(sticks[start:start + b])
-        tb = time.perf_counter()
-        last, count = None, 0
-        for last in pipe.stream(b, sampler=sampler, steps=steps, spacing=spacing, guidance=guidance,
-                                seed=seed + start, device=device, **kw):
-            count += 1
-            bar.update(1)
-        if per_batch is None:
-            per_batch = count
-            bar.total = batches_left * count
-            bar.refresh()
-        images.append(last.x_next.clamp(-1, 1).cpu())     # what Pipeline.sample returns
-        if b == batch:      # full batches only: a resumed run with a larger n continues from them
-            store.batch_s.append(time.perf_counter() - tb)
-            store.save(images, time.time() - t0)
-    bar.close()
     if samples_only:
         return {**metrics, "samples_only": True, "samples": sum(len(x) for x in images), "cache": str(cache),
                 "device": str(device), "timed_batches": len(store.batch_s)}
@@ -164,15 +122,89 @@ def evaluate_model(model_dir: Path, classifier_dir: Path | None, n: int = 2000, 
                                             else (time.time() - t0) / n, 4)
     metrics["timed_batches"] = len(store.batch_s)
     if dataset == "pose":
-        from .pose_metrics import pose_adherence, pose_precision
-        from ..images import to_uint8
-        g8, n_real = to_uint8(gen), min(n, 200)
-        metrics["pose_adherence"] = _mean_over_pairs(pose_adherence, g8, sticks, n)
-        metrics["pose_adherence_real"] = _mean_over_pairs(pose_adherence, real_figs, sticks, n_real)
-        metrics["pose_precision"] = _mean_over_pairs(pose_precision, g8, sticks, n, np.nanmean)
-        metrics["pose_precision_real"] = _mean_over_pairs(pose_precision, real_figs, sticks, n_real, np.nanmean)
-        metrics["seed_diversity"] = float((gen[0::2][: n // 2 - 1] - gen[1::2][: n // 2 - 1]).abs().mean())
-        return metrics
+        return {**metrics, **_pose_scores(gen, conds, n)}
+    return {**metrics, **_classifier_scores(dataset, cfg, gen, conds, n, seed, classifier_dir)}
+
+
+class _Conditions:
+    """The conditions of an evaluation's n samples: class i % L (single label), the attribute sets of held-out
+    emoji (multi-label), or held-out hand-drawn stickmen (pose, with the figures drawn from the same poses)."""
+
+    def __init__(self, dataset: str, cfg, n: int, seed: int):
+        self.dataset, self.num_labels = dataset, cfg.unet.num_labels
+        if dataset == "pose":
+            from ..data.pose import make_pairs
+            self.real_figs, self.sticks = make_pairs(n, cfg.unet.image_size, seed=seed + 777, style="handdrawn")
+        elif dataset == "emoji":
+            real = load_data(_data_for("emoji", "all"))
+            ridx = torch.randint(len(real), (n,), generator=torch.Generator().manual_seed(seed))
+            self.labels = torch.from_numpy(real.labels[ridx.numpy()])
+
+    def of_batch(self, start: int, b: int) -> dict:
+        """The ``Pipeline.stream`` keywords of images start .. start + b."""
+        if self.dataset == "fashion" and self.num_labels:
+            return {"labels": torch.nn.functional.one_hot(torch.arange(start, start + b) % self.num_labels,
+                                                          self.num_labels).float()}
+        if self.dataset == "emoji":
+            return {"labels": self.labels[start:start + b]}
+        if self.dataset == "pose":
+            from ..data import to_tensor
+            return {"cond_image": to_tensor(self.sticks[start:start + b])}
+        return {}
+
+
+def _generate(pipe, store: "SampleCache", conds: _Conditions, n: int, batch: int, progress: bool, *, seed: int,
+              steps: int, **kw) -> tuple[float, list[torch.Tensor], int]:
+    """The n samples in batches (batch k: seed + k * batch), resumed from and saved to ``store`` after every full
+    batch. Returns (the run's start time, counting the time already on file; the batches; images resumed)."""
+    from tqdm import tqdm
+    images = store.load()
+    images = images[:(n + batch - 1) // batch]
+    done = sum(len(x) for x in images)
+    t0 = time.time() - store.elapsed
+    # one tick per sampling step of every batch (steps x batches), with an ETA; the total is corrected to the
+    # true step count (img2img, cascades) at the first batch's end
+    batches_left = -(-(n - min(done, n)) // batch)
+    bar = tqdm(total=batches_left * steps, unit="step", disable=not progress, mininterval=2.0,
+               desc=f"{n - min(done, n)} images")
+    per_batch = None
+    for start in range(done, n, batch):
+        b = min(batch, n - start)
+        tb = time.perf_counter()
+        last, count = None, 0
+        for last in pipe.stream(b, steps=steps, seed=seed + start, **kw, **conds.of_batch(start, b)):
+            count += 1
+            bar.update(1)
+        if per_batch is None:
+            per_batch = count
+            bar.total = batches_left * count
+            bar.refresh()
+        images.append(last.x_next.clamp(-1, 1).cpu())     # what Pipeline.sample returns
+        if b == batch:      # full batches only: a resumed run with a larger n continues from them
+            store.batch_s.append(time.perf_counter() - tb)
+            store.save(images, time.time() - t0)
+    bar.close()
+    return t0, images, done
+
+
+def _pose_scores(gen: torch.Tensor, conds: _Conditions, n: int) -> dict:
+    """Pose adherence and precision of the generated figures (and of the real figures of the same poses, on up
+    to 200) to their drawings; seed diversity, the mean difference between neighbouring seeds' images."""
+    from ..images import to_uint8
+    from .pose_metrics import pose_adherence, pose_precision
+    g8, n_real, sticks, real_figs = to_uint8(gen), min(n, 200), conds.sticks, conds.real_figs
+    return {"pose_adherence": _mean_over_pairs(pose_adherence, g8, sticks, n),
+            "pose_adherence_real": _mean_over_pairs(pose_adherence, real_figs, sticks, n_real),
+            "pose_precision": _mean_over_pairs(pose_precision, g8, sticks, n, np.nanmean),
+            "pose_precision_real": _mean_over_pairs(pose_precision, real_figs, sticks, n_real, np.nanmean),
+            "seed_diversity": float((gen[0::2][: n // 2 - 1] - gen[1::2][: n // 2 - 1]).abs().mean())}
+
+
+def _classifier_scores(dataset: str, cfg, gen: torch.Tensor, conds: _Conditions, n: int, seed: int,
+                       classifier_dir: Path | None) -> dict:
+    """FID in the evaluation classifier's features against n held-out real images, beside real vs real (n
+    training images); accuracy (class labels) or per-attribute F1 and its mean over the judgeable attributes."""
+    m = {}
     clf_dir = Path(classifier_dir or Path("checkpoints") / f"classifier-{dataset}")
     clf = load_classifier(clf_dir)
     f_gen, logits = features_of(clf, gen)
@@ -183,23 +215,24 @@ def evaluate_model(model_dir: Path, classifier_dir: Path | None, n: int = 2000, 
     ib = torch.randperm(len(real_b), generator=g)[:n]
     f_a, _ = features_of(clf, real_a.batch(ia)["image"])
     f_b, _ = features_of(clf, real_b.batch(ib)["image"])
-    metrics["fid"] = frechet_distance(f_gen, f_a)
-    metrics["fid_real_vs_real"] = frechet_distance(f_b, f_a)
-    metrics["fid_reference"] = f"{len(ia)} real {'test' if dataset == 'fashion' else ''} images".replace("  ", " ")
+    m["fid"] = frechet_distance(f_gen, f_a)
+    m["fid_real_vs_real"] = frechet_distance(f_b, f_a)
+    m["fid_reference"] = f"{len(ia)} real {'test' if dataset == 'fashion' else ''} images".replace("  ", " ")
     if dataset == "fashion" and cfg.unet.num_labels:
         want = torch.arange(n) % cfg.unet.num_labels
-        metrics["accuracy"] = float((logits.argmax(1) == want).float().mean())
-        metrics["accuracy_per_class"] = {name: float((logits.argmax(1)[want == i] == i).float().mean())
-                                         for i, name in enumerate(cfg.label_names)}
+        m["accuracy"] = float((logits.argmax(1) == want).float().mean())
+        m["accuracy_per_class"] = {name: float((logits.argmax(1)[want == i] == i).float().mean())
+                                   for i, name in enumerate(cfg.label_names)}
     elif dataset == "emoji":
+        cond_labels = conds.labels
         f1 = f1_per_attribute(logits > 0, cond_labels > 0.5)
-        metrics["f1_per_attribute"] = dict(zip(cfg.label_names, [round(v, 4) for v in f1.tolist()]))
+        m["f1_per_attribute"] = dict(zip(cfg.label_names, [round(v, 4) for v in f1.tolist()]))
         positives = cond_labels.sum(0).long().tolist()
-        metrics["positives_per_attribute"] = dict(zip(cfg.label_names, positives))
+        m["positives_per_attribute"] = dict(zip(cfg.label_names, positives))
         training = read_json(clf_dir / "training.json") if (clf_dir / "training.json").is_file() else {}
-        metrics["f1_visible"] = visible_f1(metrics["f1_per_attribute"], training.get("test_f1_per_attribute", {}),
-                                           metrics["positives_per_attribute"])
-    return metrics
+        m["f1_visible"] = visible_f1(m["f1_per_attribute"], training.get("test_f1_per_attribute", {}),
+                                     m["positives_per_attribute"])
+    return m
 
 
 def _mean_over_pairs(score, figures, sticks, n: int, mean=np.mean) -> float:
