@@ -30,7 +30,7 @@ MUTANTS = [
  ("cascade stage ignores its model's sampler", "diffusion_core/pipeline/model.py",
   'return sr_sampler or opts.get("sampler") or stage.config.sampling.sampler', 'return sr_sampler or opts.get("sampler") or "dpm++"',
   "tests/test_checkpoint.py -k 'own_sampling or cascade_loads'"),
- ("cascade evaluated through its last stage only", "diffusion_core/evaluation/evaluate.py",
+ ("cascade evaluated through its last stage only", "diffusion_core/evaluation/super_resolution.py",
   "high.append(pipe.sample(b, low_res=x, seed=seed + start))",
   "high.append(pipe.upscale(x, seed=seed + start))",
   "tests/test_checkpoint.py -k evaluate_cascade"),

@@ -406,7 +406,7 @@ def test_public_api_exports():
 
 
 def test_evaluate_cascade_compares_with_the_base_upscaled(tmp_path, make_model):
-    from diffusion_core.evaluation.evaluate import evaluate_cascade
+    from diffusion_core.evaluation.super_resolution import evaluate_cascade
     _cascade(tmp_path, make_model)
     m = evaluate_cascade(tmp_path / "casc", n=3, steps=2, guidance=1.0, batch=2)
     assert m["n"] == 3 and m["sharpness_cascade"] > 0 and m["sharpness_base_bicubic"] > 0
@@ -421,7 +421,7 @@ def test_evaluate_cascade_runs_every_stage_and_scores_poses_at_the_base_size(tmp
     the last one ran on the base's output before: 8 -> 16, not 32), and a pose cascade's final image is scored
     against the drawing at the base's size, beside the base's own score; the whole cascade is timed for one and
     for four images."""
-    from diffusion_core.evaluation.evaluate import evaluate_cascade
+    from diffusion_core.evaluation.super_resolution import evaluate_cascade
     make_model(tmp_path / "base", seed=20, task="pose", unet=dict(in_channels=3, out_channels=3, cond_channels=1))
     for name, lo in (("sr1", 8), ("sr2", 16)):
         make_model(tmp_path / name, seed=21, task="super_resolution", low_res=lo, high_res=2 * lo,

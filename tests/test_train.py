@@ -513,7 +513,7 @@ def test_evaluate_super_resolution_against_bicubic(tmp_path):
     sr = Trainer(load_train_config(None, TINY + ["task=super_resolution", "low_res=16", "crop=16", "data.source=pose",
                                                  "data.pose_pairs=16", "data.image_size=32", "data.channels=3",
                                                  f"out_dir={out}", "steps=2"]), progress=False).run()
-    from diffusion_core.evaluation.evaluate import evaluate_super_resolution
+    from diffusion_core.evaluation.super_resolution import evaluate_super_resolution
     m = evaluate_super_resolution(sr, n=4, steps=2, batch=3)
     assert m["n"] == 4 and m["output"] == "32x32" and "procedural figures" in m["held_out"]
     for k in ("psnr_bicubic", "psnr_sr", "ssim_bicubic", "ssim_sr", "sharpness_sr", "sharpness_truth"):

@@ -118,3 +118,8 @@ def pose_precision(figure: np.ndarray, stick: np.ndarray, reach: int | None = No
         return float("nan")
     near = _dilate(pose_mask(st), reach if reach is not None else max(1, fig.shape[0] // 16))
     return float(near[fm].mean())
+
+
+def mean_over_pairs(score, figures, sticks, n: int, mean=np.mean) -> float:
+    """``mean`` of ``score(figures[i], sticks[i])`` over the first ``n`` pairs (pose adherence / precision)."""
+    return float(mean([score(figures[i], sticks[i]) for i in range(n)]))
