@@ -46,6 +46,22 @@ def measure(images: torch.Tensor, region: str) -> dict:
     return {"rgb": [round(float(v), 1) for v in px.mean(0)], "clipped": round(float(clipped), 4)}
 
 
+def tone_colours(pipe, real, guidance: float, n: int = 8) -> dict:
+    """"woman" + each skin tone, n samples (DPM-Solver++ 20, seed 0): per tone the luminance ratio generated /
+    real of the face's 8x8 centre, the two mean RGBs and their distance. ``real``: all emoji (load_data)."""
+    names = list(pipe.label_names)
+    labels = torch.from_numpy(real.labels) > 0.5
+    out = {}
+    for tone in TONES:
+        have = labels[:, [names.index("woman"), names.index(tone)]].all(1).nonzero().flatten()
+        r = torch.tensor(measure(real.batch(have)["image"], "centre")["rgb"])
+        x = pipe.sample(n, sampler="dpm++", steps=20, guidance=guidance, labels=["woman", tone], seed=0)
+        m = torch.tensor(measure(x, "centre")["rgb"])
+        out[tone] = {"luma_ratio": round(float(m @ LUMA / (r @ LUMA)), 3), "rgb": [round(float(v)) for v in m],
+                     "real_rgb": [round(float(v)) for v in r], "distance": round(float((m - r).norm()), 1)}
+    return out
+
+
 def rescaled_guidance(pipe, phi: float):
     """Patch classifier-free guidance with Lin et al. 2023's rescale (sec. 3.4, eq. 15-16) in x0 space:
     x0_r = x0_cfg * std(x0_c) / std(x0_cfg) per image, x0 = phi x0_r + (1 - phi) x0_cfg; eps_hat recomputed

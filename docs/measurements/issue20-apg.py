@@ -20,7 +20,7 @@ from diffusion_core import denoisers, load  # noqa: E402
 from diffusion_core.data import DataConfig, load_data  # noqa: E402
 from diffusion_core.denoisers import Prediction, _bcast  # noqa: E402
 from diffusion_core.evaluation.picks import evaluate_picks  # noqa: E402
-from guidance_colours import measure, TONES  # noqa: E402
+from guidance_colours import tone_colours  # noqa: E402
 
 mode, g = sys.argv[1], float(sys.argv[2])
 eta = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
@@ -47,17 +47,9 @@ if mode == "apg":
     denoisers.ClassifierFreeGuidance.__call__ = apg
 pipe = load(model)
 real = load_data(DataConfig(source="emoji", split="all", image_size=32, channels=3))
-names = list(pipe.label_names)
-labels = torch.from_numpy(real.labels) > 0.5
-lum = torch.tensor([0.299, 0.587, 0.114])
-res, rgb = {}, {}
-for tone in TONES:
-    have = labels[:, [names.index("woman"), names.index(tone)]].all(1).nonzero().flatten()
-    r = torch.tensor(measure(real.batch(have)["image"], "centre")["rgb"])
-    x = pipe.sample(8, sampler="dpm++", steps=20, guidance=g, labels=["woman", tone], seed=0)
-    m = torch.tensor(measure(x, "centre")["rgb"])
-    res[tone] = round(float(m @ lum / (r @ lum)), 3)
-    rgb[tone] = ([round(float(v)) for v in m], [round(float(v)) for v in r], round(float((m - r).norm()), 1))
+tones = tone_colours(pipe, real, g)
+res = {k: v["luma_ratio"] for k, v in tones.items()}
+rgb = {k: (v["rgb"], v["real_rgb"], v["distance"]) for k, v in tones.items()}
 m = evaluate_picks(model, per_pick=8, guidance=g, progress=False)
 dist = sum(v[2] for v in rgb.values()) / len(rgb)
 print(mode, g, eta, "luma ratio", res, "mean RGB distance", round(dist, 1), "picks", m["generated_mean"],
