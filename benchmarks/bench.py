@@ -208,7 +208,7 @@ def random_network(cfg: UNetConfig, seed: int) -> UNet:
 
 def fashion_pipeline(path: str, tiny: bool, seed: int = 0):
     """(pipeline, where its weights came from). Random weights when ``path`` does not exist (or --tiny)."""
-    from diffusion_core.pipeline import Pipeline, load
+    from diffusion_core.pipeline import Pipeline, Stage, load
     folder = Path(path)
     if folder.exists() and not tiny:
         pipe = load(folder)
@@ -223,7 +223,7 @@ def fashion_pipeline(path: str, tiny: bool, seed: int = 0):
     cfg = TINY_UNET if tiny else FASHION_UNET
     mcfg = ModelConfig(unet=cfg, diffusion=DiffusionConfig(schedule="cosine"), label_names=FASHION_LABELS,
                        description="random weights, fashion architecture")
-    return Pipeline("model", mcfg, Path("<random>"), net=random_network(cfg, seed), chunk=0), \
+    return Pipeline.of(Stage.of_network(mcfg, Path("<random>"), random_network(cfg, seed), chunk=0)), \
         ("random weights (tiny)" if tiny else f"random weights ({path} not found)")
 
 
@@ -482,8 +482,7 @@ def bench_cascade(args, s) -> tuple[list[dict], dict]:
             folder = random_cascade(Path(tmp), args.tiny, args.seed)
             source = "random weights (tiny)" if args.tiny else f"random weights ({args.cascade} not found)"
         pipe = load(folder)
-    for stage, _ in pipe.stages:
-        stage.chunk = 0
+    pipe.chunk = 0          # every stage
     base = pipe.base.config.unet
     labels = one_hot(1, base.num_labels) if base.num_labels else ()
     kw = dict(sampler="dpm++", steps=s["dpm_steps"], sr_steps=s["sr_steps"], guidance=GUIDANCE, labels=labels,
@@ -494,7 +493,7 @@ def bench_cascade(args, s) -> tuple[list[dict], dict]:
     row = _row("ours", "cascade", times, 1, sampler="dpm++", steps=s["dpm_steps"], sr_steps=s["sr_steps"], batch=1,
                guidance=GUIDANCE, size=size)
     _log(args, f"  ours      cascade 1 image {size}x{size}: {row['seconds']:.3f} s")
-    return [row], {"source": source, "size": size, "stages": [to_dict(st.config.unet) for st, _ in pipe.stages]}
+    return [row], {"source": source, "size": size, "stages": [to_dict(st.config.unet) for st in pipe.stages]}
 
 
 def train_batch(cfg: UNetConfig, diffusion: DiffusionConfig, b: int, seed: int) -> dict:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from diffusion_core import MAX_GUIDANCE, MAX_STEPS
+from diffusion_core import BOUNDS
 
 from .base import AppBase
 from .inputs import handles_errors, number
@@ -34,10 +34,10 @@ class BranchTab(AppBase):
                              + ("a cold-diffusion run" if run.get("schedule") is None else "a super-resolution"))
         if run.get("img2img"):
             raise ValueError("branching continues a generation from noise; this run was img2img")
-        guidance = number(guidance, "guidance scale", 0.0, MAX_GUIDANCE)
+        guidance = number(guidance, "guidance scale", *BOUNDS["guidance"])
         rec = recs[step - 1]
         left = n - (step - 1)
-        steps = left if steps in (None, "", 0) else int(number(steps, "steps", 1, MAX_STEPS, whole=True))
+        steps = left if steps in (None, "", 0) else int(number(steps, "steps", *BOUNDS["steps"], whole=True))
         pipe = self.models.get(run["model"]).base      # the run's base stage (a cascade's is its first model)
         if sampler not in pipe.samplers or sampler == "cold":
             raise ValueError(f"sampler {sampler!r} does not apply to {run['model']}")

@@ -44,7 +44,7 @@ class Cards(AppBase):
                 f"t in [{lo}, {hi})" for lo, hi, _ in pipe.experts)
         elif pipe.kind == "cascade":
             kind = "cascade: " + " -> ".join(
-                f"{st.path.name} ({size} px)" for (st, _), size in zip(pipe.stages, pipe.stage_sizes))
+                f"{st.path.name} ({size} px)" for st, size in zip(pipe.stages, pipe.stage_sizes))
         rows.append(("kind", kind))
         task = cfg.task
         if cfg.task == "super_resolution":
@@ -71,7 +71,7 @@ class Cards(AppBase):
                                           f"{sd.spacing} grid, guidance {sd.guidance:g}" + (f": {sd.why}" if sd.why else "")))
         training = self._read_json(folder / "training.json")
         if not training and pipe.kind in ("cascade", "ensemble"):
-            first = pipe.stages[0][0].path if pipe.kind == "cascade" else None
+            first = pipe.stages[0].path if pipe.kind == "cascade" else None
             training = self._read_json(first / "training.json") if first else {}
         if training.get("data"):
             rows.append(("data", str(training["data"])))
@@ -95,7 +95,7 @@ class Cards(AppBase):
             md += f"\n\n<small>trained with <code>{training['command']}</code></small>"
         samples = folder / "samples.png"
         if not samples.is_file() and pipe.kind == "cascade":
-            samples = pipe.stages[0][0].path / "samples.png"
+            samples = pipe.stages[0].path / "samples.png"
         return md, (str(samples) if samples.is_file() else None)
 
     def _measurements(self, folder: Path, sd) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 
 
-from diffusion_core import MAX_GUIDANCE, MAX_STEPS
+from diffusion_core import BOUNDS
 
 from .base import AppBase
 from .inputs import as_list, handles_errors, number
@@ -101,8 +101,8 @@ class CompareTab(AppBase):
                 step_counts=(5, 10, 25), guidance=2.0, schedules=False):
         """One seed, samplers (rows) x step counts (columns), each cell labelled with sampler, steps and wall
         time; ``schedules`` adds the rows of the models that differ only in their noise schedule."""
-        steps = self._int_list(step_counts, "step counts", 1, MAX_STEPS)
-        g = number(guidance, "guidance scale", 0.0, MAX_GUIDANCE)
+        steps = self._int_list(step_counts, "step counts", *BOUNDS["steps"])
+        g = number(guidance, "guidance scale", *BOUNDS["guidance"])
         return self._compare_grid(model, class_label, attributes, seed, samplers,
                                   [(st, g, f"{st} steps") for st in steps], schedules)
 
@@ -110,8 +110,8 @@ class CompareTab(AppBase):
     def compare_guidance(self, model, class_label=ANY, attributes=None, seed=0, samplers=("dpm++",),
                          guidance_scales=(0, 1, 2, 4, 7), steps=25, schedules=False):
         """One seed, samplers (rows) x classifier-free guidance scales (columns) at ``steps`` steps."""
-        st = int(number(steps, "steps", 1, MAX_STEPS, whole=True))
-        gs = sorted({number(v, "guidance scales", 0.0, MAX_GUIDANCE) for v in as_list(guidance_scales)})
+        st = int(number(steps, "steps", *BOUNDS["steps"], whole=True))
+        gs = sorted({number(v, "guidance scales", *BOUNDS["guidance"]) for v in as_list(guidance_scales)})
         pipe = self.models.get(model)
         cfg = pipe.base.config
         if not cfg.unet.num_labels:

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 import torch
 
-from diffusion_core import (BACKENDS, MAX_GUIDANCE, MAX_STEPS, SampleStep, load_image, make_generators, open_image,
+from diffusion_core import (BACKENDS, BOUNDS, MAX_STEPS, SampleStep, load_image, make_generators, open_image,
                             to_mode)
 
 from .base import AppBase
@@ -44,12 +44,12 @@ class GenerateTab(AppBase):
         """Stream a sampling run: every ``preview_every`` steps yield x_t | x0_hat, a status line and the
         progress; finally the gallery of PNGs (tEXt 'parameters' = JSON) and the optional GIF."""
         try:
-            steps = int(number(steps, "steps", 1, MAX_STEPS, whole=True))
+            steps = int(number(steps, "steps", *BOUNDS["steps"], whole=True))
             batch_size = int(number(batch_size, "batch size", 1, MAX_BATCH, whole=True))
             preview_every = max(1, int(number(preview_every, "preview every", 0, MAX_STEPS, whole=True)))
-            guidance = number(guidance, "guidance scale", 0.0, MAX_GUIDANCE)
-            eta = number(eta, "eta", 0.0, 1.0)
-            strength = number(strength, "strength", 0.0, 1.0)
+            guidance = number(guidance, "guidance scale", *BOUNDS["guidance"])
+            eta = number(eta, "eta", *BOUNDS["eta"])
+            strength = number(strength, "strength", *BOUNDS["strength"])
             if strength == 0.0:
                 raise ValueError("strength must be in (0, 1], got 0")
             seed = self._seed(seed)
@@ -166,7 +166,7 @@ class GenerateTab(AppBase):
     def _status(self, pipe, rec, n_stages, t0) -> str:
         parts = [f"step {rec.index + 1}/{rec.num_steps}", f"t = {rec.t} → {rec.t_next}"]
         if n_stages > 1:
-            name = pipe.stages[rec.stage][0].path.name
+            name = pipe.stages[rec.stage].path.name
             parts.append(f"stage {rec.stage + 1}/{n_stages} ({'base' if rec.stage == 0 else 'super-resolution'}: "
                          f"{name})")
         if pipe.kind == "ensemble":
@@ -186,9 +186,8 @@ class GenerateTab(AppBase):
         """", then 2 super-resolution stages (DDPM 10 steps each)" for a cascade: how its later stages sample."""
         if pipe.kind != "cascade":
             return ""
-        names = [pipe.stage_sampler(st, o) for st, o in pipe.stages[1:]]
-        runs = [f"{SAMPLER_NAMES.get(name, name)} {pipe.stage_steps(st, o)} steps"
-                for name, (st, o) in zip(names, pipe.stages[1:])]
+        runs = [f"{SAMPLER_NAMES.get(st.run_sampler(), st.run_sampler())} {st.run_steps()} steps"
+                for st in pipe.stages[1:]]
         k = len(runs)
         same = len(set(runs)) == 1
         return (f", then {k} super-resolution stage{'s' if k > 1 else ''} ("

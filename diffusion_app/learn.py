@@ -8,7 +8,7 @@ import gradio as gr
 import numpy as np
 import torch
 
-from diffusion_core import MAX_GUIDANCE, MAX_STEPS
+from diffusion_core import BOUNDS, MAX_GUIDANCE
 
 from .base import AppBase
 from .explain import _alpha_bar, explain_markdown, step_numbers
@@ -155,8 +155,8 @@ class LearnTab(AppBase):
         if sampler not in DETERMINISTIC_SAMPLERS:
             raise ValueError(f"interpolation needs a deterministic sampler: {', '.join(DETERMINISTIC_SAMPLERS)}")
         frames = int(number(frames, "frames", 2, INTERP_MAX_FRAMES, whole=True))
-        steps = int(number(steps, "steps", 1, MAX_STEPS, whole=True))
-        g = number(guidance, "guidance scale", 0.0, MAX_GUIDANCE)
+        steps = int(number(steps, "steps", *BOUNDS["steps"], whole=True))
+        g = number(guidance, "guidance scale", *BOUNDS["guidance"])
         if frames * steps > INTERP_MAX_WORK:
             raise ValueError(f"too much work: {frames} frames x {steps} steps (limit {INTERP_MAX_WORK}); "
                              "use fewer frames or steps")

@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 import numpy as np
 from PIL import Image
 
-from diffusion_core import MAX_GUIDANCE, MAX_STEPS, SPACINGS, read_json
+from diffusion_core import BOUNDS, SPACINGS, read_json
 
 from .inputs import number
 from .settings import HERE, MAX_BATCH, MAX_SEED, STICKMEN_DIR
@@ -23,7 +23,7 @@ EXAMPLES_FILE = "examples.json"     # optional, in a model folder: a list of set
 MAX_EXAMPLES = 3
 # attribute sets tried, in order, for a multi-label model without an examples.json
 PICKS = (("woman", "dark skin tone"), ("cat", "face"), ("red", "heart"), ("man", "beard"), ("flag",), ("star",))
-NUMBERS = {"steps": (1, MAX_STEPS, True), "eta": (0.0, 1.0, False), "guidance": (0.0, MAX_GUIDANCE, False),
+NUMBERS = {"steps": (*BOUNDS["steps"], True), "eta": (*BOUNDS["eta"], False), "guidance": (*BOUNDS["guidance"], False),
            "seed": (-1, MAX_SEED, True), "batch": (1, MAX_BATCH, True)}
 KEYS = ("model", "sampler", "steps", "spacing", "eta", "guidance", "seed", "batch", "labels", "stickman", "lowres")
 

@@ -7,7 +7,7 @@ import gradio as gr
 from PIL import Image
 import torch
 
-from diffusion_core import MAX_STEPS, SR_SAMPLING, load_image, open_image
+from diffusion_core import BOUNDS, SR_SAMPLING, load_image, open_image
 
 from .base import AppBase
 from .inputs import number, user_error
@@ -26,8 +26,8 @@ class UpscaleTab(AppBase):
                 raise ValueError(f"no super-resolution model is available for {model!r}")
             if image is None:
                 raise ValueError("select an image in the gallery (or upload one) to upscale")
-            sr_steps = int(number(sr_steps, "SR steps", 1, MAX_STEPS, whole=True))
-            sr_cfg = (sr.stages[-1][0] if sr.kind == "cascade" else sr).config
+            sr_steps = int(number(sr_steps, "SR steps", *BOUNDS["steps"], whole=True))
+            sr_cfg = sr.stages[-1].config
             img = open_image(image)
             side = min(min(img.size), MAX_UPSCALE_INPUT)
             low = load_image(img, side, sr_cfg.unet.out_channels)[None]

@@ -21,7 +21,7 @@ _EXPORTS = {
     "denoisers": ("ClassifierFreeGuidance", "ClipX0", "ExpertEnsemble", "ModelDenoiser", "Prediction"),
     "images": ("ImageError", "grid", "load_image", "open_image", "to_mode", "to_pil", "to_uint8"),
     "runtime.backends": ("BackendError", "requested_backend"),
-    "options": ("BACKEND_ENV", "BACKENDS", "MAX_BATCH", "MAX_GUIDANCE", "MAX_SEED", "MAX_STEPS", "SAMPLERS",
+    "options": ("BACKEND_ENV", "BACKENDS", "BOUNDS", "MAX_BATCH", "MAX_GUIDANCE", "MAX_SEED", "MAX_STEPS", "SAMPLERS",
                 "SPACINGS"),
     "pipeline": ("Pipeline", "load"),
     "samplers": ("SampleStep", "SamplerSpec", "StepExplanation", "explain_step", "make_generators", "sample", "sample_stream"),

@@ -179,10 +179,9 @@ def _run(args) -> int:
         return _sample(args)
     if args.command == "evaluate":
         from .evaluation.evaluate import evaluate_command
-        from .options import MAX_GUIDANCE
-        from .pipeline import MAX_SEED, MAX_STEPS
-        check_ranges(args, [("n", 1, 100_000), ("batch", 1, 1000), ("steps", 1, MAX_STEPS), ("seed", 0, MAX_SEED),
-                            ("guidance", 0.0, MAX_GUIDANCE)])
+        from .options import BOUNDS
+        check_ranges(args, [("n", 1, 100_000), ("batch", 1, 1000), ("steps", *BOUNDS["steps"]), ("seed", *BOUNDS["seed"]),
+                            ("guidance", *BOUNDS["guidance"])])
         return evaluate_command(args)
     if args.command == "classifier":
         from .evaluation.classifier import train_classifier
@@ -252,12 +251,12 @@ def _sample(args) -> int:
     import torch
     from .images import grid, load_image, to_pil
     from .runtime.backends import requested_backend
-    from .options import MAX_GUIDANCE
-    from .pipeline import MAX_BATCH, MAX_SEED, MAX_STEPS, load
-    check_ranges(args, [("n", 1, 10000), ("batch", 1, MAX_BATCH), ("seed", 0, MAX_SEED - 10000),
-                        ("steps", 1, MAX_STEPS), ("strength", 0.0, 1.0), ("eta", 0.0, 1.0), ("guidance", 0.0, MAX_GUIDANCE)])
+    from .options import BOUNDS, MAX_SEED
+    from .pipeline import load
+    check_ranges(args, [("n", 1, 10000), ("batch", *BOUNDS["n"]), ("seed", 0, MAX_SEED - 10000), ("steps", *BOUNDS["steps"]),
+                        ("strength", *BOUNDS["strength"]), ("eta", *BOUNDS["eta"]), ("guidance", *BOUNDS["guidance"])])
     if args.sr_steps is not None:
-        check_ranges(args, [("sr_steps", 1, MAX_STEPS)])
+        check_ranges(args, [("sr_steps", *BOUNDS["steps"])])
     pipe = load(Path(args.model), backend=requested_backend(args.backend))      # sample's default: auto
     sampler = args.sampler or pipe.samplers[0 if pipe.samplers == ("cold",) else 1]
     base = pipe.base.config
@@ -327,7 +326,7 @@ def _low_res_inputs(pipe, path: Path):
     (sorted by name), each read at the size the first super-resolution stage takes; (n, C, h, w) and names."""
     from .data import IMAGE_SUFFIXES
     from .images import load_image
-    sr = pipe.stages[1][0] if pipe.kind == "cascade" else pipe
+    sr = pipe.stages[1] if pipe.kind == "cascade" else pipe
     cfg = sr.config
     if cfg.task != "super_resolution":
         raise ValueError(f"--low-res: {pipe.path} is neither a super-resolution model nor a cascade")

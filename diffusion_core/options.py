@@ -10,5 +10,9 @@ MAX_BATCH = 64
 MAX_STEPS = 1000
 MAX_GUIDANCE = 30.0             # classifier-free guidance scale (the command line and the app)
 MAX_SEED = 2 ** 63 - 1 - 100_000    # image i uses seed + i, which torch's generators take up to 2^63 - 1
+# The bounds of a sampling request's numbers, (lo, hi) inclusive: the pipeline's Request checks them and the command
+# line and the app take theirs from here (the app's batch and seed limits are tighter: diffusion_app/settings.py).
+BOUNDS = {"n": (1, MAX_BATCH), "steps": (1, MAX_STEPS), "seed": (0, MAX_SEED), "guidance": (0.0, MAX_GUIDANCE),
+          "eta": (0.0, 1.0), "strength": (0.0, 1.0)}
 BACKENDS = ("auto", "fp32", "bf16", "openvino")   # where the network runs (backends.py); auto measures and picks
 BACKEND_ENV = "DIFFUSION_CORE_BACKEND"             # forces a backend for every load that does not name one

@@ -510,7 +510,7 @@ def cascade_figure(S: Settings, name: str, filename: str):
     sd = base.config.sampling       # the base's own sampler and guidance, as the app runs it
     kw = dict(sampler=sd.sampler, steps=S.grid_steps, guidance=sd.guidance, seed=SEED)
     if S.sr_steps:
-        kw["sr_steps"] = min(S.sr_steps, pipe.stage_steps(*pipe.stages[-1]))
+        kw["sr_steps"] = min(S.sr_steps, pipe.stages[-1].run_steps())
     cond_rows, row_labels, cols = [], [], []
     if base.config.task == "pose":
         from diffusion_core.data import to_tensor

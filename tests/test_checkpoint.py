@@ -348,7 +348,7 @@ def test_cascade_loads_and_samples(tmp_path, make_model):
     out = pipe.sample(2, sampler="ddim", steps=4, seed=5)
     assert torch.equal(out, recs[-1].x_next.clamp(-1, 1))
     # the SR stage is the SR model run on the base model's output, with the stage's options
-    base, sr = pipe.stages[0][0], pipe.stages[1][0]
+    base, sr = pipe.stage(0), pipe.stage(1)
     low = base.sample(2, sampler="ddim", steps=4, seed=5)
     assert sr.config.sampling.sampler == "ddpm"     # the SR model's own default sampler (config.SR_SAMPLING)
     want = sr.sample(2, low_res=low, steps=3, sampler="ddpm", seed=5 + 10_000, aug_level=0.1)
@@ -370,13 +370,13 @@ def test_a_cascade_stage_can_match_its_result_to_its_input_pixel_for_pixel(tmp_p
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "casc1" / "config.json").read_text())["stages"][1]["match_scale"] == 1
     default, exact = load(tmp_path / "casc"), load(tmp_path / "casc1")
-    assert exact.stages[1][1]["match_scale"] == 1 and "match_scale" not in default.stages[1][1]
+    assert exact.stages[1].options["match_scale"] == 1 and "match_scale" not in default.stages[1].options
     kw = dict(sampler="ddim", steps=4, seed=5, sr_steps=3)
     low = default.base.sample(2, sampler="ddim", steps=4, seed=5)
     a, b = default.sample(2, **kw), exact.sample(2, **kw)
     err = [(torch.nn.functional.adaptive_avg_pool2d(x, 8) - low).abs().mean() for x in (a, b)]
     assert err[1] < 0.5 * err[0], err
-    sr = default.stages[1][0]
+    sr = default.stage(1)
     want = sr.sample(2, low_res=low, steps=3, sampler="ddpm", seed=5 + 10_000, aug_level=0.1, match_scale=1)
     assert torch.equal(b, want) and not torch.equal(a, want)
 
@@ -453,7 +453,7 @@ def test_super_resolution_stages_default_to_their_own_sampling(tmp_path, make_mo
     assert ModelConfig(task="super_resolution", low_res=8, high_res=16, sampling=own).sampling == own
     _cascade(tmp_path, make_model)
     casc = load(tmp_path / "casc")
-    sr = casc.stages[1][0]
+    sr = casc.stage(1)
     low = torch.rand(1, 3, 8, 8) * 2 - 1
     assert torch.equal(sr.upscale(low, seed=2), sr.sample(1, low_res=low, steps=10, sampler="ddpm", seed=2))
     save_cascade(tmp_path / "plain", [{"path": "../base"}, {"path": "../sr", "aug_level": 0.1}])

@@ -109,16 +109,17 @@ def evaluate_cascade(cascade_dir: Path, n: int = 100, steps: int = 20, sampler: 
     bicubic = F.interpolate(low, size=(hi_size, hi_size), mode="bicubic", align_corners=False).clamp(-1, 1)
     m = {"model": str(cascade_dir), "n": n, "sampler": sampler, "steps": steps, "guidance": guidance, "seed": seed,
          "stage_sizes": list(pipe.stage_sizes),
-         "sr_stages": [{"sampler": pipe.stage_sampler(st, o),
-                        "steps": pipe.stage_steps(st, o), "aug_level": o.get("aug_level", 0.0),
-                        "match_scale": back_projection_scale(o.get("aug_level", 0.0), o.get("match_scale"))}
-                       for st, o in pipe.stages[1:]],
+         "sr_stages": [{"sampler": st.run_sampler(), "steps": st.run_steps(),
+                        "aug_level": st.options.get("aug_level", 0.0),
+                        "match_scale": back_projection_scale(st.options.get("aug_level", 0.0),
+                                                             st.options.get("match_scale"))}
+                       for st in pipe.stages[1:]],
          "sampling_s_per_image": round((time.time() - t0) / n, 4),
          "sharpness_cascade": round(float(sharpness(high).mean()), 4),
          "sharpness_base_bicubic": round(float(sharpness(bicubic).mean()), 4),
          "cascade_sharper_fraction": round(float((sharpness(high) > sharpness(bicubic)).float().mean()), 4)}
     if cfg.multi_label:
-        real, what = _held_out_high_res(pipe.stages[-1][0].path, min(n, 200), hi_size, seed)
+        real, what = _held_out_high_res(pipe.stages[-1].path, min(n, 200), hi_size, seed)
         m["sharpness_real"] = round(float(sharpness(real).mean()), 4)
         m["real"] = what
     if sticks is not None:

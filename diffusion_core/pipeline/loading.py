@@ -2,13 +2,15 @@
 ``Pipeline``, with the backend chosen for its networks."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from ..checkpoint import (CONFIG, MAX_CASCADE_SIZE, CascadeManifest, CheckpointError, EnsembleManifest, folder_kind,
                           load_model_config, load_network, load_prior, read_manifest)
 from ..config import ConfigError
 from ..runtime import backends
-from .model import Pipeline, eval_chunk
+from .model import Pipeline
+from .stage import Stage, eval_chunk
 
 
 def load(folder, device="cpu", backend: str | None = None) -> Pipeline:
@@ -25,9 +27,9 @@ def _load(folder: Path, device="cpu") -> Pipeline:
     if kind == "model":
         cfg, net = load_network(folder, device)
         prior, prior_labels = load_prior(folder)
-        return Pipeline("model", cfg, folder, net=net, prior=prior, prior_labels=prior_labels,
-                        chunk=eval_chunk(cfg.high_res or cfg.unet.image_size),
-                        description=cfg.description)
+        return Pipeline.of(Stage.of_network(cfg, folder, net, prior=prior, prior_labels=prior_labels,
+                                            chunk=eval_chunk(cfg.high_res or cfg.unet.image_size),
+                                            description=cfg.description))
     if kind == "ensemble":
         return load_ensemble(folder, read_manifest(folder, EnsembleManifest), device)
     return load_cascade(folder, read_manifest(folder, CascadeManifest), device)
@@ -53,8 +55,8 @@ def load_ensemble(folder: Path, manifest: EnsembleManifest, device="cpu") -> Pip
             raise CheckpointError(f"{folder / e.path}: expert schedule differs from the first expert's")
         cfg0 = cfg0 or cfg
         experts.append((e.t_lo, e.t_hi, net))
-    return Pipeline("ensemble", cfg0, folder, experts=sorted(experts, key=lambda x: x[0]),
-                    description=manifest.description)
+    return Pipeline.of(Stage(cfg0, folder, sorted(experts, key=lambda x: x[0]), routed=True,
+                             description=manifest.description))
 
 
 def load_cascade(folder: Path, manifest: CascadeManifest, device="cpu") -> Pipeline:
@@ -79,5 +81,5 @@ def load_cascade(folder: Path, manifest: CascadeManifest, device="cpu") -> Pipel
             size *= cfg.sr_factor
         if size > MAX_CASCADE_SIZE:
             raise CheckpointError(f"{where}: the cascade would make {size} px images (limit {MAX_CASCADE_SIZE})")
-        stages.append((sub, st.options()))
-    return Pipeline("cascade", stages[0][0].config, folder, stages=stages, description=manifest.description)
+        stages.append(replace(sub.stages[0], options=st.options()))
+    return Pipeline(stages, folder, manifest.description)

@@ -22,8 +22,8 @@ class Outputs:
 
     def sample_grid(self, path: Path, n: int = 64) -> None:
         from ..images import grid
-        from ..pipeline import Pipeline
-        pipe = Pipeline("model", self.mcfg, self.out, net=self.ema.module.eval())
+        from ..pipeline import Pipeline, Stage
+        pipe = Pipeline.of(Stage.of_network(self.mcfg, self.out, self.ema.module.eval()))
         kw = {}
         cond_img = None
         if self.mcfg.unet.num_labels and not self.mcfg.multi_label:
