@@ -199,11 +199,21 @@ def randomize_zero_init(net: nn.Module, seed: int) -> nn.Module:
     return net
 
 
-def random_network(cfg: UNetConfig, seed: int) -> UNet:
+def random_network(cfg: UNetConfig, seed: int, channels_last: bool = True) -> UNet:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = UNet(cfg)
+        net = UNet(cfg, channels_last)
     return randomize_zero_init(net, seed + 1).eval()
+
+
+def on_this_runtime(pipe, args):
+    """The run's runtime settings on every network of ``pipe``: NCHW memory (--nchw) and no row workers
+    (--no-workers) where asked; returns ``pipe``."""
+    pipe.workers = 1 if args.no_workers else None
+    for st in pipe.stages:
+        for net in st.networks:
+            net.set_channels_last(not args.nchw)
+    return pipe
 
 
 def fashion_pipeline(path: str, tiny: bool, seed: int = 0):
@@ -483,6 +493,7 @@ def bench_cascade(args, s) -> tuple[list[dict], dict]:
             source = "random weights (tiny)" if args.tiny else f"random weights ({args.cascade} not found)"
         pipe = load(folder)
     pipe.chunk = 0          # every stage
+    on_this_runtime(pipe, args)
     base = pipe.base.config.unet
     labels = one_hot(1, base.num_labels) if base.num_labels else ()
     kw = dict(sampler="dpm++", steps=s["dpm_steps"], sr_steps=s["sr_steps"], guidance=GUIDANCE, labels=labels,
@@ -509,7 +520,7 @@ def train_batch(cfg: UNetConfig, diffusion: DiffusionConfig, b: int, seed: int) 
 
 
 def train_step_fn(net: nn.Module, forward: Callable[[dict], torch.Tensor], batch: dict,
-                  in_parts: bool = False) -> Callable[[], float]:
+                  in_parts: bool = False, workers: int | None = None) -> Callable[[], float]:
     """One full optimisation step as in train.py: forward, MSE, backward, clip, AdamW, EMA update.
     ``in_parts``: forward and backward as row pieces on the CPU's cores, as train.py does (ours only)."""
     from torch.optim.swa_utils import AveragedModel
@@ -528,7 +539,7 @@ def train_step_fn(net: nn.Module, forward: Callable[[dict], torch.Tensor], batch
     def step() -> float:
         opt.zero_grad(set_to_none=True)
         if in_parts:
-            loss = backward_in_parts(loss_of, b, params)
+            loss = backward_in_parts(loss_of, b, params, workers=workers)
         else:
             loss = loss_of(0, b)
             loss.backward()
@@ -543,7 +554,7 @@ def bench_training(args, s, cfg: UNetConfig, diffusion: DiffusionConfig, ref) ->
     from diffusion_core.conditioning import Condition
     b, k = s["train_batch"], s["train_steps"]
     batch = train_batch(cfg, diffusion, b, args.seed)
-    nets = [("ours", random_network(cfg, args.seed),
+    nets = [("ours", random_network(cfg, args.seed, not args.nchw),
              lambda net, bt: net(bt["x_t"], bt["t"], Condition(labels=F.one_hot(bt["labels"], cfg.num_labels).float(),
                                                              uncond=bt["drop"])))]
     if ref is not None:
@@ -558,9 +569,9 @@ def bench_training(args, s, cfg: UNetConfig, diffusion: DiffusionConfig, ref) ->
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 return fwd(net, bt)
         return run
-    nets.insert(1, ("ours-bf16", random_network(cfg, args.seed), bf16(nets[0][2])))
+    nets.insert(1, ("ours-bf16", random_network(cfg, args.seed, not args.nchw), bf16(nets[0][2])))
     steps = {impl: train_step_fn(net, lambda bt, net=net, fwd=fwd: fwd(net, bt), batch,
-                                 in_parts=impl.startswith("ours"))
+                                 in_parts=impl.startswith("ours"), workers=1 if args.no_workers else None)
              for impl, net, fwd in nets}
     for step in steps.values():
         step()                                          # warm-up
@@ -772,12 +783,13 @@ def _table(result: dict) -> str:
 def run_benchmark(args) -> dict:
     s = _settings(args)
     pipe, source = fashion_pipeline(args.model, args.tiny, args.seed)
+    on_this_runtime(pipe, args)
     cfg = pipe.config.unet
     result = {"machine": machine_info(args.threads), "model": source, "unet": to_dict(cfg),
               "settings": {**s, "threads": args.threads, "quick": args.quick, "tiny": args.tiny,
                            "seed": args.seed, "guidance": GUIDANCE,
                            "layout": "nchw" if args.nchw else "channels_last",
-                           "row_workers": parallel.workers()}, "notes": []}
+                           "row_workers": parallel.workers(1 if args.no_workers else None)}, "notes": []}
     ref = None
     params = {"ours": count_parameters(pipe.net)}
     if not args.skip_diffusers:
@@ -867,18 +879,14 @@ def run_benchmark(args) -> dict:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     old_threads = torch.get_num_threads()
-    from diffusion_core import unet as unet_module
-    old_layout, old_workers = unet_module.CHANNELS_LAST, parallel.WORKERS
     try:
         torch.set_num_threads(args.threads)
-        unet_module.CHANNELS_LAST = not args.nchw
-        if args.no_workers:
-            parallel.WORKERS = 1
         with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=DeprecationWarning, module="diffusers")
             if args.write_reference or args.check:
                 _settings(args)
                 pipe, source = fashion_pipeline(args.model, args.tiny, args.seed)
+                on_this_runtime(pipe, args)
                 if args.write_reference:
                     return write_reference(args, pipe, source)
                 return check_reference(args, pipe, source)
@@ -898,7 +906,6 @@ def main(argv=None) -> int:
         return 2
     finally:
         torch.set_num_threads(old_threads)
-        unet_module.CHANNELS_LAST, parallel.WORKERS = old_layout, old_workers
 
 
 if __name__ == "__main__":

@@ -142,10 +142,6 @@ class Attention(nn.Module):
         return x + self.proj(out)
 
 
-# layout of new U-Nets (``UNet.set_channels_last`` changes one); ``bench --nchw`` measures the other
-CHANNELS_LAST = True
-
-
 def _contiguous_state(module, state_dict, prefix, local_metadata) -> None:
     """state_dict() hands out standard (contiguous) tensors whatever the runtime memory layout."""
     for k, v in state_dict.items():
@@ -154,7 +150,8 @@ def _contiguous_state(module, state_dict, prefix, local_metadata) -> None:
 
 
 class UNet(nn.Module):
-    def __init__(self, cfg: UNetConfig):
+    def __init__(self, cfg: UNetConfig, channels_last: bool = True):
+        """``channels_last``: the memory layout (``set_channels_last``; a runtime choice, not part of the config)."""
         super().__init__()
         self.cfg = cfg
         ch = cfg.base_channels
@@ -205,7 +202,7 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(cur, cfg.out_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
-        self.set_channels_last(CHANNELS_LAST)
+        self.set_channels_last(channels_last)
         self.register_state_dict_post_hook(_contiguous_state)
 
     def set_channels_last(self, on: bool = True) -> "UNet":

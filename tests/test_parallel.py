@@ -14,14 +14,6 @@ from diffusion_core.unet import Dropout, UNet, dropout_mask
 from conftest import randomize, tiny_config
 
 
-@pytest.fixture
-def two_workers():
-    old = parallel.WORKERS
-    parallel.WORKERS = 2
-    yield
-    parallel.WORKERS = old
-
-
 def _batch(b, cfg, seed=0):
     g = torch.Generator().manual_seed(seed)
     size, ch = cfg.unet.image_size, cfg.unet.in_channels
@@ -80,7 +72,7 @@ def test_split_rows():
     assert parallel.split_rows(6, 2, max_rows=2) == [(0, 6)]        # min_rows 4 wins
 
 
-def test_run_pieces_carries_modes_and_restores_threads(two_workers):
+def test_run_pieces_carries_modes_and_restores_threads():
     before = torch.get_num_threads()
     seen = []
 
@@ -90,25 +82,23 @@ def test_run_pieces_carries_modes_and_restores_threads(two_workers):
         return i
 
     with torch.inference_mode():
-        assert parallel.run_pieces(probe, [(i,) for i in range(4)]) == [0, 1, 2, 3]
+        assert parallel.run_pieces(probe, [(i,) for i in range(4)], count=2) == [0, 1, 2, 3]
     assert all(name.startswith("diffusion-core-rows") and inf and not grad and n == 1
                for name, inf, grad, n in seen)
     seen.clear()
-    parallel.run_pieces(probe, [(0,), (1,)], grad=True)
+    parallel.run_pieces(probe, [(0,), (1,)], grad=True, count=2)
     assert all(grad for _, _, grad, _ in seen)
     assert torch.get_num_threads() == before
 
 
 @pytest.mark.parametrize("chunk", [0, 8])
-def test_chunked_net_with_workers_matches_serial(two_workers, chunk):
+def test_chunked_net_with_workers_matches_serial(chunk):
     cfg = tiny_config({"num_labels": 3})
     net = randomize(UNet(cfg.unet))
     x, t, cond, _ = _batch(21, cfg)
-    den = ChunkedNet(net, chunk)
     with torch.inference_mode():
-        par = den(x, t, cond)
-        parallel.WORKERS = 1
-        ser = den(x, t, cond)
+        par = ChunkedNet(net, chunk, workers=2)(x, t, cond)
+        ser = ChunkedNet(net, chunk, workers=1)(x, t, cond)
         whole = net(x, t, cond)
     assert par.shape == x.shape
     if chunk:   # the same fixed pieces, computed on other threads: bit-identical
@@ -124,7 +114,7 @@ def _recording_net(sizes, batch_dependent=False):
     return net
 
 
-def test_workers_merge_chunks_only_where_rows_do_not_depend_on_the_call_size(two_workers):
+def test_workers_merge_chunks_only_where_rows_do_not_depend_on_the_call_size():
     """32 rows in 8-row chunks on 2 workers: each worker runs its two chunks as one 16-row call when the
     network gives every row the same output at any call size (checked once per network and shape), and
     keeps 8-row calls when it does not; either way the output is what 8-row calls give (the last chunk
@@ -134,7 +124,7 @@ def test_workers_merge_chunks_only_where_rows_do_not_depend_on_the_call_size(two
     for dependent in (False, True):
         sizes = []
         net = _recording_net(sizes, dependent)
-        den = ChunkedNet(net, 8)
+        den = ChunkedNet(net, 8, workers=2)
 
         def chunked(n):
             idx = [list(range(i, min(i + 8, n))) for i in range(0, n, 8)]
@@ -163,11 +153,11 @@ def _loss_of(net, x, t, cond, eps):
     return lambda a, b: F.mse_loss(net(x[a:b], t[a:b], cond.index(slice(a, b))), eps[a:b])
 
 
-def test_backward_in_parts_is_the_full_batch_gradient(two_workers):
+def test_backward_in_parts_is_the_full_batch_gradient():
     cfg = tiny_config({"num_labels": 3})                      # dropout 0: the pieces see the same function
     net = randomize(UNet(cfg.unet)).train()
     x, t, cond, eps = _batch(16, cfg)
-    loss = backward_in_parts(_loss_of(net, x, t, cond, eps), 16, list(net.parameters()))
+    loss = backward_in_parts(_loss_of(net, x, t, cond, eps), 16, list(net.parameters()), workers=2)
     parts = _grads(net)
     net.zero_grad(set_to_none=True)
     full = _loss_of(net, x, t, cond, eps)(0, 16)
@@ -177,7 +167,7 @@ def test_backward_in_parts_is_the_full_batch_gradient(two_workers):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
 
 
-def test_backward_in_parts_with_dropout_is_reproducible(two_workers):
+def test_backward_in_parts_with_dropout_is_reproducible():
     cfg = tiny_config({"num_labels": 3, "dropout": 0.3})
     net = randomize(UNet(cfg.unet)).train()
     x, t, cond, eps = _batch(16, cfg)
@@ -185,12 +175,12 @@ def test_backward_in_parts_with_dropout_is_reproducible(two_workers):
     for _ in range(2):
         net.zero_grad(set_to_none=True)
         torch.manual_seed(5)                                 # the workers' dropout seeds come from here
-        backward_in_parts(_loss_of(net, x, t, cond, eps), 16, list(net.parameters()))
+        backward_in_parts(_loss_of(net, x, t, cond, eps), 16, list(net.parameters()), workers=2)
         runs.append(_grads(net))
     assert all(torch.equal(a, b) for a, b in zip(*runs))
     net.zero_grad(set_to_none=True)
     torch.manual_seed(6)
-    backward_in_parts(_loss_of(net, x, t, cond, eps), 16, list(net.parameters()))
+    backward_in_parts(_loss_of(net, x, t, cond, eps), 16, list(net.parameters()), workers=2)
     assert not all(torch.equal(a, b) for a, b in zip(runs[0], _grads(net)))
 
 
@@ -206,10 +196,10 @@ def test_seed_contract_with_row_workers_on_the_shipped_model():
     if not (folder / "model.safetensors").is_file():
         pytest.skip("checkpoints/fashion is not present")
     pipe = load(folder)
-    old_threads, old_workers = torch.get_num_threads(), parallel.WORKERS
+    pipe.workers = 2
+    old_threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        parallel.WORKERS = None
         kw = dict(sampler="dpm++", steps=3, guidance=2.0, labels=["Sneaker"])
         big = pipe.sample(5, seed=40, **kw)
         for i in range(5):
@@ -221,4 +211,23 @@ def test_seed_contract_with_row_workers_on_the_shipped_model():
             assert torch.equal(bigger[i:i + 1], pipe.sample(1, seed=40 + i, **kw)), i
     finally:
         torch.set_num_threads(old_threads)
-        parallel.WORKERS = old_workers
+
+
+def test_the_worker_count_and_the_layout_are_arguments():
+    """Issue 19: how many row workers a ChunkedNet (or a Pipeline's stages, or backward_in_parts) uses, and a
+    U-Net's memory layout, are arguments, not module globals a benchmark rewrites."""
+    names = []
+
+    def net(x, t, cond):
+        names.append(threading.current_thread().name)
+        return x
+    x, t = torch.zeros(32, 1, 4, 4), torch.zeros(32, dtype=torch.long)
+    with torch.inference_mode():
+        ChunkedNet(net, 8, workers=1)(x, t, None)
+        assert set(names) == {threading.current_thread().name}
+        names.clear()
+        ChunkedNet(net, 8, workers=2)(x, t, None)
+        assert len(names) >= 2 and all(n.startswith("diffusion-core-rows") for n in names)
+    cfg = tiny_config({"num_labels": 3})
+    assert UNet(cfg.unet).channels_last is True and UNet(cfg.unet, channels_last=False).channels_last is False
+    assert not hasattr(parallel, "WORKERS")

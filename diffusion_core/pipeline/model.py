@@ -84,6 +84,16 @@ class Pipeline:
             st.chunk = value
 
     @property
+    def workers(self) -> int | None:
+        return self.stages[0].workers
+
+    @workers.setter
+    def workers(self, value: int | None):
+        """Row workers of every stage on a CPU (``runtime.parallel``; None: the machine's default, 1: none)."""
+        for st in self.stages:
+            st.workers = value
+
+    @property
     def prior(self) -> torch.Tensor | None:
         return self.stages[0].prior
 

@@ -55,6 +55,7 @@ class Stage:
     chunk: int = EVAL_CHUNK                         # network batch; fixed => images independent of batch size
     runners: dict = field(default_factory=dict)     # id(net) -> (runner, backends.Choice): where each network runs
     backend_request: str = "fp32"                   # what set_backend was asked for (auto, or a name)
+    workers: int | None = None                      # row workers on a CPU (runtime.parallel; None: the default)
 
     @classmethod
     def of_network(cls, config: ModelConfig, path: Path, net, **kw) -> "Stage":
@@ -130,7 +131,7 @@ class Stage:
         d = self.config.diffusion
         clip = clip or d.x0_range
         sched = None if d.is_cold else self.schedule
-        dens = [(lo, hi, ModelDenoiser(ChunkedNet(self.runner(net), self.chunk), sched, d.prediction))
+        dens = [(lo, hi, ModelDenoiser(ChunkedNet(self.runner(net), self.chunk, self.workers), sched, d.prediction))
                 for lo, hi, net in self.experts]
         den = ExpertEnsemble(dens, d.T) if self.routed else dens[0][2]
         if guidance != 1.0:

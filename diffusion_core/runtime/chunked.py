@@ -22,11 +22,12 @@ class ChunkedNet:
     gives bit-identical images at any batch size (for a fixed thread count). ``chunk`` = 0 runs the whole batch
     at once (fastest, not batch-invariant). On a multi-core CPU without autograd the pieces (chunks, or for
     chunk = 0 one part of the batch per core) run in parallel, one core each (``parallel.py``). A backend that
-    chunks and threads itself (``own_batching``, backends.py) is called as it is.
+    chunks and threads itself (``own_batching``, backends.py) is called as it is. ``workers``: how many
+    (``parallel.workers``: None = the machine's default, 1 = none).
     """
 
-    def __init__(self, net: Callable, chunk: int = 0):
-        self.net, self.chunk = net, int(chunk)
+    def __init__(self, net: Callable, chunk: int = 0, workers: int | None = None):
+        self.net, self.chunk, self.workers = net, int(chunk), workers
 
     def _piece(self, x_t, t, cond, start: int, stop: int, pad_to: int = 0):
         """The network on rows [start, stop), padded to ``pad_to`` rows by repeating the last one."""
@@ -43,19 +44,19 @@ class ChunkedNet:
         if getattr(self.net, "own_batching", False):     # a backend that chunks and threads itself (backends.py)
             return self.net(x_t, t, cond)
         b, k = x_t.shape[0], self.chunk
-        in_parallel = parallel.usable(x_t)
+        in_parallel = parallel.usable(x_t, self.workers)
         if k > 0:
             per = 1
             if in_parallel and b > k and self._merges(x_t, t, cond):
-                per = min(MERGE_CHUNKS, -(-b // (k * parallel.workers())))
+                per = min(MERGE_CHUNKS, -(-b // (k * parallel.workers(self.workers))))
             ranges = [(s, min(s + k * per, b)) for s in range(0, b, k * per)]
         else:
-            ranges = (parallel.split_rows(b, parallel.workers(), max_rows=parallel.SAMPLE_PIECE_ROWS) if in_parallel
+            ranges = (parallel.split_rows(b, parallel.workers(self.workers), max_rows=parallel.SAMPLE_PIECE_ROWS) if in_parallel
                       else [(0, b)])
         pieces = [(x_t, t, cond, s, e, -(-(e - s) // k) * k if k else 0) for s, e in ranges]   # whole chunks
         if len(pieces) == 1:
             return self._piece(*pieces[0])
-        outs = parallel.run_pieces(self._piece, pieces) if in_parallel else [self._piece(*p) for p in pieces]
+        outs = parallel.run_pieces(self._piece, pieces, count=self.workers) if in_parallel else [self._piece(*p) for p in pieces]
         return torch.cat(outs)
 
     def _merges(self, x_t, t, cond) -> bool:
@@ -73,7 +74,7 @@ class ChunkedNet:
             xs, ts, cs = x_t[idx], t[idx], None if cond is None else cond.index(idx)
             pieces = [(xs, ts, cs, j * k, (j + 1) * k) for j in range(MERGE_CHUNKS)]
             pieces += [(xs, ts, cs, 0, n * k) for n in range(2, MERGE_CHUNKS + 1)]
-            outs = parallel.run_pieces(self._piece, pieces)
+            outs = parallel.run_pieces(self._piece, pieces, count=self.workers)
             alone = torch.cat(outs[:MERGE_CHUNKS])
             known[key] = all(torch.equal(o, alone[:o.shape[0]]) for o in outs[MERGE_CHUNKS:])
         return known[key]

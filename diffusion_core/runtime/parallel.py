@@ -16,9 +16,9 @@ it runs on, per network, before doing it.
 Training uses the same workers (``training.optim.backward_in_parts``): each computes the loss and gradients of its
 rows, with its own seeded dropout generator, and the gradients are summed in a fixed order.
 
-Only for CPU tensors; everything else runs the pieces in turn. Set
-``WORKERS`` (or the environment variable ``DIFFUSION_CORE_WORKERS``) to 1 to switch it off, or to a
-count; the default is ``torch.get_num_threads()``.
+Only for CPU tensors; everything else runs the pieces in turn. The worker count is an argument (``workers``
+of ``ChunkedNet``, ``run_pieces``, ``backward_in_parts``, a Pipeline's or a Trainer's): 1 switches the workers
+off; None means the environment variable ``DIFFUSION_CORE_WORKERS`` if set, else ``torch.get_num_threads()``.
 """
 from __future__ import annotations
 
@@ -26,7 +26,6 @@ import os
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import Callable, Sequence
 
 import torch
@@ -43,17 +42,18 @@ def _workers_from_env() -> int | None:
         return None
 
 
-WORKERS: int | None = _workers_from_env()
-
 _lock = threading.Lock()           # one parallel section at a time (the thread count is process-wide)
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
 _local = threading.local()
 
 
-def workers() -> int:
-    """Worker threads a parallel section uses now (1 = off)."""
-    return max(1, WORKERS if WORKERS is not None else torch.get_num_threads())
+def workers(count: int | None = None) -> int:
+    """Worker threads a parallel section uses (1 = off): ``count``, else $DIFFUSION_CORE_WORKERS, else the
+    thread count."""
+    if count is None:
+        count = _workers_from_env()
+    return max(1, count if count is not None else torch.get_num_threads())
 
 
 def _get_pool(n: int) -> ThreadPoolExecutor:
@@ -65,18 +65,19 @@ def _get_pool(n: int) -> ThreadPoolExecutor:
     return _pool
 
 
-def usable(x: torch.Tensor) -> bool:
-    """Whether sampling work on ``x`` runs in parallel: CPU, no autograd, more than one worker."""
-    return x.device.type == "cpu" and not torch.is_grad_enabled() and workers() > 1
+def usable(x: torch.Tensor, count: int | None = None) -> bool:
+    """Whether sampling work on ``x`` runs in parallel on ``workers(count)``: CPU, no autograd, more than one."""
+    return x.device.type == "cpu" and not torch.is_grad_enabled() and workers(count) > 1
 
 
-def run_pieces(fn: Callable[..., object], pieces: Sequence[tuple], grad: bool = False) -> list:
-    """``[fn(*p) for p in pieces]`` on up to ``workers()`` threads, each kernel single-threaded (in turn when
+def run_pieces(fn: Callable[..., object], pieces: Sequence[tuple], grad: bool = False,
+               count: int | None = None) -> list:
+    """``[fn(*p) for p in pieces]`` on up to ``workers(count)`` threads, each kernel single-threaded (in turn when
     there is one worker or one piece). Callers check that the work is on the CPU (``usable`` for sampling).
 
     Autograd and inference-mode states are thread-local in torch: workers get the caller's inference mode and
     no autograd, or autograd enabled when ``grad`` is set (training)."""
-    n = min(workers(), len(pieces))
+    n = min(workers(count), len(pieces))
     if n < 2:
         return [fn(*p) for p in pieces]
     inference = torch.is_inference_mode_enabled()

@@ -32,8 +32,9 @@ class Trainer(CheckpointState, Outputs):
     previews and export ``outputs.py``, the optimizer's parts ``optim.py``."""
 
     def __init__(self, cfg: TrainConfig, command: str = "", resume: bool = False, progress: bool = True,
-                 reset_ema: bool = False):
+                 reset_ema: bool = False, workers: int | None = None):
         self.cfg, self.command, self.progress = cfg, command, progress
+        self.workers = workers      # row workers on a CPU (runtime.parallel; None: the machine's default, 1: none)
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         dev = cfg.device
@@ -167,7 +168,8 @@ class Trainer(CheckpointState, Outputs):
         else:   # one piece of the batch per CPU core (parallel.py)
             loss = backward_in_parts(lambda a, b: self.loss(x0[a:b], t[a:b], eps[a:b],
                                                             cond.index(slice(a, b)) if cond is not None else None),
-                                     x0.shape[0], list(self.net.parameters()), generator=self.dropout_gen)
+                                     x0.shape[0], list(self.net.parameters()), generator=self.dropout_gen,
+                                     workers=self.workers)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {self.step}; stopping. The last good "
                                      f"checkpoint is kept in {self.out / STATE} (try a lower lr)")

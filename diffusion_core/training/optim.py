@@ -11,7 +11,8 @@ from ..unet import dropout_seeded
 
 
 def backward_in_parts(loss_of: Callable[[int, int], torch.Tensor], b: int, params: list[torch.Tensor],
-                      min_rows: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
+                      min_rows: int = 4, generator: torch.Generator | None = None,
+                      workers: int | None = None) -> torch.Tensor:
     """Gradient of the mean loss over b rows into ``p.grad``, computed as row pieces on the CPU's cores.
 
     ``loss_of(start, stop)`` is the mean loss over rows [start, stop). Each worker (``parallel.run_pieces``)
@@ -19,8 +20,8 @@ def backward_in_parts(loss_of: Callable[[int, int], torch.Tensor], b: int, param
     from ``generator`` (the trainer's dropout stream; None: torch's global one), so a run is reproducible; the
     pieces' gradients are summed in piece order. The sum of the pieces is the full batch's mean loss and
     gradient (up to rounding). One piece (one core, or a small batch): plain ``backward()``. Returns the loss,
-    detached."""
-    w = parallel.workers()
+    detached. ``workers``: row workers (``parallel.workers``; None: the machine's default, 1: none)."""
+    w = parallel.workers(workers)
     ranges = parallel.split_rows(b, w, min_rows, max_rows=parallel.TRAIN_PIECE_ROWS if w > 1 else None)
     seeds = torch.randint(2 ** 62, (len(ranges),), generator=generator).tolist()
     if len(ranges) == 1:
@@ -34,7 +35,7 @@ def backward_in_parts(loss_of: Callable[[int, int], torch.Tensor], b: int, param
             loss = loss_of(start, stop) * ((stop - start) / b)
             return loss.detach(), torch.autograd.grad(loss, params, allow_unused=True)
 
-    results = parallel.run_pieces(piece, [(s, e, seed) for (s, e), seed in zip(ranges, seeds)], grad=True)
+    results = parallel.run_pieces(piece, [(s, e, seed) for (s, e), seed in zip(ranges, seeds)], grad=True, count=w)
     used = [i for i in range(len(params)) if any(r[1][i] is not None for r in results)]
     grads = [[r[1][i] for r in results if r[1][i] is not None] for i in used]
     if all(len(g) == len(results) for g in grads):      # one foreach call per piece, in piece order
