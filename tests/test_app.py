@@ -418,7 +418,7 @@ def test_a_long_run_shows_the_time_left():
 
     class Pipe:
         kind, backend = "model", "fp32"
-        stages = [(SimpleNamespace(path=Path("base")), {}), (SimpleNamespace(path=Path("sr")), {})]
+        stages = [SimpleNamespace(path=Path("base")), SimpleNamespace(path=Path("sr"))]
     rec = type("Rec", (), dict(index=99, num_steps=1000, t=900, t_next=899, stage=0))()
     status = a._status(Pipe(), rec, 1, time.time() - 5.0)           # 100 of 1000 steps in 5 s: 45 s left
     assert "about 45 s left" in status, status
