@@ -248,8 +248,7 @@ def check_ranges(args, bounds) -> None:
 
 
 def _sample(args) -> int:
-    import torch
-    from .images import grid, load_image, to_pil
+    from .images import load_image
     from .runtime.backends import requested_backend
     from .options import BOUNDS, MAX_SEED
     from .pipeline import load
@@ -269,6 +268,17 @@ def _sample(args) -> int:
         args.n = len(low)
     out = Path(args.out) if args.out else Path("outputs") / Path(args.model).resolve().name
     out.mkdir(parents=True, exist_ok=True)
+    allimg, frames = _sample_batches(args, pipe, sampler, cond, init, low)
+    _write_samples(args, pipe, sampler, allimg, frames, names, out)
+    print(f"wrote {len(allimg)} images to {out} (network on {pipe.backend})")
+    return 0
+
+
+def _sample_batches(args, pipe, sampler, cond, init, low):
+    """``sample``'s images in batches of --batch, with a progress bar over every stage's steps; (images in
+    [-1, 1], the first image's x0_hat frames for --gif)."""
+    import torch
+    from .images import to_pil
     images, frames = [], []
     bar, per_batch = None, None
     batches = -(-args.n // args.batch)
@@ -302,11 +312,17 @@ def _sample(args) -> int:
     finally:
         if bar is not None:
             bar.close()
-    allimg = torch.cat(images)
+    return torch.cat(images), frames
+
+
+def _write_samples(args, pipe, sampler, allimg, frames, names, out: Path) -> None:
+    """One PNG per image with its settings in the PNG's text (one image: n = 1 and its own seed), and the grid
+    and GIF when asked."""
+    from PIL.PngImagePlugin import PngInfo
+    from .images import grid, to_pil
     params = {"model": str(args.model), "sampler": sampler, "steps": args.steps, "spacing": args.spacing,
               "eta": args.eta, "guidance": args.guidance, "labels": args.label, "seed": args.seed,
               "backend": pipe.backend}
-    from PIL.PngImagePlugin import PngInfo
     for i, img in enumerate(allimg):
         info = PngInfo()
         info.add_text("parameters", json.dumps({**params, "seed": args.seed + i, "n": 1,
@@ -317,8 +333,6 @@ def _sample(args) -> int:
     if args.gif and frames:
         frames = [f.resize((128, 128), 0) for f in frames]
         frames[0].save(out / "process.gif", save_all=True, append_images=frames[1:], duration=80, loop=0)
-    print(f"wrote {len(allimg)} images to {out} (network on {pipe.backend})")
-    return 0
 
 
 def _low_res_inputs(pipe, path: Path):

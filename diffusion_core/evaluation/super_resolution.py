@@ -66,6 +66,33 @@ def evaluate_super_resolution(sr_dir: Path, n: int = 200, steps: int | None = No
     return m
 
 
+def _held_out_conditions(cfg, n: int, seed: int):
+    """The conditions of a cascade evaluation's n base samples: held-out emoji's label sets, or held-out
+    stickmen drawn as evaluate_model draws them. Returns (stream keywords, the drawings or None, their real
+    figures or None)."""
+    size = cfg.unet.image_size
+    if cfg.multi_label:
+        held = load_data(DataConfig(source="emoji", split="test", image_size=size, channels=3))
+        idx = torch.randint(len(held), (n,), generator=torch.Generator().manual_seed(seed))
+        return {"labels": torch.from_numpy(held.labels[idx.numpy()])}, None, None
+    if cfg.task == "pose":
+        from ..data import to_tensor
+        from ..data.pose import make_pairs
+        real_figs, sticks = make_pairs(n, size, seed=seed + 777, style="handdrawn")     # as evaluate_model draws
+        return {"cond_image": to_tensor(sticks)}, sticks, real_figs
+    return {}, None, None
+
+
+def _cascade_times(pipe, kw: dict, **options) -> dict:
+    """Wall time of the whole cascade for one image and for four (the first one-image run warms up)."""
+    timed = {}
+    for k in (1, 1, 4):
+        t1 = time.perf_counter()
+        pipe.sample(k, **options, **{name: v[torch.arange(k) % len(v)] for name, v in kw.items()})
+        timed[k] = round(time.perf_counter() - t1, 3)
+    return {"seconds_one_image": timed[1], "seconds_four_images": timed[4], "threads_timed": torch.get_num_threads()}
+
+
 def evaluate_cascade(cascade_dir: Path, n: int = 100, steps: int = 20, sampler: str = "dpm++",
                      guidance: float = 2.0, seed: int = 0, batch: int = 50) -> dict:
     """Is the cascade's output sharper than its base model's, upscaled, and does it keep what the base drew?
@@ -87,16 +114,7 @@ def evaluate_cascade(cascade_dir: Path, n: int = 100, steps: int = 20, sampler: 
     base = pipe.base
     cfg = base.config
     size, hi_size = cfg.unet.image_size, pipe.image_size
-    kw, sticks = {}, None
-    if cfg.multi_label:
-        held = load_data(DataConfig(source="emoji", split="test", image_size=size, channels=3))
-        idx = torch.randint(len(held), (n,), generator=torch.Generator().manual_seed(seed))
-        kw["labels"] = torch.from_numpy(held.labels[idx.numpy()])
-    elif cfg.task == "pose":
-        from ..data import to_tensor
-        from ..data.pose import make_pairs
-        real_figs, sticks = make_pairs(n, size, seed=seed + 777, style="handdrawn")     # as evaluate_model draws
-        kw["cond_image"] = to_tensor(sticks)
+    kw, sticks, real_figs = _held_out_conditions(cfg, n, seed)
     t0 = time.time()
     low, high = [], []
     for start in range(0, n, batch):
@@ -130,14 +148,7 @@ def evaluate_cascade(cascade_dir: Path, n: int = 100, steps: int = 20, sampler: 
         for key, figs in (("cascade", down(high)), ("base", to_uint8(low)), ("base_bicubic_round_trip", down(bicubic)),
                           ("real", real_figs)):
             m[f"pose_adherence_{key}"] = mean_over_pairs(pose_adherence, figs, sticks, n)
-    timed = {}
-    for k in (1, 1, 4):     # the first run warms up
-        t1 = time.perf_counter()
-        pipe.sample(k, sampler=sampler, steps=steps, guidance=guidance, seed=seed,
-                    **{name: v[torch.arange(k) % len(v)] for name, v in kw.items()})
-        timed[k] = round(time.perf_counter() - t1, 3)
-    m["seconds_one_image"], m["seconds_four_images"] = timed[1], timed[4]
-    m["threads_timed"] = torch.get_num_threads()
+    m.update(_cascade_times(pipe, kw, sampler=sampler, steps=steps, guidance=guidance, seed=seed))
     k = min(8, n)
     nearest = F.interpolate(low[:k], size=(hi_size, hi_size), mode="nearest")
     grid(torch.cat([nearest, bicubic[:k], high[:k]]), nrow=k).save(Path(cascade_dir) / "cascade_examples.png")
