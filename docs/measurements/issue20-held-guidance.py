@@ -1,0 +1,64 @@
+"""Issue 20, part 2: guidance that holds the colour picks at weight 1. Classifier-free guidance extrapolates
+every picked attribute away from the unconditional model, the skin tone too (dark darker). With partial
+labels the negative branch can instead be the colour picks alone (the skin tones and colour words, known and
+present, everything else unknown):
+
+    x0 = x0(colours) + w (x0(all picks) - x0(colours))
+       = x0_u + 1 (x0(colours) - x0_u) + w (x0(all picks) - x0(colours))
+
+so the colour attributes get the unguided model's weight and the other picks (woman, heart, ...) the guidance
+scale w; with no colour picked it is plain CFG. Same cost (two passes per step). eps_hat recomputed from x_t.
+
+    python docs/measurements/issue20-held-guidance.py MODE GUIDANCE      # MODE: cfg | held
+
+Prints the skin-tone luminance ratios ("woman" + each tone, the face's 8x8 centre, generated / real, 8
+samples, DPM-Solver++ 20), the mean RGB distance over the five tones, and the picks followed
+(evaluate_picks, 8 per pick)."""
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / "scripts"))
+torch.set_num_threads(1)
+from diffusion_core import denoisers, load  # noqa: E402
+from diffusion_core.conditioning import Condition  # noqa: E402
+from diffusion_core.data import DataConfig, load_data  # noqa: E402
+from diffusion_core.denoisers import Prediction, _bcast  # noqa: E402
+from diffusion_core.evaluation.picks import evaluate_picks  # noqa: E402
+from guidance_colours import COLOURS, tone_colours  # noqa: E402
+from skin_tone_colours import TONES  # noqa: E402
+
+mode, g = sys.argv[1], float(sys.argv[2])
+model = ROOT / "checkpoints" / "emoji"
+pipe0 = load(model)
+sched, names = pipe0.schedule, list(pipe0.label_names)
+HELD = torch.zeros(len(names))
+HELD[[names.index(a) for a in TONES + COLOURS if a in names]] = 1
+
+
+def held(self, x_t, t, cond):
+    if self.scale == 1.0 or cond is None or not cond.has_guidable():
+        return self.denoiser(x_t, t, cond)
+    b = x_t.shape[0]
+    known = cond.known if cond.known is not None else torch.ones_like(cond.labels)
+    keep = cond.labels * known * HELD.to(x_t.device)            # the colour picks (present and known)
+    neg = Condition(labels=keep, known=keep, uncond=(keep.sum(1) == 0) | cond.uncond, image=cond.image)
+    both = self.denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), denoisers.cat_conditions(cond, neg))
+    x0 = both.x0_hat[b:] + self.scale * (both.x0_hat[:b] - both.x0_hat[b:])
+    ab = _bcast(sched.alpha_bar_at(t.cpu()).to(x_t.device), x_t)
+    return Prediction(x0, (x_t - ab.sqrt() * x0) / (1 - ab).sqrt())
+
+
+if mode == "held":
+    denoisers.ClassifierFreeGuidance.__call__ = held
+pipe = load(model)
+real = load_data(DataConfig(source="emoji", split="all", image_size=32, channels=3))
+tones = tone_colours(pipe, real, g)
+res = {k: v["luma_ratio"] for k, v in tones.items()}
+rgb = {k: (v["rgb"], v["real_rgb"], v["distance"]) for k, v in tones.items()}
+dist = sum(v[2] for v in rgb.values()) / len(rgb)
+print(mode, g, "luma ratio", res, "mean RGB distance", round(dist, 1), "rgb", rgb, flush=True)
+m = evaluate_picks(model, per_pick=8, guidance=g, progress=False)
+print(mode, g, "picks", m["generated_mean"], "judgeable", m["generated_mean_judgeable"], flush=True)
