@@ -24,9 +24,11 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+SPACING_HELP = "timestep grid; logsnr and karras follow the noise level and apply to Gaussian models, not cold ones"
+
+
 def _parser() -> argparse.ArgumentParser:
-    from .options import BACKEND_ENV, BACKENDS, MAX_BATCH, MAX_STEPS, SAMPLERS, SPACINGS   # torch-free: --help at once
-    spacing_help = "timestep grid; logsnr and karras follow the noise level and apply to Gaussian models, not cold ones"
+    """The command line: one sub-command each, their arguments in the functions below."""
     p = argparse.ArgumentParser(prog="python -m diffusion_core", description="Train, sample and evaluate diffusion models.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -36,76 +38,13 @@ def _parser() -> argparse.ArgumentParser:
     t = parser("train", help="train a model (also under torchrun for several processes)",
                description="Train a model. Every option has a default (see TrainConfig in training/config.py); a config "
                            "file and --set override them. The result is exported to OUT_DIR/model.")
-    t.add_argument("--config", help="JSON file with TrainConfig fields (nested: unet, diffusion, data)")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one field, e.g. --set steps=2000 --set data.source=emoji --set unet.base_channels=48")
-    t.add_argument("--resume", action="store_true", help="continue from OUT_DIR/train_state.safetensors if present")
-    t.add_argument("--reset-ema", action="store_true", help="with --resume: restart the EMA from the current weights")
-    t.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (default: auto)")
-    t.add_argument("--out", help="output folder (same as --set out_dir=...; default runs/default)")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _train_args(t)
 
     s = parser("sample", help="generate images from a checkpoint folder (model, ensemble or cascade)")
-    s.add_argument("--model", required=True, help="checkpoint folder")
-    s.add_argument("--out", help="output folder for PNGs (default: outputs/<model folder name>, git-ignored)")
-    s.add_argument("--n", type=int, default=8, help="number of images, 1-10000")
-    s.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
-    s.add_argument("--sampler", default=None, choices=SAMPLERS, help="default: ddim (cold for cold models); dpm++ is "
-                   "DPM-Solver++(2M), dpm++3m its third-order multistep form, unipc UniPC-bh2 with its corrector")
-    s.add_argument("--steps", type=int, default=50, help=f"sampling steps, 1-{MAX_STEPS} (U-Net passes per image: "
-                   "one a step, two with guidance)")
-    s.add_argument("--spacing", default="trailing", choices=SPACINGS, help=spacing_help)
-    s.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1]: 0 deterministic, 1 DDPM-like")
-    s.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale, 0-30 (1: off)")
-    s.add_argument("--label", action="append", default=[], help="class or attribute, by name or index; repeat for several. A model "
-                   "trained with unet.label_mask makes images that have every picked attribute, the others "
-                   "unspecified; older multi-label models read the picks as the whole attribute set")
-    s.add_argument("--cond-image", help="conditioning image (a stickman drawing) for pose models")
-    s.add_argument("--init-image", help="img2img: start from this image ...")
-    s.add_argument("--strength", type=float, default=0.6, help="... noised to this strength in (0, 1]")
-    s.add_argument("--low-res", help="super-resolution models and cascades: the low-resolution image to upscale (a "
-                   "PNG, or a folder of them: one output per input); a cascade runs its super-resolution stages only")
-    s.add_argument("--sr-steps", type=int, default=None, help="steps of each super-resolution stage of a cascade "
-                   "(default: the stage's own, else 20)")
-    s.add_argument("--batch", type=int, default=16, help=f"images per forward pass, 1-{MAX_BATCH}")
-    s.add_argument("--grid", action="store_true", help="also write grid.png")
-    s.add_argument("--gif", action="store_true", help="also write process.gif (x0_hat over the run, first image)")
-    s.add_argument("--no-progress", action="store_true", help="no progress bar")
-    s.add_argument("--backend", choices=BACKENDS, default=None,
-                   help=f"where the network runs: auto measures this CPU and picks the fastest that matches fp32 "
-                        f"(default: ${BACKEND_ENV}, else auto)")
+    _sample_args(s)
 
     e = parser("evaluate", help="metrics of a checkpoint: FID in classifier features, accuracy / F1 / pose adherence")
-    e.add_argument("--model", required=True, help="checkpoint folder")
-    e.add_argument("--classifier", help="classifier folder (default: checkpoints/classifier-<dataset>)")
-    e.add_argument("--n", type=int, default=2000, help="samples to generate and compare")
-    e.add_argument("--sampler", default=None, choices=SAMPLERS, help="default: ddim (cold for cold models)")
-    e.add_argument("--steps", type=int, default=None,
-                   help="sampling steps (default 50; a super-resolution model: its own, see its config's sampling)")
-    e.add_argument("--spacing", default="trailing", choices=SPACINGS, help=spacing_help)
-    e.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale")
-    e.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
-    e.add_argument("--batch", type=int, default=100, help="images per sampling batch")
-    e.add_argument("--out", help="write the metrics JSON here (default: MODEL/metrics[-tag].json)")
-    e.add_argument("--cache-dir", default="runs/evaluate",
-                   help="samples generated so far are kept here after every batch; a stopped run with the same "
-                        "settings resumes from them")
-    e.add_argument("--no-cache", action="store_true", help="do not keep or reuse generated samples")
-    e.add_argument("--device", default="cpu", help="where the network samples, e.g. cuda (metrics on CPU)")
-    e.add_argument("--samples-only", action="store_true",
-                   help="make and keep the samples (--cache-dir), skip the metrics: the cache file, copied to "
-                        "another machine's --cache-dir, lets evaluate with the same settings finish there")
-    e.add_argument("--memorisation", action="store_true",
-                   help="emoji models: also find the nearest training image to 64 samples (memorisation.png)")
-    e.add_argument("--tag", default="", help="suffix of the metrics file name")
-    e.add_argument("--no-progress", action="store_true", help="no progress bar")
-    e.add_argument("--backend", choices=BACKENDS, default=None,
-                   help=f"where the network runs (default: ${BACKEND_ENV}, else fp32, the backend of the tables)")
-    e.add_argument("--picks", action="store_true",
-                   help="multi-label models and cascades: sample a fixed list of user-style picks of 1-3 attributes "
-                        "and report per pick the fraction of samples that have every picked attribute, beside real "
-                        "emoji, and mean colours (MODEL/metrics-picks[-tag].json; --steps, --guidance apply)")
-    e.add_argument("--per-pick", type=int, default=16, help="--picks: samples per pick")
+    _evaluate_args(e)
 
     c = parser("classifier", help="train the small evaluation classifier for a dataset")
     c.add_argument("--data", default="fashion", choices=["fashion", "emoji", "pose"], help="dataset")
@@ -135,6 +74,83 @@ def _parser() -> argparse.ArgumentParser:
     cv.add_argument("--config", required=True, help="config.json of the model (ModelConfig)")
     cv.add_argument("--out", required=True, help="output model folder")
     return p
+
+
+def _train_args(t) -> None:
+    t.add_argument("--config", help="JSON file with TrainConfig fields (nested: unet, diffusion, data)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one field, e.g. --set steps=2000 --set data.source=emoji --set unet.base_channels=48")
+    t.add_argument("--resume", action="store_true", help="continue from OUT_DIR/train_state.safetensors if present")
+    t.add_argument("--reset-ema", action="store_true", help="with --resume: restart the EMA from the current weights")
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (default: auto)")
+    t.add_argument("--out", help="output folder (same as --set out_dir=...; default runs/default)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _sample_args(s) -> None:
+    from .options import BACKEND_ENV, BACKENDS, MAX_BATCH, MAX_STEPS, SAMPLERS, SPACINGS   # torch-free: --help at once
+    s.add_argument("--model", required=True, help="checkpoint folder")
+    s.add_argument("--out", help="output folder for PNGs (default: outputs/<model folder name>, git-ignored)")
+    s.add_argument("--n", type=int, default=8, help="number of images, 1-10000")
+    s.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
+    s.add_argument("--sampler", default=None, choices=SAMPLERS, help="default: ddim (cold for cold models); dpm++ is "
+                   "DPM-Solver++(2M), dpm++3m its third-order multistep form, unipc UniPC-bh2 with its corrector")
+    s.add_argument("--steps", type=int, default=50, help=f"sampling steps, 1-{MAX_STEPS} (U-Net passes per image: "
+                   "one a step, two with guidance)")
+    s.add_argument("--spacing", default="trailing", choices=SPACINGS, help=SPACING_HELP)
+    s.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1]: 0 deterministic, 1 DDPM-like")
+    s.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale, 0-30 (1: off)")
+    s.add_argument("--label", action="append", default=[], help="class or attribute, by name or index; repeat for several. A model "
+                   "trained with unet.label_mask makes images that have every picked attribute, the others "
+                   "unspecified; older multi-label models read the picks as the whole attribute set")
+    s.add_argument("--cond-image", help="conditioning image (a stickman drawing) for pose models")
+    s.add_argument("--init-image", help="img2img: start from this image ...")
+    s.add_argument("--strength", type=float, default=0.6, help="... noised to this strength in (0, 1]")
+    s.add_argument("--low-res", help="super-resolution models and cascades: the low-resolution image to upscale (a "
+                   "PNG, or a folder of them: one output per input); a cascade runs its super-resolution stages only")
+    s.add_argument("--sr-steps", type=int, default=None, help="steps of each super-resolution stage of a cascade "
+                   "(default: the stage's own, else 20)")
+    s.add_argument("--batch", type=int, default=16, help=f"images per forward pass, 1-{MAX_BATCH}")
+    s.add_argument("--grid", action="store_true", help="also write grid.png")
+    s.add_argument("--gif", action="store_true", help="also write process.gif (x0_hat over the run, first image)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--backend", choices=BACKENDS, default=None,
+                   help=f"where the network runs: auto measures this CPU and picks the fastest that matches fp32 "
+                        f"(default: ${BACKEND_ENV}, else auto)")
+
+
+def _evaluate_args(e) -> None:
+    from .options import BACKEND_ENV, BACKENDS, SAMPLERS, SPACINGS
+    e.add_argument("--model", required=True, help="checkpoint folder")
+    e.add_argument("--classifier", help="classifier folder (default: checkpoints/classifier-<dataset>)")
+    e.add_argument("--n", type=int, default=2000, help="samples to generate and compare")
+    e.add_argument("--sampler", default=None, choices=SAMPLERS, help="default: ddim (cold for cold models)")
+    e.add_argument("--steps", type=int, default=None,
+                   help="sampling steps (default 50; a super-resolution model: its own, see its config's sampling)")
+    e.add_argument("--spacing", default="trailing", choices=SPACINGS, help=SPACING_HELP)
+    e.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale")
+    e.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
+    e.add_argument("--batch", type=int, default=100, help="images per sampling batch")
+    e.add_argument("--out", help="write the metrics JSON here (default: MODEL/metrics[-tag].json)")
+    e.add_argument("--cache-dir", default="runs/evaluate",
+                   help="samples generated so far are kept here after every batch; a stopped run with the same "
+                        "settings resumes from them")
+    e.add_argument("--no-cache", action="store_true", help="do not keep or reuse generated samples")
+    e.add_argument("--device", default="cpu", help="where the network samples, e.g. cuda (metrics on CPU)")
+    e.add_argument("--samples-only", action="store_true",
+                   help="make and keep the samples (--cache-dir), skip the metrics: the cache file, copied to "
+                        "another machine's --cache-dir, lets evaluate with the same settings finish there")
+    e.add_argument("--memorisation", action="store_true",
+                   help="emoji models: also find the nearest training image to 64 samples (memorisation.png)")
+    e.add_argument("--tag", default="", help="suffix of the metrics file name")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.add_argument("--backend", choices=BACKENDS, default=None,
+                   help=f"where the network runs (default: ${BACKEND_ENV}, else fp32, the backend of the tables)")
+    e.add_argument("--picks", action="store_true",
+                   help="multi-label models and cascades: sample a fixed list of user-style picks of 1-3 attributes "
+                        "and report per pick the fraction of samples that have every picked attribute, beside real "
+                        "emoji, and mean colours (MODEL/metrics-picks[-tag].json; --steps, --guidance apply)")
+    e.add_argument("--per-pick", type=int, default=16, help="--picks: samples per pick")
 
 
 def main(argv=None) -> int:

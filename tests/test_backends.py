@@ -12,7 +12,9 @@ import torch.nn.functional as F
 
 from diffusion_core import load
 from diffusion_core.runtime import backends
-from diffusion_core.runtime.backends import BackendError, Choice, flat_inputs
+from diffusion_core.runtime.backends import BackendError, Choice
+from diffusion_core.runtime import openvino_net
+from diffusion_core.runtime.openvino_net import flat_inputs
 from diffusion_core.conditioning import Condition
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +59,7 @@ def test_flat_inputs_give_the_network_s_output(kind, tiny_net):
     cfg, net = tiny_net(**KINDS[kind])
     g = torch.Generator().manual_seed(0)
     x, t = torch.randn(4, 1, 8, 8, generator=g), torch.tensor([0, 10, 50, 99])
-    flat = backends._Flat(net, backends._cond_fields(cfg.unet))
+    flat = openvino_net._Flat(net, openvino_net._cond_fields(cfg.unet))
     with torch.no_grad():
         for cond in _conds(KINDS[kind], 4, g):
             inputs = flat_inputs(cfg.unet, x, t, cond)
@@ -102,7 +104,7 @@ def test_bf16_picks_a_layout_and_both_layouts_compute_the_network(tiny_net, monk
 @pytest.mark.parametrize("kind", ["class", "attributes", "pose", "sr"])
 def test_openvino_fp32_computes_the_network(kind, tiny_net, tmp_path):
     cfg, net = tiny_net(**KINDS[kind])
-    runner = backends.OpenVinoNet(net, tmp_path, chunk=4, precision="f32")
+    runner = openvino_net.OpenVinoNet(net, tmp_path, chunk=4, precision="f32")
     g = torch.Generator().manual_seed(1)
     x, t = torch.randn(6, 1, 8, 8, generator=g), torch.tensor([0, 5, 20, 40, 70, 99])
     with torch.inference_mode():
@@ -117,7 +119,7 @@ def test_openvino_export_is_cached_and_reused(tiny_net, tmp_path, monkeypatch):
     cfg, net = tiny_net(num_labels=4)
     x, t, cond = backends.probe_batch(cfg.unet, rows=4)
     with torch.inference_mode():
-        first = backends.OpenVinoNet(net, tmp_path, chunk=4, precision="f32")(x, t, cond)
+        first = openvino_net.OpenVinoNet(net, tmp_path, chunk=4, precision="f32")(x, t, cond)
     assert len(list(tmp_path.glob("openvino-*.xml"))) == 1 and list(tmp_path.glob("openvino-*.bin"))
     import openvino
 
@@ -128,11 +130,11 @@ def test_openvino_export_is_cached_and_reused(tiny_net, tmp_path, monkeypatch):
         raise Exported("exported again")
     monkeypatch.setattr(openvino, "convert_model", refuse)
     with torch.inference_mode():
-        again = backends.OpenVinoNet(net, tmp_path, chunk=4, precision="f32")(x, t, cond)
+        again = openvino_net.OpenVinoNet(net, tmp_path, chunk=4, precision="f32")(x, t, cond)
     assert torch.equal(first, again)
     other = randomized_copy(net)
     with torch.inference_mode(), pytest.raises(Exported):
-        backends.OpenVinoNet(other, tmp_path, chunk=4, precision="f32")(x, t, cond)   # other weights: new export
+        openvino_net.OpenVinoNet(other, tmp_path, chunk=4, precision="f32")(x, t, cond)   # other weights: new export
 
 
 def randomized_copy(net):

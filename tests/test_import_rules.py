@@ -151,3 +151,19 @@ def test_data_is_a_sub_package_that_imports_no_model():
     assert not any(m.startswith("diffusion_core.data.pose.render") for m in module_imports("data.pose.poses"))
     assert not (PKG / "data.py").exists() and not (PKG / "data_pose.py").exists() and not (PKG / "data_emoji.py").exists()
 
+
+
+def test_the_core_is_small_modules_and_short_functions():
+    """Issue 19: no module of diffusion_core is longer than about 400 lines and no function than about 60 (the
+    README's module table; each readable in one sitting, each function one idea)."""
+    long_modules, long_functions = {}, {}
+    for p in PKG.rglob("*.py"):
+        text = p.read_text()
+        if (n := len(text.splitlines())) > 420:
+            long_modules[str(p.relative_to(ROOT))] = n
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and \
+                    (n := node.end_lineno - node.lineno + 1) > 62:
+                long_functions[f"{p.relative_to(ROOT)}:{node.name}"] = n
+    assert not long_modules, long_modules
+    assert not long_functions, long_functions

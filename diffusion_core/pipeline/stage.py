@@ -272,11 +272,11 @@ class Stage:
             x_start = deg(x0.to(device), torch.full((n,), int(ts[0]), dtype=torch.long), fixed)
         else:
             ts = spaced_timesteps(T, r.steps, r.spacing)
-            x_start = self.cold_prior(n, gens, fixed, device, cond)
+            x_start = self.cold_start(n, gens, fixed, device, cond)
         yield from sample_stream(den, x_start, ts, SamplerSpec("cold", improved=r.improved), cond=cond,
                                  degradation=deg, fixed_noise=fixed)
 
-    def cold_prior(self, n, gens, fixed, device, cond=None):
+    def cold_start(self, n, gens, fixed, device, cond=None):
         """Start of cold generation: the fully degraded state. For noise it is the fixed draw itself;
         otherwise one of the stored fully degraded training images (``prior.safetensors``), chosen by
         each image's RNG stream (Bansal et al. sample x_T from degraded data). A deterministic

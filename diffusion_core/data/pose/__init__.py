@@ -29,8 +29,8 @@ Two renderers share a pose:
 ``make_pairs`` renders deterministic batches (``evaluation.pose_metrics`` measures how well a generated
 figure covers a stickman drawing). Everything is pure numpy + PIL ImageDraw (no scipy).
 
-Modules: ``poses`` (the skeleton and ``random_pose``), ``render`` (the two renderers, ``make_pairs``,
-``write_examples``).
+Modules: ``poses`` (the skeleton, ``random_pose`` and each kind's angles), ``stickman`` (``draw_stickman``),
+``figure`` (``draw_figure``), ``render`` (``make_pairs``, ``write_examples``).
 """
 from .poses import HEAD_RADIUS, JOINTS, LIMBS, POSE_KINDS, STYLES, Pose, random_pose
 from .render import MIN_BG_DISTANCE, draw_figure, draw_stickman, make_pairs, write_examples
