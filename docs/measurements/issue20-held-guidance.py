@@ -9,7 +9,9 @@ present, everything else unknown):
 so the colour attributes get the unguided model's weight and the other picks (woman, heart, ...) the guidance
 scale w; with no colour picked it is plain CFG. Same cost (two passes per step). eps_hat recomputed from x_t.
 
-    python docs/measurements/issue20-held-guidance.py MODE GUIDANCE      # MODE: cfg | held
+    python docs/measurements/issue20-held-guidance.py MODE GUIDANCE      # MODE: cfg | held | tones
+
+(tones: only the skin tones held, the colour words guided like the other picks.)
 
 Prints the skin-tone luminance ratios ("woman" + each tone, the face's 8x8 centre, generated / real, 8
 samples, DPM-Solver++ 20), the mean RGB distance over the five tones, and the picks followed
@@ -35,7 +37,7 @@ model = ROOT / "checkpoints" / "emoji"
 pipe0 = load(model)
 sched, names = pipe0.schedule, list(pipe0.label_names)
 HELD = torch.zeros(len(names))
-HELD[[names.index(a) for a in TONES + COLOURS if a in names]] = 1
+HELD[[names.index(a) for a in (TONES if mode == "tones" else TONES + COLOURS) if a in names]] = 1
 
 
 def held(self, x_t, t, cond):
@@ -51,7 +53,7 @@ def held(self, x_t, t, cond):
     return Prediction(x0, (x_t - ab.sqrt() * x0) / (1 - ab).sqrt())
 
 
-if mode == "held":
+if mode in ("held", "tones"):
     denoisers.ClassifierFreeGuidance.__call__ = held
 pipe = load(model)
 real = load_data(DataConfig(source="emoji", split="all", image_size=32, channels=3))
