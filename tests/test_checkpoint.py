@@ -437,6 +437,20 @@ def test_evaluate_cascade_runs_every_stage_and_scores_poses_at_the_base_size(tmp
               "pose_adherence_base_bicubic_round_trip"):
         assert 0 <= m[k] <= 1
     assert m["seconds_one_image"] > 0 and m["seconds_four_images"] > 0
+    paired = m["pose_adherence_cascade_minus_base"]      # each drawing's final figure against its base figure
+    assert paired["n"] == 3 and paired["lower"] + paired["higher"] <= 3
+    assert paired["mean_difference"] == pytest.approx(m["pose_adherence_cascade"] - m["pose_adherence_base"])
+
+
+def test_paired_difference_is_the_mean_and_standard_error_of_the_differences():
+    import numpy as np
+    from diffusion_core.evaluation.pose_metrics import paired_difference
+    a, b = [0.9, 1.0, 0.8, float("nan")], [0.9, 0.7, 1.0, 0.5]       # differences 0, 0.3, -0.2 (nan left out)
+    got = paired_difference(lambda fig, stick: fig, a, b, [None] * 4, 4)
+    d = np.array([0.0, 0.3, -0.2])
+    assert got["n"] == 3 and got["lower"] == 1 and got["higher"] == 1
+    assert got["mean_difference"] == pytest.approx(0.1 / 3)
+    assert got["standard_error"] == pytest.approx(np.sqrt(((d - d.mean()) ** 2).sum() / 2 / 3))
 
 
 def test_super_resolution_stages_default_to_their_own_sampling(tmp_path, make_model):

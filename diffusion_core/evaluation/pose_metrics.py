@@ -120,6 +120,16 @@ def pose_precision(figure: np.ndarray, stick: np.ndarray, reach: int | None = No
     return float(near[fm].mean())
 
 
+def paired_difference(score, figures_a, figures_b, sticks, n: int) -> dict:
+    """``score(figures_a[i], sticks[i]) - score(figures_b[i], sticks[i])`` over the first ``n`` pairs (drawings
+    without strokes left out): the mean, its standard error, and how many pairs score lower / higher with a."""
+    d = np.array([score(figures_a[i], sticks[i]) - score(figures_b[i], sticks[i]) for i in range(n)])
+    d = d[np.isfinite(d)]
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+    return {"mean_difference": float(d.mean()), "standard_error": se, "lower": int((d < 0).sum()),
+            "higher": int((d > 0).sum()), "n": int(len(d))}
+
+
 def mean_over_pairs(score, figures, sticks, n: int, mean=np.mean) -> float:
     """``mean`` of ``score(figures[i], sticks[i])`` over the first ``n`` pairs (pose adherence / precision)."""
     return float(mean([score(figures[i], sticks[i]) for i in range(n)]))

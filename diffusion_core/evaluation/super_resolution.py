@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ..checkpoint import read_json
 from ..data import DataConfig, load_data
-from .pose_metrics import mean_over_pairs
+from .pose_metrics import mean_over_pairs, paired_difference
 
 
 def _held_out_high_res(sr_dir: Path, n: int, size: int, seed: int) -> tuple[torch.Tensor, str]:
@@ -148,6 +148,8 @@ def evaluate_cascade(cascade_dir: Path, n: int = 100, steps: int = 20, sampler: 
         for key, figs in (("cascade", down(high)), ("base", to_uint8(low)), ("base_bicubic_round_trip", down(bicubic)),
                           ("real", real_figs)):
             m[f"pose_adherence_{key}"] = mean_over_pairs(pose_adherence, figs, sticks, n)
+        # each drawing's final figure against its own base figure (the base samples are the cascade's input)
+        m["pose_adherence_cascade_minus_base"] = paired_difference(pose_adherence, down(high), to_uint8(low), sticks, n)
     m.update(_cascade_times(pipe, kw, sampler=sampler, steps=steps, guidance=guidance, seed=seed))
     k = min(8, n)
     nearest = F.interpolate(low[:k], size=(hi_size, hi_size), mode="nearest")
