@@ -62,6 +62,16 @@ def tone_colours(pipe, real, guidance: float, n: int = 8) -> dict:
     return out
 
 
+def tone_summary(pipe, guidance: float) -> tuple[dict, dict, float]:
+    """``tone_colours`` against all real emoji, as the measurement scripts of issue 20 print it: (luminance ratio
+    per tone, (rgb, real rgb, distance) per tone, the mean distance over the tones)."""
+    real = load_data(DataConfig(source="emoji", split="all", image_size=32, channels=3))
+    tones = tone_colours(pipe, real, guidance)
+    ratios = {k: v["luma_ratio"] for k, v in tones.items()}
+    rgb = {k: (v["rgb"], v["real_rgb"], v["distance"]) for k, v in tones.items()}
+    return ratios, rgb, sum(v[2] for v in rgb.values()) / len(rgb)
+
+
 def rescaled_guidance(pipe, phi: float):
     """Patch classifier-free guidance with Lin et al. 2023's rescale (sec. 3.4, eq. 15-16) in x0 space:
     x0_r = x0_cfg * std(x0_c) / std(x0_cfg) per image, x0 = phi x0_r + (1 - phi) x0_cfg; eps_hat recomputed

@@ -17,10 +17,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / "scripts"))
 torch.set_num_threads(1)
 from diffusion_core import denoisers, load  # noqa: E402
-from diffusion_core.data import DataConfig, load_data  # noqa: E402
 from diffusion_core.denoisers import Prediction, _bcast  # noqa: E402
 from diffusion_core.evaluation.picks import evaluate_picks  # noqa: E402
-from guidance_colours import tone_colours  # noqa: E402
+from guidance_colours import tone_summary  # noqa: E402
 
 mode, g = sys.argv[1], float(sys.argv[2])
 eta = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
@@ -45,12 +44,7 @@ def apg(self, x_t, t, cond):
 
 if mode == "apg":
     denoisers.ClassifierFreeGuidance.__call__ = apg
-pipe = load(model)
-real = load_data(DataConfig(source="emoji", split="all", image_size=32, channels=3))
-tones = tone_colours(pipe, real, g)
-res = {k: v["luma_ratio"] for k, v in tones.items()}
-rgb = {k: (v["rgb"], v["real_rgb"], v["distance"]) for k, v in tones.items()}
+res, rgb, dist = tone_summary(load(model), g)
 m = evaluate_picks(model, per_pick=8, guidance=g, progress=False)
-dist = sum(v[2] for v in rgb.values()) / len(rgb)
 print(mode, g, eta, "luma ratio", res, "mean RGB distance", round(dist, 1), "picks", m["generated_mean"],
       "judgeable", m["generated_mean_judgeable"], "rgb", rgb, flush=True)

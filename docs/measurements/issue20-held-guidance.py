@@ -26,10 +26,9 @@ sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / "scripts"))
 torch.set_num_threads(1)
 from diffusion_core import denoisers, load  # noqa: E402
 from diffusion_core.conditioning import Condition  # noqa: E402
-from diffusion_core.data import DataConfig, load_data  # noqa: E402
 from diffusion_core.denoisers import Prediction, _bcast  # noqa: E402
 from diffusion_core.evaluation.picks import evaluate_picks  # noqa: E402
-from guidance_colours import COLOURS, tone_colours  # noqa: E402
+from guidance_colours import COLOURS, tone_summary  # noqa: E402
 from skin_tone_colours import TONES  # noqa: E402
 
 mode, g = sys.argv[1], float(sys.argv[2])
@@ -55,12 +54,7 @@ def held(self, x_t, t, cond):
 
 if mode in ("held", "tones"):
     denoisers.ClassifierFreeGuidance.__call__ = held
-pipe = load(model)
-real = load_data(DataConfig(source="emoji", split="all", image_size=32, channels=3))
-tones = tone_colours(pipe, real, g)
-res = {k: v["luma_ratio"] for k, v in tones.items()}
-rgb = {k: (v["rgb"], v["real_rgb"], v["distance"]) for k, v in tones.items()}
-dist = sum(v[2] for v in rgb.values()) / len(rgb)
+res, rgb, dist = tone_summary(load(model), g)
 print(mode, g, "luma ratio", res, "mean RGB distance", round(dist, 1), "rgb", rgb, flush=True)
 m = evaluate_picks(model, per_pick=8, guidance=g, progress=False)
 print(mode, g, "picks", m["generated_mean"], "judgeable", m["generated_mean_judgeable"], flush=True)

@@ -58,6 +58,17 @@ def draw_stickman(pose: Pose, size: int, rng: np.random.Generator, style: str = 
     return draw(pose, size, rng, stroke_width).resize((size, size), Image.LANCZOS)
 
 
+def _jittered_bone(P: dict, a: str, b: str, rng, jit: float, hc, neck, r: float):
+    """The ends of bone a -> b, each moved by N(0, jit); the head's bone starts on the edge of the head (centre
+    ``hc``, radius ``r``) towards the neck."""
+    pa = P[a] + rng.normal(0, jit, 2)
+    pb = P[b] + rng.normal(0, jit, 2)
+    if a == "head":
+        v = neck - hc
+        pa = hc + v / max(np.linalg.norm(v), 1e-6) * r
+    return pa, pb
+
+
 def _clean(pose: Pose, size: int, rng, stroke_width) -> Image.Image:
     S = 4 * size
     head, neck, hn = _head_geometry(pose)
@@ -95,11 +106,7 @@ def _random(pose: Pose, size: int, rng, stroke_width) -> Image.Image:
     hc = head + rng.normal(0, jit, 2)
     t = np.linspace(0.0, 1.0, 7)
     for a, b in LIMBS:
-        pa = P[a] + rng.normal(0, jit, 2)
-        pb = P[b] + rng.normal(0, jit, 2)
-        if a == "head":
-            v = neck - hc
-            pa = hc + v / max(np.linalg.norm(v), 1e-6) * r
+        pa, pb = _jittered_bone(P, a, b, rng, jit, hc, neck, r)
         if rng.random() < p_over:
             pb = pb + (pb - pa) * U(0.02, 0.1)
         v = pb - pa
@@ -137,11 +144,7 @@ def _handdrawn(pose: Pose, size: int, rng, stroke_width) -> Image.Image:
     dot = rng.random() < 0.3
     r = hn * (U(0.45, 0.75) if dot else U(0.7, 0.95))
     for a, b in LIMBS:
-        pa = P[a] + rng.normal(0, jit, 2)
-        pb = P[b] + rng.normal(0, jit, 2)
-        if a == "head":
-            v = neck - hc
-            pa = hc + v / max(np.linalg.norm(v), 1e-6) * r
+        pa, pb = _jittered_bone(P, a, b, rng, jit, hc, neck, r)
         _pressure_stroke(dr, pa, pb, rng, noise, w0, ink, S)
     if dot:
         _head(dr, hc * S, r * S, ink, True, w0)
