@@ -9,9 +9,10 @@ present, everything else unknown):
 so the colour attributes get the unguided model's weight and the other picks (woman, heart, ...) the guidance
 scale w; with no colour picked it is plain CFG. Same cost (two passes per step). eps_hat recomputed from x_t.
 
-    python docs/measurements/issue20-held-guidance.py MODE GUIDANCE      # MODE: cfg | held | tones
+    python docs/measurements/issue20-held-guidance.py MODE GUIDANCE [W_COLOUR]   # MODE: cfg | held | tones | split
 
-(tones: only the skin tones held, the colour words guided like the other picks.)
+(tones: only the skin tones held, the colour words guided like the other picks. split: the colour picks at a
+weight W_COLOUR between 1 and w, three passes: x0 = x0_u + W_COLOUR (x0(colours) - x0_u) + w (x0(all) - x0(colours)).)
 
 Prints the skin-tone luminance ratios ("woman" + each tone, the face's 8x8 centre, generated / real, 8
 samples, DPM-Solver++ 20), the mean RGB distance over the five tones, and the picks followed
@@ -32,6 +33,7 @@ from guidance_colours import COLOURS, tone_summary  # noqa: E402
 from skin_tone_colours import TONES  # noqa: E402
 
 mode, g = sys.argv[1], float(sys.argv[2])
+w_colour = float(sys.argv[3]) if len(sys.argv) > 3 else 1.0
 model = ROOT / "checkpoints" / "emoji"
 pipe0 = load(model)
 sched, names = pipe0.schedule, list(pipe0.label_names)
@@ -46,15 +48,21 @@ def held(self, x_t, t, cond):
     known = cond.known if cond.known is not None else torch.ones_like(cond.labels)
     keep = cond.labels * known * HELD.to(x_t.device)            # the colour picks (present and known)
     neg = Condition(labels=keep, known=keep, uncond=(keep.sum(1) == 0) | cond.uncond, image=cond.image)
-    both = self.denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), denoisers.cat_conditions(cond, neg))
-    x0 = both.x0_hat[b:] + self.scale * (both.x0_hat[:b] - both.x0_hat[b:])
+    if mode == "split":
+        conds = denoisers.cat_conditions(denoisers.cat_conditions(cond, neg), cond.null())
+        out = self.denoiser(torch.cat([x_t] * 3), torch.cat([t] * 3), conds).x0_hat
+        x0_all, x0_col, x0_u = out[:b], out[b:2 * b], out[2 * b:]
+        x0 = x0_u + w_colour * (x0_col - x0_u) + self.scale * (x0_all - x0_col)
+    else:
+        both = self.denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), denoisers.cat_conditions(cond, neg))
+        x0 = both.x0_hat[b:] + self.scale * (both.x0_hat[:b] - both.x0_hat[b:])
     ab = _bcast(sched.alpha_bar_at(t.cpu()).to(x_t.device), x_t)
     return Prediction(x0, (x_t - ab.sqrt() * x0) / (1 - ab).sqrt())
 
 
-if mode in ("held", "tones"):
+if mode in ("held", "tones", "split"):
     denoisers.ClassifierFreeGuidance.__call__ = held
 res, rgb, dist = tone_summary(load(model), g)
-print(mode, g, "luma ratio", res, "mean RGB distance", round(dist, 1), "rgb", rgb, flush=True)
+print(mode, g, w_colour, "luma ratio", res, "mean RGB distance", round(dist, 1), "rgb", rgb, flush=True)
 m = evaluate_picks(model, per_pick=8, guidance=g, progress=False)
-print(mode, g, "picks", m["generated_mean"], "judgeable", m["generated_mean_judgeable"], flush=True)
+print(mode, g, w_colour, "picks", m["generated_mean"], "judgeable", m["generated_mean_judgeable"], flush=True)
