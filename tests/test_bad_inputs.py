@@ -273,6 +273,9 @@ def test_broken_folders_are_listed_with_their_reason_and_never_affect_the_others
                 client.predict(model=name, api_name="/model_card")
         md, _ = client.predict(model="tiny", api_name="/model_card")        # and the others still work
         assert "tiny class-conditional" in md and "upscaler**: tiny-sr" in md
+        # a model no cascade pairs with an upscaler tries them by name: a-broken-sr first, skipped, then tiny-sr
+        md, _ = client.predict(model="tiny-linear", api_name="/model_card")
+        assert "upscaler**: tiny-sr" in md
         job = client.submit(model="tiny", steps=1, batch_size=1, seed=3, api_name=G)
         job.result()
         assert len(job.outputs()[-1][2]) == 1
