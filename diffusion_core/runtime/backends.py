@@ -22,10 +22,8 @@ than eager fp32 (docs/performance.md).
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,46 +35,13 @@ import torch.nn as nn
 from .. import options
 from ..conditioning import Condition
 from . import parallel
+from .machine import BackendError, CpuInfo, cpu_info, weights_key  # noqa: F401  (re-exported: backends.cpu_info ...)
 
 CHOICES, ENV = options.BACKENDS, options.BACKEND_ENV
 BACKENDS = tuple(b for b in CHOICES if b != "auto")
 MATCH_TOLERANCE = 0.02      # rms(out - fp32) / rms(fp32) on the fixed batch; bf16 measures ~0.004 (docs/performance.md)
 MIN_SPEEDUP = 1.05          # a backend replaces fp32 only when at least this much faster in the timing
 CACHE_DIR = ".cache"        # inside a model folder (git-ignored); else ~/.cache/diffusion_core
-
-
-class BackendError(ValueError):
-    """A backend that cannot run here (runtime missing, wrong device): the message says why."""
-
-
-# ---- what this CPU has ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class CpuInfo:
-    model: str
-    flags: tuple[str, ...]          # the ones that matter here: avx2, avx512f, avx512_bf16, amx_bf16, amx_tile
-
-    @property
-    def bf16_units(self) -> bool:
-        """Whether the CPU multiplies bf16 matrices in hardware (AVX-512 BF16 dot products or AMX tiles)."""
-        return "avx512_bf16" in self.flags or "amx_bf16" in self.flags
-
-
-_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-
-
-def cpu_info() -> CpuInfo:
-    """Model name and the vector / matrix flags of this CPU (from /proc/cpuinfo on Linux)."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    except OSError:
-        pass
-    return CpuInfo(model, tuple(f for f in _FLAGS if f in flags))
 
 
 def openvino_version() -> str | None:
@@ -155,15 +120,6 @@ class Bf16Net:
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor, cond: Condition | None) -> torch.Tensor:
         with torch.autocast(self.device_type, dtype=torch.bfloat16):
             return self.net(x_t, t, cond).float()
-
-
-def weights_key(net: nn.Module) -> str:
-    """A short hash of the network's weights (the cache key of its exports and of the choice)."""
-    h = hashlib.sha256()
-    for k, v in net.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def make(net: nn.Module, name: str, cache_dir: Path | None = None, chunk: int = 8) -> Callable:

@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from ..conditioning import Condition
 from . import parallel
-from .backends import BackendError, cpu_info, weights_key
+from .machine import BackendError, cpu_info, weights_key
 
 
 class _Flat(nn.Module):
