@@ -120,7 +120,7 @@ def _sample_args(s) -> None:
 
 
 def _evaluate_args(e) -> None:
-    from .options import BACKEND_ENV, BACKENDS, SAMPLERS, SPACINGS
+    from .options import BACKEND_ENV, BACKENDS, MAX_BATCH, SAMPLERS, SPACINGS
     e.add_argument("--model", required=True, help="checkpoint folder")
     e.add_argument("--classifier", help="classifier folder (default: checkpoints/classifier-<dataset>)")
     e.add_argument("--n", type=int, default=2000, help="samples to generate and compare")
@@ -130,7 +130,7 @@ def _evaluate_args(e) -> None:
     e.add_argument("--spacing", default="trailing", choices=SPACINGS, help=SPACING_HELP)
     e.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale")
     e.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
-    e.add_argument("--batch", type=int, default=100, help="images per sampling batch")
+    e.add_argument("--batch", type=int, default=MAX_BATCH, help=f"images per sampling batch, 1-{MAX_BATCH}")
     e.add_argument("--out", help="write the metrics JSON here (default: MODEL/metrics[-tag].json)")
     e.add_argument("--cache-dir", default="runs/evaluate",
                    help="samples generated so far are kept here after every batch; a stopped run with the same "
@@ -196,7 +196,7 @@ def _run(args) -> int:
     if args.command == "evaluate":
         from .evaluation.evaluate import evaluate_command
         from .options import BOUNDS
-        check_ranges(args, [("n", 1, 100_000), ("batch", 1, 1000), ("steps", *BOUNDS["steps"]), ("seed", *BOUNDS["seed"]),
+        check_ranges(args, [("n", 1, 100_000), ("batch", *BOUNDS["n"]), ("steps", *BOUNDS["steps"]), ("seed", *BOUNDS["seed"]),
                             ("guidance", *BOUNDS["guidance"])])
         return evaluate_command(args)
     if args.command == "classifier":

@@ -94,6 +94,22 @@ def test_evaluate_a_super_resolution_model_at_its_own_defaults(tmp_path, make_mo
     assert r.returncode == 2 and "--steps must be in" in r.stderr, r.stderr
 
 
+def test_evaluate_at_its_default_batch_runs_more_images_than_one_batch(tmp_path, make_model):
+    """`evaluate`'s default --batch was 100, above the pipeline's batch limit (64): any run of more than 64
+    images failed at its first batch. The default is the limit now, and the command line refuses a larger batch
+    before loading anything."""
+    make_model(tmp_path / "m", unet=dict(num_labels=3), label_names=("a", "b", "c"))
+    cache = tmp_path / "cache"
+    r = cli("evaluate", "--model", str(tmp_path / "m"), "--n", "70", "--steps", "1", "--samples-only",
+            "--cache-dir", str(cache), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    import json
+    out = json.loads(r.stdout[:r.stdout.rindex("}") + 1])
+    assert out["samples"] == 70 and out["timed_batches"] == 1       # one full batch of 64, then the 6 left
+    r = cli("evaluate", "--model", str(tmp_path / "m"), "--n", "70", "--batch", "65")
+    assert r.returncode == 2 and "--batch must be in [1, 64]" in r.stderr, r.stderr
+
+
 def test_a_cascades_progress_bar_counts_every_stage_from_the_start(tmp_path, make_model):
     """The bar's total was the base's steps (0/3), then grew to the real count at the end of the first batch; now
     it counts the super-resolution stages from the first step: 3 base steps + 2 SR steps, and only the SR steps

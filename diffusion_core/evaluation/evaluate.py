@@ -21,6 +21,7 @@ import torch
 
 from ..checkpoint import read_json, write_json
 from ..data import DataConfig, load_data
+from ..options import MAX_BATCH
 from .classifier import _data_for, features_of, load_classifier
 from .metrics import f1_per_attribute, frechet_distance, visible_f1
 from .pose_metrics import mean_over_pairs
@@ -78,7 +79,7 @@ class SampleCache:
 
 def evaluate_model(model_dir: Path, classifier_dir: Path | None, n: int = 2000, sampler: str | None = None,
                    steps: int = 50, spacing: str = "trailing", guidance: float = 2.0, seed: int = 0,
-                   batch: int = 100, progress: bool = True, cache: Path | None = None, device: str = "cpu",
+                   batch: int = MAX_BATCH, progress: bool = True, cache: Path | None = None, device: str = "cpu",
                    samples_only: bool = False, backend: str | None = None) -> dict:
     """Generate n samples with balanced conditions and measure them against held-out real data.
 
