@@ -48,7 +48,7 @@ class Cards(AppBase):
         rows.append(("kind", kind))
         task = cfg.task
         if cfg.task == "super_resolution":
-            task = f"super-resolution {cfg.low_res} -> {cfg.high_res or cfg.unet.image_size} px"
+            task = f"super-resolution {cfg.low_res} -> {cfg.output_size} px"
         elif cfg.task == "pose":
             task = "stickman drawing -> figure"
         rows.append(("task", task))

@@ -8,7 +8,7 @@ import gradio as gr
 import numpy as np
 import torch
 
-from diffusion_core import BOUNDS, MAX_GUIDANCE
+from diffusion_core import BOUNDS
 
 from .base import AppBase
 from .explain import _alpha_bar, explain_markdown, step_numbers
@@ -160,8 +160,6 @@ class LearnTab(AppBase):
         if frames * steps > INTERP_MAX_WORK:
             raise ValueError(f"too much work: {frames} frames x {steps} steps (limit {INTERP_MAX_WORK}); "
                              "use fewer frames or steps")
-        if not 0 <= g <= MAX_GUIDANCE:
-            raise ValueError(f"guidance scale must be in [0, {MAX_GUIDANCE:g}], got {guidance}")
         labels = self._labels(pipe, model, class_label, attributes)
         sa, sb = self._seed(seed_a), self._seed(seed_b)
         dev = self.models.device

@@ -293,17 +293,6 @@ class CascadeStage:
         if not 0 <= self.match_scale <= 8:
             raise ConfigError(f"stage {self.path}: match_scale must be in [0, 8], got {self.match_scale}")
 
-    def options(self) -> dict:
-        """The options a cascade stage runs with (only those set)."""
-        out = {"aug_level": self.aug_level}
-        if self.steps:
-            out["steps"] = self.steps
-        if self.sampler:
-            out["sampler"] = self.sampler
-        if self.match_scale:
-            out["match_scale"] = self.match_scale
-        return out
-
 
 @dataclass(frozen=True)
 class CascadeManifest:

@@ -215,12 +215,18 @@ class ModelConfig:
     sampling: SamplingDefaults = field(default_factory=SamplingDefaults)   # the app's defaults for this model
 
     @property
+    def output_size(self) -> int:
+        """Side of the images this model makes: a super-resolution model's high resolution (it may train on
+        smaller crops), else the U-Net's image size."""
+        return self.high_res or self.unet.image_size
+
+    @property
     def sr_factor(self) -> int:
         """How many times a super-resolution model enlarges its input, high_res // low_res (1 for other tasks);
         the network is fully convolutional, so any input size is enlarged by this factor."""
         if self.task != "super_resolution":
             return 1
-        return max(1, (self.high_res or self.unet.image_size) // max(self.low_res, 1))
+        return max(1, self.output_size // max(self.low_res, 1))
 
     def __post_init__(self):
         if self.version != CONFIG_VERSION:

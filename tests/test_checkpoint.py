@@ -370,7 +370,7 @@ def test_a_cascade_stage_can_match_its_result_to_its_input_pixel_for_pixel(tmp_p
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "casc1" / "config.json").read_text())["stages"][1]["match_scale"] == 1
     default, exact = load(tmp_path / "casc"), load(tmp_path / "casc1")
-    assert exact.stages[1].options["match_scale"] == 1 and "match_scale" not in default.stages[1].options
+    assert exact.stages[1].cascade.match_scale == 1 and default.stages[1].cascade.match_scale == 0
     kw = dict(sampler="ddim", steps=4, seed=5, sr_steps=3)
     low = default.base.sample(2, sampler="ddim", steps=4, seed=5)
     a, b = default.sample(2, **kw), exact.sample(2, **kw)

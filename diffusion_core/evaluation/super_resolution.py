@@ -128,9 +128,8 @@ def evaluate_cascade(cascade_dir: Path, n: int = 100, steps: int = 20, sampler: 
     m = {"model": str(cascade_dir), "n": n, "sampler": sampler, "steps": steps, "guidance": guidance, "seed": seed,
          "stage_sizes": list(pipe.stage_sizes),
          "sr_stages": [{"sampler": st.run_sampler(), "steps": st.run_steps(),
-                        "aug_level": st.options.get("aug_level", 0.0),
-                        "match_scale": back_projection_scale(st.options.get("aug_level", 0.0),
-                                                             st.options.get("match_scale"))}
+                        "aug_level": st.cascade.aug_level,
+                        "match_scale": back_projection_scale(st.cascade.aug_level, st.cascade.match_scale or None)}
                        for st in pipe.stages[1:]],
          "sampling_s_per_image": round((time.time() - t0) / n, 4),
          "sharpness_cascade": round(float(sharpness(high).mean()), 4),

@@ -28,7 +28,7 @@ def _load(folder: Path, device="cpu") -> Pipeline:
         cfg, net = load_network(folder, device)
         prior, prior_labels = load_prior(folder)
         return Pipeline.of(Stage.of_network(cfg, folder, net, prior=prior, prior_labels=prior_labels,
-                                            chunk=eval_chunk(cfg.high_res or cfg.unet.image_size),
+                                            chunk=eval_chunk(cfg.output_size),
                                             description=cfg.description))
     if kind == "ensemble":
         return load_ensemble(folder, read_manifest(folder, EnsembleManifest), device)
@@ -81,5 +81,5 @@ def load_cascade(folder: Path, manifest: CascadeManifest, device="cpu") -> Pipel
             size *= cfg.sr_factor
         if size > MAX_CASCADE_SIZE:
             raise CheckpointError(f"{where}: the cascade would make {size} px images (limit {MAX_CASCADE_SIZE})")
-        stages.append(replace(sub.stages[0], options=st.options()))
+        stages.append(replace(sub.stages[0], cascade=st))
     return Pipeline(stages, folder, manifest.description)

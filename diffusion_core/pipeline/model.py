@@ -21,7 +21,7 @@ from .stage import Stage
 @dataclass
 class Pipeline:
     """``stages``: the first generates (from noise, a label, a drawing); each later one is a super-resolution model
-    run on the previous one's output with its cascade ``options``. ``path``: the folder it was loaded from."""
+    run on the previous one's output as its ``cascade`` entry says. ``path``: the folder it was loaded from."""
 
     stages: list[Stage]
     path: Path
@@ -97,17 +97,9 @@ class Pipeline:
     def prior(self) -> torch.Tensor | None:
         return self.stages[0].prior
 
-    @prior.setter
-    def prior(self, value):
-        self._only.prior = value
-
     @property
     def prior_labels(self) -> torch.Tensor | None:
         return self.stages[0].prior_labels
-
-    @prior_labels.setter
-    def prior_labels(self, value):
-        self._only.prior_labels = value
 
     @property
     def schedule(self) -> Schedule:
@@ -226,8 +218,8 @@ class Pipeline:
             else:
                 req = replace(r, labels=(), cond_image=None, init_image=None, guidance=1.0, eta=0.0, low_res=x,
                               steps=st.run_steps(r.sr_steps), sampler=st.run_sampler(r.sr_sampler),
-                              seed=r.seed + 10_000 * i, aug_level=st.options.get("aug_level", 0.0),
-                              match_scale=st.options.get("match_scale"))
+                              seed=r.seed + 10_000 * i, aug_level=st.cascade.aug_level,
+                              match_scale=st.cascade.match_scale or None)
             last = None
             for rec in st.stream(req):
                 last = rec
@@ -261,6 +253,6 @@ class Pipeline:
             raise ValueError("this model has no super-resolution stage")
         steps, sampler = steps or sr.config.sampling.steps, sampler or sr.config.sampling.sampler
         if aug_level is None:
-            aug_level = sr.options.get("aug_level", 0.0) if len(self.stages) > 1 else 0.0
+            aug_level = sr.cascade.aug_level if len(self.stages) > 1 else 0.0
         return Pipeline.of(sr).sample(low_res.shape[0], low_res=low_res, steps=steps, sampler=sampler, seed=seed,
                                       aug_level=aug_level)

@@ -9,6 +9,7 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..checkpoint import CascadeStage
 from ..conditioning import Condition, augment_low_res, back_project, back_projection_scale, picks_condition, resolve_labels
 from ..config import ModelConfig
 from ..degradations import Degradation, make_degradation
@@ -41,14 +42,14 @@ def eval_chunk(side: int) -> int:
 @dataclass
 class Stage:
     """``experts``: (t_lo, t_hi, net) routed by timestep (``routed``: an eDiff-I ensemble), or one network for
-    every t. ``options``: how a cascade runs this stage when it is not the first (``CascadeStage.options()``:
-    aug_level, steps, sampler, match_scale)."""
+    every t. ``cascade``: this stage's entry in a cascade's manifest, how the cascade runs it when it is not the
+    first (aug_level, steps, sampler, match_scale; unset: CascadeStage's defaults)."""
 
     config: ModelConfig
     path: Path
     experts: list
     routed: bool = False
-    options: dict = field(default_factory=dict)
+    cascade: CascadeStage = CascadeStage("")
     prior: torch.Tensor | None = None               # cold: fully degraded training images (N, C, H, W)
     prior_labels: torch.Tensor | None = None        # cold: their class indices (N,), to start from the asked class
     description: str = ""
@@ -94,17 +95,17 @@ class Stage:
     @property
     def size(self) -> int:
         """Side of this stage's images (a super-resolution model's high resolution, not its training crops)."""
-        return self.config.high_res or self.config.unet.image_size
+        return self.config.output_size
 
     def run_steps(self, sr_steps: int | None = None) -> int:
         """Steps of this stage as a cascade's super-resolution stage: the request's ``sr_steps``, else the
         cascade's for this stage, else the stage model's own default (``sampling`` in its config)."""
-        return sr_steps or self.options.get("steps") or self.config.sampling.steps
+        return sr_steps or self.cascade.steps or self.config.sampling.steps
 
     def run_sampler(self, sr_sampler: str | None = None) -> str:
         """Sampler of this stage as a cascade's super-resolution stage: the request's, else the cascade's for this
         stage, else the stage model's own default."""
-        return sr_sampler or self.options.get("sampler") or self.config.sampling.sampler
+        return sr_sampler or self.cascade.sampler or self.config.sampling.sampler
 
     def expert_index(self, t: int) -> int | None:
         if not self.routed:

@@ -45,7 +45,6 @@ def _workers_from_env() -> int | None:
 _lock = threading.Lock()           # one parallel section at a time (the thread count is process-wide)
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
-_local = threading.local()
 
 
 def workers(count: int | None = None) -> int:

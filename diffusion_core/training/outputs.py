@@ -23,7 +23,10 @@ class Outputs:
     def sample_grid(self, path: Path, n: int = 64) -> None:
         from ..images import grid
         from ..pipeline import Pipeline, Stage
-        pipe = Pipeline.of(Stage.of_network(self.mcfg, self.out, self.ema.module.eval()))
+        prior = {}
+        if self.mcfg.diffusion.is_cold:      # start from the asked class, as exported
+            prior = dict(zip(("prior", "prior_labels"), cold_prior(self.data, self.degradation, self.cfg.diffusion.T)))
+        pipe = Pipeline.of(Stage.of_network(self.mcfg, self.out, self.ema.module.eval(), **prior))
         kw = {}
         cond_img = None
         if self.mcfg.unet.num_labels and not self.mcfg.multi_label:
@@ -41,8 +44,6 @@ class Outputs:
             self.net.train()
             return
         sampler = "cold" if self.mcfg.diffusion.is_cold else "ddim"
-        if self.mcfg.diffusion.is_cold and pipe.prior is None:     # start from the asked class, as exported
-            pipe.prior, pipe.prior_labels = cold_prior(self.data, self.degradation, self.cfg.diffusion.T)
         for i in range(n):
             if self.data.cond is not None:
                 cond_img = self.data.batch(torch.tensor([i % len(self.data)]))["cond"][0]
