@@ -200,7 +200,8 @@ def augment_low_res(up: torch.Tensor, level: torch.Tensor | float, noise: torch.
     return (1 - level ** 2).sqrt() * up + level * noise
 
 
-BACK_PROJECTION_ROUNDS = 2
+BACK_PROJECTION_ROUNDS = 2     # bicubic rounds: smooth corrections
+EXACT_ROUNDS = 4               # then block-constant rounds, each after clipping to the image range
 AUGMENTED_INPUT_SCALE = 4     # a noise-augmented input is matched at 1/4 of its size: its colours, not its pixels
 
 
@@ -214,17 +215,28 @@ def back_project(x: torch.Tensor, low_res: torch.Tensor, scale: int = 1,
                  rounds: int = BACK_PROJECTION_ROUNDS) -> torch.Tensor:
     """Iterative back-projection (Irani & Peleg 1991): x <- x + up(target - down(x)), ``rounds`` times, where
     target is ``low_res`` area-averaged to 1/scale of its size, down = area averaging to that size (how the
-    training pairs' low-resolution images were made) and up = bicubic.
+    training pairs' low-resolution images were made) and up = bicubic. Where x's size is a whole multiple of
+    the target's, EXACT_ROUNDS more rounds clip x to [-1, 1] and add the residual block by block (up = nearest),
+    which makes down(x) = target exactly (the area average of a constant block is that constant); the bicubic
+    rounds alone leave a residual, largest where a correction runs into the image range. Only pixels that had
+    to be clipped can stay (slightly) outside [-1, 1].
 
     A super-resolution sample must downsample back to its input. A network trained on small crops gets the
     image's low frequencies slightly wrong when it runs on the whole canvas (a tinted white background, a
     shifted hue); this puts them back from the input and leaves the detail the network drew. Measured on 8
     held-out emoji, 64 -> 128, 20 DPM-Solver++ steps: PSNR 30.7 -> 34.5 dB and SSIM 0.962 -> 0.977 at scale 1,
     33.0 dB and 0.968 at scale 4. scale > 1 is for an input the stage was told is noisy (noise augmentation
-    in a cascade): at 1/4 size its speckle averages out, so the base stage's grain is not drawn back in."""
+    in a cascade): at 1/4 size its speckle averages out, so the base stage's grain is not drawn back in.
+    Exactness is what lets a cascade keep its base's figure: a 128 px stage matched at 1/2 of its 64 px input,
+    itself matched pixel for pixel to the 32 px base, downsamples to the base's image."""
     h, w = max(1, low_res.shape[-2] // scale), max(1, low_res.shape[-1] // scale)
     target = low_res if scale == 1 else F.interpolate(low_res, size=(h, w), mode="area")
     for _ in range(rounds):
         residual = target - F.interpolate(x, size=(h, w), mode="area")
         x = x + F.interpolate(residual, size=x.shape[-2:], mode="bicubic", align_corners=False)
+    if x.shape[-2] % h or x.shape[-1] % w:      # not a whole multiple (an odd-size input at scale > 1)
+        return x
+    for _ in range(EXACT_ROUNDS):
+        x = x.clamp(-1, 1)
+        x = x + F.interpolate(target - F.interpolate(x, size=(h, w), mode="area"), size=x.shape[-2:], mode="nearest")
     return x

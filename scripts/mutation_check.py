@@ -43,6 +43,8 @@ MUTANTS = [
  ("SR result not back-projected", "diffusion_core/pipeline/stage.py",
   "rec = replace(rec, x_next=back_project(rec.x_next, low_res.to(device), scale))", "pass",
   "tests/test_pipeline.py -k downsamples_back"),
+ ("SR result downsamples to its input only approximately", "diffusion_core/conditioning.py",
+  "EXACT_ROUNDS = 4 ", "EXACT_ROUNDS = 0 ", "tests/test_pipeline.py -k downsamples_back"),
  ("augmented SR input matched pixel for pixel", "diffusion_core/conditioning.py",
   "return match_scale or (AUGMENTED_INPUT_SCALE if aug_level > 0 else 1)", "return match_scale or 1",
   "tests/test_pipeline.py -k downsamples_back"),
