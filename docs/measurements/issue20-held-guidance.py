@@ -10,9 +10,12 @@ so the colour attributes get the unguided model's weight and the other picks (wo
 scale w; with no colour picked it is plain CFG. Same cost (two passes per step). eps_hat recomputed from x_t.
 
     python docs/measurements/issue20-held-guidance.py MODE GUIDANCE [W_COLOUR]   # MODE: cfg | held | tones | split
+    python docs/measurements/issue20-held-guidance.py interval GUIDANCE T_LO T_HI
 
 (tones: only the skin tones held, the colour words guided like the other picks. split: the colour picks at a
-weight W_COLOUR between 1 and w, three passes: x0 = x0_u + W_COLOUR (x0(colours) - x0_u) + w (x0(all) - x0(colours)).)
+weight W_COLOUR between 1 and w, three passes: x0 = x0_u + W_COLOUR (x0(colours) - x0_u) + w (x0(all) - x0(colours)).
+interval (session 15): plain guidance at w for timesteps T_LO <= t <= T_HI, the conditional model alone (weight 1)
+at the others: does guidance set which tone at high noise and the conditional model render it below?)
 
 Prints the skin-tone luminance ratios ("woman" + each tone, the face's 8x8 centre, generated / real, 8
 samples, DPM-Solver++ 20), the mean RGB distance over the five tones, and the picks followed
@@ -33,7 +36,8 @@ from guidance_colours import COLOURS, tone_summary  # noqa: E402
 from skin_tone_colours import TONES  # noqa: E402
 
 mode, g = sys.argv[1], float(sys.argv[2])
-w_colour = float(sys.argv[3]) if len(sys.argv) > 3 else 1.0
+w_colour = float(sys.argv[3]) if len(sys.argv) > 3 and mode != "interval" else 1.0
+t_lo, t_hi = (int(sys.argv[3]), int(sys.argv[4])) if mode == "interval" else (0, 999)
 model = ROOT / "checkpoints" / "emoji"
 pipe0 = load(model)
 sched, names = pipe0.schedule, list(pipe0.label_names)
@@ -60,8 +64,24 @@ def held(self, x_t, t, cond):
     return Prediction(x0, (x_t - ab.sqrt() * x0) / (1 - ab).sqrt())
 
 
+plain_cfg = denoisers.ClassifierFreeGuidance.__call__
+
+
+def interval(self, x_t, t, cond):
+    if self.scale == 1.0 or cond is None or not cond.has_guidable():
+        return self.denoiser(x_t, t, cond)
+    inside = (t >= t_lo) & (t <= t_hi)
+    if bool(inside.all()):
+        return plain_cfg(self, x_t, t, cond)
+    assert not bool(inside.any()), "one timestep per call"
+    return self.denoiser(x_t, t, cond)
+
+
 if mode in ("held", "tones", "split"):
     denoisers.ClassifierFreeGuidance.__call__ = held
+if mode == "interval":
+    denoisers.ClassifierFreeGuidance.__call__ = interval
+    w_colour = f"t in [{t_lo}, {t_hi}]"
 res, rgb, dist = tone_summary(load(model), g)
 print(mode, g, w_colour, "luma ratio", res, "mean RGB distance", round(dist, 1), "rgb", rgb, flush=True)
 m = evaluate_picks(model, per_pick=8, guidance=g, progress=False)
