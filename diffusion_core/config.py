@@ -174,6 +174,8 @@ class SamplingDefaults:
     spacing: str = "trailing"
     guidance: float = 2.0
     why: str = ""
+    held_labels: tuple[str, ...] = ()   # picks guided at weight 1, the others at the guidance scale
+                                        # (``denoisers.ClassifierFreeGuidance``; a model with unet.label_mask)
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
@@ -242,3 +244,8 @@ class ModelConfig:
             object.__setattr__(self, "sampling", SR_SAMPLING)
         if self.unet.label_mask and not self.unet.num_labels:
             raise ConfigError("unet.label_mask needs a model with labels (unet.num_labels > 0)")
+        if self.sampling.held_labels and not self.unet.label_mask:
+            raise ConfigError("sampling.held_labels needs a model with partial labels (unet.label_mask)")
+        unknown = [a for a in self.sampling.held_labels if a not in self.label_names]
+        if unknown:
+            raise ConfigError(f"sampling.held_labels: {', '.join(map(repr, unknown))} not in label_names")

@@ -6,7 +6,7 @@ so every sampler works with every combination of them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Protocol
 
 import torch
@@ -97,15 +97,32 @@ class ClassifierFreeGuidance:
     The conditional and unconditional passes run as one batch of 2B. The same affine combination is
     applied to x0_hat, which keeps (x0_hat, eps_hat) consistent with x_t. Scale 1 is the conditional
     model exactly (no second pass); scale 0 is the unconditional model.
+
+    ``held`` (a (L,) 0/1 mask of attributes, for a model with partial labels): where a row picks some of these
+    attributes, its second pass is not the null condition but those picks alone (known and present, everything
+    else unknown), so they are guided at weight 1 and the other picks at w:
+        x0 = x0(held picks) + w (x0(all picks) - x0(held picks))
+    A row without a held pick is guided as above. Guidance pushes every pick away from the unconditional model,
+    and for a colour that overshoots: the emoji's dark skin tone comes out near-black (docs/models.md, issue 20).
     """
 
-    def __init__(self, denoiser: Denoiser, scale: float):
-        self.denoiser, self.scale = denoiser, float(scale)
+    def __init__(self, denoiser: Denoiser, scale: float, held: torch.Tensor | None = None):
+        self.denoiser, self.scale, self.held = denoiser, float(scale), held
+
+    def negative(self, cond: Condition) -> Condition:
+        """The condition of the second pass: the null condition, or per row the held picks alone."""
+        if self.held is None or cond.labels is None or cond.known is None:
+            return cond.null()
+        keep = cond.labels * cond.known * self.held.to(cond.labels)
+        has = keep.sum(1) > 0
+        uncond = ~has if cond.uncond is None else cond.uncond | ~has
+        return replace(cond, labels=torch.where(has[:, None], keep, cond.labels),
+                       known=torch.where(has[:, None], keep, cond.known), uncond=uncond)
 
     def __call__(self, x_t, t, cond):
         if self.scale == 1.0 or cond is None or not cond.has_guidable():
             return self.denoiser(x_t, t, cond)
-        both = self.denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), cat_conditions(cond, cond.null()))
+        both = self.denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), cat_conditions(cond, self.negative(cond)))
         b = x_t.shape[0]
         w = self.scale
         x0_c, x0_u = both.x0_hat[:b], both.x0_hat[b:]

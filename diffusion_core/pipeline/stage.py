@@ -136,8 +136,17 @@ class Stage:
                 for lo, hi, net in self.experts]
         den = ExpertEnsemble(dens, d.T) if self.routed else dens[0][2]
         if guidance != 1.0:
-            den = ClassifierFreeGuidance(den, guidance)
+            den = ClassifierFreeGuidance(den, guidance, self.held_mask())
         return ClipX0(den, sched, clip) if clip != "none" else den
+
+    def held_mask(self) -> torch.Tensor | None:
+        """(L,) 1 at the attributes the model's config guides at weight 1 (``sampling.held_labels``), or None."""
+        names, held = list(self.config.label_names), self.config.sampling.held_labels
+        if not held:
+            return None
+        mask = torch.zeros(len(names))
+        mask[[names.index(a) for a in held]] = 1
+        return mask
 
     # ---- conditions -------------------------------------------------------------------------
     def condition(self, n: int, labels: Sequence = (), cond_image: torch.Tensor | None = None,
