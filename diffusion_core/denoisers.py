@@ -102,7 +102,8 @@ class ClassifierFreeGuidance:
     attributes, its second pass is not the null condition but those picks alone (known and present, everything
     else unknown), so they are guided at weight 1 and the other picks at w:
         x0 = x0(held picks) + w (x0(all picks) - x0(held picks))
-    A row without a held pick is guided as above. Guidance pushes every pick away from the unconditional model,
+    A row without a held pick, and a full label vector (``known`` None: every attribute specified), is guided as
+    above. Guidance pushes every pick away from the unconditional model,
     and for a colour that overshoots: the emoji's dark skin tone comes out near-black (docs/models.md, issue 20).
     """
 

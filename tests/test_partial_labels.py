@@ -305,3 +305,5 @@ def test_held_guidance_guides_the_held_picks_at_weight_one(tmp_path, make_model)
     assert torch.equal(pipe.sample(2, labels=["woman", "cat"], **kw), plain.sample(2, labels=["woman", "cat"], **kw))
     assert torch.equal(pipe.sample(2, labels=["woman", "dark"], **{**kw, "guidance": 1.0}),
                        plain.sample(2, labels=["woman", "dark"], **{**kw, "guidance": 1.0}))
+    full = torch.tensor([[1., 0, 0, 1, 0]] * 2)                     # a full label vector is guided plainly
+    assert torch.equal(pipe.sample(2, labels=full, **kw), plain.sample(2, labels=full, **kw))
