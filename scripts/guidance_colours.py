@@ -1,20 +1,22 @@
 """Issue 20, part 2: do guided samples keep the emoji's colours? Generated vs real, per guidance scale and per
 way of keeping x0_hat in range.
 
-    python scripts/guidance_colours.py --model checkpoints/emoji [--n 16] [--guidance 1 2 3 4]
+    python scripts/guidance_colours.py --model checkpoints/emoji [--n 16] [--guidance 1 2 3 4] [--sampler dpm++]
                                        [--clip clip dynamic rescale] [--out runs/evaluate/guidance-colours.json]
 
-Two families of picks, each sampled with DPM-Solver++ 20, seeds 0..n-1:
+Two families of picks, each sampled with DPM-Solver++ 20 (or --sampler / --steps), seeds 0..n-1, the model's guidance
+as configured (with its ``sampling.held_labels``):
 * skin: "woman" + each of the five skin tones; measured on the central 8x8 pixels at 32 px (the face);
 * colours: "heart" + each colour word that real hearts have; measured on the pixels that are not background
   (not all three channels above 235), i.e. the heart itself.
 For each, the mean RGB (0-255) beside the same measure over the real emoji that have the picked attributes,
-their Euclidean distance, the luminance ratio generated / real, and the fraction of measured pixels with a
-channel at 0 or 255 (clipped) against the real emoji's fraction.
+their Euclidean distance, the luminance ratio generated / real, the hue of the mean RGB (HSV, degrees), and the
+fraction of measured pixels with a channel at 0 or 255 (clipped) against the real emoji's fraction.
 """
 from __future__ import annotations
 
 import argparse
+import colorsys
 import json
 import sys
 from pathlib import Path
@@ -43,7 +45,9 @@ def measure(images: torch.Tensor, region: str) -> dict:
     if len(px) == 0:
         return {"rgb": None, "clipped": None}
     clipped = ((px <= 0) | (px >= 255)).any(1).float().mean()
-    return {"rgb": [round(float(v), 1) for v in px.mean(0)], "clipped": round(float(clipped), 4)}
+    rgb = [round(float(v), 1) for v in px.mean(0)]
+    hue = colorsys.rgb_to_hsv(*(v / 255 for v in rgb))[0] * 360
+    return {"rgb": rgb, "hue": round(hue, 1), "clipped": round(float(clipped), 4)}
 
 
 def tone_colours(pipe, real, guidance: float, n: int = 8) -> dict:
@@ -102,6 +106,7 @@ def main() -> int:
     ap.add_argument("--model", default="checkpoints/emoji")
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--sampler", default="dpm++")
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0, 3.0, 4.0])
     ap.add_argument("--clip", nargs="+", default=["clip", "dynamic"])
     ap.add_argument("--out", default="runs/evaluate/guidance-colours.json")
@@ -121,7 +126,7 @@ def main() -> int:
         for clip in args.clip:
             for g in args.guidance:
                 undo = rescaled_guidance(pipe, float(clip[7:] or 0.7)) if clip.startswith("rescale") else None
-                x = pipe.sample(args.n, sampler="dpm++", steps=args.steps, guidance=g, labels=list(picks), seed=0,
+                x = pipe.sample(args.n, sampler=args.sampler, steps=args.steps, guidance=g, labels=list(picks), seed=0,
                                 clip="clip" if undo else clip)
                 if undo:
                     undo()
@@ -143,7 +148,7 @@ def main() -> int:
                 cl = [r[k]["clipped"] - r["real"]["clipped"] for r in rows if r["region"] == fam and r[k]["rgb"]]
                 summary[f"{k}_{fam}"] = {"mean_distance": round(sum(ds) / len(ds), 1),
                                          "mean_extra_clipped": round(sum(cl) / len(cl), 4)}
-    out = {"model": args.model, "n": args.n, "steps": args.steps, "sampler": "dpm++", "rows": rows,
+    out = {"model": args.model, "n": args.n, "steps": args.steps, "sampler": args.sampler, "rows": rows,
            "summary": summary}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
