@@ -100,6 +100,9 @@ def _sample_args(s) -> None:
     s.add_argument("--spacing", default="trailing", choices=SPACINGS, help=SPACING_HELP)
     s.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1]: 0 deterministic, 1 DDPM-like")
     s.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale, 0-30 (1: off)")
+    s.add_argument("--plain-guidance", action="store_true", help="guide every picked attribute at the guidance "
+                   "scale; by default a model's sampling.held_labels (emoji: skin tones, colour words) are guided "
+                   "at weight 1")
     s.add_argument("--label", action="append", default=[], help="class or attribute, by name or index; repeat for several. A model "
                    "trained with unet.label_mask makes images that have every picked attribute, the others "
                    "unspecified; older multi-label models read the picks as the whole attribute set")
@@ -151,6 +154,8 @@ def _evaluate_args(e) -> None:
                         "and report per pick the fraction of samples that have every picked attribute, beside real "
                         "emoji, and mean colours (MODEL/metrics-picks[-tag].json; --steps, --guidance apply)")
     e.add_argument("--per-pick", type=int, default=16, help="--picks: samples per pick")
+    e.add_argument("--plain-guidance", action="store_true", help="--picks: guide every pick at the guidance scale, "
+                   "not the model's sampling.held_labels at weight 1 (full label sets are always guided plainly)")
 
 
 def main(argv=None) -> int:
@@ -307,7 +312,8 @@ def _sample_batches(args, pipe, sampler, cond, init, low):
                 kw["sr_steps"] = args.sr_steps
             for rec in pipe.stream(b, sampler=sampler, steps=args.steps, spacing=args.spacing, eta=args.eta,
                                    guidance=args.guidance, labels=args.label, cond_image=cond, init_image=init,
-                                   strength=args.strength, seed=args.seed + start, **kw):
+                                   strength=args.strength, seed=args.seed + start, hold=not args.plain_guidance,
+                                   **kw):
                 if bar is None and not args.no_progress:   # made at the first step: an error before prints no bar
                     from tqdm import tqdm
                     # a cascade: its base's steps (none when given low_res), then every stage's
@@ -338,7 +344,7 @@ def _write_samples(args, pipe, sampler, allimg, frames, names, out: Path) -> Non
     from .images import grid, to_pil
     params = {"model": str(args.model), "sampler": sampler, "steps": args.steps, "spacing": args.spacing,
               "eta": args.eta, "guidance": args.guidance, "labels": args.label, "seed": args.seed,
-              "backend": pipe.backend}
+              "backend": pipe.backend, **({"plain_guidance": True} if args.plain_guidance else {})}
     for i, img in enumerate(allimg):
         info = PngInfo()
         info.add_text("parameters", json.dumps({**params, "seed": args.seed + i, "n": 1,

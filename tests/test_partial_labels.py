@@ -305,5 +305,29 @@ def test_held_guidance_guides_the_held_picks_at_weight_one(tmp_path, make_model)
     assert torch.equal(pipe.sample(2, labels=["woman", "cat"], **kw), plain.sample(2, labels=["woman", "cat"], **kw))
     assert torch.equal(pipe.sample(2, labels=["woman", "dark"], **{**kw, "guidance": 1.0}),
                        plain.sample(2, labels=["woman", "dark"], **{**kw, "guidance": 1.0}))
+    assert torch.equal(pipe.sample(2, labels=["woman", "dark"], hold=False, **kw),      # a run can switch it off
+                       plain.sample(2, labels=["woman", "dark"], **kw))
     full = torch.tensor([[1., 0, 0, 1, 0]] * 2)                     # a full label vector is guided plainly
     assert torch.equal(pipe.sample(2, labels=full, **kw), plain.sample(2, labels=full, **kw))
+
+
+def test_plain_guidance_from_the_command_line(tmp_path, make_model):
+    """`sample --plain-guidance` (and `evaluate --picks --plain-guidance`) switch held guidance off for one run."""
+    import numpy as np
+    from PIL import Image
+    from diffusion_core.__main__ import main
+    from diffusion_core.config import SamplingDefaults
+    names = ("woman", "man", "cat", "dark", "red")
+    for name, sampling in (("held", SamplingDefaults(held_labels=("dark",))), ("plain", SamplingDefaults())):
+        make_model(tmp_path / name, seed=3, unet=dict(num_labels=5, label_mask=True), label_names=names,
+                   multi_label=True, sampling=sampling)
+
+    def png(model, *extra):
+        out = tmp_path / f"out-{model}-{len(extra)}"
+        assert main(["sample", "--model", str(tmp_path / model), "--n", "1", "--steps", "3", "--sampler", "ddim",
+                     "--guidance", "3", "--label", "woman", "--label", "dark", "--no-progress", "--out", str(out),
+                     *extra]) == 0
+        return np.asarray(Image.open(next(out.glob("*.png"))))
+    plain = png("plain")
+    assert np.array_equal(png("held", "--plain-guidance"), plain)
+    assert not np.array_equal(png("held"), plain)

@@ -280,7 +280,8 @@ def evaluate_command(args) -> int:
         from .picks import evaluate_picks, format_table
         m = evaluate_picks(model, Path(args.classifier) if args.classifier else None, per_pick=args.per_pick,
                            sampler=args.sampler or "dpm++", steps=args.steps or 50, guidance=args.guidance,
-                           seed=args.seed, device=args.device, progress=not args.no_progress)
+                           seed=args.seed, device=args.device, progress=not args.no_progress,
+                           hold=not args.plain_guidance)
         m["command"] = command_line() if sys.argv[1:2] == ["evaluate"] else None
         m["threads"] = torch.get_num_threads()
         write_json(out, m)

@@ -75,7 +75,7 @@ def includes_all(logits: torch.Tensor, picked: list[int]) -> torch.Tensor:
 
 def evaluate_picks(model_dir: Path, classifier_dir: Path | None = None, per_pick: int = 16, sampler: str = "dpm++",
                    steps: int = 20, guidance: float = 2.0, seed: int = 0, picks=PICKS, device: str = "cpu",
-                   progress: bool = True) -> dict:
+                   progress: bool = True, hold: bool = True) -> dict:
     """Per pick: the fraction of ``per_pick`` samples that have every picked attribute (by the classifier),
     beside the same fraction over the real emoji with those attributes; their means over ``picks``; and the
     mean colours. Works on a model or a cascade folder (the cascade's final output is measured)."""
@@ -95,7 +95,7 @@ def evaluate_picks(model_dir: Path, classifier_dir: Path | None = None, per_pick
     for k, pick in enumerate(tqdm(picks, unit="pick", disable=not progress)):
         idx = [names.index(a) for a in pick]
         gen = pipe.sample(per_pick, sampler=sampler, steps=steps, guidance=guidance, labels=list(pick),
-                          seed=seed + 1000 * k, device=device).cpu()
+                          seed=seed + 1000 * k, device=device, hold=hold).cpu()
         _, logits = features_of(clf, gen)
         have = real_labels[:, idx].all(dim=1).nonzero().flatten()
         real_imgs = real.batch(have)["image"] if len(have) else None
@@ -110,7 +110,8 @@ def evaluate_picks(model_dir: Path, classifier_dir: Path | None = None, per_pick
         vals = [r[key] for r in rs if r[key] is not None]
         return round(float(np.mean(vals)), 4) if vals else None
     return {"model": str(model_dir), "labels_mean": pipe.picks_meaning, "per_pick": per_pick, "sampler": sampler,
-            "steps": steps, "guidance": guidance, "seed": seed, "picks": len(rows),
+            "steps": steps, "guidance": guidance, "seed": seed,
+            "held_labels": list(pipe.base.config.sampling.held_labels) if hold else [], "picks": len(rows),
             "generated_mean": mean("generated", rows), "real_mean": mean("real", rows),
             "judgeable_picks": len(judged), "judgeable_rule": f"at least {MIN_POSITIVES} real emoji with the pick, "
             f"the classifier finds it on at least {VISIBLE_CLASSIFIER_F1} of them",

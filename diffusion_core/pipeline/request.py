@@ -19,7 +19,9 @@ class Request:
     super-resolution model (or of a cascade's first super-resolution stage, skipping its base); its result is
     back-projected onto low_res at 1/``match_scale`` of its size (None: ``back_projection_scale``'s rule);
     sr_steps / sr_sampler: a cascade's super-resolution stages (None: each stage's own); x_start: the state to
-    start from at ``t_start`` (default T - 1), (n, C, H, W), for one Gaussian model generating from noise.
+    start from at ``t_start`` (default T - 1), (n, C, H, W), for one Gaussian model generating from noise;
+    hold: guide the picks the model's config holds (``sampling.held_labels``) at weight 1 (False: every pick
+    at the guidance scale, plain classifier-free guidance).
 
     Checked here: n, steps, seed and guidance against ``options.BOUNDS``. The sampler's own options (sampler,
     eta, variance), the spacing and the strength are checked by what uses them (``SamplerSpec``,
@@ -46,6 +48,7 @@ class Request:
     match_scale: int | None = None
     x_start: torch.Tensor | None = None
     t_start: int | None = None
+    hold: bool = True
     device: str | torch.device = "cpu"
 
     def __post_init__(self):

@@ -126,9 +126,10 @@ class Stage:
     def runner(self, net):
         return self.runners[id(net)][0] if id(net) in self.runners else net
 
-    def denoiser(self, guidance: float = 1.0, clip: str | None = None):
-        """model (or routed experts) -> CFG -> x0 kept in range (``clip``: clip | dynamic | none; None = the
-        model's ``diffusion.x0_range``)."""
+    def denoiser(self, guidance: float = 1.0, clip: str | None = None, hold: bool = True):
+        """model (or routed experts) -> CFG (holding the config's ``sampling.held_labels`` at weight 1 unless
+        ``hold`` is False) -> x0 kept in range (``clip``: clip | dynamic | none; None = the model's
+        ``diffusion.x0_range``)."""
         d = self.config.diffusion
         clip = clip or d.x0_range
         sched = None if d.is_cold else self.schedule
@@ -136,7 +137,7 @@ class Stage:
                 for lo, hi, net in self.experts]
         den = ExpertEnsemble(dens, d.T) if self.routed else dens[0][2]
         if guidance != 1.0:
-            den = ClassifierFreeGuidance(den, guidance, self.held_mask())
+            den = ClassifierFreeGuidance(den, guidance, self.held_mask() if hold else None)
         return ClipX0(den, sched, clip) if clip != "none" else den
 
     def held_mask(self) -> torch.Tensor | None:
@@ -192,7 +193,7 @@ class Stage:
         hw, crop_to, low_res = (s, s), None, r.low_res
         if cfg.task == "super_resolution":
             low_res, cond, hw, crop_to = self._sr_input(r)
-        den = self.denoiser(r.guidance, r.clip)
+        den = self.denoiser(r.guidance, r.clip, r.hold)
         if cfg.diffusion.is_cold:
             yield from self._stream_cold(den, r, gens, cond)
             return
