@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoint import CascadeStage
-from ..conditioning import Condition, augment_low_res, back_project, back_projection_scale, picks_condition, resolve_labels
+from ..conditioning import (Condition, augment_low_res, back_project, back_projection_scale, labels_to_vector,
+                            picks_condition, resolve_labels)
 from ..config import ModelConfig
 from ..degradations import Degradation, make_degradation
 from ..denoisers import ClassifierFreeGuidance, ClipX0, ExpertEnsemble, ModelDenoiser
@@ -142,12 +143,10 @@ class Stage:
 
     def held_mask(self) -> torch.Tensor | None:
         """(L,) 1 at the attributes the model's config guides at weight 1 (``sampling.held_labels``), or None."""
-        names, held = list(self.config.label_names), self.config.sampling.held_labels
+        names, held = self.config.label_names, self.config.sampling.held_labels
         if not held:
             return None
-        mask = torch.zeros(len(names))
-        mask[[names.index(a) for a in held]] = 1
-        return mask
+        return labels_to_vector(resolve_labels(held, names), len(names), 1, True)[0]
 
     # ---- conditions -------------------------------------------------------------------------
     def condition(self, n: int, labels: Sequence = (), cond_image: torch.Tensor | None = None,
