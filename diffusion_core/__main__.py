@@ -93,10 +93,11 @@ def _sample_args(s) -> None:
     s.add_argument("--out", help="output folder for PNGs (default: outputs/<model folder name>, git-ignored)")
     s.add_argument("--n", type=int, default=8, help="number of images, 1-10000")
     s.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
-    s.add_argument("--sampler", default=None, choices=SAMPLERS, help="default: ddim (cold for cold models); dpm++ is "
+    s.add_argument("--sampler", default=None, choices=SAMPLERS, help="default: ddim (cold for cold models, a "
+                   "distilled student's own rule: progressive); dpm++ is "
                    "DPM-Solver++(2M), dpm++3m its third-order multistep form, unipc UniPC-bh2 with its corrector")
-    s.add_argument("--steps", type=int, default=50, help=f"sampling steps, 1-{MAX_STEPS} (U-Net passes per image: "
-                   "one a step, two with guidance)")
+    s.add_argument("--steps", type=int, default=None, help=f"sampling steps, 1-{MAX_STEPS} (U-Net passes per image: "
+                   "one a step, two with guidance); default 50, a distilled student's own steps")
     s.add_argument("--spacing", default="trailing", choices=SPACINGS, help=SPACING_HELP)
     s.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1]: 0 deterministic, 1 DDPM-like")
     s.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale, 0-30 (1: off)")
@@ -278,8 +279,10 @@ def _sample(args) -> int:
     if args.sr_steps is not None:
         check_ranges(args, [("sr_steps", *BOUNDS["steps"])])
     pipe = load(Path(args.model), backend=requested_backend(args.backend))      # sample's default: auto
-    sampler = args.sampler or pipe.samplers[0 if pipe.samplers == ("cold",) else 1]
     base = pipe.base.config
+    own = base.distilled        # a distilled student samples with its own rule and steps unless told otherwise
+    sampler = args.sampler or (own.sampler if own.teacher else pipe.samplers[0 if pipe.samplers == ("cold",) else 1])
+    args.steps = args.steps or (own.steps if own.teacher else 50)
     ch, size = base.unet.out_channels, base.unet.image_size
     cond = load_image(args.cond_image, size, base.unet.cond_channels or 1) if args.cond_image else None
     init = load_image(args.init_image, size, ch) if args.init_image else None

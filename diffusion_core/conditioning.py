@@ -30,6 +30,8 @@ class Condition:
     aug_level:(B,) float in [0, 1]: noise-augmentation level of ``image`` (cascaded diffusion, Ho et al. 2021).
     known:    (B, L) float in {0, 1}: 1 where the attribute in ``labels`` is specified, 0 where it is unknown;
               None: every attribute is known (a full label set).
+    guidance: (B,) float >= 0: the guidance scale w, an input of a network with ``unet.guidance_embedding`` (guided
+              distillation, Meng et al. 2023); None: w = 1.
     """
 
     labels: torch.Tensor | None = None
@@ -37,9 +39,10 @@ class Condition:
     uncond: torch.Tensor | None = None
     aug_level: torch.Tensor | None = None
     known: torch.Tensor | None = None
+    guidance: torch.Tensor | None = None
 
     def _fields(self) -> tuple:
-        return self.labels, self.image, self.uncond, self.aug_level, self.known
+        return self.labels, self.image, self.uncond, self.aug_level, self.known, self.guidance
 
     @property
     def batch_size(self) -> int | None:
@@ -81,7 +84,8 @@ def cat_conditions(a: Condition, b: Condition) -> Condition:
     return Condition(c(a.labels, b.labels, torch.zeros_like), c(a.image, b.image, torch.zeros_like),
                      torch.cat([ua.to(ub.device), ub]) if (ba or bb) else None,
                      c(a.aug_level, b.aug_level, torch.zeros_like),
-                     c(a.known, b.known, torch.ones_like))       # no mask = every attribute known
+                     c(a.known, b.known, torch.ones_like),       # no mask = every attribute known
+                     c(a.guidance, b.guidance, torch.ones_like))     # no scale = w 1
 
 
 def labels_to_vector(indices: list[int], num_labels: int, batch: int, multi: bool) -> torch.Tensor:

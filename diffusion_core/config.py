@@ -9,7 +9,7 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 
-from .options import MAX_STEPS, SAMPLERS, SPACINGS, X0_RANGES
+from .options import MAX_GUIDANCE, MAX_STEPS, SAMPLERS, SPACINGS, STUDENT_SAMPLERS, X0_RANGES
 
 CONFIG_VERSION = 1
 
@@ -107,6 +107,7 @@ class UNetConfig:
     label_mask: bool = False        # also read which labels are known (Condition.known): partial attribute sets
     cond_channels: int = 0          # channels of a conditioning image concatenated to the input
     aug_level_embedding: bool = False   # SR: embed the noise-augmentation level of the condition
+    guidance_embedding: bool = False    # the guidance scale w is an input (guided distillation, Meng et al. 2023)
     image_size: int = 32            # the size the network is trained at (it is fully convolutional)
 
     def __post_init__(self):
@@ -201,6 +202,32 @@ SR_SAMPLING = SamplingDefaults("ddpm", 10, "trailing", 1.0,
 
 
 @dataclass(frozen=True)
+class Distilled:
+    """A distilled student's record; empty for every other model. ``teacher``: the model folder it was distilled
+    from, as the training config named it; ``sampler``: its own few-step rule (``options.STUDENT_SAMPLERS``) on the
+    grid it was distilled on, ``spaced_timesteps(T, steps, "trailing")``; ``guidance``: [w_min, w_max], the
+    guidance scales its guidance embedding was trained on (() without one)."""
+
+    teacher: str = ""
+    sampler: str = ""
+    steps: int = 0
+    guidance: tuple[float, ...] = ()
+
+    def __post_init__(self):
+        if not self.teacher:
+            if self.sampler or self.steps or self.guidance:
+                raise ConfigError("distilled: a student's record needs its teacher")
+            return
+        if self.sampler not in STUDENT_SAMPLERS:
+            raise ConfigError(f"distilled.sampler must be one of {', '.join(STUDENT_SAMPLERS)}, got {self.sampler!r}")
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise ConfigError(f"distilled.steps must be in [1, {MAX_STEPS}], got {self.steps}")
+        if self.guidance and (len(self.guidance) != 2 or not 0 <= self.guidance[0] <= self.guidance[1] <= MAX_GUIDANCE):
+            raise ConfigError(f"distilled.guidance must be [w_min, w_max] within [0, {MAX_GUIDANCE:g}], "
+                              f"got {list(self.guidance)}")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild and sample a trained model from its folder."""
 
@@ -215,12 +242,21 @@ class ModelConfig:
     high_res: int = 0                   # ... and of the output (the network itself may train on crops)
     description: str = ""
     sampling: SamplingDefaults = field(default_factory=SamplingDefaults)   # the app's defaults for this model
+    distilled: Distilled = field(default_factory=Distilled)              # a student: its teacher and own sampler
 
     @property
     def output_size(self) -> int:
         """Side of the images this model makes: a super-resolution model's high resolution (it may train on
         smaller crops), else the U-Net's image size."""
         return self.high_res or self.unet.image_size
+
+    def _check_student(self) -> None:
+        d = self.distilled
+        if self.sampling.sampler in STUDENT_SAMPLERS and self.sampling.sampler != d.sampler:
+            raise ConfigError(f"sampling.sampler {self.sampling.sampler!r} is a distilled student's own rule; this "
+                              f"model's is {d.sampler or 'none (it is not a student)'}")
+        if d.guidance and not self.unet.guidance_embedding:
+            raise ConfigError("distilled.guidance needs a network that takes the guidance scale (unet.guidance_embedding)")
 
     @property
     def sr_factor(self) -> int:
@@ -246,6 +282,7 @@ class ModelConfig:
             raise ConfigError("unet.label_mask needs a model with labels (unet.num_labels > 0)")
         if self.sampling.held_labels and not self.unet.label_mask:
             raise ConfigError("sampling.held_labels needs a model with partial labels (unet.label_mask)")
+        self._check_student()
         unknown = [a for a in self.sampling.held_labels if a not in self.label_names]
         if unknown:
             raise ConfigError(f"sampling.held_labels: {', '.join(map(repr, unknown))} not in label_names")

@@ -107,8 +107,10 @@ class ClassifierFreeGuidance:
     and for a colour that overshoots: the emoji's dark skin tone comes out near-black (docs/models.md, issue 20).
     """
 
-    def __init__(self, denoiser: Denoiser, scale: float, held: torch.Tensor | None = None):
-        self.denoiser, self.scale, self.held = denoiser, float(scale), held
+    def __init__(self, denoiser: Denoiser, scale: float | torch.Tensor, held: torch.Tensor | None = None):
+        """``scale``: one w, or a (B,) tensor of one w per row (a distillation teacher's, Meng et al. 2023)."""
+        self.denoiser, self.held = denoiser, held
+        self.scale = scale if torch.is_tensor(scale) else float(scale)
 
     def negative(self, cond: Condition) -> Condition:
         """The condition of the second pass: the null condition, or per row the held picks alone."""
@@ -121,14 +123,29 @@ class ClassifierFreeGuidance:
                        known=torch.where(has[:, None], keep, cond.known), uncond=uncond)
 
     def __call__(self, x_t, t, cond):
-        if self.scale == 1.0 or cond is None or not cond.has_guidable():
+        if (not torch.is_tensor(self.scale) and self.scale == 1.0) or cond is None or not cond.has_guidable():
             return self.denoiser(x_t, t, cond)
         both = self.denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), cat_conditions(cond, self.negative(cond)))
         b = x_t.shape[0]
-        w = self.scale
+        w = _bcast(self.scale, x_t) if torch.is_tensor(self.scale) else self.scale
         x0_c, x0_u = both.x0_hat[:b], both.x0_hat[b:]
         eps_c, eps_u = both.eps_hat[:b], both.eps_hat[b:]
         return Prediction(x0_u + w * (x0_c - x0_u), eps_u + w * (eps_c - eps_u))
+
+
+class GuidanceInput:
+    """Guidance as an input (guided distillation, Meng et al. 2023): a network trained with ``unet.guidance_embedding``
+    reads the scale w from the condition (``Condition.guidance``) and gives the guided prediction in one pass;
+    ``ClassifierFreeGuidance``'s two passes are its teacher. Rows without a condition are passed on unchanged."""
+
+    def __init__(self, denoiser: Denoiser, scale: float):
+        self.denoiser, self.scale = denoiser, float(scale)
+
+    def __call__(self, x_t, t, cond):
+        if cond is None:
+            return self.denoiser(x_t, t, cond)
+        w = torch.full((x_t.shape[0],), self.scale, dtype=torch.float32, device=x_t.device)
+        return self.denoiser(x_t, t, replace(cond, guidance=w))
 
 
 class ClipX0:

@@ -2,7 +2,10 @@
 grids and the bounds that the pipeline enforces and the command line and the app show."""
 from __future__ import annotations
 
-SAMPLERS = ("ddpm", "ddim", "dpm++", "dpm++3m", "unipc", "cold")
+SAMPLERS = ("ddpm", "ddim", "dpm++", "dpm++3m", "unipc", "cold", "progressive")
+# a distilled student's own few-step rule (Salimans & Ho 2022): offered only by the students it was distilled for
+# (``ModelConfig.distilled``), whose default it is
+STUDENT_SAMPLERS = ("progressive",)
 SPACINGS = ("trailing", "leading", "linspace", "logsnr", "karras")
 NOISE_LEVEL_SPACINGS = ("logsnr", "karras")      # grids in noise level: they need a Gaussian schedule
 X0_RANGES = ("clip", "dynamic", "none")          # keeping x0_hat in [-1, 1]: clamp, dynamic thresholding, nothing

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from .conditioning import Condition, resize_cond_image
 from .config import UNetConfig
 
+GUIDANCE_EMBED_SCALE = 100.0   # w enters the sinusoidal embedding as 100 w: w in [0, 10] spans t's range [0, 1000]
+
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of (B,) timesteps (float or int) -> (B, dim)."""
@@ -202,6 +204,14 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(cur, cfg.out_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
+        # guided distillation (Meng et al. 2023): w enters like t, a sinusoidal embedding and an MLP added to the time
+        # embedding; its last layer starts at zero, so a student grown from its teacher (``load_parent_state``) starts
+        # with the teacher's exact outputs. Built last, so every other layer is initialised as without it.
+        self.guidance_mlp = (nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+                             if cfg.guidance_embedding else None)
+        if self.guidance_mlp is not None:
+            nn.init.zeros_(self.guidance_mlp[2].weight)
+            nn.init.zeros_(self.guidance_mlp[2].bias)
         self.set_channels_last(channels_last)
         self.register_state_dict_post_hook(_contiguous_state)
 
@@ -232,6 +242,9 @@ class UNet(nn.Module):
         if self.aug_mlp is not None:
             aug = cond.aug_level if cond is not None and cond.aug_level is not None else torch.zeros(batch, device=t.device)
             emb = emb + self.aug_mlp(timestep_embedding(aug * 1000, self.cfg.base_channels))
+        if self.guidance_mlp is not None:
+            w = cond.guidance if cond is not None and cond.guidance is not None else torch.ones(batch, device=t.device)
+            emb = emb + self.guidance_mlp(timestep_embedding(w * GUIDANCE_EMBED_SCALE, self.cfg.base_channels))
         return emb
 
     def label_embedding(self, labels: torch.Tensor, known: torch.Tensor | None) -> torch.Tensor:
@@ -278,11 +291,15 @@ class UNet(nn.Module):
 
 def load_parent_state(net: UNet, parent_cfg: UNetConfig, state: dict[str, torch.Tensor]) -> None:
     """Initialise ``net`` from a parent network's weights. The configs must be equal except that ``net`` may
-    add ``label_mask`` to a parent without it: every parent tensor is copied and ``known_proj`` keeps its zero
-    initialisation, so on fully known labels ``net`` computes exactly the parent's output (W_k 1 = 0)."""
-    if parent_cfg != net.cfg and parent_cfg != replace(net.cfg, label_mask=False):
-        raise ValueError("parent network config differs from this run's (only adding unet.label_mask is allowed)")
-    new = {"known_proj.weight"} if net.cfg.label_mask and not parent_cfg.label_mask else set()
+    add ``label_mask`` or ``guidance_embedding`` to a parent without them: every parent tensor is copied and
+    ``known_proj`` and the last layer of ``guidance_mlp`` keep their zero initialisation, so on fully known labels
+    ``net`` computes exactly the parent's output (W_k 1 = 0; the guidance embedding adds 0)."""
+    added = {name: prefix for name, prefix in (("label_mask", "known_proj."), ("guidance_embedding", "guidance_mlp."))
+             if getattr(net.cfg, name) and not getattr(parent_cfg, name)}
+    if parent_cfg != replace(net.cfg, **{name: False for name in added}):
+        raise ValueError("parent network config differs from this run's (only adding unet.label_mask or "
+                         "unet.guidance_embedding is allowed)")
+    new = {k for k in net.state_dict() if k.startswith(tuple(added.values()))}
     expected = set(net.state_dict())
     if set(state) != expected - new:
         raise ValueError(f"parent weights do not match its config (missing: {sorted(expected - new - set(state))[:3]}; "

@@ -14,9 +14,9 @@ from ..conditioning import (Condition, augment_low_res, back_project, back_proje
                             picks_condition, resolve_labels)
 from ..config import ModelConfig
 from ..degradations import Degradation, make_degradation
-from ..denoisers import ClassifierFreeGuidance, ClipX0, ExpertEnsemble, ModelDenoiser
+from ..denoisers import ClassifierFreeGuidance, ClipX0, ExpertEnsemble, GuidanceInput, ModelDenoiser
 from ..runtime import ChunkedNet, backends
-from ..options import NOISE_LEVEL_SPACINGS, SAMPLERS, SPACINGS
+from ..options import NOISE_LEVEL_SPACINGS, SAMPLERS, SPACINGS, STUDENT_SAMPLERS
 from ..samplers import (SampleStep, SamplerSpec, img2img_timesteps, make_generators, noised_start, per_image_noise,
                        sample_stream)
 from ..schedules import Schedule, make_schedule, spaced_timesteps
@@ -91,7 +91,12 @@ class Stage:
 
     @property
     def samplers(self) -> tuple[str, ...]:
-        return ("cold",) if self.config.diffusion.is_cold else tuple(x for x in SAMPLERS if x != "cold")
+        """The samplers that apply: cold's for a cold model; else the Gaussian ones, a distilled student's own rule
+        only on that student (``config.distilled.sampler``)."""
+        if self.config.diffusion.is_cold:
+            return ("cold",)
+        own = self.config.distilled.sampler
+        return tuple(x for x in SAMPLERS if x != "cold" and (x not in STUDENT_SAMPLERS or x == own))
 
     @property
     def size(self) -> int:
@@ -137,7 +142,9 @@ class Stage:
         dens = [(lo, hi, ModelDenoiser(ChunkedNet(self.runner(net), self.chunk, self.workers), sched, d.prediction))
                 for lo, hi, net in self.experts]
         den = ExpertEnsemble(dens, d.T) if self.routed else dens[0][2]
-        if guidance != 1.0:
+        if self.config.unet.guidance_embedding:       # a guided student: w is an input, one pass
+            den = GuidanceInput(den, guidance)
+        elif guidance != 1.0:
             den = ClassifierFreeGuidance(den, guidance, self.held_mask() if hold else None)
         return ClipX0(den, sched, clip) if clip != "none" else den
 

@@ -11,7 +11,7 @@ from ..denoisers import Prediction
 from ..schedules import Schedule
 from .spec import SamplerSpec
 from .updates import (_ab, _lam, cold_update, ddim_sigma, ddim_step, ddpm_step, ddpm_variance, dpm_step_size,
-                      dpmpp_2m_step, dpmpp_3m_step, redegrade, unipc_correct, unipc_step)
+                      dpmpp_2m_step, dpmpp_3m_step, progressive_step, redegrade, unipc_correct, unipc_step)
 
 
 class Step:
@@ -80,6 +80,25 @@ class DDIMStep(Step):
 
     def info(self, t, t_next):
         return {"eta": self.eta, "sigma": ddim_sigma(_ab(self.schedule, t), _ab(self.schedule, t_next), self.eta)}
+
+
+class ProgressiveStep(Step):
+    """A progressively distilled student's own rule, ``progressive_step`` (Salimans & Ho 2022, Alg. 2): DDIM from x_t
+    and x0_hat, on the grid the student was distilled on."""
+
+    def __init__(self, schedule: Schedule):
+        self.schedule = schedule
+
+    def inputs(self, x_t, t, t_next, pred, noise):
+        return {"x_t": x_t, "x0_hat": pred.x0_hat}
+
+    def rule(self, v, t, t_next):
+        return progressive_step(self.schedule, v["x_t"], t, t_next, Prediction(v["x0_hat"], None))
+
+    def info(self, t, t_next):
+        ab_t, ab_s = _ab(self.schedule, t), _ab(self.schedule, t_next)
+        return {"alpha_t": ab_t ** 0.5, "sigma_t": (1 - ab_t) ** 0.5, "alpha_next": ab_s ** 0.5,
+                "sigma_next": (1 - ab_s) ** 0.5}
 
 
 def _earlier(history: Sequence[tuple[int, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -241,4 +260,6 @@ def make_step(spec: SamplerSpec, timesteps: torch.Tensor, schedule: Schedule | N
         return DPMpp2MStep(schedule, timesteps)
     if spec.name == "dpm++3m":
         return DPMpp3MStep(schedule, timesteps)
+    if spec.name == "progressive":
+        return ProgressiveStep(schedule)
     return UniPCStep(schedule, timesteps)

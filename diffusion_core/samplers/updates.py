@@ -1,7 +1,7 @@
 """The update rules, each a short function named for its paper and written as its update equation, on one footing:
 ``(schedule, x_t, t, t_next, prediction, ...) -> x_{t_next}``, with ``t_next = -1`` the clean image (alpha_bar = 1).
 DDPM (ancestral, posterior or beta variance), DDIM (eta), DPM-Solver++(2M) and (3M), UniPC-bh2 (predictor and
-corrector), Cold Diffusion (Alg. 1 and 2)."""
+corrector), Cold Diffusion (Alg. 1 and 2), and a progressively distilled student's step with its inverse."""
 from __future__ import annotations
 
 import math
@@ -53,6 +53,32 @@ def ddim_step(schedule: Schedule, x_t, t: int, t_next: int, pred: Prediction, no
     if sigma > 0:
         x_next = x_next + sigma * noise
     return x_next
+
+
+def _alpha_sigma(schedule: Schedule, t, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alpha_t, sigma_t) = (sqrt(ab_t), sqrt(1 - ab_t)) in x's dtype and device, shaped to broadcast over x's rows:
+    ``t`` is one timestep (an int) or one per row ((B,) long); t = -1 is the clean image (alpha 1, sigma 0)."""
+    ab = schedule.alpha_bar_at(t).reshape(-1, *([1] * (x.dim() - 1)))
+    return ab.sqrt().to(x.device, x.dtype), (1 - ab).sqrt().to(x.device, x.dtype)
+
+
+def progressive_step(schedule: Schedule, x_t, t, t_next, pred: Prediction):
+    """A progressively distilled student's step: deterministic DDIM in the x-prediction form of Salimans & Ho 2022
+    (Alg. 2, the student's and the teacher's step): z_s = alpha_s x_hat + (sigma_s / sigma_t) (z_t - alpha_t x_hat),
+    from z_t = x_t at t to z_s at s = t_next; at t_next = -1 (sigma_s = 0) it returns x_hat. ``t`` and ``t_next``:
+    ints, or (B,) per-row timesteps (the distillation objective)."""
+    a_t, s_t = _alpha_sigma(schedule, t, x_t)
+    a_s, s_s = _alpha_sigma(schedule, t_next, x_t)
+    return a_s * pred.x0_hat + (s_s / s_t) * (x_t - a_t * pred.x0_hat)
+
+
+def progressive_target(schedule: Schedule, x_t, t, t_next, x_next):
+    """The x_hat with which one ``progressive_step`` from x_t at t lands on ``x_next`` at t_next, the student's target
+    in progressive distillation (Salimans & Ho 2022, Alg. 2):
+    x_tilde = (z_t'' - (sigma_t'' / sigma_t) z_t) / (alpha_t'' - (sigma_t'' / sigma_t) alpha_t)."""
+    a_t, s_t = _alpha_sigma(schedule, t, x_t)
+    a_s, s_s = _alpha_sigma(schedule, t_next, x_t)
+    return (x_next - (s_s / s_t) * x_t) / (a_s - (s_s / s_t) * a_t)
 
 
 def _lam(ab: float) -> float:

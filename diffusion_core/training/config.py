@@ -18,6 +18,39 @@ TRAIN_BOUNDS = (("steps", 1, 10 ** 9), ("batch_size", 1, 65536), ("lr", 0.0, 1.0
                 ("sample_every", 0, 10 ** 9), ("log_every", 1, 10 ** 9), ("sample_steps", 1, 1000))
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """Progressive distillation of a shipped model into a few-step student (Salimans & Ho 2022), with guidance as the
+    student's input (Meng et al. 2023); ``training/distill.py``. Empty ``teacher``: an ordinary run. The student's
+    network, forward process and labels are the teacher's (the run's unet and diffusion sections are not used)."""
+
+    teacher: str = ""                   # the teacher's model folder; the student starts from its weights
+    method: str = "progressive"         # progressive distillation (the one implemented)
+    start_steps: int = 64               # round 0's teacher: DDIM on spaced_timesteps(T, start_steps, "trailing")
+    student_steps: int = 4              # each round halves the steps, down to this: log2(start / student) rounds
+    guidance: tuple[float, ...] = (1.0, 4.0)   # w ~ U[w_min, w_max] per example, an input of the student; []: none
+    prediction: str = "v"               # the student's output (Salimans & Ho sec. 4: eps fails at few steps)
+
+    @property
+    def rounds(self) -> int:
+        """log2(start_steps / student_steps), the rounds of halving (cfg.steps is split evenly over them)."""
+        return max(self.start_steps // self.student_steps, 1).bit_length() - 1
+
+    def __post_init__(self):
+        if not self.teacher:
+            return
+        if self.method != "progressive":
+            raise ConfigError(f"distill.method must be progressive, got {self.method!r}")
+        if not 1 <= self.student_steps < self.start_steps <= 4096 or \
+                self.start_steps != self.student_steps * 2 ** self.rounds:
+            raise ConfigError(f"distill.start_steps must be student_steps times a power of 2 (at most 4096), got "
+                              f"{self.start_steps} and {self.student_steps}")
+        if self.guidance and (len(self.guidance) != 2 or not 0 <= self.guidance[0] <= self.guidance[1] <= 30):
+            raise ConfigError(f"distill.guidance must be [w_min, w_max] within [0, 30], got {list(self.guidance)}")
+        if self.prediction not in ("x0", "v"):
+            raise ConfigError(f"distill.prediction must be x0 or v, got {self.prediction!r}")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run needs. Every field has a default; ``--set key=value`` overrides any."""
 
@@ -50,8 +83,11 @@ class TrainConfig:
     log_every: int = 50
     sample_steps: int = 25
     description: str = ""
+    distill: DistillConfig = field(default_factory=DistillConfig)   # a few-step student of a shipped model
 
     def __post_init__(self):
+        if self.distill.teacher and (self.parent or self.task != "generate"):
+            raise ConfigError("distill: a student starts from its teacher (no parent) and generates (task generate)")
         if self.task not in ("generate", "super_resolution", "pose"):
             raise ConfigError(f"task must be generate, super_resolution or pose, got {self.task!r}")
         if self.task == "super_resolution" and not (0 < self.low_res < self.data.image_size):

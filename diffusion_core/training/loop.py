@@ -19,6 +19,7 @@ from ..degradations import make_degradation
 from ..schedules import make_schedule
 from ..unet import UNet, dropout_seeded, load_parent_state
 from .config import TrainConfig, model_config
+from .distill import Distillation
 from .objective import diffusion_loss, training_batch
 from .optim import adamw, backward_in_parts, ema_with_warmup
 from .outputs import PARENT_RECORD, Outputs, plot_loss
@@ -53,7 +54,8 @@ class Trainer(CheckpointState, Outputs):
             torch.set_num_threads(cfg.threads)
         self.out = Path(cfg.out_dir)
         self.data = load_data(cfg.data)
-        self.mcfg = model_config(cfg, self.data)
+        self.distill = Distillation(cfg, self.device) if cfg.distill.teacher else None    # a few-step student
+        self.mcfg = self.distill.student_config(self.data) if self.distill else model_config(cfg, self.data)
         with torch.random.fork_rng(devices=[]):     # torch's global generator is left as it was
             torch.manual_seed(cfg.seed)     # the network's initialisation (identical on every rank)
             self.net = UNet(self.mcfg.unet).to(self.device)
@@ -63,13 +65,15 @@ class Trainer(CheckpointState, Outputs):
                 load_parent_state(self.net, pcfg.unet, pnet.state_dict())
             except ValueError as e:
                 raise ConfigError(f"{cfg.parent}: {e}") from None
+        if self.distill:
+            self.distill.init_student(self.net)
         self.ema = AveragedModel(self.net, multi_avg_fn=ema_with_warmup(cfg.ema_decay), use_buffers=True)
         self.opt = adamw(self.net.parameters(), cfg.lr, cfg.weight_decay)
         self.model = self.net
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
             self.model = DistributedDataParallel(self.net, device_ids=None if dev == "cpu" else [self.device.index])
-        d = cfg.diffusion
+        d = self.mcfg.diffusion       # the run's diffusion section (a student's: its teacher's)
         self.schedule = make_schedule(d.schedule, d.T, d.beta_1, d.beta_T)
         self.degradation = make_degradation(d.degradation, d.T, self.schedule) if d.is_cold else None
         self.t_lo, self.t_hi = (d.t_range[0], d.t_range[1]) if d.t_range else (0, d.T)
@@ -87,9 +91,13 @@ class Trainer(CheckpointState, Outputs):
 
     # ---- one optimisation step ------------------------------------------------------------------
     def make_batch(self):
+        if self.distill:
+            return self.distill.batch(self.data, self.gen)
         return training_batch(self.cfg, self.data, self.gen, self.t_lo, self.t_hi)
 
     def loss(self, x0, t, eps, cond) -> torch.Tensor:
+        if self.distill:
+            return self.distill.loss(self.model, self.schedule, x0, t, eps, cond)
         return diffusion_loss(self.model, x0, t, eps, cond, cfg=self.cfg, schedule=self.schedule,
                               degradation=self.degradation, device=self.device)
 
@@ -156,6 +164,8 @@ class Trainer(CheckpointState, Outputs):
         """One optimisation step: learning rate, a batch, the loss's gradient (DDP, or row pieces on the CPU's
         cores), clipping, AdamW, the EMA. Returns the loss (detached where computed in pieces)."""
         cfg = self.cfg
+        if self.distill:        # a new round: the student's EMA becomes the teacher
+            self.distill.at_step(self.step, self.net, self.ema.module)
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(self.step)
         self.opt.zero_grad(set_to_none=True)
@@ -191,8 +201,8 @@ class Trainer(CheckpointState, Outputs):
                   f"exporting step {self.step}", file=sys.stderr)
         write_json(self.out / "train_config.json", to_dict(cfg))
         (self.out / "samples").mkdir(exist_ok=True)
-        parent_record = Path(cfg.parent) / "training.json"
-        if cfg.parent and parent_record.is_file() and not (self.out / PARENT_RECORD).exists():
+        parent_record = Path(cfg.parent or cfg.distill.teacher) / "training.json"      # a student's: its teacher's
+        if (cfg.parent or cfg.distill.teacher) and parent_record.is_file() and not (self.out / PARENT_RECORD).exists():
             # kept from the first start: the parent folder may be replaced (retrained in place) before export
             atomic_write_bytes(self.out / PARENT_RECORD, parent_record.read_bytes())
         with open(self.out / "commands.txt", "a") as f:     # every (re)start of this run, in order

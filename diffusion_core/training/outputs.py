@@ -43,7 +43,9 @@ class Outputs:
             grid(torch.cat([up[:16], out[:16], hi[:16]]), nrow=16).save(path)
             self.net.train()
             return
-        sampler = "cold" if self.mcfg.diffusion.is_cold else "ddim"
+        sampler, steps = ("cold" if self.mcfg.diffusion.is_cold else "ddim"), self.cfg.sample_steps
+        if self.mcfg.distilled.teacher:       # a student: its own rule and steps
+            sampler, steps = self.mcfg.distilled.sampler, self.mcfg.distilled.steps
         for i in range(n):
             if self.data.cond is not None:
                 cond_img = self.data.batch(torch.tensor([i % len(self.data)]))["cond"][0]
@@ -52,7 +54,7 @@ class Outputs:
             elif self.mcfg.multi_label:
                 lab = self.data.labels[i % len(self.data)]
                 kw = {"labels": [int(j) for j in lab.nonzero()[0]], "guidance": 2.0}
-            imgs.append(pipe.sample(1, sampler=sampler, steps=self.cfg.sample_steps, seed=i, cond_image=cond_img, **kw))
+            imgs.append(pipe.sample(1, sampler=sampler, steps=steps, seed=i, cond_image=cond_img, **kw))
         out = torch.cat(imgs)
         if self.data.cond is not None:
             conds = self.data.batch(torch.arange(n) % len(self.data))["cond"]
@@ -79,6 +81,10 @@ class Outputs:
             lineage = self.out / PARENT_RECORD
             record["parent"] = {"path": self.cfg.parent,
                                 "training": json.loads(lineage.read_text()) if lineage.is_file() else None}
+        if self.cfg.distill.teacher:       # a student: its teacher, and how the teacher was made
+            lineage = self.out / PARENT_RECORD
+            record["teacher"] = {"path": self.cfg.distill.teacher, "rounds": self.cfg.distill.rounds,
+                                 "training": json.loads(lineage.read_text()) if lineage.is_file() else None}
         write_json(folder / "training.json", record)
         return folder
 

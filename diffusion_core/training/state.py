@@ -22,7 +22,8 @@ PREV_STATE = "train_state.prev.safetensors"     # the checkpoint before the last
 LOCK = ".train.lock"
 # What a resumed run may not change: the network, the forward process and what the data is (a model trained as
 # cosine / eps and resumed as linear / v would continue silently, then be exported as the new one).
-RESUME_FIXED = ("task", "unet", "diffusion", "low_res", "crop", "data.source", "data.image_size", "data.channels")
+RESUME_FIXED = ("task", "unet", "diffusion", "low_res", "crop", "data.source", "data.image_size", "data.channels",
+                "distill")
 
 
 def _resume_view(config: dict) -> dict:
@@ -52,6 +53,8 @@ class CheckpointState:
                 tensors[f"opt.{pid}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
         tensors["rng.dropout"] = self.dropout_gen.get_state()
         tensors["rng.data"] = self.gen.get_state()
+        if getattr(self, "distill", None) is not None:     # a distillation's round and teacher
+            tensors.update(self.distill.state_tensors())
         meta = {"step": str(self.step), "wall": repr(self.wall), "config": json.dumps(to_dict(self.cfg)),
                 "param_groups": json.dumps(opt["param_groups"])}
         return tensors, meta
@@ -142,6 +145,8 @@ class CheckpointState:
         # a checkpoint written before the trainer had its own dropout stream saved torch's global one
         self.dropout_gen.set_state(tensors["rng.dropout"] if "rng.dropout" in tensors else tensors["rng.torch"])
         self.gen.set_state(tensors["rng.data"])
+        if getattr(self, "distill", None) is not None:
+            self.distill.load_state(tensors, self.mcfg)
         if self.rank:   # every rank keeps its own data stream
             self.gen.manual_seed(self.cfg.seed * 1000 + self.rank + 1 + int(meta["step"]))
         self.step = int(meta["step"])
