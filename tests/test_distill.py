@@ -161,9 +161,10 @@ def test_the_guidance_embedding_starts_at_zero_so_the_student_is_its_teacher(tin
         for w in (None, torch.ones(4), torch.tensor([0.0, 1.5, 4.0, 30.0])):
             out = student(x, t, Condition(labels=labels, uncond=torch.tensor([False, False, False, True]), guidance=w))
             assert torch.equal(out, ref)
-        with torch.no_grad():
-            student.guidance_mlp[2].bias.fill_(0.5)
-        assert not torch.equal(student(x, t, Condition(labels=labels, guidance=torch.full((4,), 2.0))), ref)
+        torch.nn.init.normal_(student.guidance_mlp[2].weight, std=0.5)       # as after training: w matters
+        out = {w: student(x, t, Condition(labels=labels, guidance=torch.full((4,), w))) for w in (1.0, 3.0)}
+        assert not torch.equal(out[1.0], ref) and not torch.equal(out[1.0], out[3.0])
+        assert torch.equal(student(x, t, Condition(labels=labels)), out[1.0])          # no scale given: w = 1
     assert from_dict(type(cfg.unet), to_dict(student.cfg)).guidance_embedding is True
 
 
@@ -216,8 +217,12 @@ def test_distilled_student_trains_resumes_exports_and_samples_with_its_own_rule(
     teacher, sets = tiny_teacher(tmp_path)
     straight = Trainer(load_train_config(None, sets + [f"out_dir={tmp_path / 'a'}"]), progress=False)
     assert straight.distill.round == 0 and straight.cfg.distill.rounds == 2
+    student = straight.net.state_dict()
+    for k, v in load(teacher).net.state_dict().items():          # the student starts from the teacher's weights
+        assert torch.equal(student[k], v), k
     folder = straight.run()
-    assert straight.distill.round == 1         # steps 2-3: the second round (2 -> 1 steps)
+    assert straight.distill.round == 1         # steps 2-3: the second round (2 -> 1 steps) ...
+    assert straight.distill.teacher_net.cfg.guidance_embedding     # ... whose teacher is the round-0 student
     stopped = StopAfter(load_train_config(None, sets + [f"out_dir={tmp_path / 'b'}"]), progress=False)
     stopped.run()
     assert stopped.step == 3 and not (tmp_path / "b" / "model").exists()
