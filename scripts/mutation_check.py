@@ -242,6 +242,9 @@ MUTANTS = [
  ("a resumed distillation restarts at round 0", "diffusion_core/training/distill.py",
   "        self.round = int(tensors.get(\"distill.round\", torch.tensor(0)))\n", "        self.round = 0\n",
   "tests/test_distill.py -k trains_resumes"),
+ ("a student's student guided with CFG's two passes", "diffusion_core/training/distill.py",
+  "cond.guidance is not None and not t.unet.guidance_embedding:", "cond.guidance is not None:",
+  "tests/test_distill.py -k trains_resumes"),
  ("the CLI samples a student with DDIM", "diffusion_core/__main__.py",
   "(own.sampler if own.teacher else pipe.samplers", "(pipe.samplers", "tests/test_distill.py -k trains_resumes"),
 ]

@@ -249,6 +249,13 @@ def test_distilled_student_trains_resumes_exports_and_samples_with_its_own_rule(
     for i in range(3):
         assert torch.equal(batch[i], pipe.sample(1, sampler="progressive", steps=1, labels=["3"], guidance=2.5,
                                                  seed=5 + i)[0])
+    # a student distilled further: its teacher (a student) takes w as an input, no CFG
+    further = Trainer(load_train_config(None, sets + [f"out_dir={tmp_path / 'c'}", f"distill.teacher={folder}",
+                                                      "distill.start_steps=2", "steps=1"]), progress=False)
+    x0, t, eps, cond = further.make_batch()
+    assert cond.guidance is not None and set(t.tolist()) == {999}
+    assert not isinstance(further.distill.teacher(further.schedule, cond).denoiser, ClassifierFreeGuidance)
+    assert load(further.run()).config.distilled.teacher == str(folder)
     # the CLI samples a student with its own rule and steps by default
     r = run_cli("sample", "--model", str(folder), "--n", "2", "--label", "3", "--out", str(tmp_path / "out"),
                 "--backend", "fp32", "--no-progress")

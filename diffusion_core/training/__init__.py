@@ -8,10 +8,13 @@
   (Ho et al. 2021), trained on random crops;
 * AdamW + linear warmup, gradient clipping, EMA weights (torch.optim.swa_utils.AveragedModel);
 * atomic checkpoints (model, EMA, optimizer, step, RNG) every N steps and on SIGINT/SIGTERM; --resume;
-* DistributedDataParallel when launched by torchrun (gloo on CPU, nccl on CUDA).
+* DistributedDataParallel when launched by torchrun (gloo on CPU, nccl on CUDA);
+* few-step students (``distill``): progressive distillation (Salimans & Ho 2022) of a shipped model, guidance an
+  input of the student (Meng et al. 2023).
 
 Modules: ``config`` (TrainConfig), ``objective`` (the batch and the loss), ``optim`` (row-piece gradients,
-fused AdamW, EMA), ``state`` (checkpoints and resume), ``outputs`` (previews, export), ``loop`` (Trainer).
+fused AdamW, EMA), ``state`` (checkpoints and resume), ``outputs`` (previews, export), ``loop`` (Trainer), ``distill`` (the
+distillation's objective, rounds and teacher).
 """
 from .config import DistillConfig, TrainConfig, apply_overrides, load_train_config, model_config
 from .distill import Distillation, distillation_loss, student_config

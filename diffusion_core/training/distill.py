@@ -139,13 +139,14 @@ class Distillation:
 
     def teacher(self, schedule: Schedule, cond) -> Denoiser:
         """This round's teacher as a denoiser: round 0 the shipped model, guided per row at the batch's w (or not
-        at all without ``distill.guidance``); later rounds the previous student, w its input. x0 kept in range as the
+        at all without ``distill.guidance``; a student distilled further takes w as its input); later rounds the
+        previous student, w its input. x0 kept in range as the
         teacher samples (``diffusion.x0_range``)."""
+        t = self.teacher_cfg
         if self.round == 0:
-            t = self.teacher_cfg
             den = ModelDenoiser(self.teacher_net, schedule, t.diffusion.prediction)
-            if cond is not None and cond.guidance is not None:
-                den = ClassifierFreeGuidance(den, cond.guidance.to(self.device))
+            if cond is not None and cond.guidance is not None and not t.unet.guidance_embedding:
+                den = ClassifierFreeGuidance(den, cond.guidance.to(self.device))   # else w is the teacher's input
         else:
             den = ModelDenoiser(self.teacher_net, schedule, self.d.prediction)
         clip = self.teacher_cfg.diffusion.x0_range
