@@ -16,12 +16,20 @@ API endpoints (``gradio_client``): /generate (streaming), /forward, /schedule_pl
 """
 from __future__ import annotations
 
+import atexit
 import gc
 import logging
 import os
+import shutil
 import signal
+import tempfile
+import time
 
-from diffusion_app import LAUNCH_KW, build_demo
+if "GRADIO_TEMP_DIR" not in os.environ:     # Gradio's cache of served files (1,235 files stayed after a SIGTERM):
+    os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="gradio_cache_")    # this process's own, removed at exit
+    atexit.register(shutil.rmtree, os.environ["GRADIO_TEMP_DIR"], ignore_errors=True)
+
+from diffusion_app import LAUNCH_KW, build_demo  # noqa: E402
 
 
 def freeze_startup_objects() -> None:
@@ -35,8 +43,20 @@ def freeze_startup_objects() -> None:
 
 
 def exit_on_sigterm(signum, frame):
-    """SIGTERM (a Space or a service manager stopping the app) exits like Ctrl-C, so the atexit cleanup runs and
-    the app's temp folder of generated files goes with it (the default action kills the process at once)."""
+    """SIGTERM (a Space or a service manager stopping the app): the sampling runs in flight are stopped and given a
+    few seconds to end (exiting under them gave their clients "cannot schedule new futures after shutdown" or
+    aborted the process), then the process exits like Ctrl-C, so the atexit cleanup runs and the app's temp folder
+    of generated files and Gradio's cache go with it (the default action kills the process at once)."""
+    blocks = globals().get("demo")
+    app_state = getattr(blocks, "app_state", None)
+    if app_state is not None:
+        logging.getLogger("diffusion_app").info("SIGTERM: the server is stopping")
+        app_state.stop_runs()
+        jobs = getattr(getattr(blocks, "_queue", None), "active_jobs", [])
+        for _ in range(100):        # and Gradio's queue sends their last outputs (up to 5 s more)
+            if not any(jobs):
+                break
+            time.sleep(0.05)
     raise SystemExit(128 + signum)
 
 

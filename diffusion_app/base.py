@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import atexit
+import hashlib
 import os
 import random
 import shutil
@@ -25,10 +26,35 @@ class AppBase:
         self.out_dir = Path(tempfile.mkdtemp(prefix="diffusion_app_"))
         atexit.register(shutil.rmtree, self.out_dir, ignore_errors=True)
         self._stops: dict[str, threading.Event] = {}
+        self.stopping = threading.Event()        # set when the server is shutting down (stop_runs)
         self._cards: dict[str, tuple[tuple, tuple]] = {}      # model -> (what it was made from, (markdown, samples))
         self.runs = KeptRuns(int(float(os.environ.get("DIFFUSION_KEPT_RUNS_MB", "128")) * 2**20))
         self._fashion = None
         self._fashion_lock = threading.Lock()
+
+    def stop_runs(self, grace_s: float = 10.0) -> bool:
+        """The server is stopping (SIGTERM): mark it so, ask every sampling run in flight to stop at its next step,
+        and wait up to ``grace_s`` seconds for them to end. True when none is left. A run still inside the network
+        when the interpreter shut down failed with "cannot schedule new futures after shutdown" or aborted it."""
+        self.stopping.set()
+        deadline = time.monotonic() + grace_s
+        while self._stops and time.monotonic() < deadline:
+            for ev in list(self._stops.values()):
+                ev.set()
+            time.sleep(0.05)
+        return not self._stops
+
+    def servable(self, path: Path) -> str:
+        """A file of the models folder as Gradio serves it: Gradio moves into its cache only files under the
+        working or the temp folder (or its allowed_paths), so a file elsewhere (DIFFUSION_CHECKPOINTS anywhere on
+        the machine) is served as a copy in this app's temp folder."""
+        path = Path(path).resolve()
+        if any(path.is_relative_to(Path(d).resolve()) for d in (os.getcwd(), tempfile.gettempdir())):
+            return str(path)
+        copy = self.out_dir / "served" / f"{hashlib.sha256(str(path).encode()).hexdigest()[:20]}{path.suffix}"
+        copy.parent.mkdir(exist_ok=True)
+        shutil.copyfile(path, copy)
+        return str(copy)
 
     def upscaler_for(self, name, pipe):
         if pipe.kind == "cascade":

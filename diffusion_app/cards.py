@@ -96,7 +96,7 @@ class Cards(AppBase):
         samples = folder / "samples.png"
         if not samples.is_file() and pipe.kind == "cascade":
             samples = pipe.stages[0].path / "samples.png"
-        return md, (str(samples) if samples.is_file() else None)
+        return md, (self.servable(samples) if samples.is_file() else None)
 
     def _measurements(self, folder: Path, sd) -> str:
         """The folder's metrics files as one short table, a line per measurement (its settings, its headline

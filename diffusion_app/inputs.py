@@ -252,3 +252,15 @@ def handles_errors(what: str):
 def page_parts(scope: dict) -> SimpleNamespace:
     """The components a page builder made (its local variables), by name: what its events are wired to."""
     return SimpleNamespace(**{k: v for k, v in scope.items() if isinstance(v, gr.blocks.Block)})
+
+
+def check_input_count(block_fn, inputs: list) -> None:
+    """Gradio's check that an API call sent a value for every input of its event, as one line (Gradio's own
+    ValueError was hidden from the client as ``{"error": null}`` and logged as a traceback). Install it with
+    ``demo.validate_inputs = check_input_count`` (Blocks calls ``self.validate_inputs(block_fn, inputs)``)."""
+    wanted = list(getattr(block_fn, "inputs", None) or [])
+    if len(inputs) < len(wanted):
+        names = [getattr(c, "label", None) or type(c).__name__ for c in wanted]
+        raise gr.Error(f"/{getattr(block_fn, 'api_name', None) or getattr(block_fn, 'name', 'this endpoint')} takes "
+                       f"{len(wanted)} inputs, got {len(inputs)}: send every input, in order ({', '.join(names)}); "
+                       "gradio_client fills in the ones left out", print_exception=False)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -74,7 +75,22 @@ def is_gray(img: Image.Image) -> bool:
     return False
 
 
+NAME_MAX = 255      # bytes in a file name (Linux, macOS); a model folder's name alone may be 250 characters
+
+
+def fitting_path(path: Path) -> Path:
+    """``path`` with its file name cut to NAME_MAX bytes where longer: the start of its stem, a hash of the whole
+    name (names stay distinct) and its suffix (ENAMETOOLONG otherwise)."""
+    path = Path(path)
+    if len(path.name.encode()) <= NAME_MAX:
+        return path
+    digest = hashlib.sha256(path.name.encode()).hexdigest()[:12]
+    keep = NAME_MAX - len(path.suffix.encode()) - len(digest) - 1
+    return path.with_name(f"{path.stem.encode()[:keep].decode(errors='ignore')}-{digest}{path.suffix}")
+
+
 def save_png(img: Image.Image, path: Path, meta: dict) -> str:
+    path = fitting_path(path)
     info = PngInfo()
     info.add_text("parameters", json.dumps(meta))
     img.save(path, pnginfo=info)

@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     c = parser("classifier", help="train the small evaluation classifier for a dataset")
     c.add_argument("--data", default="fashion", choices=["fashion", "emoji", "pose"], help="dataset")
     c.add_argument("--out", required=True, help="output folder")
-    c.add_argument("--epochs", type=int, default=5, help="training epochs")
+    c.add_argument("--epochs", type=int, default=5, help="training epochs, 1-1000")
     c.add_argument("--seed", type=int, default=0, help="initialisation and data order")
 
     en = parser("ensemble", help="assemble expert folders into an eDiff-I ensemble folder")
@@ -154,7 +154,7 @@ def _evaluate_args(e) -> None:
                    help="multi-label models and cascades: sample a fixed list of user-style picks of 1-3 attributes "
                         "and report per pick the fraction of samples that have every picked attribute, beside real "
                         "emoji, and mean colours (MODEL/metrics-picks[-tag].json; --steps, --guidance apply)")
-    e.add_argument("--per-pick", type=int, default=16, help="--picks: samples per pick")
+    e.add_argument("--per-pick", type=int, default=16, help=f"--picks: samples per pick, 1-{MAX_BATCH}")
     e.add_argument("--plain-guidance", action="store_true", help="--picks: guide every pick at the guidance scale, "
                    "not the model's sampling.held_labels at weight 1 (full label sets are always guided plainly)")
 
@@ -203,62 +203,20 @@ def _run(args) -> int:
         from .evaluation.evaluate import evaluate_command
         from .options import BOUNDS
         check_ranges(args, [("n", 1, 100_000), ("batch", *BOUNDS["n"]), ("steps", *BOUNDS["steps"]), ("seed", *BOUNDS["seed"]),
-                            ("guidance", *BOUNDS["guidance"])])
+                            ("guidance", *BOUNDS["guidance"]), ("per_pick", *BOUNDS["n"])])
         return evaluate_command(args)
     if args.command == "classifier":
         from .evaluation.classifier import train_classifier
+        check_ranges(args, [("epochs", 1, 1000), ("seed", 0, 2 ** 31 - 1)])
         train_classifier(args.data, Path(args.out), epochs=args.epochs, seed=args.seed)
         return 0
     if args.command in ("ensemble", "cascade"):
-        return _assemble(args)
+        from .folders import assemble_command
+        return assemble_command(args)
     if args.command == "convert":
-        return _convert(args)
+        from .folders import convert_command
+        return convert_command(args)
     return 2
-
-
-def _assemble(args) -> int:
-    """``ensemble`` / ``cascade``: build the typed manifest, load the whole result from it in memory (every
-    folder, config and weights file checked), and only then write config.json, atomically: a failure leaves
-    the output folder as it was."""
-    from .checkpoint import (CascadeManifest, CascadeStage, EnsembleManifest, ExpertEntry, load_model_config,
-                             write_manifest)
-    from .config import ConfigError
-    from .pipeline import load_cascade, load_ensemble
-    out = Path(args.out)
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)      # stage paths are relative to it, so it must exist to resolve them
-    try:
-        if args.command == "ensemble":
-            experts = []
-            for item in args.expert:
-                parts = item.rsplit(":", 2)
-                if len(parts) != 3 or not all(p.strip().lstrip("-").isdigit() for p in parts[1:]):
-                    raise ValueError(f"--expert expects FOLDER:T_LO:T_HI with whole numbers, got {item!r}")
-                experts.append(ExpertEntry(parts[0], int(parts[1]), int(parts[2])))
-            T = load_model_config(out / experts[0].path).diffusion.T if experts else 0
-            manifest = EnsembleManifest(tuple(experts), T, args.description)
-            load_ensemble(out, manifest)
-        else:
-            stages = []
-            for item in args.stage:
-                path, _, rest = item.partition(":")
-                aug, _, scale = rest.partition(":")
-                try:
-                    level, match = float(aug) if aug else 0.0, int(scale) if scale else 0
-                except ValueError:
-                    raise ValueError(f"--stage expects FOLDER[:AUG_LEVEL[:MATCH_SCALE]], got {item!r}") from None
-                stages.append(CascadeStage(path, level, match_scale=match))
-            manifest = CascadeManifest(tuple(stages), args.description)
-            load_cascade(out, manifest)
-    except (ConfigError, ValueError) as e:
-        if created:
-            out.rmdir()
-        if isinstance(e, ConfigError):
-            raise ValueError(f"{out / 'config.json'}: {e}") from None
-        raise
-    write_manifest(out, manifest)
-    print(f"wrote {out}")
-    return 0
 
 
 def check_ranges(args, bounds) -> None:
@@ -302,7 +260,7 @@ def _sample_batches(args, pipe, sampler, cond, init, low):
     """``sample``'s images in batches of --batch, with a progress bar over every stage's steps; (images in
     [-1, 1], the first image's x0_hat frames for --gif)."""
     import torch
-    from .images import to_pil
+    from .images import output_problem, to_pil
     images, frames = [], []
     bar, per_batch = None, None
     batches = -(-args.n // args.batch)
@@ -333,6 +291,9 @@ def _sample_batches(args, pipe, sampler, cond, init, low):
                 per_batch = count
                 bar.total = batches * count
                 bar.refresh()
+            problem = output_problem(last.x_next)
+            if problem:             # clamped, they were black PNGs and exit code 0
+                raise FloatingPointError(f"{args.model}: {problem}: the network's output is broken; nothing written")
             images.append(last.x_next.clamp(-1, 1))
     finally:
         if bar is not None:
@@ -378,24 +339,6 @@ def _low_res_inputs(pipe, path: Path):
     side = pipe.base.config.unet.image_size if pipe.kind == "cascade" else cfg.low_res
     low = torch.stack([load_image(str(f), side, cfg.unet.out_channels) for f in files])
     return low, [f.name for f in files]
-
-
-def _convert(args) -> int:
-    import torch
-    from .checkpoint import load_model_config, save_model
-    from .unet import UNet
-    cfg_path = Path(args.config)
-    cfg = load_model_config(cfg_path.parent) if cfg_path.name == "config.json" else None
-    if cfg is None:
-        raise ValueError("--config must point to a config.json")
-    state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)   # refuses arbitrary objects
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    net = UNet(cfg.unet)
-    net.load_state_dict(state)
-    save_model(Path(args.out), cfg, net.state_dict())
-    print(f"wrote {args.out}")
-    return 0
 
 
 if __name__ == "__main__":

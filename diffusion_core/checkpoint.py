@@ -7,6 +7,7 @@ Folder kinds (the ``kind`` key of config.json):
 """
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -18,15 +19,21 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import CONFIG_VERSION, ConfigError, ModelConfig, from_dict, to_dict
-from .unet import UNet
+from .config import (CONFIG_VERSION, MAX_JSON_DEPTH, ConfigError, ModelConfig, from_dict, json_depth,  # noqa: F401
+                     to_dict)
+from .unet import UNet, network_cost
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 PRIOR = "prior.safetensors"
 MAX_PARAMETERS = 200_000_000    # 0.8 GB in fp32: 80x the largest shipped network; checked on the config, before allocating
+# the work of one network pass per image, estimated from the config (unet.network_cost): parameters alone do not
+# bound it (attention at 1,024 px has 46k parameters and ran past 300 s a step); ~85x / ~150x the largest shipped
+# network's (emoji-sr128: 1.2e10 FLOPs, 28 MB)
+MAX_STEP_FLOPS = 1e12
+MAX_ACTIVATION_BYTES = 4 * 2 ** 30
+MAX_WEIGHT = 1e4                # |weight|: the shipped networks' largest is 1.6; 3e38 made every output overflow
 MAX_CONFIG_BYTES = 1_000_000    # a config.json is a few hundred bytes; a 100 MB description would be read per request
-MAX_JSON_DEPTH = 16             # configs nest 3 levels; 5,000 levels made the JSON parser recurse out of the stack
 MAX_CASCADE_STAGES = 4          # base + 3 super-resolution stages (32 -> 256 px); each stage costs a full sampling run
 MAX_CASCADE_SIZE = 512          # output side of a cascade
 MAX_EXPERTS = 16
@@ -72,6 +79,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def remove_stale_temps(path: Path) -> None:
+    """Remove what killed ``atomic_write_bytes`` calls for ``path`` left behind (its ``.NAME.*.tmp`` files). Call
+    it where a run that writes ``path`` (re)starts, as the only writer of ``path``."""
+    path = Path(path)
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
     from safetensors.torch import save
     atomic_write_bytes(Path(path), save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
@@ -100,15 +115,6 @@ def read_json(path: Path) -> dict:
     if json_depth(data) > MAX_JSON_DEPTH:
         raise CheckpointError(f"{path}: JSON nested more than {MAX_JSON_DEPTH} levels deep")
     return data
-
-
-def json_depth(value, limit: int = MAX_JSON_DEPTH + 1) -> int:
-    """Nesting depth of parsed JSON, counted up to ``limit`` (without recursion)."""
-    depth, level = 0, [value]
-    while level and depth < limit:
-        depth += 1
-        level = [v for x in level if isinstance(x, (dict, list)) for v in (x.values() if isinstance(x, dict) else x)]
-    return depth
 
 
 def save_model(folder, config: ModelConfig, state_dict: dict[str, torch.Tensor], half: bool = True,
@@ -146,11 +152,21 @@ def network_shapes(unet_cfg) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in net.state_dict().items()}
 
 
+def work_problem(unet_cfg, side: int) -> str | None:
+    """Why one pass of the network of ``unet_cfg`` on a ``side`` px image is too much work (FLOPs or activation
+    memory over MAX_STEP_FLOPS / MAX_ACTIVATION_BYTES, estimated from the config), or None."""
+    flops, nbytes = network_cost(unet_cfg, side)
+    over = ([f"{flops:.2g} FLOPs (limit {MAX_STEP_FLOPS:.0g})"] if flops > MAX_STEP_FLOPS else []) + \
+        ([f"{nbytes / 2 ** 30:.3g} GiB of activations (limit {MAX_ACTIVATION_BYTES / 2 ** 30:g} GiB)"]
+         if nbytes > MAX_ACTIVATION_BYTES else [])
+    return f"one network pass at {side} px needs an estimated {' and '.join(over)} per image" if over else None
+
+
 def load_network(folder: Path, device="cpu") -> tuple[ModelConfig, UNet]:
     """Build the U-Net from config.json and load model.safetensors into it, strictly.
 
     Everything is checked before memory is taken: the config's size (exact parameter count, limit
-    MAX_PARAMETERS), then the weights file's header (names, shapes, dtypes) against the config; only then are
+    MAX_PARAMETERS) and work per image (``work_problem``), then the weights file's header (names, shapes, dtypes) against the config; only then are
     the tensors read and the network built."""
     folder = Path(folder)
     cfg = load_model_config(folder)
@@ -159,6 +175,9 @@ def load_network(folder: Path, device="cpu") -> tuple[ModelConfig, UNet]:
     if n_params > MAX_PARAMETERS:
         raise CheckpointError(f"{folder / CONFIG}: network too large ({n_params:.2e} parameters, limit "
                               f"{MAX_PARAMETERS:.0e})")
+    too_much = work_problem(cfg.unet, cfg.output_size)
+    if too_much:
+        raise CheckpointError(f"{folder / CONFIG}: unet: {too_much}")
     wpath = folder / WEIGHTS
     if not wpath.is_file():
         pickles = [p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES] if folder.is_dir() else []
@@ -173,6 +192,9 @@ def load_network(folder: Path, device="cpu") -> tuple[ModelConfig, UNet]:
     for k, v in tensors.items():
         if not torch.isfinite(v).all():
             raise CheckpointError(f"{wpath}: tensor {k} contains NaN or inf")
+        if v.numel() and float(v.abs().max()) > MAX_WEIGHT:
+            raise CheckpointError(f"{wpath}: tensor {k} holds values up to {float(v.abs().max()):.2g}; trained "
+                                  f"weights stay far below {MAX_WEIGHT:.0g} (the network's output would overflow)")
     net = UNet(cfg.unet)
     net.load_state_dict({k: v.float() for k, v in tensors.items()})
     net.eval().to(device)
@@ -189,16 +211,23 @@ def check_weights_header(wpath: Path, expected: dict[str, tuple[int, ...]]) -> N
             dtypes = {k: sl.get_dtype() for k, sl in found.items()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{wpath}: unreadable or truncated safetensors file ({str(e).splitlines()[0][:120]})") from None
+    check_shapes(wpath, shapes, expected)
+    for k in shapes:
+        if dtypes[k] not in ("F16", "BF16", "F32"):
+            raise CheckpointError(f"{wpath}: tensor {k} is {dtypes[k]}; weights must be float16, bfloat16 or float32")
+
+
+def check_shapes(where, shapes: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]],
+                 config: str = "config.json") -> None:
+    """Tensor names and shapes against the network's (``network_shapes``); CheckpointError naming ``where``."""
     missing = sorted(set(expected) - set(shapes))
     unknown = sorted(set(shapes) - set(expected))
     if missing or unknown:
-        raise CheckpointError(f"{wpath}: weights do not match config.json "
+        raise CheckpointError(f"{where}: weights do not match {config} "
                               f"(missing: {', '.join(missing[:3]) or '-'}; unexpected: {', '.join(unknown[:3]) or '-'})")
     for k, shape in shapes.items():
         if shape != expected[k]:
-            raise CheckpointError(f"{wpath}: tensor {k} has shape {shape}, config needs {expected[k]}")
-        if dtypes[k] not in ("F16", "BF16", "F32"):
-            raise CheckpointError(f"{wpath}: tensor {k} is {dtypes[k]}; weights must be float16, bfloat16 or float32")
+            raise CheckpointError(f"{where}: tensor {k} has shape {shape}, config needs {expected[k]}")
 
 
 def load_prior(folder: Path) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -232,6 +261,13 @@ def folder_kind(folder: Path) -> str:
     return kind
 
 
+def relative_path(path: str, what: str) -> None:
+    """A manifest names its experts and stages relative to its own folder; an absolute path is refused (it pointed
+    a copied or served folder at any model on the machine). The app serves only folders under its root."""
+    if Path(path).is_absolute():
+        raise ConfigError(f"{what} path {path!r} must be relative to the manifest's folder, not absolute")
+
+
 @dataclass(frozen=True)
 class ExpertEntry:
     """One expert of an ensemble: its folder (relative to the ensemble's) and the timesteps [t_lo, t_hi) it denoises."""
@@ -239,6 +275,9 @@ class ExpertEntry:
     path: str
     t_lo: int
     t_hi: int
+
+    def __post_init__(self):
+        relative_path(self.path, "expert")
 
 
 @dataclass(frozen=True)
@@ -284,6 +323,7 @@ class CascadeStage:
 
     def __post_init__(self):
         from .options import SAMPLERS
+        relative_path(self.path, "stage")
         if not 0.0 <= self.aug_level <= 1.0:
             raise ConfigError(f"stage {self.path}: aug_level must be in [0, 1], got {self.aug_level}")
         if not 0 <= self.steps <= 1000:

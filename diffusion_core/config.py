@@ -6,16 +6,41 @@ checked, so a config file can never smuggle in something other than plain data.
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from dataclasses import dataclass, field
 
 from .options import MAX_GUIDANCE, MAX_STEPS, SAMPLERS, SPACINGS, STUDENT_SAMPLERS, X0_RANGES
 
 CONFIG_VERSION = 1
+MAX_JSON_DEPTH = 16             # configs nest 3 levels; 5,000 levels made the JSON parser recurse out of the stack
 
 
 class ConfigError(ValueError):
     """A config (or checkpoint) is malformed. The message is one line and names the problem."""
+
+
+def json_depth(value, limit: int = MAX_JSON_DEPTH + 1) -> int:
+    """Nesting depth of parsed JSON, counted up to ``limit`` (without recursion)."""
+    depth, level = 0, [value]
+    while level and depth < limit:
+        depth += 1
+        level = [v for x in level if isinstance(x, (dict, list)) for v in (x.values() if isinstance(x, dict) else x)]
+    return depth
+
+
+def parse_json(text: str, where: str):
+    """JSON text -> its value; a one-line ConfigError naming ``where`` for text that is not JSON or nests deeper
+    than MAX_JSON_DEPTH (the parser itself recurses: 100,000 levels ended in a RecursionError traceback)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{where}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: JSON nested too deeply (more than {MAX_JSON_DEPTH} levels)") from None
+    if json_depth(data) > MAX_JSON_DEPTH:
+        raise ConfigError(f"{where}: JSON nested too deeply (more than {MAX_JSON_DEPTH} levels)")
+    return data
 
 
 def _check_type(name: str, value, tp):
@@ -87,8 +112,9 @@ def to_dict(obj) -> dict:
 # Bounds of the U-Net's size fields, checked before anything is built. They are far above every model here (and
 # the channel bounds above any image: RGB plus a conditioning image); together with checkpoint.MAX_PARAMETERS they
 # keep a hostile config.json from allocating gigabytes.
+MAX_IMAGE_SIDE = 1024      # the largest image a model is trained at or makes (unet.image_size, low_res, high_res)
 UNET_BOUNDS = (("in_channels", 1, 16), ("out_channels", 1, 16), ("base_channels", 1, 1024), ("num_res_blocks", 1, 16),
-               ("num_heads", 1, 64), ("num_labels", 0, 10_000), ("cond_channels", 0, 16), ("image_size", 4, 1024))
+               ("num_heads", 1, 64), ("num_labels", 0, 10_000), ("cond_channels", 0, 16), ("image_size", 4, MAX_IMAGE_SIDE))
 
 
 @dataclass(frozen=True)
@@ -159,6 +185,10 @@ class DiffusionConfig:
             raise ConfigError(f"diffusion.x0_range must be one of {', '.join(X0_RANGES)}, got {self.x0_range!r}")
         if self.t_range and (len(self.t_range) != 2 or not 0 <= self.t_range[0] < self.t_range[1] <= self.T):
             raise ConfigError(f"diffusion.t_range must be [t_lo, t_hi) within [0, T], got {list(self.t_range)}")
+        if self.schedule == "linear" and not 0 < self.beta_1 <= self.beta_T < 1:     # the betas are variances
+            bad = "beta_1" if not 0 < self.beta_1 < 1 or self.beta_1 > self.beta_T else "beta_T"
+            raise ConfigError(f"diffusion.{bad} out of range: a linear schedule needs 0 < beta_1 <= beta_T < 1, "
+                              f"got beta_1 = {self.beta_1}, beta_T = {self.beta_T}")
 
     @property
     def is_cold(self) -> bool:
@@ -276,6 +306,12 @@ class ModelConfig:
                               f"{self.unet.num_labels}")
         if self.task not in ("generate", "super_resolution", "pose"):
             raise ConfigError(f"task must be generate, super_resolution or pose, got {self.task!r}")
+        for name in ("low_res", "high_res"):
+            if not 0 <= getattr(self, name) <= MAX_IMAGE_SIDE:
+                raise ConfigError(f"{name} must be in [0, {MAX_IMAGE_SIDE}], got {getattr(self, name)}")
+        if self.task == "super_resolution" and not 1 <= self.low_res < self.output_size:
+            raise ConfigError(f"low_res must be in [1, {self.output_size - 1}] for a super-resolution model (it "
+                              f"enlarges low_res px to high_res = {self.output_size} px), got {self.low_res}")
         if self.task == "super_resolution" and self.sampling == SamplingDefaults():     # none given
             object.__setattr__(self, "sampling", SR_SAMPLING)
         if self.unet.label_mask and not self.unet.num_labels:

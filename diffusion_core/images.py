@@ -112,3 +112,17 @@ def grid(images: torch.Tensor, nrow: int = 8, padding: int = 2) -> Image.Image:
     if images.shape[1] == 1:
         g = g[:1]
     return to_pil(g)
+
+
+def output_problem(x: torch.Tensor) -> str | None:
+    """Why generated images (N, C, H, W), before they are clamped to [-1, 1], are not pictures: values that are
+    NaN or inf, or images saturated (every value at or beyond -1 or 1, as when the network's output overflows:
+    clamped, they were all black and looked like a result); None when they are fine."""
+    x = x.detach().flatten(1)
+    bad = ~torch.isfinite(x).all(1)
+    if bad.any():
+        return f"{int(bad.sum())} of {len(x)} images have NaN or inf values"
+    flat = (x.abs() >= 1).all(1)
+    if flat.any():
+        return f"{int(flat.sum())} of {len(x)} images are saturated (every value at -1 or 1)"
+    return None

@@ -52,6 +52,9 @@ class SampleCache:
         self.batch_s: list[float] = []      # wall time of each batch made (resumed runs: of the batches on file)
 
     def load(self) -> list[torch.Tensor]:
+        if self.path is not None:
+            from ..checkpoint import remove_stale_temps
+            remove_stale_temps(self.path)       # a run killed while saving left its temp file (kill -9)
         if self.path is None or not self.path.is_file():
             return []
         from safetensors import safe_open
@@ -270,7 +273,7 @@ def memorisation(model_dir: Path, n: int = 64, steps: int = 20, guidance: float 
 
 
 def evaluate_command(args) -> int:
-    from ..checkpoint import folder_kind, load_model_config
+    from ..checkpoint import folder_kind, load_model_config, remove_stale_temps
     from ..training import command_line
     model = Path(args.model)
     what = "metrics-picks" if args.picks else "metrics"
@@ -314,6 +317,7 @@ def evaluate_command(args) -> int:
             m["memorisation"] = memorisation(model, seed=args.seed)
     m["command"] = command_line() if sys.argv[1:2] == ["evaluate"] else None     # None when called as a function
     m["threads"] = torch.get_num_threads()
+    remove_stale_temps(out)
     write_json(out, m)
     short = {k: v for k, v in m.items() if not isinstance(v, dict)}
     print(json.dumps(short, indent=2))

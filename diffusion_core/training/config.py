@@ -6,8 +6,9 @@ import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ..checkpoint import work_problem
 from ..conditioning import LabelHiding
-from ..config import ConfigError, DiffusionConfig, ModelConfig, UNetConfig, from_dict
+from ..config import MAX_JSON_DEPTH, ConfigError, DiffusionConfig, ModelConfig, UNetConfig, from_dict, parse_json
 from ..data import DataConfig, ImageData
 
 # (field, lo, hi) of TrainConfig's numbers; a 0 in checkpoint_every or log_every divided by zero
@@ -98,12 +99,26 @@ class TrainConfig:
             v = getattr(self, name)
             if not lo <= v <= hi:
                 raise ConfigError(f"{name} must be in [{lo}, {hi}], got {v}")
+        side = self.crop or self.data.image_size
+        try:            # the network trains at this size (model_config); an impossible one is refused there
+            too_much = work_problem(replace(self.unet, image_size=side), side)
+        except ConfigError:
+            too_much = None
+        if too_much:
+            raise ConfigError(f"unet: {too_much}")
 
 
-def parse_value(text: str):
+MAX_TRAIN_CONFIG_BYTES = 1_000_000     # a training config is a few hundred bytes
+
+
+def parse_value(text: str, key: str = "value"):
+    """A ``--set`` value: JSON when it parses as JSON, else the text itself; nesting deeper than MAX_JSON_DEPTH
+    is a ConfigError naming the key."""
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
+        return parse_json(text, f"--set {key}")
+    except ConfigError as e:
+        if "nested too deeply" in str(e):
+            raise
         return text
 
 
@@ -116,11 +131,13 @@ def apply_overrides(data: dict, sets: list[str]) -> dict:
         key, value = item.split("=", 1)
         node = data
         parts = key.strip().split(".")
+        if len(parts) >= MAX_JSON_DEPTH:
+            raise ConfigError(f"--set {key[:60]}: a key of {len(parts)} parts; config keys have at most 3")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {key}: {p} is not a section")
-        node[parts[-1]] = parse_value(value)
+        node[parts[-1]] = parse_value(value, key.strip())
     return data
 
 
@@ -128,12 +145,18 @@ def load_train_config(path: str | None, sets: list[str]) -> TrainConfig:
     data = {}
     if path:
         try:
-            data = json.loads(Path(path).read_text())
+            if Path(path).stat().st_size > MAX_TRAIN_CONFIG_BYTES:
+                raise ConfigError(f"{path}: {Path(path).stat().st_size:,} bytes, more than a config file can be "
+                                  f"({MAX_TRAIN_CONFIG_BYTES:,})")
+            data = parse_json(Path(path).read_text(), str(path))
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such config file") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON ({e})") from None
-    return from_dict(TrainConfig, apply_overrides(data, sets))
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a text file") from None
+    try:
+        return from_dict(TrainConfig, apply_overrides(data, sets))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
 
 
 def model_config(cfg: TrainConfig, data: ImageData) -> ModelConfig:

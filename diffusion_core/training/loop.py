@@ -86,6 +86,7 @@ class Trainer(CheckpointState, Outputs):
             self.load_state()
             if reset_ema:   # restart the average from the current weights (warmup applies again)
                 self.ema.n_averaged.zero_()
+                self.ema_reset = True
         elif resume and self.rank == 0:
             print(f"no {self.out / STATE} yet; starting from scratch", file=sys.stderr)
 

@@ -41,7 +41,9 @@ def _resume_view(config: dict) -> dict:
 
 class CheckpointState:
     """The Trainer's state methods (a mixin): its net, ema, opt, gen, dropout_gen, step, wall, out, rank and
-    saved_step go to and come from ``out / STATE``."""
+    saved_step go to and come from ``out / STATE``; ``ema_reset``: the EMA restarted since the state was read."""
+
+    ema_reset = False
 
     def state_tensors(self) -> tuple[dict, dict]:
         tensors = {f"model.{k}": v for k, v in self.net.state_dict().items()}
@@ -72,16 +74,23 @@ class CheckpointState:
                     if self.saved_step is not None else "no checkpoint was written")
             raise FloatingPointError(f"weights became NaN or inf at step {self.step} ({bad}); not saved; {kept} "
                                      f"(try a lower lr)")
+        if final and self.saved_step == self.step and not self.ema_reset and (self.out / STATE).is_file():
+            return      # this very step is on disk (a resume past the end; a checkpoint at the last step): writing
+            # it again could only fail (a full disk), and then no --resume could ever export it
         tensors, meta = self.state_tensors()
+        tmp = self.out / f".{PREV_STATE}.link"
         try:
             if (self.out / STATE).is_file() and self.saved_step != self.step:     # the current state becomes the
                 # previous one, without a copy (not when it is this very step, written again at the end)
-                tmp = self.out / f".{PREV_STATE}.link"
                 tmp.unlink(missing_ok=True)
                 os.link(self.out / STATE, tmp)
                 os.replace(tmp, self.out / PREV_STATE)
             atomic_save_tensors({k: v.detach().cpu() for k, v in tensors.items()}, self.out / STATE, metadata=meta)
         except OSError as e:
+            try:
+                tmp.unlink(missing_ok=True)     # a link made before the disk filled up
+            except OSError:
+                pass
             kept = f"the previous checkpoint (step {self.saved_step}) is kept" if self.saved_step is not None \
                 else "no checkpoint has been written yet"
             msg = f"could not write {self.out / STATE} at step {self.step} ({e.strerror or e}); {kept}"
@@ -105,7 +114,8 @@ class CheckpointState:
             if missing:
                 raise ValueError(f"no {', '.join(missing)}")
             config = json.loads(meta["config"])
-            int(meta["step"])
+            if not 0 <= int(meta["step"]) <= 10 ** 9 or not 0 <= float(meta["wall"]) < float("inf"):
+                raise ValueError(f"step {meta['step']}, wall time {meta['wall']} in its metadata")
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             prev = self.out / PREV_STATE
             hint = (f"; the previous checkpoint is {prev}: rename it to {STATE} to resume from it"
@@ -171,7 +181,7 @@ def lock_folder(out: Path):
 def clean_debris(out: Path, step: int) -> None:
     """At a (re)start, with the folder locked: remove the temporary files of writes that were killed, and cut
     log.csv back to the resumed step (rows after it were trained again, and would repeat in the log and plot)."""
-    for tmp in out.glob(".*.tmp"):
+    for tmp in [*out.glob(".*.tmp"), *out.glob(".*.link")]:
         tmp.unlink(missing_ok=True)
     log = out / "log.csv"
     if log.is_file():
