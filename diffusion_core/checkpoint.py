@@ -351,6 +351,27 @@ class CascadeManifest:
                               f"stages), got {len(self.stages)}")
 
 
+def part_outside(folder: Path, root: Path, depth: int = 2) -> str | None:
+    """The first expert or stage of the ensemble / cascade ``folder`` (and of an ensemble that is a cascade's
+    stage) whose folder lies outside ``root`` once resolved, as "FOLDER/config.json: stage 1 (../../x) is outside
+    ROOT"; None when every part is inside (a model folder has none). Where models are served from one folder
+    (the app), a manifest must not reach the rest of the machine through "../"."""
+    folder, root = Path(folder), Path(root).resolve()
+    data = read_json(folder / CONFIG)
+    what = {"cascade": ("stages", "stage"), "ensemble": ("experts", "expert")}.get(data.get("kind"))
+    items = data.get(what[0]) if what else None
+    for i, item in enumerate(items if isinstance(items, list) else []):
+        path = item.get("path") if isinstance(item, dict) else None
+        if not isinstance(path, str):
+            continue
+        part = (folder / path).resolve()
+        if not part.is_relative_to(root):
+            return f"{folder / CONFIG}: {what[1]} {i} ({path}) is outside {root}"
+        if depth > 1 and (part / CONFIG).is_file() and (inner := part_outside(part, root, depth - 1)):
+            return inner
+    return None
+
+
 def read_manifest(folder: Path, cls):
     """The typed manifest (EnsembleManifest or CascadeManifest) of ``folder``; CheckpointError naming the file."""
     path = Path(folder) / CONFIG

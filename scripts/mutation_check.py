@@ -303,6 +303,8 @@ MUTANTS = [
   "tests/test_hostile_round3.py -k sigterm_with"),
  ("too few API inputs left to Gradio", "diffusion_app/inputs.py", "    if len(inputs) < len(wanted):", "    if False:",
   "tests/test_hostile_round3.py -k too_few"),
+ ("manifest parts outside the root not found", "diffusion_core/checkpoint.py", "        if not part.is_relative_to(root):",
+  "        if False:", "tests/test_hostile_round3.py -k part_outside"),
 ]
 
 

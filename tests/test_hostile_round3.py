@@ -303,6 +303,21 @@ def test_manifest_paths_must_be_relative(tmp_path, make_model, capsys):
                    "relative to the manifest's folder, not absolute")
 
 
+def test_a_part_outside_the_models_folder_is_named(tmp_path, make_model):
+    """What the app needs to serve only models under its root (diffusion_app/models.py must call it, issue 37)."""
+    from diffusion_core.checkpoint import part_outside, save_cascade
+    make_model(tmp_path / "outside" / "base", unet=dict(in_channels=3, out_channels=3))
+    make_model(tmp_path / "root" / "sr", task="super_resolution", low_res=4,
+               unet=dict(in_channels=3, out_channels=3, cond_channels=3, aug_level_embedding=True))
+    save_cascade(tmp_path / "root" / "casc", [{"path": "../../outside/base"}, {"path": "../sr"}])
+    root = tmp_path / "root"
+    assert part_outside(root / "casc", root) == \
+        f"{root / 'casc'}/config.json: stage 0 (../../outside/base) is outside {root}"
+    assert part_outside(root / "sr", root) is None
+    save_cascade(root / "casc", [{"path": "../sr"}, {"path": "../sr"}])
+    assert part_outside(root / "casc", root) is None
+
+
 # ---- 11. training states: negative steps, debris of a full disk, a final re-save on a full disk ------------------
 def _train_cfg(tmp_path, *sets):
     from diffusion_core.training import load_train_config
