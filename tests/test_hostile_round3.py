@@ -346,7 +346,8 @@ def test_a_restart_removes_a_full_disks_link(tmp_path):
     Trainer(_train_cfg(tmp_path, "steps=2"), progress=False).run()
     link = tmp_path / "run" / f".{PREV_STATE}.link"
     link.write_bytes(b"left by a write that failed")
-    Trainer(_train_cfg(tmp_path, "steps=3"), resume=True, progress=False).run()
+    # a resume past the end writes no state, so only the restart's cleaning can remove it
+    Trainer(_train_cfg(tmp_path, "steps=2"), resume=True, progress=False).run()
     assert not link.exists()
 
 
