@@ -60,7 +60,7 @@ MUTANTS = [
   "if self.held is None or cond.labels is None:\n            return cond.null()\n        if cond.known is None:\n            cond = replace(cond, known=torch.ones_like(cond.labels))\n        if False:",
   "tests/test_partial_labels.py -k held_guidance"),
  ("a request's hold=False ignored", "diffusion_core/pipeline/stage.py",
-  "den = self.denoiser(r.guidance, r.clip, r.hold)", "den = self.denoiser(r.guidance, r.clip)",
+  "den = self.denoiser(r.guidance, r.clip, r.hold, r.cancelled)", "den = self.denoiser(r.guidance, r.clip, cancelled=r.cancelled)",
   "tests/test_partial_labels.py -k held_guidance"),
  ("sample --plain-guidance ignored", "diffusion_core/__main__.py",
   "seed=args.seed + start, hold=not args.plain_guidance,", "seed=args.seed + start,",

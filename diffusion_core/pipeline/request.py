@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -21,7 +21,8 @@ class Request:
     sr_steps / sr_sampler: a cascade's super-resolution stages (None: each stage's own); x_start: the state to
     start from at ``t_start`` (default T - 1), (n, C, H, W), for one Gaussian model generating from noise;
     hold: guide the picks the model's config holds (``sampling.held_labels``) at weight 1 (False: every pick
-    at the guidance scale, plain classifier-free guidance).
+    at the guidance scale, plain classifier-free guidance); cancelled: a callable checked while the run's rows wait
+    for the shared network (``runtime.SharedNet``): once it returns True the run raises ``runtime.Cancelled``.
 
     Checked here: n, steps, seed and guidance against ``options.BOUNDS``. The sampler's own options (sampler,
     eta, variance), the spacing and the strength are checked by what uses them (``SamplerSpec``,
@@ -50,6 +51,7 @@ class Request:
     t_start: int | None = None
     hold: bool = True
     device: str | torch.device = "cpu"
+    cancelled: Callable[[], bool] | None = None     # once True, the run's next network call raises runtime.Cancelled
 
     def __post_init__(self):
         lo, hi = BOUNDS["n"]

@@ -2,6 +2,8 @@
 folder is one stage, an expert ensemble one stage with routed experts, a cascade several (``Pipeline``)."""
 from __future__ import annotations
 
+import functools
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -15,7 +17,7 @@ from ..conditioning import (Condition, augment_low_res, back_project, back_proje
 from ..config import ModelConfig
 from ..degradations import Degradation, make_degradation
 from ..denoisers import ClassifierFreeGuidance, ClipX0, ExpertEnsemble, GuidanceInput, ModelDenoiser
-from ..runtime import ChunkedNet, backends
+from ..runtime import ChunkedNet, SharedNet, backends
 from ..options import NOISE_LEVEL_SPACINGS, SAMPLERS, SPACINGS, STUDENT_SAMPLERS
 from ..samplers import (SampleStep, SamplerSpec, img2img_timesteps, make_generators, noised_start, per_image_noise,
                        sample_stream)
@@ -58,6 +60,9 @@ class Stage:
     runners: dict = field(default_factory=dict)     # id(net) -> (runner, backends.Choice): where each network runs
     backend_request: str = "fp32"                   # what set_backend was asked for (auto, or a name)
     workers: int | None = None                      # row workers on a CPU (runtime.parallel; None: the default)
+    shared: dict = field(default_factory=dict, repr=False)   # id(net) -> (key, SharedNet): one per network, so
+    # concurrent runs of this stage share each network call (runtime/shared.py)
+    _shared_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
     def of_network(cls, config: ModelConfig, path: Path, net, **kw) -> "Stage":
@@ -132,15 +137,27 @@ class Stage:
     def runner(self, net):
         return self.runners[id(net)][0] if id(net) in self.runners else net
 
-    def denoiser(self, guidance: float = 1.0, clip: str | None = None, hold: bool = True):
+    def shared_net(self, net) -> SharedNet:
+        """The one ``SharedNet`` of ``net`` as this stage runs it now (backend, chunk, workers): every run of this
+        stage calls the network through it, so concurrent runs share each network call."""
+        runner = self.runner(net)
+        key = (id(runner), self.chunk, self.workers)
+        with self._shared_lock:
+            hit = self.shared.get(id(net))
+            if hit is None or hit[0] != key:
+                hit = self.shared[id(net)] = (key, SharedNet(ChunkedNet(runner, self.chunk, self.workers)))
+        return hit[1]
+
+    def denoiser(self, guidance: float = 1.0, clip: str | None = None, hold: bool = True, cancelled=None):
         """model (or routed experts) -> CFG (holding the config's ``sampling.held_labels`` at weight 1 unless
         ``hold`` is False) -> x0 kept in range (``clip``: clip | dynamic | none; None = the model's
-        ``diffusion.x0_range``)."""
+        ``diffusion.x0_range``). The networks are called through their ``shared_net``; ``cancelled`` (a callable):
+        once it returns True, the run's next network call raises ``runtime.Cancelled`` uncomputed."""
         d = self.config.diffusion
         clip = clip or d.x0_range
         sched = None if d.is_cold else self.schedule
-        dens = [(lo, hi, ModelDenoiser(ChunkedNet(self.runner(net), self.chunk, self.workers), sched, d.prediction))
-                for lo, hi, net in self.experts]
+        nets = [(lo, hi, functools.partial(self.shared_net(net), cancelled=cancelled)) for lo, hi, net in self.experts]
+        dens = [(lo, hi, ModelDenoiser(net, sched, d.prediction)) for lo, hi, net in nets]
         den = ExpertEnsemble(dens, d.T) if self.routed else dens[0][2]
         if self.config.unet.guidance_embedding:       # a guided student: w is an input, one pass
             den = GuidanceInput(den, guidance)
@@ -199,7 +216,7 @@ class Stage:
         hw, crop_to, low_res = (s, s), None, r.low_res
         if cfg.task == "super_resolution":
             low_res, cond, hw, crop_to = self._sr_input(r)
-        den = self.denoiser(r.guidance, r.clip, r.hold)
+        den = self.denoiser(r.guidance, r.clip, r.hold, r.cancelled)
         if cfg.diffusion.is_cold:
             yield from self._stream_cold(den, r, gens, cond)
             return

@@ -1,0 +1,174 @@
+"""Visitors share the network: ``SharedNet`` gathers the calls of concurrent sampling runs into one network call
+per *tick*, with the network's own signature ``net(x_t, t, cond) -> output`` (DESIGN.md habit 15).
+
+A served page runs one sampling loop per visitor, each in its own thread. Left alone, every loop calls the
+network on its few rows (4 guided images: 8 rows) and the calls take turns, each too small to keep two cores
+busy. Behind a ``SharedNet`` a call waits while a tick runs; when the network frees up, the first waiting
+caller becomes the tick's *leader*: it takes every waiting call that can share a batch with the oldest one (same
+image shape and the same condition fields), up to ``max_pixels`` of input, concatenates their rows, calls the
+network once, and hands each caller its rows. Every run keeps its own sampler, step, guidance and timesteps:
+only the network call is shared. A run alone never waits: it leads its own ticks.
+
+    run A ──x_t,t,c──┐                ┌──> A's rows
+    run B ──x_t,t,c──┼─> [tick: cat] ─┼──> B's rows        one network call per tick;
+    run C ──x_t,t,c──┘    net(...)    └──> C's rows        calls arriving meanwhile wait for the next
+
+Results: the rows are computed by the wrapped callable, normally a ``ChunkedNet`` whose fixed-size chunks give
+each row the same bits in any batch (chunked.py), so a run's images are bit-identical to the same run made alone
+(fp32; ``tests/test_shared.py`` runs concurrent runs and compares). Conditions are concatenated only between
+calls whose fields are the same (present or absent), so no field is filled in for a run that did not have it.
+
+``stats`` counts ticks, rows and seconds: ``seconds_per_pixel`` (one input pixel of one row through the network,
+measured on ticks) is what a server's wait estimates read.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..conditioning import Condition
+
+MAX_TICK_PIXELS = 256 * 32 * 32     # input rows x pixels per tick: 256 rows at 32 px (about 0.6 s on 2 cores)
+
+
+class Cancelled(Exception):
+    """The caller's run was cancelled while its rows waited for a tick; they were never computed."""
+
+
+@dataclass
+class _Call:
+    x_t: torch.Tensor
+    t: torch.Tensor
+    cond: Condition | None
+    cancelled: Callable[[], bool] | None = None
+    out: torch.Tensor | None = None
+    error: BaseException | None = None
+    done: bool = False
+
+    @property
+    def key(self) -> tuple:
+        """Calls with equal keys can share one network call (``torch.cat`` of every tensor)."""
+        c = self.cond
+        fields = () if c is None else tuple(None if v is None else (tuple(v.shape[1:]), v.dtype) for v in c._fields())
+        return tuple(self.x_t.shape[1:]), self.x_t.dtype, self.x_t.device, fields
+
+    @property
+    def pixels(self) -> int:
+        return int(self.x_t.shape[0] * self.x_t.shape[-1] * self.x_t.shape[-2])
+
+
+@dataclass
+class Stats:
+    ticks: int = 0
+    calls: int = 0
+    rows: int = 0
+    pixels: int = 0
+    seconds: float = 0.0
+    max_calls: int = 0                    # the most calls one tick gathered
+    recent: list = field(default_factory=list)    # seconds per pixel of the last ticks
+
+    @property
+    def seconds_per_pixel(self) -> float | None:
+        """Median over the last ticks of seconds per input pixel-row (None before the first tick)."""
+        if not self.recent:
+            return None
+        return sorted(self.recent)[len(self.recent) // 2]
+
+
+class SharedNet:
+    """``net`` shared by concurrent callers: each tick is one call of ``net`` on the rows of every waiting call that
+    fits (see the module's docstring)."""
+
+    RECENT = 16
+
+    def __init__(self, net: Callable, max_pixels: int = MAX_TICK_PIXELS):
+        self.net, self.max_pixels = net, int(max_pixels)
+        self._cv = threading.Condition()
+        self._pending: list[_Call] = []
+        self._busy = False
+        self.stats = Stats()
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, cond: Condition | None,
+                 cancelled: Callable[[], bool] | None = None) -> torch.Tensor:
+        """The network's output for these rows, computed in the next tick that has room for them. ``cancelled``:
+        checked while the rows wait; once it returns True they are dropped uncomputed and ``Cancelled`` is raised
+        (a run stopped by its visitor stops within one network call)."""
+        if cancelled is not None and cancelled():
+            raise Cancelled("the run was cancelled")
+        call = _Call(x_t, t, cond, cancelled)
+        with self._cv:
+            self._pending.append(call)
+        while True:
+            with self._cv:
+                while self._busy and not call.done:
+                    self._cv.wait(0.25)
+                    self._drop_cancelled()
+                if call.done:
+                    break
+                self._busy = True
+                group = self._take()
+            try:
+                self._tick(group)
+            finally:
+                with self._cv:
+                    self._busy = False
+                    self._cv.notify_all()
+        if call.error is not None:
+            raise call.error
+        return call.out
+
+    def _drop_cancelled(self) -> None:
+        for c in [c for c in self._pending if c.cancelled is not None and c.cancelled()]:
+            self._pending.remove(c)
+            c.error, c.done = Cancelled("the run was cancelled"), True
+
+    def _take(self) -> list[_Call]:
+        """The oldest waiting call and, in arrival order, every later one with its key while the tick's pixels
+        stay within ``max_pixels`` (the oldest always goes, however large)."""
+        self._drop_cancelled()
+        if not self._pending:
+            return []
+        key, group, pixels = self._pending[0].key, [], 0
+        for c in self._pending:
+            if c.key == key and (not group or pixels + c.pixels <= self.max_pixels):
+                group.append(c)
+                pixels += c.pixels
+        for c in group:
+            self._pending.remove(c)
+        return group
+
+    def _tick(self, group: list[_Call]) -> None:
+        if not group:
+            return
+        start = time.perf_counter()
+        try:
+            if len(group) == 1:
+                outs = [self.net(group[0].x_t, group[0].t, group[0].cond)]
+            else:
+                conds = [c.cond for c in group]
+                cond = None if conds[0] is None else Condition(
+                    *(None if v[0] is None else torch.cat(v) for v in zip(*(c._fields() for c in conds))))
+                out = self.net(torch.cat([c.x_t for c in group]), torch.cat([c.t for c in group]), cond)
+                outs = out.split([c.x_t.shape[0] for c in group])
+            for c, o in zip(group, outs):
+                c.out = o
+        except BaseException as err:      # every caller of the tick sees the network's error
+            for c in group:
+                c.error = err
+        finally:
+            for c in group:
+                c.done = True
+        self._count(group, time.perf_counter() - start)
+
+    def _count(self, group: list[_Call], seconds: float) -> None:
+        s = self.stats
+        pixels = sum(c.pixels for c in group)
+        s.ticks, s.calls, s.seconds = s.ticks + 1, s.calls + len(group), s.seconds + seconds
+        s.rows += sum(c.x_t.shape[0] for c in group)
+        s.pixels += pixels
+        s.max_calls = max(s.max_calls, len(group))
+        s.recent = (s.recent + [seconds / max(1, pixels)])[-self.RECENT:]
