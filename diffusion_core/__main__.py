@@ -97,7 +97,7 @@ def _sample_args(s) -> None:
                    "distilled student's own rule: progressive); dpm++ is "
                    "DPM-Solver++(2M), dpm++3m its third-order multistep form, unipc UniPC-bh2 with its corrector")
     s.add_argument("--steps", type=int, default=None, help=f"sampling steps, 1-{MAX_STEPS} (U-Net passes per image: "
-                   "one a step, two with guidance); default 50, a distilled student's own steps")
+                   "one a step, two with guidance); a distilled student takes its own (default: 50)")
     s.add_argument("--spacing", default="trailing", choices=SPACINGS, help=SPACING_HELP)
     s.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1]: 0 deterministic, 1 DDPM-like")
     s.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale, 0-30 (1: off)")
@@ -267,7 +267,7 @@ def _sample_batches(args, pipe, sampler, cond, init, low):
     try:
         for start in range(0, args.n, args.batch):
             b = min(args.batch, args.n - start)
-            last, count = None, 0
+            last, count, finite = None, 0, torch.ones(b, dtype=torch.bool)
             kw = dict(low_res=low[start:start + b]) if low is not None else {}
             if pipe.kind == "cascade":
                 kw["sr_steps"] = args.sr_steps
@@ -283,6 +283,7 @@ def _sample_batches(args, pipe, sampler, cond, init, low):
                                dynamic_ncols=True,
                                desc=f"{args.n} image{'s' * (args.n > 1)}")
                 last, count = rec, count + 1
+                finite &= torch.isfinite(rec.eps_hat.detach().flatten(1)).all(1)
                 if bar is not None:
                     bar.update(1)
                 if args.gif and start == 0:
@@ -291,7 +292,7 @@ def _sample_batches(args, pipe, sampler, cond, init, low):
                 per_batch = count
                 bar.total = batches * count
                 bar.refresh()
-            problem = output_problem(last.x_next)
+            problem = output_problem(last.x_next, finite)
             if problem:             # clamped, they were black PNGs and exit code 0
                 raise FloatingPointError(f"{args.model}: {problem}: the network's output is broken; nothing written")
             images.append(last.x_next.clamp(-1, 1))

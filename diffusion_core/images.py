@@ -114,15 +114,19 @@ def grid(images: torch.Tensor, nrow: int = 8, padding: int = 2) -> Image.Image:
     return to_pil(g)
 
 
-def output_problem(x: torch.Tensor) -> str | None:
+def output_problem(x: torch.Tensor, eps_finite: torch.Tensor | None = None) -> str | None:
     """Why generated images (N, C, H, W), before they are clamped to [-1, 1], are not pictures: values that are
-    NaN or inf, or images saturated (every value at or beyond -1 or 1, as when the network's output overflows:
-    clamped, they were all black and looked like a result); None when they are fine."""
+    NaN or inf, a network output (``eps_finite``: per image, whether every step's output was finite) that was
+    not, or images saturated flat (every value at or beyond -1, or every value at or beyond 1, as when the
+    network's output overflows: clamped, they were all black and looked like a result); None when they are fine.
+    An untrained network's images may be all at +-1 with both signs: noise to look at, not a broken output."""
     x = x.detach().flatten(1)
     bad = ~torch.isfinite(x).all(1)
+    if eps_finite is not None:
+        bad |= ~eps_finite
     if bad.any():
         return f"{int(bad.sum())} of {len(x)} images have NaN or inf values"
-    flat = (x.abs() >= 1).all(1)
+    flat = (x >= 1).all(1) | (x <= -1).all(1)
     if flat.any():
-        return f"{int(flat.sum())} of {len(x)} images are saturated (every value at -1 or 1)"
+        return f"{int(flat.sum())} of {len(x)} images are saturated (every value at -1 or every value at 1)"
     return None

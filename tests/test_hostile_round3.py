@@ -406,8 +406,12 @@ def test_huge_weights_are_refused_and_broken_outputs_reported(tmp_path, make_mod
     x[1, 0, 0, 0] = float("nan")
     assert output_problem(x) == "1 of 3 images have NaN or inf values"
     x[1, 0, 0, 0] = 0
+    assert output_problem(x, torch.tensor([True, False, True])) == "1 of 3 images have NaN or inf values"
     x[2] = -5.0
-    assert output_problem(x) == "1 of 3 images are saturated (every value at -1 or 1)"
+    assert output_problem(x) == "1 of 3 images are saturated (every value at -1 or every value at 1)"
+    x[2] = torch.where(torch.rand_like(x[2]) < 0.5, -5.0, 5.0)     # an untrained network's noise: shown, not refused
+    x[2, 0, 0, :2] = torch.tensor([-5.0, 5.0])
+    assert output_problem(x) is None
 
 
 def test_sample_reports_a_broken_output(tmp_path, make_model, capsys, monkeypatch):
@@ -418,7 +422,8 @@ def test_sample_reports_a_broken_output(tmp_path, make_model, capsys, monkeypatc
     monkeypatch.setattr(UNet, "forward", lambda self, *a, **k: real(self, *a, **k) * float("inf"))
     err = one_line_error(capsys, ["sample", "--model", str(tmp_path / "m"), "--n", "2", "--steps", "2", "--out",
                                   str(tmp_path / "o"), "--no-progress", "--backend", "fp32"])
-    assert err == (f"error: {tmp_path / 'm'}: 2 of 2 images are saturated (every value at -1 or 1): the network's "
+    assert err == (f"error: {tmp_path / 'm'}: 2 of 2 images are saturated (every value at -1 or every "
+                   "value at 1): the network's "
                    "output is broken; nothing written")
     assert not list((tmp_path / "o").glob("*.png"))
 
