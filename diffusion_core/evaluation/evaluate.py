@@ -29,8 +29,11 @@ from .pose_metrics import mean_over_pairs
 
 def _sha256(path: Path) -> str:
     import hashlib
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    h = hashlib.sha256()
+    with open(path, "rb") as f:         # hashlib.file_digest is Python 3.11+; ZeroGPU runs 3.10
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 class SampleCache:
