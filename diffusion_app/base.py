@@ -9,6 +9,7 @@ import shutil
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
@@ -16,6 +17,7 @@ from .inputs import as_list, number
 from .models import Models
 from .runs import KeptRuns
 from .settings import ANY, HERE, MAX_SEED, USER_ERRORS
+from .waiting import WaitingRoom
 from .zerogpu import on_zero_gpu
 
 
@@ -27,6 +29,12 @@ class AppBase:
         atexit.register(shutil.rmtree, self.out_dir, ignore_errors=True)
         self._stops: dict[str, threading.Event] = {}
         self.stopping = threading.Event()        # set when the server is shutting down (stop_runs)
+        # sampling runs admitted at once, and the waiting line behind them (waiting.py says why these bounds)
+        self.waiting = WaitingRoom(int(os.environ.get("DIFFUSION_SLOTS", "32")),
+                                   int(os.environ.get("DIFFUSION_WAITING", "1000")))
+        # the threads that step admitted runs (a waiting run holds none): one per slot, and a few for waiting
+        # runs' status lines and closing runs whose visitors left
+        self.sampling_pool = ThreadPoolExecutor(self.waiting.slots + 4, thread_name_prefix="sampling")
         self._cards: dict[str, tuple[tuple, tuple]] = {}      # model -> (what it was made from, (markdown, samples))
         self.runs = KeptRuns(int(float(os.environ.get("DIFFUSION_KEPT_RUNS_MB", "128")) * 2**20))
         self._fashion = None

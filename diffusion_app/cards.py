@@ -7,6 +7,8 @@ from pathlib import Path
 
 import gradio as gr
 
+from diffusion_core.runtime.backends import available
+
 from .base import AppBase
 from .inputs import _number, as_list, user_error
 from .render import fmt_duration
@@ -208,7 +210,7 @@ class Cards(AppBase):
         if model in (None, "") and not self.models.names():
             hide = gr.update(visible=False)
             return (gr.skip(), gr.skip(), gr.skip(), hide, hide, hide, gr.skip(), gr.skip(), hide, gr.skip(),
-                    gr.skip()) + (gr.skip(),) * 4 + (hide,) * MAX_EXAMPLES
+                    gr.skip()) + (gr.skip(),) * 5 + (hide,) * MAX_EXAMPLES
         try:
             pipe = self.models.get(model)
             examples = examples_for(pipe, model)
@@ -233,6 +235,13 @@ class Cards(AppBase):
         lowres = example_file("lowres", st.get("lowres")) if sr else None
         stickman = example_file("stickman", st.get("stickman")) if pose else None
         keep = gr.skip()
+        backend = keep
+        if "backend" in st:         # a link's images were made there: the same seed gives others elsewhere
+            if st["backend"] in available(self.models.device):
+                backend = gr.update(value=st["backend"])
+            else:
+                gr.Warning(f"the link's images were made with the {st['backend']} backend, which does not run here: "
+                           f"{self.models.backend} gives other images for the same seed")
         buttons = [gr.update(value=f"▶ {ex['title']}", visible=True) for ex in examples]
         buttons += [gr.update(visible=False)] * (MAX_EXAMPLES - len(buttons))
         return (
@@ -245,7 +254,8 @@ class Cards(AppBase):
                       value=[a for a in as_list(attributes) if a in cfg.label_names] if multi else [],
                       info=pipe.picks_meaning.capitalize() if multi else None),
             gr.update(visible=pose),
-            gr.update(label=init_label, **({"value": str(lowres)} if lowres else {})),
+            # a hidden input never carries over to another model: the init / low-res image is the settings' or none
+            gr.update(label=init_label, value=str(lowres) if lowres else None),
             gr.update(open=sr),
             gr.update(visible=sr_name is not None),
             gr.update(value=st.get("steps", sd.steps)),
@@ -253,7 +263,8 @@ class Cards(AppBase):
             gr.update(value=st["seed"]) if "seed" in st else keep,
             gr.update(value=st["batch"]) if "batch" in st else keep,
             gr.update(value="upload") if stickman else keep,
-            gr.update(value=str(stickman), visible=True) if stickman else keep,
+            gr.update(value=str(stickman), visible=True) if stickman else keep if pose else gr.update(value=None),
+            backend,
             *buttons,
         )
 

@@ -1,9 +1,12 @@
 """The Generate tab: sample with live previews, stop, keep the run for the Learn tab."""
 from __future__ import annotations
 
+import asyncio
 import html
+import inspect
 import threading
 import time
+from dataclasses import dataclass
 
 import gradio as gr
 import numpy as np
@@ -12,12 +15,27 @@ import torch
 
 from diffusion_core import (BACKENDS, BOUNDS, MAX_STEPS, SampleStep, load_image, make_generators, open_image,
                             to_mode)
+from diffusion_core.runtime import Cancelled
 
 from .base import AppBase
 from .inputs import number, user_error
 from .presets import bundled_name, settings_link
 from .render import as_pil_uint8, batch_grid, eta_seconds, fmt_duration, html_status, save_png, side_by_side
-from .settings import ANY, GIF_MAX_FRAMES, MAX_BATCH, SAMPLER_NAMES, USER_ERRORS, log
+from .settings import ANY, GIF_MAX_FRAMES, MAX_BATCH, PREVIEW_GAP_BUSY_S, SAMPLER_NAMES, USER_ERRORS, log
+from .waiting import run_cost, seconds_per_flop
+
+_END = object()
+GPU_FLOPS_PER_S, GPU_SETUP_S = 5e12, 10     # ZeroGPU's share of an H200 for a small U-Net, loading the model
+STOPPING = "the server is stopping: run it again in a minute, once it is back"
+
+
+@dataclass
+class Waiting:
+    """What ``generate(..., poll=True)`` yields while its run waits for a slot: the page's outputs (the status
+    line) and the ticket, which the page's handler watches without holding a thread (``generate_queued``)."""
+
+    outputs: tuple
+    ticket: object
 
 
 class GenerateTab(AppBase):
@@ -40,9 +58,17 @@ class GenerateTab(AppBase):
     def generate(self, model, sampler="dpm++", steps=25, spacing="trailing", eta=0.0, guidance=2.0, seed=-1,
                  batch_size=4, preview_every=1, class_label=ANY, attributes=None, stick_source="sketch",
                  stick_sketch=None, stick_upload=None, init_image=None, strength=0.6, make_gif=False,
-                 gif_frames="x0_hat", backend=None, request: gr.Request = None):
+                 gif_frames="x0_hat", backend=None, request: gr.Request = None, stop=None, poll=False):
         """Stream a sampling run: every ``preview_every`` steps yield x_t | x0_hat, a status line and the
-        progress; finally the gallery of PNGs (tEXt 'parameters' = JSON) and the optional GIF."""
+        progress; finally the gallery of PNGs (tEXt 'parameters' = JSON) and the optional GIF.
+
+        The run first takes its place in the waiting room (waiting.py): until admitted it yields the status line
+        with its place and estimated wait about once a second (``poll``: yields ``Waiting`` at once instead,
+        for ``generate_queued``, which waits without a thread). ``stop``: an Event that stops the run (Stop, a
+        visitor who left); while it waits, the run's rows are dropped from the network's next tick."""
+        stop = stop or threading.Event()
+        if self.stopping.is_set():
+            raise gr.Error(STOPPING)
         try:
             steps = int(number(steps, "steps", *BOUNDS["steps"], whole=True))
             batch_size = int(number(batch_size, "batch size", 1, MAX_BATCH, whole=True))
@@ -56,10 +82,8 @@ class GenerateTab(AppBase):
             if backend is not None and backend not in BACKENDS:
                 raise ValueError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
             if model in self.models.names() and not self.models.is_ready(model, backend):
-                # loading, and with backend auto measuring this CPU once per model: seconds, so say so
-                what = ("measuring which backend runs it fastest here (once per model)"
-                        if (backend or self.models.backend) == "auto" else "loading")
-                yield (gr.skip(), html_status(f"<b>{html.escape(model)}</b>: {what}…"), None, None, gr.skip(),
+                # loading (auto never measures here: Models): about a second, so say so
+                yield (gr.skip(), html_status(f"<b>{html.escape(model)}</b>: loading…"), None, None, gr.skip(),
                        gr.skip(), gr.skip())
             pipe = self.models.get(model, backend)
             cfg = pipe.base.config
@@ -68,7 +92,7 @@ class GenerateTab(AppBase):
                                  f"(use {', '.join(pipe.samplers)})")
             labels = self._labels(pipe, model, class_label, attributes)
             kw = dict(sampler=sampler, steps=steps, spacing=spacing, eta=float(eta), guidance=float(guidance),
-                      labels=labels, seed=seed, device=self.models.device)
+                      labels=labels, seed=seed, device=self.models.device, cancelled=stop.is_set)
             if cfg.task == "pose":
                 kw["cond_image"] = self._cond_image(pipe, stick_source, stick_sketch, stick_upload)
             if cfg.task == "super_resolution":
@@ -79,19 +103,106 @@ class GenerateTab(AppBase):
                 kw["init_image"] = load_image(init_image, cfg.unet.image_size, cfg.unet.in_channels)
                 kw["strength"] = float(strength)
             stream = pipe.stream(batch_size, **kw)
+            ticket = self.waiting.enter(*run_cost(pipe, batch_size, steps, float(guidance),
+                                                  seconds_per_flop(self.models.loaded()),
+                                                  from_low_res="low_res" in kw))
         except USER_ERRORS as e:
             raise user_error(e) from None
 
         session = getattr(request, "session_hash", None) or "api"
-        stop = threading.Event()
         self._stops[session] = stop
-        meta = {"model": model, "sampler": sampler, "steps": steps, "spacing": spacing,
-                "eta": float(eta) if sampler == "ddim" else None, "guidance": float(guidance), "labels": labels,
-                "seed": seed, "batch_size": batch_size}
-        if "init_image" in kw:
-            meta["img2img_strength"] = float(strength)
-        if "cond_image" in kw:
-            meta["stickman"] = stick_source
+        try:
+            yield from self._wait_turn(ticket, stop, poll)
+            if stop.is_set():
+                yield (gr.skip(), html_status("<b>Stopped</b> before it started"), gr.skip(), gr.skip(), seed,
+                       gr.skip(), gr.skip())
+                return
+            meta = {"model": model, "sampler": sampler, "steps": steps, "spacing": spacing,
+                    "eta": float(eta) if sampler == "ddim" else None, "guidance": float(guidance), "labels": labels,
+                    "seed": seed, "batch_size": batch_size, "backend": pipe.backend}
+            if "init_image" in kw:
+                meta["img2img_strength"] = float(strength)
+            if "cond_image" in kw:
+                meta["stickman"] = stick_source
+            yield from self._sample(pipe, stream, kw, ticket, stop, session, meta, preview_every, make_gif,
+                                    gif_frames, (stick_source, stick_upload, init_image))
+        finally:
+            self.waiting.leave(ticket)
+            if self._stops.get(session) is stop:
+                del self._stops[session]
+
+    def gpu_seconds(self, *args, **kwargs) -> int:
+        """ZeroGPU: the seconds to reserve for ``generate(*args, **kwargs)`` (``spaces.GPU(duration=...)``): its
+        estimated network work at GPU_FLOPS_PER_S, plus GPU_SETUP_S to load and move the model, within
+        [GPU_SETUP_S, 120]; 60 when the model is not loaded yet (it is loaded inside the GPU call) or the request
+        cannot be read (``generate`` then reports what is wrong)."""
+        try:
+            a = inspect.signature(self.generate).bind(*args, **kwargs)
+            a.apply_defaults()
+            a = a.arguments
+            if not self.models.is_ready(a["model"], a["backend"]):
+                return 60
+            pipe = self.models.get(a["model"], a["backend"])
+            steps, cost = run_cost(pipe, int(a["batch_size"]), int(a["steps"]), float(a["guidance"]),
+                                   1.0 / GPU_FLOPS_PER_S, from_low_res=pipe.config.task == "super_resolution")
+        except Exception:       # noqa: BLE001 - any unreadable request: generate itself says what is wrong
+            return 60
+        return int(min(120, GPU_SETUP_S + steps * cost))
+
+    async def generate_queued(self, *args, **kwargs):
+        """The page's Generate: ``generate`` stepped on the sampling threads, so that a run waiting for its turn
+        holds no thread (its status line is refreshed about once a second, at once when admitted). When the
+        visitor stops or leaves (Gradio cancels this), the run's stop is set: its rows are dropped from the next
+        tick, its slot goes to the next visitor, and the generator is closed once its step in flight returns."""
+        stop = threading.Event()
+        gen = self.generate(*args, **kwargs, stop=stop, poll=True)
+        pool = self.sampling_pool
+        job = None
+        try:
+            while True:
+                job = pool.submit(next, gen, _END)
+                item = await asyncio.wrap_future(job)
+                job = None
+                if item is _END:
+                    return
+                if isinstance(item, Waiting):
+                    yield item.outputs
+                    for _ in range(10):     # up to 1 s, or until admitted
+                        if item.ticket.admitted:
+                            break
+                        await asyncio.sleep(0.1)
+                    continue
+                yield item
+        finally:
+            stop.set()
+            if job is not None and not job.cancel():
+                job.add_done_callback(lambda _: gen.close())     # on the sampling thread, once next() returned
+            else:
+                gen.close()
+
+    def _wait_turn(self, ticket, stop, poll: bool):
+        """Until ``ticket`` is admitted (or ``stop``): the status line with the run's place and estimated wait."""
+        while not ticket.admitted and not stop.is_set() and not self.stopping.is_set():
+            active, waiting = self.waiting.counts()
+            start, end = self.waiting.estimate(ticket)
+            place = self.waiting.position(ticket)
+            text = (f"<b>Waiting for a turn</b> · {place} of {waiting} waiting · {active} run"
+                    f"{'s' * (active != 1)} sampling now · starts in about {fmt_duration(start)}, done in about "
+                    f"{fmt_duration(end)}")
+            outputs = (gr.skip(), html_status(text, 0.0), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip())
+            if poll:
+                yield Waiting(outputs, ticket)
+            else:
+                yield outputs
+                self.waiting.wait(ticket, 1.0)
+        if self.stopping.is_set():
+            raise gr.Error(STOPPING)
+
+    def _sample(self, pipe, stream, kw, ticket, stop, session, meta, preview_every, make_gif, gif_frames, inputs):
+        """The admitted run: previews while it samples, then the gallery, GIF, status and settings link
+        (``inputs``: the stickman source and upload and the init image, which the link names when bundled)."""
+        cfg = pipe.base.config
+        model, seed, sampler, steps = meta["model"], meta["seed"], meta["sampler"], meta["steps"]
         n_stages = len(pipe.stages) if pipe.kind == "cascade" else 1
         run = self._new_run(pipe, model, meta)     # the first image's steps, for the Learn tab
         run["cond_image"] = kw.get("cond_image")   # a stickman (C, H, W): a branch of the run is conditioned on it
@@ -102,9 +213,11 @@ class GenerateTab(AppBase):
         last = None
         partial = None
         first = True
+        last_preview = 0.0
         try:
             for rec in stream:   # each step runs under inference mode inside the package's loop
                 last = rec
+                self.waiting.stepped(ticket)
                 self._keep(session, run, rec)
                 if make_gif and (rec.index % max(1, rec.num_steps // GIF_MAX_FRAMES) == 0
                                  or rec.index == rec.num_steps - 1):
@@ -113,7 +226,11 @@ class GenerateTab(AppBase):
                 if stop.is_set():
                     break
                 is_last = rec.index == rec.num_steps - 1
-                if rec.index % preview_every == 0 or is_last:
+                # while others sample too, previews at most every PREVIEW_GAP_BUSY_S: each costs the server an
+                # image to encode and send, and a step takes a fraction of that under load
+                busy = self.waiting.counts()[0] > 1 and time.monotonic() - last_preview < PREVIEW_GAP_BUSY_S
+                if (rec.index % preview_every == 0 or is_last) and (first or is_last or not busy):
+                    last_preview = time.monotonic()
                     frac = (rec.stage + (rec.index + 1) / rec.num_steps) / n_stages
                     partial = {"x0": rec.x0_hat.detach().float().cpu().clamp(-1, 1).numpy(), "meta": meta,
                                "step": f"{rec.index + 1}/{rec.num_steps}", "stage": rec.stage}
@@ -124,15 +241,18 @@ class GenerateTab(AppBase):
                     first = False
                     yield (side_by_side(rec.x_t, rec.x0_hat), html_status(self._status(pipe, rec, n_stages, t0), frac),
                            clear, clear, seed, partial, session)
+        except Cancelled:           # stopped while its rows waited for a tick: they were never computed
+            pass
         except USER_ERRORS as e:
             raise user_error(e) from None
         except Exception as e:      # never show a traceback; keep serving
             log.exception("sampling failed")
             raise gr.Error(f"sampling failed: {type(e).__name__}: {e}") from None
-        finally:
-            if self._stops.get(session) is stop:
-                del self._stops[session]
         if last is None:
+            if stop.is_set():
+                yield (gr.skip(), html_status("<b>Stopped</b> before its first step"), gr.skip(), gr.skip(), seed,
+                       gr.skip(), gr.skip())
+                return
             raise gr.Error("sampling produced no steps")
         stopped = stop.is_set() or not (last.index == last.num_steps - 1 and last.stage == n_stages - 1)
         final = (last.x0_hat if stopped else last.x_next).detach().float().cpu().clamp(-1, 1)
@@ -141,13 +261,15 @@ class GenerateTab(AppBase):
         gallery = self._save_gallery(final, meta)
         gif = self._save_gif(frames, meta) if make_gif and frames else None
         took = time.time() - t0
-        text = (f"<b>{'Stopped' if stopped else 'Done'}</b> · {batch_size} image(s) · seed {seed} · "
-                f"{SAMPLER_NAMES.get(sampler, sampler)} {steps} steps ({spacing}){self._sr_stages(pipe)} · "
+        text = (f"<b>{'Stopped' if stopped else 'Done'}</b> · {meta['batch_size']} image(s) · seed {seed} · "
+                f"{SAMPLER_NAMES.get(sampler, sampler)} {steps} steps ({meta['spacing']}){self._sr_stages(pipe)} · "
                 f"{took:.1f} s · "
                 f"<span title=\"{html.escape(self._backend_reason(pipe))}\">{pipe.backend}</span>")
         if stopped:
             text += " · gallery shows the last x0_hat prediction"
-        text += "<br>" + self._settings_link(meta, cfg, stick_source, stick_upload, init_image)
+            if self.stopping.is_set():
+                text += f" · {STOPPING}"
+        text += "<br>" + self._settings_link(meta, cfg, *inputs)
         run["done"] = not stopped
         yield (side_by_side(last.x_t, final), html_status(text, 1.0), gallery, gif, seed, {"done": True}, session)
 

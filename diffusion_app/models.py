@@ -1,6 +1,7 @@
 """The model catalogue: the folders under the checkpoints directory, loaded on demand and cached."""
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -19,11 +20,18 @@ class Models:
     until the folder's files change. A folder whose files change on disk (a training run re-exporting) is reloaded
     on next use."""
 
-    def __init__(self, root, device="cpu", backend=None):
+    def __init__(self, root, device="cpu", backend=None, budget_bytes: int | None = None):
         self.root = Path(root)
+        # loaded pipelines are kept up to this many bytes of network weights (pipeline_bytes), the least recently
+        # used dropped first (loading every folder once held 4.8 GB): $DIFFUSION_MODELS_MB, default 1024
+        self.budget = int(budget_bytes if budget_bytes is not None else
+                          float(os.environ.get("DIFFUSION_MODELS_MB", "1024")) * 2**20)
         self.device = device
-        # where networks run unless a request names one: $DIFFUSION_CORE_BACKEND, else auto (measured at first load)
-        self.backend = requested_backend(backend)       # the app's default: auto
+        # where networks run unless a request names one: $DIFFUSION_CORE_BACKEND, else fp32: the images of a seed
+        # differ between backends, and fp32 is the one every machine runs, so a link reproduces them anywhere.
+        # auto is never measured here (visitors would wait, and the timings would measure their load): it uses
+        # the choice `python -m diffusion_core backends` recorded on this machine, else fp32.
+        self.backend = requested_backend(backend, default="fp32")
         self._cache: dict[str, tuple[tuple, object]] = {}
         self._failed: dict[str, tuple[tuple, str]] = {}         # name -> (signature, reason) of a failed load
         self._scanned: dict[str, tuple[tuple, bool, dict, str | None]] = {}   # name -> (stat, listed, config, error)
@@ -108,17 +116,18 @@ class Models:
         sig = self.signature(name)
         backend = backend or self.backend
         with self._lock:
-            hit = self._cache.get(name)
+            hit = self._cache.pop(name, None)
             if hit and hit[0] == sig:
+                self._cache[name] = hit             # most recently used last
                 if hit[1].backend_request != backend:
-                    hit[1].set_backend(backend)
+                    hit[1].set_backend(backend, measure=False)
                 return hit[1]
             failed = self._failed.get(name)
             if failed and failed[0] == sig:
                 raise CheckpointError(failed[1])
             self._cache.pop(name, None)
             try:
-                pipe = load(folder, device=self.device, backend=backend)
+                pipe = load(folder, device=self.device, backend=backend, measure=False)
             except BackendError:
                 raise       # the backend asked for cannot run here: the folder is fine, nothing to remember
             except CheckpointError as e:
@@ -130,7 +139,24 @@ class Models:
                 raise CheckpointError(self._failed[name][1]) from None
             self._failed.pop(name, None)
             self._cache[name] = (sig, pipe)
+            self._evict(keep=name)
             return pipe
+
+    def _evict(self, keep: str) -> None:
+        """Drop the least recently used pipelines (not ``keep``) while the loaded weights exceed the budget; a run
+        in flight keeps its own reference, so it finishes; the next request loads the folder again."""
+        sizes = {n: pipeline_bytes(p) for n, (_, p) in self._cache.items()}
+        for name in list(self._cache):
+            if sum(sizes.values()) <= self.budget:
+                break
+            if name != keep:
+                del self._cache[name]
+                sizes.pop(name)
+                log.info("model cache: dropped %s (least recently used; budget %d MB)", name, self.budget >> 20)
+
+    def loaded(self) -> list:
+        """The pipelines loaded now."""
+        return [pipe for _, pipe in list(self._cache.values())]
 
     def raw_config(self, name) -> dict:
         """The parsed config.json of a listed folder (from the scan; {} for an unreadable one)."""
@@ -151,6 +177,17 @@ class Models:
                     and Path(str(stages[0].get("path", ""))).name == base:
                 paired.update(Path(str(st.get("path", ""))).name for st in stages[1:])
         return sorted(out, key=lambda n: n not in paired)
+
+
+def pipeline_bytes(pipe) -> int:
+    """Bytes of a loaded pipeline's network weights (parameters and buffers of every stage's networks), twice
+    that for a network that also runs on another backend (a bf16 copy, an OpenVINO model)."""
+    total = 0
+    for st in pipe.stages:
+        for net in st.networks:
+            size = sum(t.numel() * t.element_size() for t in list(net.parameters()) + list(net.buffers()))
+            total += size * (2 if st.runners.get(id(net), (None, None))[0] not in (None, net) else 1)
+    return total
 
 
 def section(config: dict, key: str) -> dict:

@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 import numpy as np
 from PIL import Image
 
-from diffusion_core import BOUNDS, SPACINGS, read_json
+from diffusion_core import BACKENDS, BOUNDS, SPACINGS, read_json
 
 from .inputs import number
 from .settings import HERE, MAX_BATCH, MAX_SEED, STICKMEN_DIR
@@ -25,7 +25,8 @@ MAX_EXAMPLES = 3
 PICKS = (("woman", "dark skin tone"), ("cat", "face"), ("red", "heart"), ("man", "beard"), ("flag",), ("star",))
 NUMBERS = {"steps": (*BOUNDS["steps"], True), "eta": (*BOUNDS["eta"], False), "guidance": (*BOUNDS["guidance"], False),
            "seed": (-1, MAX_SEED, True), "batch": (1, MAX_BATCH, True)}
-KEYS = ("model", "sampler", "steps", "spacing", "eta", "guidance", "seed", "batch", "labels", "stickman", "lowres")
+KEYS = ("model", "sampler", "steps", "spacing", "eta", "guidance", "seed", "batch", "labels", "stickman", "lowres",
+        "backend")
 
 
 def _folder(kind: str) -> Path:
@@ -109,6 +110,8 @@ def settings_link(meta: dict, stickman: str | None = None, lowres: str | None = 
     if meta.get("eta") is not None:
         q.append(("eta", f"{meta['eta']:g}"))
     q += [("label", name) for name in meta.get("labels") or []]
+    if meta.get("backend") in BACKENDS:      # what ran the networks: the same seed gives other images elsewhere
+        q.append(("backend", meta["backend"]))
     if stickman:
         q.append(("stickman", stickman))
     if lowres:
@@ -150,6 +153,8 @@ def check(raw: dict) -> tuple[dict, list[str]]:
             elif k == "labels" and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
                 raise ValueError(v)
             elif k == "sampler" and not isinstance(v, str):
+                raise ValueError(v)
+            elif k == "backend" and v not in BACKENDS:
                 raise ValueError(v)
             elif k not in KEYS:
                 raise ValueError(v)

@@ -18,6 +18,7 @@ MAX_SEED = 2**31 - 1 - MAX_BATCH
 MAX_UPSCALE_INPUT = 128          # side of an image handed to a super-resolution model
 PREVIEW_PX = 256                 # previews are nearest-neighbour upscaled to about this size
 GIF_MAX_FRAMES = 60
+PREVIEW_GAP_BUSY_S = 0.5         # while other runs sample too, a run's previews come at most this often
 ANY = "(any)"
 SAMPLER_CHOICES = [("DDPM", "ddpm"), ("DDIM", "ddim"), ("DPM-Solver++ (2M)", "dpm++"), ("DPM-Solver++ (3M)", "dpm++3m"),
                    ("UniPC", "unipc"), ("Cold", "cold")]

@@ -3,6 +3,7 @@ and the model card; and the events that join them to the handlers."""
 from __future__ import annotations
 
 import functools
+import inspect
 from types import SimpleNamespace
 
 import gradio as gr
@@ -12,7 +13,7 @@ from diffusion_core import BACKENDS, MAX_GUIDANCE, MAX_STEPS, SPACINGS, SR_SAMPL
 from .inputs import Dropdown, LabelChecks, Number, Radio, SafeImage, SafeSketchpad, Slider, page_parts
 from .render import html_status
 from .settings import ANY, LIGHT, MAX_BATCH, MAX_SEED, SAMPLER_CHOICES, STATE_TTL_S, STICKMEN_DIR
-from .zerogpu import gpu_task
+from .zerogpu import gpu_task, on_zero_gpu
 
 
 def generate_page(app) -> SimpleNamespace:
@@ -89,7 +90,9 @@ def generate_page(app) -> SimpleNamespace:
             # last in the column and sticky at the viewport's bottom (CSS): in view however long the
             # column (emoji's 52 attributes), and on a phone right above the preview that follows
             with gr.Row(elem_id="run-row"):
-                run_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+                # enabled once the page's controls are set for its model (wire_generate: lock / unlock)
+                run_btn = gr.Button("Loading the model…", variant="primary", elem_id="generate-btn",
+                                    interactive=False)
                 stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
         with gr.Column(scale=3, min_width=360):
             preview = gr.Image(label="x_t | x0_hat", show_label=False, type="pil", format="png",
@@ -127,11 +130,29 @@ def generate_page(app) -> SimpleNamespace:
 def model_outputs(g: SimpleNamespace) -> list:
     """The controls ``Cards.controls_for`` sets, in its order."""
     return [g.sampler, g.eta, g.guidance, g.class_label, g.attributes, g.pose_group, g.init_image, g.init_acc,
-            g.up_acc, g.steps, g.spacing, g.seed, g.batch_size, g.stick_source, g.stick_upload,
+            g.up_acc, g.steps, g.spacing, g.seed, g.batch_size, g.stick_source, g.stick_upload, g.backend,
             g.example_0, g.example_1, g.example_2]
 
 
 SCROLL_TO_PREVIEW = "() => document.querySelector('#preview')?.scrollIntoView({block: 'center', behavior: 'instant'})"
+
+
+def queued_generate(app) -> SimpleNamespace:
+    """Generate's handler and its concurrency: on a CPU server, ``generate_queued`` with no Gradio limit (every run
+    enters the app's waiting room at once, which admits ``DIFFUSION_SLOTS`` runs and tells the rest their place and
+    wait; its network calls are shared); on ZeroGPU, ``generate`` inside ``spaces.GPU``, one run at a time per GPU
+    as the "sampling" events are. The handler keeps ``generate``'s parameters, the /generate API's names."""
+    if on_zero_gpu():
+        return SimpleNamespace(fn=gpu_task(app.generate, duration=app.gpu_seconds), limits=dict(concurrency_id="sampling"))
+
+    async def generate(*args, **kwargs):
+        async for out in app.generate_queued(*args, **kwargs):
+            yield out
+    sig = inspect.signature(app.generate)
+    generate.__signature__ = sig.replace(parameters=[p for p in sig.parameters.values()
+                                                     if p.name not in ("stop", "poll")])
+    generate.__doc__ = app.generate.__doc__
+    return SimpleNamespace(fn=generate, limits=dict(concurrency_limit=None))
 
 
 def wire_generate(app, demo, g: SimpleNamespace, l: SimpleNamespace) -> None:
@@ -155,9 +176,16 @@ def wire_generate(app, demo, g: SimpleNamespace, l: SimpleNamespace) -> None:
     def loaded(model, class_label, attributes, request: gr.Request):
         out = app.on_load(model, class_label, attributes, request)
         return (*out, out[0]["value"] if isinstance(out[0], dict) and "value" in out[0] else model)
-    g.model.input(picked, [g.model, g.sampler, g.class_label, g.attributes, shown], controls + [shown],
-                  **quiet).then(**card)
-    demo.load(loaded, [g.model, g.class_label, g.attributes], [g.model] + controls + [shown], **quiet).then(**card)
+    # Generate waits, visibly, until the controls shown are the picked model's (its first load can take seconds):
+    # a run started meanwhile would have mixed one model's name with the other's settings
+    lock = dict(fn=lambda m=None: gr.update(interactive=False, value=f"Loading {m or 'the model'}…"),
+                inputs=[g.model], outputs=[g.run_btn], api_visibility="private", queue=False, show_progress="hidden")
+    unlock = dict(fn=lambda: gr.update(interactive=True, value="Generate"), inputs=None, outputs=[g.run_btn],
+                  api_visibility="private", queue=False, show_progress="hidden")
+    g.model.input(**lock).then(picked, [g.model, g.sampler, g.class_label, g.attributes, shown], controls + [shown],
+                               **quiet).then(**card).then(**unlock)
+    demo.load(loaded, [g.model, g.class_label, g.attributes], [g.model] + controls + [shown], **quiet).then(
+        **card).then(**unlock)
     # API endpoint (markdown, samples.png): on a never-shown button, so the UI does not run it twice
     card_api = gr.Button(visible=False)
     card_api.click(app.model_card, [g.model], [g.card, g.card_img], api_name="model_card", **LIGHT)
@@ -180,15 +208,16 @@ def wire_generate(app, demo, g: SimpleNamespace, l: SimpleNamespace) -> None:
                                                                                   l.traj_note], **local)
     # the live preview and its status line into view when a run starts (on a phone: below every control)
     g.run_btn.click(None, None, None, js=SCROLL_TO_PREVIEW)
-    gen = g.run_btn.click(gpu_task(app.generate), gen_inputs, gen_outputs, api_name="generate",
-                          concurrency_id="sampling", show_progress="minimal")
+    sampling = queued_generate(app)
+    gen = g.run_btn.click(sampling.fn, gen_inputs, gen_outputs, api_name="generate", show_progress="minimal",
+                          **sampling.limits)
     gen.then(**after)
     runs = [gen]
     for i, button in enumerate((g.example_0, g.example_1, g.example_2)):
         run = button.click(functools.partial(app.apply_example, index=i), [g.model], [g.model] + controls,
                            **quiet).then(**card).then(None, None, None, js=SCROLL_TO_PREVIEW).then(
-            gpu_task(app.generate), gen_inputs, gen_outputs, api_visibility="private", concurrency_id="sampling",
-            show_progress="minimal")
+            sampling.fn, gen_inputs, gen_outputs, api_visibility="private", show_progress="minimal",
+            **sampling.limits)
         run.then(**after)
         runs.append(run)
     g.stop_btn.click(app.stop, [g.partial], [g.gallery, g.status], cancels=runs, **local)

@@ -16,9 +16,11 @@ def on_zero_gpu() -> bool:
     return True
 
 
-def gpu_task(fn, duration: int = 120):
+def gpu_task(fn, duration=120):
     """``fn`` wrapped with ``spaces.GPU(duration=...)`` on ZeroGPU (the GPU is held for its call, the models run on
-    CUDA there); ``fn`` itself everywhere else, so the CPU path is unchanged. Used for every handler that samples."""
+    CUDA there); ``fn`` itself everywhere else, so the CPU path is unchanged. Used for every handler that samples.
+    ``duration``: seconds, or a callable given ``fn``'s arguments that returns them (the work asked for: a short
+    run does not reserve two minutes of a visitor's GPU quota)."""
     if not on_zero_gpu():
         return fn
     import spaces

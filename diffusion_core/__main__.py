@@ -66,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
                          "for pixel; default 4 for an augmented input, else 1)")
     ca.add_argument("--description", default="", help="shown on the model card")
 
+    b = parser("backends", help="measure once, idle, which backend runs each model fastest here (what auto uses "
+                                "in the app, which never measures while visitors wait)")
+    b.add_argument("--models", default="checkpoints", help="a model folder, or a folder of them")
+    b.add_argument("--force", action="store_true", help="measure even when the machine is busy (the timings are "
+                   "used for this run only, not remembered)")
+
     sub.add_parser("bench", help="sampling / training speed against diffusers, from a checkout (benchmarks/bench.py; "
                                  "see: bench --help)", add_help=False)
 
@@ -216,6 +222,9 @@ def _run(args) -> int:
     if args.command == "convert":
         from .folders import convert_command
         return convert_command(args)
+    if args.command == "backends":
+        from .pipeline.loading import measure_backends
+        return measure_backends(Path(args.models), force=args.force)
     return 2
 
 

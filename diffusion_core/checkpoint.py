@@ -32,6 +32,11 @@ MAX_PARAMETERS = 200_000_000    # 0.8 GB in fp32: 80x the largest shipped networ
 # network's (emoji-sr128: 1.2e10 FLOPs, 28 MB)
 MAX_STEP_FLOPS = 1e12
 MAX_ACTIVATION_BYTES = 4 * 2 ** 30
+# a request's step (every image, both passes of guidance) and one network call (its chunk of rows): twice one image's
+# limits, so every model that loads samples one guided image; the shipped models' largest step at the largest
+# batch is 1.5e12 FLOPs (emoji-sr128: 64 images, 2 passes each)
+MAX_REQUEST_STEP_FLOPS = 2 * MAX_STEP_FLOPS
+MAX_REQUEST_ACTIVATION_BYTES = 2 * MAX_ACTIVATION_BYTES
 MAX_WEIGHT = 1e4                # |weight|: the shipped networks' largest is 1.6; 3e38 made every output overflow
 MAX_CONFIG_BYTES = 1_000_000    # a config.json is a few hundred bytes; a 100 MB description would be read per request
 MAX_CASCADE_STAGES = 4          # base + 3 super-resolution stages (32 -> 256 px); each stage costs a full sampling run
@@ -152,14 +157,25 @@ def network_shapes(unet_cfg) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in net.state_dict().items()}
 
 
-def work_problem(unet_cfg, side: int) -> str | None:
-    """Why one pass of the network of ``unet_cfg`` on a ``side`` px image is too much work (FLOPs or activation
-    memory over MAX_STEP_FLOPS / MAX_ACTIVATION_BYTES, estimated from the config), or None."""
+def work_problem(unet_cfg, side, rows: int = 1, at_once: int = 1) -> str | None:
+    """Why the network of ``unet_cfg`` on ``side`` px images (an int, or (H, W)) is too much work, estimated from the
+    config (``unet.network_cost``), or None: one pass over MAX_STEP_FLOPS or MAX_ACTIVATION_BYTES; or ``rows``
+    passes per step over MAX_REQUEST_STEP_FLOPS, or the ``at_once`` passes of one network call over
+    MAX_REQUEST_ACTIVATION_BYTES (a request's batch, guidance's second pass)."""
     flops, nbytes = network_cost(unet_cfg, side)
+    h, w = (side, side) if isinstance(side, int) else side
+    px = f"{h} px" if h == w else f"{h}x{w} px"
+    gib = 2 ** 30
     over = ([f"{flops:.2g} FLOPs (limit {MAX_STEP_FLOPS:.0g})"] if flops > MAX_STEP_FLOPS else []) + \
-        ([f"{nbytes / 2 ** 30:.3g} GiB of activations (limit {MAX_ACTIVATION_BYTES / 2 ** 30:g} GiB)"]
+        ([f"{nbytes / gib:.3g} GiB of activations (limit {MAX_ACTIVATION_BYTES / gib:g} GiB)"]
          if nbytes > MAX_ACTIVATION_BYTES else [])
-    return f"one network pass at {side} px needs an estimated {' and '.join(over)} per image" if over else None
+    if over:
+        return f"one network pass at {px} needs an estimated {' and '.join(over)} per image"
+    over = ([f"{rows * flops:.2g} FLOPs (limit {MAX_REQUEST_STEP_FLOPS:.0g} per step)"]
+            if rows * flops > MAX_REQUEST_STEP_FLOPS else []) + \
+        ([f"{at_once * nbytes / gib:.3g} GiB of activations in one network call of {at_once} passes (limit "
+          f"{MAX_REQUEST_ACTIVATION_BYTES / gib:g} GiB)"] if at_once * nbytes > MAX_REQUEST_ACTIVATION_BYTES else [])
+    return f"{rows} network passes per step at {px} need an estimated {' and '.join(over)}" if over else None
 
 
 def load_network(folder: Path, device="cpu") -> tuple[ModelConfig, UNet]:

@@ -76,8 +76,9 @@ def _check_out(out: Path, kind: str) -> None:
 
 
 def _manifest(args, out: Path):
-    """The typed manifest the ``ensemble`` / ``cascade`` arguments describe, with its parts checked together."""
-    where = out / CONFIG
+    """The typed manifest the ``ensemble`` / ``cascade`` arguments describe. Its parts are checked together by the
+    loader (``load_ensemble`` / ``load_cascade`` call ``check_experts`` / ``check_cascade_stages``), which holds a
+    hand-written manifest to the same rules."""
     if args.command == "ensemble":
         experts = []
         for item in args.expert:
@@ -85,10 +86,8 @@ def _manifest(args, out: Path):
             if len(parts) != 3 or not all(p.strip().lstrip("-").isdigit() for p in parts[1:]):
                 raise ValueError(f"--expert expects FOLDER:T_LO:T_HI with whole numbers, got {item!r}")
             experts.append(ExpertEntry(parts[0], int(parts[1]), int(parts[2])))
-        configs = [(e.path, stage_config(out / e.path)) for e in experts]
-        if all(cfg is not None for _, cfg in configs):     # else: refused by the loader as not a single model
-            check_experts(where, configs)
-        T = configs[0][1].diffusion.T if configs and configs[0][1] is not None else 0
+        configs = [stage_config(out / e.path) for e in experts]
+        T = configs[0].diffusion.T if configs and configs[0] is not None else 0
         return EnsembleManifest(tuple(experts), T, args.description)
     stages = []
     for item in args.stage:
@@ -99,14 +98,12 @@ def _manifest(args, out: Path):
         except ValueError:
             raise ValueError(f"--stage expects FOLDER[:AUG_LEVEL[:MATCH_SCALE]], got {item!r}") from None
         stages.append(CascadeStage(path, level, match_scale=match))
-    manifest = CascadeManifest(tuple(stages), args.description)
-    check_cascade_stages(where, [(st.path, stage_config(out / st.path)) for st in stages])
-    return manifest
+    return CascadeManifest(tuple(stages), args.description)
 
 
 def assemble_command(args) -> int:
-    """``ensemble`` / ``cascade``: build the typed manifest, check its parts against each other, load the whole
-    result from it in memory (every folder, config and weights file checked), and only then write config.json,
+    """``ensemble`` / ``cascade``: build the typed manifest, load the whole result from it in memory (its parts
+    checked against each other, every folder, config and weights file checked), and only then write config.json,
     atomically: a failure leaves the output folder as it was."""
     from .pipeline import load_cascade, load_ensemble
     out = Path(args.out)

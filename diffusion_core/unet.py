@@ -311,13 +311,15 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def network_cost(cfg: UNetConfig, side: int) -> tuple[float, float]:
-    """(FLOPs, bytes) of one forward pass of the U-Net of ``cfg`` on one ``side`` x ``side`` image, estimated from
-    the config alone (nothing is built): FLOPs of the convolutions and attention (a multiply-add counts 2; norms
-    and the embedding MLPs left out), and float32 activation memory: the skip connections the up path keeps,
-    plus the largest layer's input, output and attention scores (heads x tokens^2). It walks the layers in the
-    order ``UNet.__init__`` builds them; tests/test_hostile_round3.py checks it against torch's flop counter."""
-    ch, res, s = cfg.base_channels, cfg.image_size, side
+def network_cost(cfg: UNetConfig, side: int | tuple[int, int]) -> tuple[float, float]:
+    """(FLOPs, bytes) of one forward pass of the U-Net of ``cfg`` on one ``side`` x ``side`` image (``side`` may be
+    (H, W)), estimated from the config alone (nothing is built): FLOPs of the convolutions and attention (a
+    multiply-add counts 2; norms and the embedding MLPs left out), and float32 activation memory: the skip
+    connections the up path keeps, plus the largest layer's input, output and attention scores (heads x
+    tokens^2). It walks the layers in the order ``UNet.__init__`` builds them; tests/test_hostile_round3.py checks
+    it against torch's flop counter."""
+    ch, res = cfg.base_channels, cfg.image_size
+    h, w = (side, side) if isinstance(side, int) else side
     flops, skips, peak = 0.0, 0.0, 0.0
 
     def layer(cin: int, cout: int, k: int, hw: int, scores: float = 0.0) -> None:
@@ -338,33 +340,33 @@ def network_cost(cfg: UNetConfig, side: int) -> tuple[float, float]:
         layer(c, c, 1, hw)
         flops += 4.0 * hw * hw * c          # q k^T and the weighted sum of v
 
-    layer(cfg.in_channels + cfg.cond_channels, ch, 3, s * s)
+    layer(cfg.in_channels + cfg.cond_channels, ch, 3, h * w)
     chans, cur = [ch], ch
-    skips += ch * s * s
+    skips += ch * h * w
     for level, mult in enumerate(cfg.channel_mults):
         for _ in range(cfg.num_res_blocks):
-            res_block(cur, ch * mult, s * s)
+            res_block(cur, ch * mult, h * w)
             cur = ch * mult
             if res in cfg.attention_resolutions:
-                attention(cur, s * s)
+                attention(cur, h * w)
             chans.append(cur)
-            skips += cur * s * s
+            skips += cur * h * w
         if level != len(cfg.channel_mults) - 1:
-            s, res = -(-s // 2), res // 2
-            layer(cur, cur, 3, s * s)
+            h, w, res = -(-h // 2), -(-w // 2), res // 2
+            layer(cur, cur, 3, h * w)
             chans.append(cur)
-            skips += cur * s * s
-    res_block(cur, cur, s * s)
-    attention(cur, s * s)
-    res_block(cur, cur, s * s)
+            skips += cur * h * w
+    res_block(cur, cur, h * w)
+    attention(cur, h * w)
+    res_block(cur, cur, h * w)
     for level, mult in reversed(list(enumerate(cfg.channel_mults))):
         for i in range(cfg.num_res_blocks + 1):
-            res_block(cur + chans.pop(), ch * mult, s * s)
+            res_block(cur + chans.pop(), ch * mult, h * w)
             cur = ch * mult
             if res in cfg.attention_resolutions:
-                attention(cur, s * s)
+                attention(cur, h * w)
             if level != 0 and i == cfg.num_res_blocks:
-                s, res = s * 2, res * 2
-                layer(cur, cur, 3, s * s)
-    layer(cur, cfg.out_channels, 3, s * s)
+                h, w, res = h * 2, w * 2, res * 2
+                layer(cur, cur, 3, h * w)
+    layer(cur, cfg.out_channels, 3, h * w)
     return flops, 4.0 * (skips + peak)

@@ -347,29 +347,57 @@ def test_switching_model_keeps_the_picks_the_new_model_has(tmp_path):
     assert out[3]["value"] == settings.ANY
 
 
-def test_backend_setting_first_says_it_measures_then_names_the_backend(tmp_path, monkeypatch):
-    """Issue 25: with backend auto, the first run of a model says that it is measuring (a few seconds, once per
-    model) before any preview; every status line then ends with the backend that runs; a named backend is
-    used as asked and an unknown one is a clear error."""
+def test_backends_are_never_measured_while_visitors_wait_and_links_name_them(tmp_path, monkeypatch):
+    """Issue 34 (was issue 25's measuring on first use): the app runs fp32 unless told otherwise, the backend that
+    reproduces a seed's images on every machine; auto uses the choice `python -m diffusion_core backends`
+    measured ahead of time, and fp32 (saying why) where none was; nothing is timed on the request path. Every
+    status line ends with the backend that ran, and the settings link and the PNGs name it."""
     import gradio as gr
 
     import diffusion_app as app
+    from diffusion_core.pipeline.loading import measure_backends
+    from diffusion_core.runtime import backends
     monkeypatch.delenv("DIFFUSION_CORE_BACKEND", raising=False)
-    a = app.DiffusionApp(str(build_checkpoints(tmp_path / "ckpt")))
-    assert a.models.backend == "auto"
+    root = build_checkpoints(tmp_path / "ckpt")
+    a = app.DiffusionApp(str(root))
+    assert a.models.backend == "fp32"
+    real_time = backends.time_runner
+
+    def no_timing(*args, **kw):
+        raise AssertionError("a backend was timed on the request path")
+    monkeypatch.setattr(backends, "time_runner", no_timing)
+    monkeypatch.setattr(backends, "candidates", lambda device="cpu", info=None: ["fp32", "bf16"])
     outs = list(a.generate("tiny", "ddim", 3, class_label="Coat", seed=1, batch_size=2))
-    assert "measuring which backend" in outs[0][1] and outs[0][0] is not None      # a status, no preview yet
-    chosen = a.models.get("tiny").backend
-    assert chosen in ("fp32", "bf16", "openvino")
+    assert "loading" in outs[0][1] and "measuring" not in outs[0][1]
     def text(status_html):      # the status line without its markup, progress bar and the settings link below it
         return re.sub(r"<[^>]+>", "", status_html.split("</div>")[0].split("<br>")[0]).strip()
-    assert all(text(o[1]).endswith(f"· {chosen}") for o in outs[1:]), [o[1] for o in outs]
-    again = list(a.generate("tiny", "ddim", 3, class_label="Coat", seed=1, batch_size=2))
-    assert "measuring" not in again[0][1]                           # remembered: straight to the first step
-    forced = list(a.generate("tiny", "ddim", 3, class_label="Coat", seed=1, batch_size=2, backend="fp32"))
-    assert text(forced[-1][1]).endswith("· fp32") and a.models.get("tiny", "fp32").backend == "fp32"
+    assert all(text(o[1]).endswith("· fp32") for o in outs[1:]), [o[1] for o in outs]
+    assert "backend=fp32" in outs[-1][1]
+    assert json.loads(Image.open(outs[-1][2][0][0]).text["parameters"])["backend"] == "fp32"
+    auto = list(a.generate("tiny", "ddim", 3, class_label="Coat", seed=1, batch_size=2, backend="auto"))
+    assert text(auto[-1][1]).endswith("· fp32") and "not measured on this machine yet" in auto[-1][1]
+    # measured ahead of time (idle): auto now runs the remembered choice, still without timing anything
+    monkeypatch.setattr(backends, "time_runner", real_time)
+    monkeypatch.setattr(backends, "_busy", lambda: None)
+    assert measure_backends(root / "tiny") == 0
+    remembered = json.loads((root / "tiny" / ".cache" / "backend-choice.json").read_text())
+    (choice,) = remembered.values()
+    assert "measured at load" in choice["reason"]
+    monkeypatch.setattr(backends, "time_runner", no_timing)
+    b = app.DiffusionApp(str(root))
+    again = list(b.generate("tiny", "ddim", 3, class_label="Coat", seed=1, batch_size=2, backend="auto"))
+    assert text(again[-1][1]).endswith(f"· {choice['name']}") and "measured at load" in again[-1][1]
     with pytest.raises(gr.Error, match="unknown backend"):
         next(a.generate("tiny", "ddim", 3, backend="tpu"))
+
+
+def test_measure_backends_refuses_a_busy_machine(tmp_path, monkeypatch, capsys):
+    from diffusion_core.pipeline.loading import measure_backends
+    from diffusion_core.runtime import backends
+    monkeypatch.setattr(backends, "_busy", lambda: 3.5)
+    assert measure_backends(build_checkpoints(tmp_path / "ckpt")) == 2
+    assert capsys.readouterr().err == ("error: the machine is busy (1-minute load 3.5): measure when it is idle, "
+                                       "or --force\n")
 
 
 def test_model_card_lists_measurements_compactly(tmp_path):
@@ -471,9 +499,24 @@ def test_zero_gpu_wraps_every_sampling_handler_and_nothing_elsewhere(tmp_path, m
     assert zerogpu.on_zero_gpu() and app.DiffusionApp(str(root)).models.device == "cuda"
     demo = app.build_demo(str(root))
     assert set(wrapped) == {"branch", "compare", "compare_guidance", "generate", "interpolate", "upscale"}
-    assert wrapped.count("generate") == 4          # the Generate button and the three example buttons
+    assert wrapped.count("generate") == 1          # one handler for the Generate button and the three examples
+    gens = [fn.fn for fn in demo.fns.values() if getattr(fn.fn, "__wrapped__", None) is not None
+            and fn.fn.__wrapped__.__name__ == "generate"]
+    assert len(gens) == 4 and len({id(f) for f in gens}) == 1
     by_api = {fn.api_name: fn.fn for fn in demo.fns.values() if getattr(fn, "api_name", None)}
-    assert by_api["generate"].zero_gpu_duration == 120 and not hasattr(by_api["forward"], "zero_gpu_duration")
+    assert not hasattr(by_api["forward"], "zero_gpu_duration")
+    # the GPU time reserved follows the work asked for (the duration=callable form): 10 s to load and move the
+    # model plus the work at the assumed GPU rate, at most 120 s; 60 s for a request generate will refuse
+    from diffusion_app import generate as gen_mod
+    duration = by_api["generate"].zero_gpu_duration
+    assert duration("tiny", "ddim", 3) == 60                    # not loaded yet: it loads inside the GPU call
+    demo.app_state.models.device = "cpu"                        # (no CUDA here)
+    demo.app_state.models.get("tiny")
+    assert duration("tiny", "ddim", 3) == gen_mod.GPU_SETUP_S
+    monkeypatch.setattr(gen_mod, "GPU_FLOPS_PER_S", 1e7)
+    short, long = duration("tiny", "ddim", 10, batch_size=1), duration("tiny", "ddim", 100, batch_size=1)
+    assert gen_mod.GPU_SETUP_S < short < long <= 120 and duration("tiny", "ddim", 1000, batch_size=16) == 120
+    assert duration("no such model", "ddim", 3) == 60
     monkeypatch.setitem(sys.modules, "spaces", None)                 # not importable: CPU, nothing wrapped
     assert not zerogpu.on_zero_gpu() and zerogpu.gpu_task(len) is len
 
@@ -496,7 +539,7 @@ def test_a_backend_that_cannot_run_does_not_mark_the_model_broken(tmp_path, monk
 
 
 CONTROL_NAMES = ["sampler", "eta", "guidance", "class_label", "attributes", "pose_group", "init_image", "init_acc",
-                 "up_acc", "steps", "spacing", "seed", "batch_size", "stick_source", "stick_upload",
+                 "up_acc", "steps", "spacing", "seed", "batch_size", "stick_source", "stick_upload", "backend",
                  "example_0", "example_1", "example_2"]
 
 
@@ -610,3 +653,29 @@ def test_the_upscaler_offered_is_the_one_a_cascade_pairs_with_the_model(tmp_path
     a = app.DiffusionApp(str(root))
     assert a.upscaler_for("tiny", a.models.get("tiny"))[0] == "tiny-sr"
     assert a.upscaler_for("tiny-linear", a.models.get("tiny-linear"))[0] == "a-sr"   # no cascade: by name
+
+
+def test_loaded_models_live_under_a_byte_budget_least_recently_used_first(tmp_path):
+    """Issue 34: the catalogue keeps loaded pipelines up to a budget of weight bytes (every parameter and buffer,
+    counted here independently), dropping the least recently used: loading every folder once held 4.8 GB."""
+    from diffusion_app.models import Models, pipeline_bytes
+    root = build_checkpoints(tmp_path / "ckpt")
+
+    def weights(pipe):
+        return sum(t.numel() * t.element_size() for st in pipe.stages for net in st.networks
+                   for t in [*net.parameters(), *net.buffers()])
+    probe = Models(root)
+    sizes = {n: weights(probe.get(n)) for n in ("tiny", "tiny-linear", "tiny-attr")}
+    assert all(pipeline_bytes(probe.get(n)) == sizes[n] for n in sizes)      # fp32: one copy each
+    assert sizes["tiny-linear"] == sizes["tiny"] < sizes["tiny-attr"]
+    m = Models(root, budget_bytes=sizes["tiny"] + sizes["tiny-attr"])
+    a = m.get("tiny")
+    m.get("tiny-linear")
+    assert m.get("tiny") is a                   # a hit: now the most recently used
+    m.get("tiny-attr")                          # over budget: tiny-linear (least recently used) goes, not tiny
+    assert m.is_ready("tiny") and m.is_ready("tiny-attr") and not m.is_ready("tiny-linear")
+    assert m.get("tiny-linear") is not None and not m.is_ready("tiny")      # loaded again; now tiny was the oldest
+    small = Models(root, budget_bytes=1)        # below any model: the one just loaded is kept, alone
+    small.get("tiny")
+    small.get("tiny-attr")
+    assert small.is_ready("tiny-attr") and not small.is_ready("tiny")

@@ -1,7 +1,8 @@
-"""Load: 8 concurrent clients x 5 requests against the launched app, with a short queue.
+"""Load: 8 concurrent clients x 5 requests against the launched app, with one sampling slot and a short waiting
+line (diffusion_app/waiting.py).
 
-Every request either completes, is cancelled by its client, or is refused by the queue limit with
-Gradio's "queue is full" message; nothing else. Memory stays bounded, no worker is left stuck, and the
+Every request either completes, is cancelled by its client, or is refused by the full waiting line with its
+message ("the server is full: ..."); nothing else. Memory stays bounded, no worker is left stuck, and the
 app answers a fresh request at once afterwards. The measured numbers are printed (pytest -s) and go
 into the reliability table (docs/reliability.md).
 """
@@ -27,8 +28,8 @@ def rss_mb() -> float:
 
 @pytest.fixture(scope="module")
 def loaded_app(tmp_path_factory):
-    old = {k: os.environ.get(k) for k in ("DIFFUSION_QUEUE", "DIFFUSION_CONCURRENCY")}
-    os.environ.update(DIFFUSION_QUEUE=str(QUEUE), DIFFUSION_CONCURRENCY="1")
+    old = {k: os.environ.get(k) for k in ("DIFFUSION_WAITING", "DIFFUSION_SLOTS")}
+    os.environ.update(DIFFUSION_WAITING=str(QUEUE), DIFFUSION_SLOTS="1")
     try:
         demo, url = launch_app(build_checkpoints(tmp_path_factory.mktemp("ckpt")))
     finally:
@@ -67,7 +68,7 @@ def one_client(url: str, index: int, results: list, errors: list) -> None:
             results.append("completed" if isinstance(gal, list) and len(gal) == 2 else f"bad output {outs[-1:]!r}")
         except Exception as e:                         # noqa: BLE001 - classified below
             text = str(e).lower()
-            if "queue is full" in text or "queue full" in text:
+            if "the server is full" in text:
                 results.append("rejected")
             else:
                 errors.append(f"client {index} request {r}: {type(e).__name__}: {e}")
@@ -122,3 +123,32 @@ def test_eight_clients_five_requests_each(loaded_app):
     outs = list(warm.submit(model="tiny", steps=3, batch_size=1, seed=1, api_name="/generate"))
     assert isinstance(outs[-1][2], list) and len(outs[-1][2]) == 1
     assert time.time() - t1 < 60
+    assert demo.app_state.waiting.counts() == (0, 0), "a slot or a place in line was never given back"
+
+
+def test_a_waiting_visitor_sees_its_place_and_gets_the_slot_when_the_first_leaves(loaded_app):
+    """One slot: a second visitor waits with its place, the runs ahead and an estimate in the status line; when the
+    first visitor cancels, its rows leave the network and the second is admitted and finishes."""
+    demo, url = loaded_app
+    from gradio_client import Client
+    first = Client(url, verbose=False).submit(model="tiny", steps=1000, batch_size=1, seed=1, api_name="/generate")
+    t0 = time.time()
+    while len(first.outputs()) < 2 and time.time() - t0 < 120:
+        time.sleep(0.05)
+    second = Client(url, verbose=False).submit(model="tiny", steps=3, batch_size=1, seed=2, api_name="/generate")
+    t0 = time.time()
+    while not any("Waiting for a turn" in str(o[1]) for o in second.outputs()) and time.time() - t0 < 60:
+        time.sleep(0.05)
+    waiting = [str(o[1]) for o in second.outputs() if "Waiting for a turn" in str(o[1])]
+    assert waiting and "1 of 1 waiting · 1 run sampling now · starts in about" in waiting[0], second.outputs()
+    assert demo.app_state.waiting.counts() == (1, 1)
+    first.cancel()
+    t0 = time.time()
+    while not second.done() and time.time() - t0 < 120:
+        time.sleep(0.05)
+    outs = second.outputs()
+    assert isinstance(outs[-1][2], list) and len(outs[-1][2]) == 1 and "Done" in str(outs[-1][1])
+    t0 = time.time()
+    while demo.app_state.waiting.counts() != (0, 0) and time.time() - t0 < 30:
+        time.sleep(0.05)
+    assert demo.app_state.waiting.counts() == (0, 0)

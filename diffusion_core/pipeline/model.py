@@ -149,12 +149,13 @@ class Pipeline:
         return self.stages[0].expert_index(t) if len(self.stages) == 1 else None
 
     # ---- where the networks run (backends.py) -------------------------------------------------
-    def set_backend(self, name: str | None = None) -> "Pipeline":
+    def set_backend(self, name: str | None = None, measure: bool = True) -> "Pipeline":
         """Run every network of this pipeline (experts, stages) on backend ``name``: fp32 | bf16 | openvino, or
-        auto (measured here, ``backends.choose``); None: the ``DIFFUSION_CORE_BACKEND`` variable, else fp32."""
+        auto (measured here, ``backends.choose``; ``measure`` False: a choice measured before, else fp32); None:
+        the ``DIFFUSION_CORE_BACKEND`` variable, else fp32."""
         name = backends.requested_backend(name, default="fp32")
         for st in self.stages:
-            st.set_backend(name)
+            st.set_backend(name, measure)
         self.backend_request = name         # only once every network runs there (a failed switch keeps the old)
         return self
 
@@ -197,29 +198,49 @@ class Pipeline:
     def stream(self, n: int = 1, **options) -> Iterator[SampleStep]:
         """Generate ``n`` images, yielding every step: ``options`` are those of a ``Request`` (its docstring says
         each). A cascade runs its base, then each super-resolution stage on the previous output (``stage`` in the
-        records); given ``low_res``, its base is skipped."""
+        records); given ``low_res``, its base is skipped. A request whose work is over the bounds is refused here,
+        before the first step (``check_work``)."""
         return self.run(Request(n, **options))
 
     def run(self, r: Request) -> Iterator[SampleStep]:
         """``stream`` of a made request."""
         if r.x_start is not None and (len(self.stages) > 1 or self.config.diffusion.is_cold):
             raise ValueError("x_start needs one Gaussian model (not a cascade or a cold-diffusion model)")
+        self.check_work(r)
         if len(self.stages) == 1:
             return self.stages[0].stream(r)
         return self._stream_cascade(r)
+
+    def check_work(self, r: Request) -> None:
+        """Refuse ``r`` (ValueError naming the stage's folder) where the network work of any stage it runs is over
+        the bounds (``Stage.check_work``), before any network call: each stage at the size the request makes it, a
+        cascade's later stages on the images the one before makes (a large low_res input grows every stage)."""
+        if len(self.stages) == 1:
+            self.stages[0].check_work(r)
+            return
+        x = r.low_res
+        for i, st in enumerate(self.stages):       # as _stream_cascade runs them
+            if i == 0 and r.low_res is not None:
+                continue
+            h, w = st.check_work(self._stage_request(r, i, x))
+            x = torch.empty((r.n, st.config.unet.out_channels, h, w), device="meta")   # only its size is read
+
+    def _stage_request(self, r: Request, i: int, x: torch.Tensor | None) -> Request:
+        """Stage ``i``'s request in a cascade run of ``r``, ``x`` the images the stage before made."""
+        if i == 0:
+            return replace(r, low_res=None)
+        st = self.stages[i]
+        return replace(r, labels=(), cond_image=None, init_image=None, guidance=1.0, eta=0.0, low_res=x,
+                       steps=st.run_steps(r.sr_steps), sampler=st.run_sampler(r.sr_sampler),
+                       seed=r.seed + 10_000 * i, aug_level=st.cascade.aug_level,
+                       match_scale=st.cascade.match_scale or None)
 
     def _stream_cascade(self, r: Request) -> Iterator[SampleStep]:
         x = r.low_res
         for i, st in enumerate(self.stages):
             if i == 0 and r.low_res is not None:
                 continue
-            if i == 0:
-                req = replace(r, low_res=None)
-            else:
-                req = replace(r, labels=(), cond_image=None, init_image=None, guidance=1.0, eta=0.0, low_res=x,
-                              steps=st.run_steps(r.sr_steps), sampler=st.run_sampler(r.sr_sampler),
-                              seed=r.seed + 10_000 * i, aug_level=st.cascade.aug_level,
-                              match_scale=st.cascade.match_scale or None)
+            req = self._stage_request(r, i, x)
             last = None
             for rec in st.stream(req):
                 last = rec

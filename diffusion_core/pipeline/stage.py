@@ -11,7 +11,7 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import CascadeStage
+from ..checkpoint import CascadeStage, work_problem
 from ..conditioning import (Condition, augment_low_res, back_project, back_projection_scale, labels_to_vector,
                             picks_condition, resolve_labels)
 from ..config import ModelConfig
@@ -40,6 +40,14 @@ def eval_chunk(side: int) -> int:
     to 8 rows (8x the work); 2 rows stay bit-identical however the batch is split here (1 row did not: one
     image then runs on 2 threads, a batch's rows on 1 each, and the kernels round differently)."""
     return min(EVAL_CHUNK, backends.rows_at(EVAL_CHUNK, side))
+
+
+def sr_canvas(cfg: ModelConfig, low_hw: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """A super-resolution model's output size for a ``low_hw`` input (sr_factor times it), and the canvas its network
+    runs on: the output padded to a size the U-Net can halve len(channel_mults) - 1 times."""
+    out_hw = (low_hw[0] * cfg.sr_factor, low_hw[1] * cfg.sr_factor)
+    m = 2 ** (len(cfg.unet.channel_mults) - 1)
+    return out_hw, (-(-out_hw[0] // m) * m, -(-out_hw[1] // m) * m)
 
 
 @dataclass
@@ -124,9 +132,9 @@ class Stage:
         return ExpertEnsemble([(lo, hi, None) for lo, hi, _ in self.experts], self.config.diffusion.T).expert_index(t)
 
     # ---- where the networks run (backends.py) -------------------------------------------------
-    def set_backend(self, name: str) -> None:
-        self.runners = {id(net): backends.choose(net, name, self.path, self.chunk, image_size=self.size)
-                        for net in self.networks}
+    def set_backend(self, name: str, measure: bool = True) -> None:
+        self.runners = {id(net): backends.choose(net, name, self.path, self.chunk, image_size=self.size,
+                                                 measure=measure) for net in self.networks}
         self.backend_request = name
 
     @property
@@ -204,6 +212,33 @@ class Stage:
         return Condition(labels=lab, image=img, uncond=torch.zeros(n, dtype=torch.bool), known=known).to(device)
 
     # ---- sampling ---------------------------------------------------------------------------
+    def run_size(self, r: Request) -> tuple[tuple[int, int], tuple[int, int]] | None:
+        """(the output size, the canvas the network runs on) of this stage's run of ``r``: the size the request
+        makes, not the config's: a super-resolution input's size times the factor, an init_image's size; None
+        without the input a super-resolution model needs (``stream`` refuses it)."""
+        cfg = self.config
+        if cfg.task == "super_resolution":
+            return None if r.low_res is None else sr_canvas(cfg, tuple(r.low_res.shape[-2:]))
+        hw = tuple(r.init_image.shape[-2:]) if r.init_image is not None else (cfg.unet.image_size,) * 2
+        return hw, hw
+
+    def check_work(self, r: Request) -> tuple[int, int] | None:
+        """Refuse a run of ``r`` whose network work is over the bounds (``checkpoint.work_problem``, estimated
+        from the config at the canvas the request makes): one image's pass, the passes of one step (the batch,
+        guidance's second pass) and the rows of one network call (``chunk``). ValueError naming this folder;
+        returns the output size (None: the request lacks its input, refused when run)."""
+        sizes = self.run_size(r)
+        if sizes is None:
+            return None
+        (h, w), canvas = sizes
+        guided = r.guidance != 1.0 and not self.config.unet.guidance_embedding      # CFG: two passes per image
+        rows = r.n * (2 if guided else 1)
+        problem = work_problem(self.config.unet, canvas, rows, min(rows, self.chunk) if self.chunk > 0 else rows)
+        if problem:
+            raise ValueError(f"{self.path}: a request of {r.n}{' guided' if guided else ''} image"
+                             f"{'s' if r.n > 1 else ''}{' (2 network passes each)' if guided else ''}: {problem}")
+        return h, w
+
     def stream(self, r: Request) -> Iterator[SampleStep]:
         """This stage's run of request ``r``, every step."""
         cfg = self.config
@@ -241,12 +276,10 @@ class Stage:
             low_res = low_res.expand(n, -1, -1, -1)
         if low_res.shape[0] != n:
             raise ValueError(f"{low_res.shape[0]} low-resolution images for a batch of {n}: give one or {n}")
-        out_hw = (low_res.shape[-2] * cfg.sr_factor, low_res.shape[-1] * cfg.sr_factor)
+        out_hw, canvas = sr_canvas(cfg, tuple(low_res.shape[-2:]))
         up = F.interpolate(low_res.to(device), size=out_hw, mode="bicubic", align_corners=False).clamp(-1, 1)
         # the U-Net halves the size len(channel_mults) - 1 times: any other size is sampled on a canvas
         # padded (by edge replication) to a multiple of that, and the records are cropped back to out_hw
-        m = 2 ** (len(cfg.unet.channel_mults) - 1)
-        canvas = (-(-out_hw[0] // m) * m, -(-out_hw[1] // m) * m)
         if canvas != out_hw:
             up = F.pad(up, (0, canvas[1] - out_hw[1], 0, canvas[0] - out_hw[0]), mode="replicate")
         if r.aug_level > 0:

@@ -222,9 +222,12 @@ def _choice_file(cache: Path) -> Path:
 
 
 def choose(net: nn.Module, requested_name: str = "auto", folder: Path | None = None, chunk: int = 8,
-           image_size: int | None = None) -> tuple[Callable, Choice]:
+           image_size: int | None = None, measure: bool = True) -> tuple[Callable, Choice]:
     """The runner and the choice for ``net``: a forced backend as asked, or for auto the fastest candidate whose
-    output matches fp32, measured here (and remembered in the cache for this network, CPU and versions)."""
+    output matches fp32, measured here (and remembered in the cache for this network, CPU and versions, with the
+    load it was measured under). ``measure`` False (a server: its visitors would wait, and the timings would
+    measure their load): only a remembered choice is used, else fp32 until ``python -m diffusion_core backends``
+    has measured this machine, ahead of time and idle."""
     name = requested_backend(requested_name)
     device = next(net.parameters()).device.type
     cache = cache_dir_for(folder)
@@ -241,7 +244,10 @@ def choose(net: nn.Module, requested_name: str = "auto", folder: Path | None = N
     cands = candidates(device, info)
     if cands == ["fp32"]:                 # nothing else worth a try here: no measurement
         return net, Choice("fp32", f"the only candidate on {info.model}", {}, {})
-    busy = _busy()
+    if not measure:
+        return net, Choice("fp32", "auto: not measured on this machine yet (python -m diffusion_core backends "
+                                   "measures it once, idle)", {}, {})
+    busy, load = _busy(), _load()       # the 1-minute load before the timings (they add their own)
     seconds, errors, runners = {}, {}, {}
     for cand in cands:
         try:
@@ -259,12 +265,20 @@ def choose(net: nn.Module, requested_name: str = "auto", folder: Path | None = N
     if best != "fp32" and seconds["fp32"] / seconds[best] < MIN_SPEEDUP:
         best = "fp32"
     reason = ", ".join(f"{k} {v * 1000:.2f} ms" for k, v in seconds.items()) + f" per row on {info.model}"
+    reason += f", measured at load {load:.2f}"
     if busy is not None:          # timings taken beside other work can pick the wrong backend: use, do not keep
         reason += f" (machine busy, load {busy:.1f}: not remembered)"
     choice = Choice(best, reason, seconds, errors)
     if busy is None:
         _write_choice(cache, key, choice)
     return runners[best], choice
+
+
+def _load() -> float:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return float("nan")
 
 
 def _busy() -> float | None:

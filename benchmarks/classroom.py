@@ -1,0 +1,202 @@
+"""A classroom on one server: N visitors, each a new session, open the app within 1 s and press an example.
+
+    python benchmarks/classroom.py [--visitors 30] [--scenarios fashion emoji cascade] [--modes shared serial]
+                                   [--out docs/measurements/classroom.json]
+
+The app runs in its own process (``python app.py``, as on a Space), started once per mode: ``shared`` is the app
+as shipped (DIFFUSION_SLOTS runs admitted at once, their network calls shared per tick); ``serial`` is the same app
+with one slot (DIFFUSION_SLOTS=1: one run at a time, the others in line, as the app served before). Each visitor
+is a thread here with its own ``gradio_client.Client`` (a new session: the page's config and API info are fetched
+anew) that also fetches the page itself, arriving at a random moment in the first second, and submits the
+example's settings to /generate (the model's own sampler, steps and guidance, 4 images, a preview every step).
+
+Per scenario and mode: visitors served and refused (with the first refusal's message); page + config time
+p50 / p95 / max; time from arrival to the first preview and to the finished gallery, p50 / p95 / max; images/s
+(every image of every visitor over the time from the first arrival to the last finish); one visitor alone
+before the class arrives (its finished time: the best single-run throughput). The ratio shared / serial of
+images/s is printed and kept, with the CPU model and the load average before each run.
+
+The visitors run on the same machine as the server (a real class runs them elsewhere): their threads cost the
+server some CPU, the same in both modes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SCENARIOS = {"fashion": "fashion", "emoji": "emoji", "cascade": "emoji-cascade-128"}
+BATCH = 4                   # the page's default batch size
+POLL_S = 0.02
+
+
+def example_request(checkpoints: Path, model: str) -> dict:
+    """The first one-click example of ``model`` as the page sends it: the example's labels / stickman and seed,
+    the model's own sampler, steps, spacing and guidance, the page's batch size, a preview every step."""
+    from diffusion_app.cards import Cards
+    from diffusion_app.models import Models
+    from diffusion_app.presets import examples_for
+    pipe = Models(checkpoints).get(model)
+    ex = examples_for(pipe, model)[0]
+    sd = Cards.sampling_defaults(pipe)
+    req = dict(model=model, sampler=sd.sampler, steps=sd.steps, spacing=sd.spacing, guidance=sd.guidance,
+               seed=ex.get("seed", 0), batch_size=BATCH, preview_every=1)
+    labels = ex.get("labels") or []
+    if pipe.base.config.multi_label:
+        req["attributes"] = labels
+    elif labels:
+        req["class_label"] = labels[0]
+    return req
+
+
+def pct(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return round(xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))], 3)
+
+
+def summary(xs: list[float]) -> dict:
+    return {"p50": pct(xs, 0.5), "p95": pct(xs, 0.95), "max": pct(xs, 1.0)}
+
+
+def visitor(url: str, req: dict, t_zero: float, delay: float, out: dict) -> None:
+    from gradio_client import Client
+    time.sleep(delay)
+    arrive = time.perf_counter()
+    out["arrive"] = arrive - t_zero
+    try:
+        urllib.request.urlopen(url, timeout=60).read()         # the page
+        client = Client(url, verbose=False)                       # a new session: config and API info
+        out["config_s"] = time.perf_counter() - arrive
+        job = client.submit(**req, api_name="/generate")
+        first = None
+        while not job.done():
+            if first is None and job.outputs():
+                first = time.perf_counter() - arrive
+            time.sleep(POLL_S)
+        job.result()                                               # raises the app's refusal or error
+        outs = job.outputs()
+        gallery = outs[-1][2] if outs else None
+        if not (isinstance(gallery, list) and len(gallery) == req["batch_size"]):
+            raise RuntimeError(f"no gallery in the last output: {str(outs[-1:])[:200]}")
+        out.update(first_s=first, done_s=time.perf_counter() - arrive, end=time.perf_counter() - t_zero,
+                   waited="Waiting for a turn" in " ".join(str(o[1]) for o in outs))
+    except Exception as e:                                         # noqa: BLE001 - a refused or failed visitor
+        out["error"] = f"{type(e).__name__}: {e}"[:300]
+
+
+def run_class(url: str, req: dict, n: int, seed: int = 0) -> dict:
+    rng = random.Random(seed)
+    results = [dict() for _ in range(n)]
+    t_zero = time.perf_counter()
+    threads = [threading.Thread(target=visitor, args=(url, dict(req, seed=req["seed"] + 10 * i), t_zero,
+                                                      rng.random(), results[i])) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    served = [r for r in results if "error" not in r]
+    refused = [r for r in results if "error" in r]
+    span = max((r["end"] for r in served), default=0.0) - min((r["arrive"] for r in results), default=0.0)
+    return {"visitors": n, "served": len(served), "refused": len(refused),
+            "first_refusal": refused[0]["error"] if refused else None,
+            "waited": sum(bool(r.get("waited")) for r in served),
+            "config_s": summary([r["config_s"] for r in results if "config_s" in r]),
+            "first_preview_s": summary([r["first_s"] for r in served if r.get("first_s") is not None]),
+            "finished_s": summary([r["done_s"] for r in served]),
+            "last_finished_s": round(span, 3),
+            "images_per_s": round(len(served) * req["batch_size"] / span, 2) if span else None}
+
+
+def start_app(checkpoints: Path, env_extra: dict) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, DIFFUSION_CHECKPOINTS=str(checkpoints), GRADIO_SERVER_PORT=str(port), **env_extra)
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/"
+    for _ in range(600):
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return proc, url
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("the app did not start")
+
+
+def first_load_s(url: str, req: dict) -> float:
+    """A model's first run with nobody else on the server: the time to its first preview (loading included)."""
+    out: dict = {}
+    visitor(url, dict(req, steps=2, preview_every=1), time.perf_counter(), 0.0, out)
+    if "error" in out:
+        raise RuntimeError(out["error"])
+    return round(out["first_s"], 3)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoints", default=str(ROOT / "checkpoints"))
+    p.add_argument("--visitors", type=int, nargs="+", default=[30], help="one count, or one per scenario")
+    p.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
+    p.add_argument("--modes", nargs="+", default=["shared", "serial"], choices=["shared", "serial"])
+    p.add_argument("--out", default=str(ROOT / "docs" / "measurements" / "classroom.json"))
+    args = p.parse_args(argv)
+    from diffusion_core.runtime.machine import cpu_info
+    checkpoints = Path(args.checkpoints)
+    counts = dict(zip(args.scenarios, args.visitors * len(args.scenarios) if len(args.visitors) == 1
+                      else args.visitors))
+    reqs = {s: example_request(checkpoints, SCENARIOS[s]) for s in args.scenarios}
+    record = {"cpu": cpu_info().model, "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
+              "command": "python benchmarks/classroom.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "requests": reqs, "runs": {}}
+    for mode in args.modes:
+        proc, url = start_app(checkpoints, {"DIFFUSION_SLOTS": "1"} if mode == "serial" else {})
+        try:
+            for s in args.scenarios:
+                req = reqs[s]
+                key = f"{s}/{mode}"
+                load_s = first_load_s(url, req)
+                alone: dict = {}
+                visitor(url, req, time.perf_counter(), 0.0, alone)
+                time.sleep(1.0)
+                load_avg = os.getloadavg()[0]
+                r = run_class(url, req, counts[s])
+                r.update(first_load_s=load_s, alone_s=round(alone.get("done_s", float("nan")), 3),
+                         load_before=round(load_avg, 2))
+                r["bound_s"] = round(1.2 * counts[s] * r["alone_s"], 1)    # 1.2 x total work / one run's rate
+                record["runs"][key] = r
+                print(key, json.dumps(r), flush=True)
+                time.sleep(2.0)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+    for s in args.scenarios:
+        a, b = record["runs"].get(f"{s}/shared"), record["runs"].get(f"{s}/serial")
+        if a and b and a["images_per_s"] and b["images_per_s"]:
+            record["runs"][f"{s}/shared"]["vs_serial"] = round(a["images_per_s"] / b["images_per_s"], 2)
+            print(f"{s}: shared / serial images/s = {a['images_per_s'] / b['images_per_s']:.2f}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(record, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""The waiting room: how many sampling runs a busy server admits at once, and what everyone else is told.
+
+A run admitted here samples at once; its network calls meet those of every other admitted run of the same
+network in one ``runtime.SharedNet`` tick, so each tick advances every admitted run by one step. Runs beyond
+``slots`` wait in arrival order, holding no thread (the page's handler awaits its turn), and see their place and
+an estimate that is recomputed from what the server is doing:
+
+    the admitted runs advance in lockstep: a tick costs the sum of their step costs, and each run's step cost is
+    its input pixels per step x the measured seconds per pixel of its network (``SharedNet.stats``). The queue
+    is simulated tick by tick: when a run ends, the first waiting run takes its slot. That gives every waiting
+    run its start and its end.
+
+Why ``slots`` (``DIFFUSION_SLOTS``, default 32): a tick gathers at most ``runtime.MAX_TICK_PIXELS`` (256 rows at
+32 px: a class of 30 with 4 guided images each, 240 rows, fits in one tick), so more admitted runs would not make
+the ticks more efficient, only every admitted run slower; each admitted run holds its own images and previews (a
+few MB for 16 images of 128 px), bounded by this. ``DIFFUSION_WAITING`` (default 1000) bounds the waiting line:
+a waiting run holds only its request, about a kilobyte, and one more beyond it is told how long the line is.
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+
+from diffusion_core.unet import network_cost
+
+from .render import fmt_duration
+
+DEFAULT_FLOPS_PER_S = 2e10      # until a tick has been measured here: about what 2 cores give a small U-Net
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One run's place: ``steps`` (network steps in all), ``step_cost`` (estimated seconds of one step alone in a
+    tick, i.e. its pixels x seconds per pixel); ``done`` counts the steps it has run once admitted."""
+
+    steps: int
+    step_cost: float
+    order: int = 0
+    admitted: bool = False
+    done: int = 0
+    since: float = field(default_factory=time.monotonic)
+
+
+class WaitingRoom:
+    def __init__(self, slots: int = 32, max_waiting: int = 1000):
+        self.slots, self.max_waiting = max(1, int(slots)), max(0, int(max_waiting))
+        self._cv = threading.Condition()
+        self._active: list[Ticket] = []
+        self._waiting: list[Ticket] = []
+        self._order = itertools.count()
+
+    # ---- admission ----------------------------------------------------------------------------
+    def enter(self, steps: int, step_cost: float) -> Ticket:
+        """A place for a run of ``steps`` steps of ``step_cost`` seconds each; admitted at once when a slot is
+        free and nobody waits. ValueError when the waiting line is full (its length and wait named)."""
+        t = Ticket(max(1, int(steps)), max(0.0, float(step_cost)))
+        with self._cv:
+            if len(self._active) < self.slots and not self._waiting:
+                t.admitted = True
+                self._active.append(t)
+                return t
+            if len(self._waiting) >= self.max_waiting:
+                start, _ = self.estimate(self._waiting[-1])
+                raise ValueError(f"the server is full: {len(self._waiting)} runs are waiting (about "
+                                 f"{fmt_duration(start)} before the last starts); try again in a few minutes")
+            t.order = next(self._order)
+            self._waiting.append(t)
+            return t
+
+    def leave(self, t: Ticket) -> None:
+        """The run ended, was stopped, or its visitor left: its slot goes to the first waiting run."""
+        with self._cv:
+            if t in self._active:
+                self._active.remove(t)
+            elif t in self._waiting:
+                self._waiting.remove(t)
+            self._admit()
+            self._cv.notify_all()
+
+    def _admit(self) -> None:
+        while self._waiting and len(self._active) < self.slots:
+            t = self._waiting.pop(0)
+            t.admitted = True
+            self._active.append(t)
+
+    def wait(self, t: Ticket, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds for ``t``'s turn; whether it is admitted."""
+        with self._cv:
+            self._cv.wait_for(lambda: t.admitted, timeout)
+            return t.admitted
+
+    def stepped(self, t: Ticket) -> None:
+        t.done += 1
+
+    # ---- what waiting visitors are told ---------------------------------------------------------
+    def position(self, t: Ticket) -> int:
+        """1 for the first waiting run; 0 once admitted."""
+        with self._cv:
+            return 0 if t.admitted else self._waiting.index(t) + 1 if t in self._waiting else 0
+
+    def counts(self) -> tuple[int, int]:
+        """(runs sampling, runs waiting)."""
+        with self._cv:
+            return len(self._active), len(self._waiting)
+
+    def estimate(self, t: Ticket) -> tuple[float, float]:
+        """(seconds until ``t`` starts, seconds until it ends) from now, by the lockstep simulation of the module's
+        docstring (0 start for an admitted run)."""
+        with self._cv:
+            active = [[max(1, a.steps - a.done), a.step_cost, a] for a in self._active]
+            waiting = list(self._waiting)
+        return simulate(active, waiting, self.slots, t)
+
+
+def simulate(active: list, waiting: list[Ticket], slots: int, mine: Ticket) -> tuple[float, float]:
+    """Ticks until ``mine`` starts and ends: ``active`` holds [steps left, step cost, ticket]; every tick advances
+    each active run one step and costs the sum of their step costs; a finished run's slot goes to the next in
+    ``waiting``. Runs that finish together leave together (one event per distinct finishing step)."""
+    now, start = 0.0, None
+    queue = list(waiting)
+    while True:
+        while queue and len(active) < slots:
+            w = queue.pop(0)
+            active.append([w.steps, w.step_cost, w])
+        if start is None and any(a[2] is mine for a in active):
+            start = now
+        if not active:
+            return now, now
+        k = min(a[0] for a in active)
+        now += k * sum(a[1] for a in active)
+        for a in active:
+            a[0] -= k
+        if any(a[2] is mine and a[0] <= 0 for a in active):
+            return start or 0.0, now
+        active = [a for a in active if a[0] > 0]
+
+
+# ---- a run's cost ------------------------------------------------------------------------------
+def seconds_per_flop(pipes) -> float:
+    """Seconds per network FLOP on this machine now: the median over every stage of ``pipes`` that has run ticks
+    (its SharedNet's seconds per pixel / FLOPs per pixel); 1 / DEFAULT_FLOPS_PER_S before any."""
+    rates = []
+    for pipe in pipes:
+        for st in pipe.stages:
+            spp = _stage_spp(st)
+            if spp is not None:
+                rates.append(spp / _flops_per_pixel(st))
+    return sorted(rates)[len(rates) // 2] if rates else 1.0 / DEFAULT_FLOPS_PER_S
+
+
+def _stage_spp(stage) -> float | None:
+    rates = [s.stats.seconds_per_pixel for _, s in list(stage.shared.values())]
+    rates = [r for r in rates if r is not None]
+    return sorted(rates)[len(rates) // 2] if rates else None
+
+
+def _flops_per_pixel(stage) -> float:
+    side = stage.config.unet.image_size
+    return network_cost(stage.config.unet, side)[0] / side**2
+
+
+def run_cost(pipe, batch: int, steps: int, guidance: float, spf: float, sr_steps: int | None = None,
+             from_low_res: bool = False) -> tuple[int, float]:
+    """(network steps, estimated seconds of one step in a tick) of a run of ``batch`` images: each stage's steps
+    x rows (twice the images when guidance needs the unconditional pass too) x its input pixels x its measured
+    seconds per pixel (else ``spf`` x its FLOPs per pixel), averaged over the run's steps."""
+    sizes = pipe.stage_sizes
+    total_steps, seconds = 0, 0.0
+    for i, st in enumerate(pipe.stages):
+        if from_low_res and i == 0 and len(pipe.stages) > 1:
+            continue
+        n = steps if i == 0 else st.run_steps(sr_steps)
+        cfg = st.config
+        guided = guidance != 1.0 and not cfg.unet.guidance_embedding and (cfg.unet.num_labels or cfg.task == "pose")
+        rows = batch * (2 if guided else 1)
+        spp = _stage_spp(st)
+        spp = spp if spp is not None else spf * _flops_per_pixel(st)
+        total_steps += n
+        seconds += n * rows * sizes[i] ** 2 * spp
+    return max(1, total_steps), seconds / max(1, total_steps)

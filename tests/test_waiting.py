@@ -1,0 +1,68 @@
+"""The app's waiting room (diffusion_app/waiting.py): admission in arrival order up to ``slots``, a bounded line
+with a message that names it, and wait estimates checked against hand-computed lockstep schedules."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from diffusion_app.waiting import Ticket, WaitingRoom, simulate
+
+
+def test_admits_up_to_slots_then_first_come_first_served():
+    room = WaitingRoom(slots=2, max_waiting=3)
+    a, b, c, d = (room.enter(10, 1.0) for _ in range(4))
+    assert a.admitted and b.admitted and not c.admitted and not d.admitted
+    assert (room.position(c), room.position(d), room.counts()) == (1, 2, (2, 2))
+    room.leave(b)
+    assert c.admitted and not d.admitted and room.position(d) == 1
+    room.leave(d)           # a visitor who left while waiting: out of the line, nobody admitted for it
+    assert room.counts() == (2, 0)
+    e = room.enter(5, 1.0)
+    assert not e.admitted and room.position(e) == 1
+
+
+def test_a_full_line_is_refused_with_its_length_and_wait():
+    room = WaitingRoom(slots=1, max_waiting=2)
+    room.enter(10, 0.5)
+    room.enter(10, 0.5)
+    room.enter(10, 0.5)
+    with pytest.raises(ValueError) as err:
+        room.enter(10, 0.5)
+    # the last waiting run starts after the running one (10 x 0.5 s) and the first waiting one (10 x 0.5 s)
+    assert str(err.value) == ("the server is full: 2 runs are waiting (about 10 s before the last starts); try again "
+                              "in a few minutes")
+
+
+def test_wait_blocks_until_admitted():
+    room = WaitingRoom(slots=1)
+    a, b = room.enter(1, 1.0), room.enter(1, 1.0)
+    assert room.wait(b, 0.01) is False
+    threading.Timer(0.05, room.leave, [a]).start()
+    assert room.wait(b, 5.0) is True
+
+
+def test_estimates_follow_the_lockstep_schedule():
+    """Hand-computed: slots 2; running: A with 4 steps left at 1 s a step, B with 2 left at 3 s; waiting: C (3 steps
+    of 2 s), then D (1 step of 1 s). Every tick costs the sum of the step costs of the runs in it:
+    ticks 1-2: A+B = 4 s each -> t = 8, B ends, C starts at 8;
+    ticks 3-4: A+C = 3 s each -> t = 14, A ends, D starts at 14;
+    tick 5: C+D = 3 s -> t = 17, C (3 steps: ticks 3, 4, 5) and D end at 17."""
+    room = WaitingRoom(slots=2)
+    a, b = room.enter(6, 1.0), room.enter(2, 3.0)
+    a.done = 2
+    c, d = room.enter(3, 2.0), room.enter(1, 1.0)
+    assert room.estimate(c) == (8.0, 17.0)
+    assert room.estimate(d) == (14.0, 17.0)
+    assert room.estimate(b) == (0.0, 8.0) and room.estimate(a) == (0.0, 14.0)
+
+
+def test_simulate_alone_and_with_equal_runs():
+    """One run alone: its steps x its step cost. n equal runs in n slots: each tick costs n step costs, so each ends
+    at n x its time alone (the throughput is shared); in 1 slot, the k-th starts after k-1 runs."""
+    me = Ticket(25, 0.04)
+    assert simulate([], [me], 4, me) == (0.0, pytest.approx(1.0))
+    runs = [Ticket(25, 0.04) for _ in range(3)]
+    assert simulate([], runs, 3, runs[2]) == (0.0, pytest.approx(3.0))
+    start, end = simulate([], runs, 1, runs[2])
+    assert (start, end) == (pytest.approx(2.0), pytest.approx(3.0))
