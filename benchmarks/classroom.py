@@ -85,8 +85,8 @@ def visitor(url: str, req: dict, t_zero: float, delay: float, out: dict) -> None
         out["config_s"] = time.perf_counter() - arrive
         job = client.submit(**req, api_name="/generate")
         first = None
-        while not job.done():
-            if first is None and job.outputs():
+        while not job.done():       # a preview: an output with an image (a waiting status line has none)
+            if first is None and any(o[0] for o in job.outputs()):
                 first = time.perf_counter() - arrive
             time.sleep(POLL_S)
         job.result()                                               # raises the app's refusal or error

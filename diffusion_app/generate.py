@@ -20,7 +20,8 @@ from diffusion_core.runtime import Cancelled
 from .base import AppBase
 from .inputs import number, user_error
 from .presets import bundled_name, settings_link
-from .render import as_pil_uint8, batch_grid, eta_seconds, fmt_duration, html_status, save_png, side_by_side
+from .render import (as_pil_uint8, batch_grid, eta_seconds, fitting_path, fmt_duration, html_status, save_png,
+                     side_by_side)
 from .settings import ANY, GIF_MAX_FRAMES, MAX_BATCH, PREVIEW_GAP_BUSY_S, SAMPLER_NAMES, USER_ERRORS, log
 from .waiting import run_cost, seconds_per_flop
 
@@ -335,7 +336,7 @@ class GenerateTab(AppBase):
             frames = [frames[i] for i in idx]
         imgs = [Image.fromarray(f) for f in frames]
         durations = [80] * (len(imgs) - 1) + [1500]
-        path = self._run_dir(meta["model"]) / f"{meta['model']}-{meta['seed']}-reverse.gif"
+        path = fitting_path(self._run_dir(meta["model"]) / f"{meta['model']}-{meta['seed']}-reverse.gif")
         imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=durations, loop=0)
         return str(path)
 

@@ -8,6 +8,7 @@ import torch
 
 from .application import DiffusionApp
 from .assets import ABOUT, ARM_SKETCH_JS, CSS
+from .inputs import check_input_count
 from .ui_forward import forward_page, wire_forward
 from .ui_generate import generate_page, wire_generate
 from .ui_learn import learn_page, wire_learn
@@ -33,8 +34,11 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
         wire_generate(app, demo, g, l)
         wire_forward(app, demo, f)
         wire_learn(app, g, l)
-    demo.queue(default_concurrency_limit=int(os.environ.get("DIFFUSION_CONCURRENCY", "1")),
-               max_size=int(os.environ.get("DIFFUSION_QUEUE", "16")))
+    demo.validate_inputs = check_input_count     # an API call short of inputs: one line, not {"error": null}
+    # Generate is not limited here: the app's waiting room admits its runs (waiting.py). The rest: the Learn tab's
+    # sampling tools (DIFFUSION_CONCURRENCY at once, default 2: each runs up to 15 sampling runs) and light events
+    demo.queue(default_concurrency_limit=int(os.environ.get("DIFFUSION_CONCURRENCY", "2")),
+               max_size=int(os.environ.get("DIFFUSION_QUEUE", "256")))
     return demo
 
 

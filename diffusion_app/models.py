@@ -7,6 +7,7 @@ from pathlib import Path
 
 
 from diffusion_core import BackendError, CheckpointError, SAMPLER_KINDS, load, read_json, requested_backend
+from diffusion_core.checkpoint import part_outside
 
 from .settings import log
 
@@ -127,6 +128,9 @@ class Models:
                 raise CheckpointError(failed[1])
             self._cache.pop(name, None)
             try:
+                outside = part_outside(folder, self.root)   # the app serves the models folder, nothing beyond it
+                if outside:
+                    raise CheckpointError(outside)
                 pipe = load(folder, device=self.device, backend=backend, measure=False)
             except BackendError:
                 raise       # the backend asked for cannot run here: the folder is fine, nothing to remember

@@ -170,9 +170,9 @@ def test_generate_with_a_250_character_model_name(client, server):  # noqa: F811
     name = "x" * 250
     shutil.copytree(server[1] / "tiny", server[1] / name)
     try:
-        job = client.submit(model=name, steps=1, batch_size=1, seed=3, api_name="/generate")
+        job = client.submit(model=name, steps=1, batch_size=1, seed=3, make_gif=True, api_name="/generate")
         job.result()
-        assert len(job.outputs()[-1][2]) == 1
+        assert len(job.outputs()[-1][2]) == 1 and job.outputs()[-1][3]        # the gallery and the GIF
     finally:
         shutil.rmtree(server[1] / name)
 
@@ -180,12 +180,10 @@ def test_generate_with_a_250_character_model_name(client, server):  # noqa: F811
 # ---- 15. an API call with too few inputs ------------------------------------------------------------------------
 def test_too_few_inputs_is_one_line(tmp_path):
     """Gradio checks the count before the handler runs and hid its ValueError ({"error": null}, a traceback in the
-    log); diffusion_app.inputs.check_input_count says it in one line. layout.py must install it (see issue 37)."""
+    log); diffusion_app.inputs.check_input_count, which layout.build_demo installs, says it in one line."""
     from gradio_client import Client
 
-    from diffusion_app.inputs import check_input_count
     demo, url = launch_app(build_checkpoints(tmp_path / "ckpt"))
-    demo.validate_inputs = check_input_count       # what layout.build_demo should do
     try:
         params = Client(url, verbose=False).view_api(print_info=False, return_format="dict")
         n = len(params["named_endpoints"]["/generate"]["parameters"])
@@ -261,6 +259,73 @@ def test_network_cost_matches_the_flop_counter(unet, side):
     assert nbytes > 4 * cfg.base_channels * side * side
 
 
+
+@pytest.fixture
+def no_network_calls(monkeypatch):
+    """Fails the test at any U-Net forward pass: a refusal must come before the first network call."""
+    from diffusion_core.unet import UNet
+
+    def forward(*_):
+        raise AssertionError("the network was called before the request's work was checked")
+    monkeypatch.setattr(UNet, "forward", forward)
+
+
+def _work_case(tmp_path, make_model, case):
+    """A tiny base model (8 px, 1 channel) or 2x super-resolution model (4 -> 8 px), or a cascade of the base and
+    two of them (8 -> 16 -> 32 px), and the request that makes its work larger than its config's."""
+    make_model(tmp_path / "base")
+    make_model(tmp_path / "sr", task="super_resolution", low_res=4,
+               unet=dict(cond_channels=1, aug_level_embedding=True))
+    if case == "cascade":
+        (tmp_path / "casc").mkdir()
+        (tmp_path / "casc" / "config.json").write_text(json.dumps({"version": 1, "kind": "cascade", "stages": [
+            {"path": "../base"}, {"path": "../sr"}, {"path": "../sr"}]}))
+    folder = tmp_path / ("base" if case == "guided" else "sr" if case.startswith("sr") else "casc")
+    request = {"sr_input": dict(n=1, low_res=torch.zeros(1, 1, 512, 512)),          # a 1,024 px image
+               "sr_batch": dict(n=64, low_res=torch.zeros(1, 1, 128, 128)),         # 64 images of 256 px
+               "guided": dict(n=16, guidance=3.0, init_image=torch.zeros(1, 256, 256)),
+               "cascade": dict(n=2, low_res=torch.zeros(2, 1, 128, 128))}[case]     # 256, then 512 px
+    return folder, request
+
+
+@pytest.mark.parametrize("case, message", [
+    ("sr_input", "sr: a request of 1 image: one network pass at 1024 px needs an estimated 1.8e+13 FLOPs (limit "
+                 "1e+12) and 256 GiB of activations (limit 4 GiB) per image"),
+    ("sr_batch", "sr: a request of 64 images: 64 network passes per step at 256 px need an estimated 4.5e+12 FLOPs "
+                 "(limit 2e+12 per step) and 8.07 GiB of activations in one network call of 8 passes (limit 8 GiB)"),
+    ("guided", "base: a request of 16 guided images (2 network passes each): 32 network passes per step at 256 px "
+               "need an estimated 2.3e+12 FLOPs (limit 2e+12 per step) and 8.07 GiB of activations in one network "
+               "call of 8 passes (limit 8 GiB)"),
+    ("cascade", "casc/../sr: a request of 2 images: one network pass at 512 px needs an estimated 1.1e+12 FLOPs "
+                "(limit 1e+12) and 16 GiB of activations (limit 4 GiB) per image"),
+])
+def test_a_requests_work_is_bounded_before_any_network_call(tmp_path, make_model, no_network_calls, case, message):
+    """Item 8: the work a request makes, not only its config's: a super-resolution input (its size times the
+    factor), a batch, guidance's second pass, an img2img input, a cascade's stages on a large input. Refused when
+    the run is asked for (``stream`` itself, before its first step), not at a step; a cascade's last stage before
+    its first runs."""
+    folder, request = _work_case(tmp_path, make_model, case)
+    pipe = load(folder)
+    with pytest.raises(ValueError) as err:
+        pipe.stream(**request)
+    assert str(err.value) == f"{tmp_path}/{message}"
+
+
+def test_a_cascade_stages_work_is_checked_at_its_size(tmp_path, make_model):
+    """Item 8 at load: a super-resolution stage's own config is checked at its high_res (8 px), but a cascade runs it
+    on what the stage before makes (a 256 px base: 512 px)."""
+    make_model(tmp_path / "base", unet=dict(image_size=256))
+    make_model(tmp_path / "sr", task="super_resolution", low_res=4,
+               unet=dict(cond_channels=1, aug_level_embedding=True))
+    path = tmp_path / "casc" / "config.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"version": 1, "kind": "cascade", "stages": [{"path": "../base"}, {"path": "../sr"}]}))
+    with pytest.raises(CheckpointError) as err:
+        load(tmp_path / "casc")
+    assert str(err.value) == (f"{path}: stage 1 (../sr) makes 512 px images: one network pass at 512 px needs an "
+                              "estimated 1.1e+12 FLOPs (limit 1e+12) and 16 GiB of activations (limit 4 GiB) per "
+                              "image")
+
 # ---- 9. cascade / ensemble commands: compatible parts, never a model's config -----------------------------------
 def test_cascade_refuses_incompatible_channels_and_a_model_as_out(tmp_path, make_model, capsys):
     make_model(tmp_path / "base")                    # 1 channel
@@ -286,6 +351,32 @@ def test_ensemble_refuses_experts_that_differ(tmp_path, make_model, capsys):
     assert err == f"error: {tmp_path / 'ens'}/config.json: expert e1 has unet.in_channels = 3, expert e0 has 1"
 
 
+
+def test_hand_written_manifests_are_checked_at_load(tmp_path, make_model, capsys):
+    """Item 9: a manifest written by hand (not by the commands) is held to the same checks when it is loaded:
+    refused with one line naming the file and the mismatch, not a traceback at sample time."""
+    make_model(tmp_path / "base")                    # 1 channel
+    make_model(tmp_path / "sr", task="super_resolution", low_res=4,
+               unet=dict(in_channels=3, out_channels=3, cond_channels=3, aug_level_embedding=True))
+    path = tmp_path / "casc" / "config.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"version": 1, "kind": "cascade", "stages": [{"path": "../base"}, {"path": "../sr"}]}))
+    message = (f"{path}: stage 1 (../sr) upscales 3-channel images into 3-channel ones, but stage 0 (../base) makes "
+               "1-channel images")
+    with pytest.raises(CheckpointError) as err:
+        load(tmp_path / "casc")
+    assert str(err.value) == message
+    assert one_line_error(capsys, ["sample", "--model", str(path.parent), "--n", "1", "--steps", "2",
+                                   "--out", str(tmp_path / "o")]) == f"error: {message}"
+    make_model(tmp_path / "ens" / "e0", diffusion=dict(t_range=(0, 40)))
+    make_model(tmp_path / "ens" / "e1", diffusion=dict(t_range=(40, 100)), unet=dict(in_channels=3, out_channels=3))
+    path = tmp_path / "ens" / "config.json"
+    path.write_text(json.dumps({"version": 1, "kind": "ensemble", "T": 100, "experts": [
+        {"path": "e0", "t_lo": 0, "t_hi": 40}, {"path": "e1", "t_lo": 40, "t_hi": 100}]}))
+    with pytest.raises(CheckpointError) as err:
+        load(tmp_path / "ens")
+    assert str(err.value) == f"{path}: expert e1 has unet.in_channels = 3, expert e0 has 1"
+
 # ---- 10. manifests name folders relative to themselves ----------------------------------------------------------
 def test_manifest_paths_must_be_relative(tmp_path, make_model, capsys):
     make_model(tmp_path / "elsewhere" / "e0", diffusion=dict(t_range=(0, 100)))
@@ -304,7 +395,9 @@ def test_manifest_paths_must_be_relative(tmp_path, make_model, capsys):
 
 
 def test_a_part_outside_the_models_folder_is_named(tmp_path, make_model):
-    """What the app needs to serve only models under its root (diffusion_app/models.py must call it, issue 37)."""
+    """The app serves only models under its root: a cascade whose stage lies outside is listed as broken with the
+    stage named, and is never loaded; a manifest inside the root loads (the command line may load either)."""
+    from diffusion_app.models import Models
     from diffusion_core.checkpoint import part_outside, save_cascade
     make_model(tmp_path / "outside" / "base", unet=dict(in_channels=3, out_channels=3))
     make_model(tmp_path / "root" / "sr", task="super_resolution", low_res=4,
@@ -314,6 +407,10 @@ def test_a_part_outside_the_models_folder_is_named(tmp_path, make_model):
     assert part_outside(root / "casc", root) == \
         f"{root / 'casc'}/config.json: stage 0 (../../outside/base) is outside {root}"
     assert part_outside(root / "sr", root) is None
+    models = Models(root)
+    with pytest.raises(CheckpointError):
+        models.get("casc")
+    assert models.broken("casc") == "casc/config.json: stage 0 (../../outside/base) is outside " + str(root)
     save_cascade(root / "casc", [{"path": "../sr"}, {"path": "../sr"}])
     assert part_outside(root / "casc", root) is None
 

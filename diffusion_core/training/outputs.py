@@ -20,9 +20,11 @@ PARENT_RECORD = "parent_training.json"
 class Outputs:
     """The Trainer's output methods (a mixin): previews and the export."""
 
-    def sample_grid(self, path: Path, n: int = 64) -> None:
+    def sample_grid(self, path: Path) -> None:
+        """``cfg.sample_images`` samples of the EMA weights (one per class in turn, or per training condition)."""
         from ..images import grid
         from ..pipeline import Pipeline, Stage
+        n = self.cfg.sample_images
         prior = {}
         if self.mcfg.diffusion.is_cold:      # start from the asked class, as exported
             prior = dict(zip(("prior", "prior_labels"), cold_prior(self.data, self.degradation, self.cfg.diffusion.T)))
@@ -35,8 +37,8 @@ class Outputs:
             labels = None
         imgs = []
         if self.cfg.task == "super_resolution":
-            idx = torch.arange(min(n, len(self.data)))
-            hi = self.data.batch(idx)["image"]
+            idx = torch.arange(min(n, 16, len(self.data)))     # the 16 the grid shows (image i: seed i, as in
+            hi = self.data.batch(idx)["image"]                  # any batch), within a request's work bound
             low = F.interpolate(hi, size=(self.cfg.low_res, self.cfg.low_res), mode="area")
             out = pipe.sample(len(idx), low_res=low, sampler="dpm++", steps=self.cfg.sample_steps, seed=0)
             up = F.interpolate(low, size=hi.shape[-2:], mode="nearest")
