@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import random
+import re
 import socket
 import statistics
 import subprocess
@@ -74,6 +75,12 @@ def summary(xs: list[float]) -> dict:
     return {"p50": pct(xs, 0.5), "p95": pct(xs, 0.95), "max": pct(xs, 1.0)}
 
 
+def estimate_s(status: str) -> float | None:
+    """The "done in about N s" (or "N min") of a waiting status line, in seconds."""
+    m = re.search(r"done in about ([\d.]+) (s|min|h)", status)
+    return None if m is None else float(m.group(1)) * {"s": 1, "min": 60, "h": 3600}[m.group(2)]
+
+
 def visitor(url: str, req: dict, t_zero: float, delay: float, out: dict) -> None:
     from gradio_client import Client
     time.sleep(delay)
@@ -96,6 +103,9 @@ def visitor(url: str, req: dict, t_zero: float, delay: float, out: dict) -> None
             raise RuntimeError(f"no gallery in the last output: {str(outs[-1:])[:200]}")
         out.update(first_s=first, done_s=time.perf_counter() - arrive, end=time.perf_counter() - t_zero,
                    waited="Waiting for a turn" in " ".join(str(o[1]) for o in outs))
+        told = next((estimate_s(str(o[1])) for o in outs if "Waiting for a turn" in str(o[1])), None)
+        if told is not None:        # the first estimate a waiting visitor was shown, and what happened
+            out["told_done_s"], out["told_at_s"] = told, out["config_s"]
     except Exception as e:                                         # noqa: BLE001 - a refused or failed visitor
         out["error"] = f"{type(e).__name__}: {e}"[:300]
 
@@ -120,6 +130,9 @@ def run_class(url: str, req: dict, n: int, seed: int = 0) -> dict:
             "first_preview_s": summary([r["first_s"] for r in served if r.get("first_s") is not None]),
             "finished_s": summary([r["done_s"] for r in served]),
             "last_finished_s": round(span, 3),
+            # a waiting visitor's first "done in about" against its actual finish (both from its arrival)
+            "estimate_error": summary([abs(r["told_at_s"] + r["told_done_s"] - r["done_s"]) / r["done_s"]
+                                       for r in served if "told_done_s" in r]),
             "images_per_s": round(len(served) * req["batch_size"] / span, 2) if span else None}
 
 
@@ -150,6 +163,22 @@ def first_load_s(url: str, req: dict) -> float:
     return round(out["first_s"], 3)
 
 
+def first_loads(checkpoints: Path) -> dict:
+    """Seconds of each shipped model's first load in a fresh catalogue (what a visitor who picks it waits for
+    with nobody else on the server), on the app's default backend."""
+    from diffusion_app.models import Models
+    out = {}
+    for name in Models(checkpoints).names():
+        m = Models(checkpoints)
+        t0 = time.perf_counter()
+        try:
+            m.get(name)
+            out[name] = round(time.perf_counter() - t0, 3)
+        except Exception as e:                  # noqa: BLE001 - a broken folder is reported, not measured
+            out[name] = f"{type(e).__name__}: {e}"[:120]
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoints", default=str(ROOT / "checkpoints"))
@@ -157,6 +186,7 @@ def main(argv=None) -> int:
     p.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
     p.add_argument("--modes", nargs="+", default=["shared", "serial"], choices=["shared", "serial"])
     p.add_argument("--out", default=str(ROOT / "docs" / "measurements" / "classroom.json"))
+    p.add_argument("--no-loads", action="store_true", help="skip timing every model's first load")
     args = p.parse_args(argv)
     from diffusion_core.runtime.machine import cpu_info
     checkpoints = Path(args.checkpoints)
@@ -166,6 +196,11 @@ def main(argv=None) -> int:
     record = {"cpu": cpu_info().model, "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
               "command": "python benchmarks/classroom.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "requests": reqs, "runs": {}}
+    if not args.no_loads:
+        import torch
+        torch.set_num_threads(os.cpu_count() or 1)
+        record["first_load_s"] = first_loads(checkpoints)
+        print("first loads:", json.dumps(record["first_load_s"]), flush=True)
     for mode in args.modes:
         proc, url = start_app(checkpoints, {"DIFFUSION_SLOTS": "1"} if mode == "serial" else {})
         try:

@@ -240,7 +240,8 @@ class GenerateTab(AppBase):
                     # result that Stop puts there (gr.skip() costs Gradio ~1.5 ms per yield)
                     clear = None if first else gr.skip()
                     first = False
-                    yield (side_by_side(rec.x_t, rec.x0_hat), html_status(self._status(pipe, rec, n_stages, t0), frac),
+                    status = f"<b>{html.escape(model)}</b> · " + self._status(pipe, rec, n_stages, t0)
+                    yield (side_by_side(rec.x_t, rec.x0_hat), html_status(status, frac),
                            clear, clear, seed, partial, session)
         except Cancelled:           # stopped while its rows waited for a tick: they were never computed
             pass
@@ -262,7 +263,8 @@ class GenerateTab(AppBase):
         gallery = self._save_gallery(final, meta)
         gif = self._save_gif(frames, meta) if make_gif and frames else None
         took = time.time() - t0
-        text = (f"<b>{'Stopped' if stopped else 'Done'}</b> · {meta['batch_size']} image(s) · seed {seed} · "
+        text = (f"<b>{'Stopped' if stopped else 'Done'}</b> · {html.escape(model)} · {meta['batch_size']} image(s) · "
+                f"seed {seed} · "
                 f"{SAMPLER_NAMES.get(sampler, sampler)} {steps} steps ({meta['spacing']}){self._sr_stages(pipe)} · "
                 f"{took:.1f} s · "
                 f"<span title=\"{html.escape(self._backend_reason(pipe))}\">{pipe.backend}</span>")

@@ -25,7 +25,8 @@ def generate_page(app) -> SimpleNamespace:
         with gr.Column(scale=2, min_width=330):
             with gr.Row(equal_height=False):
                 model = gr.Dropdown(names, value=default, label="Model", allow_custom_value=True,
-                                    scale=5, elem_id="model", info=f"folders in {app.models.root}")
+                                    scale=5, elem_id="model",
+                                    info=f"model folders on this server ({app.models.root.name}/)")
                 refresh = gr.Button("↻ rescan", scale=0, min_width=70, size="sm",
                                     elem_classes="dc-small-btn")
             # one click: the model's example settings (a class, attributes, a stickman, a low-res image), then Generate
@@ -36,7 +37,7 @@ def generate_page(app) -> SimpleNamespace:
             class_label = gr.Dropdown([ANY], value=ANY, label="Class", allow_custom_value=True,
                                       info="(any) samples unconditionally", visible=False,
                                       elem_id="class-label")
-            attributes = LabelChecks([], value=[], label="Attributes", visible=False)
+            attributes = LabelChecks([], value=[], label="Attributes", visible=False, elem_id="attributes")
             with gr.Group(visible=False) as pose_group:
                 stick_source = Radio([("Sketch pad", "sketch"), ("Upload / example", "upload")],
                                         value="sketch", label="Stickman (black strokes on white)",
