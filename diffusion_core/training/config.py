@@ -16,7 +16,8 @@ TRAIN_BOUNDS = (("steps", 1, 10 ** 9), ("batch_size", 1, 65536), ("lr", 0.0, 1.0
                 ("weight_decay", 0.0, 1.0), ("grad_clip", 0.0, 1e6), ("ema_decay", 0.0, 1.0), ("p_uncond", 0.0, 1.0),
                 ("min_snr_gamma", 0.0, 1e6), ("low_res", 0, 1024), ("crop", 0, 1024), ("aug_max", 0.0, 1.0),
                 ("seed", 0, 2 ** 31 - 1), ("threads", 0, 1024), ("checkpoint_every", 1, 10 ** 9),
-                ("sample_every", 0, 10 ** 9), ("log_every", 1, 10 ** 9), ("sample_steps", 1, 1000))
+                ("sample_every", 0, 10 ** 9), ("log_every", 1, 10 ** 9), ("sample_steps", 1, 1000),
+                ("sample_images", 1, 64))
 
 @dataclass(frozen=True)
 class DistillConfig:
@@ -83,6 +84,7 @@ class TrainConfig:
     sample_every: int = 1000
     log_every: int = 50
     sample_steps: int = 25
+    sample_images: int = 64             # images in each preview grid and in the exported samples.png
     description: str = ""
     distill: DistillConfig = field(default_factory=DistillConfig)   # a few-step student of a shipped model
 
