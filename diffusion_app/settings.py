@@ -21,7 +21,7 @@ GIF_MAX_FRAMES = 60
 PREVIEW_GAP_BUSY_S = 0.5         # while other runs sample too, a run's previews come at most this often
 ANY = "(any)"
 SAMPLER_CHOICES = [("DDPM", "ddpm"), ("DDIM", "ddim"), ("DPM-Solver++ (2M)", "dpm++"), ("DPM-Solver++ (3M)", "dpm++3m"),
-                   ("UniPC", "unipc"), ("Cold", "cold")]
+                   ("UniPC", "unipc"), ("Cold", "cold"), ("Student's own steps (progressive distillation)", "progressive")]
 DETERMINISTIC_SAMPLERS = ("ddim", "dpm++", "dpm++3m", "unipc")
 SAMPLER_NAMES = dict((v, k) for k, v in SAMPLER_CHOICES)
 COMPARE_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpm++": "DPM++", "dpm++3m": "DPM++3M", "unipc": "UniPC", "cold": "Cold"}
