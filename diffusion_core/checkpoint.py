@@ -32,10 +32,10 @@ MAX_PARAMETERS = 200_000_000    # 0.8 GB in fp32: 80x the largest shipped networ
 # network's (emoji-sr128: 1.2e10 FLOPs, 28 MB)
 MAX_STEP_FLOPS = 1e12
 MAX_ACTIVATION_BYTES = 4 * 2 ** 30
-# a request's step (every image, both passes of guidance) and one network call (its chunk of rows): twice one image's
-# limits, so every model that loads samples one guided image; the shipped models' largest step at the largest
-# batch is 1.5e12 FLOPs (emoji-sr128: 64 images, 2 passes each)
-MAX_REQUEST_STEP_FLOPS = 2 * MAX_STEP_FLOPS
+# a request's step (every image, both passes of guidance): 10 one-image limits, 1.6x the shipped models' largest step
+# at the largest batch (pose-sr256: 64 images of 256 px, 2 passes each, 6.4e12 FLOPs; 2e12 refused evaluating it);
+# one network call (its chunk of rows): two one-image limits, so every model that loads samples one guided image
+MAX_REQUEST_STEP_FLOPS = 10 * MAX_STEP_FLOPS
 MAX_REQUEST_ACTIVATION_BYTES = 2 * MAX_ACTIVATION_BYTES
 MAX_WEIGHT = 1e4                # |weight|: the shipped networks' largest is 1.6; 3e38 made every output overflow
 MAX_CONFIG_BYTES = 1_000_000    # a config.json is a few hundred bytes; a 100 MB description would be read per request
