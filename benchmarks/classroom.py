@@ -88,12 +88,13 @@ def visitor(url: str, req: dict, t_zero: float, delay: float, out: dict) -> None
     out["arrive"] = arrive - t_zero
     try:
         urllib.request.urlopen(url, timeout=60).read()         # the page
-        client = Client(url, verbose=False)                       # a new session: config and API info
+        client = Client(url, verbose=False, download_files=False)  # a new session: config and API info; a browser
+        # shows previews by URL: the visitor does not download every preview file (it cost this machine CPU)
         out["config_s"] = time.perf_counter() - arrive
         job = client.submit(**req, api_name="/generate")
         first = None
-        while not job.done():       # a preview: an output with an image (a waiting status line has none)
-            if first is None and any(o[0] for o in job.outputs()):
+        while not job.done():       # a preview: its status line names the step ("fashion · step 1/10 · ...")
+            if first is None and any(" · step " in str(o[1]) for o in job.outputs()):
                 first = time.perf_counter() - arrive
             time.sleep(POLL_S)
         job.result()                                               # raises the app's refusal or error

@@ -41,16 +41,20 @@ class Ticket:
     admitted: bool = False
     done: int = 0
     since: float = field(default_factory=time.monotonic)
+    started: float | None = None        # when it was admitted ...
+    predicted: float | None = None      # ... and the seconds the simulation then gave it
 
 
 class WaitingRoom:
+    RECENT = 16
+
     def __init__(self, slots: int = 32, max_waiting: int = 1000):
         self.slots, self.max_waiting = max(1, int(slots)), max(0, int(max_waiting))
         self._cv = threading.Condition()
         self._active: list[Ticket] = []
         self._waiting: list[Ticket] = []
         self._order = itertools.count()
-
+        self._ratios: list[float] = []      # actual / predicted seconds of the last runs that finished
     # ---- admission ----------------------------------------------------------------------------
     def enter(self, steps: int, step_cost: float) -> Ticket:
         """A place for a run of ``steps`` steps of ``step_cost`` seconds each; admitted at once when a slot is
@@ -58,8 +62,7 @@ class WaitingRoom:
         t = Ticket(max(1, int(steps)), max(0.0, float(step_cost)))
         with self._cv:
             if len(self._active) < self.slots and not self._waiting:
-                t.admitted = True
-                self._active.append(t)
+                self._start(t)
                 return t
             if len(self._waiting) >= self.max_waiting:
                 start, _ = self.estimate(self._waiting[-1])
@@ -70,10 +73,13 @@ class WaitingRoom:
             return t
 
     def leave(self, t: Ticket) -> None:
-        """The run ended, was stopped, or its visitor left: its slot goes to the first waiting run."""
+        """The run ended, was stopped, or its visitor left: its slot goes to the first waiting run. A run that ran
+        all its steps teaches the estimates how far off they were (``correction``)."""
         with self._cv:
             if t in self._active:
                 self._active.remove(t)
+                if t.done >= t.steps and t.predicted:
+                    self._ratios = (self._ratios + [(time.monotonic() - t.started) / t.predicted])[-self.RECENT:]
             elif t in self._waiting:
                 self._waiting.remove(t)
             self._admit()
@@ -81,9 +87,13 @@ class WaitingRoom:
 
     def _admit(self) -> None:
         while self._waiting and len(self._active) < self.slots:
-            t = self._waiting.pop(0)
-            t.admitted = True
-            self._active.append(t)
+            self._start(self._waiting.pop(0))
+
+    def _start(self, t: Ticket) -> None:
+        t.admitted, t.started = True, time.monotonic()
+        self._active.append(t)
+        active = [[max(1, a.steps - a.done), a.step_cost, a] for a in self._active]
+        t.predicted = simulate(active, [], self.slots, t)[1]
 
     def wait(self, t: Ticket, timeout: float) -> bool:
         """Block up to ``timeout`` seconds for ``t``'s turn; whether it is admitted."""
@@ -111,7 +121,17 @@ class WaitingRoom:
         with self._cv:
             active = [[max(1, a.steps - a.done), a.step_cost, a] for a in self._active]
             waiting = list(self._waiting)
-        return simulate(active, waiting, self.slots, t)
+            k = self.correction
+        start, end = simulate(active, waiting, self.slots, t)
+        return start * k, end * k
+
+    @property
+    def correction(self) -> float:
+        """Median of actual / predicted seconds over the last RECENT runs that finished (1 before any): what the
+        network's measured seconds leave out (the sampler's own work, previews, the page's traffic) and the
+        machine's other load, learnt from the runs themselves."""
+        r = sorted(self._ratios)
+        return r[len(r) // 2] if r else 1.0
 
 
 def simulate(active: list, waiting: list[Ticket], slots: int, mine: Ticket) -> tuple[float, float]:

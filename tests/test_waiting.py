@@ -66,3 +66,20 @@ def test_simulate_alone_and_with_equal_runs():
     assert simulate([], runs, 3, runs[2]) == (0.0, pytest.approx(3.0))
     start, end = simulate([], runs, 1, runs[2])
     assert (start, end) == (pytest.approx(2.0), pytest.approx(3.0))
+
+
+def test_estimates_learn_from_the_runs_that_finished():
+    """The simulation counts network seconds only; a run that took twice its prediction (the sampler's own work,
+    previews, other load) makes the next estimates twice as long. A stopped run teaches nothing."""
+    import time
+    room = WaitingRoom(slots=1)
+    a = room.enter(2, 1.0)
+    assert a.predicted == 2.0 and room.correction == 1.0
+    a.started, a.done = time.monotonic() - 4.0, 2          # it ran both steps in 4 s
+    room.leave(a)
+    assert room.correction == pytest.approx(2.0, rel=0.01)
+    b, c = room.enter(3, 1.0), room.enter(1, 1.0)
+    assert room.estimate(c) == (pytest.approx(6.0, rel=0.01), pytest.approx(8.0, rel=0.01))
+    b.started = time.monotonic() - 100.0                    # stopped after 0 of 3 steps: not a lesson
+    room.leave(b)
+    assert room.correction == pytest.approx(2.0, rel=0.01)
