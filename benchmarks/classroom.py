@@ -10,8 +10,9 @@ is a thread here with its own ``gradio_client.Client`` (a new session: the page'
 anew) that also fetches the page itself, arriving at a random moment in the first second, and submits the
 example's settings to /generate (the model's own sampler, steps and guidance, 4 images, a preview every step).
 
-Per scenario and mode: visitors served and refused (with the first refusal's message); page + config time
-p50 / p95 / max; time from arrival to the first preview and to the finished gallery, p50 / p95 / max; images/s
+Per scenario and mode: visitors served and refused (with the first refusal's message); the time to the page
+(its config inside, what a browser waits for) and to a ready client (the page, then the client's own config and
+API info) p50 / p95 / max; time from arrival to the first preview and to the finished gallery, p50 / p95 / max; images/s
 (every image of every visitor over the time from the first arrival to the last finish); one visitor alone
 before the class arrives (its finished time: the best single-run throughput). The ratio shared / serial of
 images/s is printed and kept, with the CPU model and the load average before each run.
@@ -87,7 +88,8 @@ def visitor(url: str, req: dict, t_zero: float, delay: float, out: dict) -> None
     arrive = time.perf_counter()
     out["arrive"] = arrive - t_zero
     try:
-        urllib.request.urlopen(url, timeout=60).read()         # the page
+        urllib.request.urlopen(url, timeout=60).read()         # the page (its config inside)
+        out["page_s"] = time.perf_counter() - arrive
         client = Client(url, verbose=False, download_files=False)  # a new session: config and API info; a browser
         # shows previews by URL: the visitor does not download every preview file (it cost this machine CPU)
         out["config_s"] = time.perf_counter() - arrive
@@ -127,6 +129,7 @@ def run_class(url: str, req: dict, n: int, seed: int = 0) -> dict:
     return {"visitors": n, "served": len(served), "refused": len(refused),
             "first_refusal": refused[0]["error"] if refused else None,
             "waited": sum(bool(r.get("waited")) for r in served),
+            "page_s": summary([r["page_s"] for r in results if "page_s" in r]),
             "config_s": summary([r["config_s"] for r in results if "config_s" in r]),
             "first_preview_s": summary([r["first_s"] for r in served if r.get("first_s") is not None]),
             "finished_s": summary([r["done_s"] for r in served]),

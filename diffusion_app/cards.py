@@ -7,7 +7,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from diffusion_core.runtime.backends import available
+from diffusion_core import available
 
 from .base import AppBase
 from .inputs import _number, as_list, user_error

@@ -13,9 +13,8 @@ import numpy as np
 from PIL import Image
 import torch
 
-from diffusion_core import (BACKENDS, BOUNDS, MAX_STEPS, SampleStep, load_image, make_generators, open_image,
+from diffusion_core import (BACKENDS, BOUNDS, MAX_STEPS, Cancelled, SampleStep, load_image, make_generators, open_image,
                             to_mode)
-from diffusion_core.runtime import Cancelled
 
 from .base import AppBase
 from .inputs import number, user_error

@@ -6,8 +6,8 @@ import threading
 from pathlib import Path
 
 
-from diffusion_core import BackendError, CheckpointError, SAMPLER_KINDS, load, read_json, requested_backend
-from diffusion_core.checkpoint import part_outside
+from diffusion_core import (BackendError, CheckpointError, SAMPLER_KINDS, load, part_outside, read_json,
+                            requested_backend)
 
 from .settings import log
 

@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from diffusion_core.unet import network_cost
+from diffusion_core import network_cost
 
 from .render import fmt_duration
 

@@ -13,20 +13,22 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "checkpoint": ("SAMPLER_KINDS", "CheckpointError", "read_json", "save_cascade", "save_ensemble", "save_model"),
+    "checkpoint": ("SAMPLER_KINDS", "CheckpointError", "part_outside", "read_json", "save_cascade", "save_ensemble",
+                   "save_model"),
     "conditioning": ("Condition",),
     "config": ("SR_SAMPLING", "ConfigError", "DiffusionConfig", "ModelConfig", "UNetConfig"),
     "data": ("DataConfig", "load_data"),
     "degradations": ("make_degradation",),
     "denoisers": ("ClassifierFreeGuidance", "ClipX0", "ExpertEnsemble", "ModelDenoiser", "Prediction"),
     "images": ("ImageError", "grid", "load_image", "open_image", "to_mode", "to_pil", "to_uint8"),
-    "runtime.backends": ("BackendError", "requested_backend"),
+    "runtime.backends": ("BackendError", "available", "requested_backend"),
+    "runtime.shared": ("Cancelled",),
     "options": ("BACKEND_ENV", "BACKENDS", "BOUNDS", "MAX_BATCH", "MAX_GUIDANCE", "MAX_SEED", "MAX_STEPS", "SAMPLERS",
                 "SPACINGS"),
     "pipeline": ("Pipeline", "load"),
     "samplers": ("SampleStep", "SamplerSpec", "StepExplanation", "explain_step", "make_generators", "sample", "sample_stream"),
     "schedules": ("Schedule", "make_schedule", "spaced_timesteps", "timestep_pairs"),
-    "unet": ("UNet",),
+    "unet": ("UNet", "network_cost"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)
