@@ -18,6 +18,23 @@ SRC = Path(__file__).resolve().parents[1]
 DST = Path(tempfile.gettempdir()) / "diffusion_core_mutants" / "repo"
 
 MUTANTS = [
+ ("SharedNet calls compared field by field", "diffusion_core/runtime/shared.py",
+  "@dataclass(eq=False)        # compared by identity", "@dataclass        # compared by identity",
+  "tests/test_shared.py -k another_key"),
+ ("waiting room admits the newest first", "diffusion_app/waiting.py",
+  "            self._start(self._waiting.pop(0))", "            self._start(self._waiting.pop())",
+  "tests/test_waiting.py"),
+ ("wait estimate ignores the steps already run", "diffusion_app/waiting.py",
+  "active = [[max(1, a.steps - a.done), a.step_cost, a] for a in self._active]\n            waiting",
+  "active = [[max(1, a.steps), a.step_cost, a] for a in self._active]\n            waiting",
+  "tests/test_waiting.py -k lockstep"),
+ ("model cache drops the most recently used", "diffusion_app/models.py",
+  "        for name in list(self._cache):", "        for name in reversed(list(self._cache)):",
+  "tests/test_app.py -k byte_budget"),
+ ("app measures backends on the request path", "diffusion_app/models.py",
+  "pipe = load(folder, device=self.device, backend=backend, measure=False)",
+  "pipe = load(folder, device=self.device, backend=backend, measure=True)",
+  "tests/test_app.py -k never_measured"),
  ("a request's guidance unchecked", "diffusion_core/pipeline/request.py", "        if not lo <= self.guidance <= hi:",
   "        if False:", "tests/test_pipeline.py -k request_is_frozen"),
  ("ChunkedNet ignores its worker count", "diffusion_core/runtime/chunked.py",

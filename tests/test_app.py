@@ -374,8 +374,10 @@ def test_backends_are_never_measured_while_visitors_wait_and_links_name_them(tmp
     assert all(text(o[1]).endswith("· fp32") for o in outs[1:]), [o[1] for o in outs]
     assert "backend=fp32" in outs[-1][1]
     assert json.loads(Image.open(outs[-1][2][0][0]).text["parameters"])["backend"] == "fp32"
-    auto = list(a.generate("tiny", "ddim", 3, class_label="Coat", seed=1, batch_size=2, backend="auto"))
-    assert text(auto[-1][1]).endswith("· fp32") and "not measured on this machine yet" in auto[-1][1]
+    fresh = app.DiffusionApp(str(root))         # auto at a model's first load, and on a model loaded on fp32
+    for who in (fresh, a):
+        auto = list(who.generate("tiny", "ddim", 3, class_label="Coat", seed=1, batch_size=2, backend="auto"))
+        assert text(auto[-1][1]).endswith("· fp32") and "not measured on this machine yet" in auto[-1][1]
     # measured ahead of time (idle): auto now runs the remembered choice, still without timing anything
     monkeypatch.setattr(backends, "time_runner", real_time)
     monkeypatch.setattr(backends, "_busy", lambda: None)

@@ -96,6 +96,32 @@ def test_calls_with_other_condition_fields_or_over_the_pixel_cap_wait_for_a_late
     assert torch.equal(res["d"], torch.full((3, 1, 2, 2), 12.0))
 
 
+def test_a_group_taken_past_a_call_of_another_key_leaves_that_call_waiting():
+    """Pending [b (no labels), c (labels), d (no labels)]: the tick takes b and d past c. Taking d out of the line
+    compared it with c (a dataclass's field-wise ==, on tensors), which raised inside the leader with the
+    network marked busy: every later call then waited forever (the concurrent-runs test hung 3 times in 10)."""
+    net = SlowNet()
+    net.gate = threading.Event()
+    shared, res = SharedNet(net), {}
+    first = _start(_call, shared, 1, 1, results=res, key="a")
+    for _ in range(500):
+        if net.sizes:
+            break
+        time.sleep(0.01)
+    ths = [_start(_call, shared, 2, 2, results=res, key="b")]
+    _wait_pending(shared, 1)
+    ths.append(_start(_call, shared, 2, 3, labels=1.0, results=res, key="c"))
+    _wait_pending(shared, 2)
+    ths.append(_start(_call, shared, 2, 4, results=res, key="d"))
+    _wait_pending(shared, 3)
+    net.gate.set()
+    for th in [first, *ths]:
+        th.join(10)
+    assert not any(th.is_alive() for th in [first, *ths]), "a caller waits forever"
+    assert net.sizes == [1, 4, 2] and torch.equal(res["d"], torch.full((2, 1, 2, 2), 12.0))
+    assert torch.equal(res["c"], torch.full((2, 1, 2, 2), 9.0 + 3.0)) and not shared._busy
+
+
 def test_a_cancelled_run_is_dropped_while_it_waits_and_never_computed():
     net = SlowNet()
     net.gate = threading.Event()

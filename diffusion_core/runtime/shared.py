@@ -39,7 +39,7 @@ class Cancelled(Exception):
     """The caller's run was cancelled while its rows waited for a tick; they were never computed."""
 
 
-@dataclass
+@dataclass(eq=False)        # compared by identity: list.remove must never compare two calls' tensors
 class _Call:
     x_t: torch.Tensor
     t: torch.Tensor
@@ -110,8 +110,9 @@ class SharedNet:
                 if call.done:
                     break
                 self._busy = True
-                group = self._take()
-            try:
+            try:                    # busy is cleared whatever happens, or every later caller waits forever
+                with self._cv:
+                    group = self._take()
                 self._tick(group)
             finally:
                 with self._cv:
