@@ -143,7 +143,7 @@ class GenerateTab(AppBase):
             if not self.models.is_ready(a["model"], a["backend"]):
                 return 60
             pipe = self.models.get(a["model"], a["backend"])
-            steps, cost = run_cost(pipe, int(a["batch_size"]), int(a["steps"]), float(a["guidance"]),
+            steps, cost, _ = run_cost(pipe, int(a["batch_size"]), int(a["steps"]), float(a["guidance"]),
                                    1.0 / GPU_FLOPS_PER_S, from_low_res=pipe.config.task == "super_resolution")
         except Exception:       # noqa: BLE001 - any unreadable request: generate itself says what is wrong
             return 60

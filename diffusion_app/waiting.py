@@ -43,6 +43,7 @@ class Ticket:
     since: float = field(default_factory=time.monotonic)
     started: float | None = None        # when it was admitted ...
     predicted: float | None = None      # ... and the seconds the simulation then gave it
+    measured: bool = True               # its step cost came from measured ticks (else from FLOPs at a guess)
 
 
 class WaitingRoom:
@@ -56,10 +57,11 @@ class WaitingRoom:
         self._order = itertools.count()
         self._ratios: list[float] = []      # actual / predicted seconds of the last runs that finished
     # ---- admission ----------------------------------------------------------------------------
-    def enter(self, steps: int, step_cost: float) -> Ticket:
-        """A place for a run of ``steps`` steps of ``step_cost`` seconds each; admitted at once when a slot is
-        free and nobody waits. ValueError when the waiting line is full (its length and wait named)."""
-        t = Ticket(max(1, int(steps)), max(0.0, float(step_cost)))
+    def enter(self, steps: int, step_cost: float, measured: bool = True) -> Ticket:
+        """A place for a run of ``steps`` steps of ``step_cost`` seconds each (``measured``: from ticks measured
+        here); admitted at once when a slot is free and nobody waits. ValueError when the waiting line is full
+        (its length and wait named)."""
+        t = Ticket(max(1, int(steps)), max(0.0, float(step_cost)), measured=bool(measured))
         with self._cv:
             if len(self._active) < self.slots and not self._waiting:
                 self._start(t)
@@ -78,7 +80,7 @@ class WaitingRoom:
         with self._cv:
             if t in self._active:
                 self._active.remove(t)
-                if t.done >= t.steps and t.predicted:
+                if t.done >= t.steps and t.predicted and t.measured:     # a guessed cost teaches nothing
                     self._ratios = (self._ratios + [(time.monotonic() - t.started) / t.predicted])[-self.RECENT:]
             elif t in self._waiting:
                 self._waiting.remove(t)
@@ -131,7 +133,7 @@ class WaitingRoom:
         network's measured seconds leave out (the sampler's own work, previews, the page's traffic) and the
         machine's other load, learnt from the runs themselves."""
         r = sorted(self._ratios)
-        return r[len(r) // 2] if r else 1.0
+        return r[(len(r) - 1) // 2] if r else 1.0
 
 
 def simulate(active: list, waiting: list[Ticket], slots: int, mine: Ticket) -> tuple[float, float]:
@@ -182,12 +184,13 @@ def _flops_per_pixel(stage) -> float:
 
 
 def run_cost(pipe, batch: int, steps: int, guidance: float, spf: float, sr_steps: int | None = None,
-             from_low_res: bool = False) -> tuple[int, float]:
-    """(network steps, estimated seconds of one step in a tick) of a run of ``batch`` images: each stage's steps
-    x rows (twice the images when guidance needs the unconditional pass too) x its input pixels x its measured
-    seconds per pixel (else ``spf`` x its FLOPs per pixel), averaged over the run's steps."""
+             from_low_res: bool = False) -> tuple[int, float, bool]:
+    """(network steps, estimated seconds of one step in a tick, whether every stage's cost was measured) of a run
+    of ``batch`` images: each stage's steps x rows (twice the images when guidance needs the unconditional pass
+    too) x its input pixels x its measured seconds per pixel (else ``spf`` x its FLOPs per pixel), averaged over
+    the run's steps."""
     sizes = pipe.stage_sizes
-    total_steps, seconds = 0, 0.0
+    total_steps, seconds, measured = 0, 0.0, True
     for i, st in enumerate(pipe.stages):
         if from_low_res and i == 0 and len(pipe.stages) > 1:
             continue
@@ -196,7 +199,8 @@ def run_cost(pipe, batch: int, steps: int, guidance: float, spf: float, sr_steps
         guided = guidance != 1.0 and not cfg.unet.guidance_embedding and (cfg.unet.num_labels or cfg.task == "pose")
         rows = batch * (2 if guided else 1)
         spp = _stage_spp(st)
+        measured &= spp is not None
         spp = spp if spp is not None else spf * _flops_per_pixel(st)
         total_steps += n
         seconds += n * rows * sizes[i] ** 2 * spp
-    return max(1, total_steps), seconds / max(1, total_steps)
+    return max(1, total_steps), seconds / max(1, total_steps), measured

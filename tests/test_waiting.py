@@ -83,3 +83,14 @@ def test_estimates_learn_from_the_runs_that_finished():
     b.started = time.monotonic() - 100.0                    # stopped after 0 of 3 steps: not a lesson
     room.leave(b)
     assert room.correction == pytest.approx(2.0, rel=0.01)
+
+
+def test_a_run_whose_cost_was_guessed_teaches_the_estimates_nothing():
+    """Before a network's first tick its step cost is a FLOP count at a guessed rate: how far off that was says
+    nothing about the next estimates (the first runs of a fresh server made them 4.5x too long)."""
+    import time
+    room = WaitingRoom(slots=1)
+    a = room.enter(2, 1.0, measured=False)
+    a.started, a.done = time.monotonic() - 10.0, 2
+    room.leave(a)
+    assert room.correction == 1.0
