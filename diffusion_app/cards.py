@@ -268,12 +268,26 @@ class Cards(AppBase):
             *buttons,
         )
 
+    def _unknown_to_model(self, settings: dict) -> list[str]:
+        """What a link's settings name that its model does not have: its sampler, each of its labels (quoted);
+        presets.check cannot know them without the model."""
+        if not settings:
+            return []
+        try:
+            pipe = self.models.get(settings["model"])
+        except USER_ERRORS:
+            return []           # controls_for reports the model itself
+        names = pipe.base.config.label_names
+        out = ["sampler"] if "sampler" in settings and settings["sampler"] not in pipe.samplers else []
+        return out + [f"label {x!r}" for x in settings.get("labels") or [] if x not in names]
+
     def on_load(self, model, class_label=ANY, attributes=None, request: gr.Request = None):
         """Page load: the controls for the chosen model, or for the settings of a link (``?model=...&seed=...``,
         see presets.settings_link) where the page was opened with one. A value the link gets wrong is named in a
         warning and left at the model's default. Returns the model's update, then ``controls_for``'s."""
         params = getattr(request, "query_params", None) or {}
         settings, bad = from_query(params, self.models)
+        bad += self._unknown_to_model(settings)
         if bad == ["model"]:
             gr.Warning("the link names a model this app does not have; showing the default model")
         elif bad:

@@ -681,3 +681,21 @@ def test_loaded_models_live_under_a_byte_budget_least_recently_used_first(tmp_pa
     small.get("tiny")
     small.get("tiny-attr")
     assert small.is_ready("tiny-attr") and not small.is_ready("tiny")
+
+
+def test_a_links_values_its_model_does_not_have_are_all_named(tmp_path, monkeypatch):
+    """Issue 35 (item 10): a link with a bad number, a sampler and a label the model does not have names all three
+    in one warning (the sampler and label were dropped without a word)."""
+    import gradio as gr
+
+    import diffusion_app as app
+    from diffusion_app import cards
+    said = []
+    monkeypatch.setattr(cards.gr, "Warning", lambda msg, *a, **k: said.append(msg))
+    a = app.DiffusionApp(str(build_checkpoints(tmp_path / "ckpt")))
+    request = types.SimpleNamespace(query_params={"model": ["tiny"], "sampler": ["cold"], "label": ["Coat", "Unicorn"],
+                                                  "steps": ["2.5"]})
+    out = a.on_load("tiny", request=request)
+    assert said == ["the link's steps, sampler, label 'Unicorn' are not valid here; the model's defaults are used "
+                    "instead"], said
+    assert out[0] == gr.update(value="tiny")
