@@ -125,12 +125,9 @@ def launch_app(checkpoints_dir) -> tuple[object, str]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """One app per test module on tiny checkpoints: (url, checkpoints folder)."""
-    ckpt = build_checkpoints(tmp_path_factory.mktemp("ckpt"))
-    demo, url = launch_app(ckpt)
-    yield url, ckpt
-    demo.close()
+def server(app_server):
+    """The app on tiny checkpoints, one for the session (conftest.app_server): (url, checkpoints folder)."""
+    return app_server
 
 
 @pytest.fixture(scope="module")

@@ -101,6 +101,7 @@ def test_bf16_picks_a_layout_and_both_layouts_compute_the_network(tiny_net, monk
 
 
 @needs_openvino
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["class", "attributes", "pose", "sr"])
 def test_openvino_fp32_computes_the_network(kind, tiny_net, tmp_path):
     cfg, net = tiny_net(**KINDS[kind])
@@ -115,6 +116,7 @@ def test_openvino_fp32_computes_the_network(kind, tiny_net, tmp_path):
 
 
 @needs_openvino
+@pytest.mark.slow
 def test_openvino_export_is_cached_and_reused(tiny_net, tmp_path, monkeypatch):
     cfg, net = tiny_net(num_labels=4)
     x, t, cond = backends.probe_batch(cfg.unet, rows=4)
@@ -145,7 +147,8 @@ def randomized_copy(net):
     return other
 
 
-@pytest.mark.parametrize("backend", ["fp32", "bf16", pytest.param("openvino", marks=needs_openvino)])
+@pytest.mark.parametrize("backend", ["fp32", "bf16",
+                                     pytest.param("openvino", marks=(needs_openvino, pytest.mark.slow))])
 def test_a_seed_gives_the_same_image_at_any_batch_size_within_a_backend(backend, tmp_path, make_model):
     make_model(tmp_path / "m", unet=dict(num_labels=4), label_names=NAMES)
     pipe = load(tmp_path / "m", backend=backend)
@@ -239,6 +242,7 @@ def test_cli_sample_takes_backend_and_records_it(tmp_path, make_model):
 FASHION = ROOT / "checkpoints" / "fashion"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["bf16", pytest.param("openvino", marks=needs_openvino)])
 def test_shipped_fashion_samples_stay_close_to_fp32(backend):
     """The app's default for fashion (DPM-Solver++(3M), 10 Karras steps, guidance 2), 8 images of a fixed seed:
@@ -283,6 +287,7 @@ def test_a_choice_measured_on_a_busy_machine_is_used_but_not_remembered(tiny_net
     assert "not remembered" not in choice.reason and (folder / ".cache" / "backend-choice.json").is_file()
 
 
+@pytest.mark.slow
 def test_a_large_network_is_timed_and_matched_on_as_many_pixels_as_a_small_one(tiny_net):
     """The auto choice times every candidate: at 128 px, the 8 and 32 rows (and the 16-row match batch) of a 32 px
     network cost 16x the pixels, and loading the 128 px cascade took minutes. Rows scale with 1 / side^2 (at least

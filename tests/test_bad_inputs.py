@@ -328,11 +328,17 @@ def test_model_cards_and_the_folder_scan_are_cached(client, server, monkeypatch)
     assert reads[before:] == []
     assert "123.4" in md
     metrics = ckpt / "tiny" / "metrics.json"
-    metrics.write_text(json.dumps({"fid": 99.5, "loss": {"val": 0.05}}))
-    t = time.time_ns() + 2_000_000_000
-    os.utime(metrics, ns=(t, t))           # a new time even where the clock is coarse
-    md, _ = client.predict(model="tiny", api_name="/model_card")
-    assert "99.5" in md and any(r.endswith("metrics.json") for r in reads[before:])
+    original = metrics.read_text()
+    try:
+        metrics.write_text(json.dumps({"fid": 99.5, "loss": {"val": 0.05}}))
+        t = time.time_ns() + 2_000_000_000
+        os.utime(metrics, ns=(t, t))           # a new time even where the clock is coarse
+        md, _ = client.predict(model="tiny", api_name="/model_card")
+        assert "99.5" in md and any(r.endswith("metrics.json") for r in reads[before:])
+    finally:            # the session's checkpoints (conftest.app_server): the file as it was, with a newer time
+        metrics.write_text(original)
+        t = time.time_ns() + 4_000_000_000
+        os.utime(metrics, ns=(t, t))
 
 
 def test_compare_counts_a_cascades_super_resolution_steps(client):  # noqa: F811

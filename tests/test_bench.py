@@ -26,6 +26,7 @@ def tiny_result(tmp_path_factory):
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_json_has_the_required_keys(tiny_result):
     r = tiny_result
     for k in REQUIRED:
@@ -79,6 +80,7 @@ def test_the_benchmarks_diffusers_schedulers_take_our_steps(kind, steps, clip):
         x = ds.step(model(x, t), t, x).prev_sample
     assert (ours - x).abs().max() < 1e-2
 
+@pytest.mark.slow
 def test_json_tells_the_backend_story(tiny_result):
     """Issue 25: which CPU, which backend was chosen, one row per available backend, ratios against fp32 and
     OpenVINO, and the peak is the best dtype's."""
@@ -113,6 +115,7 @@ def test_diffusers_reference_matches_the_fashion_architecture():
     assert theirs.config.down_block_types[2] == "AttnDownBlock2D" and theirs.config.up_block_types[1] == "AttnUpBlock2D"
 
 
+@pytest.mark.slow
 def test_check_detects_a_changed_output(tmp_path, make_model):
     from safetensors.torch import load_file, save_file
     from safetensors import safe_open
@@ -137,6 +140,7 @@ def test_check_detects_a_changed_output(tmp_path, make_model):
     assert bench.main(common + ["--check"]) == 1
 
 
+@pytest.mark.slow
 def test_skip_diffusers_and_bad_options(tmp_path):
     out = tmp_path / "b.json"
     assert bench.main(["--tiny", "--skip-diffusers", "--sections", "sampling", "--threads", "1", "--quiet",

@@ -26,10 +26,9 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory):
-    demo, url = launch_app(build_checkpoints(tmp_path_factory.mktemp("ckpt")))
-    yield url
-    demo.close()
+def url(app_server):
+    """The session's app on the tiny checkpoints (conftest.app_server), shared with the gradio_client tests."""
+    return app_server[0]
 
 
 @pytest.fixture(scope="module")

@@ -179,24 +179,48 @@ HOSTILE_UNET = [   # (unet fields, what the one-line message names)
 ]
 
 
+@pytest.fixture(scope="module")
+def fresh_process_peaks(tmp_path_factory):
+    """{repr(unet fields): KiB}: one fresh process loads each HOSTILE_UNET folder in turn (each refused) and reports
+    its peak memory after each load above the peak after importing the package. The peak only grows, so each
+    number bounds that load and every load before it: one process (a start costs seconds) checks what one process
+    per folder did, or more strictly."""
+    import subprocess
+    import sys
+
+    from conftest import save_tiny_model
+    root = tmp_path_factory.mktemp("hostile")
+    folders = []
+    for i, (unet, _) in enumerate(HOSTILE_UNET):
+        save_tiny_model(root / f"m{i}")
+        _edit_config(root / f"m{i}", lambda d: d["unet"].update(unet))
+        folders.append(str(root / f"m{i}"))
+    code = ("import json, resource, sys; sys.path.insert(0, sys.argv[1]); import diffusion_core as dc\n"
+            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "peaks = []\n"
+            "for folder in sys.argv[2:]:\n"
+            "    try: dc.load(folder)\n"
+            "    except dc.CheckpointError: pass\n"
+            "    peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)\n"
+            "print(json.dumps(peaks))")
+    out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parents[1]), *folders],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return {repr(unet): kib for (unet, _), kib in zip(HOSTILE_UNET, json.loads(out.stdout))}
+
+
 @pytest.mark.parametrize("unet, fragment", HOSTILE_UNET)
-def test_hostile_config_is_refused_before_anything_is_allocated(tmp_path, make_model, unet, fragment):
+@pytest.mark.slow
+def test_hostile_config_is_refused_before_anything_is_allocated(tmp_path, make_model, fresh_process_peaks, unet,
+                                                                fragment):
     """Every size field is bounded and the exact parameter count (from a network built on the meta device) is
     checked before the network or its weights are allocated: in a fresh process the refused load's peak memory
     stays that of importing torch (num_labels = 10^8 used to allocate 12.8 GB)."""
-    import subprocess
-    import sys
     make_model(tmp_path / "m")
     _edit_config(tmp_path / "m", lambda d: d["unet"].update(unet))
     _refused(tmp_path / "m", tmp_path / "m" / "config.json", fragment)
-    code = ("import resource, sys; sys.path.insert(0, sys.argv[2]); import diffusion_core as dc\n"
-            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-            "try: dc.load(sys.argv[1])\nexcept dc.CheckpointError: pass\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)")
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m"), str(Path(__file__).parents[1])],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert int(out.stdout.strip()) < 50_000, out.stdout          # KiB: under 50 MB more than after the imports
+    kib = fresh_process_peaks[repr(unet)]
+    assert kib < 50_000, kib          # KiB: under 50 MB more than after the imports
 
 
 @pytest.mark.parametrize("dtype", [torch.int32, torch.float8_e4m3fn, torch.float64])
@@ -245,30 +269,24 @@ def test_cascade_cycles_are_refused_without_recursing(tmp_path, make_model):
     (["--stage", "../base", "--stage", "../sr:0.1:9"], "match_scale"),
     (["--stage", ".", "--stage", "."], "itself a cascade"),
 ])
-def test_cascade_command_checks_everything_before_writing(tmp_path, make_model, args, fragment):
+def test_cascade_command_checks_everything_before_writing(tmp_path, make_model, run_main, args, fragment):
     """A failing ``cascade`` leaves the folder's working config.json as it was (it used to overwrite it first)."""
-    import subprocess
-    import sys
     _cascade(tmp_path, make_model)
     before = (tmp_path / "casc" / "config.json").read_bytes()
-    r = subprocess.run([sys.executable, "-m", "diffusion_core", "cascade", "--out", str(tmp_path / "casc"), *args],
-                       capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=120)
+    r = run_main("cascade", "--out", tmp_path / "casc", *args)
     assert r.returncode != 0 and fragment in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert (tmp_path / "casc" / "config.json").read_bytes() == before
     assert load(tmp_path / "casc").kind == "cascade"
 
 
-def test_ensemble_command_checks_everything_before_writing(tmp_path, make_model):
-    import subprocess
-    import sys
+def test_ensemble_command_checks_everything_before_writing(tmp_path, make_model, run_main):
     _ensemble(tmp_path, make_model)
     save_ensemble(tmp_path / "ens", [("e0", 0, 40), ("e1", 40, 100)], T=100)
     before = (tmp_path / "ens" / "config.json").read_bytes()
     for args, fragment in ((["--expert", "e0:0:40", "--expert", "e1:40:90"], "must end at T=100"),
                            (["--expert", "e0:0:40.5", "--expert", "e1:40.5:100"], "whole numbers"),
                            (["--expert", "e0:0:40", "--expert", "nowhere:40:100"], "no such checkpoint folder")):
-        r = subprocess.run([sys.executable, "-m", "diffusion_core", "ensemble", "--out", str(tmp_path / "ens"), *args],
-                           capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=120)
+        r = run_main("ensemble", "--out", tmp_path / "ens", *args)
         assert r.returncode != 0 and fragment in r.stderr and "Traceback" not in r.stderr, r.stderr
         assert (tmp_path / "ens" / "config.json").read_bytes() == before
 
@@ -356,17 +374,13 @@ def test_cascade_loads_and_samples(tmp_path, make_model):
     assert torch.equal(pipe.upscale(low, steps=3, seed=5 + 10_000), want)
 
 
-def test_a_cascade_stage_can_match_its_result_to_its_input_pixel_for_pixel(tmp_path, make_model):
+def test_a_cascade_stage_can_match_its_result_to_its_input_pixel_for_pixel(tmp_path, make_model, run_main):
     """Issue 21: a stage's result is back-projected onto its (noise-augmented) input at 1/4 of its size by
     default; ``match_scale`` in the stage's manifest entry (``cascade --stage FOLDER:AUG:SCALE``) sets that scale.
     At 1 the result, area-downscaled, is the base's output up to what two rounds leave (the pose cascades use it
     for their first stage: the figure keeps the drawn pose). The stage is the SR model run with that scale."""
-    import subprocess
-    import sys
     _cascade(tmp_path, make_model)
-    r = subprocess.run([sys.executable, "-m", "diffusion_core", "cascade", "--out", str(tmp_path / "casc1"),
-                        "--stage", "../base", "--stage", "../sr:0.1:1"], capture_output=True, text=True,
-                       cwd=Path(__file__).parents[1], timeout=120)
+    r = run_main("cascade", "--out", tmp_path / "casc1", "--stage", "../base", "--stage", "../sr:0.1:1")
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "casc1" / "config.json").read_text())["stages"][1]["match_scale"] == 1
     default, exact = load(tmp_path / "casc"), load(tmp_path / "casc1")

@@ -26,7 +26,7 @@ from diffusion_core.schedules import make_schedule, spaced_timesteps
 from diffusion_core.training import Trainer, distillation_loss, load_train_config
 from diffusion_core.unet import UNet, load_parent_state
 from test_samplers import MU, S, gaussian_denoiser, x_T
-from test_train import TINY, run_cli, write_idx
+from test_train import TINY, write_idx
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -213,7 +213,8 @@ class StopAfter(Trainer):
         return loss
 
 
-def test_distilled_student_trains_resumes_exports_and_samples_with_its_own_rule(tmp_path):
+@pytest.mark.slow
+def test_distilled_student_trains_resumes_exports_and_samples_with_its_own_rule(tmp_path, run_main):
     teacher, sets = tiny_teacher(tmp_path)
     straight = Trainer(load_train_config(None, sets + [f"out_dir={tmp_path / 'a'}"]), progress=False)
     assert straight.distill.round == 0 and straight.cfg.distill.rounds == 2
@@ -257,8 +258,8 @@ def test_distilled_student_trains_resumes_exports_and_samples_with_its_own_rule(
     assert not isinstance(further.distill.teacher(further.schedule, cond).denoiser, ClassifierFreeGuidance)
     assert load(further.run()).config.distilled.teacher == str(folder)
     # the CLI samples a student with its own rule and steps by default
-    r = run_cli("sample", "--model", str(folder), "--n", "2", "--label", "3", "--out", str(tmp_path / "out"),
-                "--backend", "fp32", "--no-progress")
+    r = run_main("sample", "--model", str(folder), "--n", "2", "--label", "3", "--out", str(tmp_path / "out"),
+                 "--backend", "fp32", "--no-progress")
     assert r.returncode == 0, r.stderr
     params = json.loads(Image.open(tmp_path / "out" / "00000.png").text["parameters"])
     assert (params["sampler"], params["steps"]) == ("progressive", 1)

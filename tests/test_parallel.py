@@ -184,6 +184,7 @@ def test_backward_in_parts_with_dropout_is_reproducible():
     assert not all(torch.equal(a, b) for a, b in zip(runs[0], _grads(net)))
 
 
+@pytest.mark.slow
 def test_seed_contract_with_row_workers_on_the_shipped_model():
     """The app's promise with the real fashion U-Net and 2 threads: a batch of 5 guided images (10 rows: two
     8-row chunks, computed by two single-threaded workers) or of 16 (two 16-row calls where merging applies)
@@ -200,7 +201,7 @@ def test_seed_contract_with_row_workers_on_the_shipped_model():
     old_threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        kw = dict(sampler="dpm++", steps=3, guidance=2.0, labels=["Sneaker"])
+        kw = dict(sampler="dpm++", steps=2, guidance=2.0, labels=["Sneaker"])     # the 2nd step is multistep
         big = pipe.sample(5, seed=40, **kw)
         for i in range(5):
             assert torch.equal(big[i:i + 1], pipe.sample(1, seed=40 + i, **kw)), i

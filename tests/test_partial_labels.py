@@ -21,7 +21,8 @@ from conftest import randomize, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["unet.base_channels=8", "unet.channel_mults=[1,2]", "unet.num_res_blocks=1", "unet.attention_resolutions=[8]",
-        "batch_size=4", "checkpoint_every=2", "sample_every=0", "log_every=1", "sample_steps=2", "threads=1"]
+        "batch_size=4", "checkpoint_every=2", "sample_every=0", "log_every=1", "sample_steps=2", "sample_images=4",
+        "threads=1"]
 # the emoji model shipped before partial labels (full-vector meaning, no label_mask): its weights as they were in
 # checkpoints/emoji until session 9, when the partial-label fine-tune replaced it
 OLD_EMOJI = ROOT / "tests/data/emoji_full_vector"
@@ -81,6 +82,7 @@ def test_unet_without_label_mask_is_unchanged(tiny_net):
 
 
 @pytest.mark.skipif(not HAS_EMOJI_MODEL, reason="tests/data/emoji_full_vector not present")
+@pytest.mark.slow
 def test_full_vector_emoji_model_samples_as_before():
     """A model without label_mask (the emoji model shipped before partial labels) samples as it did with the code
     before the known mask existed (commit e3048b1, 1 thread): names -> full vector, and per-image label tensors,
@@ -181,6 +183,7 @@ def _emoji_like_parent(tmp_path):
     return common, parent
 
 
+@pytest.mark.slow
 def test_training_hides_attributes_only_with_label_mask(tmp_path):
     common, parent = _emoji_like_parent(tmp_path)
     plain = Trainer(load_train_config(None, common + [f"out_dir={tmp_path / 'a'}", "batch_size=64"]), progress=False)
@@ -196,6 +199,7 @@ def test_training_hides_attributes_only_with_label_mask(tmp_path):
     assert only_present >= 0.5 - 5 * math.sqrt(0.25 / 2000)
 
 
+@pytest.mark.slow
 def test_grown_run_starts_as_its_parent_and_records_the_lineage(tmp_path):
     common, parent = _emoji_like_parent(tmp_path)
     cfg = load_train_config(None, common + [f"out_dir={tmp_path / 'c'}", f"parent={parent}", "unet.label_mask=true"])

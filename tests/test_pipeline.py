@@ -363,13 +363,10 @@ def test_a_large_model_runs_fewer_rows_per_call_and_keeps_the_seed_contract(tmp_
     assert torch.equal(three[1], one[0])
 
 
-def test_a_request_is_frozen_and_checked_against_the_bounds_the_cli_takes():
+def test_a_request_is_frozen_and_checked_against_the_bounds_the_cli_takes(run_main):
     """Issue 19: every sampling option is one frozen Request, checked against options.BOUNDS when made (before
     any network runs); the command line refuses the same numbers with the same limits."""
-    import subprocess
-    import sys
     from dataclasses import FrozenInstanceError
-    from pathlib import Path
     from diffusion_core.options import BOUNDS
     from diffusion_core.pipeline import Request
     r = Request(4, sampler="dpm++", steps=20, guidance=3.0, labels=("Bag",))
@@ -383,9 +380,7 @@ def test_a_request_is_frozen_and_checked_against_the_bounds_the_cli_takes():
             with pytest.raises(ValueError, match=f"{'guidance scale' if name == 'guidance' else ''}.*must be"):
                 Request(**{name: bad})
     assert BOUNDS["guidance"] == (0.0, 30.0) and BOUNDS["steps"] == (1, 1000)
-    root = Path(__file__).resolve().parents[1]
     for opt, bad in (("--guidance", "30.5"), ("--steps", "1001")):
-        out = subprocess.run([sys.executable, "-m", "diffusion_core", "sample", "--model", "nowhere", opt, bad],
-                             capture_output=True, text=True, cwd=root, timeout=120)
+        out = run_main("sample", "--model", "nowhere", opt, bad)
         lo, hi = BOUNDS[opt[2:]]
         assert out.returncode != 0 and f"must be in [{lo}, {hi}]" in out.stderr, out.stderr

@@ -31,6 +31,7 @@ README = (ROOT / "README.md").read_text()
 HAS_FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists()
 SETUP = {"python3 -m venv .venv", ". .venv/bin/activate"}          # shell set-up, nothing to check
 CLI = re.compile(r"^(?:python -m|torchrun \S+ -m) diffusion_core (\w+)(.*)$")
+QUICK = 'python -m pytest tests -q -m "not slow"'                    # the quick subset
 
 
 def code_blocks(lang: str, text: str = README) -> list[str]:
@@ -73,7 +74,7 @@ def cli_commands(kind):
 
 def test_every_readme_command_is_checked():
     checked = {"pip install -r requirements.txt", "python app.py", "pip install -r requirements-dev.txt",
-               "python -m pytest tests -q"}
+               "python -m pytest tests -q", QUICK}
     unknown = [c for c in commands() if c not in SETUP | checked and not CLI.match(c)
                and not c.startswith("sudo apt-get install -y ")]
     assert not unknown, f"README commands without a check in tests/test_readme.py: {unknown}"
@@ -92,6 +93,36 @@ def test_install_and_test_lines_are_what_ci_runs():
     assert set(apt.split()[4:]) == set(ci_apt.split())
     dev = (ROOT / "requirements-dev.txt").read_text().split()
     assert dev[0:2] == ["-r", "requirements.txt"]                           # dev = runtime + test tools
+
+
+@pytest.mark.slow
+def test_the_quick_subset_is_the_maths_without_the_slow_tests(tmp_path):
+    """The README's quick line, collected by pytest as written (a plugin lists what the marker leaves out): it keeps
+    the maths' test files whole but for the shipped models and the learning run, and leaves out every test that
+    talks to the app's server or drives the browser, the memory and load tests, and the processes that train."""
+    assert QUICK in commands()
+    (tmp_path / "list_deselected.py").write_text(
+        "def pytest_deselected(items):\n"
+        "    for item in items:\n"
+        "        print('DESELECTED', item.nodeid)\n")
+    r = subprocess.run([sys.executable, *shlex.split(QUICK)[1:], "--collect-only", "-p", "no:cacheprovider",
+                        "-p", "list_deselected"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)])))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    lines = r.stdout.splitlines()
+    slow = {line.split(" ", 1)[1] for line in lines if line.startswith("DESELECTED ")}
+    quick = {line.strip() for line in lines if line.startswith("tests/") and "::" in line}
+    assert len(quick) > 400 and len(slow) > 100 and not quick & slow
+    for name in ("test_schedules", "test_samplers", "test_unet", "test_denoisers", "test_shared",
+                 "test_training_math", "test_python_version"):
+        assert any(t.startswith(f"tests/{name}.py::") for t in quick), name
+        left_out = {t for t in slow if t.startswith(f"tests/{name}.py::")}
+        assert all("shipped" in t or "a_tiny_model_learns" in t for t in left_out), (name, left_out)
+    for name in ("test_browser", "test_load", "test_app_signals", "test_learning", "test_bad_inputs"):
+        assert not any(t.startswith(f"tests/{name}.py::") for t in quick), name
+    for name in ("test_repeated_kill_9_at_random_points_then_resume", "test_ddp_two_processes_identical_weights",
+                 "test_the_app_starts_with_requirements_txt_alone", "test_memory_stays_flat_over_many_new_sessions"):
+        assert any(t.endswith(f"::{name}") for t in slow), name
 
 
 def _free_port() -> int:
@@ -117,6 +148,7 @@ def run(cmd: str, cwd: Path, *extra: str, timeout=300, **env) -> subprocess.Comp
                           env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **env))
 
 
+@pytest.mark.slow
 def test_the_app_starts_with_requirements_txt_alone(scratch):
     """``python app.py`` as written, from the checkout, with every package that only requirements-dev.txt adds
     made unimportable, serves its page."""
@@ -150,6 +182,7 @@ def test_the_app_starts_with_requirements_txt_alone(scratch):
         proc.wait(30)
 
 
+@pytest.mark.slow
 def test_sample_command_runs_as_written(scratch):
     ((_, cmd),) = [(s, c) for s, c in cli_commands("run") if s == "sample"]
     r = run(cmd, scratch, "--steps", "2")          # the only change: 2 sampling steps instead of 50
@@ -158,6 +191,7 @@ def test_sample_command_runs_as_written(scratch):
     assert names == [f"{i:05d}.png" for i in range(16)] + ["grid.png"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_FASHION, reason="dataset-fashion-mnist not installed")
 def test_train_command_runs_as_written(scratch):
     """The README's training line on the real config and data, made tiny with ``--set`` (what the README says
@@ -165,7 +199,7 @@ def test_train_command_runs_as_written(scratch):
     (cmd,) = [c for s, c in cli_commands("synopsis") if s == "train" and c.startswith("python")]
     cmd = cmd.split(" [")[0]                        # the command without its optional parts
     tiny = ["unet.base_channels=8", "unet.channel_mults=[1,2]", "unet.num_res_blocks=1", "steps=2", "batch_size=4",
-            "checkpoint_every=2", "sample_every=0", "log_every=1", "data.limit=64"]
+            "checkpoint_every=2", "sample_every=0", "log_every=1", "data.limit=64", "sample_steps=2", "sample_images=4"]
     r = run(cmd, scratch, *[a for s in tiny for a in ("--set", s)], "--no-progress")
     assert r.returncode == 0, r.stderr
     assert (scratch / "runs" / "fashion" / "model" / "model.safetensors").is_file()
@@ -216,6 +250,7 @@ def test_inline_commands_in_readme_and_docs_name_real_options():
     assert found >= 10
 
 
+@pytest.mark.slow
 def test_api_block_runs_and_prints_what_its_comments_say(scratch):
     (block,) = [b for b in code_blocks("python") if "from diffusion_core import" in b]
     (scratch / "api.py").write_text(block + "\nprint('SHAPE', tuple(images.shape), float(images.min()), "

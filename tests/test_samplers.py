@@ -607,6 +607,7 @@ def test_explaining_a_stochastic_step_needs_its_noise():
 
 
 @pytest.mark.parametrize("model", ["fashion", "fashion-linear"])
+@pytest.mark.slow
 def test_first_step_of_every_solver_and_grid_is_finite_on_the_shipped_models(model):
     """At t = T - 1 the cosine schedule has alpha_bar = 2.4e-9: eps -> x0 multiplies the network's error by 2e4.
     The first step of every sampler on every grid, guided, stays finite and in a sane range."""

@@ -21,7 +21,8 @@ from diffusion_core.training import STATE, TrainConfig, Trainer, load_train_conf
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["unet.base_channels=8", "unet.channel_mults=[1,2]", "unet.num_res_blocks=1", "unet.attention_resolutions=[8]",
-        "batch_size=4", "checkpoint_every=2", "sample_every=0", "log_every=1", "sample_steps=2", "threads=1"]
+        "batch_size=4", "checkpoint_every=2", "sample_every=0", "log_every=1", "sample_steps=2", "sample_images=4",
+        "threads=1"]
 HAS_FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists()
 
 
@@ -87,6 +88,7 @@ def test_folder_source_skips_unreadable_and_reads_labels(tmp_path):
     assert d3.label_names == ("Smiling", "Eyeglasses") and sorted(map(tuple, d3.labels.tolist())) == [(0, 1), (1, 0)]
 
 
+@pytest.mark.slow
 def test_train_export_sample_roundtrip(tmp_path):
     folder = write_idx(tmp_path / "idx")
     cfg = tiny_cfg(tmp_path, "data.source=idx", f"data.path={folder}", "steps=3", "diffusion.prediction=v",
@@ -102,6 +104,7 @@ def test_train_export_sample_roundtrip(tmp_path):
     assert a.shape == (2, 1, 32, 32) and torch.equal(a, pipe.sample(2, steps=3, labels=["3"], seed=1))
 
 
+@pytest.mark.slow
 def test_resume_is_exact(tmp_path):
     """Stopping at step 2 and resuming to 4 gives bit-identical weights to running 4 steps straight."""
     folder = write_idx(tmp_path / "idx")
@@ -125,6 +128,7 @@ def test_resume_is_exact(tmp_path):
         assert torch.equal(v, w), k
 
 
+@pytest.mark.slow
 def test_training_owns_its_randomness(tmp_path):
     """Issue 19: training seeds only its own generators (the network's initialisation in a forked RNG, the data /
     noise stream, the dropout masks' stream). torch's global generator is the same after a run as before it,
@@ -165,6 +169,7 @@ def test_training_owns_its_randomness(tmp_path):
                                                     unseeded.net.state_dict().values()))
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_checkpoint(tmp_path, monkeypatch):
     folder = write_idx(tmp_path / "idx")
     cfg = tiny_cfg(tmp_path, "data.source=idx", f"data.path={folder}", "steps=10")
@@ -184,7 +189,8 @@ def test_nan_loss_stops_and_keeps_checkpoint(tmp_path, monkeypatch):
     assert Trainer(cfg, resume=True, progress=False).step == 4
 
 
-def test_kill_during_checkpoint_write_then_resume(tmp_path):
+@pytest.mark.slow
+def test_kill_during_checkpoint_write_then_resume(tmp_path, run_main):
     """kill -9 while a checkpoint is half written (temp file present, not yet renamed): the previous
     checkpoint stays valid and --resume reaches the same final step count."""
     folder = write_idx(tmp_path / "idx")
@@ -206,12 +212,13 @@ def test_kill_during_checkpoint_write_then_resume(tmp_path):
     assert killed_mid_write
     state = load_file(str(out / STATE))           # the previous checkpoint is intact
     assert "rng.dropout" in state
-    r = run_cli(*args, "--resume")
+    r = run_main(*args, "--resume")
     assert r.returncode == 0, r.stderr
     assert json.loads((out / "model" / "training.json").read_text())["steps"] == 8
 
 
-def test_repeated_kill_9_at_random_points_then_resume(tmp_path):
+@pytest.mark.slow
+def test_repeated_kill_9_at_random_points_then_resume(tmp_path, run_main):
     """Five runs killed with SIGKILL after a random number of steps (seeded): mid-step or mid-write
     (every write pauses 0.3 s before its rename). After each kill a valid checkpoint or none exists; the
     last --resume finishes at exactly the configured step count."""
@@ -245,14 +252,15 @@ def test_repeated_kill_9_at_random_points_then_resume(tmp_path):
                 steps_seen.append(int(f.metadata()["step"]))
     assert len(steps_seen) >= 3 and steps_seen == sorted(steps_seen)     # progress is never lost
     assert steps_seen[-1] < 80
-    r = run_cli(*args)
+    r = run_main(*args)
     assert r.returncode == 0, r.stderr
     info = json.loads((out / "model" / "training.json").read_text())
     assert info["steps"] == 80
     assert len((out / "commands.txt").read_text().splitlines()) >= 2     # every restart is recorded
 
 
-def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path):
+@pytest.mark.slow
+def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path, run_main):
     """A real write error from the OS: the resumed run gets RLIMIT_FSIZE below the checkpoint's size, so
     every checkpoint write fails (EFBIG, as a full disk fails with ENOSPC). Periodic failures warn and
     training goes on; the final one exits with a one-line error; the step-4 checkpoint survives intact and a
@@ -262,7 +270,7 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path):
     out = tmp_path / "run"
     base = TINY + ["data.source=idx", f"data.path={folder}", f"out_dir={out}"]
     args = ["train", "--no-progress", *sum([["--set", s] for s in base], [])]
-    assert run_cli(*args, "--set", "steps=4").returncode == 0
+    assert run_main(*args, "--set", "steps=4").returncode == 0
     size = (out / STATE).stat().st_size
     before = (out / STATE).read_bytes()
 
@@ -284,6 +292,7 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path):
     assert json.loads((out / "model" / "training.json").read_text())["steps"] == 8
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint(tmp_path):
     folder = write_idx(tmp_path / "idx")
     out = tmp_path / "run"
@@ -304,6 +313,7 @@ def test_sigterm_saves_a_checkpoint(tmp_path):
     assert tr.step >= 2
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_identical_weights(tmp_path):
     folder = write_idx(tmp_path / "idx")
     out = tmp_path / "ddp"
@@ -317,7 +327,8 @@ def test_ddp_two_processes_identical_weights(tmp_path):
     assert json.loads((out / "model" / "training.json").read_text())["images_seen"] == 3 * 4 * 2
 
 
-def test_super_resolution_and_cascade(tmp_path):
+@pytest.mark.slow
+def test_super_resolution_and_cascade(tmp_path, run_main):
     root = tmp_path / "imgs"
     root.mkdir()
     rng = np.random.default_rng(0)
@@ -333,7 +344,7 @@ def test_super_resolution_and_cascade(tmp_path):
     assert srp.config.task == "super_resolution" and srp.config.unet.image_size == 16
     up = srp.upscale(torch.zeros(2, 3, 16, 16), steps=2)
     assert up.shape == (2, 3, 32, 32)          # trained on 16 px crops, samples at full size
-    r = run_cli("cascade", "--out", str(tmp_path / "casc"), "--stage", "../base/model", "--stage", "../sr/model:0.1")
+    r = run_main("cascade", "--out", str(tmp_path / "casc"), "--stage", "../base/model", "--stage", "../sr/model:0.1")
     assert r.returncode == 0, r.stderr
     casc = load(tmp_path / "casc")
     stages = [rec.stage for rec in casc.stream(1, steps=2, sr_steps=2)]
@@ -341,6 +352,7 @@ def test_super_resolution_and_cascade(tmp_path):
     assert casc.sample(1, steps=2, sr_steps=2).shape == (1, 3, 32, 32)
 
 
+@pytest.mark.slow
 def test_pose_and_cold_training(tmp_path):
     pose = Trainer(load_train_config(None, TINY + ["task=pose", "data.source=pose", "data.pose_pairs=16",
                                                    "data.channels=3", f"out_dir={tmp_path / 'pose'}", "steps=2"]),
@@ -358,7 +370,8 @@ def test_pose_and_cold_training(tmp_path):
     assert cp.sample(2, sampler="cold", steps=5, labels=["1"]).shape == (2, 1, 32, 32)
 
 
-def test_experts_branch_from_parent_and_assemble(tmp_path):
+@pytest.mark.slow
+def test_experts_branch_from_parent_and_assemble(tmp_path, run_main):
     folder = write_idx(tmp_path / "idx")
     common = TINY + ["data.source=idx", f"data.path={folder}", "steps=1"]
     parent = Trainer(load_train_config(None, common + [f"out_dir={tmp_path / 'p'}"]), progress=False).run()
@@ -371,18 +384,19 @@ def test_experts_branch_from_parent_and_assemble(tmp_path):
         tr.run()
         import shutil
         shutil.copytree(tmp_path / name / "model", ens / name)
-    r = run_cli("ensemble", "--out", str(ens), "--expert", "low:0:400", "--expert", "high:400:1000")
+    r = run_main("ensemble", "--out", str(ens), "--expert", "low:0:400", "--expert", "high:400:1000")
     assert r.returncode == 0, r.stderr
     pipe = load(ens)
     assert pipe.kind == "ensemble" and pipe.expert_index(399) == 0 and pipe.expert_index(400) == 1
-    bad = run_cli("ensemble", "--out", str(ens), "--expert", "low:0:300", "--expert", "high:400:1000")
+    bad = run_main("ensemble", "--out", str(ens), "--expert", "low:0:300", "--expert", "high:400:1000")
     assert bad.returncode == 2 and "gap" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_cli_sample_and_bad_arguments(tmp_path):
+@pytest.mark.slow
+def test_cli_sample_and_bad_arguments(tmp_path, run_main):
     folder = write_idx(tmp_path / "idx")
     out = Trainer(tiny_cfg(tmp_path, "data.source=idx", f"data.path={folder}", "steps=1"), progress=False).run()
-    r = run_cli("sample", "--model", str(out), "--out", str(tmp_path / "s"), "--n", "3", "--steps", "3",
+    r = run_main("sample", "--model", str(out), "--out", str(tmp_path / "s"), "--n", "3", "--steps", "3",
                 "--label", "2", "--grid", "--gif")
     assert r.returncode == 0, r.stderr
     files = sorted(p.name for p in (tmp_path / "s").iterdir())
@@ -391,11 +405,11 @@ def test_cli_sample_and_bad_arguments(tmp_path):
     assert meta["seed"] == 1 and meta["labels"] == ["2"]
     for bad, needle in ((["--label", "Unicorn"], "unknown label"), (["--steps", "0"], "steps"),
                         (["--eta", "3"], "eta"), (["--sampler", "cold"], "cold")):
-        r = run_cli("sample", "--model", str(out), "--out", str(tmp_path / "x"), "--n", "1", *bad)
+        r = run_main("sample", "--model", str(out), "--out", str(tmp_path / "x"), "--n", "1", *bad)
         assert r.returncode != 0 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
-    r = run_cli("sample", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "x"))
+    r = run_main("sample", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "no such checkpoint folder" in r.stderr
-    r = run_cli("train", "--set", "unet.colour=3")
+    r = run_main("train", "--set", "unet.colour=3")
     assert r.returncode == 2 and "unknown config key" in r.stderr
 
 
@@ -424,7 +438,8 @@ def test_evaluate_metrics(tmp_path):
 
 
 @pytest.mark.skipif(not HAS_FASHION, reason="dataset-fashion-mnist not installed")
-def test_evaluate_command_end_to_end(tmp_path):
+@pytest.mark.slow
+def test_evaluate_command_end_to_end(tmp_path, run_main):
     from diffusion_core.evaluation.classifier import Classifier, ClassifierConfig, save_classifier
     folder = write_idx(tmp_path / "idx")
     model = Trainer(tiny_cfg(tmp_path, "data.source=idx", f"data.path={folder}", "steps=1"), progress=False).run()
@@ -433,14 +448,14 @@ def test_evaluate_command_end_to_end(tmp_path):
     cache = tmp_path / "cache"
     args = ["evaluate", "--model", str(model), "--classifier", str(tmp_path / "clf"), "--n", "20",
             "--batch", "10", "--cache-dir", str(cache)]
-    r = run_cli(*args, "--steps", "2", "--tag", "t")
+    r = run_main(*args, "--steps", "2", "--tag", "t")
     assert r.returncode == 0, r.stderr
     m = json.loads((model / "metrics-t.json").read_text())
     assert m["n"] == 20 and 0 <= m["accuracy"] <= 1 and m["fid"] > 0 and m["fid_real_vs_real"] >= 0
     assert set(m["accuracy_per_class"]) == set(load(model).label_names) and "resumed_from" not in m
     assert m["timed_batches"] == 2 and 0 < m["sampling_s_per_image"] <= m["sampling_s"] / 10
     assert "4/4" in r.stderr and "step" in r.stderr          # progress per sampling step: 2 batches x 2 steps
-    r2 = run_cli(*args, "--steps", "2", "--tag", "u", "--no-cache")
+    r2 = run_main(*args, "--steps", "2", "--tag", "u", "--no-cache")
     assert json.loads((model / "metrics-u.json").read_text())["fid"] == m["fid"]     # deterministic given a seed
     # a run stopped after its first batch resumes from the kept samples and ends where an uninterrupted run does
     from safetensors import safe_open
@@ -449,14 +464,14 @@ def test_evaluate_command_end_to_end(tmp_path):
     with safe_open(str(kept), "pt") as f:
         meta, first = f.metadata(), f.get_tensor("batch.0")
     atomic_save_tensors({"batch.0": first}, kept, metadata=meta)
-    r3 = run_cli(*args, "--steps", "2", "--tag", "t")
+    r3 = run_main(*args, "--steps", "2", "--tag", "t")
     assert r3.returncode == 0, r3.stderr
     m3 = json.loads((model / "metrics-t.json").read_text())
     assert m3["resumed_from"] == 10 and m3["fid"] == m["fid"] and m3["accuracy"] == m["accuracy"]
     assert m3["timed_batches"] == 2            # the kept batch's time and the new one's
     assert "2/2" in r3.stderr and "10 images" in r3.stderr     # only the batch left is counted
     # other settings under the same name: the kept samples are not reused
-    r4 = run_cli(*args, "--steps", "3", "--tag", "t")
+    r4 = run_main(*args, "--steps", "3", "--tag", "t")
     assert r4.returncode == 0 and "resumed_from" not in json.loads((model / "metrics-t.json").read_text())
     # samples made elsewhere (--samples-only: no metrics file) in a copy of the model folder at another path
     # (the cache is keyed by folder name and weights' SHA-256), finished here without sampling again
@@ -464,15 +479,15 @@ def test_evaluate_command_end_to_end(tmp_path):
     elsewhere = tmp_path / "elsewhere" / model.name
     shutil.copytree(model, elsewhere)
     other_cache = tmp_path / "cache2"
-    r5 = run_cli("evaluate", "--model", str(elsewhere), "--n", "20", "--batch", "10", "--steps", "2", "--tag", "s",
+    r5 = run_main("evaluate", "--model", str(elsewhere), "--n", "20", "--batch", "10", "--steps", "2", "--tag", "s",
                  "--cache-dir", str(other_cache), "--samples-only", "--device", "cpu")
     assert r5.returncode == 0, r5.stderr
     assert not (elsewhere / "metrics-s.json").exists() and len(list(other_cache.iterdir())) == 1
-    r6 = run_cli(*args[:-1], str(other_cache), "--steps", "2", "--tag", "s")
+    r6 = run_main(*args[:-1], str(other_cache), "--steps", "2", "--tag", "s")
     assert r6.returncode == 0, r6.stderr
     m6 = json.loads((model / "metrics-s.json").read_text())
     assert m6["resumed_from"] == 20 and m6["fid"] == m["fid"] and m6["accuracy"] == m["accuracy"]
-    r7 = run_cli(*args, "--steps", "2", "--samples-only", "--no-cache")
+    r7 = run_main(*args, "--steps", "2", "--samples-only", "--no-cache")
     assert r7.returncode != 0 and "--samples-only" in r7.stderr
 
 
@@ -490,6 +505,7 @@ def test_sample_cache_reads_a_legacy_key_and_rewrites_it(tmp_path):
     assert len(SampleCache(path, {"model": "fashion", "steps": 2}).load()) == 1
 
 
+@pytest.mark.slow
 def test_emoji_source_trains(tmp_path):
     from diffusion_core.data.emoji import EMOJI_TEST, FONT
     if not (Path(EMOJI_TEST).exists() and Path(FONT).exists()):
@@ -508,6 +524,7 @@ def test_emoji_source_trains(tmp_path):
     assert m["median_rms_to_nearest_train_samples"] > m["median_rms_to_nearest_train_held_out_real"]
 
 
+@pytest.mark.slow
 def test_evaluate_super_resolution_against_bicubic(tmp_path):
     out = tmp_path / "sr"
     sr = Trainer(load_train_config(None, TINY + ["task=super_resolution", "low_res=16", "crop=16", "data.source=pose",

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from diffusion_core.config import ConfigError
 from diffusion_core.training import PREV_STATE, STATE, Trainer, load_train_config
 
-from test_train import TINY, run_cli, write_idx
+from test_train import TINY, write_idx
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,6 +31,7 @@ def log_steps(out: Path) -> list[int]:
     return [int(r["step"]) for r in csv.DictReader(open(out / "log.csv"))]
 
 
+@pytest.mark.slow
 def test_resume_cleans_debris_and_cuts_the_log_back(tmp_path):
     """A kill during a checkpoint write leaves a full-size temporary file, and the steps logged after the last
     checkpoint are trained again: a resume removes the first and cuts log.csv back to the resumed step."""
@@ -44,6 +45,7 @@ def test_resume_cleans_debris_and_cuts_the_log_back(tmp_path):
     assert log_steps(out) == [1, 2, 3, 4, 5]
 
 
+@pytest.mark.slow
 def test_written_files_have_normal_permissions(tmp_path):
     old = os.umask(0o022)
     try:
@@ -58,6 +60,7 @@ def test_written_files_have_normal_permissions(tmp_path):
                                            ("diffusion.schedule=linear", "diffusion.schedule"),
                                            ("diffusion.prediction=v", "diffusion.prediction"),
                                            ("data.image_size=16", "data.image_size")])
+@pytest.mark.slow
 def test_resume_refuses_a_changed_model(tmp_path, change, field):
     Trainer(cfg(tmp_path, "steps=2"), progress=False).run()
     with pytest.raises(ConfigError) as err:
@@ -68,6 +71,7 @@ def test_resume_refuses_a_changed_model(tmp_path, change, field):
     assert Trainer(cfg(tmp_path, "steps=4", "log_every=2", "lr=1e-4"), resume=True, progress=False).step == 2
 
 
+@pytest.mark.slow
 def test_a_state_written_before_a_config_field_existed_resumes(tmp_path):
     """A state whose stored config predates a field (here ``diffusion.x0_range``, added after the emoji fine-tune
     started) resumes with the field's default; the sampling default itself may change on a resume."""
@@ -85,6 +89,7 @@ def test_a_state_written_before_a_config_field_existed_resumes(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "no rng"])
+@pytest.mark.slow
 def test_corrupt_state_is_named_with_the_previous_good_one(tmp_path, damage):
     Trainer(cfg(tmp_path, "steps=4", "checkpoint_every=2"), progress=False).run()
     out = tmp_path / "run"
@@ -107,6 +112,7 @@ def test_corrupt_state_is_named_with_the_previous_good_one(tmp_path, damage):
     assert Trainer(cfg(tmp_path, "steps=6"), resume=True, progress=False).step == 2
 
 
+@pytest.mark.slow
 def test_nan_weights_are_never_saved(tmp_path):
     tr = Trainer(cfg(tmp_path, "steps=2"), progress=False)
     tr.run()
@@ -118,6 +124,7 @@ def test_nan_weights_are_never_saved(tmp_path):
     assert (tmp_path / "run" / STATE).read_bytes() == before
 
 
+@pytest.mark.slow
 def test_resume_past_the_last_step_says_so(tmp_path, capsys):
     Trainer(cfg(tmp_path, "steps=3"), progress=False).run()
     capsys.readouterr()
@@ -126,7 +133,8 @@ def test_resume_past_the_last_step_says_so(tmp_path, capsys):
     assert "at step 3, at or past steps = 2: nothing to train; exporting step 3" in capsys.readouterr().err
 
 
-def test_two_trainings_cannot_write_one_folder(tmp_path):
+@pytest.mark.slow
+def test_two_trainings_cannot_write_one_folder(tmp_path, run_main):
     folder = write_idx(tmp_path / "idx")
     args = ["train", "--no-progress", "--set", "steps=100000", "--set", "data.source=idx", "--set", f"data.path={folder}",
             "--set", f"out_dir={tmp_path / 'run'}"] + [x for s in TINY for x in ("--set", s)]
@@ -137,7 +145,7 @@ def test_two_trainings_cannot_write_one_folder(tmp_path):
             if (tmp_path / "run" / "log.csv").is_file() and len((tmp_path / "run" / "log.csv").read_text().splitlines()) > 2:
                 break
             time.sleep(0.1)
-        second = run_cli(*args[:-2], "--set", "steps=3")
+        second = run_main(*args[:-2], "--set", "steps=3")      # the first is another process
         assert second.returncode != 0, second.stderr
         assert "another training is writing this folder" in second.stderr and "Traceback" not in second.stderr
     finally:
@@ -158,7 +166,7 @@ def test_two_trainings_cannot_write_one_folder(tmp_path):
     (["train", "--set", "log_every=0"], "log_every must be in [1,"),
     (["train", "--set", "batch_size=-4"], "batch_size must be in [1,"),
 ])
-def test_numeric_options_out_of_range_are_one_line_errors(tmp_path, args, message):
-    r = run_cli(*[a.replace("{tmp}", str(tmp_path / "o")) for a in args], timeout=120)
+def test_numeric_options_out_of_range_are_one_line_errors(tmp_path, run_main, args, message):
+    r = run_main(*[a.replace("{tmp}", str(tmp_path / "o")) for a in args])
     assert r.returncode != 0 and message in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

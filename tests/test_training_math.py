@@ -25,7 +25,8 @@ from diffusion_core import load
 from diffusion_core.training import Trainer, load_train_config
 
 TINY = ["unet.base_channels=8", "unet.channel_mults=[1,2]", "unet.num_res_blocks=1", "unet.attention_resolutions=[]",
-        "batch_size=4", "checkpoint_every=1000", "sample_every=0", "log_every=1000", "threads=1"]
+        "batch_size=4", "checkpoint_every=1000", "sample_every=0", "log_every=1000", "sample_steps=2",
+        "sample_images=4", "threads=1"]
 
 
 def reference_alpha_bar(kind: str, T: int = 1000) -> np.ndarray:
@@ -240,6 +241,7 @@ def test_training_timesteps_cover_the_range_uniformly(tmp_path, t_range):
 
 # ---- end to end ---------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_tiny_model_learns_a_known_answer(tmp_path):
     """Two classes, each one fixed pattern (plus +-10 grey levels of noise): 'top' (upper half bright) and
     'left' (left half bright), 8x8. A 180k-parameter U-Net trained for 250 steps (about 10 s on one core)
@@ -249,7 +251,8 @@ def test_a_tiny_model_learns_a_known_answer(tmp_path):
     cfg = load_train_config(None, data + [
         "unet.base_channels=16", "unet.channel_mults=[1,2]", "unet.num_res_blocks=1", "unet.attention_resolutions=[]",
         "unet.dropout=0", "steps=250", "batch_size=32", "lr=2e-3", "warmup=20", "ema_decay=0.99", "p_uncond=0.1",
-        "checkpoint_every=1000", "sample_every=0", "log_every=100", "threads=1", f"out_dir={tmp_path / 'run'}"])
+        "checkpoint_every=1000", "sample_every=0", "log_every=100", "sample_steps=2", "sample_images=4", "threads=1",
+        f"out_dir={tmp_path / 'run'}"])
     pipe = load(Trainer(cfg, progress=False).run())
     means = {}
     for name in ("left", "top"):

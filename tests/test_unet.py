@@ -3,6 +3,7 @@ NCHW, the fused AdaGN vs its textbook form, the in-place sampling path vs the au
 and timestep embedding are checked against their definitions, written out in the tests."""
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -71,6 +72,7 @@ def test_fused_adagn_matches_its_textbook_form():
     assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
 
 
+@pytest.mark.slow
 def test_shipped_model_gives_the_images_of_the_code_before_the_speed_ups():
     """tests/data/fashion_dpm20_before_speedups.safetensors was written by the code before any speed-up
     (commit 4ceebcd: NCHW, AdaGN as three ops, nn.Dropout, no row workers) from checkpoints/fashion with 1
