@@ -214,9 +214,12 @@ class GenerateTab(AppBase):
         partial = None
         first = True
         last_preview = 0.0
+        base_steps = steps
         try:
             for rec in stream:   # each step runs under inference mode inside the package's loop
                 last = rec
+                if rec.stage == 0:
+                    base_steps = rec.num_steps
                 self.waiting.stepped(ticket)
                 self._keep(session, run, rec)
                 if make_gif and (rec.index % max(1, rec.num_steps // GIF_MAX_FRAMES) == 0
@@ -264,7 +267,8 @@ class GenerateTab(AppBase):
         took = time.time() - t0
         text = (f"<b>{'Stopped' if stopped else 'Done'}</b> · {html.escape(model)} · {meta['batch_size']} image(s) · "
                 f"seed {seed} · "
-                f"{SAMPLER_NAMES.get(sampler, sampler)} {steps} steps ({meta['spacing']}){self._sr_stages(pipe)} · "
+                f"{SAMPLER_NAMES.get(sampler, sampler)} {self._steps_ran(steps, base_steps, meta['spacing'])}"
+                f"{self._sr_stages(pipe)} · "
                 f"{took:.1f} s · "
                 f"<span title=\"{html.escape(self._backend_reason(pipe))}\">{pipe.backend}</span>")
         if stopped:
@@ -304,6 +308,14 @@ class GenerateTab(AppBase):
         parts.append(f"{el:.1f} s" + (f", about {fmt_duration(left)} left" if left is not None else ""))
         parts.append(pipe.backend)
         return " · ".join(parts)
+
+    @staticmethod
+    def _steps_ran(asked: int, ran: int, spacing: str) -> str:
+        """"25 steps (trailing)"; where the grid had fewer distinct timesteps than asked (1000 on karras: 518),
+        both numbers, so the status says what ran."""
+        if ran == asked:
+            return f"{asked} steps ({spacing})"
+        return f"{ran} steps ({spacing}; {asked} asked, the grid has {ran} distinct timesteps)"
 
     @staticmethod
     def _sr_stages(pipe) -> str:
