@@ -89,8 +89,8 @@ WATCH_JS = """() => {
 
 
 def is_step(text: str) -> bool:
-    """A status line streamed during a run ("step 3/30 · t = ..."), not the end-of-run summary."""
-    return any(line.startswith("step ") for line in text.splitlines())
+    """A status line streamed during a run ("fashion · step 3/30 · t = ..."), not the end-of-run summary."""
+    return any(re.match(r"[^·]*· step \d+/\d+", line) for line in text.splitlines())
 
 
 def ended(text: str) -> bool:
@@ -180,6 +180,30 @@ def check_gallery_geometry(page, min_tile: float):
         assert im[2] - im[0] >= min_tile, (im, g)
         assert im[0] >= g["box"][0] - 1 and im[2] <= min(g["box"][2], g["viewport"]) + 1, (im, g)
         assert not any(overlap(im, c) for c in g["caps"] + g["chrome"]), (im, g)
+
+
+def test_generate_waits_until_the_picked_models_controls_show(page):
+    """Issue 34 / 35: from the pick until the new model's controls and card are in place, Generate is disabled and
+    says it is loading (a run pressed in that window used to mix one model's name with the other's settings)."""
+    choose(page, "model", "tiny")
+    wait_card(page, "tiny")
+    page.wait_for_selector("#generate-btn:not([disabled])")
+    page.evaluate("""() => {
+        const b = document.querySelector('#generate-btn');
+        window.__btn = [];
+        window.__btnObs = new MutationObserver(() => window.__btn.push([b.disabled, b.innerText.trim(),
+            document.querySelector('#model-card h3')?.innerText.trim()]));
+        window.__btnObs.observe(b, {attributes: true, childList: true, subtree: true, characterData: true});
+    }""")
+    choose(page, "model", "tiny-attr")
+    wait_card(page, "tiny-attr")
+    page.wait_for_selector("#generate-btn:not([disabled])")
+    seen = page.evaluate("() => { window.__btnObs.disconnect(); return window.__btn; }")
+    # disabled and saying so while the old model's card still showed; never enabled again before the new one's
+    assert [True, "Loading tiny-attr…", "tiny"] in seen, seen
+    assert not [s for s in seen if not s[0] and s[2] == "tiny"], seen
+    assert page.locator("#generate-btn").inner_text().strip() == "Generate"
+    assert page.locator("#attributes").is_visible()                 # the new model's own controls
 
 
 def test_stop_keeps_partial_result(page):
