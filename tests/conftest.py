@@ -94,7 +94,8 @@ def run_main(capsys):
     """run_main(*argv) -> CompletedProcess(argv, returncode, stdout, stderr): ``python -m diffusion_core ARGV`` run in
     this process by its ``main``, where a test is about what a command does rather than about the process (a new
     interpreter importing torch costs seconds). An argparse error gives its exit code, an uncaught exception exit 1
-    with its traceback on stderr, as the process would. test_cli.py runs the command as a process."""
+    with its traceback on stderr, as the process would. test_cli.py (--help, one-line errors) and test_readme.py
+    (the README's lines as written) run it as a process."""
     from diffusion_core.__main__ import main
 
     def run(*argv) -> subprocess.CompletedProcess:
