@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import typing
 from types import SimpleNamespace
 
 import gradio as gr
@@ -153,6 +154,9 @@ def queued_generate(app) -> SimpleNamespace:
     generate.__signature__ = sig.replace(parameters=[p for p in sig.parameters.values()
                                                      if p.name not in ("stop", "poll")])
     generate.__doc__ = app.generate.__doc__
+    # Gradio finds the gr.Request parameter by the function's own annotations (typing.get_type_hints), not its
+    # __signature__: without them every visitor was the session "api" (one kept run and one Stop for all)
+    generate.__annotations__ = typing.get_type_hints(app.generate)
     return SimpleNamespace(fn=generate, limits=dict(concurrency_limit=None))
 
 

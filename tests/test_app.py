@@ -699,3 +699,17 @@ def test_a_links_values_its_model_does_not_have_are_all_named(tmp_path, monkeypa
     assert said == ["the link's steps, sampler, label 'Unicorn' are not valid here; the model's defaults are used "
                     "instead"], said
     assert out[0] == gr.update(value="tiny")
+
+
+def test_every_visitor_of_generate_is_its_own_session(tmp_path):
+    """Generate's handler (the waiting room's async wrapper) gets Gradio's request: each gradio_client session's
+    run is kept under its own session key (every visitor was "api": one kept run and one Stop for all)."""
+    demo, url = launch_app(build_checkpoints(tmp_path / "ckpt"))
+    try:
+        for seed in (1, 2):
+            Client(url, verbose=False).submit(model="tiny", steps=2, batch_size=1, seed=seed,
+                                              api_name="/generate").result()
+        kept = {key: run["seed"] for key, (run, _) in demo.app_state.runs._runs.items()}
+        assert "api" not in kept and sorted(kept.values()) == [1, 2], kept
+    finally:
+        demo.close()
