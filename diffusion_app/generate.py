@@ -114,8 +114,7 @@ class GenerateTab(AppBase):
         try:
             yield from self._wait_turn(ticket, stop, poll)
             if stop.is_set():
-                yield (gr.skip(), html_status("<b>Stopped</b> before it started"), gr.skip(), gr.skip(), seed,
-                       gr.skip(), gr.skip())
+                yield self._stopped_early("before it started", seed)
                 return
             meta = {"model": model, "sampler": sampler, "steps": steps, "spacing": spacing,
                     "eta": float(eta) if sampler == "ddim" else None, "guidance": float(guidance), "labels": labels,
@@ -179,6 +178,11 @@ class GenerateTab(AppBase):
                 job.add_done_callback(lambda _: gen.close())     # on the sampling thread, once next() returned
             else:
                 gen.close()
+
+    @staticmethod
+    def _stopped_early(when: str, seed: int) -> tuple:
+        """The page's outputs for a run stopped before it made an image: the status line and the seed only."""
+        return gr.skip(), html_status(f"<b>Stopped</b> {when}"), gr.skip(), gr.skip(), seed, gr.skip(), gr.skip()
 
     def _wait_turn(self, ticket, stop, poll: bool):
         """Until ``ticket`` is admitted (or ``stop``): the status line with the run's place and estimated wait."""
@@ -254,8 +258,7 @@ class GenerateTab(AppBase):
             raise gr.Error(f"sampling failed: {type(e).__name__}: {e}") from None
         if last is None:
             if stop.is_set():
-                yield (gr.skip(), html_status("<b>Stopped</b> before its first step"), gr.skip(), gr.skip(), seed,
-                       gr.skip(), gr.skip())
+                yield self._stopped_early("before its first step", seed)
                 return
             raise gr.Error("sampling produced no steps")
         stopped = stop.is_set() or not (last.index == last.num_steps - 1 and last.stage == n_stages - 1)

@@ -94,8 +94,11 @@ class WaitingRoom:
     def _start(self, t: Ticket) -> None:
         t.admitted, t.started = True, time.monotonic()
         self._active.append(t)
-        active = [[max(1, a.steps - a.done), a.step_cost, a] for a in self._active]
-        t.predicted = simulate(active, [], self.slots, t)[1]
+        t.predicted = simulate(self._left(), [], self.slots, t)[1]
+
+    def _left(self) -> list:
+        """[steps left, step cost, ticket] of every admitted run, as ``simulate`` takes them (under the lock)."""
+        return [[max(1, a.steps - a.done), a.step_cost, a] for a in self._active]
 
     def wait(self, t: Ticket, timeout: float) -> bool:
         """Block up to ``timeout`` seconds for ``t``'s turn; whether it is admitted."""
@@ -121,7 +124,7 @@ class WaitingRoom:
         """(seconds until ``t`` starts, seconds until it ends) from now, by the lockstep simulation of the module's
         docstring (0 start for an admitted run)."""
         with self._cv:
-            active = [[max(1, a.steps - a.done), a.step_cost, a] for a in self._active]
+            active = self._left()
             waiting = list(self._waiting)
             k = self.correction
         start, end = simulate(active, waiting, self.slots, t)

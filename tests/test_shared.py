@@ -44,6 +44,14 @@ def _start(target, *args, **kw):
     return th
 
 
+def _wait_first_tick(net):
+    """Until the first call has reached the network (which then holds its tick open until its gate is set)."""
+    for _ in range(500):
+        if net.sizes:
+            break
+        time.sleep(0.01)
+
+
 def _wait_pending(shared, n):
     for _ in range(500):
         if len(shared._pending) >= n:
@@ -57,10 +65,7 @@ def test_calls_waiting_during_a_tick_share_the_next_one_and_get_their_own_rows()
     net.gate = threading.Event()            # the first tick blocks until the others are waiting
     shared, res = SharedNet(net), {}
     first = _start(_call, shared, 2, 1, results=res, key="a")
-    for _ in range(500):
-        if net.sizes:
-            break
-        time.sleep(0.01)
+    _wait_first_tick(net)
     others = [_start(_call, shared, rows, t, results=res, key=t) for rows, t in ((3, 5), (1, 7), (4, 9))]
     _wait_pending(shared, 3)
     net.gate.set()
@@ -78,10 +83,7 @@ def test_calls_with_other_condition_fields_or_over_the_pixel_cap_wait_for_a_late
     net.gate = threading.Event()
     shared, res = SharedNet(net, max_pixels=6 * 4), {}          # 6 rows of 2x2 per tick
     first = _start(_call, shared, 1, 1, results=res, key="a")
-    for _ in range(500):
-        if net.sizes:
-            break
-        time.sleep(0.01)
+    _wait_first_tick(net)
     ths = [_start(_call, shared, 4, 2, labels=None, results=res, key="b")]
     _wait_pending(shared, 1)
     ths.append(_start(_call, shared, 2, 3, labels=1.0, results=res, key="c"))    # labels: another key
@@ -104,10 +106,7 @@ def test_a_group_taken_past_a_call_of_another_key_leaves_that_call_waiting():
     net.gate = threading.Event()
     shared, res = SharedNet(net), {}
     first = _start(_call, shared, 1, 1, results=res, key="a")
-    for _ in range(500):
-        if net.sizes:
-            break
-        time.sleep(0.01)
+    _wait_first_tick(net)
     ths = [_start(_call, shared, 2, 2, results=res, key="b")]
     _wait_pending(shared, 1)
     ths.append(_start(_call, shared, 2, 3, labels=1.0, results=res, key="c"))
@@ -127,10 +126,7 @@ def test_a_cancelled_run_is_dropped_while_it_waits_and_never_computed():
     net.gate = threading.Event()
     shared, res, stop = SharedNet(net), {}, threading.Event()
     first = _start(_call, shared, 2, 1, results=res, key="a")
-    for _ in range(500):
-        if net.sizes:
-            break
-        time.sleep(0.01)
+    _wait_first_tick(net)
     waiting = _start(_call, shared, 5, 2, results=res, key="b", cancelled=stop.is_set)
     _wait_pending(shared, 1)
     stop.set()
