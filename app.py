@@ -57,6 +57,10 @@ def exit_on_sigterm(signum, frame):
             if not any(jobs):
                 break
             time.sleep(0.05)
+        try:        # the server stops taking requests before atexit removes the files it serves (a preview's GET
+            blocks.close(verbose=False)     # still in flight found its file gone: a FileNotFoundError traceback)
+        except Exception:       # noqa: BLE001 (exiting anyway)
+            logging.getLogger("diffusion_app").exception("closing the server")
     raise SystemExit(128 + signum)
 
 
