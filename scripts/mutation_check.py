@@ -340,6 +340,26 @@ MUTANTS = [
   "tests/test_hostile_round3.py -k too_few"),
  ("manifest parts outside the root not found", "diffusion_core/checkpoint.py", "        if not part.is_relative_to(root):",
   "        if False:", "tests/test_hostile_round3.py -k part_outside"),
+ # issue 36: bugs planted by hand, training path (tests/test_training_planted.py)
+ ("learning-rate warm-up ignored", "diffusion_core/training/loop.py",
+  "return self.cfg.lr * min(1.0, (step + 1) / max(1, self.cfg.warmup))", "return self.cfg.lr",
+  "tests/test_training_planted.py -k warm_up"),
+ ("the step's learning rate not given to the optimizer", "diffusion_core/training/loop.py",
+  '            group["lr"] = self.lr_at(self.step)', '            group["lr"] = self.cfg.lr',
+  "tests/test_training_planted.py -k warm_up"),
+ ("gradients clipped after the optimizer step", "diffusion_core/training/loop.py",
+  "            torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)\n        self.opt.step()\n",
+  "            pass\n        self.opt.step()\n        if cfg.grad_clip > 0:\n"
+  "            torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)\n",
+  "tests/test_training_planted.py -k clipping"),
+ ("loss summed over the batch", "diffusion_core/training/objective.py", "    return per.mean()", "    return per.sum()",
+  "tests/test_training_planted.py -k batch_mean"),
+ ("cold loss summed over the batch", "diffusion_core/training/objective.py",
+  "return (out.float() - x0).abs().mean()", "return (out.float() - x0).abs().mean(dim=(1, 2, 3)).sum()",
+  "tests/test_training_planted.py -k batch_mean"),
+ ("row pieces' losses summed, not weighted", "diffusion_core/training/optim.py",
+  "loss = loss_of(start, stop) * ((stop - start) / b)", "loss = loss_of(start, stop)",
+  "tests/test_parallel.py -k full_batch"),
 ]
 
 
