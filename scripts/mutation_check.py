@@ -360,6 +360,27 @@ MUTANTS = [
  ("row pieces' losses summed, not weighted", "diffusion_core/training/optim.py",
   "loss = loss_of(start, stop) * ((stop - start) / b)", "loss = loss_of(start, stop)",
   "tests/test_parallel.py -k full_batch"),
+ ("--reset-ema undone by loading the state afterwards", "diffusion_core/training/loop.py",
+  "            self.load_state()\n            if reset_ema:   # restart the average from the current weights (warmup applies again)\n"
+  "                self.ema.n_averaged.zero_()\n                self.ema_reset = True\n",
+  "            if reset_ema:\n                self.ema.n_averaged.zero_()\n                self.ema_reset = True\n"
+  "            self.load_state()\n", "tests/test_training_planted.py -k reset_ema"),
+ ("train --reset-ema not passed on", "diffusion_core/__main__.py",
+  "progress=not args.no_progress, reset_ema=args.reset_ema)", "progress=not args.no_progress)",
+  "tests/test_training_planted.py -k reset_ema"),
+ ("a flip leaves the conditioning image as it was", "diffusion_core/data/dataset.py",
+  '            for k in ("image", "cond"):', '            for k in ("image",):', "tests/test_training_planted.py -k flip"),
+ ("SR condition cropped at the transposed offset", "diffusion_core/training/objective.py",
+  "up = torch.stack([up[i, :, y:y + cfg.crop, x:x + cfg.crop] for i, (y, x) in enumerate(zip(ys, xs))])",
+  "up = torch.stack([up[i, :, x:x + cfg.crop, y:y + cfg.crop] for i, (y, x) in enumerate(zip(ys, xs))])",
+  "tests/test_training_planted.py -k super_res"),
+ ("noise augmentation not variance-preserving", "diffusion_core/conditioning.py",
+  "    return (1 - level ** 2).sqrt() * up + level * noise", "    return (1 - level) * up + level * noise",
+  "tests/test_training_planted.py -k augmented_at"),
+ ("SR condition augmented at another level than the one recorded", "diffusion_core/training/objective.py",
+  "        up = augment_low_res(up, aug, torch.randn(up.shape, generator=g))",
+  "        up = augment_low_res(up, aug.sqrt(), torch.randn(up.shape, generator=g))",
+  "tests/test_training_planted.py -k augment"),
 ]
 
 

@@ -153,3 +153,155 @@ def test_cold_loss_is_the_batch_mean(tmp_path, b):
     t = torch.randint(0, 20, (b,), generator=g)
     tr.model = Zeros()
     assert tr.loss(x0, t, eps, None).item() == pytest.approx(float(x0.double().abs().mean()), rel=1e-5)
+
+
+# ---- 4. --reset-ema -----------------------------------------------------------------------------
+
+def _ema_matches_net(tr: Trainer) -> bool:
+    ema = tr.ema.module.state_dict()
+    return all(torch.equal(v, ema[k]) for k, v in tr.net.state_dict().items())
+
+
+def test_reset_ema_restarts_the_average_from_the_current_weights(tmp_path):
+    """After a resume with reset_ema the average holds no update (n_averaged = 0), so the next one copies the
+    weights (AveragedModel's first update; the warm-up (1 + n) / (10 + n) starts again): after one more step the
+    EMA equals the weights exactly. Without it, a 0.999 average of 3 steps is not the weights."""
+    sets = ("ema_decay=0.999", "lr=1e-2", "warmup=0")
+    make_trainer(tmp_path, "steps=2", *sets).run()
+    kept = make_trainer(tmp_path, "steps=3", *sets, resume=True)
+    assert kept.step == 2 and int(kept.ema.n_averaged) == 2
+    kept.train_step()
+    assert not _ema_matches_net(kept)                       # the control: the average is not the weights
+    tr = make_trainer(tmp_path, "steps=3", *sets, resume=True, reset_ema=True)
+    assert tr.step == 2 and int(tr.ema.n_averaged) == 0     # the state's 2 updates are forgotten
+    tr.run()
+    assert int(tr.ema.n_averaged) == 1 and _ema_matches_net(tr)
+    again = make_trainer(tmp_path, "steps=3", *sets, resume=True)     # and that is what was saved
+    assert again.step == 3 and int(again.ema.n_averaged) == 1 and _ema_matches_net(again)
+
+
+def test_reset_ema_on_the_command_line(tmp_path, run_main):
+    """``train --resume --reset-ema``: the saved state's EMA is the weights of its last step, one update."""
+    from safetensors.torch import load_file
+    data = image_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    sets = [a for s in TINY + data + ["ema_decay=0.999", "lr=1e-2", "warmup=0"] for a in ("--set", s)]
+    assert run_main("train", *sets, "--set", "steps=2", "--out", out, "--no-progress").returncode == 0
+    r = run_main("train", *sets, "--set", "steps=3", "--out", out, "--no-progress", "--resume", "--reset-ema")
+    assert r.returncode == 0, r.stderr
+    state = load_file(str(out / "train_state.safetensors"))
+    assert int(state["ema.n_averaged"]) == 1
+    model = {k[6:]: v for k, v in state.items() if k.startswith("model.")}
+    assert model and all(torch.equal(v, state[f"ema.{k}"]) for k, v in model.items())
+
+
+# ---- 5. flips ---------------------------------------------------------------------------------
+
+def _as_tensor(a: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, C) -> (N, C, H, W) in [-1, 1], written out here."""
+    return torch.from_numpy(a.astype(np.float32) / 127.5 - 1.0).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("source", ["pose", "folder"])
+def test_a_flip_mirrors_the_image_and_its_conditioning_image_together(tmp_path, source):
+    """With data.hflip each training row is a pair (image i, conditioning image i) of the data set, both as
+    stored or both mirrored left-right: never a mirrored stickman under an unmirrored figure. Both happen."""
+    if source == "pose":
+        data = ["data.source=pose", "data.pose_pairs=6", "data.image_size=16", "data.channels=3"]
+        sets = ["task=pose"]
+    else:
+        data = image_folder(tmp_path / "data", n=6, cond=True)
+        sets = []
+    tr = make_trainer(tmp_path, "data.hflip=true", "p_uncond=0", "batch_size=64", *sets, data=data)
+    images, conds = _as_tensor(tr.data.images), _as_tensor(tr.data.cond)
+    assert not torch.equal(images, images.flip(-1)) and not torch.equal(conds, conds.flip(-1))
+    x0, _, _, c = tr.make_batch()
+    assert c is not None and c.image is not None and not c.uncond.any()
+    seen = set()
+    for j in range(x0.shape[0]):
+        found = [(i, f) for i in range(len(images)) for f in (False, True)
+                 if torch.allclose(x0[j], images[i].flip(-1) if f else images[i], atol=1e-6)]
+        assert len(found) == 1, (j, found)                  # one image of the data set, one orientation
+        i, f = found[0]
+        want = conds[i].flip(-1) if f else conds[i]
+        assert torch.allclose(c.image[j], want, atol=1e-6), (j, i, "flipped" if f else "as stored")
+        seen.add(f)
+    assert seen == {False, True}
+
+
+# ---- 6, 7. super-resolution crops and noise augmentation ------------------------------------------
+
+def _sr_trainer(tmp_path, *sets):
+    """Super-resolution on a data set of one random 16 px RGB image (so every row is that image): the
+    trainer and the image as (3, 16, 16) in [-1, 1]."""
+    data = image_folder(tmp_path / "data", n=1, size=16, channels=3)
+    tr = make_trainer(tmp_path, "task=super_resolution", "low_res=8", *sets, data=data)
+    return tr, _as_tensor(tr.data.images)[0]
+
+
+def _bicubic_of_area(img: torch.Tensor) -> torch.Tensor:
+    """The low-res condition of a 16 px image before augmentation: 2x2 block means (area downsampling written
+    out), bicubically upsampled back to 16 px and clipped to the image range."""
+    low = img.reshape(3, 8, 2, 8, 2).mean(dim=(2, 4))
+    return F.interpolate(low[None], size=(16, 16), mode="bicubic", align_corners=False).clamp(-1, 1)[0]
+
+
+def test_a_super_resolution_crop_cuts_its_condition_at_the_same_place(tmp_path):
+    """With crop = 8, each row's target is the 8 px window of the image at some offset (y, x), found here by
+    search; its condition must be the same window of the whole image's upsampled low-res version (no noise:
+    aug_max = 0). Offsets differ between rows, in both directions."""
+    tr, img = _sr_trainer(tmp_path, "crop=8", "aug_max=0", "batch_size=48")
+    up = _bicubic_of_area(img)
+    x0, _, _, c = tr.make_batch()
+    assert x0.shape == (48, 3, 8, 8) and c.image.shape == (48, 3, 8, 8)
+    offsets = []
+    for j in range(x0.shape[0]):
+        at = [(y, x) for y in range(9) for x in range(9) if torch.allclose(x0[j], img[:, y:y + 8, x:x + 8], atol=1e-6)]
+        assert len(at) == 1, (j, at)
+        y, x = at[0]
+        assert torch.allclose(c.image[j], up[:, y:y + 8, x:x + 8], atol=1e-5), (j, y, x)
+        offsets.append((y, x))
+    assert len({y for y, _ in offsets}) > 3 and len({x for _, x in offsets}) > 3
+    assert any(y != x for y, x in offsets)          # a transposed window would be caught
+
+
+def test_without_crops_the_condition_is_the_whole_upsampled_image(tmp_path):
+    tr, img = _sr_trainer(tmp_path, "aug_max=0", "batch_size=4")
+    x0, _, _, c = tr.make_batch()
+    assert torch.allclose(x0, img.expand(4, -1, -1, -1), atol=1e-6)
+    assert torch.allclose(c.image, _bicubic_of_area(img).expand(4, -1, -1, -1), atol=1e-5)
+
+
+def test_noise_augmentation_formula():
+    """Ho et al. 2021 (Cascaded Diffusion Models, sec. 3.2), Gaussian conditioning augmentation as a
+    variance-preserving forward process: z = sqrt(1 - a^2) x + a n, per image level a in [0, 1]."""
+    from diffusion_core.conditioning import augment_low_res
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand((4, 3, 5, 6), generator=g) * 2 - 1
+    n = torch.randn((4, 3, 5, 6), generator=g)
+    levels = [0.0, 0.1, 0.5, 1.0]
+    got = augment_low_res(x, torch.tensor(levels), n)
+    for i, a in enumerate(levels):
+        assert torch.allclose(got[i], math.sqrt(1 - a * a) * x[i] + a * n[i], atol=1e-6), a
+    assert torch.allclose(augment_low_res(x, 0.3, n), math.sqrt(1 - 0.09) * x + 0.3 * n, atol=1e-6)
+
+
+def test_training_conditions_are_noise_augmented_at_their_recorded_level(tmp_path):
+    """The training batch's condition at level a (the level the network is told, c.aug_level) is
+    sqrt(1 - a^2) up + a n with n ~ N(0, I) independent of up: the residual (z - sqrt(1 - a^2) up) / a over the
+    rows with a > 0.3 has mean 0, variance 1 and no correlation with up (a wrong coefficient on up leaves a
+    multiple of up in it). The levels are uniform on [0, aug_max)."""
+    aug_max = 0.9
+    tr, img = _sr_trainer(tmp_path, f"aug_max={aug_max}", "batch_size=400")
+    up = _bicubic_of_area(img)
+    _, _, _, c = tr.make_batch()
+    a = c.aug_level.double()
+    assert 0 <= a.min() and a.max() < aug_max and abs(a.mean().item() - aug_max / 2) < 0.05
+    rows = a > 0.3
+    assert rows.sum() > 150
+    a_r = a[rows].view(-1, 1, 1, 1)
+    u = up.double().expand(int(rows.sum()), -1, -1, -1)
+    res = (c.image[rows].double() - (1 - a_r ** 2).sqrt() * u) / a_r
+    assert abs(res.mean().item()) < 0.01 and abs(res.std().item() - 1) < 0.01, (res.mean(), res.std())
+    corr = ((res - res.mean()) * (u - u.mean())).mean() / (res.std() * u.std())
+    assert abs(corr.item()) < 0.01, corr
