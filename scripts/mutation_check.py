@@ -382,6 +382,10 @@ MUTANTS = [
   "        up = augment_low_res(up, aug.sqrt(), torch.randn(up.shape, generator=g))",
   "tests/test_training_planted.py -k augment"),
  # issue 36: bugs planted by hand, outside training (tests/test_planted_outside.py)
+ ("back-projection with height and width swapped", "diffusion_core/conditioning.py",
+  "    h, w = max(1, low_res.shape[-2] // scale), max(1, low_res.shape[-1] // scale)",
+  "    h, w = max(1, low_res.shape[-1] // scale), max(1, low_res.shape[-2] // scale)",
+  "tests/test_planted_outside.py -k non_square_super"),
  ("a cascade exactly at the size limit refused", "diffusion_core/pipeline/loading.py",
   "        if size > MAX_CASCADE_SIZE:", "        if size >= MAX_CASCADE_SIZE:", "tests/test_planted_outside.py -k cascade_at"),
  ("a cascade one pixel over the size limit loaded", "diffusion_core/pipeline/loading.py",

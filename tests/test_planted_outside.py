@@ -15,6 +15,45 @@ from diffusion_core import CheckpointError, load, save_cascade
 from diffusion_core.checkpoint import MAX_CASCADE_SIZE
 
 
+# ---- 8. back-projection of non-square images -----------------------------------------------------
+
+def block_means(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Means of the k x k blocks of x (B, C, H, W), H and W multiples of k: area downsampling written out."""
+    b, c, h, w = x.shape
+    return x.reshape(b, c, h // k, k, w // k, k).mean(dim=(3, 5))
+
+
+@pytest.mark.parametrize("scale", [1, 2, 4])
+def test_back_projection_of_a_non_square_image_downsamples_to_its_target(scale):
+    """back_project(x, low, scale) on a 16 x 24 image with an 8 x 12 input: the result's (2 scale)-blocks average
+    to the input's scale-blocks (the target), for a wide and a tall image; height and width kept apart."""
+    from diffusion_core.conditioning import back_project
+    g = torch.Generator().manual_seed(scale)
+    for hw in ((8, 12), (12, 8)):
+        low = torch.rand((2, 3, *hw), generator=g) * 1.6 - 0.8
+        x = torch.rand((2, 3, 2 * hw[0], 2 * hw[1]), generator=g) * 2 - 1
+        out = back_project(x, low, scale)
+        assert out.shape == x.shape
+        assert torch.allclose(block_means(out, 2 * scale), block_means(low, scale), atol=1e-5), (hw, scale)
+
+
+@pytest.mark.parametrize("aug_level", [0.0, 0.1, 0.5])
+@pytest.mark.parametrize("hw", [(8, 12), (12, 8)])
+def test_a_non_square_super_resolution_result_downsamples_to_its_input(tmp_path, make_model, aug_level, hw):
+    """An SR model run on a non-square input at every augmentation level: the result is twice the input's height
+    and width, and its blocks average to the input's (at 1/4 of its size, 4x4 input blocks, when the input is
+    noise-augmented; pixel for pixel otherwise), before the final clip to the image range."""
+    make_model(tmp_path / "sr", seed=21, task="super_resolution", low_res=8, high_res=16,
+               unet=dict(in_channels=3, out_channels=3, cond_channels=3, aug_level_embedding=True, image_size=16,
+                         channel_mults=(1, 2, 2)))
+    sr = load(tmp_path / "sr")
+    low = torch.rand((2, 3, *hw), generator=torch.Generator().manual_seed(0)) * 1.6 - 0.8
+    out = list(sr.stream(2, low_res=low, steps=2, sampler="ddim", seed=4, aug_level=aug_level))[-1].x_next
+    assert out.shape == (2, 3, 2 * hw[0], 2 * hw[1])
+    k = 1 if aug_level == 0 else 4
+    assert torch.allclose(block_means(out, 2 * k), block_means(low, k), atol=1e-4), (aug_level, hw)
+
+
 # ---- 9. the cascade size limit, at and one above it ----------------------------------------------
 
 def _sr_stage(make_model, folder, low: int, high: int, seed: int):
