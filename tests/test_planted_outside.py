@@ -78,6 +78,49 @@ def test_a_cascade_at_the_size_limit_loads_and_one_pixel_more_is_refused(tmp_pat
             load(tmp_path / "casc")
 
 
+# ---- 10. image i of a batch is image 0 of seed + i, for every kind of model ------------------------------
+
+def _plain(folder, make_model):
+    make_model(folder, seed=3, unet=dict(num_labels=3), label_names=("a", "b", "c"))
+    return dict(sampler="ddpm", steps=3, labels=["b"], guidance=2.0)
+
+
+def _cold(degradation):
+    def build(folder, make_model):
+        from diffusion_core import save_model
+        cfg, net = make_model(folder, seed=4, diffusion=dict(degradation=degradation, prediction="x0", T=20))
+        prior = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(9)) * 2 - 1      # 16 distinct starts
+        save_model(folder, cfg, net.state_dict(), extra={"prior": prior})
+        return dict(sampler="cold", steps=3)
+    return build
+
+
+def _cascade(folder, make_model):
+    make_model(folder / "base", seed=20, unet=dict(in_channels=3, out_channels=3))
+    make_model(folder / "sr", seed=21, task="super_resolution", low_res=8,
+               unet=dict(in_channels=3, out_channels=3, cond_channels=3, aug_level_embedding=True, image_size=16))
+    save_cascade(folder / "casc", [{"path": "../base"}, {"path": "../sr", "aug_level": 0.2, "steps": 2}])
+    return dict(sampler="ddim", steps=2)
+
+
+KINDS = {"plain": _plain, "cold-blur": _cold("blur"), "cold-pixelate": _cold("pixelate"), "cold-mask": _cold("mask"),
+         "cascade": _cascade}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_image_i_of_a_batch_is_image_0_of_seed_plus_i(tmp_path, make_model, kind):
+    """The seed contract (one RNG stream per image, seeded seed + i, as in NVlabs/edm): a batch of 4 with seed s is,
+    bit for bit, the four runs of one image with seeds s .. s + 3, for a plain guided model, a cold model starting
+    from its prior (each image picks its start with its own stream), and a cascade (each stage's noise, the
+    augmentation of its input included, per image). The 4 images differ (the streams are not one stream)."""
+    kw = KINDS[kind](tmp_path / "m", make_model)
+    pipe = load(tmp_path / "m" / "casc" if kind == "cascade" else tmp_path / "m")
+    batch = pipe.sample(4, seed=40, **kw)
+    for i in range(4):
+        assert torch.equal(batch[i], pipe.sample(1, seed=40 + i, **kw)[0]), (kind, i)
+    assert all(not torch.equal(batch[0], batch[i]) for i in range(1, 4))
+
+
 # ---- 11. settings links with fractional whole numbers -------------------------------------------
 
 class _Models:
