@@ -11,6 +11,10 @@ CSS = """
 .dc-small-btn {align-self: end;}
 .dc-pixel img {image-rendering: pixelated;}
 #fwd-image img, #card-img img {width: 100%; height: 100%; object-fit: contain;}
+/* Upscale's before/after slider: both halves fit its box (they overflowed it at their natural 500 px and the
+   "before" half was centred 100 px higher, so the halves did not line up) */
+#up-slider img {width: 100% !important; height: 100% !important; max-height: 100% !important;
+  object-fit: contain !important; top: 0 !important; transform: none !important;}
 #fwd-strip img {max-width: 100%; height: auto; object-fit: contain;}
 /* the result gallery: whole thumbnails with their "seed N" caption below, not over them (pose figures lost
    their heads under the label and their feet under the caption); 2 columns on a phone instead of 4 tiles of 98 px */

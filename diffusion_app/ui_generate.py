@@ -116,7 +116,8 @@ def generate_page(app) -> SimpleNamespace:
                         up_steps = Slider(1, 200, value=SR_SAMPLING.steps, step=1, label="SR steps")
                         up_btn = gr.Button("Upscale", elem_id="upscale-btn")
                 up_note = gr.Markdown()
-                up_slider = gr.ImageSlider(label="before (nearest) / after", type="pil", height=300)
+                up_slider = gr.ImageSlider(label="before (nearest) / after", type="pil", height=300,
+                                           elem_id="up-slider", elem_classes="dc-pixel")
                 up_file = gr.File(label="Upscaled PNG (full resolution)")
             with gr.Accordion("Model card", open=True):
                 card = gr.Markdown(elem_id="model-card")

@@ -182,6 +182,35 @@ def check_gallery_geometry(page, min_tile: float):
         assert not any(overlap(im, c) for c in g["caps"] + g["chrome"]), (im, g)
 
 
+SLIDER_JS = """() => { const box = document.querySelector('#up-slider .image-container') ||
+        document.querySelector('#up-slider');
+    const rect = (e) => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; };
+    return {box: rect(box), imgs: [...document.querySelectorAll('#up-slider img')].map(rect)}; }"""
+
+
+def test_upscale_slider_halves_fit_their_box_and_line_up(page):
+    """Issue 35 item 3: both halves of Upscale's before/after slider lie inside its box, at the same place (they
+    overflowed the 300 px box at their natural 500 px, and "before" sat 100 px above "after")."""
+    choose(page, "model", "tiny")
+    wait_card(page, "tiny")
+    set_number(page, "steps", 3)
+    set_number(page, "batch-size", 1)
+    run_and_watch(page)
+    page.locator("#gallery img").first.click()
+    page.get_by_text("Upscale (super-resolution)").click()
+    page.locator("#upscale-btn").click()
+    page.wait_for_function("document.querySelectorAll('#up-slider img').length >= 2 && "
+                           "[...document.querySelectorAll('#up-slider img')].every((i) => i.complete && i.naturalWidth)")
+    page.locator("#up-slider").scroll_into_view_if_needed()
+    g = page.evaluate(SLIDER_JS)
+    box, imgs = g["box"], g["imgs"]
+    assert len(imgs) == 2, g
+    for im in imgs:
+        assert im[0] >= box[0] - 1 and im[1] >= box[1] - 1 and im[2] <= box[2] + 1 and im[3] <= box[3] + 1, g
+    assert all(abs(a - b) <= 1 for a, b in zip(imgs[0], imgs[1])), g
+    page.screenshot(path=str(ARTIFACTS / "upscale.png"))
+
+
 def test_generate_waits_until_the_picked_models_controls_show(page):
     """Issue 34 / 35: from the pick until the new model's controls and card are in place, Generate is disabled and
     says it is loading (a run pressed in that window used to mix one model's name with the other's settings)."""
