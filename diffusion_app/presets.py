@@ -25,6 +25,9 @@ MAX_EXAMPLES = 3
 PICKS = (("woman", "dark skin tone"), ("cat", "face"), ("red", "heart"), ("man", "beard"), ("flag",), ("star",))
 NUMBERS = {"steps": (*BOUNDS["steps"], True), "eta": (*BOUNDS["eta"], False), "guidance": (*BOUNDS["guidance"], False),
            "seed": (-1, MAX_SEED, True), "batch": (1, MAX_BATCH, True)}
+# the bundled low-resolution inputs of each training data source (file name prefix); a super-resolution model is
+# offered its own kind's, at its input size when there are such files (pose-sr was offered emoji: issue 35)
+LOWRES_KINDS = {"emoji": "emoji_", "pose": "figure_"}
 KEYS = ("model", "sampler", "steps", "spacing", "eta", "guidance", "seed", "batch", "labels", "stickman", "lowres",
         "backend")
 
@@ -74,6 +77,31 @@ def _listed(pipe) -> list[dict]:
     return []
 
 
+def data_source(folder) -> str:
+    """The data source a model folder was trained on (its train_config.json's data.source), or ""."""
+    f = Path(folder) / "train_config.json"
+    try:
+        data = read_json(f).get("data", {}) if f.is_file() else {}
+        return str(data.get("source", "")) if isinstance(data, dict) else ""
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def lowres_examples(pipe) -> list[Path]:
+    """The bundled low-resolution inputs for super-resolution model ``pipe``: those of its data source (all when
+    it has none), at its input size where there are such files (``*_64.png`` for a 64 px input), else the smallest."""
+    files = sorted(LOWRES_DIR.glob("*.png"))
+    prefix = LOWRES_KINDS.get(data_source(pipe.path))
+    files = [p for p in files if prefix is None or p.name.startswith(prefix)] or files
+
+    sizes = {}
+    for p in files:
+        with Image.open(p) as img:
+            sizes[p] = min(img.size)
+    want = pipe.config.low_res if pipe.config.low_res in sizes.values() else min(sizes.values(), default=0)
+    return [p for p in files if sizes[p] == want]
+
+
 def examples_for(pipe, model: str) -> list[dict]:
     """Up to MAX_EXAMPLES settings for ``model``: those its folder lists, else made from what it is conditioned
     on: classes spread over its label list, attribute sets it has (PICKS), bundled stickmen for a pose model,
@@ -82,7 +110,8 @@ def examples_for(pipe, model: str) -> list[dict]:
     out = _listed(pipe)
     if not out:
         if cfg.task == "super_resolution":
-            out = [{"title": f"upscale {p.stem}", "lowres": p.name} for p in sorted(LOWRES_DIR.glob("*.png"))]
+            out = [{"title": f"upscale {p.stem.removesuffix(f'_{cfg.low_res}')}", "lowres": p.name}
+                   for p in lowres_examples(pipe)]
         elif cfg.task == "pose":
             out = [{"title": f"stickman {p.stem[-2:]}", "stickman": p.name} for p in sorted(STICKMEN_DIR.glob("*.png"))]
         elif cfg.multi_label:

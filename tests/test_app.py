@@ -585,6 +585,33 @@ def test_one_click_examples_for_every_model_generate(tmp_path):
         a.apply_example("tiny", 7)
 
 
+@pytest.mark.parametrize("source, low_res, expect", [
+    ("pose", 32, ["figure_01.png", "figure_02.png", "figure_03.png"]),
+    ("pose", 64, ["figure_01_64.png", "figure_02_64.png", "figure_03_64.png"]),
+    ("pose", 128, ["figure_01_128.png", "figure_02_128.png", "figure_03_128.png"]),
+    ("emoji", 32, ["emoji_cat.png", "emoji_heart.png", "emoji_woman-dark.png"]),
+    ("emoji", 64, ["emoji_cat_64.png", "emoji_heart_64.png", "emoji_woman-dark_64.png"]),
+    ("emoji", 8, ["emoji_cat.png", "emoji_heart.png", "emoji_woman-dark.png"]),
+    ("folder", 32, ["emoji_cat.png", "emoji_heart.png", "emoji_woman-dark.png", "figure_01.png", "figure_02.png",
+                    "figure_03.png"]),
+])
+def test_super_resolution_examples_are_of_the_models_own_kind_and_size(tmp_path, source, low_res, expect):
+    """Issue 35 item 4: pose-sr and pose-sr128 offered the emoji inputs though figures are bundled. A
+    super-resolution model is offered the bundled inputs of the data it was trained on, at its own input size
+    (a 64 px input for pose-sr128), else the smallest; a model of another data source is offered them all."""
+    from diffusion_app import presets
+    (tmp_path / "train_config.json").write_text(json.dumps({"data": {"source": source}}))
+    cfg = types.SimpleNamespace(low_res=low_res, task="super_resolution")
+    pipe = types.SimpleNamespace(path=tmp_path, config=cfg, base=types.SimpleNamespace(path=tmp_path, config=cfg))
+    assert [p.name for p in presets.lowres_examples(pipe)] == expect
+    from PIL import Image
+    for p in presets.lowres_examples(pipe):
+        with Image.open(p) as img:
+            assert min(img.size) == (low_res if low_res in (32, 64, 128) else 32)
+    shown = [e["lowres"] for e in presets.examples_for(pipe, "m")]
+    assert shown == expect[:presets.MAX_EXAMPLES]
+
+
 def test_a_settings_link_round_trips_and_bad_values_are_dropped(tmp_path):
     """Issue 18: the link under a result reopens the app with its settings: presets.settings_link writes the run's
     settings, on_load reads them from the page's query and sets the model and every control; a link's bad values
