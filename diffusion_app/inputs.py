@@ -27,6 +27,16 @@ def read_image(src, label: str) -> Image.Image:
         raise gr.Error(f"{label}: {e}", print_exception=False) from None
 
 
+def fit_note(src, size: int) -> str:
+    """What fitting an input image to a model's ``size`` x ``size`` input does to it (``load_image``: centre-crop
+    to a square, then resize), in words for the status line; "" when it already fits (issue 35: a 20x14 input
+    came out as a 28 px square without a word)."""
+    w, h = open_image(src).size
+    m = min(w, h)
+    done = ([f"centre-cropped to {m}×{m}"] if w != h else []) + ([f"resized to {size} px"] if m != size else [])
+    return f"the {w}×{h} px input was {' and '.join(done)}" if done else ""
+
+
 def _file_source(payload):
     """The path (or, for a data: URL, the bytes) of an uploaded image, not decoded; None for no image."""
     if payload is None:

@@ -7,12 +7,16 @@ import gradio as gr
 from PIL import Image
 import torch
 
-from diffusion_core import BOUNDS, SR_SAMPLING, load_image, open_image
+from diffusion_core import BOUNDS, SR_SAMPLING, load_whole, open_image
 
 from .base import AppBase
 from .inputs import number, user_error
 from .render import as_pil_uint8, save_png, upscale_nearest
 from .settings import MAX_UPSCALE_INPUT, PREVIEW_PX, SAMPLER_NAMES, USER_ERRORS, log
+
+
+def size_text(w: int, h: int) -> str:
+    return f"{w} px" if w == h else f"{w}×{h} px"
 
 
 class UpscaleTab(AppBase):
@@ -28,9 +32,14 @@ class UpscaleTab(AppBase):
                 raise ValueError("select an image in the gallery (or upload one) to upscale")
             sr_steps = int(number(sr_steps, "SR steps", *BOUNDS["steps"], whole=True))
             sr_cfg = sr.stages[-1].config
+            # the whole image, its shape kept (a non-square one was centre-cropped without a word: 20x14 came
+            # out as 28 px); only an image larger than MAX_UPSCALE_INPUT is scaled down, and the note says so
             img = open_image(image)
-            side = min(min(img.size), MAX_UPSCALE_INPUT)
-            low = load_image(img, side, sr_cfg.unet.out_channels)[None]
+            w, h = img.size
+            low = load_whole(img, MAX_UPSCALE_INPUT, sr_cfg.unet.out_channels)[None]
+            scaled = ("" if (w, h) == (low.shape[-1], low.shape[-2]) else
+                      f"; the {size_text(w, h)} input was scaled down to {size_text(low.shape[-1], low.shape[-2])} "
+                      f"(at most {MAX_UPSCALE_INPUT} px a side)")
             t0 = time.time()
             with torch.inference_mode():
                 out = sr.upscale(low, steps=sr_steps, seed=int(seed or 0))[0].clamp(-1, 1)
@@ -45,6 +54,6 @@ class UpscaleTab(AppBase):
                         {"model": sr_name, "upscale_of": model, "steps": sr_steps, "seed": int(seed or 0)})
         target = max(PREVIEW_PX, after.width)
         sampler = SAMPLER_NAMES.get(sr_cfg.sampling.sampler, sr_cfg.sampling.sampler)
-        note = (f"{low.shape[-1]} px → {after.width} px with {sr_name} ({sr_steps} {sampler} steps, "
-                f"{time.time() - t0:.1f} s)")
+        note = (f"{size_text(low.shape[-1], low.shape[-2])} → {size_text(after.width, after.height)} with {sr_name} "
+                f"({sr_steps} {sampler} steps, {time.time() - t0:.1f} s)" + scaled)
         return (upscale_nearest(before, target), upscale_nearest(after, target)), path, note

@@ -20,7 +20,7 @@ _EXPORTS = {
     "data": ("DataConfig", "load_data"),
     "degradations": ("make_degradation",),
     "denoisers": ("ClassifierFreeGuidance", "ClipX0", "ExpertEnsemble", "ModelDenoiser", "Prediction"),
-    "images": ("ImageError", "grid", "load_image", "open_image", "to_mode", "to_pil", "to_uint8"),
+    "images": ("ImageError", "grid", "load_image", "load_whole", "open_image", "to_mode", "to_pil", "to_uint8"),
     "runtime.backends": ("BackendError", "available", "requested_backend"),
     "runtime.shared": ("Cancelled",),
     "options": ("BACKEND_ENV", "BACKENDS", "BOUNDS", "MAX_BATCH", "MAX_GUIDANCE", "MAX_SEED", "MAX_STEPS", "SAMPLERS",

@@ -89,6 +89,22 @@ def load_image(src, size: int | None, channels: int) -> torch.Tensor:
     return pil_to_tensor(open_image(src), size, channels)
 
 
+def load_whole(src, max_side: int, channels: int, min_side: int = 4) -> torch.Tensor:
+    """Open + validate + convert the whole image, its shape kept: (C, H, W) in [-1, 1], scaled down (Lanczos) so
+    its longer side is at most ``max_side``; no crop. Refuses an image whose shorter side is (or would become)
+    below ``min_side`` pixels."""
+    img = to_mode(open_image(src), channels)
+    w, h = img.size
+    scale = min(1.0, max_side / max(w, h))
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if min(size) < min_side:
+        raise ImageError(f"image too thin: {w}x{h} px (each side at least {min_side} px"
+                         + (f" after scaling the longer side to {max_side} px)" if scale < 1 else ")"))
+    if size != (w, h):
+        img = img.resize(size, Image.Resampling.LANCZOS)
+    return pil_to_tensor(img, None, channels)
+
+
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """(C, H, W) or (B, C, H, W) in [-1, 1] -> uint8 array (H, W[, C]) or (B, H, W[, C])."""
     x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

@@ -671,6 +671,48 @@ def test_branch_from_a_step(tmp_path):
         a.branch(2, "ddim", None, 1.0, False, branches=None, run=cold[-1][-1])
 
 
+def test_upscale_keeps_the_whole_image_and_says_what_it_did(tmp_path):
+    """Issue 35 item 5: a non-square image was centre-cropped without a word (20x14 came out as 28 px). Upscale
+    now keeps the whole image, its shape too (the "before" half is the input, pixel for pixel), scales down only an
+    image longer than MAX_UPSCALE_INPUT and says so, and refuses an image too thin to upscale. Generate, which
+    fits an input to the model's square size, says what it cropped and resized."""
+    import numpy as np
+
+    import diffusion_app as app
+    from diffusion_app.settings import MAX_UPSCALE_INPUT
+    a = app.DiffusionApp(str(build_checkpoints(tmp_path / "ckpt")))
+    rng = np.random.default_rng(0)
+    src = tmp_path / "in.png"
+    Image.fromarray(rng.integers(0, 256, (14, 20), dtype=np.uint8)).save(src)     # 20 wide, 14 high
+    (before, after), path, note = a.upscale("tiny", str(src), 2)
+    assert Image.open(path).size == (40, 28), note
+    assert note.startswith("20×14 px → 40×28 px with tiny-sr") and "scaled" not in note, note
+    f = before.width // 20
+    assert before.size == (20 * f, 14 * f)
+    assert np.array_equal(np.asarray(before.convert("L"))[::f, ::f], np.asarray(Image.open(src))), "not the input"
+    big = tmp_path / "big.png"
+    Image.fromarray(rng.integers(0, 256, (200, 300), dtype=np.uint8)).save(big)
+    _, path, note = a.upscale("tiny", str(big), 2)
+    w, h = MAX_UPSCALE_INPUT, round(200 * MAX_UPSCALE_INPUT / 300)
+    assert Image.open(path).size == (2 * w, 2 * h), note
+    assert f"the 300×200 px input was scaled down to {w}×{h} px" in note, note
+    thin = tmp_path / "thin.png"
+    Image.fromarray(np.zeros((2, 40), dtype=np.uint8)).save(thin)
+    with pytest.raises(Exception, match="too thin"):
+        a.upscale("tiny", str(thin), 2)
+    # Generate with a super-resolution model (its input is the model's square low_res) or img2img says it cropped
+    low = a.models.get("tiny-sr").config.low_res
+    for model, size in (("tiny-sr", low), ("tiny", a.models.get("tiny").config.unet.image_size)):
+        status = list(a.generate(model, "ddim", 2, "trailing", 0.0, 1.0, 0, 1, 1, None, None, "sketch", None, None,
+                                 str(src)))[-1][1]
+        assert f"the 20×14 px input was centre-cropped to 14×14 and resized to {size} px" in status, status
+    square = tmp_path / "square.png"
+    Image.fromarray(rng.integers(0, 256, (low, low), dtype=np.uint8)).save(square)
+    status = list(a.generate("tiny-sr", "ddim", 2, "trailing", 0.0, 1.0, 0, 1, 1, None, None, "sketch", None, None,
+                             str(square)))[-1][1]
+    assert "input was" not in status, status
+
+
 def test_the_upscaler_offered_is_the_one_a_cascade_pairs_with_the_model(tmp_path):
     """The pose card offered emoji-sr (the first RGB super-resolution model by name) to upscale pose figures: a
     super-resolution model that a cascade runs after this model now comes first."""
