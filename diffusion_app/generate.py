@@ -91,7 +91,7 @@ class GenerateTab(AppBase):
                 raise ValueError(f"sampler {sampler!r} does not apply to model {model!r} "
                                  f"(use {', '.join(pipe.samplers)})")
             labels = self._labels(pipe, model, class_label, attributes)
-            fitted = ""         # what was done to an input image to fit the model, said in the status
+            fitted = fit_note(init_image, cfg.low_res if cfg.task == "super_resolution" else cfg.unet.image_size)
             kw = dict(sampler=sampler, steps=steps, spacing=spacing, eta=float(eta), guidance=float(guidance),
                       labels=labels, seed=seed, device=self.models.device, cancelled=stop.is_set)
             if cfg.task == "pose":
@@ -100,11 +100,9 @@ class GenerateTab(AppBase):
                 if init_image is None:
                     raise ValueError("a super-resolution model needs a low-resolution input image (upload one)")
                 kw["low_res"] = load_image(init_image, cfg.low_res, cfg.unet.out_channels)[None]
-                fitted = fit_note(init_image, cfg.low_res)
             elif init_image is not None:
                 kw["init_image"] = load_image(init_image, cfg.unet.image_size, cfg.unet.in_channels)
                 kw["strength"] = float(strength)
-                fitted = fit_note(init_image, cfg.unet.image_size)
             stream = pipe.stream(batch_size, **kw)
             ticket = self.waiting.enter(*run_cost(pipe, batch_size, steps, float(guidance),
                                                   seconds_per_flop(self.models.loaded()),
@@ -126,8 +124,7 @@ class GenerateTab(AppBase):
                 meta["img2img_strength"] = float(strength)
             if "cond_image" in kw:
                 meta["stickman"] = stick_source
-            if fitted:
-                meta["input"] = fitted
+            meta.update({"input": fitted} if fitted else {})
             yield from self._sample(pipe, stream, kw, ticket, stop, session, meta, preview_every, make_gif,
                                     gif_frames, (stick_source, stick_upload, init_image))
         finally:
@@ -279,8 +276,7 @@ class GenerateTab(AppBase):
                 f"{self._sr_stages(pipe)} · "
                 f"{took:.1f} s · "
                 f"<span title=\"{html.escape(self._backend_reason(pipe))}\">{pipe.backend}</span>")
-        if meta.get("input"):
-            text += f" · {html.escape(meta['input'])}"
+        text += f" · {html.escape(meta['input'])}" if meta.get("input") else ""     # what fitting an input did
         if stopped:
             text += " · gallery shows the last x0_hat prediction"
             if self.stopping.is_set():

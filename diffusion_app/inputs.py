@@ -30,7 +30,9 @@ def read_image(src, label: str) -> Image.Image:
 def fit_note(src, size: int) -> str:
     """What fitting an input image to a model's ``size`` x ``size`` input does to it (``load_image``: centre-crop
     to a square, then resize), in words for the status line; "" when it already fits (issue 35: a 20x14 input
-    came out as a 28 px square without a word)."""
+    came out as a 28 px square without a word); "" for no image."""
+    if src is None:
+        return ""
     w, h = open_image(src).size
     m = min(w, h)
     done = ([f"centre-cropped to {m}×{m}"] if w != h else []) + ([f"resized to {size} px"] if m != size else [])

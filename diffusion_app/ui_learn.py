@@ -60,7 +60,7 @@ def learn_page() -> SimpleNamespace:
         with gr.Tab("Compare", id="learn-compare"):
             gr.Markdown(f"One seed, one image per cell; the model, class and guidance are the Generate "
                         f"tab's. At most {COMPARE_MAX_CELLS} cells and {COMPARE_MAX_STEPS} sampling "
-                        "steps per grid.")
+                        "steps per model in a grid.")
             with gr.Row(equal_height=False):
                 cmp_seed = Number(0, label="Seed (-1 = random)", precision=0, minimum=-1, maximum=MAX_SEED,
                                   elem_id="compare-seed")

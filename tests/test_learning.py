@@ -185,8 +185,25 @@ def test_compare_grid_sizes(client):
     assert Image.open(img).size == render.grid_size(1, 3)
 
 
+def test_compare_with_schedules_works_at_its_own_defaults(client):
+    """Issue 35 item 6: ticking "schedules" at the Compare tab's defaults (3 samplers x 3 step counts, and the
+    guidance grid's 3 x 5) failed: twice the rows, 18 cells against a limit of 15. The limits are per model."""
+    from diffusion_app import render
+    from diffusion_app.settings import (COMPARE_DEFAULT_GUIDANCE_STEPS, COMPARE_DEFAULT_SAMPLERS,
+                                        COMPARE_DEFAULT_STEPS, COMPARE_GUIDANCE)
+    n = len(COMPARE_DEFAULT_SAMPLERS)
+    img, note = client.predict(model="tiny", class_label="Bag", seed=3, samplers=COMPARE_DEFAULT_SAMPLERS,
+                               step_counts=COMPARE_DEFAULT_STEPS, guidance=2.0, schedules=True, api_name="/compare")
+    assert Image.open(img).size == render.grid_size(2 * n, len(COMPARE_DEFAULT_STEPS)), note
+    img, note = client.predict(model="tiny", class_label="Bag", seed=3, samplers=COMPARE_DEFAULT_SAMPLERS,
+                               guidance_scales=COMPARE_GUIDANCE, steps=COMPARE_DEFAULT_GUIDANCE_STEPS, schedules=True,
+                               api_name="/compare_guidance")
+    assert Image.open(img).size == render.grid_size(2 * n, len(COMPARE_GUIDANCE)), note
+
+
 @pytest.mark.parametrize("api,kw,message", [
-    ("/compare", dict(samplers=["ddpm", "ddim", "dpm++"], step_counts=[5, 10, 25, 50], schedules=True), "too much work"),
+    ("/compare", dict(samplers=["ddpm", "ddim", "dpm++", "dpm++3m", "unipc"], step_counts=[5, 10, 25, 50],
+                      schedules=True), "too much work"),       # 5 x 4 x 2 models = 40 cells, over 2 x 15
     ("/compare", dict(samplers=["ddpm"], step_counts=[50], schedules=False, model="tiny-attr"), "no other model"),
     ("/compare", dict(samplers=["ddim"], step_counts=[2], model="tiny-cold", class_label="(any)"),
      "none of the chosen samplers"),
