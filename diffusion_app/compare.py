@@ -72,12 +72,11 @@ class CompareTab(AppBase):
         work = sum(p.run_steps(st) for _, p, _ in rows for st, _, _ in columns)   # a cascade's SR stages count too
         # the cell limit is per model: "schedules" adds a model's rows, and its own defaults (3 samplers x 3 step
         # counts x 2 models = 18 cells) were refused against a limit of 15 (issue 35); the step limit bounds the work
-        max_cells = COMPARE_MAX_CELLS * len(models)
-        if cells_n > max_cells or work > COMPARE_MAX_STEPS * len(models):
+        max_cells, max_steps = COMPARE_MAX_CELLS * len(models), COMPARE_MAX_STEPS * len(models)
+        if cells_n > max_cells or work > max_steps:
             raise ValueError(f"too much work for one comparison: {len(rows)} row(s) x {len(columns)} column(s) = "
                              f"{cells_n} cells and {work} sampling steps in all (limits: {max_cells} cells, "
-                             f"{COMPARE_MAX_STEPS * len(models)} steps); choose fewer samplers, step counts or "
-                             "guidance scales")
+                             f"{max_steps} steps); choose fewer samplers, step counts or guidance scales")
         grid_cells, t_all = [], time.time()
         for name, p, s in rows:
             row = []

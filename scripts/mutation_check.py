@@ -415,7 +415,7 @@ MUTANTS = [
  ("Generate crops an input without a word", "diffusion_app/generate.py",
   "if meta.get(\"input\") else \"\"", "if False else \"\"", "tests/test_app.py -k keeps_the_whole_image"),
  ("Compare's cell limit not per model (schedules refused at its defaults)", "diffusion_app/compare.py",
-  "        max_cells = COMPARE_MAX_CELLS * len(models)", "        max_cells = COMPARE_MAX_CELLS",
+  "COMPARE_MAX_CELLS * len(models), COMPARE_MAX_STEPS", "COMPARE_MAX_CELLS, COMPARE_MAX_STEPS",
   "tests/test_learning.py -k own_defaults"),
  ("a fractional whole number taken (steps=2.5 runs 2 steps)", "diffusion_app/inputs.py",
   "if not math.isfinite(v) or not lo <= v <= hi or (whole and v != int(v)):", "if not math.isfinite(v) or not lo <= v <= hi:",
