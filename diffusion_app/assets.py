@@ -16,6 +16,9 @@ CSS = """
 #up-slider img {width: 100% !important; height: 100% !important; max-height: 100% !important;
   object-fit: contain !important; top: 0 !important; transform: none !important;}
 #fwd-strip img {max-width: 100%; height: auto; object-fit: contain;}
+/* uploaded inputs fill their box, pixels kept sharp (a 32 px image showed as a 32 px thumbnail, issue 35) */
+#init-image img, #stick-upload img, #up-input img {width: 100% !important; height: 100% !important;
+  object-fit: contain !important; image-rendering: pixelated;}
 /* the result gallery: whole thumbnails with their "seed N" caption below, not over them (pose figures lost
    their heads under the label and their feet under the caption); 2 columns on a phone instead of 4 tiles of 98 px */
 #gallery .grid-container {grid-template-columns: repeat(var(--grid-cols), minmax(0, 1fr)) !important;
@@ -24,7 +27,7 @@ CSS = """
   flex-direction: column !important; align-items: stretch !important;}
 #gallery .thumbnail-item img {width: 100% !important; height: auto !important; aspect-ratio: 1 / 1;}
 #gallery .caption-label {position: static !important; transform: none !important; margin: 2px auto !important;
-  max-width: 100% !important;}
+  max-width: 100% !important; white-space: normal !important; overflow-wrap: anywhere; text-align: center;}
 @media (max-width: 640px) {
   #gallery .grid-container {grid-template-columns: repeat(2, minmax(0, 1fr)) !important;}
 }

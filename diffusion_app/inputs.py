@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import html
 import math
 import re
 from types import SimpleNamespace
@@ -12,8 +13,9 @@ from PIL import Image
 from pydantic import ConfigDict, ValidationError
 import torch
 
-from diffusion_core import ImageError, open_image
+from diffusion_core import ImageError, load_whole, open_image
 
+from .render import html_status
 from .settings import USER_ERRORS, log
 
 
@@ -37,6 +39,25 @@ def fit_note(src, size: int) -> str:
     m = min(w, h)
     done = ([f"centre-cropped to {m}×{m}"] if w != h else []) + ([f"resized to {size} px"] if m != size else [])
     return f"the {w}×{h} px input was {' and '.join(done)}" if done else ""
+
+
+def refuse_bad_upload(label: str, max_side: int | None = None):
+    """An upload event's handler (wired with ``preprocess=False``: it gets the uploaded file's payload, not the
+    image): the file is decoded under ``read_image``'s limits and, with ``max_side``, held to Upscale's shape rule
+    (``load_whole``: too thin once its longer side is at most ``max_side``). A file that cannot be used is taken
+    out of its component at once and the status line says why: (image update, status). Issue 35: a text file
+    named .png showed a broken frame, and was refused only at Generate."""
+    def check(payload):
+        try:
+            src = _file_source(SimpleNamespace(path=(payload or {}).get("path"), url=(payload or {}).get("url")))
+            if src is not None:
+                img = open_image(src)
+                if max_side:
+                    load_whole(img, max_side, 1)
+        except ImageError as e:
+            return None, html_status(f"<b>Refused</b> · {html.escape(label)}: {html.escape(str(e))}")
+        return gr.skip(), gr.skip()
+    return check
 
 
 def _file_source(payload):

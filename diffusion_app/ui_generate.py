@@ -3,6 +3,7 @@ and the model card; and the events that join them to the handlers."""
 from __future__ import annotations
 
 import functools
+import html
 import inspect
 import typing
 from types import SimpleNamespace
@@ -11,9 +12,11 @@ import gradio as gr
 
 from diffusion_core import BACKENDS, MAX_GUIDANCE, MAX_STEPS, SPACINGS, SR_SAMPLING
 
-from .inputs import Dropdown, LabelChecks, Number, Radio, SafeImage, SafeSketchpad, Slider, page_parts
+from .inputs import (Dropdown, LabelChecks, Number, Radio, SafeImage, SafeSketchpad, Slider, page_parts,
+                     refuse_bad_upload)
 from .render import html_status
-from .settings import ANY, LIGHT, MAX_BATCH, MAX_SEED, SAMPLER_CHOICES, STATE_TTL_S, STICKMEN_DIR
+from .settings import (ANY, LIGHT, MAX_BATCH, MAX_SEED, MAX_UPSCALE_INPUT, SAMPLER_CHOICES, STATE_TTL_S,
+                       STICKMEN_DIR)
 from .zerogpu import gpu_task, on_zero_gpu
 
 
@@ -51,7 +54,8 @@ def generate_page(app) -> SimpleNamespace:
                                                            color_mode="fixed"),
                                             layers=False, elem_id="stick-sketch")
                 stick_upload = SafeImage(label="Stickman image", type="filepath", image_mode=None,
-                                         sources=["upload", "clipboard"], height=220, visible=False)
+                                         sources=["upload", "clipboard"], height=220, visible=False,
+                                         elem_id="stick-upload")
                 if stickmen:
                     with gr.Column(visible=False) as stick_examples:
                         gr.Examples([[p] for p in stickmen], inputs=[stick_upload],
@@ -82,7 +86,8 @@ def generate_page(app) -> SimpleNamespace:
                                     "fastest that matches fp32 (bf16, OpenVINO); the status line says which")
             with gr.Accordion("img2img / low-res input", open=False) as init_acc:
                 init_image = SafeImage(label="Init image (optional, img2img)", type="filepath",
-                                       image_mode=None, sources=["upload", "clipboard"], height=200)
+                                       image_mode=None, sources=["upload", "clipboard"], height=200,
+                                       elem_id="init-image")
                 strength = Slider(0.05, 1.0, value=0.6, step=0.05, label="Strength",
                                      info="how much noise is added to the init image (1 = all)")
             with gr.Row():
@@ -111,7 +116,7 @@ def generate_page(app) -> SimpleNamespace:
                 with gr.Row():
                     up_input = SafeImage(label="Image to upscale (click a gallery image)",
                                          type="filepath", image_mode=None, height=160,
-                                         sources=["upload", "clipboard"])
+                                         sources=["upload", "clipboard"], elem_id="up-input")
                     with gr.Column():
                         up_steps = Slider(1, 200, value=SR_SAMPLING.steps, step=1, label="SR steps")
                         up_btn = gr.Button("Upscale", elem_id="upscale-btn")
@@ -140,6 +145,14 @@ def model_outputs(g: SimpleNamespace) -> list:
 SCROLL_TO_PREVIEW = "() => document.querySelector('#preview')?.scrollIntoView({block: 'center', behavior: 'instant'})"
 
 
+def failed(model, message: str) -> tuple:
+    """Generate's outputs for a run that failed with ``message`` (a gr.Error's): the status line says so, naming
+    the model; the rest is left as it was (issue 35: the status still said "Pick a model and press Generate")."""
+    name = f" · {html.escape(str(model))}" if model else ""
+    return (gr.skip(), html_status(f"<b>Error</b>{name} · {html.escape(str(message))}"), gr.skip(), gr.skip(),
+            gr.skip(), gr.skip(), gr.skip())
+
+
 def queued_generate(app) -> SimpleNamespace:
     """Generate's handler and its concurrency: on a CPU server, ``generate_queued`` with no Gradio limit (every run
     enters the app's waiting room at once, which admits ``DIFFUSION_SLOTS`` runs and tells the rest their place and
@@ -149,8 +162,12 @@ def queued_generate(app) -> SimpleNamespace:
         return SimpleNamespace(fn=gpu_task(app.generate, duration=app.gpu_seconds), limits=dict(concurrency_id="sampling"))
 
     async def generate(*args, **kwargs):
-        async for out in app.generate_queued(*args, **kwargs):
-            yield out
+        try:
+            async for out in app.generate_queued(*args, **kwargs):
+                yield out
+        except gr.Error as e:     # the status line says what went wrong (the page shows no error badges: wire_generate)
+            yield failed(args[0] if args else kwargs.get("model"), e.message)
+            raise
     sig = inspect.signature(app.generate)
     generate.__signature__ = sig.replace(parameters=[p for p in sig.parameters.values()
                                                      if p.name not in ("stop", "poll")])
@@ -203,6 +220,9 @@ def wire_generate(app, demo, g: SimpleNamespace, l: SimpleNamespace) -> None:
                                      gr.update(visible=s == "upload")),
                           [g.stick_source], [g.stick_sketch, g.stick_upload, g.stick_examples], **local)
     g.make_gif.change(lambda v: gr.update(visible=bool(v)), [g.make_gif], [g.gif], **local)
+    # a bad upload is refused as it arrives (not at Generate): taken out of its box, the status line says why
+    for box, side in ((g.init_image, None), (g.stick_upload, None), (g.up_input, MAX_UPSCALE_INPUT)):
+        box.upload(refuse_bad_upload(box.label, side), [box], [box, g.status], preprocess=False, **local)
     g.rand_btn.click(lambda: -1, None, [g.seed], **local)
     g.reuse_btn.click(lambda s: s if s is not None else gr.skip(), [g.last_seed], [g.seed], **local)
 
@@ -215,14 +235,14 @@ def wire_generate(app, demo, g: SimpleNamespace, l: SimpleNamespace) -> None:
     # the live preview and its status line into view when a run starts (on a phone: below every control)
     g.run_btn.click(None, None, None, js=SCROLL_TO_PREVIEW)
     sampling = queued_generate(app)
-    gen = g.run_btn.click(sampling.fn, gen_inputs, gen_outputs, api_name="generate", show_progress="minimal",
+    gen = g.run_btn.click(sampling.fn, gen_inputs, gen_outputs, api_name="generate", show_progress="hidden",
                           **sampling.limits)
     gen.then(**after)
     runs = [gen]
     for i, button in enumerate((g.example_0, g.example_1, g.example_2)):
         run = button.click(functools.partial(app.apply_example, index=i), [g.model], [g.model] + controls,
                            **quiet).then(**card).then(None, None, None, js=SCROLL_TO_PREVIEW).then(
-            sampling.fn, gen_inputs, gen_outputs, api_visibility="private", show_progress="minimal",
+            sampling.fn, gen_inputs, gen_outputs, api_visibility="private", show_progress="hidden",
             **sampling.limits)
         run.then(**after)
         runs.append(run)

@@ -1,6 +1,7 @@
 """The Learn tab's page: explain a step of the last run, compare samplers and guidance, interpolate, trajectory."""
 from __future__ import annotations
 
+import functools
 from types import SimpleNamespace
 
 import gradio as gr
@@ -117,17 +118,36 @@ def learn_page() -> SimpleNamespace:
     return page_parts(locals())
 
 
+def grid_and_note(fn, what: str):
+    """A Compare button's handler for the page (``fn``: the app's, returning (grid, note)): the note says the grid
+    is being made, then the grid and its note come; on an error the grid is cleared and the note says what went
+    wrong, then the error is raised for API callers (issue 35: the old grid was wiped under Gradio's error
+    overlay while its note stayed). Its event shows no progress overlay: the note is the progress."""
+    @functools.wraps(fn)          # the API keeps fn's parameter names and defaults
+    def run(*args):
+        yield gr.skip(), f"*{what}…*"
+        try:
+            yield fn(*args)
+        except gr.Error as e:
+            yield None, f"**Error** · {e.message}"
+            raise
+    return run
+
+
 def wire_learn(app, g: SimpleNamespace, l: SimpleNamespace) -> None:
     """The tab's events; the model, class, attributes and guidance are the Generate page's (``g``)."""
     explain_in, explain_out = [l.explain_idx, g.learn_run], [l.explain_md, l.explain_img, l.explain_plot, l.explain_json]
     l.explain_btn.click(app.explain_step, explain_in, explain_out, api_name="explain_step", **LIGHT)
     l.explain_idx.release(app.explain_step, explain_in, explain_out, api_visibility="private",
                         trigger_mode="always_last", show_progress="hidden", **LIGHT)
-    l.cmp_btn.click(gpu_task(app.compare), [g.model, g.class_label, g.attributes, l.cmp_seed, l.cmp_samplers, l.cmp_steps, g.guidance,
-                                l.cmp_schedules], [l.cmp_img, l.cmp_note], api_name="compare", concurrency_id="sampling")
-    l.cmp_gbtn.click(gpu_task(app.compare_guidance), [g.model, g.class_label, g.attributes, l.cmp_seed, l.cmp_samplers, l.cmp_guid,
-                                          l.cmp_gsteps, l.cmp_schedules], [l.cmp_img, l.cmp_note],
-                   api_name="compare_guidance", concurrency_id="sampling")
+    l.cmp_btn.click(grid_and_note(gpu_task(app.compare), "comparing samplers × steps"),
+                    [g.model, g.class_label, g.attributes, l.cmp_seed, l.cmp_samplers, l.cmp_steps, g.guidance,
+                     l.cmp_schedules], [l.cmp_img, l.cmp_note], api_name="compare", concurrency_id="sampling",
+                    show_progress="hidden")
+    l.cmp_gbtn.click(grid_and_note(gpu_task(app.compare_guidance), "comparing guidance scales"),
+                     [g.model, g.class_label, g.attributes, l.cmp_seed, l.cmp_samplers, l.cmp_guid, l.cmp_gsteps,
+                      l.cmp_schedules], [l.cmp_img, l.cmp_note], api_name="compare_guidance",
+                     concurrency_id="sampling", show_progress="hidden")
     l.int_btn.click(gpu_task(app.interpolate), [g.model, g.class_label, g.attributes, l.int_a, l.int_b, l.int_frames, l.int_sampler,
                                     l.int_steps, g.guidance], [l.int_gallery, l.int_row, l.int_note],
                   api_name="interpolate", concurrency_id="sampling")
