@@ -1,4 +1,4 @@
-"""Command line: ``python -m diffusion_core {train,sample,evaluate,ensemble,cascade,convert} ...``.
+"""Command line: ``python -m diffusion_core {train,sample,evaluate,ensemble,cascade,convert,export-web} ...``.
 
 Any bad argument ends with a one-line message and a non-zero exit code (never a traceback).
 """
@@ -74,6 +74,11 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("bench", help="sampling / training speed against diffusers, from a checkout (benchmarks/bench.py; "
                                  "see: bench --help)", add_help=False)
+
+    w = parser("export-web", help="export a model for the browser page (web/): its network as ONNX and a JSON of "
+                                  "what the page needs (schedule, labels, defaults)")
+    w.add_argument("--model", required=True, help="a model folder (a Gaussian model: class, attributes or drawing)")
+    w.add_argument("--out", default="web/dist/models", help="writes OUT/<model folder name>/{net.onnx, model.json}")
 
     cv = parser("convert", help="convert a pickle .pt state_dict to safetensors (weights only, no code run)")
     cv.add_argument("checkpoint", help="the .pt / .pth file (read with torch.load(weights_only=True))")
@@ -222,6 +227,11 @@ def _run(args) -> int:
     if args.command == "convert":
         from .folders import convert_command
         return convert_command(args)
+    if args.command == "export-web":
+        from .webexport import export_web
+        dest = export_web(Path(args.model), Path(args.out))
+        print(f"wrote {dest}/net.onnx ({(dest / 'net.onnx').stat().st_size / 1e6:.1f} MB) and {dest}/model.json")
+        return 0
     if args.command == "backends":
         from .pipeline.loading import measure_backends
         return measure_backends(Path(args.models), force=args.force)

@@ -29,6 +29,7 @@ KINDS = {
     "pose": dict(cond_channels=1),
     "sr": dict(cond_channels=1, aug_level_embedding=True),
     "plain": dict(),
+    "student": dict(num_labels=4, guidance_embedding=True),
 }
 
 
@@ -49,6 +50,9 @@ def _conds(unet: dict, b: int, g: torch.Generator) -> list[Condition | None]:
             out += [Condition(image=image, aug_level=aug), Condition(image=image[:, :, ::2, ::2], aug_level=aug)]
         else:
             out += [Condition(image=image), Condition(image=image, uncond=uncond)]
+    if unet.get("guidance_embedding"):        # guided distillation: w is an input of the network
+        w = torch.tensor([1.0, 2.5, 4.0, 1.5])[:b]
+        out += [Condition(labels=labels, uncond=uncond, guidance=w), Condition(guidance=w)]
     return out
 
 
@@ -59,7 +63,7 @@ def test_flat_inputs_give_the_network_s_output(kind, tiny_net):
     cfg, net = tiny_net(**KINDS[kind])
     g = torch.Generator().manual_seed(0)
     x, t = torch.randn(4, 1, 8, 8, generator=g), torch.tensor([0, 10, 50, 99])
-    flat = openvino_net._Flat(net, openvino_net._cond_fields(cfg.unet))
+    flat = openvino_net.FlatNet(net, openvino_net.cond_fields(cfg.unet))
     with torch.no_grad():
         for cond in _conds(KINDS[kind], 4, g):
             inputs = flat_inputs(cfg.unet, x, t, cond)

@@ -14,8 +14,9 @@ from . import parallel
 from .machine import BackendError, cpu_info, weights_key
 
 
-class _Flat(nn.Module):
-    """The U-Net with tensor-only inputs, for export: every condition field the network reads is an input."""
+class FlatNet(nn.Module):
+    """The U-Net with tensor-only inputs, for export (OpenVINO here, ONNX for the browser build): every condition
+    field the network reads is an input, in ``cond_fields`` order."""
 
     def __init__(self, net: nn.Module, fields: tuple[str, ...]):
         super().__init__()
@@ -25,7 +26,7 @@ class _Flat(nn.Module):
         return self.net(x, t, Condition(**dict(zip(self.fields, conds))))
 
 
-def _cond_fields(cfg) -> tuple[str, ...]:
+def cond_fields(cfg) -> tuple[str, ...]:
     """The Condition fields a network of UNetConfig ``cfg`` reads, in export order."""
     f = []
     if cfg.num_labels:
@@ -38,6 +39,8 @@ def _cond_fields(cfg) -> tuple[str, ...]:
         f.append("image")
     if cfg.aug_level_embedding:
         f.append("aug_level")
+    if cfg.guidance_embedding:
+        f.append("guidance")
     return tuple(f)
 
 
@@ -51,7 +54,7 @@ def flat_inputs(cfg, x_t: torch.Tensor, t: torch.Tensor, cond: Condition | None)
             ((c.aug_level is None) == bool(cfg.aug_level_embedding)):
         return None      # the null-condition image masking depends on whether aug_level was passed
     out = [x_t.float(), t.float()]
-    for name in _cond_fields(cfg):
+    for name in cond_fields(cfg):
         if name == "labels":
             if c.labels is None:
                 uncond = torch.ones(b, dtype=torch.bool)       # no labels: the null embedding
@@ -64,6 +67,8 @@ def flat_inputs(cfg, x_t: torch.Tensor, t: torch.Tensor, cond: Condition | None)
             out.append(torch.zeros(b, cfg.cond_channels, *x_t.shape[-2:]) if c.image is None else c.image.float())
         elif name == "aug_level":
             out.append(torch.zeros(b) if c.aug_level is None else c.aug_level.float())
+        elif name == "guidance":
+            out.append(torch.ones(b) if c.guidance is None else c.guidance.float())
     return out
 
 
@@ -101,7 +106,7 @@ class OpenVinoNet:
                 example = tuple(v[:1].expand(self.chunk, *v.shape[1:]).contiguous() for v in inputs)
                 with torch.no_grad(), warnings.catch_warnings():
                     warnings.simplefilter("ignore")    # tracer warnings: shapes are fixed per compiled model
-                    model = ov.convert_model(_Flat(self.net, _cond_fields(self.cfg)).eval(), example_input=example)
+                    model = ov.convert_model(FlatNet(self.net, cond_fields(self.cfg)).eval(), example_input=example)
                 try:
                     self.cache_dir.mkdir(parents=True, exist_ok=True)
                     ov.save_model(model, str(xml), compress_to_fp16=False)

@@ -1,0 +1,168 @@
+"""The browser build (``export-web``): a model folder's network as ONNX, beside a small JSON with what a page needs
+to sample from it (the schedule's alpha_bar, the prediction type, labels, defaults, the model card's headline).
+
+The page (``web/``) runs the network with onnxruntime-web and the samplers in JavaScript, a second implementation
+of the maths; ``web_fixture`` records a run of this package (x_T, each step's t, noise and x_next) so that a test
+can hold the JavaScript to it step by step (``web/test/parity.mjs``).
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import CheckpointError, folder_kind, load_network
+from .runtime.openvino_net import FlatNet, cond_fields
+
+WEB_FORMAT = 1
+# the samplers the page implements (web/src/diffusion.js), with the page's name for each of the package's
+WEB_SAMPLERS = ("ddim", "dpm++", "ddpm", "progressive")
+OPSET = 17
+
+
+def _example_inputs(cfg, batch: int = 2) -> list[torch.Tensor]:
+    """One input per exported name (x, t, then ``cond_fields``), shaped as the page sends them."""
+    u, size = cfg.unet, cfg.unet.image_size
+    values = {"labels": torch.zeros(batch, u.num_labels), "known": torch.ones(batch, u.num_labels),
+              "uncond": torch.zeros(batch, dtype=torch.bool), "image": torch.zeros(batch, u.cond_channels, size, size),
+              "aug_level": torch.zeros(batch), "guidance": torch.ones(batch)}
+    return [torch.zeros(batch, u.in_channels, size, size), torch.full((batch,), 500.0)] + \
+        [values[f] for f in cond_fields(u)]
+
+
+def fp16_initializers(model) -> int:
+    """Store every float32 weight that fp16 holds exactly as fp16, cast back to float32 in the graph: the shipped
+    weights are saved in fp16 (``save_model``), so this halves the file and changes no value. Returns how many."""
+    import onnx
+    from onnx import helper, numpy_helper
+    graph, casts, kept, n = model.graph, [], [], 0
+    for init in graph.initializer:
+        a = numpy_helper.to_array(init)
+        if a.dtype == np.float32 and a.size >= 16 and np.array_equal(a.astype(np.float16).astype(np.float32), a):
+            kept.append(numpy_helper.from_array(a.astype(np.float16), init.name + "_fp16"))
+            casts.append(helper.make_node("Cast", [init.name + "_fp16"], [init.name], to=onnx.TensorProto.FLOAT))
+            n += 1
+        else:
+            kept.append(init)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = casts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return n
+
+
+def export_onnx(folder: Path, path: Path) -> tuple[object, list[str]]:
+    """The network of model folder ``folder`` as an ONNX file at ``path`` (batch dimension free; inputs x, t and
+    the condition fields it reads). Returns (its ModelConfig, the input names)."""
+    try:
+        import onnx
+    except ImportError:
+        raise CheckpointError("export-web needs the onnx package (pip install onnx; it is in requirements-dev.txt)") from None
+    cfg, net = load_network(folder, "cpu")
+    net.set_channels_last(False)               # NCHW: the exporter keeps channels_last weights as copies
+    net.eval().requires_grad_(False)
+    names = ["x", "t", *cond_fields(cfg.unet)]
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")        # tracer warnings: the graph is traced at one size
+        torch.onnx.export(FlatNet(net, cond_fields(cfg.unet)).eval(), tuple(_example_inputs(cfg)), str(path),
+                          input_names=names, output_names=["out"], opset_version=OPSET, dynamo=False,
+                          dynamic_axes={n: {0: "batch"} for n in [*names, "out"]})
+    model = onnx.load(str(path))
+    fp16_initializers(model)
+    onnx.save(model, str(path))
+    return cfg, names
+
+
+def _headline(folder: Path) -> str:
+    """The model card's headline metric, from metrics.json (what the README's table quotes)."""
+    try:
+        m = json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    parts = []
+    if isinstance(m.get("fid"), (int, float)):
+        parts.append(f"FID {m['fid']:.2f} ({m.get('n', '?')} samples, {m.get('sampler', '?')} {m.get('steps', '?')} "
+                     f"steps, guidance {m.get('guidance', '?')})")
+    for key, label in (("accuracy", "class accuracy"), ("adherence", "pose adherence"), ("visible_f1", "F1")):
+        if isinstance(m.get(key), (int, float)):
+            parts.append(f"{label} {m[key]:.3f}")
+    return "; ".join(parts)
+
+
+def web_defaults(cfg) -> dict:
+    """The page's defaults: the model's own sampler where the page has it, else DPM-Solver++(2M) on the same
+    number of steps (the page's grid is trailing)."""
+    s = cfg.sampling
+    sampler = s.sampler if s.sampler in WEB_SAMPLERS else "dpm++"
+    return {"sampler": sampler, "steps": int(s.steps), "guidance": float(s.guidance)}
+
+
+def manifest(folder: Path, cfg, inputs: list[str], onnx_name: str) -> dict:
+    """What the page needs besides the network."""
+    from .pipeline import load
+    d = cfg.diffusion
+    schedule = load(folder, backend="fp32", measure=False).schedule
+    return {
+        "format": WEB_FORMAT, "name": folder.name, "description": cfg.description, "headline": _headline(folder),
+        "onnx": onnx_name, "inputs": inputs, "image_size": cfg.unet.image_size, "channels": cfg.unet.in_channels,
+        "T": d.T, "alpha_bar": [float(v) for v in schedule.alpha_bar], "prediction": d.prediction,
+        "x0_range": d.x0_range, "label_names": list(cfg.label_names), "multi_label": bool(cfg.multi_label),
+        "label_mask": bool(cfg.unet.label_mask), "held_labels": list(cfg.sampling.held_labels),
+        "cond_channels": cfg.unet.cond_channels, "guidance_input": bool(cfg.unet.guidance_embedding),
+        "samplers": ["progressive"] if cfg.unet.guidance_embedding else [s for s in WEB_SAMPLERS if s != "progressive"],
+        "defaults": web_defaults(cfg),
+    }
+
+
+def export_web(folder: Path, out: Path) -> Path:
+    """``out/NAME/{net.onnx, model.json}`` for model folder ``folder``. Raises CheckpointError for what the page
+    cannot run (ensembles, cascades, cold and super-resolution models)."""
+    folder, out = Path(folder), Path(out)
+    if folder_kind(folder) != "model":
+        raise CheckpointError(f"{folder}: export-web takes a single model folder (not an ensemble or a cascade)")
+    from .checkpoint import load_model_config
+    cfg = load_model_config(folder)
+    if cfg.diffusion.is_cold or cfg.task == "super_resolution" or cfg.unet.aug_level_embedding:
+        raise CheckpointError(f"{folder}: the page samples Gaussian models that generate (by class, attributes or "
+                              f"drawing); this one is {'cold' if cfg.diffusion.is_cold else 'super-resolution'}")
+    dest = out / folder.name
+    dest.mkdir(parents=True, exist_ok=True)
+    cfg, inputs = export_onnx(folder, dest / "net.onnx")
+    (dest / "model.json").write_text(json.dumps(manifest(folder, cfg, inputs, "net.onnx")))
+    return dest
+
+
+def web_fixture(folder: Path, sampler: str, steps: int, guidance: float, seed: int = 0, n: int = 2,
+                labels=(), cond_image: torch.Tensor | None = None) -> dict:
+    """A run of this package as the page must reproduce it: x_T, and for each step t, t_next, the network's raw
+    output rows (``out``: the conditional rows, then the second pass's under guidance), the noise it drew
+    (stochastic samplers) and x_next; fp32, trailing grid, the model's own clipping and held guidance."""
+    from .pipeline import load
+    pipe = load(Path(folder), backend="fp32", measure=False)
+    pipe.workers = 1                      # chunks in order, so the hook below sees a step's rows in order
+    cfg = pipe.config
+    cond = pipe.condition(n, list(labels), cond_image)
+    rows = 2 * n if (not cfg.unet.guidance_embedding and guidance != 1.0 and cond is not None
+                     and cond.has_guidable()) else n
+    calls: list[torch.Tensor] = []
+    net = pipe.stages[0].experts[0][2]
+    hook = net.register_forward_hook(lambda module, args, out: calls.append(out.detach().clone()))
+    run = []
+    try:
+        for s in pipe.stream(n, sampler=sampler, steps=steps, guidance=guidance, seed=seed, labels=list(labels),
+                             spacing="trailing", cond_image=cond_image):
+            run.append((s, torch.cat(calls)[:rows]))     # fixed 8-row chunks: the padding rows come last
+            calls.clear()
+    finally:
+        hook.remove()
+    flat = lambda v: [float(x) for x in v.flatten()]        # noqa: E731
+    return {"model": Path(folder).name, "sampler": sampler, "steps": steps, "guidance": guidance, "n": n,
+            "labels": list(labels), "shape": list(run[0][0].x_t.shape),
+            "cond_image": None if cond_image is None else flat(cond_image), "x_T": flat(run[0][0].x_t),
+            "steps_run": [{"t": int(s.t), "t_next": int(s.t_next), "out": flat(out),
+                           "noise": None if s.noise is None else flat(s.noise),
+                           "x_next": flat(s.x_next), "x0_hat": flat(s.x0_hat)} for s, out in run]}
