@@ -30,7 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 HAS_FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists()
 SETUP = {"python3 -m venv .venv", ". .venv/bin/activate"}          # shell set-up, nothing to check
-CLI = re.compile(r"^(?:python -m|torchrun \S+ -m) diffusion_core (\w+)(.*)$")
+# the browser build's lines: .ci/run installs web/ with the first; tests/test_web.py builds the site with
+# web/build.py's build() and serves it as http.server does
+WEB = {"npm ci --prefix web --ignore-scripts", "python web/build.py --out web/dist", "python -m http.server -d web/dist 8000"}
+CLI = re.compile(r"^(?:python -m|torchrun \S+ -m) diffusion_core ([\w-]+)(.*)$")
 QUICK = 'python -m pytest tests -q -m "not slow"'                    # the quick subset
 
 
@@ -75,7 +78,7 @@ def cli_commands(kind):
 def test_every_readme_command_is_checked():
     checked = {"pip install -r requirements.txt", "python app.py", "pip install -r requirements-dev.txt",
                "python -m pytest tests -q", QUICK}
-    unknown = [c for c in commands() if c not in SETUP | checked and not CLI.match(c)
+    unknown = [c for c in commands() if c not in SETUP | WEB | checked and not CLI.match(c)
                and not c.startswith("sudo apt-get install -y ")]
     assert not unknown, f"README commands without a check in tests/test_readme.py: {unknown}"
     # the first screen's order: set-up, the app, then the tests
@@ -87,6 +90,7 @@ def test_every_readme_command_is_checked():
 def test_install_and_test_lines_are_what_ci_runs():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "python -m pip install -q -r requirements-dev.txt" in ci
+    assert "npm ci --prefix web --ignore-scripts" in ci                     # the README's web/ install line
     assert ci.strip().splitlines()[-1] == "python -m pytest tests -q"       # CI ends with the README's test line
     (apt,) = [c for c in commands() if c.startswith("sudo apt-get install -y ")]
     ci_apt = re.search(r"apt-get install -y ([\w\- ]+?) >", ci).group(1)
