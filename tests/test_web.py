@@ -247,3 +247,29 @@ def test_fp16_storage_only_where_fp16_holds_the_weight_exactly():
     assert [(n.input[0], n.output[0]) for n in cast] == [("a_fp16", "a")]
     assert model.graph.node[0].op_type == "Cast"                 # before its first use
     onnx.checker.check_model(model)
+
+
+def _runs(page) -> int:
+    return int(page.evaluate("document.body.dataset.runs"))
+
+
+@pytest.mark.slow
+def test_live_mode_follows_a_dragged_slider_to_its_last_value(site, browser):
+    """A student's Live mode: moving guidance and the seed-interpolation slider re-runs without Generate, and the
+    images shown at the end are those of the slider's last position (no run is lost or left behind)."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(site + "#model=fashion-4step&n=2&picks=Sneaker")
+    page.wait_for_selector("#generate:not([disabled])", timeout=120_000)
+    assert page.locator("#live-box").is_visible() and page.locator("#steps").is_disabled()
+    for v in ("1.5", "2.5", "3", "3.5"):                   # a drag: input events faster than a run
+        page.evaluate("(v) => { const g = document.getElementById('guidance'); g.value = v;"
+                      " g.dispatchEvent(new Event('input')); }", v)
+    page.wait_for_function("Number(document.body.dataset.runs) >= 2 && document.getElementById('stop').disabled"
+                           " && document.getElementById('status').textContent.includes('guidance 3.5')", timeout=60_000)
+    assert _runs(page) <= 3                             # runs coalesce: not one per input event
+    first = page.evaluate("document.getElementById('x0').toDataURL()")
+    page.evaluate("(v) => { const g = document.getElementById('mix'); g.value = v; g.dispatchEvent(new Event('input')); }", "0.5")
+    page.wait_for_function("document.getElementById('link').href.includes('mix=0.5') && document.getElementById('stop').disabled"
+                           " && Number(document.body.dataset.runs) >= 3", timeout=60_000)
+    assert page.evaluate("document.getElementById('x0').toDataURL()") != first    # other x_T, other images
+    page.close()

@@ -1,7 +1,7 @@
 // The page: load onnxruntime-web and a model, read the settings, stream the denoising onto canvases.
 // The maths is in diffusion.js (checked against the Python package); this file is only the page.
 import * as ort from '../ort/ort.wasm.bundle.min.mjs';
-import { noiseStreams, qSample, sampleStream, SAMPLERS } from './diffusion.js';
+import { noiseStreams, qSample, sampleStream, SAMPLERS, slerp } from './diffusion.js';
 import { ortNet } from './ortnet.js';
 
 const $ = (id) => document.getElementById(id);
@@ -14,7 +14,7 @@ async function keep(url, bytes) {
   if (!self.caches) return;
   try { await (await caches.open(CACHE)).put(new URL(url, location.href), new Response(bytes)); } catch { /* private mode */ }
 }
-const state = { models: [], m: null, net: null, running: false, stop: false, last: null, fwdEps: null };
+const state = { models: [], m: null, net: null, running: false, stop: false, last: null, fwdEps: null, pending: false, runs: 0 };
 
 // ---- loading, with progress ----
 
@@ -110,6 +110,7 @@ function showControls(m) {
     }));
   }
   $('steps').disabled = m.guidance_input;      // a student samples on the grid it was distilled on
+  $('live-box').hidden = !m.guidance_input;    // few steps: fast enough to follow a slider as it moves
 }
 
 function picks() {
@@ -207,7 +208,7 @@ function paintForward() {
 
 function settings() {
   return { model: $('model').value, sampler: $('sampler').value, steps: $('steps').value, n: $('count').value,
-    seed: $('seed').value, guidance: $('guidance').value, picks: picks().map((k) => state.m.label_names[k]).join('|') };
+    seed: $('seed').value, guidance: $('guidance').value, mix: $('mix').value, picks: picks().map((k) => state.m.label_names[k]).join('|') };
 }
 
 function updateLink() {
@@ -217,7 +218,8 @@ function updateLink() {
 
 function applyLink(p) {
   if (p.has('sampler') && state.m.samplers.includes(p.get('sampler'))) $('sampler').value = p.get('sampler');
-  for (const k of ['steps', 'seed', 'guidance']) if (p.has(k)) $(k).value = p.get(k);
+  for (const k of ['steps', 'seed', 'guidance', 'mix']) if (p.has(k)) $(k).value = p.get(k);
+  $('mix-value').textContent = $('mix').value;
   if (p.has('n')) $('count').value = p.get('n');
   $('guidance-value').textContent = $('guidance').value;
   const names = (p.get('picks') || '').split('|').filter(Boolean);
@@ -233,8 +235,15 @@ async function generate() {
   const steps = Math.min(200, Math.max(1, Number($('steps').value) || 1)), seed = Math.max(0, Number($('seed').value) || 0);
   const sampler = $('sampler').value, guidance = Number($('guidance').value);
   const size = m.channels * m.image_size * m.image_size;
-  const draws = noiseStreams(seed, n, size);
-  const opts = { n, sampler, steps, guidance, picks: picks(), xT: draws(), noise: () => draws(),
+  const draws = noiseStreams(seed, n, size), mix = m.guidance_input ? Number($('mix').value) : 0;
+  let xT = draws();
+  if (mix > 0) {           // each image between its seed's x_T and the x_T of the seed n further on
+    const other = noiseStreams(seed + n, n, size)();
+    const mixed = new Float32Array(xT.length);
+    for (let r = 0; r < n; r++) mixed.set(slerp(xT.subarray(r * size, (r + 1) * size), other.subarray(r * size, (r + 1) * size), mix), r * size);
+    xT = mixed;
+  }
+  const opts = { n, sampler, steps, guidance, picks: picks(), xT, noise: () => draws(),
     image: m.cond_channels ? drawingTensor(m.image_size) : null };
   setBusy(true, 'Sampling…');
   state.stop = false;
@@ -259,9 +268,18 @@ async function generate() {
     document.body.dataset.finishedMs = ms.toFixed(0);
     setBusy(false, `${state.stop ? 'Stopped' : 'Done'}: ${n} image${n > 1 ? 's' : ''}, ${SAMPLERS[sampler].label}, ${last.index + 1} of ${last.steps} steps, `
       + `guidance ${guidance}, seed ${seed} · first preview ${first.toFixed(0)} ms, finished ${ms.toFixed(0)} ms`);
+    document.body.dataset.runs = String(++state.runs);
   } catch (err) {
     setBusy(false, `Error: ${err.message}`, true);
   }
+  if (state.pending) { state.pending = false; generate(); }      // Live: the settings moved during this run
+}
+
+/** Live mode (students): a run for the newest settings as soon as the current one ends. */
+function live() {
+  if ($('live-box').hidden || !$('live').checked || !state.net) return;
+  if (state.running) state.pending = true;
+  else generate();
 }
 
 // ---- start ----
@@ -272,8 +290,12 @@ async function start() {
   for (const mm of state.models) option($('model'), mm.name, mm.name);
   $('model').value = state.models.some((mm) => mm.name === hash.get('model')) ? hash.get('model') : state.models[0].name;
   setupDrawing();
-  $('guidance').oninput = () => { $('guidance-value').textContent = $('guidance').value; updateLink(); };
-  $('dice').onclick = () => { $('seed').value = Math.floor(Math.random() * 1e6); updateLink(); };
+  $('guidance').oninput = () => { $('guidance-value').textContent = $('guidance').value; updateLink(); live(); };
+  $('mix').oninput = () => { $('mix-value').textContent = $('mix').value; live(); };
+  $('seed').addEventListener('change', live);
+  $('class').addEventListener('change', live);
+  $('picks').addEventListener('change', live);
+  $('dice').onclick = () => { $('seed').value = Math.floor(Math.random() * 1e6); updateLink(); live(); };
   $('generate').onclick = generate;
   $('stop').onclick = () => { state.stop = true; };
   $('fwd-slider').oninput = paintForward;

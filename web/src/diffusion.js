@@ -219,6 +219,17 @@ export function qSample(m, x0, t, eps) {
   return x0.map((v, i) => a * v + s * eps[i]);
 }
 
+/** Spherical interpolation between two noise images (x_T of two seeds), which keeps the norm of Gaussian noise
+ *  where a straight line would shrink it (Shoemake 1985; the package's interpolate in the app). */
+export function slerp(a, b, alpha) {
+  let dot = 0, na = 0, nb = 0;
+  for (let i = 0; i < a.length; i++) { dot += a[i] * b[i]; na += a[i] * a[i]; nb += b[i] * b[i]; }
+  const omega = Math.acos(Math.min(1, Math.max(-1, dot / Math.sqrt(na * nb))));
+  if (omega < 1e-6) return a.map((v, i) => (1 - alpha) * v + alpha * b[i]);
+  const s = Math.sin(omega), wa = Math.sin((1 - alpha) * omega) / s, wb = Math.sin(alpha * omega) / s;
+  return a.map((v, i) => wa * v + wb * b[i]);
+}
+
 // ---- seeded noise: image i of seed s uses the stream seeded s + i (as the package's make_generators) ----
 
 function splitmix32(seed) {
