@@ -33,6 +33,14 @@ CSS = """
 }
 #run-row {position: sticky; bottom: 0; z-index: 100; padding: 8px 0;
   background: var(--background-fill-primary, #fff);}
+/* what the keyboard or a script scrolls to stops above that bar, never under it ("Make GIF" was covered) */
+html {scroll-padding-bottom: 80px;}
+/* phones: the Model box takes the whole width, "rescan" a small button under it (it floated beside a narrowed box) */
+@media (max-width: 640px) {
+  #model-row {flex-wrap: wrap !important;}
+  #model-row > :has(#model) {flex: 1 1 100% !important; min-width: 100% !important;}
+  #model-row > .dc-small-btn {flex: 0 0 auto !important; min-width: 0 !important; margin-top: -4px;}
+}
 /* Gradio's container clips with overflow: hidden, which makes it a scroll container and disables sticky; clip
    cuts the same overflow without being one */
 .gradio-container {overflow: clip !important;}
@@ -59,9 +67,14 @@ reverse process from pure noise x_T down to x_0; at every step the network predi
 **x0_hat**, shown beside the current state **x_t** while it streams.
 
 **Samplers.** *DDPM* (ancestral, stochastic), *DDIM* (Song et al. 2021; eta = 0 deterministic, eta = 1
-DDPM-like), *DPM-Solver++(2M)* (Lu et al. 2022; good images in 15-25 steps) and *Cold* (Bansal et al.
-2022) for models trained on deterministic degradations (blur, pixelate, mask). **Spacing** chooses the
-timesteps of a short run (trailing / leading / linspace, Lin et al. 2024, Table 2).
+DDPM-like), *DPM-Solver++ (2M)* (Lu et al. 2022; good images in 15-25 steps), *DPM-Solver++ (3M)* (its
+third-order multistep form, same paper), *UniPC* (Zhao et al. 2023; a predictor-corrector that reuses each
+step's network call), *Cold* (Bansal et al. 2022) for models trained on deterministic degradations (blur,
+pixelate, mask), and *Student's own steps (progressive distillation)* (Salimans & Ho 2022) for a student
+distilled to a few steps. **Spacing** chooses the timesteps of a short run: *trailing* / *leading* /
+*linspace* (Lin et al. 2024, Table 2) are even in t; *logsnr* is even in log signal-to-noise ratio (Lu et al.
+2022) and *karras* follows Karras et al. 2022 (rho = 7), both grids in noise level for Gaussian models. A
+grid with fewer distinct timesteps than asked runs the ones it has, and the status line says so.
 
 **Conditioning.** Class labels or multi-label attributes enter through the time embedding; a
 **guidance scale** w > 1 applies classifier-free guidance (Ho & Salimans 2022); 1 is plain conditional

@@ -313,7 +313,7 @@ class Cards(AppBase):
     def card_update(self, model):
         """The model card for the UI (hides the samples image when there is none)."""
         if model in (None, "") and not self.models.names():
-            return (f"### No models yet\n\nNo model folders (with config.json) in `{self.models.root}`. "
+            return (f"### No models yet\n\nNo model folders (with config.json) in `{self.models.root.name}/`. "
                     "Train one with `python -m diffusion_core train --config configs/fashion.json`, or set "
                     "DIFFUSION_CHECKPOINTS. The Forward process tab works without a model."), gr.update(visible=False)
         if isinstance(model, str) and model in self.models.names():

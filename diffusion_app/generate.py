@@ -110,12 +110,15 @@ class GenerateTab(AppBase):
         except USER_ERRORS as e:
             raise user_error(e) from None
 
+        # the last run's preview and results go first (issue 35: they showed under "step 1/25" until its file came)
+        yield (None, html_status(f"<b>{html.escape(model)}</b> · starting… · {pipe.backend}", 0.0), None, None, seed,
+               None, gr.skip())
         session = getattr(request, "session_hash", None) or "api"
         self._stops[session] = stop
         try:
             yield from self._wait_turn(ticket, stop, poll)
             if stop.is_set():
-                yield self._stopped_early("before it started", seed)
+                yield self._stopped_early("before it started", model, seed)
                 return
             meta = {"model": model, "sampler": sampler, "steps": steps, "spacing": spacing,
                     "eta": float(eta) if sampler == "ddim" else None, "guidance": float(guidance), "labels": labels,
@@ -182,9 +185,10 @@ class GenerateTab(AppBase):
                 gen.close()
 
     @staticmethod
-    def _stopped_early(when: str, seed: int) -> tuple:
+    def _stopped_early(when: str, model: str, seed: int) -> tuple:
         """The page's outputs for a run stopped before it made an image: the status line and the seed only."""
-        return gr.skip(), html_status(f"<b>Stopped</b> {when}"), gr.skip(), gr.skip(), seed, gr.skip(), gr.skip()
+        return (gr.skip(), html_status(f"<b>Stopped</b> · {html.escape(model)} · {when}"), gr.skip(), gr.skip(), seed,
+                gr.skip(), gr.skip())
 
     def _wait_turn(self, ticket, stop, poll: bool):
         """Until ``ticket`` is admitted (or ``stop``): the status line with the run's place and estimated wait."""
@@ -243,14 +247,10 @@ class GenerateTab(AppBase):
                     frac = (rec.stage + (rec.index + 1) / rec.num_steps) / n_stages
                     partial = {"x0": rec.x0_hat.detach().float().cpu().clamp(-1, 1).numpy(), "meta": meta,
                                "step": f"{rec.index + 1}/{rec.num_steps}", "stage": rec.stage}
-                    # the first preview empties the gallery and GIF (the last run's results); later ones leave
-                    # them alone: a preview still on its way when Stop is pressed must not empty the partial
-                    # result that Stop puts there (gr.skip() costs Gradio ~1.5 ms per yield)
-                    clear = None if first else gr.skip()
                     first = False
                     status = f"<b>{html.escape(model)}</b> · " + self._status(pipe, rec, n_stages, t0)
                     yield (side_by_side(rec.x_t, rec.x0_hat), html_status(status, frac),
-                           clear, clear, seed, partial, session)
+                           gr.skip(), gr.skip(), seed, partial, session)
         except Cancelled:           # stopped while its rows waited for a tick: they were never computed
             pass
         except USER_ERRORS as e:
@@ -260,7 +260,7 @@ class GenerateTab(AppBase):
             raise gr.Error(f"sampling failed: {type(e).__name__}: {e}") from None
         if last is None:
             if stop.is_set():
-                yield self._stopped_early("before its first step", seed)
+                yield self._stopped_early("before its first step", model, seed)
                 return
             raise gr.Error("sampling produced no steps")
         stopped = stop.is_set() or not (last.index == last.num_steps - 1 and last.stage == n_stages - 1)
@@ -346,7 +346,7 @@ class GenerateTab(AppBase):
         for i in range(x.shape[0]):
             m = dict(meta, seed=meta["seed"] + i, batch_seed=meta["seed"], index=i)
             path = save_png(as_pil_uint8(x[i]), d / f"{meta['model']}-{meta['seed'] + i}.png", m)
-            out.append((path, f"seed {meta['seed'] + i}" + (" (partial)" if meta.get("partial") else "")))
+            out.append((path, f"{meta['model']} · seed {meta['seed'] + i}" + (" (partial)" if meta.get("partial") else "")))
         return out
 
     def _save_gif(self, frames: list[np.ndarray], meta: dict) -> str:
@@ -369,8 +369,8 @@ class GenerateTab(AppBase):
             return gr.skip(), gr.skip()
         meta = dict(partial["meta"], partial=True, stopped_at=partial.get("step"))
         gallery = self._save_gallery(torch.from_numpy(np.asarray(partial["x0"])), meta)
-        return gallery, html_status(f"<b>Stopped</b> at step {partial.get('step')} · gallery shows the last "
-                                    f"x0_hat prediction (seed {meta['seed']})", None)
+        return gallery, html_status(f"<b>Stopped</b> · {html.escape(meta['model'])} · at step {partial.get('step')} · "
+                                    f"gallery shows the last x0_hat prediction (seed {meta['seed']})", None)
 
     def _new_run(self, pipe, model, meta) -> dict:
         """The record of a Generate run that the Learn tab explains (first image, base stage only)."""

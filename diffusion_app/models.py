@@ -72,8 +72,15 @@ class Models:
             reason = failed[1]
         if reason is None:
             return None
-        line = reason.replace(f"{self.root}/", "").splitlines()[0] if reason.strip() else "unknown error"
+        reason = self.unrooted(reason)
+        line = reason.splitlines()[0] if reason.strip() else "unknown error"
         return line if len(line) <= 160 else line[:157] + "..."
+
+    def unrooted(self, text: str) -> str:
+        """``text`` with the models folder's path as its name ("ckpt/"): a visitor never sees the server's paths."""
+        for root in (str(self.root.resolve()), str(self.root.absolute())):
+            text = text.replace(f"{root}/", "").replace(root, f"{self.root.name}/")
+        return text
 
     def choices(self) -> list[tuple[str, str]]:
         """(label, name) for the model list: a broken folder is labelled "name (broken: reason)"."""
@@ -91,7 +98,7 @@ class Models:
     def folder(self, name) -> Path:
         names = self.names()
         if not names:
-            raise ValueError(f"no models found in {self.root} (each model is a sub-folder with config.json; "
+            raise ValueError(f"no models found in {self.root.name}/ (each model is a sub-folder with config.json; "
                              "train one with `python -m diffusion_core train ...`)")
         if not isinstance(name, str) or name not in names:
             raise ValueError(f"unknown model {name!r}; available: {', '.join(names)}")
@@ -125,7 +132,7 @@ class Models:
                 return hit[1]
             failed = self._failed.get(name)
             if failed and failed[0] == sig:
-                raise CheckpointError(failed[1])
+                raise CheckpointError(self.unrooted(failed[1]))
             self._cache.pop(name, None)
             try:
                 outside = part_outside(folder, self.root)   # the app serves the models folder, nothing beyond it
@@ -136,11 +143,11 @@ class Models:
                 raise       # the backend asked for cannot run here: the folder is fine, nothing to remember
             except CheckpointError as e:
                 self._failed[name] = (sig, str(e))
-                raise
+                raise CheckpointError(self.unrooted(str(e))) from None
             except Exception as e:      # a folder never takes the app down: it is listed as broken with this
                 log.exception("loading %s failed", folder)
                 self._failed[name] = (sig, f"{folder}: {type(e).__name__}: {e}")
-                raise CheckpointError(self._failed[name][1]) from None
+                raise CheckpointError(self.unrooted(self._failed[name][1])) from None
             self._failed.pop(name, None)
             self._cache[name] = (sig, pipe)
             self._evict(keep=name)

@@ -27,7 +27,7 @@ def generate_page(app) -> SimpleNamespace:
     stickmen = sorted(str(p) for p in STICKMEN_DIR.glob("*.png")) if STICKMEN_DIR.is_dir() else []
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=330):
-            with gr.Row(equal_height=False):
+            with gr.Row(equal_height=False, elem_id="model-row"):
                 model = gr.Dropdown(names, value=default, label="Model", allow_custom_value=True,
                                     scale=5, elem_id="model",
                                     info=f"model folders on this server ({app.models.root.name}/)")
@@ -91,7 +91,7 @@ def generate_page(app) -> SimpleNamespace:
                 strength = Slider(0.05, 1.0, value=0.6, step=0.05, label="Strength",
                                      info="how much noise is added to the init image (1 = all)")
             with gr.Row():
-                make_gif = gr.Checkbox(False, label="Make GIF of the reverse process")
+                make_gif = gr.Checkbox(False, label="Make GIF of the reverse process", elem_id="make-gif")
                 gif_frames = Radio(["x0_hat", "x_t"], value="x0_hat", label="GIF frames",
                                       show_label=False)
             # last in the column and sticky at the viewport's bottom (CSS): in view however long the
@@ -99,8 +99,8 @@ def generate_page(app) -> SimpleNamespace:
             with gr.Row(elem_id="run-row"):
                 # enabled once the page's controls are set for its model (wire_generate: lock / unlock)
                 run_btn = gr.Button("Loading the model…", variant="primary", elem_id="generate-btn",
-                                    interactive=False)
-                stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
+                                    interactive=False, min_width=120)
+                stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn", min_width=120)
         with gr.Column(scale=3, min_width=360):
             preview = gr.Image(label="x_t | x0_hat", show_label=False, type="pil", format="png",
                                height=300, interactive=False, elem_id="preview",

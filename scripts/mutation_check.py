@@ -438,6 +438,60 @@ MUTANTS = [
  ("a 32 px upload drawn at 32 px", "diffusion_app/assets.py",
   "  object-fit: contain !important; image-rendering: pixelated;}", "  image-rendering: pixelated;}",
   "tests/test_browser_second_pass.py -k bad_uploads"),
+ ("page's DDPM with the beta variance", "web/src/diffusion.js",
+  "const beta = 1 - ab / abN, variance = ((1 - abN) / (1 - ab)) * beta;", "const beta = 1 - ab / abN, variance = beta;",
+  "tests/test_web.py -k ddpm"),
+ ("page's DPM-Solver++ without its second-order term", "web/src/diffusion.js",
+  "const a = 1 + 1 / (2 * r), b = 1 / (2 * r);", "const a = 1, b = 0;", "tests/test_web.py -k 'dpm and fashion'"),
+ ("page's guidance without held attributes", "web/src/diffusion.js",
+  "if (!L || !m.label_mask || !m.held_labels.length) return neg;", "return neg;", "tests/test_web.py -k 'emoji-ddpm'"),
+ ("page's grid rounds ties up", "web/src/diffusion.js", "return f % 2 === 0 ? f : f + 1;", "return f + 1;",
+  "tests/test_web.py -k grid"),
+ ("page's student ignores the guidance input", "web/src/diffusion.js",
+  "const extra = m.guidance_input ? { guidance: new Float32Array(b).fill(w) } : {};", "const extra = {};",
+  "tests/test_web.py -k progressive"),
+ ("page's x0 not clipped", "web/src/diffusion.js", "return m.x0_range === 'clip' ? clipX0(p, x, ab) : p;", "return p;",
+  "tests/test_web.py -k 'fashion-ddim'"),
+ ("exported weights rounded to fp16 when fp16 does not hold them", "diffusion_core/webexport.py",
+  "a.size >= 16 and np.array_equal(a.astype(np.float16).astype(np.float32), a)", "a.size >= 16",
+  "tests/test_web.py -k fp16_storage"),
+ ("exported graph without the student's guidance", "diffusion_core/runtime/openvino_net.py",
+  '    if cfg.guidance_embedding:\n        f.append("guidance")\n', "", "tests/test_backends.py -k flat_inputs_give"),
+ ("gallery captions without the model that ran", "diffusion_app/generate.py",
+  "f\"{meta['model']} · seed {meta['seed'] + i}\"", "f\"seed {meta['seed'] + i}\"",
+  "tests/test_app_second_pass.py -k stopped_run"),
+ ("Stop's status line without the model that ran", "diffusion_app/generate.py",
+  "f\"<b>Stopped</b> · {html.escape(meta['model'])} · at step", "f\"<b>Stopped</b> · at step",
+  "tests/test_app_second_pass.py -k stopped_run"),
+ ("gallery captions cut to one line", "diffusion_app/assets.py", " white-space: normal !important;", "",
+  "tests/test_browser_second_pass.py -k switched"),
+ ("a run's first output leaves the last run's preview", "diffusion_app/generate.py",
+  "        yield (None, html_status(f\"<b>{html.escape(model)}</b> · starting… · {pipe.backend}\", 0.0), None, None, seed,\n"
+  "               None, gr.skip())",
+  "        pass", "tests/test_browser_second_pass.py -k preview_empties"),
+ ("what the keyboard scrolls to may stop under the sticky bar", "diffusion_app/assets.py",
+  "html {scroll-padding-bottom: 80px;}", "", "tests/test_browser_second_pass.py -k sticky"),
+ ("Generate and Stop on two rows of the phone's sticky bar", "diffusion_app/ui_generate.py",
+  "interactive=False, min_width=120)\n                stop_btn = gr.Button(\"Stop\", variant=\"stop\", elem_id=\"stop-btn\", min_width=120)",
+  "interactive=False)\n                stop_btn = gr.Button(\"Stop\", variant=\"stop\", elem_id=\"stop-btn\")",
+  "tests/test_browser_second_pass.py -k sticky"),
+ ("rescan beside a narrowed Model box on a phone", "diffusion_app/assets.py",
+  "  #model-row > :has(#model) {flex: 1 1 100% !important; min-width: 100% !important;}", "",
+  "tests/test_browser_second_pass.py -k rescan"),
+ ("About without DPM-Solver++ (3M)", "diffusion_app/assets.py", "*DPM-Solver++ (3M)*", "*DPM-Solver++(3M)*",
+  "tests/test_app_second_pass.py -k about"),
+ ("a broken folder's reason names the server's path", "diffusion_app/models.py",
+  "        for root in (str(self.root.resolve()), str(self.root.absolute())):", "        for root in ():",
+  "tests/test_app_second_pass.py -k models_path"),
+ ("the empty models folder's card names the server's path", "diffusion_app/cards.py",
+  "in `{self.models.root.name}/`", "in `{self.models.root}`", "tests/test_app_second_pass.py -k models_path"),
+ ("the model list's info names the server's path", "diffusion_app/ui_generate.py",
+  "({app.models.root.name}/)", "({app.models.root}/)", "tests/test_app_second_pass.py -k models_path"),
+ ("Live drops the settings that moved during a run", "web/src/app.js",
+  "  if (state.pending) { state.pending = false; generate(); }", "  state.pending = false;",
+  "tests/test_web.py -k live"),
+ ("Live's interpolation slider ignored", "web/src/app.js", "  if (mix > 0) {", "  if (false) {",
+  "tests/test_web.py -k live"),
  ("a fractional whole number taken (steps=2.5 runs 2 steps)", "diffusion_app/inputs.py",
   "if not math.isfinite(v) or not lo <= v <= hi or (whole and v != int(v)):", "if not math.isfinite(v) or not lo <= v <= hi:",
   "tests/test_planted_outside.py -k fractional"),
@@ -452,8 +506,11 @@ def run(sel):
 def main(only: list[str]) -> int:
     if DST.exists():
         shutil.rmtree(DST)
-    shutil.copytree(SRC, DST, ignore=shutil.ignore_patterns(".git", "checkpoints", "runs", "logs", "__pycache__"))
+    shutil.copytree(SRC, DST, ignore=shutil.ignore_patterns(".git", "checkpoints", "runs", "logs", "__pycache__",
+                                                            "node_modules", "dist"))
     os.symlink(SRC / "checkpoints", DST / "checkpoints")
+    if (SRC / "web" / "node_modules").is_dir():
+        os.symlink(SRC / "web" / "node_modules", DST / "web" / "node_modules")
     missed = 0
     for name, f, old, new, sel in MUTANTS:
         if only and not any(o in name for o in only):

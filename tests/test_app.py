@@ -100,7 +100,9 @@ def test_generate_streams_previews_then_gallery(client):
     job, outs = run(client, model="tiny", sampler="ddim", steps=6, batch_size=3, seed=11, class_label="Bag",
                     preview_every=2, make_gif=True)
     assert len(outs) >= 4, "expected intermediate previews before the final result"
-    for o in outs[:-1]:
+    start = [i for i, o in enumerate(outs) if "starting" in o[1]]      # the run's first output empties the preview
+    assert len(start) == 1 and outs[start[0]][0] is None, [o[1] for o in outs]      # (issue 35 item 12)
+    for o in outs[start[0] + 1:-1]:
         assert Path(o[0]).is_file()                  # x_t | x0_hat preview
         assert "step" in o[1] and "t = " in o[1]      # status line
     gal = final_gallery(outs)

@@ -132,3 +132,100 @@ def test_bad_uploads_are_refused_as_they_arrive(page, tmp_path):
         const scale = fit === 'none' ? 1 : fit === 'scale-down' ? Math.min(k, 1) : k;     // as the browser draws it
         return [img.naturalWidth, Math.round(img.naturalWidth * scale)]; }""")
     assert shown[0] == 32 and shown[1] >= 150, f"a 32 px upload is drawn {shown[1]} px wide"
+
+
+def set_number(page, elem_id: str, value):
+    box = page.locator(f"#{elem_id} input[type=number]").first
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def test_a_run_is_named_after_its_model_when_the_model_is_switched_during_it(page):
+    """Issue 35 item 11: a model picked during a run showed the run's results under the new model's name and card.
+    The status line and every gallery caption name the model that ran, whole (captions wrap, never cut)."""
+    pick(page, "tiny-ensemble")
+    set_number(page, "steps", 200)
+    page.locator("#generate-btn").click()
+    page.wait_for_function("document.querySelector('#status').innerText.includes('· step ')")
+    page.locator("#model input").click()
+    page.get_by_role("option", name="tiny-attr", exact=True).click()
+    wait_card(page, "tiny-attr")
+    page.wait_for_function("document.querySelector('#status .dc-status').innerText.startsWith('Done')",
+                           timeout=120_000)
+    page.locator("#gallery .caption-label").first.wait_for()
+    page.wait_for_timeout(500)
+    page.locator("#gallery").scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / f"switched-model-{page.size}.png"))
+    assert status(page).startswith("Done · tiny-ensemble · "), status(page)
+    captions = page.evaluate("""() => [...document.querySelectorAll('#gallery .caption-label')].map((c) => {
+        const r = c.getBoundingClientRect(), t = c.closest('.thumbnail-item').getBoundingClientRect();
+        return [c.innerText, c.scrollWidth <= c.clientWidth + 1 && r.left >= t.left - 1 && r.right <= t.right + 1]; })""")
+    assert len(captions) == 4 and all(text.startswith("tiny-ensemble · seed ") for text, _ in captions), captions
+    assert all(whole for _, whole in captions), f"captions cut or outside their tiles: {captions}"
+
+
+def test_the_preview_empties_when_a_run_starts(page):
+    """Issue 35 item 12: the preview showed the previous run's images under "step 1/25" until the first preview's
+    file arrived. A run's first output empties the preview: with the new run's preview files held back, the box
+    shows no image while the status line already counts steps."""
+    set_number(page, "steps", 100)
+    page.locator("#generate-btn").click()
+    page.wait_for_function("document.querySelector('#status .dc-status').innerText.startsWith('Done')")
+    page.locator("#preview img").first.wait_for()
+    page.wait_for_timeout(500)
+
+    def inked() -> float:
+        """The share of the preview box's pixels far from its background colour."""
+        import io
+        import numpy as np
+        from PIL import Image
+        a = np.asarray(Image.open(io.BytesIO(page.locator("#preview").screenshot())).convert("L"), dtype=float)
+        return float((np.abs(a - np.median(a)) > 60).mean())
+    before = inked()
+    held = []
+    page.route(lambda u: "/file=" in u and u.endswith(".png"), lambda route: held.append(route))
+    try:
+        page.locator("#generate-btn").click()
+        page.wait_for_function("document.querySelector('#status .dc-status').innerText.includes('· step ')")
+        page.wait_for_timeout(300)
+        during = inked()
+        page.screenshot(path=str(ARTIFACTS / f"preview-at-start-{page.size}.png"))
+    finally:
+        for route in held:
+            route.continue_()
+        page.unroute_all(behavior="ignoreErrors")
+    assert before > 0.1, before
+    assert during < 0.03, f"the last run's images ({during:.0%} of the box inked) under the new run's steps"
+
+
+RECTS = """(sels) => sels.map((s) => { const r = document.querySelector(s).getBoundingClientRect();
+    return {top: r.top, bottom: r.bottom, left: r.left, right: r.right, width: r.width, height: r.height}; })"""
+
+
+def test_the_sticky_bar_covers_nothing_the_keyboard_moves_to(page):
+    """Issue 35 item 12: the sticky Generate / Stop bar covered "Make GIF" mid-scroll, and on a phone it took two
+    rows. With "Make GIF" under the bar, moving the focus to it (Tab) brings it above the bar; on a phone the two
+    buttons share one row."""
+    page.evaluate("""() => { const r = document.querySelector('#make-gif input').getBoundingClientRect();
+        const bar = document.querySelector('#run-row').getBoundingClientRect();
+        window.scrollBy(0, r.top - bar.top + 4); }""")
+    page.wait_for_timeout(200)
+    box, bar = page.evaluate(RECTS, ["#make-gif input", "#run-row"])
+    assert box["bottom"] > bar["top"], "the test did not put the checkbox under the bar"
+    page.locator("#make-gif input").focus()
+    page.wait_for_timeout(200)
+    page.screenshot(path=str(ARTIFACTS / f"make-gif-focused-{page.size}.png"))
+    box, bar, run, stop = page.evaluate(RECTS, ["#make-gif input", "#run-row", "#generate-btn", "#stop-btn"])
+    assert 0 <= box["top"] and box["bottom"] <= bar["top"], (box, bar)
+    assert abs(run["top"] - stop["top"]) < 2 and bar["height"] < 80, (run, stop, bar)
+
+
+def test_the_model_box_keeps_its_width_and_rescan_sits_below_it_on_a_phone(page):
+    """Issue 35 item 12: on a phone "rescan" floated beside a narrowed Model box. There the box takes the row's
+    whole width and the button sits under it; at any size the two never overlap."""
+    row, model, rescan = page.evaluate(RECTS, ["#model-row", "#model", "#model-row .dc-small-btn"])
+    page.screenshot(path=str(ARTIFACTS / f"model-row-{page.size}.png"))
+    apart = rescan["top"] >= model["bottom"] or rescan["left"] >= model["right"]
+    assert apart, (model, rescan)
+    if page.size.startswith("390"):
+        assert model["width"] >= row["width"] - 2 and rescan["top"] >= model["bottom"], (row, model, rescan)

@@ -411,7 +411,8 @@ def test_a_part_outside_the_models_folder_is_named(tmp_path, make_model):
     models = Models(root)
     with pytest.raises(CheckpointError):
         models.get("casc")
-    assert models.broken("casc") == "casc/config.json: stage 0 (../../outside/base) is outside " + str(root)
+    # the model list names the models folder, never the server's absolute path (issue 35 item 12)
+    assert models.broken("casc") == "casc/config.json: stage 0 (../../outside/base) is outside root/"
     save_cascade(root / "casc", [{"path": "../sr"}, {"path": "../sr"}])
     assert part_outside(root / "casc", root) is None
 

@@ -1,0 +1,84 @@
+"""Issue 35's defects checked through the app's handlers (no server, no browser): a stopped run names its model,
+no visitor sees the server's models path, the About tab names every sampler and grid."""
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from app_fixtures import build_checkpoints  # noqa: E402
+
+
+def test_a_stopped_run_names_the_model_that_ran(tmp_path):
+    """Issue 35 item 11: Stop's status line and the partial gallery's captions name the model that ran (a model
+    picked during the run changed the page's model name and card; Stop's line said only "Stopped at step k")."""
+    import diffusion_app as app
+    a = app.DiffusionApp(str(build_checkpoints(tmp_path / "ckpt")))
+    outs = a.generate("tiny", steps=3, batch_size=2, seed=5)
+    first_step = next(o for o in outs if isinstance(o[5], dict) and "x0" in o[5])
+    outs.close()
+    gallery, line = a.stop(first_step[5])
+    assert "<b>Stopped</b> · tiny · at step 1/3" in line, line
+    assert [caption for _, caption in gallery] == ["tiny · seed 5 (partial)", "tiny · seed 6 (partial)"]
+    stop = threading.Event()
+    stop.set()
+    *_, last = a.generate("tiny-attr", steps=3, batch_size=1, seed=1, stop=stop)
+    assert "<b>Stopped</b> · tiny-attr · before it started" in last[1], last[1]
+
+
+def test_a_run_starts_by_emptying_the_preview_and_the_last_results(tmp_path):
+    """Issue 35 item 12: the preview showed the last run's images under "step 1/25". A run's first output (once its
+    request is checked) empties the preview, gallery, GIF and the partial result Stop would save."""
+    import diffusion_app as app
+    a = app.DiffusionApp(str(build_checkpoints(tmp_path / "ckpt")))
+    outs = list(a.generate("tiny", steps=2, batch_size=1, seed=3))     # "loading…" comes first: tiny is not loaded
+    first = next(i for i, o in enumerate(outs) if o[0] is not None and not isinstance(o[0], dict))
+    assert first > 0 and "starting" in outs[first - 1][1], [o[1] for o in outs]
+    preview, line, gallery, gif, seed, partial, _ = outs[first - 1]
+    assert (preview, gallery, gif, partial, seed) == (None, None, None, None, 3)
+    assert "tiny" in line and "starting" in line
+
+
+def test_no_visitor_sees_the_servers_models_path(tmp_path):
+    """Issue 35 item 12: the model list showed the server's absolute checkpoints path to every visitor. Neither the
+    page (its config: every component's first value), a broken folder's reason, the empty folder's card nor the
+    error of a Generate without models names it; the folder's own name is enough."""
+    import diffusion_app as app
+    import gradio as gr
+    root = build_checkpoints(tmp_path / "secret-server-dir" / "ckpt")
+    broken = root / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"kind": "cascade", "stages": [{"path": "../../../elsewhere"}]}')
+    demo = app.build_demo(str(root))
+    page = json.dumps(demo.get_config_file(), default=str)
+    assert "secret-server-dir" not in page and "ckpt/" in page
+    demo.app_state.refresh_models(None)
+    for _ in range(2):      # loading it, then its remembered failure
+        with pytest.raises(gr.Error) as err:
+            list(demo.app_state.generate("broken"))
+        assert "is outside ckpt/" in str(err.value) and "secret-server-dir" not in str(err.value), str(err.value)
+    why = demo.app_state.models.broken("broken")
+    assert why and "secret-server-dir" not in why, why
+    choices = json.dumps(demo.app_state.refresh_models(None), default=str)
+    assert "broken (broken:" in choices and "secret-server-dir" not in choices
+    empty = app.DiffusionApp(str(tmp_path / "secret-server-dir" / "empty"))
+    md, _ = empty.card_update(None)
+    assert "No models yet" in md and "secret-server-dir" not in md
+    with pytest.raises(gr.Error) as err:
+        next(empty.generate(None))
+    assert "no models found in empty/" in str(err.value) and "secret-server-dir" not in str(err.value)
+
+
+def test_the_about_tab_names_every_sampler_and_grid():
+    """Issue 35 item 12: the About tab left out DPM-Solver++(3M), UniPC and the logsnr / karras grids. Every sampler
+    the menus offer (by its menu label) and every timestep spacing is named there."""
+    from diffusion_app.assets import ABOUT
+    from diffusion_app.settings import SAMPLER_CHOICES
+    from diffusion_core import SPACINGS
+    missing = [label for label, _ in SAMPLER_CHOICES if label not in ABOUT]
+    missing += [s for s in SPACINGS if f"*{s}*" not in ABOUT]
+    assert not missing, missing
