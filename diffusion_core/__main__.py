@@ -79,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
                                   "what the page needs (schedule, labels, defaults)")
     w.add_argument("--model", required=True, help="a model folder (a Gaussian model: class, attributes or drawing)")
     w.add_argument("--out", default="web/dist/models", help="writes OUT/<model folder name>/{net.onnx, model.json}")
+    w.add_argument("--weights", choices=["fp16", "int8"], default="fp16", help="fp16: the shipped weights exactly; "
+                   "int8: per-channel int8, half the size (its cost: evaluate --weights int8)")
 
     cv = parser("convert", help="convert a pickle .pt state_dict to safetensors (weights only, no code run)")
     cv.add_argument("checkpoint", help="the .pt / .pth file (read with torch.load(weights_only=True))")
@@ -161,6 +163,8 @@ def _evaluate_args(e) -> None:
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.add_argument("--backend", choices=BACKENDS, default=None,
                    help=f"where the network runs (default: ${BACKEND_ENV}, else fp32, the backend of the tables)")
+    e.add_argument("--weights", choices=["shipped", "int8"], default="shipped",
+                   help="int8: the weights as `export-web --weights int8` stores them (per channel), to measure its cost")
     e.add_argument("--picks", action="store_true",
                    help="multi-label models and cascades: sample a fixed list of user-style picks of 1-3 attributes "
                         "and report per pick the fraction of samples that have every picked attribute, beside real "
@@ -229,7 +233,7 @@ def _run(args) -> int:
         return convert_command(args)
     if args.command == "export-web":
         from .webexport import export_web
-        dest = export_web(Path(args.model), Path(args.out))
+        dest = export_web(Path(args.model), Path(args.out), args.weights)
         print(f"wrote {dest}/net.onnx ({(dest / 'net.onnx').stat().st_size / 1e6:.1f} MB) and {dest}/model.json")
         return 0
     if args.command == "backends":

@@ -55,9 +55,68 @@ def fp16_initializers(model) -> int:
     return n
 
 
-def export_onnx(folder: Path, path: Path) -> tuple[object, list[str]]:
+WEIGHTS = ("fp16", "int8")
+INT8_MIN_SIZE = 1024          # smaller tensors (norms, biases, the label projection) stay fp16
+
+
+def int8_weights(net: torch.nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Weight-only int8 (symmetric, per output channel): for every weight of 2 or more dimensions and at least
+    INT8_MIN_SIZE values, scale_c = max |w_c| / 127 and q = round(w / scale_c) in [-127, 127]; the network then
+    computes in fp32 with w = q scale_c. {parameter name: (q, scale)}."""
+    table = {}
+    for name, w in net.named_parameters():
+        if w.dim() >= 2 and w.numel() >= INT8_MIN_SIZE and w.is_floating_point():
+            flat = w.detach().float().reshape(w.shape[0], -1)
+            scale = flat.abs().amax(dim=1) / 127
+            scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+            q = (flat / scale[:, None]).round().clamp(-127, 127).to(torch.int8).reshape(w.shape)
+            table[name] = (q, scale)
+    return table
+
+
+def use_int8_weights(net: torch.nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Replace ``net``'s weights by their int8 values (``int8_weights``) as the browser build computes them,
+    q * scale in fp32: what ``evaluate --weights int8`` measures. Returns the table."""
+    table = int8_weights(net)
+    params = dict(net.named_parameters())       # the tensors themselves (state_dict() copies channels_last ones)
+    with torch.no_grad():
+        for name, (q, scale) in table.items():
+            params[name].copy_(q.float() * scale.view(-1, *([1] * (q.dim() - 1))))
+    return table
+
+
+def int8_initializers(model, table: dict, prefix: str = "net.") -> int:
+    """Store the weights of ``table`` (their values already q * scale in the graph) as int8 with a
+    DequantizeLinear per output channel; checks that the stored form gives every value back. Returns how many."""
+    import onnx
+    from onnx import helper, numpy_helper
+    graph, kept, nodes, n = model.graph, [], [], 0
+    for init in graph.initializer:
+        entry = table.get(init.name[len(prefix):]) if init.name.startswith(prefix) else None
+        if entry is None:
+            kept.append(init)
+            continue
+        q, scale = entry[0].numpy(), entry[1].numpy().astype(np.float32)
+        back = q.astype(np.float32) * scale.reshape(-1, *([1] * (q.ndim - 1)))
+        if not np.array_equal(back, numpy_helper.to_array(init)):
+            raise ValueError(f"{init.name}: the graph's weight is not its int8 form")
+        kept += [numpy_helper.from_array(q, init.name + "_q"), numpy_helper.from_array(scale, init.name + "_scale"),
+                 numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), init.name + "_zero")]
+        nodes.append(helper.make_node("DequantizeLinear", [init.name + "_q", init.name + "_scale", init.name + "_zero"],
+                                      [init.name], axis=0))
+        n += 1
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    rest = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes + rest)
+    return n
+
+
+def export_onnx(folder: Path, path: Path, weights: str = "fp16") -> tuple[object, list[str]]:
     """The network of model folder ``folder`` as an ONNX file at ``path`` (batch dimension free; inputs x, t and
-    the condition fields it reads). Returns (its ModelConfig, the input names)."""
+    the condition fields it reads). ``weights``: fp16 (the shipped weights exactly) or int8 (``int8_weights``,
+    measured with ``evaluate --weights int8``). Returns (its ModelConfig, the input names)."""
     try:
         import onnx
     except ImportError:
@@ -65,6 +124,9 @@ def export_onnx(folder: Path, path: Path) -> tuple[object, list[str]]:
     cfg, net = load_network(folder, "cpu")
     net.set_channels_last(False)               # NCHW: the exporter keeps channels_last weights as copies
     net.eval().requires_grad_(False)
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    table = use_int8_weights(net) if weights == "int8" else {}
     names = ["x", "t", *cond_fields(cfg.unet)]
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")        # tracer warnings: the graph is traced at one size
@@ -72,6 +134,8 @@ def export_onnx(folder: Path, path: Path) -> tuple[object, list[str]]:
                           input_names=names, output_names=["out"], opset_version=OPSET, dynamo=False,
                           dynamic_axes={n: {0: "batch"} for n in [*names, "out"]})
     model = onnx.load(str(path))
+    if table:
+        int8_initializers(model, table)
     fp16_initializers(model)
     onnx.save(model, str(path))
     return cfg, names
@@ -101,7 +165,7 @@ def web_defaults(cfg) -> dict:
     return {"sampler": sampler, "steps": int(s.steps), "guidance": float(s.guidance)}
 
 
-def manifest(folder: Path, cfg, inputs: list[str], onnx_name: str) -> dict:
+def manifest(folder: Path, cfg, inputs: list[str], onnx_name: str, weights: str = "fp16") -> dict:
     """What the page needs besides the network."""
     from .pipeline import load
     d = cfg.diffusion
@@ -114,11 +178,11 @@ def manifest(folder: Path, cfg, inputs: list[str], onnx_name: str) -> dict:
         "label_mask": bool(cfg.unet.label_mask), "held_labels": list(cfg.sampling.held_labels),
         "cond_channels": cfg.unet.cond_channels, "guidance_input": bool(cfg.unet.guidance_embedding),
         "samplers": ["progressive"] if cfg.unet.guidance_embedding else [s for s in WEB_SAMPLERS if s != "progressive"],
-        "defaults": web_defaults(cfg),
+        "defaults": web_defaults(cfg), "weights": weights,
     }
 
 
-def export_web(folder: Path, out: Path) -> Path:
+def export_web(folder: Path, out: Path, weights: str = "fp16") -> Path:
     """``out/NAME/{net.onnx, model.json}`` for model folder ``folder``. Raises CheckpointError for what the page
     cannot run (ensembles, cascades, cold and super-resolution models)."""
     folder, out = Path(folder), Path(out)
@@ -131,13 +195,13 @@ def export_web(folder: Path, out: Path) -> Path:
                               f"drawing); this one is {'cold' if cfg.diffusion.is_cold else 'super-resolution'}")
     dest = out / folder.name
     dest.mkdir(parents=True, exist_ok=True)
-    cfg, inputs = export_onnx(folder, dest / "net.onnx")
-    (dest / "model.json").write_text(json.dumps(manifest(folder, cfg, inputs, "net.onnx")))
+    cfg, inputs = export_onnx(folder, dest / "net.onnx", weights)
+    (dest / "model.json").write_text(json.dumps(manifest(folder, cfg, inputs, "net.onnx", weights)))
     return dest
 
 
 def web_fixture(folder: Path, sampler: str, steps: int, guidance: float, seed: int = 0, n: int = 2,
-                labels=(), cond_image: torch.Tensor | None = None) -> dict:
+                labels=(), cond_image: torch.Tensor | None = None, weights: str = "fp16") -> dict:
     """A run of this package as the page must reproduce it: x_T, and for each step t, t_next, the network's raw
     output rows (``out``: the conditional rows, then the second pass's under guidance), the noise it drew
     (stochastic samplers) and x_next; fp32, trailing grid, the model's own clipping and held guidance."""
@@ -145,11 +209,13 @@ def web_fixture(folder: Path, sampler: str, steps: int, guidance: float, seed: i
     pipe = load(Path(folder), backend="fp32", measure=False)
     pipe.workers = 1                      # chunks in order, so the hook below sees a step's rows in order
     cfg = pipe.config
+    net = pipe.stages[0].experts[0][2]
+    if weights == "int8":                 # the network as an int8 export computes it
+        use_int8_weights(net)
     cond = pipe.condition(n, list(labels), cond_image)
     rows = 2 * n if (not cfg.unet.guidance_embedding and guidance != 1.0 and cond is not None
                      and cond.has_guidable()) else n
     calls: list[torch.Tensor] = []
-    net = pipe.stages[0].experts[0][2]
     hook = net.register_forward_hook(lambda module, args, out: calls.append(out.detach().clone()))
     run = []
     try:

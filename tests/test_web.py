@@ -40,6 +40,7 @@ CASES = [
     ("pose", "ddpm", 6, 2.0, DRAWING),
     ("pose", "ddim", 5, 2.0, DRAWING),
 ]
+INT8_CASES = [("fashion", "dpm++", 6, 2.0, ["Dress"]), ("emoji", "ddpm", 5, 3.0, ["cat"]), ("pose", "ddpm", 5, 2.0, DRAWING)]
 
 
 @pytest.fixture(scope="module")
@@ -50,19 +51,21 @@ def exported(tmp_path_factory):
     return out
 
 
-@pytest.mark.slow
-@needs_node
-@pytest.mark.parametrize("model,sampler,steps,guidance,labels", CASES, ids=[f"{c[0]}-{c[1]}-{c[2]}-g{c[3]}" for c in CASES])
-def test_page_samplers_match_the_package_step_by_step(exported, tmp_path, model, sampler, steps, guidance, labels):
-    """web/src/diffusion.js on the package's x_T and noise, fed the package's network outputs: every step's x_t within
-    1e-4 of the package's (fp32), on the same timestep grid; the exported ONNX network gives the package's output
-    within 1e-4 on the first call (web/test/parity.mjs)."""
+@pytest.fixture(scope="module")
+def exported_int8(tmp_path_factory):
+    out = tmp_path_factory.mktemp("web-models-int8")
+    for name in ("fashion", "emoji", "pose"):
+        export_web(ROOT / "checkpoints" / name, out, "int8")
+    return out
+
+
+def _parity(tmp_path, models: Path, model, sampler, steps, guidance, labels, weights="fp16") -> dict:
     drawing = load_image(ROOT / "examples" / "stickmen" / "pose_01.png", 32, 1) if labels == DRAWING else None
     fx = web_fixture(ROOT / "checkpoints" / model, sampler, steps, guidance, seed=3, n=2,
-                     labels=[] if labels == DRAWING else labels, cond_image=drawing)
+                     labels=[] if labels == DRAWING else labels, cond_image=drawing, weights=weights)
     path = tmp_path / "fixture.json"
     path.write_text(json.dumps(fx))
-    r = subprocess.run([NODE, str(ROOT / "web" / "test" / "parity.mjs"), str(path), str(exported / model)],
+    r = subprocess.run([NODE, str(ROOT / "web" / "test" / "parity.mjs"), str(path), str(models / model)],
                        capture_output=True, text=True, timeout=300)
     assert r.stdout.strip(), r.stderr[-2000:]
     res = json.loads(r.stdout)
@@ -71,9 +74,54 @@ def test_page_samplers_match_the_package_step_by_step(exported, tmp_path, model,
     assert res["replay_worst"] <= 1e-4, res["replay"]
     assert res["network_first_call"] <= 1e-4
     assert r.returncode == 0
+    return res
 
 
+@pytest.mark.slow
 @needs_node
+@pytest.mark.parametrize("model,sampler,steps,guidance,labels", CASES, ids=[f"{c[0]}-{c[1]}-{c[2]}-g{c[3]}" for c in CASES])
+def test_page_samplers_match_the_package_step_by_step(exported, tmp_path, model, sampler, steps, guidance, labels):
+    """web/src/diffusion.js on the package's x_T and noise, fed the package's network outputs: every step's x_t within
+    1e-4 of the package's (fp32), on the same timestep grid; the exported ONNX network gives the package's output
+    within 1e-4 on the first call (web/test/parity.mjs)."""
+    _parity(tmp_path, exported, model, sampler, steps, guidance, labels)
+
+
+@pytest.mark.slow
+@needs_node
+@pytest.mark.parametrize("model,sampler,steps,guidance,labels", INT8_CASES, ids=[c[0] for c in INT8_CASES])
+def test_int8_export_computes_what_evaluate_weights_int8_measures(exported_int8, tmp_path, model, sampler, steps,
+                                                                   guidance, labels):
+    """The int8 file (half the download) is the network ``use_int8_weights`` makes, whose cost ``evaluate --weights
+    int8`` measures: the package with those weights, step by step, and the exported network within 1e-4."""
+    _parity(tmp_path, exported_int8, model, sampler, steps, guidance, labels, weights="int8")
+    assert json.loads((exported_int8 / model / "model.json").read_text())["weights"] == "int8"
+    assert (exported_int8 / model / "net.onnx").stat().st_size < 0.6 * 5_000_000
+
+
+def test_int8_weights_are_per_channel_symmetric_int8():
+    """Closed form: a weight made of int8 levels times a per-channel step comes back exactly, every channel's largest
+    value maps to +-127, and a random weight comes back within half a step."""
+    import torch
+    from diffusion_core.webexport import int8_weights, use_int8_weights
+    net = torch.nn.Conv2d(8, 16, 3)
+    steps = torch.rand(16) * 0.01 + 1e-3
+    levels = torch.randint(-127, 128, (16, 8, 3, 3)).float()
+    levels[:, 0, 0, 0] = 127                                     # each channel reaches the top level
+    with torch.no_grad():
+        net.weight.copy_(levels * steps.view(-1, 1, 1, 1))
+    (name, (q, scale)), = int8_weights(net).items()
+    assert name == "weight" and q.dtype == torch.int8
+    assert torch.equal(q.float(), levels) and torch.allclose(scale, steps, rtol=1e-6)
+    rand = torch.nn.Linear(64, 32)
+    before = rand.weight.detach().clone()
+    table = use_int8_weights(rand)
+    step = before.abs().amax(dim=1, keepdim=True) / 127
+    assert ((rand.weight - before).abs() <= step / 2 + 1e-7).all()
+    assert (table["weight"][0].abs().amax(dim=1) == 127).all()
+    assert "bias" not in table                                   # 1-D tensors stay as they are
+
+
 def test_page_grid_is_the_package_s_trailing_grid_for_every_step_count():
     """Every K in 1..T at T = 1000 and T = 50 (where ties land on .5): the page's grid equals spaced_timesteps'."""
     from diffusion_core.schedules import spaced_timesteps

@@ -37,7 +37,7 @@ MANIFEST = {"name": "Diffusion in your browser", "short_name": "Diffusion", "sta
             "display": "standalone", "background_color": "#fafafa", "theme_color": "#5b3cc4", "icons": []}
 
 
-def build(out: Path, models: list[Path]) -> dict:
+def build(out: Path, models: list[Path], weights: str = "fp16") -> dict:
     """Write the site into ``out`` (replaced). Returns {file: bytes} of what a visitor downloads."""
     sys.path.insert(0, str(ROOT))
     from diffusion_core.webexport import export_web
@@ -59,9 +59,10 @@ def build(out: Path, models: list[Path]) -> dict:
         shutil.copy2(png, out / "examples" / "stickmen" / png.name)
     index = []
     for folder in models:
-        dest = export_web(folder, out / "models")
+        dest = export_web(folder, out / "models", weights)
         m = json.loads((dest / "model.json").read_text())
-        index.append({"name": m["name"], "description": m["description"], "bytes": (dest / m["onnx"]).stat().st_size})
+        index.append({"name": m["name"], "description": m["description"], "weights": m["weights"],
+                      "bytes": (dest / m["onnx"]).stat().st_size})
     (out / "models" / "index.json").write_text(json.dumps(index, indent=1))
     (out / "site.webmanifest").write_text(json.dumps(MANIFEST))
     (out / "README.md").write_text(SPACE_README)
@@ -73,8 +74,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(WEB / "dist"), help="the site folder (replaced)")
     p.add_argument("--models", nargs="+", default=[str(ROOT / "checkpoints" / m) for m in MODELS],
                    help="model folders, the first the page's default")
+    p.add_argument("--weights", choices=["fp16", "int8"], default="fp16",
+                   help="fp16: the shipped weights exactly; int8: half the download (measured in docs/performance.md)")
     args = p.parse_args(argv)
-    files = build(Path(args.out), [Path(m) for m in args.models])
+    files = build(Path(args.out), [Path(m) for m in args.models], args.weights)
     print(f"wrote {args.out}: {len(files)} files, {sum(files.values()) / 1e6:.1f} MB")
     return 0
 

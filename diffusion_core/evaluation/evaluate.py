@@ -86,18 +86,24 @@ class SampleCache:
 def evaluate_model(model_dir: Path, classifier_dir: Path | None, n: int = 2000, sampler: str | None = None,
                    steps: int = 50, spacing: str = "trailing", guidance: float = 2.0, seed: int = 0,
                    batch: int = MAX_BATCH, progress: bool = True, cache: Path | None = None, device: str = "cpu",
-                   samples_only: bool = False, backend: str | None = None) -> dict:
+                   samples_only: bool = False, backend: str | None = None, weights: str = "shipped") -> dict:
     """Generate n samples with balanced conditions and measure them against held-out real data.
 
     ``device``: where the network samples (the metrics run on the CPU). ``samples_only``: stop once the
     samples are made and kept in ``cache`` (no metrics, no real data needed for a class-conditional model):
     a GPU machine can make them, and ``evaluate`` with the same settings finishes from the cache file here.
     ``backend``: where the network runs (``Pipeline.set_backend``; None: $DIFFUSION_CORE_BACKEND, else fp32).
+    ``weights``: "int8" measures the weights as the browser build's int8 export holds them (``webexport``).
 
     ``cache``: keep the samples generated so far in this file and resume from it (see SampleCache)."""
     from ..pipeline import load
     pipe = load(model_dir, device)      # fp32 first: the backend is chosen once, for whole batches
     pipe.chunk = 0      # whole batches (faster); metrics need no bit-identity across batch sizes
+    if weights == "int8":
+        from ..webexport import use_int8_weights
+        for stage in pipe.stages:
+            for *_, net in stage.experts:
+                use_int8_weights(net)
     pipe.set_backend(backend)
     cfg = pipe.base.config
     sampler = sampler or ("cold" if "cold" in pipe.samplers else "ddim")
@@ -105,15 +111,17 @@ def evaluate_model(model_dir: Path, classifier_dir: Path | None, n: int = 2000, 
     metrics = {"model": str(model_dir), "n": n, "sampler": sampler, "steps": steps, "spacing": spacing,
                "guidance": guidance, "seed": seed, "backend": pipe.backend}
     conds = _Conditions(dataset, cfg, n, seed)
-    weights = sorted(Path(model_dir).rglob("*.safetensors"))
+    files = sorted(Path(model_dir).rglob("*.safetensors"))
     run = {"sampler": sampler, "steps": steps, "spacing": spacing, "guidance": guidance, "seed": seed, "batch": batch}
     if pipe.backend != "fp32":          # fp32 runs keep the key their cache files were written under
         run["backend"] = pipe.backend
+    if weights != "shipped":            # shipped runs keep their key too
+        run["weight_form"] = metrics["weights"] = weights
     store = SampleCache(cache, {"model": Path(model_dir).resolve().name, **run,
-                                "weights": [[w.relative_to(model_dir).as_posix(), _sha256(w)] for w in weights]},
+                                "weights": [[w.relative_to(model_dir).as_posix(), _sha256(w)] for w in files]},
                         legacy=({"model": str(Path(model_dir).resolve()), **run,      # the key before session 5
                                  "weights": [[str(w.relative_to(model_dir)), w.stat().st_size, w.stat().st_mtime]
-                                             for w in weights]},))
+                                             for w in files]},))
     t0, images, done = _generate(pipe, store, conds, n, batch, progress, sampler=sampler, steps=steps,
                                  spacing=spacing, guidance=guidance, seed=seed, device=device)
     if done:
@@ -311,7 +319,7 @@ def evaluate_command(args) -> int:
         m = evaluate_model(model, Path(args.classifier) if args.classifier else None, n=args.n,
                            sampler=args.sampler, steps=args.steps or 50, spacing=args.spacing, guidance=args.guidance,
                            seed=args.seed, batch=args.batch, cache=cache, device=args.device, backend=args.backend,
-                           samples_only=samples_only, progress=not args.no_progress)
+                           samples_only=samples_only, progress=not args.no_progress, weights=args.weights)
         if m.get("samples_only"):
             print(json.dumps(m, indent=2))
             print(f"samples kept in {cache}; no metrics written (run without --samples-only to finish)")

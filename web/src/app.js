@@ -80,7 +80,8 @@ function option(select, value, text) {
 }
 
 function showControls(m) {
-  $('card').textContent = [m.description, m.headline].filter(Boolean).join(' · ');
+  $('card').textContent = [m.description, m.headline, m.weights === 'int8' ? 'weights: int8 per channel' : '']
+    .filter(Boolean).join(' · ');
   const sampler = $('sampler');
   sampler.replaceChildren();
   for (const s of m.samplers) option(sampler, s, SAMPLERS[s].label);
