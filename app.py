@@ -42,6 +42,9 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
+FILES_GRACE_S = 1.5
+
+
 def exit_on_sigterm(signum, frame):
     """SIGTERM (a Space or a service manager stopping the app): the sampling runs in flight are stopped and given a
     few seconds to end (exiting under them gave their clients "cannot schedule new futures after shutdown" or
@@ -57,6 +60,8 @@ def exit_on_sigterm(signum, frame):
             if not any(jobs):
                 break
             time.sleep(0.05)
+        time.sleep(FILES_GRACE_S)   # and their clients fetch the files those outputs name (the last status says
+                                    # "the server is stopping"; a client that found the server gone lost it)
         try:        # the server stops taking requests before atexit removes the files it serves (a preview's GET
             blocks.close(verbose=False)     # still in flight found its file gone: a FileNotFoundError traceback)
         except Exception:       # noqa: BLE001 (exiting anyway)

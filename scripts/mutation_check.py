@@ -492,6 +492,8 @@ MUTANTS = [
   "tests/test_web.py -k live"),
  ("Live's interpolation slider ignored", "web/src/app.js", "  if (mix > 0) {", "  if (false) {",
   "tests/test_web.py -k live"),
+ ("SIGTERM exits before clients fetch their last files", "app.py", "FILES_GRACE_S = 1.5\n", "FILES_GRACE_S = 0\n",
+  "tests/test_hostile_round3.py -k sigterm"),
  ("a fractional whole number taken (steps=2.5 runs 2 steps)", "diffusion_app/inputs.py",
   "if not math.isfinite(v) or not lo <= v <= hi or (whole and v != int(v)):", "if not math.isfinite(v) or not lo <= v <= hi:",
   "tests/test_planted_outside.py -k fractional"),

@@ -559,6 +559,13 @@ def test_sigterm_with_a_run_in_flight(tmp_path):
         assert proc.wait(timeout=60) == 128 + signal.SIGTERM
         text = log.read_text()
         assert "the server is stopping" in text
+        # the visitor is told too: the run's last status line says the server is stopping (issue 37, item 14)
+        for _ in range(50):             # the client's reader thread takes the last messages off the closed stream
+            if job.done():
+                break
+            time.sleep(0.1)
+        statuses = [str(out[1]) for out in job.outputs() if isinstance(out, (list, tuple)) and len(out) > 1]
+        assert any("the server is stopping" in s for s in statuses[-2:]), statuses[-3:]
         assert "cannot schedule new futures" not in text and "Traceback" not in text, text
         assert not [p.name for p in tmp.iterdir() if p.name.startswith(("diffusion_app_", "gradio"))]
     finally:
