@@ -239,6 +239,16 @@ def test_page_makes_images_from_a_class_a_pick_and_a_drawing_and_works_offline(s
     if size[0] >= 1000:
         controls, results = page.locator("#controls").bounding_box(), page.locator("#results").bounding_box()
         assert controls["x"] + controls["width"] <= results["x"]
+    # the forward process on the result: more noise at a larger t (x_t = sqrt(ab) x0 + sqrt(1 - ab) eps)
+    page.click("#forward summary")
+    spreads = []
+    for t in ("0", "999"):
+        page.evaluate("(v) => { const g = document.getElementById('fwd-slider'); g.value = v;"
+                      " g.dispatchEvent(new Event('input')); }", t)
+        spreads.append(page.evaluate("""() => { const c = document.getElementById('fwd'),
+            d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let s = 0;
+            for (let i = 4; i < d.length; i += 4) s += Math.abs(d[i] - d[i - 4]); return s / (d.length / 4); }"""))
+    assert spreads[1] > 2 * spreads[0] > 0, spreads             # neighbouring pixels decorrelate with noise
 
     page.select_option("#model", "emoji")
     page.wait_for_function("document.getElementById('picks').children.length === 52", timeout=120_000)
