@@ -141,9 +141,11 @@ def _evaluate_args(e) -> None:
     e.add_argument("--model", required=True, help="checkpoint folder")
     e.add_argument("--classifier", help="classifier folder (default: checkpoints/classifier-<dataset>)")
     e.add_argument("--n", type=int, default=2000, help="samples to generate and compare")
-    e.add_argument("--sampler", default=None, choices=SAMPLERS, help="default: ddim (cold for cold models)")
+    e.add_argument("--sampler", default=None, choices=SAMPLERS, help="default: ddim (cold for cold models, a "
+                   "distilled student's own rule for a student)")
     e.add_argument("--steps", type=int, default=None,
-                   help="sampling steps (default 50; a super-resolution model: its own, see its config's sampling)")
+                   help="sampling steps (default 50; a super-resolution model or a distilled student: its own, see "
+                        "its config)")
     e.add_argument("--spacing", default="trailing", choices=SPACINGS, help=SPACING_HELP)
     e.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale")
     e.add_argument("--seed", type=int, default=0, help="image i uses seed + i")

@@ -84,7 +84,7 @@ class SampleCache:
 
 
 def evaluate_model(model_dir: Path, classifier_dir: Path | None, n: int = 2000, sampler: str | None = None,
-                   steps: int = 50, spacing: str = "trailing", guidance: float = 2.0, seed: int = 0,
+                   steps: int | None = None, spacing: str = "trailing", guidance: float = 2.0, seed: int = 0,
                    batch: int = MAX_BATCH, progress: bool = True, cache: Path | None = None, device: str = "cpu",
                    samples_only: bool = False, backend: str | None = None, weights: str = "shipped") -> dict:
     """Generate n samples with balanced conditions and measure them against held-out real data.
@@ -106,7 +106,9 @@ def evaluate_model(model_dir: Path, classifier_dir: Path | None, n: int = 2000, 
                 use_int8_weights(net)
     pipe.set_backend(backend)
     cfg = pipe.base.config
-    sampler = sampler or ("cold" if "cold" in pipe.samplers else "ddim")
+    student = pipe.config.distilled        # a distilled student: its own rule on its own grid, unless asked otherwise
+    sampler = sampler or (student.sampler if student.teacher else "cold" if "cold" in pipe.samplers else "ddim")
+    steps = steps or (student.steps if student.teacher and sampler == student.sampler else 50)
     dataset = "emoji" if cfg.multi_label else ("pose" if cfg.task == "pose" else "fashion")
     metrics = {"model": str(model_dir), "n": n, "sampler": sampler, "steps": steps, "spacing": spacing,
                "guidance": guidance, "seed": seed, "backend": pipe.backend}
@@ -317,7 +319,7 @@ def evaluate_command(args) -> int:
     else:
         cache = None if args.no_cache else Path(args.cache_dir) / f"{model.resolve().name}-{out.stem}.safetensors"
         m = evaluate_model(model, Path(args.classifier) if args.classifier else None, n=args.n,
-                           sampler=args.sampler, steps=args.steps or 50, spacing=args.spacing, guidance=args.guidance,
+                           sampler=args.sampler, steps=args.steps, spacing=args.spacing, guidance=args.guidance,
                            seed=args.seed, batch=args.batch, cache=cache, device=args.device, backend=args.backend,
                            samples_only=samples_only, progress=not args.no_progress, weights=args.weights)
         if m.get("samples_only"):
