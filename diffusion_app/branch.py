@@ -8,14 +8,14 @@ from diffusion_core import BOUNDS
 from .base import AppBase
 from .inputs import handles_errors, number
 from .render import as_pil_uint8, labelled, upscale_nearest
-from .settings import ANY, COMPARE_NAMES
+from .settings import ANY, DEFAULT_SAMPLER, can_branch, sampler_short
 
 MAX_BRANCHES = 6        # kept per session, newest last; older ones drop off the row
 
 
 class BranchTab(AppBase):
     @handles_errors("branching")
-    def branch(self, step=1, sampler="dpm++", steps=None, guidance=2.0, relabel=False, class_label=ANY,
+    def branch(self, step=1, sampler=DEFAULT_SAMPLER, steps=None, guidance=2.0, relabel=False, class_label=ANY,
                attributes=None, branches=None, run=None):
         """Continue the session's kept run (its first image) from x_t at ``step`` (1 = the first) with ``sampler``,
         ``steps`` steps (None: the steps the run had left), ``guidance`` and, with ``relabel``, the Generate tab's
@@ -39,7 +39,7 @@ class BranchTab(AppBase):
         left = n - (step - 1)
         steps = left if steps in (None, "", 0) else int(number(steps, "steps", *BOUNDS["steps"], whole=True))
         pipe = self.models.get(run["model"]).base      # the run's base stage (a cascade's is its first model)
-        if sampler not in pipe.samplers or sampler == "cold":
+        if sampler not in pipe.samplers or not can_branch(sampler):
             raise ValueError(f"sampler {sampler!r} does not apply to {run['model']}")
         labels = self._labels(pipe, run["model"], class_label, attributes) if relabel else run["labels"]
         cond = run.get("cond_image")
@@ -49,7 +49,7 @@ class BranchTab(AppBase):
                         seed=run["seed"], x_start=rec.x_t.to(self.models.device), t_start=int(rec.t),
                         device=self.models.device).detach().float().cpu().clamp(-1, 1)
         took = time.time() - t0
-        what = f"{COMPARE_NAMES.get(sampler, sampler)} {steps} · g {guidance:g}"
+        what = f"{sampler_short(sampler)} {steps} · g {guidance:g}"
         if relabel and labels != run["labels"]:
             what += " · " + (", ".join(labels) or "no labels")
         kept = [b for b in (branches or []) if b.get("key") == (id(run), step)][-(MAX_BRANCHES - 1):]

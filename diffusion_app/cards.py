@@ -13,7 +13,8 @@ from .base import AppBase
 from .inputs import _number, as_list, user_error
 from .render import fmt_duration
 from .presets import MAX_EXAMPLES, check, example_file, examples_for, from_query
-from .settings import ANY, CARD_MEASUREMENTS, SAMPLER_CHOICES, SAMPLER_NAMES, USER_ERRORS
+from .settings import (ANY, CARD_MEASUREMENTS, DEFAULT_SAMPLER, USER_ERRORS, sampler_choices, sampler_label,
+                       takes_eta)
 
 
 class Cards(AppBase):
@@ -67,9 +68,9 @@ class Cards(AppBase):
         else:
             rows.append(("schedule", f"{d.schedule}, T={d.T}"))
         rows.append(("prediction", d.prediction))
-        rows.append(("samplers", ", ".join(SAMPLER_NAMES.get(s, s) for s in pipe.samplers)))
+        rows.append(("samplers", ", ".join(sampler_label(s) for s in pipe.samplers)))
         sd = self.sampling_defaults(pipe)
-        rows.append(("default settings", f"{SAMPLER_NAMES.get(sd.sampler, sd.sampler)}, {sd.steps} steps, "
+        rows.append(("default settings", f"{sampler_label(sd.sampler)}, {sd.steps} steps, "
                                           f"{sd.spacing} grid, guidance {sd.guidance:g}" + (f": {sd.why}" if sd.why else "")))
         training = self._read_json(folder / "training.json")
         if not training and pipe.kind in ("cascade", "ensemble"):
@@ -130,7 +131,7 @@ class Cards(AppBase):
         """How a metrics file was measured, in a few words: sampler, steps, grid, guidance, samples, seed, backend."""
         if not m.get("sampler"):
             return "-"
-        out = f"{SAMPLER_NAMES.get(m['sampler'], m['sampler'])} {m.get('steps', '?')} steps"
+        out = f"{sampler_label(m['sampler'])} {m.get('steps', '?')} steps"
         if m.get("spacing", "trailing") != "trailing":
             out += f" ({m['spacing']})"
         if _number(m.get("guidance")) is not None:
@@ -194,7 +195,7 @@ class Cards(AppBase):
         with a sampler the model cannot use replaced by one it can (cold models)."""
         sd = pipe.base.config.sampling
         if sd.sampler not in pipe.samplers:
-            sd = replace(sd, sampler="dpm++" if "dpm++" in pipe.samplers else pipe.samplers[0])
+            sd = replace(sd, sampler=DEFAULT_SAMPLER if DEFAULT_SAMPLER in pipe.samplers else pipe.samplers[0])
         return sd
 
     def on_model_change(self, model, sampler=None, class_label=ANY, attributes=None):
@@ -218,7 +219,7 @@ class Cards(AppBase):
             raise user_error(e) from None
         cfg = pipe.base.config
         samplers = list(pipe.samplers)
-        choices = [c for c in SAMPLER_CHOICES if c[1] in samplers]
+        choices = sampler_choices(samplers)
         sd = self.sampling_defaults(pipe)
         st = dict(settings or {})
         sampler = st["sampler"] if st.get("sampler") in samplers else sd.sampler
@@ -246,7 +247,7 @@ class Cards(AppBase):
         buttons += [gr.update(visible=False)] * (MAX_EXAMPLES - len(buttons))
         return (
             gr.update(choices=choices, value=sampler),
-            gr.update(visible=(sampler == "ddim"), **({"value": st["eta"]} if "eta" in st else {})),
+            gr.update(visible=takes_eta(sampler), **({"value": st["eta"]} if "eta" in st else {})),
             gr.update(visible=guidable, value=st.get("guidance", sd.guidance)),     # no effect unguided
             gr.update(visible=single, choices=[ANY] + list(cfg.label_names),
                       value=class_label if single and class_label in cfg.label_names else ANY),

@@ -10,7 +10,8 @@ from .base import AppBase
 from .inputs import as_list, handles_errors, number
 from .models import section
 from .render import cell_image, compose_grid
-from .settings import ANY, COMPARE_MAX_CELLS, COMPARE_MAX_STEPS, COMPARE_NAMES, SAMPLER_NAMES
+from .settings import (ANY, COMPARE_MAX_CELLS, COMPARE_MAX_STEPS, DEFAULT_SAMPLER, compare_default_samplers,
+                       sampler_label, sampler_names, sampler_short)
 
 
 class CompareTab(AppBase):
@@ -56,18 +57,18 @@ class CompareTab(AppBase):
         seed = self._seed(seed)
         samplers = [s for s in (samplers or [])]
         for s in samplers:
-            if s not in SAMPLER_NAMES:
-                raise ValueError(f"unknown sampler {s!r}; choose from {', '.join(SAMPLER_NAMES)}")
+            if s not in sampler_names():
+                raise ValueError(f"unknown sampler {s!r}; choose from {', '.join(sampler_names())}")
         if not samplers:
             raise ValueError("choose at least one sampler")
         if not columns:
             raise ValueError("choose at least one column (step count or guidance scale)")
         models = self._grid_models(model, pipe, schedules)
         rows = [(name, p, s) for name, p in models for s in samplers if s in p.samplers]
-        skipped = sorted({SAMPLER_NAMES[s] for name, p in models for s in samplers if s not in p.samplers})
+        skipped = sorted({sampler_label(s) for name, p in models for s in samplers if s not in p.samplers})
         if not rows:
             raise ValueError(f"none of the chosen samplers applies to {model!r} (it uses "
-                             f"{', '.join(SAMPLER_NAMES[s] for s in pipe.samplers)})")
+                             f"{', '.join(sampler_label(s) for s in pipe.samplers)})")
         cells_n = len(rows) * len(columns)
         work = sum(p.run_steps(st) for _, p, _ in rows for st, _, _ in columns)   # a cascade's SR stages count too
         # the cell limit is per model: "schedules" adds a model's rows, and its own defaults (3 samplers x 3 step
@@ -85,7 +86,7 @@ class CompareTab(AppBase):
                 t0 = time.time()
                 x = p.sample(1, sampler=s, steps=st, guidance=g, labels=labels, seed=seed, device=self.models.device)
                 dt = time.time() - t0
-                row.append((cell_image(x), [f"{COMPARE_NAMES.get(s, s)} · {col}", f"{dt:.2f} s wall",
+                row.append((cell_image(x), [f"{sampler_short(s)} · {col}", f"{dt:.2f} s wall",
                                             f"{name} ({sched})"]))
             grid_cells.append(row)
         note = (f"{len(rows)} x {len(columns)} grid · seed {seed} · "
@@ -100,7 +101,7 @@ class CompareTab(AppBase):
         return sorted({int(number(v, what, lo, hi, whole=True)) for v in as_list(values)})
 
     @handles_errors("the comparison")
-    def compare(self, model, class_label=ANY, attributes=None, seed=0, samplers=("ddpm", "ddim", "dpm++"),
+    def compare(self, model, class_label=ANY, attributes=None, seed=0, samplers=tuple(compare_default_samplers()),
                 step_counts=(5, 10, 25), guidance=2.0, schedules=False):
         """One seed, samplers (rows) x step counts (columns), each cell labelled with sampler, steps and wall
         time; ``schedules`` adds the rows of the models that differ only in their noise schedule."""
@@ -110,7 +111,7 @@ class CompareTab(AppBase):
                                   [(st, g, f"{st} steps") for st in steps], schedules)
 
     @handles_errors("the guidance comparison")
-    def compare_guidance(self, model, class_label=ANY, attributes=None, seed=0, samplers=("dpm++",),
+    def compare_guidance(self, model, class_label=ANY, attributes=None, seed=0, samplers=(DEFAULT_SAMPLER,),
                          guidance_scales=(0, 1, 2, 4, 7), steps=25, schedules=False):
         """One seed, samplers (rows) x classifier-free guidance scales (columns) at ``steps`` steps."""
         st = int(number(steps, "steps", *BOUNDS["steps"], whole=True))

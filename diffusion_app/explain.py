@@ -5,9 +5,7 @@ import math
 
 import torch
 
-from diffusion_core import SamplerSpec, explain_step
-
-from .settings import SAMPLER_NAMES
+from diffusion_core import SamplerSpec, explain_step, sampler_info
 
 
 def fmt(v: float) -> str:
@@ -82,100 +80,34 @@ def _tex_x(t: int) -> str:
     return "x_{-1} \\;(\\text{clean})" if t < 0 else f"x_{{{t}}}"
 
 
-TEX_FORMULAS = {
-    "ddpm": (r"$$x_{t'} = \frac{\sqrt{\bar\alpha_{t'}}\,\beta}{1-\bar\alpha_t}\,\hat x_0"
-             r" + \frac{\sqrt{1-\beta}\,(1-\bar\alpha_{t'})}{1-\bar\alpha_t}\,x_t + \sigma z,"
-             r"\qquad \beta = 1-\frac{\bar\alpha_t}{\bar\alpha_{t'}},\quad"
-             r" \sigma^2 = \frac{1-\bar\alpha_{t'}}{1-\bar\alpha_t}\,\beta$$",
-             "DDPM ancestral step: sample the posterior q(x_t' | x_t, x0_hat) (Ho et al. 2020, eqs. 6-7, "
-             "respaced as in Nichol & Dhariwal 2021); no noise on the last step."),
-    "ddim": (r"$$x_{t'} = \sqrt{\bar\alpha_{t'}}\,\hat x_0 + \sqrt{1-\bar\alpha_{t'}-\sigma_t^2}\,\hat\epsilon"
-             r" + \sigma_t z,\qquad \sigma_t = \eta\sqrt{\frac{1-\bar\alpha_{t'}}{1-\bar\alpha_t}}"
-             r"\sqrt{1-\frac{\bar\alpha_t}{\bar\alpha_{t'}}}$$",
-             "DDIM (Song et al. 2021, eqs. 12 and 16): jump to the noise level of t' along the predicted "
-             "noise direction; eta = 0 is deterministic."),
-    "dpm++": (r"$$x_{t'} = \frac{\sigma_{t'}}{\sigma_t}\,x_t - \alpha_{t'}\left(e^{-h}-1\right) D,\qquad"
-              r" \alpha = \sqrt{\bar\alpha},\ \sigma = \sqrt{1-\bar\alpha},\ \lambda = \log\frac{\alpha}{\sigma},"
-              r"\ h = \lambda_{t'} - \lambda_t$$"
-              "\n\n"
-              r"$$D = \left(1 + \frac{1}{2r}\right)\hat x_0 - \frac{1}{2r}\,\hat x_0^{\mathrm{prev}},\qquad"
-              r" r = \frac{h_{\mathrm{prev}}}{h}\qquad(\text{first step: } D = \hat x_0)$$",
-              "DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): an exponential-integrator step in log-SNR time "
-              "lambda, second order from the previous step's x0_hat; the last step returns x0_hat."),
-    "dpm++3m": (r"$$x_{t'} = \frac{\sigma_{t'}}{\sigma_t}\,x_t - \alpha_{t'}\left(e^{-h}-1\right)\hat x_0"
-                r" + \alpha_{t'}\left(\frac{e^{-h}-1}{h}+1\right) D_1"
-                r" - \alpha_{t'}\left(\frac{e^{-h}-1+h}{h^2}-\frac12\right) D_2$$"
-                "\n\n"
-                r"$$D_1, D_2:\ \text{first and second divided differences of } \hat x_0"
-                r" \text{ over the last three steps in } \lambda = \log\frac{\alpha}{\sigma}$$",
-                "DPM-Solver++(3M) (Lu et al. 2022): the exponential-integrator step with the x0_hat of the two "
-                "previous steps; lower order on the first two steps and near the end of short runs."),
-    "unipc": (r"$$x_{t'} = \frac{\sigma_{t'}}{\sigma_t}\,x_t^c - \alpha_{t'}\left(e^{-h}-1\right)\hat x_0"
-              r" - \alpha_{t'}\,B(h)\sum_k \rho_k D_k,\qquad B(h) = e^{-h}-1$$"
-              "\n\n"
-              r"$$x_t^c:\ x_t \text{ corrected by UniC with this step's } \hat x_0 \text{ (no extra network call)}$$",
-              "UniPC (Zhao et al. 2023, bh2): the predictor UniP from x_t as corrected by UniC, which redoes the "
-              "previous step using the denoiser's output at x_t; D_k = (x0_hat_k - x0_hat) / r_k."),
-    "cold": (r"$$x_{t'} = x_t - D(\hat x_0, t) + D(\hat x_0, t')\qquad"
-             r"(\text{naive: } x_{t'} = D(\hat x_0, t'))$$",
-             "Cold Diffusion (Bansal et al. 2022, Alg. 2): re-degrade the prediction to both severities and "
-             "move x_t by the difference; D(x, -1) = x."),
-}
-
-
-TERM_TEX = {"x_t": None, "x0_hat": r"\hat x_0", "eps_hat": r"\hat\epsilon", "D(x0_hat,t)": None, "D(x0_hat,t_next)": None}
-
-
-def term_tex(name: str) -> str:
-    """TeX of a term of an explained step; ``x0_hat[982]`` is the x0_hat the denoiser gave at t = 982."""
+def term_tex(name: str, t: int, t_next: int) -> str:
+    """TeX of a term of an explained step (``samplers.Step.inputs`` names them): ``x0_hat[982]`` is the x0_hat the
+    denoiser gave at t = 982; ``D(x0_hat,t)`` a cold step's re-degraded prediction."""
     if name.startswith("x0_hat[") and name.endswith("]"):
         return rf"\hat x_0^{{({name[7:-1]})}}"
-    return TERM_TEX[name]
+    return {"x_t": _tex_x(t), "x0_hat": r"\hat x_0", "eps_hat": r"\hat\epsilon", "D(x0_hat,t)": rf"D(\hat x_0, {t})",
+            "D(x0_hat,t_next)": rf"D(\hat x_0, {t_next})"}[name]
 
 
 def explain_markdown(num: dict, run: dict) -> str:
     """The formula of the run's sampler, then the same formula with this step's numbers."""
     t, tn, sampler = num["t"], num["t_next"], num["sampler"]
-    name = SAMPLER_NAMES.get(sampler, sampler)
-    if sampler == "ddim":
-        name += f" (eta = {fmt(num['eta'])})"
+    info = sampler_info(sampler)
+    name = info.label
+    if info.noise_param:
+        name += f" ({info.noise_param} = {fmt(num[info.noise_param])})"
     head = (f"### Step {num['step']} of {num['num_steps']} · {name} · t = {t} → t' = {tn}\n\n"
             f"<small>{run.get('summary', '')}</small>\n\n")
-    formula, note = TEX_FORMULAS[sampler]
     rows = [("`t`", str(t)), ("`t_next` (t')", f"{tn}" + (" (the clean image)" if tn < 0 else ""))]
-    if sampler == "cold":
-        rows += [("degradation", num["degradation"]), ("severity at t", fmt(num["severity_t"])),
-                 ("severity at t'", fmt(num["severity_next"]))]
-    else:
+    if "alpha_bar_t" in num:        # a Gaussian schedule's noise levels
         rows += [("`alpha_bar_t`", fmt(num["alpha_bar_t"])), ("`alpha_bar_t_next`", fmt(num["alpha_bar_next"])),
                  ("noise level sqrt(1 - alpha_bar_t)", fmt(num["noise_level_t"]))]
-    if sampler == "ddpm":
-        rows += [("`beta` = 1 - alpha_bar_t / alpha_bar_t'", fmt(num["beta"])),
-                 (f"`sigma^2` ({num['variance']} variance)", fmt(num["posterior_variance"])),
-                 ("`sigma` (std of the added noise)", fmt(num["sigma"]))]
-    elif sampler == "ddim":
-        rows += [("`eta`", fmt(num["eta"])), ("`sigma_t(eta)`", fmt(num["sigma"]))]
-    elif sampler == "dpm++" and "h" in num:
-        rows += [("`lambda_t`", fmt(num["lambda_t"])), ("`lambda_t'`", fmt(num["lambda_next"])),
-                 ("`h` = lambda_t' - lambda_t", fmt(num["h"]))]
-        if num.get("order") == 2:
-            rows += [("`r` = h_prev / h", fmt(num["r"])), ("previous step", f"t = {num['t_prev']}")]
-        else:
-            rows += [("order", "1 (first step: D = x0_hat)")]
-    elif sampler in ("dpm++3m", "unipc"):
-        rows += [("order of this step", str(num["order"]))]
-        if num.get("corrected"):
-            rows += [("`x_t` used", "x_t after UniC's correction")]
+    rows += [(k, v if isinstance(v, str) else fmt(v)) for k, v in info.rows(num)]     # the sampler's own
     for k, c in num["coefficients"].items():
         rows.append((f"coefficient of `{k}`", fmt(c)))
     table = "| quantity | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
-    # the formula with this step's numbers
-    if sampler == "cold":
-        parts = [(c, {"x_t": _tex_x(t), "D(x0_hat,t)": rf"D(\hat x_0, {t})",
-                      "D(x0_hat,t_next)": rf"D(\hat x_0, {tn})"}[k]) for k, c in num["coefficients"].items()]
-    else:
-        parts = [(c, _tex_x(t) if k == "x_t" else term_tex(k)) for k, c in num["coefficients"].items()
-                 if c != 0.0]       # e.g. the last step's x_t or eps_hat term
+    # the formula with this step's numbers (a term with weight 0, e.g. the last step's x_t or eps_hat, left out)
+    parts = [(c, term_tex(k, t, tn)) for k, c in num["coefficients"].items() if c != 0.0]
     rhs = _tex_sum(parts)
     if num["sigma"] > 0:
         rhs += f" + {_tex_num(num['sigma'])}\\,z"
@@ -184,5 +116,6 @@ def explain_markdown(num: dict, run: dict) -> str:
     check = (f"Check: max |x_t' − (the sum above)| = {num['residual_max']:.2e} (float32 rounding: the coefficients "
              f"reproduce x_t')" + (f"; the noise z this step drew has std {num['noise_std']:.3f}" if num["sigma"] > 0
                                    else ""))
-    return (head + f"**Update rule.** {note}\n\n{formula}\n\n**This step.**\n\n{numbers}\n\n{check}\n\n{table}\n\n"
+    return (head + f"**Update rule.** {info.note}\n\n{info.formula}\n\n**This step.**\n\n{numbers}\n\n{check}\n\n"
+            f"{table}\n\n"
             f"std of x_t = {fmt(num['std_x_t'])}, std of x_t' = {fmt(num['std_x_next'])} (measured, first image)")

@@ -21,7 +21,8 @@ from .inputs import fit_note, number, user_error
 from .presets import bundled_name, settings_link
 from .render import (as_pil_uint8, batch_grid, eta_seconds, fitting_path, fmt_duration, html_status, save_png,
                      side_by_side)
-from .settings import ANY, GIF_MAX_FRAMES, MAX_BATCH, PREVIEW_GAP_BUSY_S, SAMPLER_NAMES, USER_ERRORS, log
+from .settings import (ANY, DEFAULT_SAMPLER, GIF_MAX_FRAMES, MAX_BATCH, PREVIEW_GAP_BUSY_S, USER_ERRORS, log,
+                       sampler_label, takes_eta)
 from .waiting import run_cost, seconds_per_flop
 
 _END = object()
@@ -41,8 +42,7 @@ class Waiting:
 class GenerateTab(AppBase):
     def _cond_image(self, pipe, source, sketch, upload):
         cfg = pipe.base.config
-        size = cfg.unet.image_size
-        ch = cfg.unet.cond_channels or 1
+        size, ch = cfg.unet.image_size, cfg.unet.cond_channels or 1
         if source == "upload":
             if upload is None:
                 raise ValueError("this is a pose model: upload a stickman drawing (or pick an example)")
@@ -55,7 +55,7 @@ class GenerateTab(AppBase):
             raise ValueError("the sketch pad is empty: draw a stickman first (black strokes on white)")
         return load_image(img, size, ch)
 
-    def generate(self, model, sampler="dpm++", steps=25, spacing="trailing", eta=0.0, guidance=2.0, seed=-1,
+    def generate(self, model, sampler=DEFAULT_SAMPLER, steps=25, spacing="trailing", eta=0.0, guidance=2.0, seed=-1,
                  batch_size=4, preview_every=1, class_label=ANY, attributes=None, stick_source="sketch",
                  stick_sketch=None, stick_upload=None, init_image=None, strength=0.6, make_gif=False,
                  gif_frames="x0_hat", backend=None, request: gr.Request = None, stop=None, poll=False):
@@ -121,7 +121,7 @@ class GenerateTab(AppBase):
                 yield self._stopped_early("before it started", model, seed)
                 return
             meta = {"model": model, "sampler": sampler, "steps": steps, "spacing": spacing,
-                    "eta": float(eta) if sampler == "ddim" else None, "guidance": float(guidance), "labels": labels,
+                    "eta": float(eta) if takes_eta(sampler) else None, "guidance": float(guidance), "labels": labels,
                     "seed": seed, "batch_size": batch_size, "backend": pipe.backend}
             if "init_image" in kw:
                 meta["img2img_strength"] = float(strength)
@@ -272,7 +272,7 @@ class GenerateTab(AppBase):
         took = time.time() - t0
         text = (f"<b>{'Stopped' if stopped else 'Done'}</b> · {html.escape(model)} · {meta['batch_size']} image(s) · "
                 f"seed {seed} · "
-                f"{SAMPLER_NAMES.get(sampler, sampler)} {self._steps_ran(steps, base_steps, meta['spacing'])}"
+                f"{sampler_label(sampler)} {self._steps_ran(steps, base_steps, meta['spacing'])}"
                 f"{self._sr_stages(pipe)} · "
                 f"{took:.1f} s · "
                 f"<span title=\"{html.escape(self._backend_reason(pipe))}\">{pipe.backend}</span>")
@@ -328,7 +328,7 @@ class GenerateTab(AppBase):
         """", then 2 super-resolution stages (DDPM 10 steps each)" for a cascade: how its later stages sample."""
         if pipe.kind != "cascade":
             return ""
-        runs = [f"{SAMPLER_NAMES.get(st.run_sampler(), st.run_sampler())} {st.run_steps()} steps"
+        runs = [f"{sampler_label(st.run_sampler())} {st.run_steps()} steps"
                 for st in pipe.stages[1:]]
         k = len(runs)
         same = len(set(runs)) == 1
@@ -380,7 +380,7 @@ class GenerateTab(AppBase):
                "improved": True, "seed": meta["seed"], "steps": [], "grid": [], "done": False,
                "labels": list(meta["labels"]), "spacing": meta["spacing"], "guidance": meta["guidance"],
                "task": base.config.task,
-               "summary": (f"model {model} · {SAMPLER_NAMES.get(meta['sampler'], meta['sampler'])} · "
+               "summary": (f"model {model} · {sampler_label(meta['sampler'])} · "
                            f"{meta['steps']} steps ({meta['spacing']}) · guidance {meta['guidance']:g} · "
                            f"seed {meta['seed']} · first image" + (" · base stage of the cascade"
                                                                   if pipe.kind == "cascade" else ""))}

@@ -14,7 +14,8 @@ from .base import AppBase
 from .explain import _alpha_bar, explain_markdown, step_numbers
 from .inputs import handles_errors, number
 from .render import as_pil_uint8, framed, labelled, save_png, upscale_nearest
-from .settings import ANY, DETERMINISTIC_SAMPLERS, INTERP_MAX_FRAMES, INTERP_MAX_WORK, SAMPLER_NAMES, TRAJ_MAX_FRAMES
+from .settings import (ANY, INTERP_MAX_FRAMES, INTERP_MAX_WORK, TRAJ_MAX_FRAMES, deterministic_choices,
+                       sampler_label)
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, alpha: float, eps: float = 1e-6) -> torch.Tensor:
@@ -141,8 +142,8 @@ class LearnTab(AppBase):
         return str(path), strip
 
     @handles_errors("the interpolation")
-    def interpolate(self, model, class_label=ANY, attributes=None, seed_a=0, seed_b=1, frames=8, sampler="ddim",
-                    steps=25, guidance=2.0):
+    def interpolate(self, model, class_label=ANY, attributes=None, seed_a=0, seed_b=1, frames=8,
+                    sampler=deterministic_choices()[0][1], steps=25, guidance=2.0):
         """Slerp between the starting noise x_T of seeds a and b (``frames`` alphas from 0 to 1), each sampled
         with a deterministic sampler (DDIM eta = 0 or DPM-Solver++): the first and last images are exactly
         the plain generations of seed a and seed b. Returns (gallery of PNGs, labelled row, note)."""
@@ -152,8 +153,9 @@ class LearnTab(AppBase):
             raise ValueError("interpolation samples one model (a cascade has several stages): pick its base model")
         if pipe.config.diffusion.is_cold:
             raise ValueError("interpolation needs a Gaussian diffusion model (x_T is noise); this is a cold model")
-        if sampler not in DETERMINISTIC_SAMPLERS:
-            raise ValueError(f"interpolation needs a deterministic sampler: {', '.join(DETERMINISTIC_SAMPLERS)}")
+        deterministic = [name for _, name in deterministic_choices()]
+        if sampler not in deterministic:
+            raise ValueError(f"interpolation needs a deterministic sampler: {', '.join(deterministic)}")
         frames = int(number(frames, "frames", 2, INTERP_MAX_FRAMES, whole=True))
         steps = int(number(steps, "steps", *BOUNDS["steps"], whole=True))
         g = number(guidance, "guidance scale", *BOUNDS["guidance"])
@@ -181,5 +183,5 @@ class LearnTab(AppBase):
                        [f"seed {sa}" if a == 0 else (f"seed {sb}" if a == 1 else f"{a:.2f}") for a in alphas],
                        gap=4, size=11)
         note = (f"slerp(x_T(seed {sa}), x_T(seed {sb}), alpha) for {frames} alphas · "
-                f"{SAMPLER_NAMES[sampler]} {steps} steps · guidance {g:g} · {time.time() - t0:.1f} s")
+                f"{sampler_label(sampler)} {steps} steps · guidance {g:g} · {time.time() - t0:.1f} s")
         return gallery, row, note

@@ -1,11 +1,12 @@
-"""The app's settings: limits, defaults and the names shown for samplers (one place for each)."""
+"""The app's settings: limits, defaults, and the sampler menus read from the core's sampler registry (one place for
+each: the app names no sampler itself)."""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
 
-from diffusion_core import CheckpointError, ImageError
+from diffusion_core import DEFAULT_SAMPLER, CheckpointError, ImageError, all_samplers  # noqa: F401
 
 
 HERE = Path(__file__).resolve().parents[1]      # the repository (checkpoints/, examples/)
@@ -20,21 +21,13 @@ PREVIEW_PX = 256                 # previews are nearest-neighbour upscaled to ab
 GIF_MAX_FRAMES = 60
 PREVIEW_GAP_BUSY_S = 0.5         # while other runs sample too, a run's previews come at most this often
 ANY = "(any)"
-SAMPLER_CHOICES = [("DDPM", "ddpm"), ("DDIM", "ddim"), ("DPM-Solver++ (2M)", "dpm++"), ("DPM-Solver++ (3M)", "dpm++3m"),
-                   ("UniPC", "unipc"), ("Cold", "cold"), ("Student's own steps (progressive distillation)", "progressive")]
-DETERMINISTIC_SAMPLERS = ("ddim", "dpm++", "dpm++3m", "unipc")
-SAMPLER_NAMES = dict((v, k) for k, v in SAMPLER_CHOICES)
-COMPARE_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpm++": "DPM++", "dpm++3m": "DPM++3M", "unipc": "UniPC", "cold": "Cold"}
 DEGRADATIONS = ["noise", "blur", "pixelate", "mask"]
 USER_ERRORS = (ImageError, CheckpointError, ValueError)
 # learning tools
 COMPARE_MAX_CELLS = 15           # one sampling run per cell; the guidance grid's defaults are 3 samplers x 5 scales
 COMPARE_MAX_STEPS = 400          # summed over the cells
-COMPARE_SAMPLERS = [("DDPM", "ddpm"), ("DDIM", "ddim"), ("DPM++", "dpm++"), ("DPM++ 3M", "dpm++3m"), ("UniPC", "unipc"),
-                    ("Cold", "cold")]
 COMPARE_STEPS = [5, 10, 25, 50]
 COMPARE_GUIDANCE = [0, 1, 2, 4, 7]
-COMPARE_DEFAULT_SAMPLERS = ["ddpm", "ddim", "dpm++"]     # the rows both comparisons start with
 COMPARE_DEFAULT_STEPS = [5, 10, 25]
 COMPARE_DEFAULT_GUIDANCE_STEPS = 10
 CELL_PX = 128                    # a compare-grid cell (nearest-upscaled image) ...
@@ -49,3 +42,55 @@ LIGHT = dict(concurrency_limit=4, concurrency_id="light")     # events that do n
 LATEX = [{"left": "$$", "right": "$$", "display": True}]
 
 log = logging.getLogger("diffusion_app")
+
+
+# --- the sampler menus, built from the core's registry when asked for (a sampler registered later shows too) ---
+
+def sampler_choices(names=None) -> list[tuple[str, str]]:
+    """(label, name) of every sampler, or of those in ``names``, in the registry's order: the Generate menu."""
+    return [(s.label, s.name) for s in all_samplers() if names is None or s.name in names]
+
+
+def sampler_label(name) -> str:
+    """A sampler's label ("DPM-Solver++ (2M)"); an unknown name as it is."""
+    return next((s.label for s in all_samplers() if s.name == name), name)
+
+
+def sampler_short(name) -> str:
+    """A sampler's short label, for captions ("DPM++"); an unknown name as it is."""
+    return next((s.short for s in all_samplers() if s.name == name), name)
+
+
+def takes_eta(name) -> bool:
+    """The sampler reads the eta option (the Generate tab's eta slider applies)."""
+    return any(s.name == name and "eta" in s.params for s in all_samplers())
+
+
+def compare_choices() -> list[tuple[str, str]]:
+    """The Compare tab's rows: every sampler but the students' own rules, by short label."""
+    return [(s.short, s.name) for s in all_samplers() if not s.student]
+
+
+def compare_default_samplers() -> list[str]:
+    """The rows both comparisons start with: the registry's featured samplers."""
+    return [s.name for s in all_samplers() if s.featured and not s.student]
+
+
+def branch_choices() -> list[tuple[str, str]]:
+    """Samplers a run can be continued with from a kept x_t: those on a Gaussian noise schedule."""
+    return [(s.label, s.name) for s in all_samplers() if s.gaussian]
+
+
+def can_branch(name) -> bool:
+    return name in [n for _, n in branch_choices()]
+
+
+def deterministic_choices() -> list[tuple[str, str]]:
+    """Samplers that draw no noise at some setting (the one the app then uses), on a Gaussian schedule, for any
+    model (students' own rules left out): interpolation's menu, "DDIM (eta 0)"."""
+    return [(s.deterministic_label(), s.name) for s in all_samplers()
+            if s.gaussian and not s.student and s.can_be_deterministic()]
+
+
+def sampler_names() -> list[str]:
+    return [s.name for s in all_samplers()]

@@ -15,8 +15,8 @@ from diffusion_core import BACKENDS, MAX_GUIDANCE, MAX_STEPS, SPACINGS, SR_SAMPL
 from .inputs import (Dropdown, LabelChecks, Number, Radio, SafeImage, SafeSketchpad, Slider, page_parts,
                      refuse_bad_upload)
 from .render import html_status
-from .settings import (ANY, LIGHT, MAX_BATCH, MAX_SEED, MAX_UPSCALE_INPUT, SAMPLER_CHOICES, STATE_TTL_S,
-                       STICKMEN_DIR)
+from .settings import (ANY, DEFAULT_SAMPLER, LIGHT, MAX_BATCH, MAX_SEED, MAX_UPSCALE_INPUT, STATE_TTL_S,
+                       STICKMEN_DIR, sampler_choices, takes_eta)
 from .zerogpu import gpu_task, on_zero_gpu
 
 
@@ -62,7 +62,7 @@ def generate_page(app) -> SimpleNamespace:
                                     label="Example stickmen", examples_per_page=8)
                 else:
                     stick_examples = gr.Column(visible=False)
-            sampler = Dropdown(SAMPLER_CHOICES, value="dpm++", label="Sampler")
+            sampler = Dropdown(sampler_choices(), value=DEFAULT_SAMPLER, label="Sampler")
             eta = Slider(0, 1, value=0.0, step=0.05, label="DDIM eta", visible=False,
                             info="0 deterministic, 1 DDPM-like")
             with gr.Row():
@@ -215,7 +215,7 @@ def wire_generate(app, demo, g: SimpleNamespace, l: SimpleNamespace) -> None:
     g.refresh.click(app.refresh_models, [g.model], [g.model], **quiet).then(
         picked, [g.model, g.sampler, g.class_label, g.attributes, shown], controls + [shown], **quiet).then(**card)
     local = dict(api_visibility="private", queue=False)
-    g.sampler.change(lambda s: gr.update(visible=(s == "ddim")), [g.sampler], [g.eta], **local)
+    g.sampler.change(lambda s: gr.update(visible=takes_eta(s)), [g.sampler], [g.eta], **local)
     g.stick_source.change(lambda s: (gr.update(visible=s == "sketch"), gr.update(visible=s == "upload"),
                                      gr.update(visible=s == "upload")),
                           [g.stick_source], [g.stick_sketch, g.stick_upload, g.stick_examples], **local)

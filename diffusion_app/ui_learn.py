@@ -10,9 +10,9 @@ from diffusion_core import MAX_GUIDANCE, MAX_STEPS
 
 from .assets import LEARN_INTRO
 from .inputs import Choices, Dropdown, Number, NumberChecks, Radio, Slider, page_parts
-from .settings import (COMPARE_DEFAULT_GUIDANCE_STEPS, COMPARE_DEFAULT_SAMPLERS, COMPARE_DEFAULT_STEPS,
-                       COMPARE_GUIDANCE, COMPARE_MAX_CELLS, COMPARE_MAX_STEPS, COMPARE_SAMPLERS, COMPARE_STEPS,
-                       INTERP_MAX_FRAMES, LATEX, LIGHT, MAX_SEED, SAMPLER_CHOICES, STATE_TTL_S)
+from .settings import (COMPARE_DEFAULT_GUIDANCE_STEPS, COMPARE_DEFAULT_STEPS, COMPARE_GUIDANCE, COMPARE_MAX_CELLS,
+                       COMPARE_MAX_STEPS, COMPARE_STEPS, DEFAULT_SAMPLER, INTERP_MAX_FRAMES, LATEX, LIGHT, MAX_SEED,
+                       STATE_TTL_S, branch_choices, compare_choices, compare_default_samplers, deterministic_choices)
 from .zerogpu import gpu_task
 
 
@@ -44,7 +44,7 @@ def learn_page() -> SimpleNamespace:
                 gr.Markdown("Continue the run from x_t at the step above with other settings; each branch lines up "
                             "beside the original (same seed, so only the changed setting differs).")
                 with gr.Row(equal_height=True):
-                    branch_sampler = Dropdown([c for c in SAMPLER_CHOICES if c[1] != "cold"], value="dpm++",
+                    branch_sampler = Dropdown(branch_choices(), value=DEFAULT_SAMPLER,
                                               label="Sampler", elem_id="branch-sampler")
                     branch_steps = Slider(1, MAX_STEPS, value=10, step=1, label="Steps from there",
                                           elem_id="branch-steps")
@@ -68,7 +68,7 @@ def learn_page() -> SimpleNamespace:
                 cmp_schedules = gr.Checkbox(False, label="schedules",
                                             info="add the rows of models that differ only in their "
                                                  "noise schedule (e.g. fashion / fashion-linear)")
-            cmp_samplers = Choices(COMPARE_SAMPLERS, value=COMPARE_DEFAULT_SAMPLERS,
+            cmp_samplers = Choices(compare_choices(), value=compare_default_samplers(),
                                             label="Samplers (rows)", elem_id="compare-samplers")
             with gr.Row(equal_height=True):
                 cmp_steps = NumberChecks(COMPARE_STEPS, value=COMPARE_DEFAULT_STEPS, label="Step counts (columns)",
@@ -93,9 +93,7 @@ def learn_page() -> SimpleNamespace:
                 int_b = Number(1, label="Seed b", precision=0, minimum=0, maximum=MAX_SEED)
                 int_frames = Slider(2, INTERP_MAX_FRAMES, value=8, step=1, label="Frames")
             with gr.Row(equal_height=True):
-                int_sampler = Radio([("DDIM (eta 0)", "ddim"), ("DPM-Solver++ (2M)", "dpm++"),
-                                     ("DPM-Solver++ (3M)", "dpm++3m"), ("UniPC", "unipc")],
-                                    value="dpm++", label="Sampler (deterministic)")
+                int_sampler = Radio(deterministic_choices(), value=DEFAULT_SAMPLER, label="Sampler (deterministic)")
                 int_steps = Slider(1, 200, value=20, step=1, label="Steps")
                 int_btn = gr.Button("Interpolate", variant="primary", elem_id="interpolate-btn")
             int_note = gr.Markdown()

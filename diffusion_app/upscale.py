@@ -12,7 +12,7 @@ from diffusion_core import BOUNDS, SR_SAMPLING, load_whole, open_image
 from .base import AppBase
 from .inputs import number, user_error
 from .render import as_pil_uint8, save_png, upscale_nearest
-from .settings import MAX_UPSCALE_INPUT, PREVIEW_PX, SAMPLER_NAMES, USER_ERRORS, log
+from .settings import MAX_UPSCALE_INPUT, PREVIEW_PX, USER_ERRORS, log, sampler_label
 
 
 def size_text(w: int, h: int) -> str:
@@ -53,7 +53,7 @@ class UpscaleTab(AppBase):
         path = save_png(after, self._run_dir(model) / "upscaled.png",
                         {"model": sr_name, "upscale_of": model, "steps": sr_steps, "seed": int(seed or 0)})
         target = max(PREVIEW_PX, after.width)
-        sampler = SAMPLER_NAMES.get(sr_cfg.sampling.sampler, sr_cfg.sampling.sampler)
+        sampler = sampler_label(sr_cfg.sampling.sampler)
         note = (f"{size_text(low.shape[-1], low.shape[-2])} → {size_text(after.width, after.height)} with {sr_name} "
                 f"({sr_steps} {sampler} steps, {time.time() - t0:.1f} s)" + scaled)
         return (upscale_nearest(before, target), upscale_nearest(after, target)), path, note

@@ -338,13 +338,13 @@ class CascadeStage:
                                     # rule of conditioning.back_projection_scale)
 
     def __post_init__(self):
-        from .options import SAMPLERS
+        from .sampler_registry import sampler_names
         relative_path(self.path, "stage")
         if not 0.0 <= self.aug_level <= 1.0:
             raise ConfigError(f"stage {self.path}: aug_level must be in [0, 1], got {self.aug_level}")
         if not 0 <= self.steps <= 1000:
             raise ConfigError(f"stage {self.path}: steps must be in [0, 1000], got {self.steps}")
-        if self.sampler and self.sampler not in SAMPLERS:
+        if self.sampler and self.sampler not in sampler_names():
             raise ConfigError(f"stage {self.path}: unknown sampler {self.sampler!r}")
         if not 0 <= self.match_scale <= 8:
             raise ConfigError(f"stage {self.path}: match_scale must be in [0, 8], got {self.match_scale}")

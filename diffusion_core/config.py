@@ -10,7 +10,8 @@ import json
 import typing
 from dataclasses import dataclass, field
 
-from .options import MAX_GUIDANCE, MAX_STEPS, SAMPLERS, SPACINGS, STUDENT_SAMPLERS, X0_RANGES
+from .options import MAX_GUIDANCE, MAX_STEPS, SPACINGS, X0_RANGES
+from .sampler_registry import DEFAULT_SAMPLER, sampler_names, student_samplers
 
 CONFIG_VERSION = 1
 MAX_JSON_DEPTH = 16             # configs nest 3 levels; 5,000 levels made the JSON parser recurse out of the stack
@@ -200,7 +201,7 @@ class SamplingDefaults:
     """How the app samples this model until the user changes it, and why (shown in the model card): chosen
     per model from measurements (for ``fashion``, the solver table in docs/models.md)."""
 
-    sampler: str = "dpm++"
+    sampler: str = DEFAULT_SAMPLER
     steps: int = 25
     spacing: str = "trailing"
     guidance: float = 2.0
@@ -209,8 +210,8 @@ class SamplingDefaults:
                                         # (``denoisers.ClassifierFreeGuidance``; a model with unet.label_mask)
 
     def __post_init__(self):
-        if self.sampler not in SAMPLERS:
-            raise ConfigError(f"sampling.sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if self.sampler not in sampler_names():
+            raise ConfigError(f"sampling.sampler must be one of {', '.join(sampler_names())}, got {self.sampler!r}")
         if self.spacing not in SPACINGS:
             raise ConfigError(f"sampling.spacing must be one of {', '.join(SPACINGS)}, got {self.spacing!r}")
         if not 1 <= self.steps <= MAX_STEPS:
@@ -234,7 +235,7 @@ SR_SAMPLING = SamplingDefaults("ddpm", 10, "trailing", 1.0,
 @dataclass(frozen=True)
 class Distilled:
     """A distilled student's record; empty for every other model. ``teacher``: the model folder it was distilled
-    from, as the training config named it; ``sampler``: its own few-step rule (``options.STUDENT_SAMPLERS``) on the
+    from, as the training config named it; ``sampler``: its own few-step rule (``sampler_registry.student_samplers``) on the
     grid it was distilled on, ``spaced_timesteps(T, steps, "trailing")``; ``guidance``: [w_min, w_max], the
     guidance scales its guidance embedding was trained on (() without one)."""
 
@@ -248,8 +249,8 @@ class Distilled:
             if self.sampler or self.steps or self.guidance:
                 raise ConfigError("distilled: a student's record needs its teacher")
             return
-        if self.sampler not in STUDENT_SAMPLERS:
-            raise ConfigError(f"distilled.sampler must be one of {', '.join(STUDENT_SAMPLERS)}, got {self.sampler!r}")
+        if self.sampler not in student_samplers():
+            raise ConfigError(f"distilled.sampler must be one of {', '.join(student_samplers())}, got {self.sampler!r}")
         if not 1 <= self.steps <= MAX_STEPS:
             raise ConfigError(f"distilled.steps must be in [1, {MAX_STEPS}], got {self.steps}")
         if self.guidance and (len(self.guidance) != 2 or not 0 <= self.guidance[0] <= self.guidance[1] <= MAX_GUIDANCE):
@@ -282,7 +283,7 @@ class ModelConfig:
 
     def _check_student(self) -> None:
         d = self.distilled
-        if self.sampling.sampler in STUDENT_SAMPLERS and self.sampling.sampler != d.sampler:
+        if self.sampling.sampler in student_samplers() and self.sampling.sampler != d.sampler:
             raise ConfigError(f"sampling.sampler {self.sampling.sampler!r} is a distilled student's own rule; this "
                               f"model's is {d.sampler or 'none (it is not a student)'}")
         if d.guidance and not self.unet.guidance_embedding:

@@ -1,11 +1,8 @@
 """The names and limits of a sampling request, in one place, without importing torch: the samplers, the step
-grids and the bounds that the pipeline enforces and the command line and the app show."""
+grids and the bounds that the pipeline enforces and the command line and the app show. What each sampler is lives in
+``sampler_registry``; ``SAMPLERS`` and ``STUDENT_SAMPLERS`` here are its names, read from it when asked for."""
 from __future__ import annotations
 
-SAMPLERS = ("ddpm", "ddim", "dpm++", "dpm++3m", "unipc", "cold", "progressive")
-# a distilled student's own few-step rule (Salimans & Ho 2022): offered only by the students it was distilled for
-# (``ModelConfig.distilled``), whose default it is
-STUDENT_SAMPLERS = ("progressive",)
 SPACINGS = ("trailing", "leading", "linspace", "logsnr", "karras")
 NOISE_LEVEL_SPACINGS = ("logsnr", "karras")      # grids in noise level: they need a Gaussian schedule
 X0_RANGES = ("clip", "dynamic", "none")          # keeping x0_hat in [-1, 1]: clamp, dynamic thresholding, nothing
@@ -19,3 +16,12 @@ BOUNDS = {"n": (1, MAX_BATCH), "steps": (1, MAX_STEPS), "seed": (0, MAX_SEED), "
           "eta": (0.0, 1.0), "strength": (0.0, 1.0)}
 BACKENDS = ("auto", "fp32", "bf16", "openvino")   # where the network runs (backends.py); auto measures and picks
 BACKEND_ENV = "DIFFUSION_CORE_BACKEND"             # forces a backend for every load that does not name one
+
+
+def __getattr__(name: str):
+    """``SAMPLERS``: every registered sampler's name; ``STUDENT_SAMPLERS``: the distilled students' own rules
+    (offered only by the students made for them). Read from ``sampler_registry`` at the time they are asked for."""
+    if name in ("SAMPLERS", "STUDENT_SAMPLERS"):
+        from .sampler_registry import sampler_names, student_samplers
+        return sampler_names() if name == "SAMPLERS" else student_samplers()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

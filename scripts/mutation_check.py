@@ -193,8 +193,8 @@ MUTANTS = [
  ("app imports a submodule", "diffusion_app/generate.py", "from diffusion_core import ",
   "from diffusion_core.images import to_mode  # noqa: F401\nfrom diffusion_core import ",
   "tests/test_import_rules.py"),
- ("samplers import the network", "diffusion_core/samplers/spec.py", "from ..options import SAMPLERS\n",
-  "from ..options import SAMPLERS\nfrom ..unet import UNet  # noqa: F401\n", "tests/test_import_rules.py"),
+ ("samplers import the network", "diffusion_core/samplers/spec.py", "from ..sampler_registry import sampler_info\n",
+  "from ..sampler_registry import sampler_info\nfrom ..unet import UNet  # noqa: F401\n", "tests/test_import_rules.py"),
  ("SIGTERM kills the app without cleanup", "app.py", "    signal.signal(signal.SIGTERM, exit_on_sigterm)\n", "",
   "tests/test_app_signals.py"),
  ("sketch decoded by Gradio, not the guarded decoder", "diffusion_app/inputs.py",
@@ -252,7 +252,7 @@ MUTANTS = [
   "        if self.config.unet.guidance_embedding:       # a guided student",
   "        if False:       # a guided student", "tests/test_distill.py -k one_pass"),
  ("a student's rule offered to every model", "diffusion_core/pipeline/stage.py",
-  "(x not in STUDENT_SAMPLERS or x == own)", "True", "tests/test_distill.py -k old_configs"),
+  "(not s.student or s.name == own)", "True", "tests/test_distill.py -k old_configs"),
  ("student not grown from its teacher", "diffusion_core/training/loop.py",
   "            self.distill.init_student(self.net)\n", "            pass\n", "tests/test_distill.py -k trains_resumes"),
  ("a new round keeps the old teacher", "diffusion_core/training/distill.py",
@@ -497,6 +497,20 @@ MUTANTS = [
  ("a fractional whole number taken (steps=2.5 runs 2 steps)", "diffusion_app/inputs.py",
   "if not math.isfinite(v) or not lo <= v <= hi or (whole and v != int(v)):", "if not math.isfinite(v) or not lo <= v <= hi:",
   "tests/test_planted_outside.py -k fractional"),
+ # issue 35, structure: one sampler registry (tests/test_sampler_registry.py)
+ ("registry: the app shows eta for DDIM by name", "diffusion_app/ui_generate.py",
+  "gr.update(visible=takes_eta(s))", 'gr.update(visible=(s == "ddim"))', "tests/test_sampler_registry.py -k names_a_sampler"),
+ ("registry: the Generate menu a fixed list of seven", "diffusion_app/settings.py",
+  "return [(s.label, s.name) for s in all_samplers() if names", "return [(s.label, s.name) for s in all_samplers()[:7] if names",
+  "tests/test_sampler_registry.py -k reaches_the_apps"),
+ ("registry: a step explained without its record's rows", "diffusion_app/explain.py",
+  "rows += [(k, v if isinstance(v, str) else fmt(v)) for k, v in info.rows(num)]", "rows += []",
+  "tests/test_sampler_registry.py -k reaches_the_apps"),
+ ("registry: make_step runs DDIM for a name it does not know", "diffusion_core/samplers/steps.py",
+  "return info.step_class().build(spec,", "return (DDIMStep if info.name not in ('ddpm', 'dpm++', 'dpm++3m', 'unipc', "
+  "'cold', 'progressive') else info.step_class()).build(spec,", "tests/test_sampler_registry.py -k pipeline"),
+ ("registry: a record's stochastic flag ignored", "diffusion_core/samplers/spec.py",
+  "return info.stochastic or (info.noise_param", "return (info.noise_param", "tests/test_sampler_registry.py -k core_reads"),
 ]
 
 

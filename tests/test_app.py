@@ -327,10 +327,11 @@ def test_both_comparisons_run_with_the_defaults_the_page_shows(tmp_path):
     import diffusion_app as app
     from diffusion_app import settings
     a = app.DiffusionApp(str(build_checkpoints(tmp_path / "ckpt")))
-    img, note = a.compare_guidance("tiny", "Coat", None, 0, settings.COMPARE_DEFAULT_SAMPLERS, settings.COMPARE_GUIDANCE,
+    rows = settings.compare_default_samplers()
+    img, note = a.compare_guidance("tiny", "Coat", None, 0, rows, settings.COMPARE_GUIDANCE,
                                    settings.COMPARE_DEFAULT_GUIDANCE_STEPS)
-    assert img is not None and len(settings.COMPARE_DEFAULT_SAMPLERS) * len(settings.COMPARE_GUIDANCE) <= settings.COMPARE_MAX_CELLS
-    img, note = a.compare("tiny", "Coat", None, 0, settings.COMPARE_DEFAULT_SAMPLERS, settings.COMPARE_DEFAULT_STEPS)
+    assert img is not None and len(rows) * len(settings.COMPARE_GUIDANCE) <= settings.COMPARE_MAX_CELLS
+    img, note = a.compare("tiny", "Coat", None, 0, rows, settings.COMPARE_DEFAULT_STEPS)
     assert img is not None
 
 

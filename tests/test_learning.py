@@ -189,8 +189,9 @@ def test_compare_with_schedules_works_at_its_own_defaults(client):
     """Issue 35 item 6: ticking "schedules" at the Compare tab's defaults (3 samplers x 3 step counts, and the
     guidance grid's 3 x 5) failed: twice the rows, 18 cells against a limit of 15. The limits are per model."""
     from diffusion_app import render
-    from diffusion_app.settings import (COMPARE_DEFAULT_GUIDANCE_STEPS, COMPARE_DEFAULT_SAMPLERS,
-                                        COMPARE_DEFAULT_STEPS, COMPARE_GUIDANCE)
+    from diffusion_app.settings import (COMPARE_DEFAULT_GUIDANCE_STEPS, COMPARE_DEFAULT_STEPS, COMPARE_GUIDANCE,
+                                        compare_default_samplers)
+    COMPARE_DEFAULT_SAMPLERS = compare_default_samplers()
     n = len(COMPARE_DEFAULT_SAMPLERS)
     img, note = client.predict(model="tiny", class_label="Bag", seed=3, samplers=COMPARE_DEFAULT_SAMPLERS,
                                step_counts=COMPARE_DEFAULT_STEPS, guidance=2.0, schedules=True, api_name="/compare")

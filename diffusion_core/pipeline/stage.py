@@ -18,7 +18,8 @@ from ..config import ModelConfig
 from ..degradations import Degradation, make_degradation
 from ..denoisers import ClassifierFreeGuidance, ClipX0, ExpertEnsemble, GuidanceInput, ModelDenoiser
 from ..runtime import ChunkedNet, SharedNet, backends
-from ..options import NOISE_LEVEL_SPACINGS, SAMPLERS, SPACINGS, STUDENT_SAMPLERS
+from ..options import SPACINGS
+from ..sampler_registry import all_samplers, sampler_info
 from ..samplers import (SampleStep, SamplerSpec, img2img_timesteps, make_generators, noised_start, per_image_noise,
                        sample_stream)
 from ..schedules import Schedule, make_schedule, spaced_timesteps
@@ -106,10 +107,8 @@ class Stage:
     def samplers(self) -> tuple[str, ...]:
         """The samplers that apply: cold's for a cold model; else the Gaussian ones, a distilled student's own rule
         only on that student (``config.distilled.sampler``)."""
-        if self.config.diffusion.is_cold:
-            return ("cold",)
-        own = self.config.distilled.sampler
-        return tuple(x for x in SAMPLERS if x != "cold" and (x not in STUDENT_SAMPLERS or x == own))
+        cold, own = self.config.diffusion.is_cold, self.config.distilled.sampler
+        return tuple(s.name for s in all_samplers() if s.gaussian != cold and (not s.student or s.name == own))
 
     @property
     def size(self) -> int:
@@ -253,7 +252,7 @@ class Stage:
             low_res, cond, hw, crop_to = self._sr_input(r)
         den = self.denoiser(r.guidance, r.clip, r.hold, r.cancelled)
         if cfg.diffusion.is_cold:
-            yield from self._stream_cold(den, r, gens, cond)
+            yield from self._stream_cold(den, r, spec, gens, cond)
             return
         x_start, ts = self._start(r, hw, gens)
         records = sample_stream(den, x_start, ts, spec, schedule=self.schedule, cond=cond, generators=gens)
@@ -325,10 +324,11 @@ class Stage:
                 rec = replace(rec, x_next=back_project(rec.x_next, low_res.to(device), scale))
             yield rec
 
-    def _stream_cold(self, den, r: Request, gens, cond):
-        if r.spacing in NOISE_LEVEL_SPACINGS:
+    def _stream_cold(self, den, r: Request, spec: SamplerSpec, gens, cond):
+        grids = sampler_info(spec.name).grids
+        if r.spacing in SPACINGS and r.spacing not in grids:
             raise ValueError(f"the {r.spacing} spacing follows a Gaussian noise schedule; a cold-diffusion model takes "
-                             f"{', '.join(x for x in SPACINGS if x not in NOISE_LEVEL_SPACINGS)}")
+                             f"{', '.join(grids)}")
         deg, n, device = self.degradation, r.n, r.device
         T = self.config.diffusion.T
         c, s = self.config.unet.out_channels, self.config.unet.image_size
@@ -340,7 +340,7 @@ class Stage:
         else:
             ts = spaced_timesteps(T, r.steps, r.spacing)
             x_start = self.cold_start(n, gens, fixed, device, cond)
-        yield from sample_stream(den, x_start, ts, SamplerSpec("cold", improved=r.improved), cond=cond,
+        yield from sample_stream(den, x_start, ts, spec, cond=cond,
                                  degradation=deg, fixed_noise=fixed)
 
     def cold_start(self, n, gens, fixed, device, cond=None):

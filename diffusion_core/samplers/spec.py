@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-from ..options import SAMPLERS
+from ..sampler_registry import sampler_info
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class SampleStep:
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    """Which update rule to use, and its options."""
+    """Which update rule to use (a name in ``sampler_registry``), and its options."""
 
     name: str = "ddim"
     eta: float = 0.0                 # DDIM: 0 deterministic, 1 DDPM-like
@@ -39,8 +39,7 @@ class SamplerSpec:
     improved: bool = True            # cold: Alg. 2 (True) or Alg. 1 (False)
 
     def __post_init__(self):
-        if self.name not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.name!r}; choose one of {', '.join(SAMPLERS)}")
+        sampler_info(self.name)         # an unknown name: a ValueError that lists the known ones
         if not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"eta must be in [0, 1], got {self.eta}")
         if self.variance not in ("posterior", "beta"):
@@ -48,12 +47,13 @@ class SamplerSpec:
 
     @property
     def stochastic(self) -> bool:
-        return self.name == "ddpm" or (self.name == "ddim" and self.eta > 0)
+        info = sampler_info(self.name)
+        return info.stochastic or (info.noise_param is not None and getattr(self, info.noise_param) > 0)
 
     @property
     def multistep(self) -> bool:
         """Uses the denoiser's earlier outputs (its steps depend on the whole grid)."""
-        return self.name in ("dpm++", "dpm++3m", "unipc")
+        return sampler_info(self.name).multistep
 
 
 def per_image_noise(shape: Sequence[int], generators: Sequence[torch.Generator], device=None,

@@ -1,5 +1,6 @@
 """Each sampler's rule as a step object (``make_step``): its inputs, a rule linear in them, and its own state
-(the multistep solvers' earlier x0_hat), so the sampling loop has no branch on the sampler's name."""
+(the multistep solvers' earlier x0_hat), so the sampling loop has no branch on the sampler's name. Which class runs
+which sampler is the sampler's record in ``sampler_registry`` (``SamplerInfo.step``)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -8,6 +9,7 @@ import torch
 
 from ..degradations import Degradation
 from ..denoisers import Prediction
+from ..sampler_registry import sampler_info
 from ..schedules import Schedule
 from .spec import SamplerSpec
 from .updates import (_ab, _lam, cold_update, ddim_sigma, ddim_step, ddpm_step, ddpm_variance, dpm_step_size,
@@ -22,9 +24,16 @@ class Step:
     A call is three parts, so that the same code that samples also explains a step (``explain_step``):
     ``inputs`` names the tensors the update combines (x_t, x0_hat, eps_hat, an earlier ``x0_hat[t_k]``, the
     ``noise``, cold's re-degraded images) without changing the state; ``rule`` is the update, linear in them;
-    ``advance`` keeps what later steps need. ``info`` gives the step's named scalars (order, h, sigma...)."""
+    ``advance`` keeps what later steps need. ``info`` gives the step's named scalars (order, h, sigma...).
+    ``build`` makes the step for one run from the request's ``SamplerSpec`` (``make_step`` calls it)."""
 
     stochastic = False
+
+    @classmethod
+    def build(cls, spec: SamplerSpec, timesteps: torch.Tensor, schedule: Schedule | None,
+              degradation: Degradation | None, fixed_noise: torch.Tensor | None) -> "Step":
+        """The step for one run over ``timesteps`` (a rule that reads only the schedule: ``cls(schedule)``)."""
+        return cls(schedule)
 
     def inputs(self, x_t, t: int, t_next: int, pred: Prediction, noise) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -55,6 +64,10 @@ class DDPMStep(Step):
     def __init__(self, schedule: Schedule, variance: str):
         self.schedule, self.variance = schedule, variance
 
+    @classmethod
+    def build(cls, spec, timesteps, schedule, degradation, fixed_noise):
+        return cls(schedule, spec.variance)
+
     def inputs(self, x_t, t, t_next, pred, noise):
         return _with_noise({"x_t": x_t, "x0_hat": pred.x0_hat}, noise, t_next)
 
@@ -70,6 +83,10 @@ class DDPMStep(Step):
 class DDIMStep(Step):
     def __init__(self, schedule: Schedule, eta: float):
         self.schedule, self.eta, self.stochastic = schedule, eta, eta > 0
+
+    @classmethod
+    def build(cls, spec, timesteps, schedule, degradation, fixed_noise):
+        return cls(schedule, spec.eta)
 
     def inputs(self, x_t, t, t_next, pred, noise):
         return _with_noise({"x0_hat": pred.x0_hat, "eps_hat": pred.eps_hat}, noise, t_next)
@@ -132,6 +149,10 @@ class _Multistep(Step):
     def __init__(self, schedule: Schedule, timesteps: torch.Tensor, order: int, keep: int):
         self.schedule, self.timesteps, self.order, self.keep = schedule, timesteps, order, keep
         self.history: list[tuple[int, torch.Tensor]] = []      # (t_i, x0_hat_i), newest last, ``keep`` of them
+
+    @classmethod
+    def build(cls, spec, timesteps, schedule, degradation, fixed_noise):
+        return cls(schedule, timesteps)
 
     def order_at(self, t_next: int) -> int:
         """The order of the step into t_next: capped near the end and by how many earlier points there are."""
@@ -228,6 +249,10 @@ class ColdStep(Step):
     def __init__(self, degradation: Degradation, fixed_noise, improved: bool):
         self.degradation, self.fixed_noise, self.improved = degradation, fixed_noise, improved
 
+    @classmethod
+    def build(cls, spec, timesteps, schedule, degradation, fixed_noise):
+        return cls(degradation, fixed_noise, spec.improved)
+
     def inputs(self, x_t, t, t_next, pred, noise):
         d_next = {"D(x0_hat,t_next)": redegrade(self.degradation, pred.x0_hat, t_next, self.fixed_noise)}
         if not self.improved:
@@ -245,21 +270,10 @@ class ColdStep(Step):
 
 def make_step(spec: SamplerSpec, timesteps: torch.Tensor, schedule: Schedule | None = None,
               degradation: Degradation | None = None, fixed_noise: torch.Tensor | None = None) -> Step:
-    """The update rule ``spec`` names, for one run over ``timesteps``."""
-    if spec.name == "cold":
-        if degradation is None:
-            raise ValueError("the cold sampler needs a model trained with a cold degradation")
-        return ColdStep(degradation, fixed_noise, spec.improved)
-    if schedule is None:
+    """The update rule ``spec`` names (its registry record's ``step`` class), for one run over ``timesteps``."""
+    info = sampler_info(spec.name)
+    if not info.gaussian and degradation is None:
+        raise ValueError(f"the {spec.name} sampler needs a model trained with a cold degradation")
+    if info.gaussian and schedule is None:
         raise ValueError(f"the {spec.name} sampler needs a Gaussian noise schedule (this model is a cold-diffusion model)")
-    if spec.name == "ddpm":
-        return DDPMStep(schedule, spec.variance)
-    if spec.name == "ddim":
-        return DDIMStep(schedule, spec.eta)
-    if spec.name == "dpm++":
-        return DPMpp2MStep(schedule, timesteps)
-    if spec.name == "dpm++3m":
-        return DPMpp3MStep(schedule, timesteps)
-    if spec.name == "progressive":
-        return ProgressiveStep(schedule)
-    return UniPCStep(schedule, timesteps)
+    return info.step_class().build(spec, timesteps, schedule, degradation, fixed_noise)
