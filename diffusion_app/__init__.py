@@ -1,6 +1,6 @@
 """The Gradio app for diffusion_core, as a package: one module per tab or concern, each readable in one sitting.
 
-    settings     limits, defaults, the names shown for samplers
+    settings     limits, defaults, the sampler menus (read from the core's sampler registry)
     inputs       components that check what a browser or an API client sends; the error wrapper
     models       the model catalogue (folders under the checkpoints directory)
     render       previews, labelled strips, comparison grids, PNGs with their settings, the status line
