@@ -6,6 +6,7 @@ no module of the app names a sampler."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -106,13 +107,21 @@ def _toy_level_rule_holds(records, schedule):
 
 def test_a_sampler_added_in_the_core_runs_through_the_pipeline(toy, tmp_path, make_model):
     """Registered in the core alone, the toy is a sampler of every Gaussian model (not of a cold one) and runs
-    through Pipeline.stream step by step with its own rule."""
+    through Pipeline.stream step by step with its own rule; a record's grids are the spacings it takes."""
     make_model(tmp_path / "m")
     pipe = load(tmp_path / "m")
     assert "toy" in pipe.samplers
     records = list(pipe.stream(2, sampler="toy", steps=4, seed=1))
     assert len(records) == 4 and records[-1].t_next == -1
     _toy_level_rule_holds(records, pipe.base.schedule)
+    register_sampler(dataclasses.replace(TOY, name="toy-trailing", grids=("trailing",)))      # its grids are kept to
+    try:
+        assert len(list(pipe.stream(1, sampler="toy-trailing", steps=3, spacing="trailing"))) == 3
+        with pytest.raises(ValueError, match="the karras spacing does not apply to the toy-trailing sampler, which "
+                                             "takes trailing"):
+            next(pipe.stream(1, sampler="toy-trailing", steps=3, spacing="karras"))
+    finally:
+        unregister_sampler("toy-trailing")
 
 
 @pytest.mark.slow

@@ -244,6 +244,11 @@ class Stage:
         spec = SamplerSpec(r.sampler, eta=r.eta, variance=r.variance, improved=r.improved)
         if spec.name not in self.samplers:
             raise ValueError(f"sampler {r.sampler!r} does not apply to this model (use {', '.join(self.samplers)})")
+        grids = sampler_info(spec.name).grids
+        if r.spacing in SPACINGS and r.spacing not in grids:
+            why = "follows a Gaussian noise schedule; a cold-diffusion model" if cfg.diffusion.is_cold else \
+                f"does not apply to the {spec.name} sampler, which"
+            raise ValueError(f"the {r.spacing} spacing {why} takes {', '.join(grids)}")
         gens = make_generators(r.seed, r.n)
         s = cfg.unet.image_size
         cond = self.condition(r.n, r.labels, r.cond_image, r.device)
@@ -325,10 +330,6 @@ class Stage:
             yield rec
 
     def _stream_cold(self, den, r: Request, spec: SamplerSpec, gens, cond):
-        grids = sampler_info(spec.name).grids
-        if r.spacing in SPACINGS and r.spacing not in grids:
-            raise ValueError(f"the {r.spacing} spacing follows a Gaussian noise schedule; a cold-diffusion model takes "
-                             f"{', '.join(grids)}")
         deg, n, device = self.degradation, r.n, r.device
         T = self.config.diffusion.T
         c, s = self.config.unet.out_channels, self.config.unet.image_size
