@@ -18,7 +18,7 @@ from .checkpoint import CheckpointError, folder_kind, load_network
 from .runtime.openvino_net import FlatNet, cond_fields
 
 WEB_FORMAT = 1
-# the samplers the page implements (web/src/diffusion.js), with the page's name for each of the package's
+# the samplers the page implements (web/src/diffusion.js); their labels come from the package's registry
 WEB_SAMPLERS = ("ddim", "dpm++", "ddpm", "progressive")
 OPSET = 17
 
@@ -168,8 +168,10 @@ def web_defaults(cfg) -> dict:
 def manifest(folder: Path, cfg, inputs: list[str], onnx_name: str, weights: str = "fp16") -> dict:
     """What the page needs besides the network."""
     from .pipeline import load
+    from .sampler_registry import sampler_info
     d = cfg.diffusion
     schedule = load(folder, backend="fp32", measure=False).schedule
+    samplers = [s for s in WEB_SAMPLERS if sampler_info(s).student == bool(cfg.unet.guidance_embedding)]
     return {
         "format": WEB_FORMAT, "name": folder.name, "description": cfg.description, "headline": _headline(folder),
         "onnx": onnx_name, "inputs": inputs, "image_size": cfg.unet.image_size, "channels": cfg.unet.in_channels,
@@ -177,7 +179,7 @@ def manifest(folder: Path, cfg, inputs: list[str], onnx_name: str, weights: str 
         "x0_range": d.x0_range, "label_names": list(cfg.label_names), "multi_label": bool(cfg.multi_label),
         "label_mask": bool(cfg.unet.label_mask), "held_labels": list(cfg.sampling.held_labels),
         "cond_channels": cfg.unet.cond_channels, "guidance_input": bool(cfg.unet.guidance_embedding),
-        "samplers": ["progressive"] if cfg.unet.guidance_embedding else [s for s in WEB_SAMPLERS if s != "progressive"],
+        "samplers": samplers, "sampler_labels": {name: sampler_info(name).label for name in samplers},
         "defaults": web_defaults(cfg), "weights": weights,
     }
 

@@ -84,7 +84,7 @@ function showControls(m) {
     .filter(Boolean).join(' · ');
   const sampler = $('sampler');
   sampler.replaceChildren();
-  for (const s of m.samplers) option(sampler, s, SAMPLERS[s].label);
+  for (const s of m.samplers) option(sampler, s, m.sampler_labels?.[s] ?? SAMPLERS[s].label);
   sampler.value = m.defaults.sampler;
   $('steps').value = m.defaults.steps;
   $('guidance').value = m.defaults.guidance;
@@ -267,7 +267,7 @@ async function generate() {
     paintForward();
     document.body.dataset.firstPreviewMs = first.toFixed(0);
     document.body.dataset.finishedMs = ms.toFixed(0);
-    setBusy(false, `${state.stop ? 'Stopped' : 'Done'}: ${n} image${n > 1 ? 's' : ''}, ${SAMPLERS[sampler].label}, ${last.index + 1} of ${last.steps} steps, `
+    setBusy(false, `${state.stop ? 'Stopped' : 'Done'}: ${n} image${n > 1 ? 's' : ''}, ${$('sampler').selectedOptions[0].textContent}, ${last.index + 1} of ${last.steps} steps, `
       + `guidance ${guidance}, seed ${seed} · first preview ${first.toFixed(0)} ms, finished ${ms.toFixed(0)} ms`);
     document.body.dataset.runs = String(++state.runs);
   } catch (err) {
