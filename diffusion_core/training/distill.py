@@ -61,7 +61,7 @@ def student_config(cfg: TrainConfig, teacher: ModelConfig) -> ModelConfig:
     if d.guidance:
         w = min(max(w, d.guidance[0]), d.guidance[1])
     why = (f"a student distilled from {d.teacher} (progressive distillation, Salimans & Ho 2022) samples with its own "
-           f"rule on the grid it was distilled on: {d.student_steps} steps, one U-Net pass each"
+           f"rule on the grid it was distilled on: {d.student_steps} step{'s' * (d.student_steps != 1)}, one U-Net pass each"
            + (f", guidance an input of the network, trained for w in [{d.guidance[0]:g}, {d.guidance[1]:g}]"
               if d.guidance else ""))
     return replace(teacher, unet=replace(teacher.unet, guidance_embedding=bool(d.guidance)),
