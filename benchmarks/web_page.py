@@ -6,7 +6,8 @@ Builds the site when ``--site`` does not exist (web/build.py), serves it on a lo
 first visit downloads (the page, the runtime and the default model) and with every model of the page loaded; the
 time to a ready page; and for each run, as the page itself reports it (``data-first-preview-ms``,
 ``data-finished-ms``), the median of ``--repeats`` runs after one warm-up: one fashion image with DPM-Solver++(2M)
-10 steps and guidance 2; four images from the 4-step student; one emoji and one pose image at their defaults.
+10 steps and guidance 2; four images from the 4-step and the 1-step student; one emoji and one pose image at their
+defaults.
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ RUNS = [   # (name, settings link)
      "#model=fashion&sampler=dpm%2B%2B&steps=10&n=4&seed=0&guidance=2&picks=Dress"),
     ("fashion-4step student, 4 images, 4 steps, guidance 2",
      "#model=fashion-4step&sampler=progressive&steps=4&n=4&seed=0&guidance=2&picks=Dress"),
+    ("fashion-1step student, 4 images, 1 step, guidance 2",
+     "#model=fashion-1step&sampler=progressive&steps=1&n=4&seed=0&guidance=2&picks=Dress"),
     ("emoji, 1 image, DDPM 25 steps, guidance 3", "#model=emoji&sampler=ddpm&steps=25&n=1&seed=0&guidance=3&picks=woman"),
     ("pose, 1 image, DDPM 25 steps, guidance 2 (bundled stickman)", "#model=pose&sampler=ddpm&steps=25&n=1&seed=0&guidance=2"),
 ]
@@ -75,7 +78,7 @@ def main(argv=None) -> int:
         spec = importlib.util.spec_from_file_location("web_build", ROOT / "web" / "build.py")
         build = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(build)
-        build.build(site, [ROOT / "checkpoints" / m for m in build.MODELS])
+        build.build(site, [ROOT / "checkpoints" / m for m in build.MODELS])      # int8 weights, as shipped
     from playwright.sync_api import sync_playwright
     server, base = serve(site)
     result = {"cpu": cpu_model(), "cores": len(__import__("os").sched_getaffinity(0)), "browser": "headless chromium",
@@ -100,12 +103,15 @@ def main(argv=None) -> int:
                                     "finished_ms": statistics.median(t[1] for t in times),
                                     "all": [list(t) for t in times]}
             print(name, result["runs"][name], flush=True)
-        model_bytes = sum((site / "models" / m["name"] / "net.onnx").stat().st_size +
-                          (site / "models" / m["name"] / "model.json").stat().st_size
-                          for m in json.loads((site / "models" / "index.json").read_text()))
+        per_model = {m["name"]: (site / "models" / m["name"] / "net.onnx").stat().st_size +
+                     (site / "models" / m["name"] / "model.json").stat().st_size
+                     for m in json.loads((site / "models" / "index.json").read_text())}
+        model_bytes = sum(per_model.values())
         shell = result["first_visit_bytes"] - (site / "models" / "fashion" / "net.onnx").stat().st_size \
             - (site / "models" / "fashion" / "model.json").stat().st_size
         result["all_models_bytes"] = shell + model_bytes
+        result["fashion_emoji_pose_bytes"] = shell + sum(per_model[m] for m in ("fashion", "emoji", "pose"))
+        result["model_bytes"] = per_model
         browser.close()
     server.shutdown()
     text = json.dumps(result, indent=1)

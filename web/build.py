@@ -37,7 +37,7 @@ MANIFEST = {"name": "Diffusion in your browser", "short_name": "Diffusion", "sta
             "display": "standalone", "background_color": "#fafafa", "theme_color": "#5b3cc4", "icons": []}
 
 
-def build(out: Path, models: list[Path], weights: str = "fp16") -> dict:
+def build(out: Path, models: list[Path], weights: str = "int8") -> dict:
     """Write the site into ``out`` (replaced). Returns {file: bytes} of what a visitor downloads."""
     sys.path.insert(0, str(ROOT))
     from diffusion_core.webexport import export_web
@@ -74,8 +74,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(WEB / "dist"), help="the site folder (replaced)")
     p.add_argument("--models", nargs="+", default=[str(ROOT / "checkpoints" / m) for m in MODELS],
                    help="model folders, the first the page's default")
-    p.add_argument("--weights", choices=["fp16", "int8"], default="fp16",
-                   help="fp16: the shipped weights exactly; int8: half the download (measured in docs/performance.md)")
+    p.add_argument("--weights", choices=["fp16", "int8"], default="int8",
+                   help="int8: per-channel int8 weights, half the download, within the quality gate (docs/performance.md); "
+                        "fp16: the shipped weights exactly")
     args = p.parse_args(argv)
     files = build(Path(args.out), [Path(m) for m in args.models], args.weights)
     print(f"wrote {args.out}: {len(files)} files, {sum(files.values()) / 1e6:.1f} MB")
