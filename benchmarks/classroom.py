@@ -99,6 +99,8 @@ def visitor(url: str, req: dict, t_zero: float, delay: float, out: dict) -> None
             if first is None and any(" · step " in str(o[1]) for o in job.outputs()):
                 first = time.perf_counter() - arrive
             time.sleep(POLL_S)
+        if first is None and any(" · step " in str(o[1]) for o in job.outputs()):
+            first = time.perf_counter() - arrive                   # a run that ended between two polls
         job.result()                                               # raises the app's refusal or error
         outs = job.outputs()
         gallery = outs[-1][2] if outs else None

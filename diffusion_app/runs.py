@@ -17,6 +17,12 @@ class KeptRuns:
         self._total = 0
         self._lock = threading.Lock()
 
+    def __deepcopy__(self, memo) -> "KeptRuns":
+        """The one store every session shares, never copied: Gradio deep-copies the page's config for every page
+        it serves, and the config names ``drop`` (a gr.State's delete_callback), so a copy took every kept run's
+        tensors with it: after 30 runs a page took 10 s and the next class could not open the app."""
+        return self
+
     def put(self, key: str, run: dict) -> None:
         with self._lock:
             self._pop(key)

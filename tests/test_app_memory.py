@@ -218,3 +218,27 @@ def test_a_run_over_the_budget_keeps_its_first_steps(tmp_path):
     state.runs.drop(key)
     with pytest.raises(gr.Error, match="no longer kept"):
         state.explain_step(1, key)
+
+
+@pytest.mark.slow
+def test_serving_a_page_copies_no_kept_run(tmp_path, monkeypatch):
+    """Gradio deep-copies the page's config for every page it serves; the config names the kept runs' ``drop`` (a
+    gr.State's delete_callback), so a copy of the store took every kept run's tensors with it: after a class of 30
+    runs each page took 10 s and the next 30 visitors timed out (benchmarks/classroom.py, fashion then emoji). With
+    a run kept, copying the config must copy no tensor, and the copy's store must be the store itself."""
+    import copy
+
+    import torch
+    from gradio.utils import safe_deepcopy
+
+    from app_fixtures import build_checkpoints
+    from diffusion_app import build_demo
+    demo = build_demo(build_checkpoints(tmp_path / "ckpt"))
+    runs = demo.app_state.runs
+    runs.put("session-a", {"steps": [torch.zeros(64, 64)]})
+    copied = []
+    original = torch.Tensor.__deepcopy__
+    monkeypatch.setattr(torch.Tensor, "__deepcopy__", lambda self, memo: copied.append(self.shape) or original(self, memo))
+    safe_deepcopy(demo.config)
+    assert copied == []
+    assert copy.deepcopy(runs.drop).__self__ is runs
