@@ -149,8 +149,9 @@ def _headline(folder: Path) -> str:
         return ""
     parts = []
     if isinstance(m.get("fid"), (int, float)):
-        parts.append(f"FID {m['fid']:.2f} ({m.get('n', '?')} samples, {m.get('sampler', '?')} {m.get('steps', '?')} "
-                     f"steps, guidance {m.get('guidance', '?')})")
+        steps = m.get("steps", "?")
+        parts.append(f"FID {m['fid']:.2f} ({m.get('n', '?')} samples, {m.get('sampler', '?')} {steps} "
+                     f"step{'' if steps == 1 else 's'}, guidance {m.get('guidance', '?')})")
     for key, label in (("accuracy", "class accuracy"), ("adherence", "pose adherence"), ("visible_f1", "F1")):
         if isinstance(m.get(key), (int, float)):
             parts.append(f"{label} {m[key]:.3f}")

@@ -331,3 +331,37 @@ def test_live_mode_follows_a_dragged_slider_to_its_last_value(site, browser):
                            " && Number(document.body.dataset.runs) >= 3", timeout=60_000)
     assert page.evaluate("document.getElementById('x0').toDataURL()") != first    # other x_T, other images
     page.close()
+
+
+PIXELS = """(id) => Array.from(document.getElementById(id).getContext('2d')
+    .getImageData(0, 0, document.getElementById(id).width, document.getElementById(id).height).data)"""
+
+
+@pytest.mark.slow
+def test_webgpu_on_request_makes_the_images_webassembly_makes(site):
+    """Where the browser has a WebGPU adapter (here Chromium's SwiftShader, --enable-unsafe-webgpu), the GPU box is
+    offered; ticking it loads the WebGPU runtime and runs the same model there: the status says so and the images
+    are those of WebAssembly within a grey level or two (fp32 on both)."""
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    if not Path("/usr/bin/chromium").exists():
+        pytest.skip("needs Debian's chromium")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--enable-unsafe-webgpu"])
+        page = b.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(site + "#model=fashion-1step&n=2&picks=Bag&seed=4")
+        page.wait_for_selector("#generate:not([disabled])", timeout=120_000)
+        if not page.locator("#gpu-box").is_visible():
+            b.close()
+            pytest.skip("this Chromium offers no WebGPU adapter")
+        _run(page, 1)
+        assert "WebAssembly" in page.inner_text("#status")
+        wasm = page.evaluate(PIXELS, "x0")
+        page.check("#gpu")
+        page.wait_for_function("document.getElementById('status').textContent.includes('ready on WebGPU')",
+                               timeout=180_000)
+        _run(page, 1)
+        assert "WebGPU" in page.inner_text("#status") and "ep=webgpu" in page.get_attribute("#link", "href")
+        gpu = page.evaluate(PIXELS, "x0")
+        assert len(gpu) == len(wasm)
+        assert sum(abs(a - c) for a, c in zip(gpu, wasm)) / len(gpu) < 2.0
+        b.close()

@@ -16,7 +16,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 WEB = ROOT / "web"
 MODELS = ("fashion", "fashion-4step", "fashion-1step", "emoji", "pose")     # the page's models, the first one its default
-ORT_FILES = ("ort.wasm.bundle.min.mjs", "ort-wasm-simd-threaded.wasm", "ort-wasm-simd-threaded.mjs")
+ORT_FILES = ("ort.wasm.bundle.min.mjs", "ort-wasm-simd-threaded.wasm", "ort-wasm-simd-threaded.mjs",
+             "ort.webgpu.bundle.min.mjs", "ort-wasm-simd-threaded.asyncify.wasm")     # WebGPU: loaded only on request
 SPACE_README = """---
 title: Diffusion in your browser
 emoji: 🌫️

@@ -1,6 +1,6 @@
 // The page: load onnxruntime-web and a model, read the settings, stream the denoising onto canvases.
 // The maths is in diffusion.js (checked against the Python package); this file is only the page.
-import * as ort from '../ort/ort.wasm.bundle.min.mjs';
+import * as ortWasm from '../ort/ort.wasm.bundle.min.mjs';
 import { noiseStreams, qSample, sampleStream, SAMPLERS, slerp } from './diffusion.js';
 import { ortNet } from './ortnet.js';
 
@@ -14,7 +14,8 @@ async function keep(url, bytes) {
   if (!self.caches) return;
   try { await (await caches.open(CACHE)).put(new URL(url, location.href), new Response(bytes)); } catch { /* private mode */ }
 }
-const state = { models: [], m: null, net: null, running: false, stop: false, last: null, fwdEps: null, pending: false, runs: 0 };
+const state = { models: [], m: null, net: null, running: false, stop: false, last: null, fwdEps: null, pending: false, runs: 0,
+  ort: ortWasm, ep: 'wasm', bytes: null };
 
 // ---- loading, with progress ----
 
@@ -52,9 +53,44 @@ function progress(label, got, total) {
 
 async function loadRuntime() {
   const wasm = await fetchWithProgress('ort/ort-wasm-simd-threaded.wasm', (g, t) => progress('Runtime (WebAssembly)', g, t));
-  ort.env.wasm.wasmBinary = wasm.buffer;
-  ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
-  ort.env.wasm.wasmPaths = new URL('../ort/', import.meta.url).href;
+  ortWasm.env.wasm.wasmBinary = wasm.buffer;
+  ortWasm.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
+  ortWasm.env.wasm.wasmPaths = new URL('../ort/', import.meta.url).href;
+}
+
+/** WebGPU where the browser has an adapter, on request: its runtime is another 27 MB, so WebAssembly stays the
+ *  default (the page's weight). Falls back to WebAssembly if the GPU session cannot be made. */
+async function useWebGPU(on) {
+  if (on && state.ep !== 'webgpu') {
+    setBusy(true, 'Loading the WebGPU runtime…');
+    const gpu = await import('../ort/ort.webgpu.bundle.min.mjs');
+    const bin = await fetchWithProgress('ort/ort-wasm-simd-threaded.asyncify.wasm', (g, t) => progress('Runtime (WebGPU)', g, t));
+    gpu.env.wasm.wasmBinary = bin.buffer;
+    gpu.env.wasm.numThreads = 1;
+    state.ort = gpu;
+    state.ep = 'webgpu';
+  } else if (!on) {
+    state.ort = ortWasm;
+    state.ep = 'wasm';
+  }
+  if (state.bytes) await makeSession(state.m, state.bytes);
+}
+
+async function makeSession(m, bytes) {
+  let session;
+  try {
+    session = await state.ort.InferenceSession.create(bytes, { executionProviders: [state.ep], graphOptimizationLevel: 'all' });
+  } catch (err) {
+    if (state.ep === 'wasm') throw err;
+    state.ort = ortWasm;                 // no GPU session here: WebAssembly, and say so
+    state.ep = 'wasm';
+    $('gpu').checked = false;
+    session = await ortWasm.InferenceSession.create(bytes, { executionProviders: ['wasm'], graphOptimizationLevel: 'all' });
+    $('status').textContent = `WebGPU failed (${err.message}); running on WebAssembly.`;
+  }
+  state.net = ortNet(state.ort, session, m);
+  $('loading').classList.add('done');
+  setBusy(false, `${m.name} ready on ${state.ep === 'webgpu' ? 'WebGPU' : 'WebAssembly'}: press Generate.`);
 }
 
 async function loadModel(name) {
@@ -62,12 +98,10 @@ async function loadModel(name) {
   const m = await (await fetch(`models/${name}/model.json`)).json();
   if (self.caches) caches.open(CACHE).then((c) => c.add(`models/${name}/model.json`)).catch(() => {});
   const bytes = await fetchWithProgress(`models/${name}/${m.onnx}`, (g, t) => progress(`Model ${name}`, g, t));
-  const session = await ort.InferenceSession.create(bytes, { executionProviders: ['wasm'], graphOptimizationLevel: 'all' });
   state.m = m;
-  state.net = ortNet(ort, session, m);
-  $('loading').classList.add('done');
+  state.bytes = bytes;
   showControls(m);
-  setBusy(false, `${name} ready: press Generate.`);
+  await makeSession(m, bytes);
 }
 
 // ---- controls ----
@@ -209,7 +243,7 @@ function paintForward() {
 
 function settings() {
   return { model: $('model').value, sampler: $('sampler').value, steps: $('steps').value, n: $('count').value,
-    seed: $('seed').value, guidance: $('guidance').value, mix: $('mix').value, picks: picks().map((k) => state.m.label_names[k]).join('|') };
+    seed: $('seed').value, guidance: $('guidance').value, mix: $('mix').value, ep: state.ep, picks: picks().map((k) => state.m.label_names[k]).join('|') };
 }
 
 function updateLink() {
@@ -268,7 +302,7 @@ async function generate() {
     document.body.dataset.firstPreviewMs = first.toFixed(0);
     document.body.dataset.finishedMs = ms.toFixed(0);
     setBusy(false, `${state.stop ? 'Stopped' : 'Done'}: ${n} image${n > 1 ? 's' : ''}, ${$('sampler').selectedOptions[0].textContent}, ${last.index + 1} of ${last.steps} steps, `
-      + `guidance ${guidance}, seed ${seed} · first preview ${first.toFixed(0)} ms, finished ${ms.toFixed(0)} ms`);
+      + `guidance ${guidance}, seed ${seed}, ${state.ep === 'webgpu' ? 'WebGPU' : 'WebAssembly'} · first preview ${first.toFixed(0)} ms, finished ${ms.toFixed(0)} ms`);
     document.body.dataset.runs = String(++state.runs);
   } catch (err) {
     setBusy(false, `Error: ${err.message}`, true);
@@ -305,7 +339,11 @@ async function start() {
     try { await loadModel($('model').value); updateLink(); } catch (err) { setBusy(false, `Error: ${err.message}`, true); }
   };
   await loadRuntime();
+  const adapter = navigator.gpu ? await navigator.gpu.requestAdapter().catch(() => null) : null;
+  $('gpu-box').hidden = !adapter;
+  $('gpu').onchange = () => useWebGPU($('gpu').checked).catch((err) => setBusy(false, `Error: ${err.message}`, true));
   await loadModel($('model').value);
+  if (adapter && hash.get('ep') === 'webgpu') { $('gpu').checked = true; await useWebGPU(true); }
   applyLink(hash);
   updateLink();
   if ('serviceWorker' in navigator && location.protocol !== 'file:') navigator.serviceWorker.register('sw.js').catch(() => {});
