@@ -7,7 +7,7 @@ first visit downloads (the page, the runtime and the default model) and with eve
 time to a ready page; and for each run, as the page itself reports it (``data-first-preview-ms``,
 ``data-finished-ms``), the median of ``--repeats`` runs after one warm-up: one fashion image with DPM-Solver++(2M)
 10 steps and guidance 2; four images from the 4-step and the 1-step student; one emoji and one pose image at their
-defaults.
+defaults; and Live mode's latency, a guidance slider move to four new images on the canvases, for both students.
 """
 from __future__ import annotations
 
@@ -67,6 +67,25 @@ def one_run(page, url: str) -> tuple[float, float]:
             float(page.evaluate("document.body.dataset.finishedMs")))
 
 
+LIVE_MOVE = """async (v) => { const g = document.getElementById('guidance');
+  const before = Number(document.body.dataset.runs || 0), t0 = performance.now();
+  g.value = v; g.dispatchEvent(new Event('input'));
+  while (Number(document.body.dataset.runs || 0) <= before) await new Promise((r) => setTimeout(r, 1));
+  return performance.now() - t0; }"""
+
+
+def live_latency(page, base: str, model: str, moves: int = 20) -> dict:
+    """Live mode: one guidance slider move at a time (each after the last one's images are shown), the time from
+    the input event to the new images on the canvases, 4 images; p50 / p95 / max in ms."""
+    page.goto(base + f"#model={model}&n=4&seed=0&picks=Dress")
+    page.reload()
+    page.wait_for_selector("#generate:not([disabled])", timeout=300_000)
+    page.evaluate(LIVE_MOVE, "1.5")                                  # warm-up
+    times = sorted(page.evaluate(LIVE_MOVE, str(1.0 + 0.5 * (k % 7))) for k in range(moves))
+    return {"moves": moves, "p50_ms": round(statistics.median(times), 1),
+            "p95_ms": round(times[min(len(times) - 1, round(0.95 * (len(times) - 1)))], 1), "max_ms": round(times[-1], 1)}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--site", default=str(ROOT / "web" / "dist"))
@@ -107,6 +126,8 @@ def main(argv=None) -> int:
                      (site / "models" / m["name"] / "model.json").stat().st_size
                      for m in json.loads((site / "models" / "index.json").read_text())}
         model_bytes = sum(per_model.values())
+        result["live_slider_to_4_images"] = {m: live_latency(page, base, m) for m in ("fashion-1step", "fashion-4step")}
+        print("live", result["live_slider_to_4_images"], flush=True)
         shell = result["first_visit_bytes"] - (site / "models" / "fashion" / "net.onnx").stat().st_size \
             - (site / "models" / "fashion" / "model.json").stat().st_size
         result["all_models_bytes"] = shell + model_bytes
