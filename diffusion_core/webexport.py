@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError, folder_kind, load_network
+from .conditioning import BACK_PROJECTION_ROUNDS, EXACT_ROUNDS
 from .runtime.openvino_net import FlatNet, cond_fields
 
 WEB_FORMAT = 1
@@ -23,9 +24,15 @@ WEB_SAMPLERS = ("ddim", "dpm++", "ddpm", "progressive")
 OPSET = 17
 
 
+def page_size(cfg) -> int:
+    """The size the page runs a network at: its images' size; a super-resolution model's output for its low_res
+    input (the page upscales the base models' 32 px images)."""
+    return cfg.high_res or cfg.unet.image_size * cfg.sr_factor if cfg.task == "super_resolution" else cfg.unet.image_size
+
+
 def _example_inputs(cfg, batch: int = 2) -> list[torch.Tensor]:
     """One input per exported name (x, t, then ``cond_fields``), shaped as the page sends them."""
-    u, size = cfg.unet, cfg.unet.image_size
+    u, size = cfg.unet, page_size(cfg)
     values = {"labels": torch.zeros(batch, u.num_labels), "known": torch.ones(batch, u.num_labels),
               "uncond": torch.zeros(batch, dtype=torch.bool), "image": torch.zeros(batch, u.cond_channels, size, size),
               "aug_level": torch.zeros(batch), "guidance": torch.ones(batch)}
@@ -128,11 +135,15 @@ def export_onnx(folder: Path, path: Path, weights: str = "fp16") -> tuple[object
         raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
     table = use_int8_weights(net) if weights == "int8" else {}
     names = ["x", "t", *cond_fields(cfg.unet)]
+    axes = {n: {0: "batch"} for n in [*names, "out"]}
+    if cfg.task == "super_resolution":          # fully convolutional: any canvas the U-Net can halve
+        for n in ("x", "image", "out"):
+            axes[n] = {0: "batch", 2: "height", 3: "width"}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")        # tracer warnings: the graph is traced at one size
         torch.onnx.export(FlatNet(net, cond_fields(cfg.unet)).eval(), tuple(_example_inputs(cfg)), str(path),
                           input_names=names, output_names=["out"], opset_version=OPSET, dynamo=False,
-                          dynamic_axes={n: {0: "batch"} for n in [*names, "out"]})
+                          dynamic_axes=axes)
     model = onnx.load(str(path))
     if table:
         int8_initializers(model, table)
@@ -175,7 +186,9 @@ def manifest(folder: Path, cfg, inputs: list[str], onnx_name: str, weights: str 
     samplers = [s for s in WEB_SAMPLERS if sampler_info(s).student == bool(cfg.unet.guidance_embedding)]
     return {
         "format": WEB_FORMAT, "name": folder.name, "description": cfg.description, "headline": _headline(folder),
-        "onnx": onnx_name, "inputs": inputs, "image_size": cfg.unet.image_size, "channels": cfg.unet.in_channels,
+        "onnx": onnx_name, "inputs": inputs, "image_size": page_size(cfg), "channels": cfg.unet.in_channels,
+        "task": cfg.task, "sr_factor": cfg.sr_factor if cfg.task == "super_resolution" else 1,
+        "back_projection": {"rounds": BACK_PROJECTION_ROUNDS, "exact_rounds": EXACT_ROUNDS},
         "T": d.T, "alpha_bar": [float(v) for v in schedule.alpha_bar], "prediction": d.prediction,
         "x0_range": d.x0_range, "label_names": list(cfg.label_names), "multi_label": bool(cfg.multi_label),
         "label_mask": bool(cfg.unet.label_mask), "held_labels": list(cfg.sampling.held_labels),
@@ -193,9 +206,9 @@ def export_web(folder: Path, out: Path, weights: str = "fp16") -> Path:
         raise CheckpointError(f"{folder}: export-web takes a single model folder (not an ensemble or a cascade)")
     from .checkpoint import load_model_config
     cfg = load_model_config(folder)
-    if cfg.diffusion.is_cold or cfg.task == "super_resolution" or cfg.unet.aug_level_embedding:
-        raise CheckpointError(f"{folder}: the page samples Gaussian models that generate (by class, attributes or "
-                              f"drawing); this one is {'cold' if cfg.diffusion.is_cold else 'super-resolution'}")
+    if cfg.diffusion.is_cold:
+        raise CheckpointError(f"{folder}: the page samples Gaussian models (by class, attributes, drawing or a "
+                              f"low-resolution image); this one is cold")
     dest = out / folder.name
     dest.mkdir(parents=True, exist_ok=True)
     cfg, inputs = export_onnx(folder, dest / "net.onnx", weights)
@@ -204,7 +217,8 @@ def export_web(folder: Path, out: Path, weights: str = "fp16") -> Path:
 
 
 def web_fixture(folder: Path, sampler: str, steps: int, guidance: float, seed: int = 0, n: int = 2,
-                labels=(), cond_image: torch.Tensor | None = None, weights: str = "fp16") -> dict:
+                labels=(), cond_image: torch.Tensor | None = None, weights: str = "fp16",
+                low_res: torch.Tensor | None = None) -> dict:
     """A run of this package as the page must reproduce it: x_T, and for each step t, t_next, the network's raw
     output rows (``out``: the conditional rows, then the second pass's under guidance), the noise it drew
     (stochastic samplers) and x_next; fp32, trailing grid, the model's own clipping and held guidance."""
@@ -215,7 +229,7 @@ def web_fixture(folder: Path, sampler: str, steps: int, guidance: float, seed: i
     net = pipe.stages[0].experts[0][2]
     if weights == "int8":                 # the network as an int8 export computes it
         use_int8_weights(net)
-    cond = pipe.condition(n, list(labels), cond_image)
+    cond = None if low_res is not None else pipe.condition(n, list(labels), cond_image)
     rows = 2 * n if (not cfg.unet.guidance_embedding and guidance != 1.0 and cond is not None
                      and cond.has_guidable()) else n
     calls: list[torch.Tensor] = []
@@ -223,7 +237,7 @@ def web_fixture(folder: Path, sampler: str, steps: int, guidance: float, seed: i
     run = []
     try:
         for s in pipe.stream(n, sampler=sampler, steps=steps, guidance=guidance, seed=seed, labels=list(labels),
-                             spacing="trailing", cond_image=cond_image):
+                             spacing="trailing", cond_image=cond_image, low_res=low_res):
             run.append((s, torch.cat(calls)[:rows]))     # fixed 8-row chunks: the padding rows come last
             calls.clear()
     finally:
@@ -232,6 +246,7 @@ def web_fixture(folder: Path, sampler: str, steps: int, guidance: float, seed: i
     return {"model": Path(folder).name, "sampler": sampler, "steps": steps, "guidance": guidance, "n": n,
             "labels": list(labels), "shape": list(run[0][0].x_t.shape),
             "cond_image": None if cond_image is None else flat(cond_image), "x_T": flat(run[0][0].x_t),
+            "low_res": None if low_res is None else flat(low_res),
             "steps_run": [{"t": int(s.t), "t_next": int(s.t_next), "out": flat(out),
                            "noise": None if s.noise is None else flat(s.noise),
                            "x_next": flat(s.x_next), "x0_hat": flat(s.x0_hat)} for s, out in run]}

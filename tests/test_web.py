@@ -24,7 +24,7 @@ NODE = shutil.which("node")
 ORT_WEB = ROOT / "web" / "node_modules" / "onnxruntime-web"
 needs_node = pytest.mark.skipif(NODE is None or not (ROOT / "web" / "node_modules" / "onnxruntime-node").is_dir(),
                                 reason="needs node and `npm ci --prefix web --ignore-scripts` (.ci/run does both)")
-PAGE_MODELS = ("fashion", "fashion-4step", "emoji", "pose")
+PAGE_MODELS = ("fashion", "fashion-4step", "emoji", "pose", "emoji-sr", "pose-sr")
 DRAWING = "drawing"
 
 # (model, sampler, steps, guidance, labels or DRAWING): every sampler the page offers, guided and not, each kind of
@@ -59,10 +59,10 @@ def exported_int8(tmp_path_factory):
     return out
 
 
-def _parity(tmp_path, models: Path, model, sampler, steps, guidance, labels, weights="fp16") -> dict:
+def _parity(tmp_path, models: Path, model, sampler, steps, guidance, labels, weights="fp16", low_res=None) -> dict:
     drawing = load_image(ROOT / "examples" / "stickmen" / "pose_01.png", 32, 1) if labels == DRAWING else None
     fx = web_fixture(ROOT / "checkpoints" / model, sampler, steps, guidance, seed=3, n=2,
-                     labels=[] if labels == DRAWING else labels, cond_image=drawing, weights=weights)
+                     labels=[] if labels == DRAWING else labels, cond_image=drawing, weights=weights, low_res=low_res)
     path = tmp_path / "fixture.json"
     path.write_text(json.dumps(fx))
     r = subprocess.run([NODE, str(ROOT / "web" / "test" / "parity.mjs"), str(path), str(models / model)],
@@ -85,6 +85,21 @@ def test_page_samplers_match_the_package_step_by_step(exported, tmp_path, model,
     1e-4 of the package's (fp32), on the same timestep grid; the exported ONNX network gives the package's output
     within 1e-4 on the first call (web/test/parity.mjs)."""
     _parity(tmp_path, exported, model, sampler, steps, guidance, labels)
+
+
+SR_CASES = [("emoji-sr", "ddpm", 10, ("emoji_cat.png", "emoji_heart.png")), ("pose-sr", "dpm++", 6, ("figure_01.png", "figure_02.png"))]
+
+
+@pytest.mark.slow
+@needs_node
+@pytest.mark.parametrize("model,sampler,steps,inputs", SR_CASES, ids=[c[0] for c in SR_CASES])
+def test_page_upscales_as_the_package_does(exported, tmp_path, model, sampler, steps, inputs):
+    """Super-resolution on the page (web/src/diffusion.js srStream): the bicubic condition, the run and the final
+    back-projection onto the 32 px inputs (bicubic then exact block rounds) match the package's every step."""
+    import torch
+    low = torch.stack([load_image(ROOT / "examples" / "lowres" / f, 32, 3) for f in inputs])
+    res = _parity(tmp_path, exported, model, sampler, steps, 1.0, [], low_res=low)
+    assert res["grid"][-1] == -1
 
 
 @pytest.mark.slow
@@ -137,8 +152,6 @@ def test_page_grid_is_the_package_s_trailing_grid_for_every_step_count():
 def test_export_web_refuses_what_the_page_cannot_sample(tmp_path):
     with pytest.raises(CheckpointError, match="this one is cold"):
         export_web(ROOT / "checkpoints" / "fashion-cold", tmp_path)
-    with pytest.raises(CheckpointError, match="this one is super-resolution"):
-        export_web(ROOT / "checkpoints" / "emoji-sr", tmp_path)
     with pytest.raises(CheckpointError, match="not an ensemble or a cascade"):
         export_web(ROOT / "checkpoints" / "emoji-cascade", tmp_path)
     assert not any(tmp_path.iterdir())
@@ -257,6 +270,10 @@ def test_page_makes_images_from_a_class_a_pick_and_a_drawing_and_works_offline(s
     page.locator("#picks label", has_text="woman").first.locator("input").check()
     _run(page, 4)
     assert "woman" in page.get_attribute("#link", "href")
+
+    page.click("#upscale")                                      # the emoji result through emoji-sr: 64 px
+    page.wait_for_function("document.body.dataset.upscaledMs", timeout=120_000)
+    assert page.inner_text("#status").startswith("Upscaled") and page.evaluate(SPREAD, "x0")[1] == 64
 
     page.select_option("#model", "pose")
     page.wait_for_selector("#draw-box:not([hidden])", timeout=120_000)

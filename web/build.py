@@ -15,7 +15,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 WEB = ROOT / "web"
-MODELS = ("fashion", "fashion-4step", "fashion-1step", "emoji", "pose")     # the page's models, the first one its default
+MODELS = ("fashion", "fashion-4step", "fashion-1step", "emoji", "pose", "emoji-sr", "pose-sr")   # the first: the default
+UPSCALERS = {"emoji": "emoji-sr", "pose": "pose-sr"}    # the super-resolution model each base's results can go through
 ORT_FILES = ("ort.wasm.bundle.min.mjs", "ort-wasm-simd-threaded.wasm", "ort-wasm-simd-threaded.mjs",
              "ort.webgpu.bundle.min.mjs", "ort-wasm-simd-threaded.asyncify.wasm")     # WebGPU: loaded only on request
 SPACE_README = """---
@@ -62,8 +63,12 @@ def build(out: Path, models: list[Path], weights: str = "int8") -> dict:
     for folder in models:
         dest = export_web(folder, out / "models", weights)
         m = json.loads((dest / "model.json").read_text())
-        index.append({"name": m["name"], "description": m["description"], "weights": m["weights"],
+        index.append({"name": m["name"], "description": m["description"], "weights": m["weights"], "task": m["task"],
                       "bytes": (dest / m["onnx"]).stat().st_size})
+    names = {e["name"] for e in index}
+    for e in index:
+        if UPSCALERS.get(e["name"]) in names:
+            e["upscaler"] = UPSCALERS[e["name"]]
     (out / "models" / "index.json").write_text(json.dumps(index, indent=1))
     (out / "site.webmanifest").write_text(json.dumps(MANIFEST))
     (out / "README.md").write_text(SPACE_README)

@@ -1,7 +1,7 @@
 // The page: load onnxruntime-web and a model, read the settings, stream the denoising onto canvases.
 // The maths is in diffusion.js (checked against the Python package); this file is only the page.
 import * as ortWasm from '../ort/ort.wasm.bundle.min.mjs';
-import { noiseStreams, qSample, sampleStream, SAMPLERS, slerp } from './diffusion.js';
+import { noiseStreams, qSample, sampleStream, SAMPLERS, slerp, srStream } from './diffusion.js';
 import { ortNet } from './ortnet.js';
 
 const $ = (id) => document.getElementById(id);
@@ -15,7 +15,7 @@ async function keep(url, bytes) {
   try { await (await caches.open(CACHE)).put(new URL(url, location.href), new Response(bytes)); } catch { /* private mode */ }
 }
 const state = { models: [], m: null, net: null, running: false, stop: false, last: null, fwdEps: null, pending: false, runs: 0,
-  ort: ortWasm, ep: 'wasm', bytes: null };
+  ort: ortWasm, ep: 'wasm', bytes: null, lastAll: null, lastN: 0, upscalers: {} };
 
 // ---- loading, with progress ----
 
@@ -73,6 +73,7 @@ async function useWebGPU(on) {
     state.ort = ortWasm;
     state.ep = 'wasm';
   }
+  state.upscalers = {};                  // their sessions belong to the runtime they were made with
   if (state.bytes) await makeSession(state.m, state.bytes);
 }
 
@@ -101,6 +102,8 @@ async function loadModel(name) {
   state.m = m;
   state.bytes = bytes;
   showControls(m);
+  state.lastAll = null;
+  showUpscale();
   await makeSession(m, bytes);
 }
 
@@ -160,6 +163,7 @@ function setBusy(busy, text, error = false) {
   $('generate').disabled = busy || !state.net;
   $('stop').disabled = !busy;
   $('model').disabled = busy;
+  $('upscale').disabled = busy;
   if (text !== undefined) { $('status').textContent = text; $('status').classList.toggle('error', error); }
 }
 
@@ -298,6 +302,9 @@ async function generate() {
     }
     const ms = performance.now() - t0;
     state.last = last.x.slice(0, size);
+    state.lastAll = last.x;
+    state.lastN = n;
+    showUpscale();
     paintForward();
     document.body.dataset.firstPreviewMs = first.toFixed(0);
     document.body.dataset.finishedMs = ms.toFixed(0);
@@ -308,6 +315,49 @@ async function generate() {
     setBusy(false, `Error: ${err.message}`, true);
   }
   if (state.pending) { state.pending = false; generate(); }      // Live: the settings moved during this run
+}
+
+function upscalerOf(name) {
+  return state.models.find((mm) => mm.name === name)?.upscaler;
+}
+
+function showUpscale() {
+  const up = upscalerOf(state.m?.name);
+  $('upscale').hidden = !up || !state.lastAll || state.lastAll.length !== state.lastN * state.m.channels * state.m.image_size ** 2;
+  if (up) $('upscale').textContent = `Upscale ×2 (${up})`;
+}
+
+/** The last result through the model's super-resolution stage (its own sampler and steps), streamed like a run. */
+async function upscale() {
+  const base = state.m, name = upscalerOf(base.name), n = state.lastN, low = state.lastAll;
+  setBusy(true, `Loading ${name}…`);
+  if (!state.upscalers[name]) {
+    const m = await (await fetch(`models/${name}/model.json`)).json();
+    const bytes = await fetchWithProgress(`models/${name}/${m.onnx}`, (g, t) => progress(`Model ${name}`, g, t));
+    const session = await state.ort.InferenceSession.create(bytes, { executionProviders: [state.ep], graphOptimizationLevel: 'all' });
+    state.upscalers[name] = { m, net: ortNet(state.ort, session, m) };
+    $('loading').classList.add('done');
+  }
+  const { m, net } = state.upscalers[name];
+  const h = base.image_size, H = h * m.sr_factor, size = m.channels * H * H;
+  const draws = noiseStreams(Math.max(0, Number($('seed').value) || 0), n, size);
+  const sm = { ...m, image_size: H };
+  setBusy(true, `Upscaling with ${name}…`);
+  const t0 = performance.now();
+  let last = null;
+  for await (const s of srStream(net, m, low, n, h, h, { sampler: m.defaults.sampler, steps: m.defaults.steps,
+    xT: draws(), noise: () => draws() })) {
+    paint($('xt'), s.x, n, sm);
+    paint($('x0'), s.x0, n, sm);
+    $('stepinfo').textContent = `${name} · step ${s.index + 1}/${s.steps} · t = ${s.t} → ${s.tNext} · ${(performance.now() - t0).toFixed(0)} ms`;
+    last = s;
+    await new Promise(requestAnimationFrame);
+  }
+  state.lastAll = null;                      // the pictures are 64 px now: upscale again after a new run
+  showUpscale();
+  document.body.dataset.upscaledMs = (performance.now() - t0).toFixed(0);
+  setBusy(false, `Upscaled ${n} image${n > 1 ? 's' : ''} ×2 with ${name}: ${m.sampler_labels[m.defaults.sampler]} ${last.steps} steps, `
+    + `back-projected onto the ${h} px images · ${(performance.now() - t0).toFixed(0)} ms`);
 }
 
 /** Live mode (students): a run for the newest settings as soon as the current one ends. */
@@ -322,8 +372,10 @@ function live() {
 async function start() {
   const hash = new URLSearchParams(location.hash.slice(1));
   state.models = await (await fetch('models/index.json')).json();
-  for (const mm of state.models) option($('model'), mm.name, mm.name);
-  $('model').value = state.models.some((mm) => mm.name === hash.get('model')) ? hash.get('model') : state.models[0].name;
+  const pickable = state.models.filter((mm) => mm.task !== 'super_resolution');
+  for (const mm of pickable) option($('model'), mm.name, mm.name);
+  $('model').value = pickable.some((mm) => mm.name === hash.get('model')) ? hash.get('model') : pickable[0].name;
+  $('upscale').onclick = () => upscale().catch((err) => setBusy(false, `Error: ${err.message}`, true));
   setupDrawing();
   $('guidance').oninput = () => { $('guidance-value').textContent = $('guidance').value; updateLink(); live(); };
   $('mix').oninput = () => { $('mix-value').textContent = $('mix').value; live(); };

@@ -128,8 +128,10 @@ export function conditionRows(m, n, picks, image) {
   return rows;
 }
 
-/** Whether classifier-free guidance applies (the package's Condition.has_guidable): labels picked, or a drawing. */
-export const guidable = (m, picks) => (m.label_names.length && picks.length > 0) || m.cond_channels > 0;
+/** Whether classifier-free guidance applies (the package's Condition.has_guidable): labels picked, or a drawing
+ *  (a super-resolution model's image comes with its augmentation level and is not guided). */
+export const guidable = (m, picks) => (m.label_names.length && picks.length > 0)
+  || (m.cond_channels > 0 && !m.inputs.includes('aug_level'));
 
 /** The second pass of guidance: the null condition, or, for a model whose config holds some attributes
  *  (sampling.held_labels), per row those picks alone, guided at weight 1 (ClassifierFreeGuidance.negative). */
@@ -196,7 +198,7 @@ export async function* sampleStream(net, m, opts) {
   const { n, sampler, steps, guidance = 1, picks = [], image = null, xT, noise, eta = 0 } = opts;
   if (!SAMPLERS[sampler]) throw new Error(`unknown sampler ${sampler}`);
   const ts = trailingTimesteps(m.T, steps);
-  const rows = conditionRows(m, n, picks, image);
+  const rows = opts.rows ?? conditionRows(m, n, picks, image);
   let x = xT, prev = null;
   for (let i = 0; i < ts.length - 1; i++) {
     const t = ts[i], tNext = ts[i + 1];
@@ -208,9 +210,96 @@ export async function* sampleStream(net, m, opts) {
     else if (sampler === 'dpm++') next = dpmpp2mStep(m, x, t, tNext, p, prev);
     else next = progressiveStep(m, x, t, tNext, p);
     prev = { t, x0: p.x0 };
+    if (tNext < 0 && opts.finish) next = opts.finish(next);       // super-resolution: back-projection
     yield { index: i, steps: ts.length - 1, t, tNext, x: next, x0: p.x0 };
     x = next;
   }
+}
+
+// ---- super-resolution (the package's Stage._sr_input and conditioning.back_project) ----
+
+/** PyTorch's bicubic kernel (a = -0.75) weights for a sample at fraction d past the left neighbour. */
+function cubicWeights(d) {
+  const A = -0.75;
+  const near = (x) => ((A + 2) * x - (A + 3)) * x * x + 1;
+  const far = (x) => ((A * x - 5 * A) * x + 8 * A) * x - 4 * A;
+  return [far(d + 1), near(d), near(1 - d), far(2 - d)];
+}
+
+/** Resize n x C planes h x w to H x W, separably (F.interpolate modes "bicubic", align_corners False, and
+ *  "nearest"; edges replicated). */
+function resize(x, n, C, h, w, H, W, mode) {
+  const taps = (out, inn) => Array.from({ length: out }, (_, o) => {
+    const src = (o + 0.5) * (inn / out) - 0.5;
+    if (mode === 'nearest') return [[Math.min(inn - 1, Math.floor(o * inn / out))], [1]];
+    const i0 = Math.floor(src), wts = cubicWeights(src - i0);
+    return [[-1, 0, 1, 2].map((k) => Math.min(inn - 1, Math.max(0, i0 + k))), wts];
+  });
+  const tx = taps(W, w), ty = taps(H, h), out = new Float32Array(n * C * H * W), row = new Float64Array(h * W);
+  for (let p = 0; p < n * C; p++) {
+    const src = p * h * w;
+    for (let y = 0; y < h; y++) {
+      for (let X = 0; X < W; X++) {
+        const [idx, wt] = tx[X];
+        let v = 0;
+        for (let k = 0; k < idx.length; k++) v += wt[k] * x[src + y * w + idx[k]];
+        row[y * W + X] = v;
+      }
+    }
+    for (let Y = 0; Y < H; Y++) {
+      const [idx, wt] = ty[Y];
+      for (let X = 0; X < W; X++) {
+        let v = 0;
+        for (let k = 0; k < idx.length; k++) v += wt[k] * row[idx[k] * W + X];
+        out[p * H * W + Y * W + X] = v;
+      }
+    }
+  }
+  return out;
+}
+
+/** Area averaging from H x W to h x w where the sizes divide (F.interpolate mode "area"). */
+function areaDown(x, n, C, H, W, h, w) {
+  const fy = H / h, fx = W / w, out = new Float32Array(n * C * h * w);
+  for (let p = 0; p < n * C; p++) {
+    for (let y = 0; y < h; y++) {
+      for (let X = 0; X < w; X++) {
+        let v = 0;
+        for (let dy = 0; dy < fy; dy++) for (let dx = 0; dx < fx; dx++) v += x[p * H * W + (y * fy + dy) * W + X * fx + dx];
+        out[p * h * w + y * w + X] = v / (fy * fx);
+      }
+    }
+  }
+  return out;
+}
+
+/** Iterative back-projection (Irani & Peleg 1991) onto the input, at scale 1 (the package's back_project):
+ *  ``rounds`` times x += bicubic(target - area(x)), then ``exact`` rounds of x = clip(x); x += nearest(target -
+ *  area(x)), after which the result area-averages to its input exactly. */
+export function backProject(x, low, n, C, H, W, h, w, rounds, exact) {
+  let y = x;
+  const add = (a, b) => a.map((v, i) => v + b[i]);
+  for (let r = 0; r < rounds; r++) {
+    const down = areaDown(y, n, C, H, W, h, w);
+    y = add(y, resize(low.map((v, i) => v - down[i]), n, C, h, w, H, W, 'bicubic'));
+  }
+  for (let r = 0; r < exact; r++) {
+    y = y.map((v) => Math.min(1, Math.max(-1, v)));
+    const down = areaDown(y, n, C, H, W, h, w);
+    y = add(y, resize(low.map((v, i) => v - down[i]), n, C, h, w, H, W, 'nearest'));
+  }
+  return y;
+}
+
+/** A super-resolution model's run on n low-resolution images (n x C x h x w in [-1, 1]): the condition is their
+ *  bicubic upscale, clipped, at augmentation level 0; the result is back-projected onto them. opts as sampleStream's. */
+export function srStream(net, m, low, n, h, w, opts) {
+  const C = m.channels, H = h * m.sr_factor, W = w * m.sr_factor;
+  const image = resize(low, n, C, h, w, H, W, 'bicubic').map((v) => Math.min(1, Math.max(-1, v)));
+  const rows = { uncond: new Uint8Array(n), image, aug_level: new Float32Array(n) };
+  const bp = m.back_projection;
+  return sampleStream(net, m, { ...opts, n, guidance: 1, rows,
+    finish: (x) => backProject(x, low, n, C, H, W, h, w, bp.rounds, bp.exact_rounds) });
 }
 
 /** The forward process q(x_t | x0) (DDPM eq. 4): sqrt(ab) x0 + sqrt(1 - ab) eps. */

@@ -10,7 +10,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { sampleStream, trailingTimesteps } from '../src/diffusion.js';
+import { sampleStream, srStream, trailingTimesteps } from '../src/diffusion.js';
 import { ortNet } from '../src/ortnet.js';
 
 const [fixturePath, modelDir, tolArg] = process.argv.slice(2);
@@ -25,11 +25,15 @@ async function run(net) {
   const picks = fx.labels.map((name) => m.label_names.indexOf(name));
   const diffs = [];
   let i = 0;
-  for await (const step of sampleStream(net, m, {
+  const opts = {
     n: fx.n, sampler: fx.sampler, steps: fx.steps, guidance: fx.guidance, picks,
     image: fx.cond_image ? Float32Array.from(fx.cond_image) : null,
     xT: Float32Array.from(fx.x_T), noise: (k) => Float32Array.from(fx.steps_run[k].noise),
-  })) {
+  };
+  const low = fx.low_res ? Float32Array.from(fx.low_res) : null;
+  const side = low ? Math.round(Math.sqrt(low.length / fx.n / m.channels)) : 0;
+  const stream = low ? srStream(net, m, low, fx.n, side, side, opts) : sampleStream(net, m, opts);
+  for await (const step of stream) {
     diffs.push(maxDiff(step.x, fx.steps_run[i].x_next));
     i++;
   }
