@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 import numpy as np
 from PIL import Image
 
-from diffusion_core import BACKENDS, BOUNDS, SPACINGS, read_json
+from diffusion_core import BACKENDS, BOUNDS, SPACINGS, CheckpointError, read_json, training_source
 
 from .inputs import number
 from .settings import HERE, MAX_BATCH, MAX_SEED, STICKMEN_DIR
@@ -78,12 +78,11 @@ def _listed(pipe) -> list[dict]:
 
 
 def data_source(folder) -> str:
-    """The data source a model folder was trained on (its train_config.json's data.source), or ""."""
-    f = Path(folder) / "train_config.json"
+    """The data source a model folder was trained on (the core's training_source), or "" where it has none or
+    its train_config.json cannot be read (the page then offers every bundled low-res input)."""
     try:
-        data = read_json(f).get("data", {}) if f.is_file() else {}
-        return str(data.get("source", "")) if isinstance(data, dict) else ""
-    except (OSError, ValueError, AttributeError):
+        return training_source(folder) or ""
+    except (OSError, CheckpointError):
         return ""
 
 

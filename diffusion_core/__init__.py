@@ -26,6 +26,7 @@ _EXPORTS = {
     "options": ("BACKEND_ENV", "BACKENDS", "BOUNDS", "MAX_BATCH", "MAX_GUIDANCE", "MAX_SEED", "MAX_STEPS", "SAMPLERS",
                 "SPACINGS"),
     "pipeline": ("Pipeline", "load"),
+    "provenance": ("training_source",),
     "sampler_registry": ("DEFAULT_SAMPLER", "SamplerInfo", "all_samplers", "register_sampler", "sampler_info",
                          "unregister_sampler"),
     "samplers": ("SampleStep", "SamplerSpec", "StepExplanation", "explain_step", "make_generators", "sample", "sample_stream"),

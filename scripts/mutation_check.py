@@ -520,6 +520,15 @@ MUTANTS = [
   "'cold', 'progressive') else info.step_class()).build(spec,", "tests/test_sampler_registry.py -k pipeline"),
  ("registry: a record's stochastic flag ignored", "diffusion_core/samplers/spec.py",
   "return info.stochastic or (info.noise_param", "return (info.noise_param", "tests/test_sampler_registry.py -k core_reads"),
+ # issue 35: one reader of a model's training data source (diffusion_core/provenance.py, tests/test_provenance.py)
+ ("the SR evaluator ignores its model's data source", "diffusion_core/evaluation/super_resolution.py",
+  'source = training_source(sr_dir) or "emoji"', 'source = "emoji"', "tests/test_provenance.py -k same_source"),
+ ("a train_config.json with a non-object 'data' read as no source", "diffusion_core/provenance.py",
+  "        raise CheckpointError(f\"{path}: 'data' must be an object", "        return None  # (f\"{path}: 'data' must be an object",
+  "tests/test_provenance.py -k broken"),
+ ("the page's data source read past a broken train_config.json", "diffusion_app/presets.py",
+  "    except (OSError, CheckpointError):\n        return \"\"", "    except OSError:\n        return \"\"",
+  "tests/test_provenance.py -k broken"),
 ]
 
 

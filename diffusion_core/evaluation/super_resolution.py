@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import read_json
+from ..provenance import training_source
 from ..data import DataConfig, load_data
 from .pose_metrics import mean_over_pairs, paired_difference
 
@@ -17,8 +17,7 @@ from .pose_metrics import mean_over_pairs, paired_difference
 def _held_out_high_res(sr_dir: Path, n: int, size: int, seed: int) -> tuple[torch.Tensor, str]:
     """Held-out images at the SR model's output size, from the data its train_config.json names."""
     from ..data import to_tensor
-    tc = read_json(sr_dir / "train_config.json") if (sr_dir / "train_config.json").is_file() else {}
-    source = tc.get("data", {}).get("source", "emoji")
+    source = training_source(sr_dir) or "emoji"
     if source == "pose":
         from ..data.pose import make_pairs
         figs, _ = make_pairs(n, size, seed=seed + 777)
