@@ -278,7 +278,7 @@ class GenerateTab(AppBase):
                 f"<span title=\"{html.escape(self._backend_reason(pipe))}\">{pipe.backend}</span>")
         text += f" · {html.escape(meta['input'])}" if meta.get("input") else ""     # what fitting an input did
         if stopped:
-            text += " · gallery shows the last x0_hat prediction"
+            text += f" · stopped at step {meta['stopped_at']}, gallery shows the last x0_hat prediction"
             if self.stopping.is_set():
                 text += f" · {STOPPING}"
         text += "<br>" + self._settings_link(meta, cfg, *inputs)

@@ -529,6 +529,10 @@ MUTANTS = [
  ("the page's data source read past a broken train_config.json", "diffusion_app/presets.py",
   "    except (OSError, CheckpointError):\n        return \"\"", "    except OSError:\n        return \"\"",
   "tests/test_provenance.py -k broken"),
+ # issue 35 walkthrough (tests/test_app_second_pass.py)
+ ("a run stopped between steps does not say where", "diffusion_app/generate.py",
+  "text += f\" · stopped at step {meta['stopped_at']}, gallery shows", "text += f\" · gallery shows",
+  "tests/test_app_second_pass.py -k between_steps"),
 ]
 
 

@@ -30,6 +30,20 @@ def test_a_stopped_run_names_the_model_that_ran(tmp_path):
     assert "<b>Stopped</b> · tiny-attr · before it started" in last[1], last[1]
 
 
+def test_a_run_stopped_between_steps_says_where_it_stopped(tmp_path):
+    """Walkthrough (issue 35 item 9, "say what ran"): a run whose loop saw Stop ended with "Stopped · fashion · 4
+    image(s) · ... 268 steps (karras; 400 asked, ...)" and not the step it stopped at, which reads as if 268 steps
+    ran (Stop's own line, "at step 36/268", is shown only when it comes last). Its line now says the step."""
+    import diffusion_app as app
+    a = app.DiffusionApp(str(build_checkpoints(tmp_path / "ckpt")))
+    stop = threading.Event()
+    outs = a.generate("tiny", steps=3, batch_size=1, seed=2, stop=stop)
+    next(o for o in outs if isinstance(o[5], dict) and "x0" in o[5])
+    stop.set()
+    *_, last = outs
+    assert "<b>Stopped</b> · tiny · " in last[1] and "stopped at step 1/3, gallery shows" in last[1], last[1]
+
+
 def test_a_run_starts_by_emptying_the_preview_and_the_last_results(tmp_path):
     """Issue 35 item 12: the preview showed the last run's images under "step 1/25". A run's first output (once its
     request is checked) empties the preview, gallery, GIF and the partial result Stop would save."""
