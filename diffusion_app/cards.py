@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,6 +16,16 @@ from .render import fmt_duration
 from .presets import MAX_EXAMPLES, check, example_file, examples_for, from_query
 from .settings import (ANY, CARD_MEASUREMENTS, DEFAULT_SAMPLER, USER_ERRORS, sampler_choices, sampler_label,
                        takes_eta)
+
+
+# an absolute path on the server ("/usr/share/datasets/fashion-mnist"): its folders are the server's business
+SERVER_PATH = re.compile(r"(?<![\w.~])/(?:[^\s/()\[\],]+/)*([^\s/()\[\],]+)")
+
+
+def server_paths_named(text: str) -> str:
+    """``text`` with each absolute path cut to its last part ("IDX /usr/share/datasets/fashion-mnist (train...)" ->
+    "IDX fashion-mnist (train...)"): the model card shows no visitor the server's folders."""
+    return SERVER_PATH.sub(r"\1", text)
 
 
 class Cards(AppBase):
@@ -77,7 +88,7 @@ class Cards(AppBase):
             first = pipe.stages[0].path if pipe.kind == "cascade" else None
             training = self._read_json(first / "training.json") if first else {}
         if training.get("data"):
-            rows.append(("data", str(training["data"])))
+            rows.append(("data", server_paths_named(str(training["data"]))))
         if training.get("steps") is not None:
             t = f"{training['steps']} steps"
             if training.get("wall_time_s") is not None:

@@ -533,6 +533,9 @@ MUTANTS = [
  ("a run stopped between steps does not say where", "diffusion_app/generate.py",
   "text += f\" · stopped at step {meta['stopped_at']}, gallery shows", "text += f\" · gallery shows",
   "tests/test_app_second_pass.py -k between_steps"),
+ ("the model card shows the server's data folder", "diffusion_app/cards.py",
+  'rows.append(("data", server_paths_named(str(training["data"]))))', 'rows.append(("data", str(training["data"])))',
+  "tests/test_app_second_pass.py -k server_folder"),
 ]
 
 

@@ -44,6 +44,18 @@ def test_a_run_stopped_between_steps_says_where_it_stopped(tmp_path):
     assert "<b>Stopped</b> · tiny · " in last[1] and "stopped at step 1/3, gallery shows" in last[1], last[1]
 
 
+def test_the_model_card_names_no_server_folder_of_the_training_data(tmp_path):
+    """Walkthrough (like issue 35 item 12): fashion's card said "data: IDX /usr/share/datasets/fashion-mnist (...)",
+    the server's folders, to every visitor. The card names the data set's own folder only."""
+    import diffusion_app as app
+    root = build_checkpoints(tmp_path / "ckpt")
+    info = json.loads((root / "tiny" / "training.json").read_text())
+    info["data"] = "IDX /secret-server-dir/datasets/fashion-mnist (train, 60000 images)"
+    (root / "tiny" / "training.json").write_text(json.dumps(info))
+    card = json.dumps(app.DiffusionApp(str(root)).model_card("tiny"), default=str)
+    assert "secret-server-dir" not in card and "IDX fashion-mnist (train, 60000 images)" in card, card
+
+
 def test_a_run_starts_by_emptying_the_preview_and_the_last_results(tmp_path):
     """Issue 35 item 12: the preview showed the last run's images under "step 1/25". A run's first output (once its
     request is checked) empties the preview, gallery, GIF and the partial result Stop would save."""
