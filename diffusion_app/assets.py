@@ -16,6 +16,10 @@ CSS = """
 #up-slider img {width: 100% !important; height: 100% !important; max-height: 100% !important;
   object-fit: contain !important; top: 0 !important; transform: none !important;}
 #fwd-strip img {max-width: 100%; height: auto; object-fit: contain;}
+/* the Trajectory tab's strip and GIF start below their labels (the "Evenly spaced steps" label covered the first
+   frames, on a phone the whole strip) */
+#trajectory-strip .image-container, #trajectory-gif .image-container {padding-top: 40px; box-sizing: border-box;}
+#trajectory-strip img, #trajectory-gif img {max-width: 100%; max-height: 100%; object-fit: contain;}
 /* uploaded inputs fill their box, pixels kept sharp (a 32 px image showed as a 32 px thumbnail, issue 35) */
 #init-image img, #stick-upload img, #up-input img {width: 100% !important; height: 100% !important;
   object-fit: contain !important; image-rendering: pixelated;}

@@ -536,6 +536,10 @@ MUTANTS = [
  ("the model card shows the server's data folder", "diffusion_app/cards.py",
   'rows.append(("data", server_paths_named(str(training["data"]))))', 'rows.append(("data", str(training["data"])))',
   "tests/test_app_second_pass.py -k server_folder"),
+ ("the Trajectory strip drawn under its label", "diffusion_app/assets.py",
+  "#trajectory-strip .image-container, #trajectory-gif .image-container {padding-top: 40px;",
+  "#trajectory-strip .image-container, #trajectory-gif .image-container {padding-top: 0px;",
+  "tests/test_browser_second_pass.py -k trajectory_strip"),
 ]
 
 

@@ -229,3 +229,27 @@ def test_the_model_box_keeps_its_width_and_rescan_sits_below_it_on_a_phone(page)
     assert apart, (model, rescan)
     if page.size.startswith("390"):
         assert model["width"] >= row["width"] - 2 and rescan["top"] >= model["bottom"], (row, model, rescan)
+
+
+def test_the_trajectory_strip_lies_below_its_label(page):
+    """Walkthrough of issue 35: the Trajectory tab's "Evenly spaced steps" label covered the strip's first frame
+    (t = 999) at 1280x900 and on a phone. The strip starts below the label, whole inside its box."""
+    pick(page, "tiny")
+    page.locator("#steps input[type=number]").first.fill("10")
+    page.locator("#steps input[type=number]").first.press("Enter")
+    page.locator("#generate-btn").click()
+    page.wait_for_function("document.querySelector('#status .dc-status').innerText.startsWith('Done')")
+    page.get_by_role("tab", name="Learn").click()
+    page.get_by_role("tab", name="Trajectory").click()
+    page.locator("#trajectory-btn").click()
+    page.wait_for_function("() => { const i = document.querySelector('#trajectory-strip img'); "
+                           "return !!i && i.complete && i.naturalWidth > 0; }")
+    page.locator("#trajectory-strip").scroll_into_view_if_needed()
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(ARTIFACTS / f"trajectory-strip-{page.size}.png"))
+    page.wait_for_selector("#trajectory-gif img")
+    for part in ("#trajectory-strip", "#trajectory-gif"):
+        box, label, img = page.evaluate(RECTS, [part, f"{part} [data-testid=block-label]", f"{part} img"])
+        assert img["top"] >= label["bottom"] - 1, (part, label, img)
+        assert img["left"] >= box["left"] - 1 and img["right"] <= box["right"] + 1, (part, box, img)
+        assert img["bottom"] <= box["bottom"] + 1 and img["height"] > 10, (part, box, img)
