@@ -81,7 +81,7 @@ class Cards(AppBase):
         rows.append(("prediction", d.prediction))
         rows.append(("samplers", ", ".join(sampler_label(s) for s in pipe.samplers)))
         sd = self.sampling_defaults(pipe)
-        rows.append(("default settings", f"{sampler_label(sd.sampler)}, {sd.steps} steps, "
+        rows.append(("default settings", f"{sampler_label(sd.sampler)}, {sd.steps} step{'s' * (sd.steps != 1)}, "
                                           f"{sd.spacing} grid, guidance {sd.guidance:g}" + (f": {sd.why}" if sd.why else "")))
         training = self._read_json(folder / "training.json")
         if not training and pipe.kind in ("cascade", "ensemble"):

@@ -320,7 +320,7 @@ class GenerateTab(AppBase):
         """"25 steps (trailing)"; where the grid had fewer distinct timesteps than asked (1000 on karras: 518),
         both numbers, so the status says what ran."""
         if ran == asked:
-            return f"{asked} steps ({spacing})"
+            return f"{asked} step{'s' * (asked != 1)} ({spacing})"       # a 1-step student: "1 step"
         return f"{ran} steps ({spacing}; {asked} asked, the grid has {ran} distinct timesteps)"
 
     @staticmethod

@@ -540,6 +540,9 @@ MUTANTS = [
   "#trajectory-strip .image-container, #trajectory-gif .image-container {padding-top: 40px;",
   "#trajectory-strip .image-container, #trajectory-gif .image-container {padding-top: 0px;",
   "tests/test_browser_second_pass.py -k trajectory_strip"),
+ ("a 1-step run said as '1 steps'", "diffusion_app/generate.py",
+  "return f\"{asked} step{'s' * (asked != 1)} ({spacing})\"", "return f\"{asked} steps ({spacing})\"",
+  "tests/test_app_second_pass.py -k one_step"),
 ]
 
 

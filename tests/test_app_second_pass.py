@@ -56,6 +56,16 @@ def test_the_model_card_names_no_server_folder_of_the_training_data(tmp_path):
     assert "secret-server-dir" not in card and "IDX fashion-mnist (train, 60000 images)" in card, card
 
 
+def test_one_step_is_said_as_one_step(tmp_path):
+    """Walkthrough: fashion-1step's status line said "... 1 steps (trailing)"."""
+    import diffusion_app as app
+    a = app.DiffusionApp(str(build_checkpoints(tmp_path / "ckpt")))
+    *_, last = a.generate("tiny", steps=1, batch_size=1, seed=0)
+    assert " 1 step (trailing)" in last[1], last[1]
+    *_, last = a.generate("tiny", steps=2, batch_size=1, seed=0)
+    assert " 2 steps (trailing)" in last[1], last[1]
+
+
 def test_a_run_starts_by_emptying_the_preview_and_the_last_results(tmp_path):
     """Issue 35 item 12: the preview showed the last run's images under "step 1/25". A run's first output (once its
     request is checked) empties the preview, gallery, GIF and the partial result Stop would save."""
