@@ -195,14 +195,20 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def browser():
+def playwright():
+    """One Playwright for the module (a second sync_playwright() inside the first one's loop is refused)."""
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     if not Path("/usr/bin/chromium").exists():
         pytest.skip("needs Debian's chromium")
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path="/usr/bin/chromium")
-        yield b
-        b.close()
+        yield p
+
+
+@pytest.fixture(scope="module")
+def browser(playwright):
+    b = playwright.chromium.launch(executable_path="/usr/bin/chromium")
+    yield b
+    b.close()
 
 
 COUNT_STEPS = """() => { window.__steps = new Set();
@@ -355,30 +361,26 @@ PIXELS = """(id) => Array.from(document.getElementById(id).getContext('2d')
 
 
 @pytest.mark.slow
-def test_webgpu_on_request_makes_the_images_webassembly_makes(site):
+def test_webgpu_on_request_makes_the_images_webassembly_makes(site, playwright):
     """Where the browser has a WebGPU adapter (here Chromium's SwiftShader, --enable-unsafe-webgpu), the GPU box is
     offered; ticking it loads the WebGPU runtime and runs the same model there: the status says so and the images
     are those of WebAssembly within a grey level or two (fp32 on both)."""
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
-    if not Path("/usr/bin/chromium").exists():
-        pytest.skip("needs Debian's chromium")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--enable-unsafe-webgpu"])
-        page = b.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(site + "#model=fashion-1step&n=2&picks=Bag&seed=4")
-        page.wait_for_selector("#generate:not([disabled])", timeout=120_000)
-        if not page.locator("#gpu-box").is_visible():
-            b.close()
-            pytest.skip("this Chromium offers no WebGPU adapter")
-        _run(page, 1)
-        assert "WebAssembly" in page.inner_text("#status")
-        wasm = page.evaluate(PIXELS, "x0")
-        page.check("#gpu")
-        page.wait_for_function("document.getElementById('status').textContent.includes('ready on WebGPU')",
-                               timeout=180_000)
-        _run(page, 1)
-        assert "WebGPU" in page.inner_text("#status") and "ep=webgpu" in page.get_attribute("#link", "href")
-        gpu = page.evaluate(PIXELS, "x0")
-        assert len(gpu) == len(wasm)
-        assert sum(abs(a - c) for a, c in zip(gpu, wasm)) / len(gpu) < 2.0
+    b = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=["--enable-unsafe-webgpu"])
+    page = b.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(site + "#model=fashion-1step&n=2&picks=Bag&seed=4")
+    page.wait_for_selector("#generate:not([disabled])", timeout=120_000)
+    if not page.locator("#gpu-box").is_visible():
         b.close()
+        pytest.skip("this Chromium offers no WebGPU adapter")
+    _run(page, 1)
+    assert "WebAssembly" in page.inner_text("#status")
+    wasm = page.evaluate(PIXELS, "x0")
+    page.check("#gpu")
+    page.wait_for_function("document.getElementById('status').textContent.includes('ready on WebGPU')",
+                           timeout=180_000)
+    _run(page, 1)
+    assert "WebGPU" in page.inner_text("#status") and "ep=webgpu" in page.get_attribute("#link", "href")
+    gpu = page.evaluate(PIXELS, "x0")
+    assert len(gpu) == len(wasm)
+    assert sum(abs(a - c) for a, c in zip(gpu, wasm)) / len(gpu) < 2.0
+    b.close()
