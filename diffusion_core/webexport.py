@@ -179,10 +179,10 @@ def web_defaults(cfg) -> dict:
 
 def manifest(folder: Path, cfg, inputs: list[str], onnx_name: str, weights: str = "fp16") -> dict:
     """What the page needs besides the network."""
-    from .pipeline import load
     from .sampler_registry import sampler_info
+    from .schedules import make_schedule
     d = cfg.diffusion
-    schedule = load(folder, backend="fp32", measure=False).schedule
+    schedule = make_schedule(d.schedule, d.T, d.beta_1, d.beta_T)      # as Stage.schedule: no second network load
     samplers = [s for s in WEB_SAMPLERS if sampler_info(s).student == bool(cfg.unet.guidance_embedding)]
     return {
         "format": WEB_FORMAT, "name": folder.name, "description": cfg.description, "headline": _headline(folder),
