@@ -94,11 +94,17 @@ async function makeSession(m, bytes) {
   setBusy(false, `${m.name} ready on ${state.ep === 'webgpu' ? 'WebGPU' : 'WebAssembly'}: press Generate.`);
 }
 
-async function loadModel(name) {
-  setBusy(true, `Loading ${name}…`);
+/** A model's JSON and network bytes (with progress), both kept for offline use. */
+async function fetchModel(name) {
   const m = await (await fetch(`models/${name}/model.json`)).json();
   if (self.caches) caches.open(CACHE).then((c) => c.add(`models/${name}/model.json`)).catch(() => {});
   const bytes = await fetchWithProgress(`models/${name}/${m.onnx}`, (g, t) => progress(`Model ${name}`, g, t));
+  return { m, bytes };
+}
+
+async function loadModel(name) {
+  setBusy(true, `Loading ${name}…`);
+  const { m, bytes } = await fetchModel(name);
   state.m = m;
   state.bytes = bytes;
   showControls(m);
@@ -332,8 +338,7 @@ async function upscale() {
   const base = state.m, name = upscalerOf(base.name), n = state.lastN, low = state.lastAll;
   setBusy(true, `Loading ${name}…`);
   if (!state.upscalers[name]) {
-    const m = await (await fetch(`models/${name}/model.json`)).json();
-    const bytes = await fetchWithProgress(`models/${name}/${m.onnx}`, (g, t) => progress(`Model ${name}`, g, t));
+    const { m, bytes } = await fetchModel(name);
     const session = await state.ort.InferenceSession.create(bytes, { executionProviders: [state.ep], graphOptimizationLevel: 'all' });
     state.upscalers[name] = { m, net: ortNet(state.ort, session, m) };
     $('loading').classList.add('done');
