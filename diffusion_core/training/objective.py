@@ -11,14 +11,31 @@ from ..denoisers import min_snr_weight, training_target
 from .config import TrainConfig
 
 
+def sample_weights(labels, power: float) -> torch.Tensor | None:
+    """Attribute-balanced sampling of multi-hot ``labels`` (N, L): image i is drawn with probability
+    proportional to max over its attributes a of (N / n_a) ** power, n_a the number of images with a (an image
+    without attributes: 1), so an image is weighted by its rarest attribute. power 0: uniform (None); 1: every
+    attribute's rarest images as likely as the commonest. Rare kinds (cat, a red heart) are then seen often
+    enough to be learnt, while the common ones are still seen far more than each rare one."""
+    if power <= 0 or labels is None:
+        return None
+    present = torch.as_tensor(labels) > 0.5
+    n_a = present.sum(dim=0).clamp(min=1).double()
+    per_attr = (present.shape[0] / n_a) ** power
+    w = torch.where(present, per_attr, torch.zeros_like(per_attr)).amax(dim=1)
+    return torch.where(present.any(dim=1), w, torch.ones_like(w))
+
+
 def training_batch(cfg: TrainConfig, data: ImageData, g: torch.Generator, t_lo: int, t_hi: int):
-    """One batch of the objective's random variables, all from the generator ``g``: x_0 (data, flipped at
-    random), t ~ U[t_lo, t_hi), eps ~ N(0, I) and the condition: for super-resolution the downsampled x_0,
+    """One batch of the objective's random variables, all from the generator ``g``: x_0 (data, uniformly or
+    attribute-balanced (``sample_weights``), flipped at random), t ~ U[t_lo, t_hi), eps ~ N(0, I) and the condition: for super-resolution the downsampled x_0,
     upsampled back and noise-augmented at a random level (Ho et al. 2021), on random crops; else the labels /
     conditioning image, with attributes hidden (partial labels) and the whole condition dropped with
     probability p_uncond (classifier-free guidance, Ho & Salimans 2022). Returns (x0, t, eps, cond)."""
     b = cfg.batch_size
-    idx = torch.randint(len(data), (b,), generator=g)
+    weights = sample_weights(data.labels, cfg.balance) if data.multi_label else None
+    idx = (torch.randint(len(data), (b,), generator=g) if weights is None
+           else torch.multinomial(weights, b, replacement=True, generator=g))
     flip = torch.rand(b, generator=g) < 0.5 if cfg.data.hflip else None
     batch = data.batch(idx, flip)
     x0 = batch["image"]
