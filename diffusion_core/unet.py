@@ -316,7 +316,7 @@ def network_cost(cfg: UNetConfig, side: int | tuple[int, int]) -> tuple[float, f
     (H, W)), estimated from the config alone (nothing is built): FLOPs of the convolutions and attention (a
     multiply-add counts 2; norms and the embedding MLPs left out), and float32 activation memory: the skip
     connections the up path keeps, plus the largest layer's input, output and attention scores (heads x
-    tokens^2). It walks the layers in the order ``UNet.__init__`` builds them; tests/test_hostile_round3.py checks
+    tokens^2). It walks the layers in the order ``UNet.__init__`` builds them; tests/core/test_hostile_round3.py checks
     it against torch's flop counter."""
     ch, res = cfg.base_channels, cfg.image_size
     h, w = (side, side) if isinstance(side, int) else side

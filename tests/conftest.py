@@ -10,7 +10,15 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 # the networks run as fp32 eager, the reference, unless a test names a backend: "auto" would measure this CPU and
 # could pick bf16, changing outputs that tests compare bit for bit
 os.environ.setdefault("DIFFUSION_CORE_BACKEND", "fp32")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS.parent))
+# the tests are laid out like the packages (core/, training/, app/, web/; see docs/testing.md). Shared fixture
+# modules (app_fixtures.py) live here, and a room may import another's helpers by module name (test_distill.py
+# takes test_samplers' Gaussian closed forms, test_hostile_round3.py test_train's tiny config), so these folders
+# are importable whichever room or file pytest is given (the basenames are unique across rooms)
+for _room in (TESTS, *(d for d in sorted(TESTS.iterdir()) if d.is_dir() and any(d.glob("test_*.py")))):
+    if str(_room) not in sys.path:
+        sys.path.insert(1, str(_room))
 
 import subprocess  # noqa: E402
 

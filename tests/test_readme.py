@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 HAS_FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists()
 SETUP = {"python3 -m venv .venv", ". .venv/bin/activate"}          # shell set-up, nothing to check
-# the browser build's lines: .ci/run installs web/ with the first; tests/test_web.py builds the site with
+# the browser build's lines: .ci/run installs web/ with the first; tests/web/test_web.py builds the site with
 # web/build.py's build() and serves it as http.server does
 WEB = {"npm ci --prefix web --ignore-scripts", "python web/build.py --out web/dist", "python -m http.server -d web/dist 8000"}
 CLI = re.compile(r"^(?:python -m|torchrun \S+ -m) diffusion_core ([\w-]+)(.*)$")
@@ -116,14 +116,17 @@ def test_the_quick_subset_is_the_maths_without_the_slow_tests(tmp_path):
     lines = r.stdout.splitlines()
     slow = {line.split(" ", 1)[1] for line in lines if line.startswith("DESELECTED ")}
     quick = {line.strip() for line in lines if line.startswith("tests/") and "::" in line}
+
+    def in_file(t: str, name: str) -> bool:            # t: tests/<room>/<name>.py::<test>
+        return t.split("::")[0].endswith(f"/{name}.py")
     assert len(quick) > 400 and len(slow) > 100 and not quick & slow
     for name in ("test_schedules", "test_samplers", "test_unet", "test_denoisers", "test_shared",
                  "test_training_math", "test_python_version"):
-        assert any(t.startswith(f"tests/{name}.py::") for t in quick), name
-        left_out = {t for t in slow if t.startswith(f"tests/{name}.py::")}
+        assert any(in_file(t, name) for t in quick), name
+        left_out = {t for t in slow if in_file(t, name)}
         assert all("shipped" in t or "a_tiny_model_learns" in t for t in left_out), (name, left_out)
     for name in ("test_browser", "test_load", "test_app_signals", "test_learning", "test_bad_inputs"):
-        assert not any(t.startswith(f"tests/{name}.py::") for t in quick), name
+        assert not any(in_file(t, name) for t in quick), name
     for name in ("test_repeated_kill_9_at_random_points_then_resume", "test_ddp_two_processes_identical_weights",
                  "test_the_app_starts_with_requirements_txt_alone", "test_memory_stays_flat_over_many_new_sessions"):
         assert any(t.endswith(f"::{name}") for t in slow), name

@@ -15,7 +15,7 @@ only the network call is shared. A run alone never waits: it leads its own ticks
 
 Results: the rows are computed by the wrapped callable, normally a ``ChunkedNet`` whose fixed-size chunks give
 each row the same bits in any batch (chunked.py), so a run's images are bit-identical to the same run made alone
-(fp32; ``tests/test_shared.py`` runs concurrent runs and compares). Conditions are concatenated only between
+(fp32; ``tests/core/test_shared.py`` runs concurrent runs and compares). Conditions are concatenated only between
 calls whose fields are the same (present or absent), so no field is filled in for a run that did not have it.
 
 ``stats`` counts ticks, rows and seconds: ``seconds_per_pixel`` (one input pixel of one row through the network,

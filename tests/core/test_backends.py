@@ -17,7 +17,7 @@ from diffusion_core.runtime import openvino_net
 from diffusion_core.runtime.openvino_net import flat_inputs
 from diffusion_core.conditioning import Condition
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HAS_OPENVINO = backends.openvino_version() is not None
 NAMES = ("a", "b", "c", "d")      # label names of the tiny saved models
 needs_openvino = pytest.mark.skipif(not HAS_OPENVINO, reason="openvino not installed (optional)")

@@ -193,7 +193,7 @@ def test_seed_contract_with_row_workers_on_the_shipped_model():
     from pathlib import Path
 
     from diffusion_core.pipeline import load
-    folder = Path(__file__).resolve().parents[1] / "checkpoints" / "fashion"
+    folder = Path(__file__).resolve().parents[2] / "checkpoints" / "fashion"
     if not (folder / "model.safetensors").is_file():
         pytest.skip("checkpoints/fashion is not present")
     pipe = load(folder)

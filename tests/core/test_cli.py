@@ -16,7 +16,7 @@ from PIL import Image
 
 from diffusion_core import save_cascade
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def cli(*args, cwd=ROOT, timeout=300):

@@ -19,7 +19,7 @@ from diffusion_core import load
 from diffusion_core.data import DataConfig, load_data, read_idx
 from diffusion_core.training import STATE, TrainConfig, Trainer, load_train_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ["unet.base_channels=8", "unet.channel_mults=[1,2]", "unet.num_res_blocks=1", "unet.attention_resolutions=[8]",
         "batch_size=4", "checkpoint_every=2", "sample_every=0", "log_every=1", "sample_steps=2", "sample_images=4",
         "threads=1"]

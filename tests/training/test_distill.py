@@ -2,7 +2,7 @@
 student (Meng et al. 2023), against closed forms on Gaussian data, and end to end on a tiny teacher.
 
 For x0 ~ N(mu, s^2) per dimension the exact denoiser is x0_hat(z) = mu + c_t (z - alpha_t mu) with
-c_t = alpha_t s^2 / (alpha_t^2 s^2 + sigma_t^2) (tests/test_samplers.py). A deterministic DDIM step t -> s in the
+c_t = alpha_t s^2 / (alpha_t^2 s^2 + sigma_t^2) (tests/core/test_samplers.py). A deterministic DDIM step t -> s in the
 x-form z_s = alpha_s x0_hat + (sigma_s / sigma_t)(z_t - alpha_t x0_hat) is then affine in z_t, so the teacher's two
 steps t -> t' -> t'' are one affine map, and the perfect student is the x0_hat that takes one step there. The
 formulas are written out here with plain floats, apart from the package's code."""
@@ -28,7 +28,7 @@ from diffusion_core.unet import UNet, load_parent_state
 from test_samplers import MU, S, gaussian_denoiser, x_T
 from test_train import TINY, write_idx
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # ---- the closed forms ----------------------------------------------------------------------------

@@ -84,7 +84,7 @@ def test_shipped_model_gives_the_images_of_the_code_before_the_speed_ups():
     from safetensors import safe_open
 
     from diffusion_core.pipeline import load
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     if not (root / "checkpoints" / "fashion" / "model.safetensors").is_file():
         pytest.skip("checkpoints/fashion is not present")
     with safe_open(str(root / "tests" / "data" / "fashion_dpm20_before_speedups.safetensors"), "pt") as f:

@@ -12,7 +12,7 @@ from diffusion_app.presets import data_source
 from diffusion_core import CheckpointError, training_source
 from diffusion_core.evaluation.super_resolution import _held_out_high_res
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def folder_with(tmp_path: Path, text: str | None) -> Path:

@@ -614,7 +614,7 @@ def test_first_step_of_every_solver_and_grid_is_finite_on_the_shipped_models(mod
     from pathlib import Path
 
     from diffusion_core import SPACINGS, load
-    folder = Path(__file__).resolve().parents[1] / "checkpoints" / model
+    folder = Path(__file__).resolve().parents[2] / "checkpoints" / model
     pipe = load(folder)
     for sampler in pipe.samplers:      # every Gaussian sampler (a student's own rule is offered to students only)
         for spacing in SPACINGS:

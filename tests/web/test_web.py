@@ -19,7 +19,7 @@ from diffusion_core.checkpoint import CheckpointError
 from diffusion_core.images import load_image
 from diffusion_core.webexport import export_web, web_fixture
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NODE = shutil.which("node")
 ORT_WEB = ROOT / "web" / "node_modules" / "onnxruntime-web"
 needs_node = pytest.mark.skipif(NODE is None or not (ROOT / "web" / "node_modules" / "onnxruntime-node").is_dir(),

@@ -18,7 +18,7 @@ from diffusion_core.training import PREV_STATE, STATE, Trainer, load_train_confi
 
 from test_train import TINY, write_idx
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def cfg(tmp_path, *sets):

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from app_fixtures import free_port, tiny_unet  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SESSIONS = 8
 REQUESTS_PER_SESSION = 10
 WIDE_STEPS = 20                  # one run per session of the 64 px RGB model: 2.8 MB of kept steps

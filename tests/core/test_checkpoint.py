@@ -203,7 +203,7 @@ def fresh_process_peaks(tmp_path_factory):
             "    except dc.CheckpointError: pass\n"
             "    peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)\n"
             "print(json.dumps(peaks))")
-    out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parents[1]), *folders],
+    out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parents[2]), *folders],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return {repr(unet): kib for (unet, _), kib in zip(HOSTILE_UNET, json.loads(out.stdout))}

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffusion_core import (DEFAULT_SAMPLER, SamplerInfo, SamplerSpec, load, register_sampler,  # noqa: E402
                             sampler_info, all_samplers, unregister_sampler)

@@ -17,10 +17,10 @@ CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium not installed")
 sync_api = pytest.importorskip("playwright.sync_api")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from app_fixtures import build_checkpoints, launch_app  # noqa: E402
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
 
@@ -382,7 +382,7 @@ def test_examples_and_settings_links(url, browser):
 
 def screenshot(out: Path, checkpoints: Path | None = None, steps: int = 25, batch: int = 8) -> Path:
     """Serve ``checkpoints`` (the tiny fixtures when it holds no model), generate once, and save a full-page
-    screenshot of the Generate tab: ``python tests/test_browser.py docs/screenshot.png [checkpoints]``."""
+    screenshot of the Generate tab: ``python tests/app/test_browser.py docs/screenshot.png [checkpoints]``."""
     import tempfile
     if checkpoints is None or not any((p / "config.json").is_file() for p in Path(checkpoints).glob("*")):
         checkpoints = build_checkpoints(Path(tempfile.mkdtemp()) / "ckpt")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MIN_PYTHON = (3, 10)
 SOURCES = sorted([*(ROOT / "diffusion_core").rglob("*.py"), *(ROOT / "diffusion_app").rglob("*.py"), ROOT / "app.py",
                   *(ROOT / "scripts").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py")])

@@ -24,7 +24,7 @@ from diffusion_core.config import ConfigError
 from app_fixtures import build_checkpoints, client, free_port, launch_app, server  # noqa: F401
 from test_train import TINY, write_idx
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def one_line_error(capsys, argv) -> str:
