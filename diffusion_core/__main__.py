@@ -47,10 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     _evaluate_args(e)
 
     c = parser("classifier", help="train the small evaluation classifier for a dataset")
-    c.add_argument("--data", default="fashion", choices=["fashion", "emoji", "pose"], help="dataset")
+    c.add_argument("--data", default="fashion", choices=["fashion", "emoji", "pose", "emoji-attrs"],
+                   help="dataset; emoji-attrs: the picks' attribute classifier, with k-fold held-out scores")
     c.add_argument("--out", required=True, help="output folder")
     c.add_argument("--epochs", type=int, default=5, help="training epochs, 1-1000")
     c.add_argument("--seed", type=int, default=0, help="initialisation and data order")
+    c.add_argument("--folds", type=int, default=5, help="emoji-attrs: cross-validation folds, 2-20")
 
     en = parser("ensemble", help="assemble expert folders into an eDiff-I ensemble folder")
     en.add_argument("--out", required=True, help="the ensemble folder (expert paths are relative to it)")
@@ -139,7 +141,8 @@ def _sample_args(s) -> None:
 def _evaluate_args(e) -> None:
     from .options import BACKEND_ENV, BACKENDS, MAX_BATCH, SAMPLERS, SPACINGS
     e.add_argument("--model", required=True, help="checkpoint folder")
-    e.add_argument("--classifier", help="classifier folder (default: checkpoints/classifier-<dataset>)")
+    e.add_argument("--classifier", help="classifier folder (default: checkpoints/classifier-<dataset>; --picks: "
+                   "checkpoints/classifier-emoji-attrs)")
     e.add_argument("--n", type=int, default=2000, help="samples to generate and compare")
     e.add_argument("--sampler", default=None, choices=SAMPLERS, help="default: ddim (cold for cold models, a "
                    "distilled student's own rule for a student)")
@@ -170,7 +173,9 @@ def _evaluate_args(e) -> None:
     e.add_argument("--picks", action="store_true",
                    help="multi-label models and cascades: sample a fixed list of user-style picks of 1-3 attributes "
                         "and report per pick the fraction of samples that have every picked attribute, beside real "
-                        "emoji, and mean colours (MODEL/metrics-picks[-tag].json; --steps, --guidance apply)")
+                        "emoji, whether the classifier can judge it, and mean colours (MODEL/metrics-picks[-tag].json, "
+                        "and a sheet of 8 samples per pick beside it, metrics-picks[-tag].png; --steps, --guidance "
+                        "apply)")
     e.add_argument("--per-pick", type=int, default=16, help=f"--picks: samples per pick, 1-{MAX_BATCH}")
     e.add_argument("--plain-guidance", action="store_true", help="--picks: guide every pick at the guidance scale, "
                    "not the model's sampling.held_labels at weight 1 (full label sets are always guided plainly)")
@@ -224,7 +229,12 @@ def _run(args) -> int:
         return evaluate_command(args)
     if args.command == "classifier":
         from .evaluation.classifier import train_classifier
-        check_ranges(args, [("epochs", 1, 1000), ("seed", 0, 2 ** 31 - 1)])
+        check_ranges(args, [("epochs", 1, 1000), ("seed", 0, 2 ** 31 - 1), ("folds", 2, 20)])
+        if args.data == "emoji-attrs":
+            from .evaluation.attributes import Recipe, train_attribute_classifier
+            train_attribute_classifier(Path(args.out), folds=args.folds, seed=args.seed,
+                                       recipe=Recipe(epochs=args.epochs))
+            return 0
         train_classifier(args.data, Path(args.out), epochs=args.epochs, seed=args.seed)
         return 0
     if args.command in ("ensemble", "cascade"):

@@ -297,12 +297,12 @@ def evaluate_command(args) -> int:
         m = evaluate_picks(model, Path(args.classifier) if args.classifier else None, per_pick=args.per_pick,
                            sampler=args.sampler or "dpm++", steps=args.steps or 50, guidance=args.guidance,
                            seed=args.seed, device=args.device, progress=not args.no_progress,
-                           hold=not args.plain_guidance)
+                           hold=not args.plain_guidance, sheet=out.with_suffix(".png"))
         m["command"] = command_line() if sys.argv[1:2] == ["evaluate"] else None
         m["threads"] = torch.get_num_threads()
         write_json(out, m)
         print(format_table(m))
-        print(f"wrote {out}")
+        print(f"wrote {out} and the sheet {m['sheet']}")
         return 0
     sr = kind == "model" and load_model_config(model).task == "super_resolution"    # config only
     samples_only = args.samples_only

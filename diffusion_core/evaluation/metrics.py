@@ -46,3 +46,48 @@ def f1_per_attribute(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     fp = (pred & ~truth).sum(0).float()
     fn = (~pred & truth).sum(0).float()
     return torch.where(tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn).clamp(min=1), torch.zeros_like(tp))
+
+
+def attribute_scores(pred: torch.Tensor, truth: torch.Tensor) -> dict[str, torch.Tensor]:
+    """pred, truth: (N, L) bool -> per attribute (L,) the confusion counts (long: positives, tp, fp, fn, tn)
+    and the rates (float): recall = tp / (tp + fn) (true-positive rate), specificity = tn / (tn + fp),
+    balanced accuracy = their mean, precision = tp / (tp + fp), F1. A rate whose denominator is 0 is 0."""
+    tp = (pred & truth).sum(0)
+    fp = (pred & ~truth).sum(0)
+    fn = (~pred & truth).sum(0)
+    tn = (~pred & ~truth).sum(0)
+
+    def rate(a, b):
+        return torch.where(b > 0, a.double() / b.clamp(min=1), torch.zeros((), dtype=torch.float64))
+    recall, specificity = rate(tp, tp + fn), rate(tn, tn + fp)
+    return {"positives": tp + fn, "tp": tp, "fp": fp, "fn": fn, "tn": tn, "recall": recall,
+            "specificity": specificity, "balanced_accuracy": (recall + specificity) / 2,
+            "precision": rate(tp, tp + fp), "f1": rate(2 * tp, 2 * tp + fp + fn)}
+
+
+# which attributes the picks evaluation can judge (issue 39): the classifier must find the attribute on real
+# emoji it was not trained on (k-fold held-out), over enough of them for the rate to mean something
+JUDGE_MIN_POSITIVES = 5         # real emoji with the attribute
+JUDGE_MIN_RECALL = 0.9          # held-out recall (true-positive rate)
+JUDGE_MIN_BALANCED = 0.9        # held-out balanced accuracy, (recall + specificity) / 2
+
+
+def attribute_verdict(name: str, heldout: dict) -> str:
+    """Why attribute ``name`` cannot be judged, from ``heldout`` (name -> the held-out ``attribute_scores`` of
+    the classifier, as floats / ints); "" when it can."""
+    s = heldout.get(name)
+    if s is None:
+        return f"the classifier has no held-out scores for {name}"
+    if s["positives"] < JUDGE_MIN_POSITIVES:
+        return f"{name} has {s['positives']} real examples (fewer than {JUDGE_MIN_POSITIVES})"
+    if s["recall"] < JUDGE_MIN_RECALL:
+        return f"classifier recall {s['recall']:.2f} on {name} (below {JUDGE_MIN_RECALL})"
+    if s["balanced_accuracy"] < JUDGE_MIN_BALANCED:
+        return f"classifier balanced accuracy {s['balanced_accuracy']:.2f} on {name} (below {JUDGE_MIN_BALANCED})"
+    return ""
+
+
+def pick_verdict(pick, heldout: dict) -> str:
+    """"" when every attribute of ``pick`` can be judged, else every reason, joined by "; " (a pick needs no
+    real emoji with all its attributes at once: "heart + red" is judged when hearts and red are each seen)."""
+    return "; ".join(r for r in (attribute_verdict(a, heldout) for a in pick) if r)

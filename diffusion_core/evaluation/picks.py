@@ -1,11 +1,13 @@
 """Evaluation as users use a multi-label model: a few picked attributes, not a full label set (issue 20).
 
 For each pick in ``PICKS`` (1-3 attributes, as a user ticks them in the app or passes ``--label``), sample
-``per_pick`` images and report the fraction whose attributes, as the evaluation classifier predicts them
-(logit > 0), include every picked one; beside it the same fraction for the real emoji that have every
-picked attribute (what the classifier itself can see: a pick it misses on real emoji cannot be judged on
-generated ones either; the mean over the "judgeable" picks keeps those the classifier finds on at least
-``VISIBLE_CLASSIFIER_F1`` of at least ``MIN_POSITIVES`` real emoji, the rule of ``metrics.visible_f1``).
+``per_pick`` images and report the fraction whose attributes, as the picks' attribute classifier
+(``attributes``, ``checkpoints/classifier-emoji-attrs``) predicts them (logit > 0), include every picked one;
+beside it the same fraction for the real emoji that have every picked attribute, by the shipped classifier
+and by its k-fold held-out predictions. A pick is judgeable when the classifier recognises each of its
+attributes on real emoji it was not trained on (``metrics.pick_verdict``: enough real examples, held-out
+recall and balanced accuracy); the others say why not, and only the judgeable ones enter the judgeable mean
+(issue 39). ``sheet``: a PNG of 8 samples of every pick, one row each, labelled, to check the numbers by eye.
 A model with ``label_mask`` samples the picks as "at least these" (the others
 unknown); an older model as its full vector ("exactly these"), which is how such a model is used today.
 
@@ -20,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
 
 from ..data import DataConfig, load_data
 
@@ -75,62 +78,146 @@ def includes_all(logits: torch.Tensor, picked: list[int]) -> torch.Tensor:
 
 def evaluate_picks(model_dir: Path, classifier_dir: Path | None = None, per_pick: int = 16, sampler: str = "dpm++",
                    steps: int = 20, guidance: float = 2.0, seed: int = 0, picks=PICKS, device: str = "cpu",
-                   progress: bool = True, hold: bool = True) -> dict:
+                   progress: bool = True, hold: bool = True, sheet: Path | None = None) -> dict:
     """Per pick: the fraction of ``per_pick`` samples that have every picked attribute (by the classifier),
-    beside the same fraction over the real emoji with those attributes; their means over ``picks``; and the
-    mean colours. Works on a model or a cascade folder (the cascade's final output is measured)."""
+    beside the same fraction over the real emoji with those attributes (by the shipped classifier, and by its
+    k-fold held-out predictions where the classifier folder has them), whether the classifier can judge the
+    pick (``metrics.pick_verdict``: every attribute recognised on held-out real emoji) and why not; the means
+    over all picks and over the judgeable ones; the mean colours. ``sheet``: also write a PNG of the first
+    ``SHEET_CELLS`` samples of every pick, one row each (``picks_sheet``). Works on a model or a cascade
+    folder (the cascade's final output is measured)."""
     from tqdm import tqdm
-    from .classifier import features_of, load_classifier
-    from .metrics import MIN_POSITIVES, VISIBLE_CLASSIFIER_F1
+    from .attributes import ATTRS_CLASSIFIER
+    from .metrics import JUDGE_MIN_BALANCED, JUDGE_MIN_POSITIVES, JUDGE_MIN_RECALL
     from ..pipeline import load
     pipe = load(model_dir, device)
     cfg = pipe.base.config
     if not cfg.multi_label:
         raise ValueError(f"{model_dir}: the picks evaluation needs a multi-label (emoji) model")
-    clf = load_classifier(Path(classifier_dir or "checkpoints/classifier-emoji"))
-    real = load_data(DataConfig(source="emoji", split="all", image_size=32, channels=3))
-    real_labels = torch.from_numpy(real.labels) > 0.5
-    names = list(cfg.label_names)
-    rows, t0 = [], time.time()
+    judge = _Judge(Path(classifier_dir or ATTRS_CLASSIFIER))
+    rows, shown, t0 = [], [], time.time()
     for k, pick in enumerate(tqdm(picks, unit="pick", disable=not progress)):
-        idx = [names.index(a) for a in pick]
         gen = pipe.sample(per_pick, sampler=sampler, steps=steps, guidance=guidance, labels=list(pick),
                           seed=seed + 1000 * k, device=device, hold=hold).cpu()
-        _, logits = features_of(clf, gen)
-        have = real_labels[:, idx].all(dim=1).nonzero().flatten()
-        real_imgs = real.batch(have)["image"] if len(have) else None
-        real_hit = float(includes_all(features_of(clf, real_imgs)[1], idx).float().mean()) if len(have) else None
-        rows.append({"pick": list(pick), "generated": round(float(includes_all(logits, idx).float().mean()), 4),
-                     "real": None if real_hit is None else round(real_hit, 4), "real_count": len(have),
-                     "colours_generated": mean_colours(gen),
-                     "colours_real": mean_colours(real_imgs) if real_imgs is not None else None})
-    judged = [r for r in rows if r["real_count"] >= MIN_POSITIVES and r["real"] >= VISIBLE_CLASSIFIER_F1]
+        rows.append(judge.row(pick, gen))
+        shown.append(gen[:SHEET_CELLS])
+    judged = [r for r in rows if r["judgeable"]]
 
     def mean(key, rs):
-        vals = [r[key] for r in rs if r[key] is not None]
+        vals = [r[key] for r in rs if r.get(key) is not None]
         return round(float(np.mean(vals)), 4) if vals else None
-    return {"model": str(model_dir), "labels_mean": pipe.picks_meaning, "per_pick": per_pick, "sampler": sampler,
-            "steps": steps, "guidance": guidance, "seed": seed,
-            "held_labels": list(pipe.base.config.sampling.held_labels) if hold else [], "picks": len(rows),
-            "generated_mean": mean("generated", rows), "real_mean": mean("real", rows),
-            "judgeable_picks": len(judged), "judgeable_rule": f"at least {MIN_POSITIVES} real emoji with the pick, "
-            f"the classifier finds it on at least {VISIBLE_CLASSIFIER_F1} of them",
-            "generated_mean_judgeable": mean("generated", judged), "real_mean_judgeable": mean("real", judged),
-            "sampling_s": round(time.time() - t0, 1), "rows": rows}
+    m = {"model": str(model_dir), "classifier": str(judge.folder), "labels_mean": pipe.picks_meaning,
+         "per_pick": per_pick, "sampler": sampler, "steps": steps, "guidance": guidance, "seed": seed,
+         "held_labels": list(pipe.base.config.sampling.held_labels) if hold else [], "picks": len(rows),
+         "generated_mean": mean("generated", rows), "real_mean": mean("real", rows),
+         "judgeable_picks": len(judged), "judgeable_rule": f"every picked attribute has at least "
+         f"{JUDGE_MIN_POSITIVES} real emoji, and on them, held out of the classifier's training (k-fold), its "
+         f"recall is at least {JUDGE_MIN_RECALL} and its balanced accuracy at least {JUDGE_MIN_BALANCED}",
+         "generated_mean_judgeable": mean("generated", judged), "real_mean_judgeable": mean("real", judged),
+         "real_heldout_mean_judgeable": mean("real_heldout", judged),
+         "sampling_s": round(time.time() - t0, 1), "rows": rows}
+    if sheet is not None:
+        picks_sheet(shown, [_sheet_label(r) for r in rows]).save(sheet)
+        m["sheet"] = str(sheet)
+    return m
+
+
+class _Judge:
+    """The classifier of the picks evaluation, its held-out scores and predictions, and the real emoji."""
+
+    def __init__(self, folder: Path):
+        from .attributes import HELDOUT_FILE
+        from .classifier import load_classifier
+        from ..checkpoint import read_json
+        self.folder, self.clf = folder, load_classifier(folder)
+        training = read_json(folder / "training.json") if (folder / "training.json").is_file() else {}
+        self.scores = training.get("heldout_per_attribute", {})
+        self.real = load_data(DataConfig(source="emoji", split="all", image_size=32, channels=3))
+        self.real_labels = torch.from_numpy(self.real.labels) > 0.5
+        self.heldout = None
+        if (folder / HELDOUT_FILE).is_file():
+            from safetensors.torch import load_file
+            self.heldout = load_file(str(folder / HELDOUT_FILE))["predicted"].bool()
+            if self.heldout.shape != self.real_labels.shape:
+                raise ValueError(f"{folder / HELDOUT_FILE}: {tuple(self.heldout.shape)} predictions, but the emoji "
+                                 f"data set has {tuple(self.real_labels.shape)} labels: retrain the classifier")
+
+    def row(self, pick: tuple[str, ...], gen: torch.Tensor) -> dict:
+        """The per-pick record of samples ``gen`` (N, 3, H, W) in [-1, 1] drawn for ``pick``."""
+        from .classifier import features_of
+        from .metrics import pick_verdict
+        idx = [list(self.clf.cfg.label_names).index(a) for a in pick]
+        have = self.real_labels[:, idx].all(dim=1).nonzero().flatten()
+        real_imgs = self.real.batch(have)["image"] if len(have) else None
+
+        def hit(logits):
+            return round(float(includes_all(logits, idx).float().mean()), 4)
+        why_not = pick_verdict(pick, self.scores)
+        return {"pick": list(pick), "generated": hit(features_of(self.clf, gen)[1]),
+                "real": hit(features_of(self.clf, real_imgs)[1]) if len(have) else None, "real_count": len(have),
+                "real_heldout": (hit(self.heldout[have].float() * 2 - 1) if self.heldout is not None and len(have)
+                                 else None),
+                "judgeable": not why_not, "not_judgeable": why_not,
+                "colours_generated": mean_colours(gen),
+                "colours_real": mean_colours(real_imgs) if real_imgs is not None else None}
+
+
+SHEET_CELLS = 8         # samples shown per pick
+SHEET_CELL = 64         # pixels per sample on the sheet
+SHEET_LABEL = 260       # the label strip at each row's left, pixels
+SHEET_PAD = 2
+
+
+def _sheet_label(r: dict) -> str:
+    verdict = f"{r['generated']:.2f}" if r["judgeable"] else f"{r['generated']:.2f} (not judgeable)"
+    return f"{' + '.join(r['pick'])}\n{verdict}"
+
+
+def picks_sheet(images: list[torch.Tensor], labels: list[str], cells: int = SHEET_CELLS, cell: int = SHEET_CELL,
+                label_width: int = SHEET_LABEL, pad: int = SHEET_PAD) -> Image.Image:
+    """One row per pick: its label (PIL text) in a white strip of ``label_width`` px, then up to ``cells``
+    samples of ``images[row]`` ((n, C, H, W) in [-1, 1]), each resized to ``cell`` px, ``pad`` px apart (a
+    row with fewer samples leaves its last cells white). Size: (label_width + cells * (cell + pad) + pad) x
+    (rows * (cell + pad) + pad)."""
+    from ..images import to_pil
+    sheet = Image.new("RGB", (label_width + cells * (cell + pad) + pad, len(images) * (cell + pad) + pad), "white")
+    font = _font(max(10, cell // 5))
+    for r, (x, text) in enumerate(zip(images, labels)):
+        top = pad + r * (cell + pad)
+        strip = Image.new("RGB", (label_width - pad, cell), "white")      # the text is clipped to its strip
+        ImageDraw.Draw(strip).multiline_text((2, 2), text, fill="black", font=font, spacing=2)
+        sheet.paste(strip, (pad, top))
+        for c, img in enumerate(x[:cells]):
+            tile = to_pil(img).convert("RGB")
+            method = Image.Resampling.NEAREST if tile.width <= cell else Image.Resampling.BOX
+            sheet.paste(tile.resize((cell, cell), method), (label_width + pad + c * (cell + pad), top))
+    return sheet
+
+
+def _font(size: int):
+    try:
+        return ImageFont.truetype("DejaVuSans.ttf", size)
+    except OSError:
+        return ImageFont.load_default(size=size)
 
 
 def format_table(m: dict) -> str:
     """The per-pick rows as a Markdown table (for docs/models.md and the terminal)."""
-    lines = ["| pick | generated | real (count) | centre RGB generated | centre RGB real |",
-             "| --- | ---: | ---: | --- | --- |"]
+    lines = ["| pick | generated | real (count) | real held-out | judgeable | centre RGB generated | centre RGB real |",
+             "| --- | ---: | ---: | ---: | --- | --- | --- |"]
+
+    def num(v):
+        return "-" if v is None else f"{v:.2f}"
     for r in m["rows"]:
         real = "-" if r["real"] is None else f"{r['real']:.2f} ({r['real_count']})"
         cr = r["colours_real"]["centre_rgb"] if r["colours_real"] else "-"
-        lines.append(f"| {' + '.join(r['pick'])} | {r['generated']:.2f} | {real} | "
-                     f"{r['colours_generated']['centre_rgb']} | {cr} |")
+        judged = "yes" if r.get("judgeable") else f"no: {r.get('not_judgeable') or 'no verdict on file'}"
+        lines.append(f"| {' + '.join(r['pick'])} | {r['generated']:.2f} | {real} | {num(r.get('real_heldout'))} | "
+                     f"{judged} | {r['colours_generated']['centre_rgb']} | {cr} |")
     lines.append(f"| **mean over {m['picks']} picks** | **{m['generated_mean']:.2f}** | "
-                 f"**{m['real_mean']:.2f}** | | |")
+                 f"**{num(m['real_mean'])}** | | | | |")
     if m["judgeable_picks"]:
         lines.append(f"| **mean over the {m['judgeable_picks']} judgeable picks** | "
-                     f"**{m['generated_mean_judgeable']:.2f}** | **{m['real_mean_judgeable']:.2f}** | | |")
+                     f"**{m['generated_mean_judgeable']:.2f}** | **{num(m['real_mean_judgeable'])}** | "
+                     f"**{num(m.get('real_heldout_mean_judgeable'))}** | | | |")
     return "\n".join(lines)

@@ -130,14 +130,15 @@ def test_evaluation_is_a_layer_above_the_model():
 def test_training_is_split_by_concern():
     """Issue 19: the objective (the batch and the loss, as the papers write them) imports no optimizer, state or
     loop; the state and output modules know nothing of the loop; nothing outside training imports it but the
-    CLI and the evaluation's record of its command line."""
+    CLI, the evaluation's record of its command line, and the picks' attribute classifier, which draws its
+    batches with training's attribute-balanced sampling (``objective.sample_weights``: one rule, issue 39)."""
     local = lambda name: {m.split(".")[2] for m in module_imports(name) if m.startswith("diffusion_core.training.")}
     assert local("training.objective") <= {"config"}
     assert local("training.state") <= {"config"} and local("training.outputs") <= {"config"}
     assert local("training.optim") == set()
     users = {p.relative_to(PKG).as_posix() for p in PKG.rglob("*.py")
              if any(m.startswith("diffusion_core.training") for m in imports(p)) and p.parent.name != "training"}
-    assert users <= {"__main__.py", "evaluation/evaluate.py"}, users
+    assert users <= {"__main__.py", "evaluation/evaluate.py", "evaluation/attributes.py"}, users
     assert not (PKG / "train.py").exists()
 
 

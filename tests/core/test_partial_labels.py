@@ -257,12 +257,12 @@ def test_picks_measures_and_colours():
 def test_evaluate_picks_end_to_end(tmp_path, make_model):
     from diffusion_core.data.emoji import ATTRIBUTES, EMOJI_TEST, FONT
     from diffusion_core.evaluation.picks import evaluate_picks, format_table
-    if not (Path(EMOJI_TEST).exists() and Path(FONT).exists()) or not (ROOT / "checkpoints/classifier-emoji").is_dir():
-        pytest.skip("emoji packages or the emoji classifier not present")
+    if not (Path(EMOJI_TEST).exists() and Path(FONT).exists()) or not (ROOT / "checkpoints/classifier-emoji-attrs").is_dir():
+        pytest.skip("emoji packages or the picks' attribute classifier not present")
     make_model(tmp_path / "m", unet=dict(num_labels=len(ATTRIBUTES), label_mask=True, in_channels=3, out_channels=3,
                                          image_size=32), label_names=ATTRIBUTES, multi_label=True)
     picks = (("woman", "dark skin tone"), ("Flags",))
-    m = evaluate_picks(tmp_path / "m", ROOT / "checkpoints/classifier-emoji", per_pick=2, steps=1, picks=picks,
+    m = evaluate_picks(tmp_path / "m", ROOT / "checkpoints/classifier-emoji-attrs", per_pick=2, steps=1, picks=picks,
                        progress=False)
     assert m["picks"] == 2 and [r["pick"] for r in m["rows"]] == [list(p) for p in picks]
     assert "unspecified" in m["labels_mean"]
