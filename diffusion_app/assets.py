@@ -60,6 +60,12 @@ LEARN_INTRO = """Why does each step do what it does? **Explain** and **Trajector
 run of this session (its first image; a cascade's base stage). **Compare** and **Interpolate** sample anew with the
 model, class and guidance chosen on the Generate tab."""
 
+DISTILL_LESSON = """A teacher takes many small steps because each step can only follow the curved path from noise to
+image a little way. Progressive distillation (Salimans & Ho 2022) trains a student to land in one step where two of
+its teacher's steps land, halving the steps round after round; with the guidance scale as an input of the student
+(Meng et al. 2023) one pass also replaces the two that classifier-free guidance needs. The rows below compare them on
+the same starting noise x_T (model and class: the Generate tab's; the model must be a student or have one)."""
+
 
 ABOUT = """
 ## What is this?

@@ -12,6 +12,7 @@ from .inputs import check_input_count
 from .ui_forward import forward_page, wire_forward
 from .ui_generate import generate_page, wire_generate
 from .ui_learn import learn_page, wire_learn
+from .ui_live import wire_live
 
 
 def build_demo(checkpoints_dir=None) -> gr.Blocks:
@@ -34,6 +35,7 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
         wire_generate(app, demo, g, l)
         wire_forward(app, demo, f)
         wire_learn(app, g, l)
+        wire_live(app, g, l)
     demo.validate_inputs = check_input_count     # an API call short of inputs: one line, not {"error": null}
     # Generate is not limited here: the app's waiting room admits its runs (waiting.py). The rest: the Learn tab's
     # sampling tools (DIFFUSION_CONCURRENCY at once, default 2: each runs up to 15 sampling runs) and light events

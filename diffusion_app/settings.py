@@ -35,6 +35,7 @@ CAPTION_LINES = 3                # ... with this many caption lines below it
 LINE_PX = 15
 GRID_GAP = 6
 INTERP_MAX_FRAMES = 16
+LIVE_MAX_IMAGES = 8               # Live mode: images per slider event (a student's few passes each)
 INTERP_MAX_WORK = 1600           # frames x steps
 TRAJ_MAX_FRAMES = 250            # GIF frames (more steps are subsampled evenly)
 STATE_TTL_S = 2 * 3600           # a session's kept run and partial result expire this long after they were set

@@ -8,7 +8,7 @@ import gradio as gr
 
 from diffusion_core import MAX_GUIDANCE, MAX_STEPS
 
-from .assets import LEARN_INTRO
+from .assets import DISTILL_LESSON, LEARN_INTRO
 from .inputs import Choices, Dropdown, Number, NumberChecks, Radio, Slider, page_parts
 from .settings import (COMPARE_DEFAULT_GUIDANCE_STEPS, COMPARE_DEFAULT_STEPS, COMPARE_GUIDANCE, COMPARE_MAX_CELLS,
                        COMPARE_MAX_STEPS, COMPARE_STEPS, DEFAULT_SAMPLER, INTERP_MAX_FRAMES, LATEX, LIGHT, MAX_SEED,
@@ -102,6 +102,15 @@ def learn_page() -> SimpleNamespace:
             int_gallery = gr.Gallery(label="Frames (PNG, full resolution)", columns=8, height="auto",
                                      format="png", object_fit="contain", interactive=False,
                                      elem_classes="dc-pixel")
+        with gr.Tab("Distillation", id="learn-distill"):
+            gr.Markdown(DISTILL_LESSON)
+            with gr.Row(equal_height=True):
+                lesson_seed = Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED, elem_id="lesson-seed")
+                lesson_btn = gr.Button("Teacher and students on the same noise", variant="primary",
+                                       elem_id="lesson-btn")
+            lesson_note = gr.Markdown(elem_id="lesson-note")
+            lesson_img = gr.Image(label="teacher (10 steps) · students (4, 2, 1 steps)", type="pil", format="png",
+                                  interactive=False, elem_id="lesson-img", elem_classes="dc-pixel")
         with gr.Tab("Trajectory", id="learn-trajectory"):
             traj_note = gr.Markdown("No run kept yet: press **Generate** on the Generate tab.")
             with gr.Row(equal_height=True):

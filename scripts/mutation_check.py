@@ -576,6 +576,20 @@ MUTANTS = [
  ("picks not judgeable averaged in", "diffusion_core/evaluation/picks.py",
   'judged = [r for r in rows if r["judgeable"]]', "judged = rows",
   "tests/core/test_picks_judge.py -k evaluate_picks_reports"),
+ ("Live blends every image from image 0's noise", "diffusion_app/live.py",
+  "torch.stack([slerp(za[i], zb[i], blend) for i in range(n)])",
+  "torch.stack([slerp(za[0], zb[0], blend) for i in range(n)])", "tests/app/test_live.py -k blend_ends"),
+ ("Live blend as a lerp", "diffusion_app/live.py",
+  "torch.stack([slerp(za[i], zb[i], blend) for i in range(n)])",
+  "torch.stack([(1 - blend) * za[i] + blend * zb[i] for i in range(n)])", "tests/app/test_live.py -k blend_ends"),
+ ("Live offered to every model", "diffusion_app/live.py",
+  "        student = self.is_student(model)\n", "        student = True\n", "tests/app/test_live.py -k students_only"),
+ ("Live steps not capped", "diffusion_app/live.py", "        steps = min(asked, 2 * d.steps)", "        steps = asked",
+  "tests/app/test_live.py -k follows_guidance"),
+ ("lesson stops at the first teacher", "diffusion_app/live.py", "            while name in teacher_of and name not in seen:",
+  "            while False:", "tests/app/test_live.py -k lesson"),
+ ("lesson leaves out the half-steps row", "diffusion_app/live.py", "sorted({d.steps, d.steps // 2} - {0}, reverse=True)",
+  "[d.steps]", "tests/app/test_live.py -k lesson")
 ]
 
 
