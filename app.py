@@ -5,7 +5,7 @@
 
 Environment: DIFFUSION_CHECKPOINTS (model folders, default ``checkpoints``), GRADIO_SERVER_NAME /
 GRADIO_SERVER_PORT, DIFFUSION_CONCURRENCY (sampling runs at once, default 1), DIFFUSION_QUEUE (queued
-requests, default 16), DIFFUSION_DEVICE (default cpu; cuda on ZeroGPU), DIFFUSION_THREADS (torch CPU threads),
+requests, default 16), DIFFUSION_DEVICE (default cpu; cuda on ZeroGPU), DIFFUSION_THREADS (torch CPU threads), OMP_WAIT_POLICY (default PASSIVE here),
 DIFFUSION_KEPT_RUNS_MB (the Learn tab's kept runs, all sessions together, default 128), DIFFUSION_SESSIONS
 (sessions whose state is kept, default 200).
 
@@ -28,6 +28,13 @@ import time
 if "GRADIO_TEMP_DIR" not in os.environ:     # Gradio's cache of served files (1,235 files stayed after a SIGTERM):
     os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="gradio_cache_")    # this process's own, removed at exit
     atexit.register(shutil.rmtree, os.environ["GRADIO_TEMP_DIR"], ignore_errors=True)
+
+# OpenMP's waiting threads sleep instead of spinning (libgomp spins by default). A Space's 2 vCPUs are shared: with
+# any other work on them (another visitor's request, a build, a neighbour), spinning threads took the cores from the
+# threads with work. Measured on a 2-core Xeon with a training and a test run beside it: 4 images of the 4-step
+# student took 4.0-11.9 s with spinning threads, 0.26-0.79 s with sleeping ones (1 thread: 0.84-1.08 s). Set before
+# torch loads its OpenMP runtime; an OMP_WAIT_POLICY given in the environment is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from diffusion_app import LAUNCH_KW, build_demo  # noqa: E402
 

@@ -69,7 +69,7 @@ def generate_page(app) -> SimpleNamespace:
                 steps = Slider(1, MAX_STEPS, value=25, step=1, label="Steps", elem_id="steps")
                 spacing = Radio(list(SPACINGS), value="trailing", label="Timestep spacing",
                                    info="logsnr / karras: grids in noise level (Gaussian models)")
-            guidance = Slider(0, MAX_GUIDANCE, value=2.0, step=0.25, label="Guidance scale",
+            guidance = Slider(0, MAX_GUIDANCE, value=2.0, step=0.25, label="Guidance scale", elem_id="guidance",
                                  info="classifier-free guidance; 1 = off, 0 = unconditional")
             # a distilled student's images follow the sliders as they are dragged (ui_live, live.py)
             with gr.Group(visible=False, elem_id="live-group") as live_group:
