@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+from .live import LIVE_OFF
 from .settings import LIGHT
 from .zerogpu import gpu_task
 
@@ -19,7 +20,8 @@ def wire_live(app, g: SimpleNamespace, l: SimpleNamespace) -> None:
     inputs = [g.live_on, g.model, g.class_label, g.attributes, g.guidance, g.steps, g.seed, g.live_seed_b,
               g.live_blend, g.batch_size]
     live = dict(fn=app.live, inputs=inputs, outputs=[g.live_view], trigger_mode="always_last", **local)
-    g.live_on.change(lambda on: gr.update(visible=bool(on)), [g.live_on], [g.live_view], **local).then(**live)
+    # switched off: the view says how to use it (the last images would look live while nothing follows the sliders)
+    g.live_on.change(lambda on: gr.skip() if on else LIVE_OFF, [g.live_on], [g.live_view], **local).then(**live)
     for box in (g.guidance, g.live_blend, g.steps, g.batch_size, g.seed, g.live_seed_b, g.class_label, g.attributes):
         box.input(**live)
     # the API's Live endpoint (/live): the same handler, for scripts and the browser benchmark

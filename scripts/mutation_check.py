@@ -589,7 +589,10 @@ MUTANTS = [
  ("lesson stops at the first teacher", "diffusion_app/live.py", "            while name in teacher_of and name not in seen:",
   "            while False:", "tests/app/test_live.py -k lesson"),
  ("lesson leaves out the half-steps row", "diffusion_app/live.py", "sorted({d.steps, d.steps // 2} - {0}, reverse=True)",
-  "[d.steps]", "tests/app/test_live.py -k lesson")
+  "[d.steps]", "tests/app/test_live.py -k lesson"),
+ ("Live does not follow the guidance slider", "diffusion_app/ui_live.py",
+  "    for box in (g.guidance, g.live_blend,", "    for box in (g.live_blend,",
+  "tests/app/test_browser_live.py -k desktop")
 ]
 
 

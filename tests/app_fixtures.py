@@ -108,6 +108,21 @@ def build_checkpoints(root) -> Path:
     return root
 
 
+def add_students(root) -> Path:
+    """Two tiny progressive-distillation students beside ``build_checkpoints``' models: ``tiny-4step`` (teacher
+    tiny) and ``tiny-1step`` (teacher tiny-4step), guidance an input of the network, v prediction."""
+    from diffusion_core.config import Distilled, SamplingDefaults
+    root = Path(root)
+    for name, teacher, steps, seed in (("tiny-4step", "checkpoints/tiny", 4, 21),
+                                       ("tiny-1step", "checkpoints/tiny-4step", 1, 22)):
+        cfg = ModelConfig(unet=tiny_unet(num_labels=10, guidance_embedding=True), label_names=FASHION_NAMES,
+                          diffusion=DiffusionConfig(prediction="v"), sampling=SamplingDefaults("progressive", steps),
+                          distilled=Distilled(teacher, "progressive", steps, (1.0, 4.0)),
+                          description=f"tiny {steps}-step student")
+        _model(root / name, cfg, seed)
+    return root
+
+
 def free_port() -> int:
     import socket
     with socket.socket() as s:

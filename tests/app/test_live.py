@@ -12,21 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
-from app_fixtures import FASHION_NAMES, _model, build_checkpoints, tiny_unet
-from diffusion_core import DiffusionConfig, ModelConfig, grid
-from diffusion_core.config import Distilled, SamplingDefaults
+from app_fixtures import add_students, build_checkpoints
+from diffusion_core import grid
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    root = build_checkpoints(tmp_path_factory.mktemp("live"))
-    for name, teacher, steps, seed in (("tiny-4step", "checkpoints/tiny", 4, 21), ("tiny-1step", "ckpt/tiny-4step", 1, 22)):
-        cfg = ModelConfig(unet=tiny_unet(num_labels=10, guidance_embedding=True), label_names=FASHION_NAMES,
-                          diffusion=DiffusionConfig(prediction="v"),
-                          sampling=SamplingDefaults("progressive", steps),
-                          distilled=Distilled(teacher, "progressive", steps, (1.0, 4.0)),
-                          description=f"tiny {steps}-step student")
-        _model(root / name, cfg, seed)
+    root = add_students(build_checkpoints(tmp_path_factory.mktemp("live")))
     from diffusion_app.application import DiffusionApp
     return DiffusionApp(root)
 

@@ -1,0 +1,83 @@
+"""Live mode in a real browser (issue 38), at desktop and phone sizes, on tiny random students: the mode shows for a
+student only, a slider press redraws the images, and while the guidance slider is in view so are the images (not
+under the sticky Generate bar). Screenshots go to test-artifacts/."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = [pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium not installed"), pytest.mark.slow]
+sync_api = pytest.importorskip("playwright.sync_api")
+
+from app_fixtures import add_students, build_checkpoints, launch_app  # noqa: E402
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory):
+    demo, url = launch_app(add_students(build_checkpoints(tmp_path_factory.mktemp("live-browser"))))
+    yield url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        yield b
+        b.close()
+
+
+def rect(page, selector):
+    return page.evaluate(f"(() => {{ const r = document.querySelector({selector!r}).getBoundingClientRect(); "
+                         "return {x: r.x, y: r.y, w: r.width, h: r.height}; })()")
+
+
+def caption(page) -> str:
+    return page.locator("#live-view p").inner_text() if page.locator("#live-view p").count() else ""
+
+
+@pytest.mark.parametrize("size", [(1280, 900), (390, 844)], ids=["desktop", "phone"])
+def test_live_redraws_as_the_slider_moves_with_the_images_in_view(url, browser, size):
+    page = browser.new_page(viewport={"width": size[0], "height": size[1]})
+    page.set_default_timeout(30_000)
+    page.goto(url + "?model=tiny-4step&seed=3")
+    page.wait_for_function("document.querySelector('#model-card h3')?.innerText.trim() === 'tiny-4step'")
+    page.locator("#live-group").first.wait_for(state="visible")
+    assert "Live is off" in page.locator("#live-view").first.inner_text()     # Live starts off and says how to use it
+    page.locator("#live-on input").check()
+    page.wait_for_function("document.querySelector('#live-view p')?.innerText.includes('guidance 2 ')")
+    assert "seed 3" in caption(page) and "4 steps" in caption(page)
+    slider = page.locator("#guidance input[type=range]").first
+    slider.scroll_into_view_if_needed()
+    slider.focus()
+    page.keyboard.press("ArrowRight")        # a real input event: guidance 2 -> 2.25
+    page.wait_for_function("document.querySelector('#live-view p')?.innerText.includes('guidance 2.25')")
+    page.screenshot(path=str(ARTIFACTS / f"live-{size[0]}x{size[1]}.png"))
+    img, bar, s = rect(page, "#live-view img"), rect(page, "#run-row"), rect(page, "#guidance input[type=range]")
+    vw, vh = size
+    # the slider and the images are in view together, the images not cut and not under the sticky Generate bar
+    assert 0 <= s["y"] and s["y"] + s["h"] <= vh
+    assert 0 <= img["y"] and img["y"] + img["h"] <= vh and 0 <= img["x"] and img["x"] + img["w"] <= vw
+    assert img["y"] + img["h"] <= bar["y"] or img["y"] >= bar["y"] + bar["h"]
+    assert img["w"] >= 4 * 48          # four 16 px images drawn at least 3x, side by side
+    # the blend slider: its far end is seed B's images
+    blend = page.locator("#live-blend input[type=number]").first
+    blend.fill("1")
+    blend.press("Enter")
+    page.wait_for_function("document.querySelector('#live-view p')?.innerText.includes('seed 3 → 1 at 1.00')")
+    page.locator("#live-on input").uncheck()            # off: the view says so, and the images go
+    page.wait_for_function("document.querySelector('#live-view')?.innerText.includes('Live is off')")
+    assert page.locator("#live-view img").count() == 0
+    # a teacher has no Live mode: picking one hides it
+    page.goto(url + "?model=tiny")
+    page.wait_for_function("document.querySelector('#model-card h3')?.innerText.trim() === 'tiny'")
+    page.wait_for_timeout(500)
+    assert not page.locator("#live-group").first.is_visible()
+    page.close()
