@@ -592,7 +592,15 @@ MUTANTS = [
   "[d.steps]", "tests/app/test_live.py -k lesson"),
  ("Live does not follow the guidance slider", "diffusion_app/ui_live.py",
   "    for box in (g.guidance, g.live_blend,", "    for box in (g.live_blend,",
-  "tests/app/test_browser_live.py -k desktop")
+  "tests/app/test_browser_live.py -k desktop"),
+ ("balanced sampling favours common attributes", "diffusion_core/training/objective.py",
+  "    per_attr = (present.shape[0] / n_a) ** power", "    per_attr = (n_a / present.shape[0]) ** power",
+  "tests/training/test_balanced_sampling.py"),
+ ("balanced sampling ignored", "diffusion_core/training/objective.py", "    if power <= 0 or labels is None:",
+  "    if True:", "tests/training/test_balanced_sampling.py -k proportion"),
+ ("balanced sampling never draws images without attributes", "diffusion_core/training/objective.py",
+  "    return torch.where(present.any(dim=1), w, torch.ones_like(w))", "    return w",
+  "tests/training/test_balanced_sampling.py")
 ]
 
 
