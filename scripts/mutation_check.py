@@ -600,7 +600,12 @@ MUTANTS = [
   "    if True:", "tests/training/test_balanced_sampling.py -k proportion"),
  ("balanced sampling never draws images without attributes", "diffusion_core/training/objective.py",
   "    return torch.where(present.any(dim=1), w, torch.ones_like(w))", "    return w",
-  "tests/training/test_balanced_sampling.py")
+  "tests/training/test_balanced_sampling.py"),
+ ("Upscale ignores the input's size", "diffusion_app/upscale.py", "        if last.config.low_res == side:",
+  "        if True:", "tests/app/test_upscale_sizes.py"),
+ ("Upscale takes another family's model", "diffusion_app/upscale.py",
+  "            if c.get(\"low_res\") == side and data_source(self.models.folder(n)) == family:",
+  "            if c.get(\"low_res\") == side:", "tests/app/test_upscale_sizes.py")
 ]
 
 
