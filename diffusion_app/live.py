@@ -97,7 +97,7 @@ class LiveTab(AppBase):
     @handles_errors("the distillation lesson")
     def lesson(self, model, class_label=ANY, seed=0, n=4):
         """Teacher and students on the same noise: the teacher of ``model`` (a student, or a teacher with
-        students in this app) with DPM-Solver++ 10 steps, then every student of that teacher with its own rule,
+        students in this app) with its own default sampler at 10 steps, then every student of that teacher with its own rule,
         the 4-step one also at 2 steps; every row starts from the same x_T. Returns (image, note)."""
         teacher, students = self.students_of(model)
         tpipe = self.models.get(teacher)
@@ -107,10 +107,10 @@ class LiveTab(AppBase):
         dev = self.models.device
         rows, captions = [], []
         t0 = time.perf_counter()
-        x = tpipe.sample(n, sampler="dpm++", steps=LESSON_TEACHER_STEPS, guidance=2.0, labels=labels, seed=s,
-                         device=dev)
-        rows.append(x)
-        captions.append(f"teacher {teacher}: {sampler_label('dpm++')}, {LESSON_TEACHER_STEPS} steps "
+        own = tpipe.base.config.sampling.sampler        # the teacher's own default sampler, at 10 steps
+        rows.append(tpipe.sample(n, sampler=own, steps=LESSON_TEACHER_STEPS, guidance=2.0, labels=labels, seed=s,
+                                 device=dev))
+        captions.append(f"teacher {teacher}: {sampler_label(own)}, {LESSON_TEACHER_STEPS} steps "
                         f"({2 * LESSON_TEACHER_STEPS} network passes with guidance)")
         for name in students:
             pipe = self.models.get(name)

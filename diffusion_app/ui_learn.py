@@ -83,6 +83,18 @@ def learn_page() -> SimpleNamespace:
             cmp_note = gr.Markdown(elem_id="compare-note")
             cmp_img = gr.Image(label="Comparison grid", type="pil", format="png", interactive=False,
                                elem_id="compare-img", elem_classes="dc-pixel")
+            # the distillation lesson (issue 38): a comparison too, of a teacher and its few-step students
+            with gr.Accordion("Distillation: teacher and students on the same noise", open=False,
+                              elem_id="lesson-acc"):
+                gr.Markdown(DISTILL_LESSON)
+                with gr.Row(equal_height=True):
+                    lesson_seed = Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED,
+                                         elem_id="lesson-seed")
+                    lesson_btn = gr.Button("Teacher and students on the same noise", variant="primary",
+                                           elem_id="lesson-btn")
+                lesson_note = gr.Markdown(elem_id="lesson-note")
+                lesson_img = gr.Image(label="teacher (10 steps) · students (4, 2, 1 steps)", type="pil", format="png",
+                                      interactive=False, elem_id="lesson-img", elem_classes="dc-pixel")
         with gr.Tab("Interpolate", id="learn-interpolate"):
             gr.Markdown("Spherical interpolation (slerp) between the starting noise x_T of two seeds, "
                         "each point sampled with a deterministic sampler, so the row changes smoothly; "
@@ -102,15 +114,6 @@ def learn_page() -> SimpleNamespace:
             int_gallery = gr.Gallery(label="Frames (PNG, full resolution)", columns=8, height="auto",
                                      format="png", object_fit="contain", interactive=False,
                                      elem_classes="dc-pixel")
-        with gr.Tab("Distillation", id="learn-distill"):
-            gr.Markdown(DISTILL_LESSON)
-            with gr.Row(equal_height=True):
-                lesson_seed = Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED, elem_id="lesson-seed")
-                lesson_btn = gr.Button("Teacher and students on the same noise", variant="primary",
-                                       elem_id="lesson-btn")
-            lesson_note = gr.Markdown(elem_id="lesson-note")
-            lesson_img = gr.Image(label="teacher (10 steps) · students (4, 2, 1 steps)", type="pil", format="png",
-                                  interactive=False, elem_id="lesson-img", elem_classes="dc-pixel")
         with gr.Tab("Trajectory", id="learn-trajectory"):
             traj_note = gr.Markdown("No run kept yet: press **Generate** on the Generate tab.")
             with gr.Row(equal_height=True):

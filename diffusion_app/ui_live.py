@@ -19,13 +19,13 @@ def wire_live(app, g: SimpleNamespace, l: SimpleNamespace) -> None:
     g.model.change(app.live_available, [g.model], [g.live_group, g.live_on, g.live_view], **local)
     inputs = [g.live_on, g.model, g.class_label, g.attributes, g.guidance, g.steps, g.seed, g.live_seed_b,
               g.live_blend, g.batch_size]
-    live = dict(fn=app.live, inputs=inputs, outputs=[g.live_view], trigger_mode="always_last", **local)
+    live = dict(fn=gpu_task(app.live), inputs=inputs, outputs=[g.live_view], trigger_mode="always_last", **local)
     # switched off: the view says how to use it (the last images would look live while nothing follows the sliders)
     g.live_on.change(lambda on: gr.skip() if on else LIVE_OFF, [g.live_on], [g.live_view], **local).then(**live)
     for box in (g.guidance, g.live_blend, g.steps, g.batch_size, g.seed, g.live_seed_b, g.class_label, g.attributes):
         box.input(**live)
     # the API's Live endpoint (/live): the same handler, for scripts and the browser benchmark
     live_api = gr.Button(visible=False)
-    live_api.click(app.live, inputs, [g.live_view], api_name="live", **LIGHT)
+    live_api.click(gpu_task(app.live), inputs, [g.live_view], api_name="live", **LIGHT)
     l.lesson_btn.click(gpu_task(app.lesson), [g.model, g.class_label, l.lesson_seed], [l.lesson_img, l.lesson_note],
                        api_name="distillation_lesson", concurrency_id="sampling")

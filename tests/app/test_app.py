@@ -503,7 +503,8 @@ def test_zero_gpu_wraps_every_sampling_handler_and_nothing_elsewhere(tmp_path, m
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
     assert zerogpu.on_zero_gpu() and app.DiffusionApp(str(root)).models.device == "cuda"
     demo = app.build_demo(str(root))
-    assert set(wrapped) == {"branch", "compare", "compare_guidance", "generate", "interpolate", "upscale"}
+    assert set(wrapped) == {"branch", "compare", "compare_guidance", "generate", "interpolate", "upscale", "lesson",
+                            "live"}
     assert wrapped.count("generate") == 1          # one handler for the Generate button and the three examples
     gens = [fn.fn for fn in demo.fns.values() if getattr(fn.fn, "__wrapped__", None) is not None
             and fn.fn.__wrapped__.__name__ == "generate"]
