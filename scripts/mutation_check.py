@@ -635,8 +635,9 @@ def main(only: list[str]) -> int:
         r = run(sel)
         p.write_text(orig)
         last = (r.stdout.strip().splitlines() or ["?"])[-1]
-        missed += r.returncode in (0, 5)        # 5: the selection ran no test, so it caught nothing
-        verdict = {0: "MISSED", 5: "NO TEST"}.get(r.returncode, "caught")
+        # 5: the selection ran no test; 4: pytest could not run it (a test file that moved): neither caught anything
+        missed += r.returncode in (0, 4, 5)
+        verdict = {0: "MISSED", 4: "NO FILE", 5: "NO TEST"}.get(r.returncode, "caught")
         print(f"{verdict:7s} {name:50s} {last}", flush=True)
     return 1 if missed else 0
 
