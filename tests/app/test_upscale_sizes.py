@@ -51,3 +51,22 @@ def test_another_familys_model_is_not_taken_for_the_size(tmp_path):
     from diffusion_app.application import DiffusionApp
     _, path, note = DiffusionApp(root).upscale("tiny", image(tmp_path, 16), 2, 0)
     assert note.startswith("16 px → 32 px with tiny-sr ("), note
+
+
+def test_a_three_stage_cascade_streams_each_stage_by_name_in_order(app):
+    """Issue 40: the app streams every stage of a cascade by name (pose-cascade-256 has four); here tiny (16 px),
+    tiny-sr (8 -> 16, run on the base's downsampled output) and tiny-sr32 (16 -> 32)."""
+    import re
+
+    from diffusion_core import save_cascade
+    root = app.models.root
+    save_cascade(root / "tiny-cascade3", [{"path": "../tiny"}, {"path": "../tiny-sr", "aug_level": 0.1, "steps": 2},
+                                          {"path": "../tiny-sr32", "aug_level": 0.1, "steps": 2}],
+                 description="tiny three-stage cascade")
+    seen = []
+    for out in app.generate("tiny-cascade3", sampler="ddim", steps=3, seed=0, batch_size=1, preview_every=1):
+        m = re.search(r"stage (\d)/3 \((base|super-resolution): ([\w-]+)", str(out[1]))
+        if m and (not seen or seen[-1] != m.groups()):
+            seen.append(m.groups())
+    assert seen == [("1", "base", "tiny"), ("2", "super-resolution", "tiny-sr"), ("3", "super-resolution", "tiny-sr32")]
+    assert "Done" in str(out[1])
