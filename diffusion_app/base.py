@@ -69,7 +69,7 @@ class AppBase:
             return name, pipe
         if pipe.config.task == "super_resolution":
             return name, pipe
-        for n in self.models.sr_models(pipe.channels, base=name):
+        for n in self.models.sr_models(pipe.config.unet.out_channels, base=name):
             try:
                 return n, self.models.get(n)
             except USER_ERRORS:         # a broken SR folder is skipped, never failing this model's card
@@ -86,7 +86,7 @@ class AppBase:
         if labels and not cfg.unet.num_labels:
             raise ValueError(f"model {model!r} takes no labels (got {', '.join(map(str, labels))})")
         if labels:   # resolve now so a bad label fails before any work, with the model's names
-            pipe.base.condition(1, labels)
+            pipe.stages[0].condition(1, labels)
         return labels
 
     @staticmethod

@@ -54,8 +54,8 @@ class Cards(AppBase):
         rows = []
         kind = pipe.kind
         if pipe.kind == "ensemble":
-            kind = f"ensemble of {len(pipe.experts)} experts: " + ", ".join(
-                f"t in [{lo}, {hi})" for lo, hi, _ in pipe.experts)
+            kind = f"ensemble of {len(pipe.stages[0].experts)} experts: " + ", ".join(
+                f"t in [{lo}, {hi})" for lo, hi, _ in pipe.stages[0].experts)
         elif pipe.kind == "cascade":
             kind = "cascade: " + " -> ".join(
                 f"{st.path.name} ({size} px)" for st, size in zip(pipe.stages, pipe.stage_sizes))

@@ -304,10 +304,10 @@ class GenerateTab(AppBase):
             parts.append(f"stage {rec.stage + 1}/{n_stages} ({'base' if rec.stage == 0 else 'super-resolution'}: "
                          f"{name})")
         if pipe.kind == "ensemble":
-            e = pipe.expert_index(rec.t)
+            e = pipe.stages[0].expert_index(rec.t)
             if e is not None:
-                lo, hi, _ = pipe.experts[e]
-                parts.append(f"expert {e + 1}/{len(pipe.experts)} (t in [{lo}, {hi}))")
+                lo, hi, _ = pipe.stages[0].experts[e]
+                parts.append(f"expert {e + 1}/{len(pipe.stages[0].experts)} (t in [{lo}, {hi}))")
         el = time.time() - t0
         done = (rec.stage + (rec.index + 1) / rec.num_steps) / n_stages     # fraction of the run (stages alike)
         left = eta_seconds(el, done)
@@ -385,16 +385,16 @@ class GenerateTab(AppBase):
                            f"seed {meta['seed']} · first image" + (" · base stage of the cascade"
                                                                   if pipe.kind == "cascade" else ""))}
         if d.is_cold:
-            deg = base.degradation
+            deg = pipe.stages[0].degradation
             run["degradation"] = deg
             if deg.needs_noise:     # the run's fixed draw for image 0 (the stream seeds image i with seed + i)
                 c, s = base.config.unet.out_channels, base.config.unet.image_size
                 run["fixed_noise"] = torch.randn((c, s, s), generator=make_generators(meta["seed"], 1)[0])[None]
         else:
-            run["schedule"] = base.schedule
+            run["schedule"] = pipe.stages[0].schedule
             run["T"] = d.T
         if pipe.kind == "ensemble":
-            run["experts"] = [(lo, hi) for lo, hi, _ in pipe.experts]
+            run["experts"] = [(lo, hi) for lo, hi, _ in pipe.stages[0].experts]
         return run
 
     def _keep(self, key: str, run: dict, rec) -> None:

@@ -229,7 +229,7 @@ def web_fixture(folder: Path, sampler: str, steps: int, guidance: float, seed: i
     net = pipe.stages[0].experts[0][2]
     if weights == "int8":                 # the network as an int8 export computes it
         use_int8_weights(net)
-    cond = None if low_res is not None else pipe.condition(n, list(labels), cond_image)
+    cond = None if low_res is not None else pipe.stages[0].condition(n, list(labels), cond_image)
     rows = 2 * n if (not cfg.unet.guidance_embedding and guidance != 1.0 and cond is not None
                      and cond.has_guidable()) else n
     calls: list[torch.Tensor] = []

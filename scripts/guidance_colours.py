@@ -53,7 +53,7 @@ def measure(images: torch.Tensor, region: str) -> dict:
 def tone_colours(pipe, real, guidance: float, n: int = 8) -> dict:
     """"woman" + each skin tone, n samples (DPM-Solver++ 20, seed 0): per tone the luminance ratio generated /
     real of the face's 8x8 centre, the two mean RGBs and their distance. ``real``: all emoji (load_data)."""
-    names = list(pipe.label_names)
+    names = list(pipe.config.label_names)
     labels = torch.from_numpy(real.labels) > 0.5
     out = {}
     for tone in TONES:
@@ -83,7 +83,7 @@ def rescaled_guidance(pipe, phi: float):
     from diffusion_core import denoisers
     from diffusion_core.denoisers import Prediction, _bcast
     cls, plain = denoisers.ClassifierFreeGuidance, denoisers.ClassifierFreeGuidance.__call__
-    sched = pipe.schedule
+    sched = pipe.stages[0].schedule
 
     def call(self, x_t, t, cond):
         if self.scale == 1.0 or cond is None or not cond.has_guidable():
@@ -112,7 +112,7 @@ def main() -> int:
     ap.add_argument("--out", default="runs/evaluate/guidance-colours.json")
     args = ap.parse_args()
     pipe = load(args.model)
-    names = list(pipe.label_names)
+    names = list(pipe.config.label_names)
     real = load_data(DataConfig(source="emoji", split="all", image_size=32, channels=3))
     labels = torch.from_numpy(real.labels) > 0.5
     items = [(("woman", t), "centre") for t in TONES] + [(("heart", c), "object") for c in COLOURS]

@@ -179,12 +179,12 @@ def label_tensor(pipe, names_or_idx, n: int):
     for i in range(n):
         item = names_or_idx[i % len(names_or_idx)]
         for j in (item if isinstance(item, (list, tuple)) else [item]):
-            lab[i, j if isinstance(j, int) else pipe.label_names.index(j)] = 1.0
+            lab[i, j if isinstance(j, int) else pipe.config.label_names.index(j)] = 1.0
     return lab
 
 
 def preferred_class(pipe) -> str | None:
-    names = pipe.label_names
+    names = pipe.config.label_names
     if not names or pipe.config.multi_label:
         return None
     return next((c for c in PREFERRED_CLASS if c in names), names[0])
@@ -192,11 +192,11 @@ def preferred_class(pipe) -> str | None:
 
 def spread_classes(pipe, n: int) -> list:
     """Up to n distinct class indices spread over the label list (one image per class)."""
-    L = len(pipe.label_names)
+    L = len(pipe.config.label_names)
     if not L:
         return []
     if pipe.config.multi_label:
-        picks = [pipe.label_names.index(a) for a in EMOJI_ATTRIBUTES if a in pipe.label_names]
+        picks = [pipe.config.label_names.index(a) for a in EMOJI_ATTRIBUTES if a in pipe.config.label_names]
         return picks[:n] if picks else []
     return sorted({int(round(v)) for v in np.linspace(0, L - 1, min(n, L))})
 
@@ -368,7 +368,7 @@ def fig_samplers(S: Settings):
         imgs.append(x)
         rows.append(f"{SAMPLER_NAMES[name]}, {steps} steps\n{fmt_time(sec)}")
         print(f"    {name:6s} {steps:4d} steps: {fmt_time(sec)}")
-    cols = [short(pipe.label_names[c]) for c in classes] if classes else [f"seed {SEED + i}" for i in range(n)]
+    cols = [short(pipe.config.label_names[c]) for c in classes] if classes else [f"seed {SEED + i}" for i in range(n)]
     fig = grid_figure(torch.cat(imgs), n, rows, cols, cell=0.8, fontsize=8,
                       title=f"Same seeds ({SEED}..{SEED + n - 1}), guidance 2: samplers and step counts",
                       caption=f"wall time per image, batch of {n} on {S.device} with {torch.get_num_threads()} "
@@ -393,7 +393,7 @@ def fig_guidance(S: Settings):
 
 def fig_classes(S: Settings):
     pipe = S.pipe("fashion")
-    names = pipe.label_names
+    names = pipe.config.label_names
     if not names:
         raise Skip("the fashion model has no class labels")
     n = S.class_seeds
@@ -414,7 +414,7 @@ def fig_schedules_models(S: Settings):
             imgs.append(p.sample(n, sampler="ddim", steps=steps, guidance=2.0, labels=label_tensor(p, classes, n),
                                  seed=SEED))
             rows.append(f"{name}\n({p.config.diffusion.schedule}), DDIM {steps}")
-    cols = [short(pipes[0].label_names[c]) for c in classes] if classes else []
+    cols = [short(pipes[0].config.label_names[c]) for c in classes] if classes else []
     fig = grid_figure(torch.cat(imgs), n, rows, cols, cell=0.8, fontsize=8,
                       title="Two models that differ in the noise schedule: same seeds, same sampler, guidance 2")
     save_png(fig, S.out / "schedules_models.png", "fashion vs fashion-linear")
@@ -435,7 +435,7 @@ def fig_cold(S: Settings):
                      torch.cat([recs[i].x0_hat[:1] for i in picks] + [improved[:1]])])
     seq_cols = [f"{i + 1}\nt={recs[i].t}" for i in picks] + ["out\nt=-1"]
     cmp_imgs = torch.cat([recs[0].x_t, naive, improved])
-    cmp_cols = [short(pipe.label_names[c]) for c in classes] if classes else []
+    cmp_cols = [short(pipe.config.label_names[c]) for c in classes] if classes else []
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(max(len(seq_cols), n) * 0.85 + 2.0, 6.0),
                                  gridspec_kw={"height_ratios": [2, 3]})
     show_grid(a1, seq, len(seq_cols), ["x_t", "x̂_0"], seq_cols, fontsize=8)
@@ -454,7 +454,7 @@ def fig_experts(S: Settings):
     T = pipe.config.diffusion.T
     steps = S.grid_steps
     ts = [int(t) for t in spaced_timesteps(T, steps, "trailing")[:-1]]
-    ranges = [(lo, hi) for lo, hi, _ in pipe.experts]
+    ranges = [(lo, hi) for lo, hi, _ in pipe.stages[0].experts]
     classes = spread_classes(pipe, 8)
     n = len(classes) or 8
     imgs, rows = [], []
@@ -466,7 +466,7 @@ def fig_experts(S: Settings):
                              seed=SEED))
         rows.append(f"{name}\n({'ensemble' if p.kind == 'ensemble' else 'one model'})")
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(max(n * 0.85 + 2, 8), 4.4), gridspec_kw={"height_ratios": [1, 4]})
-    strip = np.array([[pipe.expert_index(t) for t in range(T - 1, -1, -1)]])
+    strip = np.array([[pipe.stages[0].expert_index(t) for t in range(T - 1, -1, -1)]])
     cmap = plt.get_cmap("tab10")
     a1.imshow(strip, aspect="auto", cmap=cmap, vmin=0, vmax=9, extent=(T - 0.5, -0.5, 0, 1), interpolation="nearest")
     for t in ts:
@@ -476,7 +476,7 @@ def fig_experts(S: Settings):
     a1.legend(handles=[Patch(color=cmap(i), label=f"expert {i}: t in [{lo}, {hi})") for i, (lo, hi) in
                        enumerate(ranges)], fontsize=7, loc="upper center", bbox_to_anchor=(0.5, 1.6),
               ncol=len(ranges), frameon=False)
-    cols = [short(pipe.label_names[c]) for c in classes] if classes else []
+    cols = [short(pipe.config.label_names[c]) for c in classes] if classes else []
     show_grid(a2, torch.cat(imgs), n, rows, cols, fontsize=8)
     a2.set_title(f"Same seeds, DPM-Solver++ {steps} steps, guidance 2", fontsize=10, pad=24)
     fig.tight_layout()
@@ -520,13 +520,13 @@ def cascade_figure(S: Settings, name: str, filename: str):
         cond_rows.append(kw["cond_image"])
         row_labels.append("stickman")
     elif base.config.multi_label:     # label sets like real emoji have: a group and the name's words
-        sets = [s for s in EMOJI_LABEL_SETS if all(a in base.label_names for a in s)][:n]
+        sets = [s for s in EMOJI_LABEL_SETS if all(a in base.config.label_names for a in s)][:n]
         kw["labels"] = label_tensor(base, sets, n)
         cols = [", ".join(sets[i % len(sets)][1:]) for i in range(n)] if sets else []   # the group left out
     else:
         picks = spread_classes(base, n)
         kw["labels"] = label_tensor(base, picks, n)
-        cols = [short(base.label_names[picks[i % len(picks)]]) for i in range(n)] if picks else []
+        cols = [short(base.config.label_names[picks[i % len(picks)]]) for i in range(n)] if picks else []
     last = {}
     for rec in pipe.stream(n, **kw):
         last[rec.stage] = rec

@@ -605,7 +605,13 @@ MUTANTS = [
   "        if True:", "tests/app/test_upscale_sizes.py"),
  ("Upscale takes another family's model", "diffusion_app/upscale.py",
   "            if c.get(\"low_res\") == side and data_source(self.models.folder(n)) == family:",
-  "            if c.get(\"low_res\") == side:", "tests/app/test_upscale_sizes.py")
+  "            if c.get(\"low_res\") == side:", "tests/app/test_upscale_sizes.py"),
+ ("a cascade's base is a new Pipeline per access", "diffusion_core/pipeline/model.py",
+  "    @cached_property\n    def base(self)", "    @property\n    def base(self)",
+  "tests/core/test_checkpoint.py -k made_once"),
+ ("a cascade's cached base keeps its old backend request", "diffusion_core/pipeline/model.py",
+  "        self.__dict__.pop(\"base\", None)", "        pass",
+  "tests/core/test_checkpoint.py -k made_once")
 ]
 
 

@@ -37,7 +37,7 @@ def main() -> int:
     ap.add_argument("--out", default="runs/evaluate/skin-tones.json")
     args = ap.parse_args()
     pipe = load(args.model)
-    names = list(pipe.label_names)
+    names = list(pipe.config.label_names)
     real = load_data(DataConfig(source="emoji", split="all", image_size=32, channels=3))
     labels = torch.from_numpy(real.labels) > 0.5
     rows = []

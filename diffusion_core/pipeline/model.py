@@ -3,17 +3,16 @@ and ``Pipeline.stream``, the one streaming generator the CLI and the app sample 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import torch
 
-from ..conditioning import Condition, picks_meaning
+from ..conditioning import picks_meaning
 from ..config import ModelConfig
-from ..degradations import Degradation
 from ..runtime import backends
 from ..samplers import SampleStep, make_generators, per_image_noise
-from ..schedules import Schedule
 from .request import Request
 from .stage import Stage
 
@@ -39,9 +38,10 @@ class Pipeline:
         """model | ensemble | cascade: what folder this is (checkpoint.folder_kind)."""
         return "cascade" if len(self.stages) > 1 else "ensemble" if self.stages[0].routed else "model"
 
-    @property
+    @cached_property
     def base(self) -> "Pipeline":
-        """The first stage alone (the pipeline itself when it has one stage)."""
+        """The first stage alone (the pipeline itself when it has one stage), made once: it shares the Stage, so
+        chunk, workers and backend changes reach it (``set_backend`` makes it again, for its ``backend_request``)."""
         return self if len(self.stages) == 1 else self.stage(0)
 
     def stage(self, i: int) -> "Pipeline":
@@ -69,11 +69,6 @@ class Pipeline:
         self._only.net = value
 
     @property
-    def experts(self) -> list:
-        """An ensemble's (t_lo, t_hi, net), in order of t; [] for anything else."""
-        return self.stages[0].experts if self.kind == "ensemble" else []
-
-    @property
     def chunk(self) -> int:
         return self.stages[0].chunk
 
@@ -92,27 +87,6 @@ class Pipeline:
         """Row workers of every stage on a CPU (``runtime.parallel``; None: the machine's default, 1: none)."""
         for st in self.stages:
             st.workers = value
-
-    @property
-    def prior(self) -> torch.Tensor | None:
-        return self.stages[0].prior
-
-    @property
-    def prior_labels(self) -> torch.Tensor | None:
-        return self.stages[0].prior_labels
-
-    @property
-    def schedule(self) -> Schedule:
-        """The (first) stage's noise schedule."""
-        return self.stages[0].schedule
-
-    @property
-    def degradation(self) -> Degradation | None:
-        return self.stages[0].degradation
-
-    @property
-    def label_names(self) -> tuple[str, ...]:
-        return self.config.label_names
 
     @property
     def picks_meaning(self) -> str:
@@ -138,15 +112,8 @@ class Pipeline:
         return tuple(sizes)
 
     @property
-    def channels(self) -> int:
-        return self.config.unet.out_channels
-
-    @property
     def samplers(self) -> tuple[str, ...]:
         return self.stages[0].samplers
-
-    def expert_index(self, t: int) -> int | None:
-        return self.stages[0].expert_index(t) if len(self.stages) == 1 else None
 
     # ---- where the networks run (backends.py) -------------------------------------------------
     def set_backend(self, name: str | None = None, measure: bool = True) -> "Pipeline":
@@ -157,12 +124,8 @@ class Pipeline:
         for st in self.stages:
             st.set_backend(name, measure)
         self.backend_request = name         # only once every network runs there (a failed switch keeps the old)
+        self.__dict__.pop("base", None)     # the cached base was made with the old backend_request
         return self
-
-    @property
-    def networks(self) -> list:
-        """The networks of a one-stage pipeline."""
-        return self._only.networks
 
     @property
     def runners(self) -> dict:
@@ -184,15 +147,6 @@ class Pipeline:
     def backend(self) -> str:
         """The backend(s) running this pipeline's networks, e.g. "bf16" or "fp32 + openvino"."""
         return " + ".join(dict.fromkeys(c.name for c in self.backend_choices)) or "fp32"
-
-    def denoiser(self, guidance: float = 1.0, clip: str | None = None):
-        """The denoiser a one-stage pipeline samples with (``Stage.denoiser``)."""
-        return self._only.denoiser(guidance, clip)
-
-    def condition(self, n: int, labels: Sequence = (), cond_image: torch.Tensor | None = None,
-                  device="cpu") -> Condition | None:
-        """The condition of ``n`` images for the first stage (``Stage.condition``)."""
-        return self.stages[0].condition(n, labels, cond_image, device)
 
     # ---- sampling ---------------------------------------------------------------------------
     def stream(self, n: int = 1, **options) -> Iterator[SampleStep]:

@@ -24,7 +24,7 @@ from guidance_colours import tone_summary  # noqa: E402
 mode, g = sys.argv[1], float(sys.argv[2])
 eta = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
 model = ROOT / "checkpoints" / "emoji"
-sched = load(model).schedule
+sched = load(model).stages[0].schedule
 
 
 def apg(self, x_t, t, cond):

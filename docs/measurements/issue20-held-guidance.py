@@ -40,7 +40,7 @@ w_colour = float(sys.argv[3]) if len(sys.argv) > 3 and mode != "interval" else 1
 t_lo, t_hi = (int(sys.argv[3]), int(sys.argv[4])) if mode == "interval" else (0, 999)
 model = ROOT / "checkpoints" / "emoji"
 pipe0 = load(model)
-sched, names = pipe0.schedule, list(pipe0.label_names)
+sched, names = pipe0.stages[0].schedule, list(pipe0.config.label_names)
 HELD = torch.zeros(len(names))
 HELD[[names.index(a) for a in (TONES if mode == "tones" else TONES + COLOURS) if a in names]] = 1
 

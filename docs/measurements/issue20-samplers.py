@@ -33,7 +33,7 @@ def main(threads: int, tones_only: bool, specs: list[str]) -> None:
     torch.set_num_threads(threads)
     pipe = load(MODEL)
     real = load_data(DataConfig(source="emoji", split="all", image_size=32, channels=3))
-    names = list(pipe.label_names)
+    names = list(pipe.config.label_names)
     labels = torch.from_numpy(real.labels) > 0.5
     held_mask = torch.zeros(len(names))
     held_mask[[names.index(a) for a in TONES + COLOURS if a in names]] = 1
@@ -52,7 +52,7 @@ def main(threads: int, tones_only: bool, specs: list[str]) -> None:
         neg = Condition(labels=keep, known=keep, uncond=(keep.sum(1) == 0) | cond.uncond, image=cond.image)
         both = self.denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), denoisers.cat_conditions(cond, neg))
         x0 = both.x0_hat[b:] + self.scale * (both.x0_hat[:b] - both.x0_hat[b:])
-        ab = _bcast(pipe.schedule.alpha_bar_at(t.cpu()), x_t)
+        ab = _bcast(pipe.stages[0].schedule.alpha_bar_at(t.cpu()), x_t)
         return Prediction(x0, (x_t - ab.sqrt() * x0) / (1 - ab).sqrt())
 
     def face(images):       # per image: the mean RGB (0-255) of the central 8x8 pixels

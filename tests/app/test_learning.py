@@ -91,7 +91,7 @@ def test_explain_step_numbers_reproduce_x_next(client, server, sampler):
     generate(client, model="tiny", sampler=sampler, steps=steps, seed=seed, class_label="Bag", guidance=2.0)
     pipe = load(server[1] / "tiny")
     recs = list(pipe.stream(1, sampler=sampler, steps=steps, guidance=2.0, labels=["Bag"], seed=seed))
-    sched = pipe.schedule
+    sched = pipe.stages[0].schedule
     for k in range(1, steps + 1):
         md, strip, plot, num = client.predict(step=k, api_name="/explain_step")
         rec = recs[k - 1]
@@ -132,7 +132,7 @@ def test_explain_multistep_solvers(client, server, sampler):
     ts = torch.tensor([r.t for r in recs] + [-1])
     for k in range(1, steps + 1):
         md, strip, plot, num = client.predict(step=k, api_name="/explain_step")
-        ex = explain_step(SamplerSpec(sampler), ts, recs, k - 1, schedule=pipe.schedule)
+        ex = explain_step(SamplerSpec(sampler), ts, recs, k - 1, schedule=pipe.stages[0].schedule)
         weights, info = ex.weights, ex.info
         assert num["coefficients"].keys() == weights.keys() and num["order"] == info["order"]
         assert all(abs(num["coefficients"][n] - w) < 1e-12 for n, w in weights.items())

@@ -168,7 +168,7 @@ def test_fp32_is_the_default_and_is_the_network_itself(tmp_path, make_model, mon
     _, net = make_model(tmp_path / "m", unet=dict(num_labels=4), label_names=NAMES)
     pipe = load(tmp_path / "m")
     assert pipe.backend == "fp32" and pipe._runner(pipe.net) is pipe.net
-    den = pipe.denoiser(guidance=1.0, clip="none")
+    den = pipe.stages[0].denoiser(guidance=1.0, clip="none")
     shared = den.net.func                   # the run's view of the stage's SharedNet (concurrent runs share it)
     assert shared is pipe.stages[0].shared_net(pipe.net)
     assert shared.net.net is pipe.net       # the runtime's chunking (ChunkedNet) around the network itself

@@ -40,7 +40,7 @@ def test_round_trip_full_precision_is_exact(tmp_path, make_model):
     cfg, net = make_model(tmp_path / "m", seed=4, half=False, unet=dict(num_labels=2),
                           label_names=("cat", "dog"), multi_label=True, description="tiny")
     pipe = load(tmp_path / "m")
-    assert pipe.config == cfg and pipe.label_names == ("cat", "dog") and pipe.description == "tiny"
+    assert pipe.config == cfg and pipe.config.label_names == ("cat", "dog") and pipe.description == "tiny"
     for k, v in net.state_dict().items():
         assert torch.equal(pipe.net.state_dict()[k], v), k
     from diffusion_core import Condition
@@ -54,7 +54,7 @@ def test_prior_round_trip(tmp_path, make_model):
     prior = torch.rand(5, 1, 8, 8) * 2 - 1
     cfg, net = make_model(tmp_path / "m", diffusion=dict(degradation="blur", prediction="x0"))
     save_model(tmp_path / "m", cfg, net.state_dict(), extra={"prior": prior})
-    assert torch.equal(load(tmp_path / "m").prior, prior)
+    assert torch.equal(load(tmp_path / "m").stages[0].prior, prior)
 
 
 # ---- refusals -----------------------------------------------------------------------------------
@@ -305,15 +305,15 @@ def test_ensemble_loads_routes_and_samples(tmp_path, make_model):
     save_ensemble(tmp_path / "ens", [("e1", 40, 100), ("e0", 0, 40)], T=100, description="two experts")
     pipe = load(tmp_path / "ens")
     assert pipe.kind == "ensemble" and pipe.description == "two experts"
-    assert [pipe.expert_index(t) for t in (0, 39, 40, 99)] == [0, 0, 1, 1]
-    den = pipe.denoiser(clip="none")
+    assert [pipe.stages[0].expert_index(t) for t in (0, 39, 40, 99)] == [0, 0, 1, 1]
+    den = pipe.stages[0].denoiser(clip="none")
     x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     for t, net in ((39, nets[0]), (40, nets[1])):
         got = den(x, torch.full((2,), t), None)
-        want = ModelDenoiser(net, pipe.schedule, "eps")(x, torch.full((2,), t), None)
+        want = ModelDenoiser(net, pipe.stages[0].schedule, "eps")(x, torch.full((2,), t), None)
         assert torch.allclose(got.x0_hat, want.x0_hat, atol=1e-6)
     recs = list(pipe.stream(2, sampler="ddim", steps=5, seed=1))
-    assert [pipe.expert_index(r.t) for r in recs] == [1, 1, 1, 0, 0]      # t = 99, 79, 59, 39, 19
+    assert [pipe.stages[0].expert_index(r.t) for r in recs] == [1, 1, 1, 0, 0]      # t = 99, 79, 59, 39, 19
     out = pipe.sample(2, sampler="ddpm", steps=5, seed=1)
     assert out.shape == (2, 1, 8, 8) and torch.isfinite(out).all() and out.abs().max() <= 1
 
@@ -372,6 +372,21 @@ def test_cascade_loads_and_samples(tmp_path, make_model):
     want = sr.sample(2, low_res=low, steps=3, sampler="ddpm", seed=5 + 10_000, aug_level=0.1)
     assert torch.equal(out, want)
     assert torch.equal(pipe.upscale(low, steps=3, seed=5 + 10_000), want)
+
+
+def test_a_cascades_base_is_made_once_and_follows_its_stage(tmp_path, make_model):
+    """Issue 35: ``pipe.base`` of a cascade is one Pipeline (not a new one per access) over the cascade's own
+    first Stage, so settings made through the cascade reach it; ``set_backend`` makes it again (its request)."""
+    _cascade(tmp_path, make_model)
+    pipe = load(tmp_path / "casc")
+    base = pipe.base
+    assert base is pipe.base and base.stages == [pipe.stages[0]] and base.stages[0] is pipe.stages[0]
+    pipe.chunk = 3
+    assert base.chunk == 3
+    pipe.set_backend("bf16", measure=False)
+    assert pipe.base.backend_request == "bf16" and pipe.base.stages[0] is pipe.stages[0]
+    one = load(tmp_path / "base")
+    assert one.base is one
 
 
 def test_a_cascade_stage_can_match_its_result_to_its_input_pixel_for_pixel(tmp_path, make_model, run_main):

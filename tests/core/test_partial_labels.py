@@ -227,15 +227,15 @@ def test_pipeline_builds_the_picks_condition(tmp_path, make_model, mask):
     names = ("woman", "man", "cat", "heart", "red")
     make_model(tmp_path / "m", unet=dict(num_labels=5, label_mask=mask), label_names=names, multi_label=True)
     pipe = load(tmp_path / "m")
-    c = pipe.condition(3, ["cat", "Red"])
+    c = pipe.stages[0].condition(3, ["cat", "Red"])
     want = torch.tensor([[0, 0, 1, 0, 1]] * 3, dtype=torch.float32)
     assert torch.equal(c.labels, want) and not bool(c.uncond.any())
     if mask:      # picks present and known, every other attribute unknown
         assert torch.equal(c.known, want)
     else:         # the full vector, as the model was trained: everything else absent
         assert c.known is None
-    assert pipe.condition(2, torch.ones(2, 5)).known is None      # full label vectors: all known
-    assert bool(pipe.condition(2, []).uncond.all())
+    assert pipe.stages[0].condition(2, torch.ones(2, 5)).known is None      # full label vectors: all known
+    assert bool(pipe.stages[0].condition(2, []).uncond.all())
     assert torch.equal(picks_condition([2, 4], 5, 3, True, mask).labels, want)
     x = pipe.sample(2, sampler="dpm++", steps=3, guidance=2.0, labels=["cat"], seed=0)
     assert x.shape == (2, 1, 8, 8)
@@ -292,7 +292,7 @@ def test_held_guidance_guides_the_held_picks_at_weight_one(tmp_path, make_model)
                multi_label=True)
     pipe, plain = load(tmp_path / "held"), load(tmp_path / "plain")
     # the formula, against separate passes of the saved network
-    den = ModelDenoiser(net, pipe.schedule, "eps")
+    den = ModelDenoiser(net, pipe.stages[0].schedule, "eps")
     x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(4))
     t = torch.tensor([70, 30])
     cond = picks_condition([0, 3], 5, 2, True, True)              # woman + dark: dark is held

@@ -112,7 +112,7 @@ def test_img2img_starts_at_round_strength_T_minus_one(pipe, strength, steps, t0,
     ts = spaced_timesteps(T, K, "trailing", t_start=t0)
     assert recs[0].t == t0 and len(recs) == K
     assert [(r.t, r.t_next) for r in recs] == timestep_pairs(ts)
-    ab = float(pipe.schedule.alpha_bar_at(t0))
+    ab = float(pipe.stages[0].schedule.alpha_bar_at(t0))
     eps = per_image_noise((2, 1, 8, 8), make_generators(1, 2))
     assert torch.allclose(recs[0].x_t, math.sqrt(ab) * init + math.sqrt(1 - ab) * eps, atol=1e-6)
 
@@ -204,7 +204,7 @@ def test_cold_prior_starts_from_the_asked_class(tmp_path, make_model):
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
     save_model(tmp_path / "c", cfg, net.state_dict(), extra={"prior": prior, "prior_labels": labels})
     pipe = load(tmp_path / "c")
-    assert torch.equal(pipe.prior_labels, labels)
+    assert torch.equal(pipe.stages[0].prior_labels, labels)
     for cls in range(3):
         recs = list(pipe.stream(8, sampler="cold", steps=2, seed=cls, labels=[cls]))
         allowed = {round(float(v), 3) for v in prior[labels == cls][:, 0, 0, 0]}
@@ -213,7 +213,7 @@ def test_cold_prior_starts_from_the_asked_class(tmp_path, make_model):
     assert len({round(float(v), 3) for v in any_start}) > 3           # no label: the whole prior
     save_model(tmp_path / "d", cfg, net.state_dict(), extra={"prior": prior})
     old = load(tmp_path / "d")
-    assert old.prior_labels is None
+    assert old.stages[0].prior_labels is None
     assert len({round(float(v), 3) for v in list(old.stream(32, sampler="cold", steps=2, seed=0, labels=[1]))[0]
                 .x_t[:, 0, 0, 0]}) > 3                                 # no stored classes: any prior image
 
@@ -231,7 +231,7 @@ def test_cold_pipeline(tmp_path, make_model, degradation):
     assert [(r.t, r.t_next) for r in recs] == timestep_pairs(spaced_timesteps(20, 4, "trailing"))
     fixed = per_image_noise((2, 1, 8, 8), make_generators(3, 2))
     if degradation == "noise_fixed":     # x_T = D(0, T-1) with each image's fixed draw
-        ab = float(pipe.schedule.alpha_bar_at(19))
+        ab = float(pipe.stages[0].schedule.alpha_bar_at(19))
         assert torch.allclose(recs[0].x_t, math.sqrt(1 - ab) * fixed, atol=1e-6)
     else:                                # a stored fully degraded image, picked by each image's stream
         for i in range(2):
@@ -242,7 +242,7 @@ def test_cold_pipeline(tmp_path, make_model, degradation):
     init = torch.rand(1, 8, 8) * 2 - 1
     recs = list(pipe.stream(2, sampler="cold", steps=4, seed=3, init_image=init, strength=0.5))
     assert recs[0].t == 9
-    want = pipe.degradation(init.expand(2, -1, -1, -1), torch.full((2,), 9), fixed)
+    want = pipe.stages[0].degradation(init.expand(2, -1, -1, -1), torch.full((2,), 9), fixed)
     assert torch.allclose(recs[0].x_t, want, atol=1e-6)
 
 

@@ -113,7 +113,7 @@ def test_a_sampler_added_in_the_core_runs_through_the_pipeline(toy, tmp_path, ma
     assert "toy" in pipe.samplers
     records = list(pipe.stream(2, sampler="toy", steps=4, seed=1))
     assert len(records) == 4 and records[-1].t_next == -1
-    _toy_level_rule_holds(records, pipe.base.schedule)
+    _toy_level_rule_holds(records, pipe.stages[0].schedule)
     register_sampler(dataclasses.replace(TOY, name="toy-trailing", grids=("trailing",)))      # its grids are kept to
     try:
         assert len(list(pipe.stream(1, sampler="toy-trailing", steps=3, spacing="trailing"))) == 3

@@ -366,7 +366,7 @@ def test_pose_and_cold_training(tmp_path):
                                                    "diffusion.prediction=x0", "diffusion.T=20",
                                                    f"out_dir={tmp_path / 'cold'}", "steps=2"]), progress=False).run()
     cp = load(cold)
-    assert cp.samplers == ("cold",) and cp.prior is not None and cp.prior.shape[1:] == (1, 32, 32)
+    assert cp.samplers == ("cold",) and cp.stages[0].prior is not None and cp.stages[0].prior.shape[1:] == (1, 32, 32)
     assert cp.sample(2, sampler="cold", steps=5, labels=["1"]).shape == (2, 1, 32, 32)
 
 
@@ -387,7 +387,7 @@ def test_experts_branch_from_parent_and_assemble(tmp_path, run_main):
     r = run_main("ensemble", "--out", str(ens), "--expert", "low:0:400", "--expert", "high:400:1000")
     assert r.returncode == 0, r.stderr
     pipe = load(ens)
-    assert pipe.kind == "ensemble" and pipe.expert_index(399) == 0 and pipe.expert_index(400) == 1
+    assert pipe.kind == "ensemble" and pipe.stages[0].expert_index(399) == 0 and pipe.stages[0].expert_index(400) == 1
     bad = run_main("ensemble", "--out", str(ens), "--expert", "low:0:300", "--expert", "high:400:1000")
     assert bad.returncode == 2 and "gap" in bad.stderr and "Traceback" not in bad.stderr
 

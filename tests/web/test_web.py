@@ -163,7 +163,7 @@ def test_model_json_carries_the_package_s_schedule_and_defaults(exported):
     for name in PAGE_MODELS:
         m = json.loads((exported / name / "model.json").read_text())
         pipe = load(ROOT / "checkpoints" / name, backend="fp32", measure=False)
-        assert m["alpha_bar"] == [float(v) for v in pipe.schedule.alpha_bar]
+        assert m["alpha_bar"] == [float(v) for v in pipe.stages[0].schedule.alpha_bar]
         assert m["prediction"] == pipe.config.diffusion.prediction
         assert m["defaults"]["sampler"] in m["samplers"]
         assert m["inputs"][:2] == ["x", "t"]
