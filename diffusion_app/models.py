@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 
 
-from diffusion_core import (BackendError, CheckpointError, SAMPLER_KINDS, load, part_outside, read_json,
+from diffusion_core import (BackendError, CheckpointError, SAMPLER_KINDS, Pipeline, load, part_outside, read_json,
                             requested_backend)
 
 from .settings import log
@@ -118,7 +118,7 @@ class Models:
         hit = self._cache.get(name)
         return bool(hit) and hit[0] == self.signature(name) and hit[1].backend_request == (backend or self.backend)
 
-    def get(self, name, backend=None):
+    def get(self, name: str, backend: str | None = None) -> Pipeline:
         """The loaded pipeline of ``name``, its networks on ``backend`` (None: this catalogue's default)."""
         folder = self.folder(name)
         sig = self.signature(name)

@@ -11,6 +11,7 @@ and ``import diffusion_core`` do not import torch.
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 _EXPORTS = {
     "checkpoint": ("SAMPLER_KINDS", "CheckpointError", "part_outside", "read_json", "save_cascade", "save_ensemble",
@@ -33,6 +34,26 @@ _EXPORTS = {
     "schedules": ("Schedule", "make_schedule", "spaced_timesteps", "timestep_pairs"),
     "unet": ("UNet", "network_cost"),
 }
+if TYPE_CHECKING:     # what tools (type checkers, IDEs) see; tests/core/test_public_api.py keeps it equal to _EXPORTS
+    from .checkpoint import (SAMPLER_KINDS, CheckpointError, part_outside, read_json, save_cascade, save_ensemble,
+                             save_model)
+    from .conditioning import Condition
+    from .config import SR_SAMPLING, ConfigError, DiffusionConfig, ModelConfig, UNetConfig
+    from .data import DataConfig, load_data
+    from .degradations import make_degradation
+    from .denoisers import ClassifierFreeGuidance, ClipX0, ExpertEnsemble, ModelDenoiser, Prediction
+    from .images import ImageError, grid, load_image, load_whole, open_image, to_mode, to_pil, to_uint8
+    from .runtime.backends import BackendError, available, requested_backend
+    from .runtime.shared import Cancelled
+    from .options import BACKEND_ENV, BACKENDS, BOUNDS, MAX_BATCH, MAX_GUIDANCE, MAX_SEED, MAX_STEPS, SAMPLERS, SPACINGS
+    from .pipeline import Pipeline, load
+    from .provenance import training_source
+    from .sampler_registry import (DEFAULT_SAMPLER, SamplerInfo, all_samplers, register_sampler, sampler_info,
+                                   unregister_sampler)
+    from .samplers import SampleStep, SamplerSpec, StepExplanation, explain_step, make_generators, sample, sample_stream
+    from .schedules import Schedule, make_schedule, spaced_timesteps, timestep_pairs
+    from .unet import UNet, network_cost
+
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)
 __version__ = "0.1.0"
@@ -42,8 +63,10 @@ def __getattr__(name: str):
     module = _MODULE_OF.get(name)
     if module is None:
         raise AttributeError(f"module 'diffusion_core' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
+    mod = importlib.import_module(f".{module}", __name__)
+    value = getattr(mod, name)
+    if name in vars(mod):       # kept; not a name its module makes when asked (options.SAMPLERS follows the registry)
+        globals()[name] = value
     return value
 
 

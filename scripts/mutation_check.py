@@ -611,7 +611,17 @@ MUTANTS = [
   "tests/core/test_checkpoint.py -k made_once"),
  ("a cascade's cached base keeps its old backend request", "diffusion_core/pipeline/model.py",
   "        self.__dict__.pop(\"base\", None)", "        pass",
-  "tests/core/test_checkpoint.py -k made_once")
+  "tests/core/test_checkpoint.py -k made_once"),
+ ("the TYPE_CHECKING block misses a public name", "diffusion_core/__init__.py",
+  "    from .unet import UNet, network_cost", "    from .unet import UNet", "tests/core/test_public_api.py"),
+ ("a public name its module does not define", "diffusion_core/__init__.py",
+  "\"unet\": (\"UNet\", \"network_cost\")", "\"unet\": (\"UNet\", \"network_costs\")",
+  "tests/core/test_public_api.py -k every_public_name"),
+ ("diffusion_core keeps the first answer of options.SAMPLERS", "diffusion_core/__init__.py",
+  "    if name in vars(mod):", "    if True:", "tests/core/test_public_api.py"),
+ ("Models.get unannotated", "diffusion_app/models.py",
+  "    def get(self, name: str, backend: str | None = None) -> Pipeline:",
+  "    def get(self, name: str, backend: str | None = None):", "tests/app/test_app_second_pass.py -k say_what")
 ]
 
 

@@ -118,3 +118,12 @@ def test_the_about_tab_names_every_sampler_and_grid():
     missing = [label for label, _ in sampler_choices() if label not in ABOUT]
     missing += [s for s in SPACINGS if f"*{s}*" not in ABOUT]
     assert not missing, missing
+
+
+def test_the_apps_models_say_what_they_return():
+    """Issue 35, structure: ``Models.get`` is annotated, so tools follow a loaded model from the app into the
+    core (with the core's ``TYPE_CHECKING`` imports, tests/core/test_public_api.py)."""
+    import typing
+    from diffusion_app.models import Models
+    from diffusion_core import Pipeline
+    assert typing.get_type_hints(Models.get)["return"] is Pipeline
