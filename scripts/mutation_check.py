@@ -621,7 +621,10 @@ MUTANTS = [
   "    if name in vars(mod):", "    if True:", "tests/core/test_public_api.py"),
  ("Models.get unannotated", "diffusion_app/models.py",
   "    def get(self, name: str, backend: str | None = None) -> Pipeline:",
-  "    def get(self, name: str, backend: str | None = None):", "tests/app/test_app_second_pass.py -k say_what")
+  "    def get(self, name: str, backend: str | None = None):", "tests/app/test_app_second_pass.py -k say_what"),
+ ("the docs quote a moved experiment at its old path", "docs/models.md",
+  "python experiments/cascade_back_projection.py", "python docs/measurements/issue21-exact-match.py",
+  "tests/test_readme.py -k quoted_in")
 ]
 
 

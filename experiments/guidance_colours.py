@@ -1,7 +1,7 @@
 """Issue 20, part 2: do guided samples keep the emoji's colours? Generated vs real, per guidance scale and per
 way of keeping x0_hat in range.
 
-    python scripts/guidance_colours.py --model checkpoints/emoji [--n 16] [--guidance 1 2 3 4] [--sampler dpm++]
+    python experiments/guidance_colours.py --model checkpoints/emoji [--n 16] [--guidance 1 2 3 4] [--sampler dpm++]
                                        [--clip clip dynamic rescale] [--out runs/evaluate/guidance-colours.json]
 
 Two families of picks, each sampled with DPM-Solver++ 20 (or --sampler / --steps), seeds 0..n-1, the model's guidance

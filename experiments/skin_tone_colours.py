@@ -1,6 +1,6 @@
 """Issue 20, part 2: are the five skin tones drawn in their colours? Mean colour per tone, generated vs real.
 
-    python scripts/skin_tone_colours.py --model checkpoints/emoji [--kind woman] [--n 8] [--guidance 1 2 3 4]
+    python experiments/skin_tone_colours.py --model checkpoints/emoji [--kind woman] [--n 8] [--guidance 1 2 3 4]
                                         [--out runs/evaluate/skin-tones.json]
 
 For each tone T, two conditions: "full", the whole attribute vector of the real emoji "KIND: T" (an

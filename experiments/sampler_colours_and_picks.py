@@ -1,13 +1,13 @@
 """Issue 20, session 15: the sampler's share in the colours and the picks. Per setting, "woman" + each skin tone
 (32 samples, seed 0; the face's 8x8 centre; luminance ratio generated / real with its standard error, and the
-mean RGB distance over the five tones, as `scripts/guidance_colours.py` measures them) and the 30 picks
+mean RGB distance over the five tones, as `experiments/guidance_colours.py` measures them) and the 30 picks
 (evaluate_picks, 8 per pick):
 
-    python docs/measurements/issue20-samplers.py THREADS [--tones-only] MODE:SAMPLER:STEPS:GUIDANCE ...
+    python experiments/sampler_colours_and_picks.py THREADS [--tones-only] MODE:SAMPLER:STEPS:GUIDANCE ...
     # e.g. cfg:dpm++:20:3 cfg:ddpm:25:3 held:ddpm:25:3; log: docs/measurements/issue20-ddpm-vs-dpmpp.txt
 
 MODE cfg is plain classifier-free guidance; held keeps the colour picks (skin tones, colour words) in the
-negative branch, i.e. guides them at weight 1 (`issue20-held-guidance.py`, written out again here); model is
+negative branch, i.e. guides them at weight 1 (`held_colour_guidance.py`, written out again here); model is
 the model as configured (since session 15 `emoji` holds those picks through `sampling.held_labels`, the same
 formula in `denoisers.ClassifierFreeGuidance`: model and held give the same numbers).
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / "scripts"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))     # experiments/ itself is on the path as the script's folder
 from diffusion_core import denoisers, load  # noqa: E402
 from diffusion_core.conditioning import Condition  # noqa: E402
 from diffusion_core.data import DataConfig, load_data  # noqa: E402

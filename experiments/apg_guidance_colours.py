@@ -3,7 +3,7 @@ oversaturation and artifacts of high guidance scales in diffusion models", sec. 
 classifier-free guidance: skin-tone luminance ("woman" + each tone, the face's 8x8 centre, generated / real)
 and the picks followed (evaluate_picks, 8 per pick).
 
-    python docs/measurements/issue20-apg.py MODE GUIDANCE [ETA]      # MODE: cfg | apg
+    python experiments/apg_guidance_colours.py MODE GUIDANCE [ETA]      # MODE: cfg | apg
 
 APG in x0 space: D = x0_c - x0_u; D_par = (<D, x0_c> / <x0_c, x0_c>) x0_c (per image, over C, H, W);
 x0 = x0_c + (w - 1) (D - D_par + eta D_par); eps_hat recomputed from x_t. eta = 1 is plain CFG.
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / "scripts"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))     # experiments/ itself is on the path as the script's folder
 torch.set_num_threads(1)
 from diffusion_core import denoisers, load  # noqa: E402
 from diffusion_core.denoisers import Prediction, _bcast  # noqa: E402

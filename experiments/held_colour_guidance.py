@@ -9,8 +9,8 @@ present, everything else unknown):
 so the colour attributes get the unguided model's weight and the other picks (woman, heart, ...) the guidance
 scale w; with no colour picked it is plain CFG. Same cost (two passes per step). eps_hat recomputed from x_t.
 
-    python docs/measurements/issue20-held-guidance.py MODE GUIDANCE [W_COLOUR]   # MODE: cfg | held | tones | split
-    python docs/measurements/issue20-held-guidance.py interval GUIDANCE T_LO T_HI
+    python experiments/held_colour_guidance.py MODE GUIDANCE [W_COLOUR]   # MODE: cfg | held | tones | split
+    python experiments/held_colour_guidance.py interval GUIDANCE T_LO T_HI
 
 (tones: only the skin tones held, the colour words guided like the other picks. split: the colour picks at a
 weight W_COLOUR between 1 and w, three passes: x0 = x0_u + W_COLOUR (x0(colours) - x0_u) + w (x0(all) - x0(colours)).
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / "scripts"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))     # experiments/ itself is on the path as the script's folder
 torch.set_num_threads(1)
 from diffusion_core import denoisers, load  # noqa: E402
 from diffusion_core.conditioning import Condition  # noqa: E402

@@ -3,7 +3,7 @@ back-projection changes. Samples 200 held-out drawings as `evaluate` does (base 
 stage DDPM 10), keeps each SR stage's result before back-projection, and then back-projects the 128 px result
 in several ways offline (the 128 px stage is sampled once, conditioned on the shipped 64 px stage):
 
-    python docs/measurements/issue21-exact-match.py          # about 5 minutes on 2 cores
+    python experiments/cascade_back_projection.py          # about 5 minutes on 2 cores
 
 Per variant: the paired pose-adherence difference of the final figure (area-downscaled to 32 px) against its
 base figure, how far the 32 px downscale is from the base, the background's grain at 128 px (standard
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import diffusion_core.conditioning as conditioning                     # noqa: E402
 import diffusion_core.pipeline.stage as stage_mod                      # noqa: E402
