@@ -22,6 +22,7 @@ from .settings import ANY, LIVE_MAX_IMAGES, MAX_SEED, sampler_label
 LIVE_OFF = ("Live is off: tick it, then drag guidance or the blend, or change the class or a seed. "
             "Generate works as always.")
 LESSON_TEACHER_STEPS = 10
+LESSON_STRIP_PX = 448       # each row's width, about: its caption fits above it
 
 
 def png_data_uri(img) -> str:
@@ -110,18 +111,18 @@ class LiveTab(AppBase):
         own = tpipe.base.config.sampling.sampler        # the teacher's own default sampler, at 10 steps
         rows.append(tpipe.sample(n, sampler=own, steps=LESSON_TEACHER_STEPS, guidance=2.0, labels=labels, seed=s,
                                  device=dev))
-        captions.append(f"teacher {teacher}: {sampler_label(own)}, {LESSON_TEACHER_STEPS} steps "
-                        f"({2 * LESSON_TEACHER_STEPS} network passes with guidance)")
+        captions.append(f"teacher {teacher} · {sampler_label(own)} · {LESSON_TEACHER_STEPS} steps "
+                        f"({2 * LESSON_TEACHER_STEPS} passes: guided)")
         for name in students:
             pipe = self.models.get(name)
             d = pipe.base.config.distilled
             for k in sorted({d.steps, d.steps // 2} - {0}, reverse=True):
                 rows.append(pipe.sample(n, sampler=d.sampler, steps=k, guidance=2.0, labels=labels, seed=s,
                                         device=dev))
-                captions.append(f"student {name}: its own rule, {k} step{'s' * (k != 1)} ({k} passes)"
-                                + ("" if k == d.steps else f", half the {d.steps} it was distilled for"))
-        strips = [upscale_nearest(grid(r.detach().float().cpu().clamp(-1, 1), nrow=n, padding=1).convert("RGB"), 256)
-                  for r in rows]
+                captions.append(f"student {name} · {k} step{'s' * (k != 1)} ({k} pass{'es' * (k != 1)})"
+                                + ("" if k == d.steps else f" · half the {d.steps} it learnt"))
+        strips = [upscale_nearest(grid(r.detach().float().cpu().clamp(-1, 1), nrow=n, padding=1).convert("RGB"),
+                                  LESSON_STRIP_PX) for r in rows]
         image = _stack(strips, captions)
         note = (f"{class_label if labels else 'any class'} · seed {s} · guidance 2 · "
                 f"{(time.perf_counter() - t0):.1f} s. Every row starts from the same noise x_T.")
@@ -160,7 +161,7 @@ def _stack(strips, captions):
     from PIL import Image, ImageDraw
     from .render import _font
     font, line = _font(13), 20
-    w = max(s.width for s in strips)
+    w = max(max(s.width for s in strips), *(int(font.getlength(c)) + 4 for c in captions))
     out = Image.new("RGB", (w, sum(s.height + line for s in strips)), (255, 255, 255))
     draw, y = ImageDraw.Draw(out), 0
     for s, cap in zip(strips, captions):
