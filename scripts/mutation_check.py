@@ -624,7 +624,10 @@ MUTANTS = [
   "    def get(self, name: str, backend: str | None = None):", "tests/app/test_app_second_pass.py -k say_what"),
  ("the docs quote a moved experiment at its old path", "docs/models.md",
   "python experiments/cascade_back_projection.py", "python docs/measurements/issue21-exact-match.py",
-  "tests/test_readme.py -k quoted_in")
+  "tests/test_readme.py -k quoted_in"),
+ ("sampler_table reads the model folder only", "scripts/sampler_table.py",
+  "    return kept if kept.is_file() else MEASUREMENTS / model / name", "    return kept",
+  "tests/test_readme.py -k sampler_tables")
 ]
 
 

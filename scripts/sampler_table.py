@@ -8,8 +8,8 @@
     python scripts/sampler_table.py --solvers --device cuda --jobs 4   # on a GPU machine (metrics on its CPUs)
 
 Each row is one `python -m diffusion_core evaluate --model checkpoints/M --sampler S --steps K --n N
---guidance 2 --tag S K-nN` run; its JSON lands in checkpoints/M/metrics-<tag>.json (the command is kept
-in it), so an interrupted table resumes at the first row without one; within a row, `evaluate` keeps the
+--guidance 2 --tag <tag> --out docs/measurements/M/metrics-<tag>.json` run (the command is kept in the JSON; a model folder
+keeps only its headline runs, read there), so an interrupted table resumes at the first row without one; within a row, `evaluate` keeps the
 samples made so far (runs/evaluate/) and resumes from them. The 2,000-sample DDPM rows take about 3 hours
 each on 2 cores: `--skip ddpm` leaves them out.
 """
@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+MEASUREMENTS = ROOT / "docs" / "measurements"      # the rows' metrics files, one folder per model
 # (model, sampler, steps, n): 2,000 samples per row, the cheap rows first. The cold step sweep keeps its 500-sample
 # rows beside the 2,000-sample row at its best step count; DDPM at 1000 steps costs 20-100x a fast row, so fewer images.
 ROWS = [(m, s, k, 2000) for m in ("fashion", "fashion-linear")
@@ -44,15 +45,19 @@ def tag(sampler: str, steps: int, n: int, spacing: str = "trailing") -> str:
 
 
 def metrics_path(model: str, sampler: str, steps: int, n: int, spacing: str = "trailing") -> Path:
-    return ROOT / "checkpoints" / model / f"metrics-{tag(sampler, steps, n, spacing)}.json"
+    """Where a row's metrics are: the model folder keeps only its headline runs (metrics.json, the run at its
+    default settings: what its card shows); the other rows are in docs/measurements/M/, where new rows are written."""
+    name = f"metrics-{tag(sampler, steps, n, spacing)}.json"
+    kept = ROOT / "checkpoints" / model / name
+    return kept if kept.is_file() else MEASUREMENTS / model / name
 
 
 def command(model: str, sampler: str, steps: int, n: int, spacing: str = "trailing",
             device: str = "cpu") -> list[str]:
     return [sys.executable, "-m", "diffusion_core", "evaluate", "--model", f"checkpoints/{model}", "--sampler",
             sampler, "--steps", str(steps), "--n", str(n), "--guidance", "2", "--batch", "50",
-            "--spacing", spacing, "--tag", tag(sampler, steps, n, spacing), "--no-progress"] + (
-            ["--device", device] if device != "cpu" else [])
+            "--spacing", spacing, "--tag", tag(sampler, steps, n, spacing),
+            "--out", str(metrics_path(model, sampler, steps, n, spacing).relative_to(ROOT)), "--no-progress"] + (["--device", device] if device != "cpu" else [])
 
 
 def run_missing(skip: list[str], rows, device: str = "cpu", jobs: int = 1) -> None:
@@ -67,6 +72,7 @@ def run_missing(skip: list[str], rows, device: str = "cpu", jobs: int = 1) -> No
         while len(running) >= jobs:
             _reap(running)
         cmd = command(model, sampler, steps, n, spacing, device)
+        metrics_path(model, sampler, steps, n, spacing).parent.mkdir(parents=True, exist_ok=True)
         print(" ".join(["python"] + cmd[1:]), flush=True)
         running.append(subprocess.Popen(cmd, cwd=ROOT))
     while running:

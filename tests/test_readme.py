@@ -274,6 +274,17 @@ def test_scripts_quoted_in_the_readme_and_docs_exist():
     assert found >= 15
 
 
+def test_the_sampler_tables_in_the_docs_are_the_measured_files():
+    """docs/models.md's sampler and solver tables are what `scripts/sampler_table.py --table` prints from the
+    metrics files (a model folder's headline runs and docs/measurements/M/), so moving or losing a file shows."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import sampler_table
+    doc = (ROOT / "docs" / "models.md").read_text()
+    main, solvers = sampler_table.table(), sampler_table.solver_table()
+    assert len(main.splitlines()) > 20 and "| - |" not in solvers and "| -" not in solvers
+    assert main in doc and solvers in doc
+
+
 @pytest.mark.slow
 def test_api_block_runs_and_prints_what_its_comments_say(scratch):
     (block,) = [b for b in code_blocks("python") if "from diffusion_core import" in b]
