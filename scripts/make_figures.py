@@ -40,7 +40,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
-from diffusion_core import CheckpointError, load, make_degradation, make_schedule, spaced_timesteps, to_uint8  # noqa: E402
+from diffusion_core import (CheckpointError, load, make_degradation, make_schedule, sampler_info,  # noqa: E402
+                            spaced_timesteps, to_uint8)
 
 MAX_BYTES = 300_000           # every file in docs/figures stays below this
 DPI = 100
@@ -49,7 +50,6 @@ FIGURES = ("forward_noise", "schedules", "degradations", "reverse_ddim", "sample
            "schedules_models", "cold", "experts", "cascade", "pose_cascade", "cascade128", "pose_cascade128")
 PREFERRED_CLASS = ("Sneaker", "Ankle boot")
 EMOJI_ATTRIBUTES = ("face", "heart", "cat", "flag", "star", "hand", "moon", "sun")
-SAMPLER_NAMES = {"ddpm": "DDPM", "ddim": "DDIM", "dpm++": "DPM-Solver++(2M)", "cold": "Cold"}
 
 
 class Skip(Exception):
@@ -366,7 +366,7 @@ def fig_samplers(S: Settings):
     for name, steps in runs:
         x, sec = timed_sample(pipe, n, sampler=name, steps=steps, guidance=2.0, labels=lab, seed=SEED)
         imgs.append(x)
-        rows.append(f"{SAMPLER_NAMES[name]}, {steps} steps\n{fmt_time(sec)}")
+        rows.append(f"{sampler_info(name).label}, {steps} steps\n{fmt_time(sec)}")
         print(f"    {name:6s} {steps:4d} steps: {fmt_time(sec)}")
     cols = [short(pipe.config.label_names[c]) for c in classes] if classes else [f"seed {SEED + i}" for i in range(n)]
     fig = grid_figure(torch.cat(imgs), n, rows, cols, cell=0.8, fontsize=8,

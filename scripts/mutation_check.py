@@ -627,7 +627,13 @@ MUTANTS = [
   "tests/test_readme.py -k quoted_in"),
  ("sampler_table reads the model folder only", "scripts/sampler_table.py",
   "    return kept if kept.is_file() else MEASUREMENTS / model / name", "    return kept",
-  "tests/test_readme.py -k sampler_tables")
+  "tests/test_readme.py -k sampler_tables"),
+ ("sampler_table keeps its own solver list", "scripts/sampler_table.py",
+  "SOLVERS = tuple(s.name for s in all_samplers() if s.gaussian and s.can_be_deterministic() and not s.student)",
+  "SOLVERS = (\"ddim\", \"dpm++\", \"dpm++3m\", \"unipc\")", "tests/core/test_sampler_registry.py -k solver_table"),
+ ("make_figures keeps its own sampler labels", "scripts/make_figures.py", "{sampler_info(name).label}, {steps} steps",
+  "{ {'ddpm': 'DDPM', 'ddim': 'DDIM', 'dpm++': 'DPM-Solver++(2M)'}[name]}, {steps} steps",
+  "tests/core/test_sampler_registry.py -k solver_table")
 ]
 
 

@@ -22,6 +22,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from diffusion_core import all_samplers, sampler_info  # noqa: E402  (torch-free: the registry's records)
+
 MEASUREMENTS = ROOT / "docs" / "measurements"      # the rows' metrics files, one folder per model
 # (model, sampler, steps, n): 2,000 samples per row, the cheap rows first. The cold step sweep keeps its 500-sample
 # rows beside the 2,000-sample row at its best step count; DDPM at 1000 steps costs 20-100x a fast row, so fewer images.
@@ -32,9 +35,12 @@ ROWS += [("fashion-cold", "cold", k, 500) for k in (10, 20, 50)] + [("fashion-co
 ROWS += [(m, "ddpm", 1000, n) for m in ("fashion", "fashion-linear") for n in (200, 2000)]
 # Few-step solvers on one model: every solver on every grid at 5..20 steps, 2,000 samples each, the step counts an
 # app uses first. (model, sampler, steps, n, spacing)
-SOLVERS = ("ddim", "dpm++", "dpm++3m", "unipc")
+# The solvers: every registered sampler that can run deterministically on a Gaussian model (diffusion_core's
+# sampler registry, in its order; not DDPM, which always draws noise, nor a distilled student's own rule).
+SOLVERS = tuple(s.name for s in all_samplers() if s.gaussian and s.can_be_deterministic() and not s.student)
 GRIDS = ("trailing", "logsnr", "karras")
-SOLVER_ROWS = [("fashion", s, k, 2000, g) for k in (10, 20, 5, 8, 15) for g in GRIDS for s in SOLVERS]
+SOLVER_ROWS = [("fashion", s, k, 2000, g) for k in (10, 20, 5, 8, 15) for g in GRIDS for s in SOLVERS
+               if g in sampler_info(s).grids]
 # run order: the 10-step rows, then the log-SNR grid (the best at 10 steps) at every step count, then the rest
 SOLVER_ROWS.sort(key=lambda r: (r[2] != 10, r[4] != "logsnr", (20, 15, 8, 5).index(r[2]) if r[2] != 10 else 0))
 
@@ -144,7 +150,7 @@ def solver_plot(out: Path) -> None:
     m = solver_metrics()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     styles = {"trailing": ("-", "o"), "logsnr": ("--", "s"), "karras": (":", "^")}   # grid: line and marker
-    colours = dict(zip(SOLVERS, ("tab:blue", "tab:orange", "tab:green", "tab:red")))  # solver: colour
+    colours = {s: f"C{i}" for i, s in enumerate(SOLVERS)}     # solver: colour (C0-C3: blue, orange, green, red)
     for sampler in SOLVERS:
         for spacing in GRIDS:
             pts = sorted((passes(v), v["fid"]) for (s, g, _), v in m.items() if s == sampler and g == spacing)

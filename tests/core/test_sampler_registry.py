@@ -151,3 +151,33 @@ def test_a_sampler_added_in_the_core_reaches_the_apps_menus_and_tabs(toy, tmp_pa
     assert "Toy jump 2 steps" in note
     _, _, kept = a.branch(2, "toy", 2, 2.0, False, branches=None, run=key)
     assert kept[-1]["caption"].startswith("Toy 2")
+
+
+def test_the_solver_table_script_reads_its_solvers_from_the_registry():
+    """scripts/sampler_table.py's solver rows are the registry's deterministic Gaussian samplers (no list of its
+    own): the toy, registered in the core alone, is a solver with a row per grid, and gone once unregistered; neither
+    it nor scripts/make_figures.py keeps a table keyed by sampler names (the figures take the registry's labels)."""
+    import importlib
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import sampler_table
+    assert sampler_table.SOLVERS == ("ddim", "dpm++", "dpm++3m", "unipc")
+    register_sampler(TOY)
+    try:
+        importlib.reload(sampler_table)
+        assert sampler_table.SOLVERS[-1] == "toy"
+        assert sorted(g for _, s, k, _, g in sampler_table.SOLVER_ROWS if s == "toy" and k == 10) == sorted(
+            sampler_table.GRIDS)
+    finally:
+        unregister_sampler(TOY.name)
+        importlib.reload(sampler_table)
+    assert "toy" not in sampler_table.SOLVERS
+    names = {s.name for s in all_samplers()}
+    own = []
+    for path in (ROOT / "scripts" / "sampler_table.py", ROOT / "scripts" / "make_figures.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            items = node.keys if isinstance(node, ast.Dict) else node.elts if isinstance(node, (ast.Tuple, ast.List)) \
+                else []
+            if len(items) >= 2 + (not isinstance(node, ast.Dict)) and all(
+                    isinstance(k, ast.Constant) and k.value in names for k in items):
+                own.append(f"{path.name}:{node.lineno}")      # a table keyed by, or a list of, sampler names
+    assert not own, own
