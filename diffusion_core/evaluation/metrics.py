@@ -81,9 +81,9 @@ def attribute_verdict(name: str, heldout: dict) -> str:
     if s["positives"] < JUDGE_MIN_POSITIVES:
         return f"{name} has {s['positives']} real examples (fewer than {JUDGE_MIN_POSITIVES})"
     if s["recall"] < JUDGE_MIN_RECALL:
-        return f"classifier recall {s['recall']:.2f} on {name} (below {JUDGE_MIN_RECALL})"
+        return f"classifier recall {s['recall']:.3f} on {name} (below {JUDGE_MIN_RECALL})"
     if s["balanced_accuracy"] < JUDGE_MIN_BALANCED:
-        return f"classifier balanced accuracy {s['balanced_accuracy']:.2f} on {name} (below {JUDGE_MIN_BALANCED})"
+        return f"classifier balanced accuracy {s['balanced_accuracy']:.3f} on {name} (below {JUDGE_MIN_BALANCED})"
     return ""
 
 

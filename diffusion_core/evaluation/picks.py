@@ -169,8 +169,10 @@ SHEET_PAD = 2
 
 
 def _sheet_label(r: dict) -> str:
-    verdict = f"{r['generated']:.2f}" if r["judgeable"] else f"{r['generated']:.2f} (not judgeable)"
-    return f"{' + '.join(r['pick'])}\n{verdict}"
+    """The pick, its score (generated, real), and why it cannot be judged, if so (clipped to the strip)."""
+    real = "-" if r["real"] is None else f"{r['real']:.2f}"
+    text = f"{' + '.join(r['pick'])}\ngenerated {r['generated']:.2f}, real {real}"
+    return text if r["judgeable"] else f"{text}\nnot judgeable: {r['not_judgeable']}"
 
 
 def picks_sheet(images: list[torch.Tensor], labels: list[str], cells: int = SHEET_CELLS, cell: int = SHEET_CELL,

@@ -59,13 +59,13 @@ def test_a_pick_is_judgeable_when_each_attribute_is():
     assert pick_verdict(("woman",), TABLE) == ""
     # too few real examples, whatever the rates
     assert pick_verdict(("heart", "purple"), TABLE) == "purple has 3 real examples (fewer than 5)"
-    assert pick_verdict(("cat",), TABLE) == "classifier recall 0.70 on cat (below 0.9)"
-    assert pick_verdict(("monkey",), TABLE) == "classifier balanced accuracy 0.80 on monkey (below 0.9)"
+    assert pick_verdict(("cat",), TABLE) == "classifier recall 0.700 on cat (below 0.9)"
+    assert pick_verdict(("monkey",), TABLE) == "classifier balanced accuracy 0.800 on monkey (below 0.9)"
     assert pick_verdict(("dog",), TABLE) == "the classifier has no held-out scores for dog"
     # every failing attribute is named, in the pick's order; a judgeable one adds nothing
-    assert pick_verdict(("cat", "heart", "purple"), TABLE) == ("classifier recall 0.70 on cat (below 0.9); "
+    assert pick_verdict(("cat", "heart", "purple"), TABLE) == ("classifier recall 0.700 on cat (below 0.9); "
                                                              "purple has 3 real examples (fewer than 5)")
-    assert pick_verdict(("heart", "cat"), TABLE) == "classifier recall 0.70 on cat (below 0.9)"
+    assert pick_verdict(("heart", "cat"), TABLE) == "classifier recall 0.700 on cat (below 0.9)"
 
 
 def test_kfold_holds_out_each_index_exactly_once():
@@ -138,7 +138,7 @@ def test_evaluate_picks_reports_which_picks_it_can_judge(tmp_path, make_model):
                        sheet=tmp_path / "sheet.png")
     heldout = read_json(ATTRS / "training.json")["heldout_per_attribute"]
     rows = {tuple(r["pick"]): r for r in m["rows"]}
-    assert m["classifier"] == str(ATTRS)
+    assert Path(m["classifier"]).resolve() == ATTRS.resolve()      # the default: the picks' classifier
     for pick, r in rows.items():
         assert r["judgeable"] == (pick_verdict(pick, heldout) == "") and r["not_judgeable"] == pick_verdict(pick, heldout)
         assert r["real_heldout"] is None or 0 <= r["real_heldout"] <= 1
@@ -150,7 +150,10 @@ def test_evaluate_picks_reports_which_picks_it_can_judge(tmp_path, make_model):
         assert m["generated_mean_judgeable"] == pytest.approx(sum(r["generated"] for r in judged) / len(judged),
                                                                abs=1e-4)
     table = format_table(m)
-    assert "no: purple has 3 real examples" in table
+    line = next(t for t in table.splitlines() if t.startswith("| heart + purple |"))
+    assert "| no: " in line and "purple has 3 real examples" in line
+    woman = next(t for t in table.splitlines() if t.startswith("| woman |"))
+    assert ("| yes |" in woman) == rows[("woman",)]["judgeable"]
     from PIL import Image
     with Image.open(tmp_path / "sheet.png") as im:
         assert im.size == (SHEET_LABEL + SHEET_CELLS * (SHEET_CELL + SHEET_PAD) + SHEET_PAD,
