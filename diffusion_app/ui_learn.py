@@ -148,7 +148,9 @@ def wire_learn(app, g: SimpleNamespace, l: SimpleNamespace) -> None:
     """The tab's events; the model, class, attributes and guidance are the Generate page's (``g``)."""
     explain_in, explain_out = [l.explain_idx, g.learn_run], [l.explain_md, l.explain_img, l.explain_plot, l.explain_json]
     l.explain_btn.click(app.explain_step, explain_in, explain_out, api_name="explain_step", **LIGHT)
-    l.explain_idx.release(app.explain_step, explain_in, explain_out, api_visibility="private",
+    # the step follows the slider as it is dragged (issue 38: with a student's few steps it is Live's step slider);
+    # always_last: while one explanation is drawn, only the latest step waits
+    l.explain_idx.input(app.explain_step, explain_in, explain_out, api_visibility="private",
                         trigger_mode="always_last", show_progress="hidden", **LIGHT)
     l.cmp_btn.click(grid_and_note(gpu_task(app.compare), "comparing samplers × steps"),
                     [g.model, g.class_label, g.attributes, l.cmp_seed, l.cmp_samplers, l.cmp_steps, g.guidance,

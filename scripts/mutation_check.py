@@ -633,7 +633,10 @@ MUTANTS = [
   "SOLVERS = (\"ddim\", \"dpm++\", \"dpm++3m\", \"unipc\")", "tests/core/test_sampler_registry.py -k solver_table"),
  ("make_figures keeps its own sampler labels", "scripts/make_figures.py", "{sampler_info(name).label}, {steps} steps",
   "{ {'ddpm': 'DDPM', 'ddim': 'DDIM', 'dpm++': 'DPM-Solver++(2M)'}[name]}, {steps} steps",
-  "tests/core/test_sampler_registry.py -k solver_table")
+  "tests/core/test_sampler_registry.py -k solver_table"),
+ ("Explain's step follows the slider only on release", "diffusion_app/ui_learn.py",
+  "    l.explain_idx.input(app.explain_step,", "    l.explain_idx.release(app.explain_step,",
+  "tests/app/test_browser_live.py -k step_slider")
 ]
 
 

@@ -81,3 +81,24 @@ def test_live_redraws_as_the_slider_moves_with_the_images_in_view(url, browser, 
     page.wait_for_timeout(500)
     assert not page.locator("#live-group").first.is_visible()
     page.close()
+
+
+def test_learns_step_slider_explains_each_step_as_it_moves(url, browser):
+    """Learn's Explain slider redraws the explanation on every step it moves to (no button press): a student's run
+    of 4 steps, the slider moved by the arrow keys from step 1."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(30_000)
+    page.goto(url + "?model=tiny-4step&seed=3")
+    page.wait_for_function("document.querySelector('#model-card h3')?.innerText.trim() === 'tiny-4step'")
+    page.wait_for_selector("#generate-btn:not([disabled])")
+    page.locator("#generate-btn").click()
+    page.wait_for_function("(document.querySelector('#status')?.innerText || '').includes('Done')")
+    page.get_by_role("tab", name="Learn").click()
+    page.get_by_text("seed 3 · first image (4/4 steps)").first.wait_for()
+    slider = page.locator("#explain-step input[type=range]").first
+    slider.focus()
+    for step in (2, 3):
+        page.keyboard.press("ArrowRight")
+        page.wait_for_function(f"document.querySelector('#explain-md')?.innerText.includes('Step {step} of 4')")
+    page.close()
+
