@@ -132,6 +132,10 @@ def _progressive_rows(num: dict) -> list[Row]:
             ("`sigma_t'`", num["sigma_next"])]
 
 
+def _consistency_rows(num: dict) -> list[Row]:
+    return [("`alpha_t'`", num["alpha_next"]), ("`sigma_t'`", num["sigma_next"])]
+
+
 def _cold_rows(num: dict) -> list[Row]:
     return [("degradation", num["degradation"]), ("severity at t", num["severity_t"]),
             ("severity at t'", num["severity_next"])]
@@ -158,5 +162,8 @@ for _info in (
     SamplerInfo("progressive", "Student's own steps (progressive distillation)", "progressive",
                 f"{_STEPS}:ProgressiveStep", FORMULAS["progressive"], NOTES["progressive"], _progressive_rows,
                 student=True),
+    SamplerInfo("consistency", "Student's own steps (consistency distillation)", "consistency",
+                f"{_STEPS}:ConsistencyStep", FORMULAS["consistency"], NOTES["consistency"], _consistency_rows,
+                stochastic=True, student=True),
 ):
     register_sampler(_info)

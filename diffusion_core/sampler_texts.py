@@ -53,3 +53,9 @@ FORMULAS["progressive"] = (r"$$x_{t'} = \alpha_{t'}\,\hat x_0"
 NOTES["progressive"] = ("A progressively distilled student's own step (Salimans & Ho 2022, Alg. 2): deterministic "
                         "DDIM from x_t and x0_hat, on the grid the student was distilled on; the last step returns "
                         "x0_hat.")
+
+FORMULAS["consistency"] = (r"$$x_{t'} = \alpha_{t'}\,f_\theta(x_t, t) + \sigma_{t'}\,z,\qquad z \sim \mathcal N(0, I),"
+                           r"\qquad f_\theta(x_t, t) = \hat x_0$$")
+NOTES["consistency"] = ("A consistency-distilled student's own step (Song et al. 2023, Alg. 1, multistep consistency "
+                        "sampling): the network maps x_t straight to the end of the teacher's ODE trajectory, "
+                        "f(x_t, t) = x0_hat; each step but the last noises that afresh to the next time.")

@@ -636,7 +636,18 @@ MUTANTS = [
   "tests/core/test_sampler_registry.py -k solver_table"),
  ("Explain's step follows the slider only on release", "diffusion_app/ui_learn.py",
   "    l.explain_idx.input(app.explain_step,", "    l.explain_idx.release(app.explain_step,",
-  "tests/app/test_browser_live.py -k step_slider")
+  "tests/app/test_browser_live.py -k step_slider"),
+ ("consistency target is the teacher's step, not the student", "diffusion_core/training/distill.py",
+  "        target = torch.where(end, x_prev, student(x_prev, t_next.clamp(min=0), cond).x0_hat)",
+  "        target = x_prev", "tests/training/test_consistency.py -k objective"),
+ ("consistency target without the clean end", "diffusion_core/training/distill.py",
+  "        target = torch.where(end, x_prev, student(x_prev, t_next.clamp(min=0), cond).x0_hat)",
+  "        target = student(x_prev, t_next.clamp(min=0), cond).x0_hat", "tests/training/test_consistency.py -k objective"),
+ ("consistency sampling without fresh noise", "diffusion_core/samplers/updates.py",
+  "    return a * x0_hat + s * noise", "    return a * x0_hat", "tests/training/test_consistency.py -k noises"),
+ ("consistency distillation on the progressive rounds' grid", "diffusion_core/training/distill.py",
+  "        if self.d.method == \"consistency\":\n            g = consistency_grid(",
+  "        if False:\n            g = consistency_grid(", "tests/training/test_consistency.py -k trains")
 ]
 
 

@@ -9,15 +9,15 @@ Modules: ``updates`` (the update equations), ``steps`` (each rule as a step obje
 sampling loop, ``explain_step``, img2img), ``spec`` (the request and the record, per-image noise).
 """
 from .loop import StepExplanation, explain_step, img2img_timesteps, noised_start, sample, sample_stream
-from .steps import (ColdStep, DDIMStep, DDPMStep, DPMpp2MStep, DPMpp3MStep, ProgressiveStep, Step, UniPCStep,
-                    make_step)
+from .steps import (ColdStep, ConsistencyStep, DDIMStep, DDPMStep, DPMpp2MStep, DPMpp3MStep, ProgressiveStep, Step,
+                    UniPCStep, make_step)
 from .spec import SampleStep, SamplerSpec, make_generators, per_image_noise
-from .updates import (cold_step, cold_update, ddim_sigma, ddim_step, ddpm_step, ddpm_variance, dpm_step_size,
+from .updates import (cold_step, cold_update, consistency_step, ddim_sigma, ddim_step, ddpm_step, ddpm_variance, dpm_step_size,
                       dpmpp_2m_step, dpmpp_3m_step, progressive_step, progressive_target, redegrade, unipc_correct,
                       unipc_step)
 
 __all__ = ["StepExplanation", "explain_step", "img2img_timesteps", "noised_start", "sample", "sample_stream",
-           "ColdStep", "DDIMStep", "DDPMStep", "DPMpp2MStep", "DPMpp3MStep", "ProgressiveStep", "Step", "UniPCStep",
+           "ColdStep", "ConsistencyStep", "consistency_step", "DDIMStep", "DDPMStep", "DPMpp2MStep", "DPMpp3MStep", "ProgressiveStep", "Step", "UniPCStep",
            "make_step",
            "SampleStep", "SamplerSpec", "make_generators", "per_image_noise", "cold_step", "cold_update",
            "ddim_sigma", "ddim_step", "ddpm_step", "ddpm_variance", "dpm_step_size", "dpmpp_2m_step", "dpmpp_3m_step",

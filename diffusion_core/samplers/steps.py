@@ -13,7 +13,8 @@ from ..sampler_registry import sampler_info
 from ..schedules import Schedule
 from .spec import SamplerSpec
 from .updates import (_ab, _lam, cold_update, ddim_sigma, ddim_step, ddpm_step, ddpm_variance, dpm_step_size,
-                      dpmpp_2m_step, dpmpp_3m_step, progressive_step, redegrade, unipc_correct, unipc_step)
+                      consistency_step, dpmpp_2m_step, dpmpp_3m_step, progressive_step, redegrade, unipc_correct,
+                      unipc_step)
 
 
 class Step:
@@ -97,6 +98,25 @@ class DDIMStep(Step):
 
     def info(self, t, t_next):
         return {"eta": self.eta, "sigma": ddim_sigma(_ab(self.schedule, t), _ab(self.schedule, t_next), self.eta)}
+
+
+class ConsistencyStep(Step):
+    """A consistency-distilled student's own rule, ``consistency_step`` (Song et al. 2023, Alg. 1): the network's
+    x0_hat is the consistency function f(x_t, t); each step but the last noises it afresh to the next time."""
+    stochastic = True
+
+    def __init__(self, schedule: Schedule):
+        self.schedule = schedule
+
+    def inputs(self, x_t, t, t_next, pred, noise):
+        return _with_noise({"x0_hat": pred.x0_hat}, noise, t_next)
+
+    def rule(self, v, t, t_next):
+        return consistency_step(self.schedule, v["x0_hat"], t_next, v.get("noise"))
+
+    def info(self, t, t_next):
+        ab = _ab(self.schedule, t_next)
+        return {"alpha_next": ab ** 0.5, "sigma_next": (1 - ab) ** 0.5}
 
 
 class ProgressiveStep(Step):

@@ -81,6 +81,16 @@ def progressive_target(schedule: Schedule, x_t, t, t_next, x_next):
     return (x_next - (s_s / s_t) * x_t) / (a_s - (s_s / s_t) * a_t)
 
 
+def consistency_step(schedule: Schedule, x0_hat, t_next: int, noise):
+    """Multistep consistency sampling (Song et al. 2023, Alg. 1): the consistency function's output f(x_t, t) =
+    x0_hat, noised afresh to the next time, x_t' = alpha_t' x0_hat + sigma_t' z with z ~ N(0, I); at t_next = -1
+    x0_hat itself. One step from x_T is the one-step sample; each further step trades a network call for detail."""
+    if t_next < 0:
+        return x0_hat
+    a, s = _alpha_sigma(schedule, t_next, x0_hat)
+    return a * x0_hat + s * noise
+
+
 def _lam(ab: float) -> float:
     """lambda = log(alpha / sigma) = log(sqrt(ab) / sqrt(1 - ab)), half the log-SNR (Lu et al. 2022)."""
     return 0.5 * math.log(ab / (1 - ab))

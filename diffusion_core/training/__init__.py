@@ -17,13 +17,13 @@ fused AdamW, EMA), ``state`` (checkpoints and resume), ``outputs`` (previews, ex
 distillation's objective, rounds and teacher).
 """
 from .config import DistillConfig, TrainConfig, apply_overrides, load_train_config, model_config
-from .distill import Distillation, distillation_loss, student_config
+from .distill import Distillation, consistency_loss, distillation_loss, student_config
 from .loop import Trainer, command_line, train
 from .objective import diffusion_loss, training_batch
 from .optim import adamw, backward_in_parts, ema_with_warmup
 from .outputs import PARENT_RECORD, cold_prior
 from .state import PREV_STATE, STATE
 
-__all__ = ["DistillConfig", "Distillation", "distillation_loss", "student_config", "TrainConfig", "apply_overrides", "load_train_config", "model_config", "Trainer", "command_line", "train",
+__all__ = ["DistillConfig", "Distillation", "consistency_loss", "distillation_loss", "student_config", "TrainConfig", "apply_overrides", "load_train_config", "model_config", "Trainer", "command_line", "train",
            "diffusion_loss", "training_batch", "adamw", "backward_in_parts", "ema_with_warmup", "PARENT_RECORD",
            "cold_prior", "PREV_STATE", "STATE"]

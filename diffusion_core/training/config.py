@@ -21,29 +21,35 @@ TRAIN_BOUNDS = (("steps", 1, 10 ** 9), ("batch_size", 1, 65536), ("lr", 0.0, 1.0
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """Progressive distillation of a shipped model into a few-step student (Salimans & Ho 2022), with guidance as the
-    student's input (Meng et al. 2023); ``training/distill.py``. Empty ``teacher``: an ordinary run. The student's
-    network, forward process and labels are the teacher's (the run's unet and diffusion sections are not used)."""
+    """Distillation of a shipped model into a few-step student: progressive (Salimans & Ho 2022) or consistency
+    distillation (Song et al. 2023), with guidance as the student's input (Meng et al. 2023); ``training/distill.py``.
+    Empty ``teacher``: an ordinary run. The student's network, forward process and labels are the teacher's (the
+    run's unet and diffusion sections are not used)."""
 
     teacher: str = ""                   # the teacher's model folder; the student starts from its weights
-    method: str = "progressive"         # progressive distillation (the one implemented)
-    start_steps: int = 64               # round 0's teacher: DDIM on spaced_timesteps(T, start_steps, "trailing")
-    student_steps: int = 4              # each round halves the steps, down to this: log2(start / student) rounds
+    method: str = "progressive"         # progressive | consistency
+    start_steps: int = 64               # progressive: round 0's teacher grid, spaced_timesteps(T, start_steps,
+                                        # "trailing"); consistency: the grid of the teacher's ODE steps (N)
+    student_steps: int = 4              # the student's default steps; progressive: each round halves the steps,
+                                        # down to this: log2(start / student) rounds; consistency: one round
     guidance: tuple[float, ...] = (1.0, 4.0)   # w ~ U[w_min, w_max] per example, an input of the student; []: none
     prediction: str = "v"               # the student's output (Salimans & Ho sec. 4: eps fails at few steps)
 
     @property
     def rounds(self) -> int:
-        """log2(start_steps / student_steps), the rounds of halving (cfg.steps is split evenly over them)."""
+        """log2(start_steps / student_steps), the rounds of halving (cfg.steps is split evenly over them); 1 for
+        consistency distillation."""
+        if self.method == "consistency":
+            return 1
         return max(self.start_steps // self.student_steps, 1).bit_length() - 1
 
     def __post_init__(self):
         if not self.teacher:
             return
-        if self.method != "progressive":
-            raise ConfigError(f"distill.method must be progressive, got {self.method!r}")
-        if not 1 <= self.student_steps < self.start_steps <= 4096 or \
-                self.start_steps != self.student_steps * 2 ** self.rounds:
+        if self.method not in ("progressive", "consistency"):
+            raise ConfigError(f"distill.method must be progressive or consistency, got {self.method!r}")
+        if not 1 <= self.student_steps < self.start_steps <= 4096 or (
+                self.method == "progressive" and self.start_steps != self.student_steps * 2 ** self.rounds):
             raise ConfigError(f"distill.start_steps must be student_steps times a power of 2 (at most 4096), got "
                               f"{self.start_steps} and {self.student_steps}")
         if self.guidance and (len(self.guidance) != 2 or not 0 <= self.guidance[0] <= self.guidance[1] <= 30):

@@ -27,7 +27,7 @@ from ..unet import UNet, load_parent_state
 from .config import TrainConfig
 from .objective import training_batch
 
-SAMPLER = "progressive"     # the student's own rule (samplers.progressive_step)
+SAMPLERS = {"progressive": "progressive", "consistency": "consistency"}   # method -> the student's own rule
 
 
 def distillation_loss(student: Denoiser, teacher: Denoiser, schedule: Schedule, x0, eps, cond, t, t_mid, t_next):
@@ -46,11 +46,32 @@ def distillation_loss(student: Denoiser, teacher: Denoiser, schedule: Schedule, 
     return ((ab / (1 - ab)).clamp(min=1.0).to(err.dtype) * err).mean()
 
 
+def consistency_loss(student: Denoiser, teacher: Denoiser, schedule: Schedule, x0, eps, cond, t, t_next):
+    """Consistency distillation's loss (Song et al. 2023, Alg. 2) of one batch, each row at its own pair t > t' of
+    adjacent points of the teacher's grid: z_t = alpha_t x + sigma_t eps; one teacher DDIM step (the ODE solver)
+    z_t -> z_hat_t'; the target f_theta-(z_hat_t', t'), the student itself without gradient (theta- = stopgrad theta,
+    as Song & Dhariwal 2023 find better than an EMA target), and at t' = -1 the step's clean end z_hat_-1 (the
+    boundary condition f(x, 0) = x); the loss ||f_theta(z_t, t) - target||^2, averaged over pixels, then rows. The
+    student's consistency function is its x0_hat. t, t_next: (B,) long, t > t_next >= -1."""
+    x_t = schedule.q_sample(x0, t, eps)
+    with torch.no_grad():
+        x_prev = progressive_step(schedule, x_t, t, t_next, teacher(x_t, t, cond))       # DDIM, eta 0
+        end = (t_next < 0).view(-1, *([1] * (x0.dim() - 1)))
+        target = torch.where(end, x_prev, student(x_prev, t_next.clamp(min=0), cond).x0_hat)
+    return (student(x_t, t, cond).x0_hat - target).pow(2).mean(dim=(1, 2, 3)).mean()
+
+
 def round_grids(T: int, start_steps: int, r: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(student grid, teacher grid) of round r: the teacher's trailing grid of start_steps / 2^r steps and the student's
     of half as many, whose points are the teacher's even ones (each ends at -1)."""
     n = start_steps // 2 ** r
     return spaced_timesteps(T, n // 2, "trailing"), spaced_timesteps(T, n, "trailing")
+
+
+def consistency_grid(T: int, start_steps: int) -> torch.Tensor:
+    """Consistency distillation's grid of N = start_steps teacher steps (trailing, ending at -1): the pairs (t, t')
+    of the loss are its adjacent points."""
+    return spaced_timesteps(T, start_steps, "trailing")
 
 
 def student_config(cfg: TrainConfig, teacher: ModelConfig) -> ModelConfig:
@@ -60,14 +81,16 @@ def student_config(cfg: TrainConfig, teacher: ModelConfig) -> ModelConfig:
     w = teacher.sampling.guidance
     if d.guidance:
         w = min(max(w, d.guidance[0]), d.guidance[1])
-    why = (f"a student distilled from {d.teacher} (progressive distillation, Salimans & Ho 2022) samples with its own "
-           f"rule on the grid it was distilled on: {d.student_steps} step{'s' * (d.student_steps != 1)}, one U-Net pass each"
+    paper = {"progressive": "progressive distillation, Salimans & Ho 2022",
+             "consistency": "consistency distillation, Song et al. 2023"}[d.method]
+    why = (f"a student distilled from {d.teacher} ({paper}) samples with its own "
+           f"rule: {d.student_steps} step{'s' * (d.student_steps != 1)}, one U-Net pass each"
            + (f", guidance an input of the network, trained for w in [{d.guidance[0]:g}, {d.guidance[1]:g}]"
               if d.guidance else ""))
     return replace(teacher, unet=replace(teacher.unet, guidance_embedding=bool(d.guidance)),
                    diffusion=replace(teacher.diffusion, prediction=d.prediction),
-                   sampling=SamplingDefaults(SAMPLER, d.student_steps, "trailing", w, why),
-                   distilled=Distilled(d.teacher, SAMPLER, d.student_steps, d.guidance),
+                   sampling=SamplingDefaults(SAMPLERS[d.method], d.student_steps, "trailing", w, why),
+                   distilled=Distilled(d.teacher, SAMPLERS[d.method], d.student_steps, d.guidance),
                    description=cfg.description or f"{teacher.description}; distilled to {d.student_steps} steps")
 
 
@@ -122,6 +145,11 @@ class Distillation:
         self.round = r
 
     def grids(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the grid t is drawn on, the teacher's grid): progressive, the round's (``round_grids``); consistency,
+        the teacher's grid of N steps for both (``consistency_grid``)."""
+        if self.d.method == "consistency":
+            g = consistency_grid(self.teacher_cfg.diffusion.T, self.d.start_steps)
+            return g, g
         return round_grids(self.teacher_cfg.diffusion.T, self.d.start_steps, self.round)
 
     # ---- the objective ---------------------------------------------------------------------------
@@ -162,6 +190,9 @@ class Distillation:
         x0, eps, t = x0.to(dev), eps.to(dev), t.to(dev)
         cond = cond.to(dev) if cond is not None else None
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.cfg.amp):
+            if self.d.method == "consistency":
+                return consistency_loss(ModelDenoiser(model, schedule, self.d.prediction), self.teacher(schedule, cond),
+                                        schedule, x0, eps, cond, t, student[i + 1].to(dev))
             return distillation_loss(ModelDenoiser(model, schedule, self.d.prediction), self.teacher(schedule, cond),
                                      schedule, x0, eps, cond, t, teacher[2 * i + 1].to(dev), student[i + 1].to(dev))
 
