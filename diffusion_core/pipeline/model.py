@@ -20,7 +20,11 @@ from .stage import Stage
 @dataclass
 class Pipeline:
     """``stages``: the first generates (from noise, a label, a drawing); each later one is a super-resolution model
-    run on the previous one's output as its ``cascade`` entry says. ``path``: the folder it was loaded from."""
+    run on the previous one's output as its ``cascade`` entry says. ``path``: the folder it was loaded from.
+
+    What one stage has (its schedule, degradation, experts, condition, denoiser, cold prior) is asked of that stage,
+    ``pipe.stages[0]``; the pipeline answers for the whole: its kind, config (the first stage's), sizes, samplers,
+    backend, chunk and workers (set on every stage), and the sampling entry points."""
 
     stages: list[Stage]
     path: Path

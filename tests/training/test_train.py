@@ -452,7 +452,7 @@ def test_evaluate_command_end_to_end(tmp_path, run_main):
     assert r.returncode == 0, r.stderr
     m = json.loads((model / "metrics-t.json").read_text())
     assert m["n"] == 20 and 0 <= m["accuracy"] <= 1 and m["fid"] > 0 and m["fid_real_vs_real"] >= 0
-    assert set(m["accuracy_per_class"]) == set(load(model).label_names) and "resumed_from" not in m
+    assert set(m["accuracy_per_class"]) == set(load(model).config.label_names) and "resumed_from" not in m
     assert m["timed_batches"] == 2 and 0 < m["sampling_s_per_image"] <= m["sampling_s"] / 10
     assert "4/4" in r.stderr and "step" in r.stderr          # progress per sampling step: 2 batches x 2 steps
     r2 = run_main(*args, "--steps", "2", "--tag", "u", "--no-cache")
@@ -513,7 +513,7 @@ def test_emoji_source_trains(tmp_path):
     out = Trainer(load_train_config(None, TINY + ["data.source=emoji", "data.channels=3", "data.limit=24",
                                                   f"out_dir={tmp_path / 'e'}", "steps=2"]), progress=False).run()
     pipe = load(out)
-    assert pipe.config.multi_label and "woman" in pipe.label_names and "dark skin tone" in pipe.label_names
+    assert pipe.config.multi_label and "woman" in pipe.config.label_names and "dark skin tone" in pipe.config.label_names
     x = pipe.sample(1, steps=2, labels=["woman", "dark skin tone"], guidance=2.0)
     assert x.shape == (1, 3, 32, 32)
     from diffusion_core.evaluation.evaluate import memorisation
