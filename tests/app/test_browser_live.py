@@ -3,19 +3,12 @@ student only, a slider press redraws the images, and while the guidance slider i
 under the sticky Generate bar). Screenshots go to test-artifacts/."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
+from app_fixtures import add_students, build_checkpoints, launch_app
+from test_browser import ARTIFACTS, CHROMIUM, browser  # noqa: F401 (its module-scoped Chromium fixture)
+
 pytestmark = [pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium not installed"), pytest.mark.slow]
-sync_api = pytest.importorskip("playwright.sync_api")
-
-from app_fixtures import add_students, build_checkpoints, launch_app  # noqa: E402
-
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 
 
 @pytest.fixture(scope="module")
@@ -23,15 +16,6 @@ def url(tmp_path_factory):
     demo, url = launch_app(add_students(build_checkpoints(tmp_path_factory.mktemp("live-browser"))))
     yield url
     demo.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
-        yield b
-        b.close()
 
 
 def rect(page, selector):
