@@ -1,7 +1,8 @@
 """Live mode's latency in a real browser (issue 38): the Gradio app in headless Chromium, a student model, Live on,
 and the time from a slider event to the new images on the page.
 
-    python benchmarks/live_mode.py [--model fashion-4step] [--events 40] [--out docs/measurements/live_mode.json]
+    python benchmarks/live_mode.py [--model fashion-4step] [--events 40] [--backend openvino]
+                                   [--out docs/measurements/live_mode.json]
 
 Starts ``app.py`` on the shipped checkpoints (the app's default backend), opens the page at 1280x900 with the
 model picked by a link, ticks Live and then, one event at a time, presses the arrow key on the guidance slider
@@ -79,6 +80,7 @@ def main() -> None:
     ap.add_argument("--model", default="fashion-4step")
     ap.add_argument("--checkpoints", default=str(ROOT / "checkpoints"))
     ap.add_argument("--events", type=int, default=40)
+    ap.add_argument("--backend", default="", help="the link's backend (default: the app's)")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     from classroom import start_app
@@ -90,7 +92,7 @@ def main() -> None:
             browser = pw.chromium.launch(executable_path="/usr/bin/chromium",
                                          args=["--disable-background-networking", "--disable-component-update"])
             page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(f"{url}?model={args.model}&seed=0")
+            page.goto(f"{url}?model={args.model}&seed=0" + (f"&backend={args.backend}" if args.backend else ""))
             page.wait_for_selector("#generate-btn:not([disabled])", timeout=300000)
             page.evaluate(OBSERVE)
             page.locator("#live-on input").check()

@@ -11,7 +11,7 @@ from pathlib import Path
 import gradio as gr
 import torch
 
-from diffusion_core import BOUNDS, MAX_STEPS, grid
+from diffusion_core import BACKENDS, BOUNDS, MAX_STEPS, grid
 
 from .base import AppBase
 from .inputs import handles_errors, number
@@ -63,20 +63,24 @@ class LiveTab(AppBase):
 
     @handles_errors("Live")
     def live(self, on, model, class_label=ANY, attributes=None, guidance=2.0, steps=4, seed=0, seed_b=1,
-             blend=0.0, batch_size=4):
+             blend=0.0, batch_size=4, backend=None):
         """One Live update (``live_images``) as the Live view's HTML; skipped while Live is off."""
         if not on:
             return gr.skip()
         t0 = time.perf_counter()
-        x, caption = self.live_images(model, class_label, attributes, guidance, steps, seed, seed_b, blend, batch_size)
+        x, caption = self.live_images(model, class_label, attributes, guidance, steps, seed, seed_b, blend, batch_size,
+                                      backend)
         return live_html(x, f"{caption} · {(time.perf_counter() - t0) * 1000:.0f} ms")
 
     def live_images(self, model, class_label=ANY, attributes=None, guidance=2.0, steps=4, seed=0, seed_b=1,
-                    blend=0.0, batch_size=4) -> tuple[torch.Tensor, str]:
+                    blend=0.0, batch_size=4, backend=None) -> tuple[torch.Tensor, str]:
         """``batch_size`` (at most LIVE_MAX_IMAGES) images of the student ``model`` with its own rule, image i from
         x_T blended from the noise of seed + i to that of seed B + i (``blended_noise``); seed -1 (Generate's
-        "random") is seed 0 here, so that a drag does not jump between random seeds. Returns (images, caption)."""
-        pipe = self.models.get(model)
+        "random") is seed 0 here, so that a drag does not jump between random seeds; ``backend``: Generate's
+        (None: the app's default). Returns (images, caption)."""
+        if backend is not None and backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
+        pipe = self.models.get(model, backend)
         d = pipe.base.config.distilled
         if not d.teacher:
             raise ValueError(f"Live needs a distilled student (a few steps per image); {model!r} is not one")
@@ -93,7 +97,7 @@ class LiveTab(AppBase):
         what = ", ".join(labels) if labels else "any class"
         seeds = f"seed {sa}" if blend == 0 else f"seed {sa} → {sb} at {blend:.2f}"
         capped = f" (asked {asked}; Live runs at most {steps})" if steps != asked else ""
-        return x, f"{what} · {seeds} · guidance {g:g} · {steps} step{'s' * (steps != 1)}{capped}"
+        return x, f"{what} · {seeds} · guidance {g:g} · {steps} step{'s' * (steps != 1)}{capped} · {pipe.backend}"
 
     @handles_errors("the distillation lesson")
     def lesson(self, model, class_label=ANY, seed=0, n=4):

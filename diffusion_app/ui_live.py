@@ -18,11 +18,12 @@ def wire_live(app, g: SimpleNamespace, l: SimpleNamespace) -> None:
     local = dict(api_visibility="private", queue=False, show_progress="hidden")
     g.model.change(app.live_available, [g.model], [g.live_group, g.live_on, g.live_view], **local)
     inputs = [g.live_on, g.model, g.class_label, g.attributes, g.guidance, g.steps, g.seed, g.live_seed_b,
-              g.live_blend, g.batch_size]
+              g.live_blend, g.batch_size, g.backend]
     live = dict(fn=gpu_task(app.live), inputs=inputs, outputs=[g.live_view], trigger_mode="always_last", **local)
     # switched off: the view says how to use it (the last images would look live while nothing follows the sliders)
     g.live_on.change(lambda on: gr.skip() if on else LIVE_OFF, [g.live_on], [g.live_view], **local).then(**live)
-    for box in (g.guidance, g.live_blend, g.steps, g.batch_size, g.seed, g.live_seed_b, g.class_label, g.attributes):
+    for box in (g.guidance, g.live_blend, g.steps, g.batch_size, g.seed, g.live_seed_b, g.class_label, g.attributes,
+                g.backend):
         box.input(**live)
     # the API's Live endpoint (/live): the same handler, for scripts and the browser benchmark
     live_api = gr.Button(visible=False)

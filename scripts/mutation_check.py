@@ -647,7 +647,9 @@ MUTANTS = [
   "    return a * x0_hat + s * noise", "    return a * x0_hat", "tests/training/test_consistency.py -k noises"),
  ("consistency distillation on the progressive rounds' grid", "diffusion_core/training/distill.py",
   "        if self.d.method == \"consistency\":\n            g = consistency_grid(",
-  "        if False:\n            g = consistency_grid(", "tests/training/test_consistency.py -k trains")
+  "        if False:\n            g = consistency_grid(", "tests/training/test_consistency.py -k trains"),
+ ("Live ignores Generate's backend", "diffusion_app/live.py", "        pipe = self.models.get(model, backend)",
+  "        pipe = self.models.get(model)", "tests/app/test_live.py -k backend")
 ]
 
 

@@ -91,3 +91,14 @@ def test_the_lesson_finds_teacher_and_students_along_the_chain_and_starts_every_
     strip = round(448 / (2 * 16 + 3)) * (2 * 16 + 3)
     assert img.size[0] >= strip and img.size[1] == 4 * (strip * 18 // (2 * 16 + 3) + 20)
     assert "seed 3" in note and "same noise" in note
+
+
+def test_live_runs_on_generates_backend(app):
+    x, caption = app.live_images("tiny-4step", "Sneaker", None, 2.0, 4, 5, 9, 0.0, 2, "bf16")
+    assert caption.endswith("· bf16")
+    pipe = app.models.get("tiny-4step", "bf16")
+    assert torch.equal(x, pipe.sample(2, sampler="progressive", steps=4, guidance=2.0, labels=["Sneaker"], seed=5))
+    with pytest.raises(ValueError, match="unknown backend"):
+        app.live_images("tiny-4step", "Sneaker", None, 2.0, 4, 5, 9, 0.0, 2, "gpu")
+    _, caption = app.live_images("tiny-4step", "Sneaker", None, 2.0, 4, 5, 9, 0.0, 2)
+    assert caption.endswith("· fp32")
