@@ -80,9 +80,9 @@ reverse process from pure noise x_T down to x_0; at every step the network predi
 DDPM-like), *DPM-Solver++ (2M)* (Lu et al. 2022; good images in 15-25 steps), *DPM-Solver++ (3M)* (its
 third-order multistep form, same paper), *UniPC* (Zhao et al. 2023; a predictor-corrector that reuses each
 step's network call), *Cold* (Bansal et al. 2022) for models trained on deterministic degradations (blur,
-pixelate, mask), and *Student's own steps (progressive distillation)* (Salimans & Ho 2022) or *Student's own
-steps (consistency distillation)* (Song et al. 2023; x0_hat noised afresh to each next time) for a student
-distilled to a few steps. **Spacing** chooses the timesteps of a short run: *trailing* / *leading* /
+pixelate, mask), and *Student's own steps (progressive distillation)* (Salimans & Ho 2022) or
+*Student's own steps (consistency distillation)* (Song et al. 2023; x0_hat noised afresh to each next time) for a
+student distilled to a few steps. **Spacing** chooses the timesteps of a short run: *trailing* / *leading* /
 *linspace* (Lin et al. 2024, Table 2) are even in t; *logsnr* is even in log signal-to-noise ratio (Lu et al.
 2022) and *karras* follows Karras et al. 2022 (rho = 7), both grids in noise level for Gaussian models. A
 grid with fewer distinct timesteps than asked runs the ones it has, and the status line says so.
