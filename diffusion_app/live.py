@@ -10,13 +10,14 @@ from pathlib import Path
 
 import gradio as gr
 import torch
+from PIL import Image, ImageDraw
 
 from diffusion_core import BACKENDS, BOUNDS, MAX_STEPS, grid
 
 from .base import AppBase
 from .inputs import handles_errors, number
 from .learn import slerp
-from .render import upscale_nearest
+from .render import _font, upscale_nearest
 from .settings import ANY, LIVE_MAX_IMAGES, MAX_SEED, sampler_label
 
 LIVE_OFF = ("Live is off: tick it, then drag guidance or the blend, or change the class or a seed. "
@@ -33,9 +34,20 @@ def png_data_uri(img) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def row_image(x: torch.Tensor) -> Image.Image:
+    """(n, C, H, W) in [-1, 1] -> the n images side by side, 1 px apart, at their own size (RGB)."""
+    return grid(x.detach().float().cpu().clamp(-1, 1), nrow=x.shape[0], padding=1).convert("RGB")
+
+
+def fixed_seed(seed, name: str = "seed") -> int:
+    """A whole seed in [0, MAX_SEED]; -1 (or nothing: Generate's "random") is 0 here, so that the images stay put
+    while a slider moves and a lesson shows the same noise each time."""
+    return max(0, int(number(-1 if seed is None else seed, name, -1, MAX_SEED, whole=True)))
+
+
 def live_html(x: torch.Tensor, caption: str) -> str:
     """The Live view: the images in one row (native pixels, scaled up by CSS without smoothing), and a caption."""
-    g = grid(x.detach().float().cpu().clamp(-1, 1), nrow=x.shape[0], padding=1).convert("RGB")
+    g = row_image(x)
     return (f'<div class="dc-live"><img src="{png_data_uri(g)}" alt="{html.escape(caption)}" '
             f'style="width:100%;image-rendering:pixelated"><p>{html.escape(caption)}</p></div>')
 
@@ -89,7 +101,7 @@ class LiveTab(AppBase):
         steps = min(asked, 2 * d.steps)     # a student's rule beyond twice its steps is only slower, not better
         g = number(guidance, "guidance scale", *BOUNDS["guidance"])
         blend = number(blend, "blend", 0.0, 1.0)
-        sa = max(0, int(number(-1 if seed is None else seed, "seed", -1, MAX_SEED, whole=True)))
+        sa = fixed_seed(seed)
         sb = int(number(seed_b, "seed B", 0, MAX_SEED, whole=True))
         labels = self._labels(pipe, model, class_label, attributes)
         x = pipe.sample(n, sampler=d.sampler, steps=steps, spacing="trailing", guidance=g, labels=labels, seed=sa,
@@ -107,7 +119,7 @@ class LiveTab(AppBase):
         teacher, students = self.students_of(model)
         tpipe = self.models.get(teacher)
         labels = self._labels(tpipe, teacher, class_label, None)
-        s = 0 if seed is None or int(number(seed, "seed", -1, MAX_SEED, whole=True)) < 0 else int(seed)
+        s = fixed_seed(seed)
         n = int(number(n, "images", 1, LIVE_MAX_IMAGES, whole=True))
         dev = self.models.device
         rows, captions = [], []
@@ -125,8 +137,7 @@ class LiveTab(AppBase):
                                         device=dev))
                 captions.append(f"student {name} · {k} step{'s' * (k != 1)} ({k} pass{'es' * (k != 1)})"
                                 + ("" if k == d.steps else f" · half the {d.steps} it learnt"))
-        strips = [upscale_nearest(grid(r.detach().float().cpu().clamp(-1, 1), nrow=n, padding=1).convert("RGB"),
-                                  LESSON_STRIP_PX) for r in rows]
+        strips = [upscale_nearest(row_image(r), LESSON_STRIP_PX) for r in rows]
         image = _stack(strips, captions)
         note = (f"{class_label if labels else 'any class'} · seed {s} · guidance 2 · "
                 f"{(time.perf_counter() - t0):.1f} s. Every row starts from the same noise x_T.")
@@ -162,8 +173,6 @@ class LiveTab(AppBase):
 
 def _stack(strips, captions):
     """Strips one above another, each with its caption above it (white background)."""
-    from PIL import Image, ImageDraw
-    from .render import _font
     font, line = _font(13), 20
     w = max(max(s.width for s in strips), *(int(font.getlength(c)) + 4 for c in captions))
     out = Image.new("RGB", (w, sum(s.height + line for s in strips)), (255, 255, 255))
