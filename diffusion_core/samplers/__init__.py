@@ -12,13 +12,13 @@ from .loop import StepExplanation, explain_step, img2img_timesteps, noised_start
 from .steps import (ColdStep, ConsistencyStep, DDIMStep, DDPMStep, DPMpp2MStep, DPMpp3MStep, ProgressiveStep, Step,
                     UniPCStep, make_step)
 from .spec import SampleStep, SamplerSpec, make_generators, per_image_noise
-from .updates import (cold_step, cold_update, consistency_step, ddim_sigma, ddim_step, ddpm_step, ddpm_variance, dpm_step_size,
-                      dpmpp_2m_step, dpmpp_3m_step, progressive_step, progressive_target, redegrade, unipc_correct,
-                      unipc_step)
+from .updates import (cold_step, cold_update, consistency_step, ddim_sigma, ddim_step, ddpm_step, ddpm_variance,
+                      dpm_step_size, dpmpp_2m_step, dpmpp_3m_step, progressive_step, progressive_target, redegrade,
+                      unipc_correct, unipc_step)
 
 __all__ = ["StepExplanation", "explain_step", "img2img_timesteps", "noised_start", "sample", "sample_stream",
-           "ColdStep", "ConsistencyStep", "consistency_step", "DDIMStep", "DDPMStep", "DPMpp2MStep", "DPMpp3MStep", "ProgressiveStep", "Step", "UniPCStep",
-           "make_step",
+           "ColdStep", "ConsistencyStep", "consistency_step", "DDIMStep", "DDPMStep", "DPMpp2MStep", "DPMpp3MStep",
+           "ProgressiveStep", "Step", "UniPCStep", "make_step",
            "SampleStep", "SamplerSpec", "make_generators", "per_image_noise", "cold_step", "cold_update",
            "ddim_sigma", "ddim_step", "ddpm_step", "ddpm_variance", "dpm_step_size", "dpmpp_2m_step", "dpmpp_3m_step",
            "progressive_step", "progressive_target", "redegrade", "unipc_correct", "unipc_step"]

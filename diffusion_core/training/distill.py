@@ -27,7 +27,7 @@ from ..unet import UNet, load_parent_state
 from .config import TrainConfig
 from .objective import training_batch
 
-SAMPLERS = {"progressive": "progressive", "consistency": "consistency"}   # method -> the student's own rule
+# a method's name is also its student's own sampler (samplers.progressive_step, samplers.consistency_step)
 
 
 def distillation_loss(student: Denoiser, teacher: Denoiser, schedule: Schedule, x0, eps, cond, t, t_mid, t_next):
@@ -89,8 +89,8 @@ def student_config(cfg: TrainConfig, teacher: ModelConfig) -> ModelConfig:
               if d.guidance else ""))
     return replace(teacher, unet=replace(teacher.unet, guidance_embedding=bool(d.guidance)),
                    diffusion=replace(teacher.diffusion, prediction=d.prediction),
-                   sampling=SamplingDefaults(SAMPLERS[d.method], d.student_steps, "trailing", w, why),
-                   distilled=Distilled(d.teacher, SAMPLERS[d.method], d.student_steps, d.guidance),
+                   sampling=SamplingDefaults(d.method, d.student_steps, "trailing", w, why),
+                   distilled=Distilled(d.teacher, d.method, d.student_steps, d.guidance),
                    description=cfg.description or f"{teacher.description}; distilled to {d.student_steps} steps")
 
 
