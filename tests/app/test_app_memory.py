@@ -19,18 +19,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from app_fixtures import free_port, tiny_unet  # noqa: E402
+from app_fixtures import free_port, start_app_process, tiny_unet  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
 SESSIONS = 8
 REQUESTS_PER_SESSION = 10
 WIDE_STEPS = 20                  # one run per session of the 64 px RGB model: 2.8 MB of kept steps
@@ -128,17 +125,8 @@ def app_process(tmp_path):
                DIFFUSION_SESSIONS=str(KEPT_SESSIONS), GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1",
                TMPDIR=str(tmp_path), PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
                DIFFUSION_TEST_PROBE=str(tmp_path / "held.json"))
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/"
+    proc, url = start_app_process(env)
     try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(url, timeout=1)
-                break
-            except OSError:
-                assert proc.poll() is None, "the app exited at start-up"
-                time.sleep(0.5)
         yield proc, url, tmp_path / "held.json"
     finally:
         proc.kill()

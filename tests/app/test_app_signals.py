@@ -3,16 +3,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from app_fixtures import build_checkpoints, free_port  # noqa: E402
+from app_fixtures import build_checkpoints, free_port, start_app_process  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_sigterm_removes_the_temp_folder(tmp_path):
@@ -22,15 +18,8 @@ def test_sigterm_removes_the_temp_folder(tmp_path):
     port = free_port()
     env = dict(os.environ, TMPDIR=str(tmp), DIFFUSION_CHECKPOINTS=str(ckpt), GRADIO_SERVER_PORT=str(port),
                OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc, _ = start_app_process(env)
     try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
         made = list(tmp.glob("diffusion_app_*"))
         assert len(made) == 1, made
         proc.send_signal(signal.SIGTERM)

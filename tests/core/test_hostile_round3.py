@@ -21,7 +21,7 @@ from diffusion_core import CheckpointError, load
 from diffusion_core.__main__ import main as cli
 from diffusion_core.config import ConfigError
 
-from app_fixtures import build_checkpoints, client, free_port, launch_app, server  # noqa: F401
+from app_fixtures import build_checkpoints, client, free_port, launch_app, server, start_app_process  # noqa: F401
 from test_train import TINY, write_idx
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -540,16 +540,9 @@ def test_sigterm_with_a_run_in_flight(tmp_path):
                OMP_NUM_THREADS="1")
     env.pop("GRADIO_TEMP_DIR", None)
     log = tmp_path / "server.log"
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=open(log, "w"),
-                            stderr=subprocess.STDOUT)
+    proc, url = start_app_process(env, open(log, "w"))
     try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        job = Client(f"http://127.0.0.1:{port}/", verbose=False).submit(model="tiny", steps=1000, batch_size=1,
+        job = Client(url, verbose=False).submit(model="tiny", steps=1000, batch_size=1,
                                                                         seed=1, api_name="/generate")
         for _ in range(600):
             if len(job.outputs()) >= 2:
