@@ -172,6 +172,10 @@ def test_the_preview_empties_when_a_run_starts(page):
     page.locator("#generate-btn").click()
     page.wait_for_function("document.querySelector('#status .dc-status').innerText.startsWith('Done')")
     page.locator("#preview img").first.wait_for()
+    # the image is in the page before its file has arrived and been drawn (slow under load, as on CI): wait for it
+    page.wait_for_function("""() => { const ims = [...document.querySelectorAll('#preview img')];
+        return ims.length > 0 && ims.every((im) => im.complete && im.naturalWidth > 0); }""")
+    page.locator("#preview").scroll_into_view_if_needed()
     page.wait_for_timeout(500)
 
     def inked() -> float:
@@ -182,6 +186,11 @@ def test_the_preview_empties_when_a_run_starts(page):
         a = np.asarray(Image.open(io.BytesIO(page.locator("#preview").screenshot())).convert("L"), dtype=float)
         return float((np.abs(a - np.median(a)) > 60).mean())
     before = inked()
+    for _ in range(20):  # a slow machine may still be painting the gallery
+        if before > 0.1:
+            break
+        page.wait_for_timeout(250)
+        before = inked()
     held = []
     page.route(lambda u: "/file=" in u and u.endswith(".png"), lambda route: held.append(route))
     try:
