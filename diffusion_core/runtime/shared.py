@@ -4,10 +4,12 @@ per *tick*, with the network's own signature ``net(x_t, t, cond) -> output`` (DE
 A served page runs one sampling loop per visitor, each in its own thread. Left alone, every loop calls the
 network on its few rows (4 guided images: 8 rows) and the calls take turns, each too small to keep two cores
 busy. Behind a ``SharedNet`` a call waits while a tick runs; when the network frees up, the first waiting
-caller becomes the tick's *leader*: it takes every waiting call that can share a batch with the oldest one (same
-image shape and the same condition fields), up to ``max_pixels`` of input, concatenates their rows, calls the
-network once, and hands each caller its rows. Every run keeps its own sampler, step, guidance and timesteps:
-only the network call is shared. A run alone never waits: it leads its own ticks.
+caller becomes the tick's *leader*: it takes the waiting call whose run has come least far (the highest timestep)
+and every other call that can share a batch with it (same image shape and the same condition fields), in that
+order, up to ``max_pixels`` of input, concatenates their rows, calls the network once, and hands each caller its
+rows. Every run keeps its own sampler, step, guidance and timesteps: only the network call is shared. A run alone
+never waits: it leads its own ticks. Least progress first means a visitor who has just arrived gets a first step
+(and a first preview) in the next tick with room, instead of after the next step of every older run.
 
     run A ──x_t,t,c──┐                ┌──> A's rows
     run B ──x_t,t,c──┼─> [tick: cat] ─┼──> B's rows        one network call per tick;
@@ -55,6 +57,11 @@ class _Call:
         c = self.cond
         fields = () if c is None else tuple(None if v is None else (tuple(v.shape[1:]), v.dtype) for v in c._fields())
         return tuple(self.x_t.shape[1:]), self.x_t.dtype, self.x_t.device, fields
+
+    @property
+    def noise_level(self) -> float:
+        """The call's highest timestep: how far its run still has to go (a run's first step is its noisiest)."""
+        return float(self.t.max()) if self.t.numel() else 0.0
 
     @property
     def pixels(self) -> int:
@@ -128,13 +135,16 @@ class SharedNet:
             c.error, c.done = Cancelled("the run was cancelled"), True
 
     def _take(self) -> list[_Call]:
-        """The oldest waiting call and, in arrival order, every later one with its key while the tick's pixels
-        stay within ``max_pixels`` (the oldest always goes, however large)."""
+        """The waiting call whose run has come least far (the highest timestep; among equals the oldest) and, in
+        that order, every other call with its key while the tick's pixels stay within ``max_pixels`` (the first
+        always goes, however large). Least progress first: a run that has just arrived gets its first step in the
+        next tick instead of after one more step of every older run, so everyone sees a first preview soon."""
         self._drop_cancelled()
         if not self._pending:
             return []
-        key, group, pixels = self._pending[0].key, [], 0
-        for c in self._pending:
+        order = sorted(self._pending, key=lambda c: -c.noise_level)     # stable: arrival order among equals
+        key, group, pixels = order[0].key, [], 0
+        for c in order:
             if c.key == key and (not group or pixels + c.pixels <= self.max_pixels):
                 group.append(c)
                 pixels += c.pixels

@@ -12,13 +12,14 @@ from diffusion_core.runtime import Cancelled, SharedNet
 
 
 class SlowNet:
-    """out = 2 x + t (broadcast), after ``delay`` seconds; records the batch size of every call."""
+    """out = 2 x + t (broadcast), after ``delay`` seconds; records the batch size and timesteps of every call."""
 
     def __init__(self, delay=0.0):
-        self.delay, self.sizes, self.gate = delay, [], None
+        self.delay, self.sizes, self.ts, self.gate = delay, [], [], None
 
     def __call__(self, x_t, t, cond):
         self.sizes.append(x_t.shape[0])
+        self.ts.append(t.tolist())
         if self.gate is not None:
             self.gate.wait(5)
         time.sleep(self.delay)
@@ -93,9 +94,31 @@ def test_calls_with_other_condition_fields_or_over_the_pixel_cap_wait_for_a_late
     net.gate.set()
     for th in [first, *ths]:
         th.join(10)
-    assert net.sizes == [1, 4, 2, 3]
+    # the noisiest first (d, t 4); b cannot join it (3 + 4 rows > 6), c has labels: three ticks after the first
+    assert net.sizes == [1, 3, 2, 4]
     assert torch.equal(res["c"], torch.full((2, 1, 2, 2), 9.0 + 3.0))    # 2x + t + sum(labels)
     assert torch.equal(res["d"], torch.full((3, 1, 2, 2), 12.0))
+
+
+def test_a_tick_that_cannot_hold_every_call_takes_the_runs_that_have_come_least_far():
+    """With more waiting than a tick holds, the calls at the highest timestep go first (a run's first step is its
+    noisiest: a visitor who has just arrived gets a first preview before older runs take their next step), equal
+    timesteps in arrival order; the rest wait for the next tick."""
+    net = SlowNet()
+    net.gate = threading.Event()
+    shared, res = SharedNet(net, max_pixels=4 * 4), {}          # 4 rows of 2x2 per tick
+    first = _start(_call, shared, 1, 1, results=res, key="a")
+    _wait_first_tick(net)
+    ths = []
+    for n, (key, t) in enumerate((("b", 300), ("c", 999), ("d", 500), ("e", 999))):    # arrival order
+        ths.append(_start(_call, shared, 2, t, results=res, key=key))
+        _wait_pending(shared, n + 1)
+    net.gate.set()
+    for th in [first, *ths]:
+        th.join(10)
+    assert net.ts == [[1], [999, 999, 999, 999], [500, 500, 300, 300]]
+    for key, t in (("b", 300), ("c", 999), ("d", 500), ("e", 999)):
+        assert torch.equal(res[key], torch.full((2, 1, 2, 2), 3.0 * t))
 
 
 def test_a_group_taken_past_a_call_of_another_key_leaves_that_call_waiting():
