@@ -63,7 +63,7 @@ def _check_out(out: Path, kind: str) -> None:
     """``--out`` may be a new folder or a folder of the same kind; never a model (or other) folder, whose
     config.json the manifest would replace, orphaning its weights."""
     if (out / "model.safetensors").exists():
-        raise ValueError(f"--out {out} is a model folder (it holds model.safetensors); a {kind} goes in a folder "
+        raise ValueError(f"--out {out} is a model folder (it holds model.safetensors); {_a(kind)} goes in a folder "
                          f"of its own")
     if (out / CONFIG).is_file():
         try:
@@ -71,8 +71,13 @@ def _check_out(out: Path, kind: str) -> None:
         except CheckpointError:
             return                  # an unreadable config.json: nothing of value to keep
         if found != kind:
-            raise ValueError(f"--out {out} is a {found} folder (its config.json); a {kind} goes in a folder of its "
-                             f"own")
+            raise ValueError(f"--out {out} is {_a(found)} folder (its config.json); {_a(kind)} goes in a folder of "
+                             f"its own")
+
+
+def _a(word: str) -> str:
+    """``word`` after its indefinite article: "a cascade", "an ensemble"."""
+    return ("an " if word[:1] in "aeiou" else "a ") + word
 
 
 def _manifest(args, out: Path):

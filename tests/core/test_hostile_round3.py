@@ -97,6 +97,21 @@ def test_bad_betas_are_listed_broken_in_the_app(tmp_path, make_model):
     assert md.startswith("### bad (broken)") and "bad/config.json: diffusion.beta_1 out of range" in md, md
 
 
+def test_bad_betas_in_generate_are_one_line(client, server):  # noqa: F811
+    """Item 2 as a visitor meets it: /generate on the folder answers with the reason in one line (it gave Gradio's
+    generic error: a ValueError raised in _new_run, outside the handler's try)."""
+    from gradio_client.exceptions import AppError
+    shutil.copytree(server[1] / "tiny", server[1] / "bad-betas")
+    try:
+        edit_config(server[1] / "bad-betas", diffusion=dict(schedule="linear", beta_1=0.5, beta_T=0.1))
+        with pytest.raises(AppError) as err:
+            client.submit(model="bad-betas", steps=2, batch_size=1, seed=3, api_name="/generate").result()
+        assert str(err.value) == ("bad-betas/config.json: diffusion.beta_1 out of range: a linear schedule needs "
+                                  "0 < beta_1 <= beta_T < 1, got beta_1 = 0.5, beta_T = 0.1")
+    finally:
+        shutil.rmtree(server[1] / "bad-betas")
+
+
 # ---- 4. convert -----------------------------------------------------------------------------------------------
 class Payload:
     """A pickle that would create a file when unpickled without weights_only."""
@@ -350,6 +365,11 @@ def test_ensemble_refuses_experts_that_differ(tmp_path, make_model, capsys):
     err = one_line_error(capsys, ["ensemble", "--out", str(tmp_path / "ens"), "--expert", "e0:0:40",
                                   "--expert", "e1:40:100"])
     assert err == f"error: {tmp_path / 'ens'}/config.json: expert e1 has unet.in_channels = 3, expert e0 has 1"
+    before = (tmp_path / "ens" / "e0" / "config.json").read_bytes()      # --out a model folder, as for cascade
+    err = one_line_error(capsys, ["ensemble", "--out", str(tmp_path / "ens" / "e0"), "--expert", "../e1:0:100"])
+    assert err == (f"error: --out {tmp_path / 'ens' / 'e0'} is a model folder (it holds model.safetensors); an "
+                   "ensemble goes in a folder of its own")
+    assert (tmp_path / "ens" / "e0" / "config.json").read_bytes() == before
 
 
 
@@ -528,10 +548,19 @@ def test_sample_reports_a_broken_output(tmp_path, make_model, capsys, monkeypatc
 
 
 # ---- 14. SIGTERM with a run in flight ----------------------------------------------------------------------------
-def test_sigterm_with_a_run_in_flight(tmp_path):
+HOLD_S = 0.75       # half of app.FILES_GRACE_S (1.5 s): a client this slow must still get its last files
+
+
+def test_sigterm_with_a_run_in_flight(tmp_path, monkeypatch):
     """The run in flight is stopped and given time to end before the process exits (the client of it got "cannot
-    schedule new futures after shutdown" and the process could abort), and no temp folder or Gradio cache is left."""
+    schedule new futures after shutdown" and the process could abort), its client gets the last output with its
+    files, and no temp folder or Gradio cache is left.
+
+    The client fetches the files of the outputs that say the server is stopping only HOLD_S after the first of them
+    arrived (or once the process has exited): the race is forced. A server that exits as soon as its runs end (no
+    grace) is gone by then; unheld, a client quick enough to fetch before the exit passed (1 run of 3 caught it)."""
     from gradio_client import Client
+    from gradio_client.client import Endpoint
     ckpt = build_checkpoints(tmp_path / "ckpt")
     tmp = tmp_path / "tmp"
     tmp.mkdir()
@@ -541,9 +570,18 @@ def test_sigterm_with_a_run_in_flight(tmp_path):
     env.pop("GRADIO_TEMP_DIR", None)
     log = tmp_path / "server.log"
     proc, url = start_app_process(env, open(log, "w"))
+    deadline: list[float] = []          # when the held fetches go on
+    fetch = Endpoint.download_files
+
+    def fetch_late(self, *data):
+        if any("the server is stopping" in str(d) for d in data):
+            deadline.append(deadline[0] if deadline else time.monotonic() + HOLD_S)
+            while proc.poll() is None and time.monotonic() < deadline[0]:
+                time.sleep(0.01)
+        return fetch(self, *data)
+    monkeypatch.setattr(Endpoint, "download_files", fetch_late)
     try:
-        job = Client(url, verbose=False).submit(model="tiny", steps=1000, batch_size=1,
-                                                                        seed=1, api_name="/generate")
+        job = Client(url, verbose=False).submit(model="tiny", steps=1000, batch_size=1, seed=1, api_name="/generate")
         for _ in range(600):
             if len(job.outputs()) >= 2:
                 break
@@ -552,13 +590,10 @@ def test_sigterm_with_a_run_in_flight(tmp_path):
         assert proc.wait(timeout=60) == 128 + signal.SIGTERM
         text = log.read_text()
         assert "the server is stopping" in text
-        # the visitor is told too: the run's last status line says the server is stopping (issue 37, item 14)
-        for _ in range(50):             # the client's reader thread takes the last messages off the closed stream
-            if job.done():
-                break
-            time.sleep(0.1)
-        statuses = [str(out[1]) for out in job.outputs() if isinstance(out, (list, tuple)) and len(out) > 1]
-        assert any("the server is stopping" in s for s in statuses[-2:]), statuses[-3:]
+        # the visitor is told too: the run's last output, its files fetched, says the server is stopping (item 14)
+        final = job.result(timeout=30)
+        assert deadline and "the server is stopping" in str(final[1]), final
+        assert all(isinstance(out, tuple) for out in job.outputs()), job.outputs()     # no fetch failed
         assert "cannot schedule new futures" not in text and "Traceback" not in text, text
         assert not [p.name for p in tmp.iterdir() if p.name.startswith(("diffusion_app_", "gradio"))]
     finally:
