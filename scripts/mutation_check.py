@@ -650,6 +650,12 @@ MUTANTS = [
   "        if False:\n            g = consistency_grid(", "tests/training/test_consistency.py -k trains"),
  ("Live ignores Generate's backend", "diffusion_app/live.py", "        pipe = self.models.get(model, backend)",
   "        pipe = self.models.get(model)", "tests/app/test_live.py -k backend"),
+ ("a shared tick takes calls in arrival order, not least progress first", "diffusion_core/runtime/shared.py",
+  "        order = sorted(self._pending, key=lambda c: -c.noise_level)", "        order = list(self._pending)",
+  "tests/core/test_shared.py -k least_far"),
+ ("a shared tick takes the calls that have come furthest first", "diffusion_core/runtime/shared.py",
+  "        order = sorted(self._pending, key=lambda c: -c.noise_level)",
+  "        order = sorted(self._pending, key=lambda c: c.noise_level)", "tests/core/test_shared.py -k least_far"),
  # issue 37, finished: the items' tests that had no bug of their own
  ("convert's unreadable file a traceback", "diffusion_core/folders.py",
   "ValueError, AttributeError, TypeError, IndexError, KeyError) as e:",
