@@ -1,20 +1,21 @@
 """The waiting room: how many sampling runs a busy server admits at once, and what everyone else is told.
 
 A run admitted here samples at once; its network calls meet those of every other admitted run of the same
-network in one ``runtime.SharedNet`` tick, so each tick advances every admitted run by one step. Runs beyond
+network in ``runtime.SharedNet`` ticks, so each round of ticks advances every admitted run by one step. Runs beyond
 ``slots`` wait in arrival order, holding no thread (the page's handler awaits its turn), and see their place and
 an estimate that is recomputed from what the server is doing:
 
-    the admitted runs advance in lockstep: a tick costs the sum of their step costs, and each run's step cost is
-    its input pixels per step x the measured seconds per pixel of its network (``SharedNet.stats``). The queue
-    is simulated tick by tick: when a run ends, the first waiting run takes its slot. That gives every waiting
+    the admitted runs advance in lockstep: a round of ticks costs the sum of their step costs, and each run's step
+    cost is its input pixels per step x the measured seconds per pixel of its network (``SharedNet.stats``). The queue
+    is simulated round by round: when a run ends, the first waiting run takes its slot. That gives every waiting
     run its start and its end.
 
-Why ``slots`` (``DIFFUSION_SLOTS``, default 32): a tick gathers at most ``runtime.MAX_TICK_PIXELS`` (256 rows at
-32 px: a class of 30 with 4 guided images each, 240 rows, fits in one tick), so more admitted runs would not make
-the ticks more efficient, only every admitted run slower; each admitted run holds its own images and previews (a
-few MB for 16 images of 128 px), bounded by this. ``DIFFUSION_WAITING`` (default 1000) bounds the waiting line:
-a waiting run holds only its request, about a kilobyte, and one more beyond it is told how long the line is.
+Why ``slots`` (``DIFFUSION_SLOTS``, default 32): the network is at its throughput with a few runs per tick
+(``runtime.shared``), so more admitted runs would not make the machine faster, only every admitted run slower
+(each advances one step per round of ticks over all of them); a class of 30 is admitted at once. Each admitted
+run holds its own images and previews (a few MB for 16 images of 128 px), bounded by this. ``DIFFUSION_WAITING``
+(default 1000) bounds the waiting line: a waiting run holds only its request, about a kilobyte, and one more
+beyond it is told how long the line is.
 """
 from __future__ import annotations
 

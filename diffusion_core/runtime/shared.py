@@ -15,6 +15,12 @@ never waits: it leads its own ticks. Least progress first means a visitor who ha
     run B ──x_t,t,c──┼─> [tick: cat] ─┼──> B's rows        one network call per tick;
     run C ──x_t,t,c──┘    net(...)    └──> C's rows        calls arriving meanwhile wait for the next
 
+Why a tick holds at most ``MAX_TICK_PIXELS`` (64 rows at 32 px): on 2 cores the network's throughput is nearly
+flat above ~32 rows (190 rows/s at 64, 214 at 256, fashion's U-Net through its ``ChunkedNet``), while a newcomer
+waits for the tick in flight before its own. With 30 runs of fashion's example arriving within 1 s, 256-row ticks
+in arrival order gave a first step at p95 1.65-2.64 s, 64-row ticks least progress first 0.48-0.83 s, at the same
+images/s within the noise (``experiments/tick_policy.py``, docs/measurements/classroom-tick-policy.txt).
+
 Results: the rows are computed by the wrapped callable, normally a ``ChunkedNet`` whose fixed-size chunks give
 each row the same bits in any batch (chunked.py), so a run's images are bit-identical to the same run made alone
 (fp32; ``tests/core/test_shared.py`` runs concurrent runs and compares). Conditions are concatenated only between
@@ -34,7 +40,7 @@ import torch
 
 from ..conditioning import Condition
 
-MAX_TICK_PIXELS = 256 * 32 * 32     # input rows x pixels per tick: 256 rows at 32 px (about 0.6 s on 2 cores)
+MAX_TICK_PIXELS = 64 * 32 * 32      # input rows x pixels per tick: 64 rows at 32 px (about 0.35 s on 2 cores; see the docstring)
 
 
 class Cancelled(Exception):
