@@ -14,7 +14,7 @@ from PIL import Image
 import torch
 
 from diffusion_core import (BACKENDS, BOUNDS, MAX_STEPS, Cancelled, SampleStep, load_image, make_generators, open_image,
-                            to_mode)
+                            output_problem, to_mode)
 
 from .base import AppBase
 from .inputs import fit_note, number, user_error
@@ -264,17 +264,17 @@ class GenerateTab(AppBase):
                 return
             raise gr.Error("sampling produced no steps")
         stopped = stop.is_set() or not (last.index == last.num_steps - 1 and last.stage == n_stages - 1)
-        final = (last.x0_hat if stopped else last.x_next).detach().float().cpu().clamp(-1, 1)
+        final = (last.x0_hat if stopped else last.x_next).detach().float().cpu()
+        if problem := output_problem(final):     # clamped, they were flat squares under "Done" (issue 37 item 13)
+            raise gr.Error(f"{model}: {problem}: the network's output is broken")
+        final = final.clamp(-1, 1)
         if stopped:
             meta = dict(meta, partial=True, stopped_at=f"{last.index + 1}/{last.num_steps}")
         gallery = self._save_gallery(final, meta)
         gif = self._save_gif(frames, meta) if make_gif and frames else None
-        took = time.time() - t0
         text = (f"<b>{'Stopped' if stopped else 'Done'}</b> · {html.escape(model)} · {meta['batch_size']} image(s) · "
-                f"seed {seed} · "
-                f"{sampler_label(sampler)} {self._steps_ran(steps, base_steps, meta['spacing'])}"
-                f"{self._sr_stages(pipe)} · "
-                f"{took:.1f} s · "
+                f"seed {seed} · {sampler_label(sampler)} {self._steps_ran(steps, base_steps, meta['spacing'])}"
+                f"{self._sr_stages(pipe)} · {time.time() - t0:.1f} s · "
                 f"<span title=\"{html.escape(self._backend_reason(pipe))}\">{pipe.backend}</span>")
         text += f" · {html.escape(meta['input'])}" if meta.get("input") else ""     # what fitting an input did
         if stopped:

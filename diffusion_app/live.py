@@ -12,7 +12,7 @@ import gradio as gr
 import torch
 from PIL import Image, ImageDraw
 
-from diffusion_core import BACKENDS, BOUNDS, MAX_STEPS, grid
+from diffusion_core import BACKENDS, BOUNDS, MAX_STEPS, grid, output_problem
 
 from .base import AppBase
 from .inputs import handles_errors, number
@@ -106,6 +106,8 @@ class LiveTab(AppBase):
         labels = self._labels(pipe, model, class_label, attributes)
         x = pipe.sample(n, sampler=d.sampler, steps=steps, spacing="trailing", guidance=g, labels=labels, seed=sa,
                         x_start=blended_noise(pipe, n, sa, sb, blend), device=self.models.device)
+        if problem := output_problem(x):     # clamped NaN or overflow: flat squares that looked like a result
+            raise ValueError(f"{model}: {problem}: the network's output is broken")
         what = ", ".join(labels) if labels else "any class"
         seeds = f"seed {sa}" if blend == 0 else f"seed {sa} → {sb} at {blend:.2f}"
         capped = f" (asked {asked}; Live runs at most {steps})" if steps != asked else ""

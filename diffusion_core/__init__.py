@@ -21,7 +21,8 @@ _EXPORTS = {
     "data": ("DataConfig", "load_data"),
     "degradations": ("make_degradation",),
     "denoisers": ("ClassifierFreeGuidance", "ClipX0", "ExpertEnsemble", "ModelDenoiser", "Prediction"),
-    "images": ("ImageError", "grid", "load_image", "load_whole", "open_image", "to_mode", "to_pil", "to_uint8"),
+    "images": ("ImageError", "grid", "load_image", "load_whole", "open_image", "output_problem", "to_mode", "to_pil",
+               "to_uint8"),
     "runtime.backends": ("BackendError", "available", "requested_backend"),
     "runtime.shared": ("Cancelled",),
     "options": ("BACKEND_ENV", "BACKENDS", "BOUNDS", "MAX_BATCH", "MAX_GUIDANCE", "MAX_SEED", "MAX_STEPS", "SAMPLERS",
@@ -42,7 +43,7 @@ if TYPE_CHECKING:     # what tools (type checkers, IDEs) see; tests/core/test_pu
     from .data import DataConfig, load_data
     from .degradations import make_degradation
     from .denoisers import ClassifierFreeGuidance, ClipX0, ExpertEnsemble, ModelDenoiser, Prediction
-    from .images import ImageError, grid, load_image, load_whole, open_image, to_mode, to_pil, to_uint8
+    from .images import ImageError, grid, load_image, load_whole, open_image, output_problem, to_mode, to_pil, to_uint8
     from .runtime.backends import BackendError, available, requested_backend
     from .runtime.shared import Cancelled
     from .options import BACKEND_ENV, BACKENDS, BOUNDS, MAX_BATCH, MAX_GUIDANCE, MAX_SEED, MAX_STEPS, SAMPLERS, SPACINGS

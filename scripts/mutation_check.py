@@ -666,6 +666,12 @@ MUTANTS = [
  ("a bad-betas folder's /generate fails outside its try", "diffusion_core/config.py",
   '        if self.schedule == "linear" and not 0 < self.beta_1 <= self.beta_T < 1:', "        if False:",
   "tests/core/test_hostile_round3.py -k bad_betas_in_generate"),
+ ("Generate shows an overflowing network's images as Done", "diffusion_app/generate.py",
+  "        if problem := output_problem(final):", "        if (problem := output_problem(final)) and False:",
+  "tests/app/test_broken_outputs.py -k generate"),
+ ("Live shows an overflowing network's images", "diffusion_app/live.py",
+  "        if problem := output_problem(x):", "        if (problem := output_problem(x)) and False:",
+  "tests/app/test_broken_outputs.py -k live"),
 ]
 
 
