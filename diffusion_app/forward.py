@@ -1,9 +1,11 @@
 """The Forward process tab: q(x_t | x_0) and cold degradations on any image."""
 from __future__ import annotations
 
+import functools
 import math
 import random
 
+import gradio as gr
 import numpy as np
 from PIL import Image
 import torch
@@ -100,22 +102,32 @@ class ForwardTab(AppBase):
 
     @staticmethod
     def schedule_plot(t=250, schedule="cosine"):
-        """alpha_bar(t) and log-SNR(t), linear vs cosine (Nichol & Dhariwal 2021, Fig. 5), t marked."""
-        from matplotlib.figure import Figure
-        fig = Figure(figsize=(8, 3.2), dpi=100, layout="constrained")
-        ax1, ax2 = fig.subplots(1, 2)
-        T = 1000
-        tt = np.arange(T) / T
-        for kind, color in (("linear", "tab:blue"), ("cosine", "tab:orange")):
-            s = make_schedule(kind, T)
-            lw = 2.5 if kind == schedule else 1.2
-            ax1.plot(tt, s.alpha_bar.numpy(), color=color, lw=lw, label=kind)
-            ax2.plot(tt, s.log_snr().numpy(), color=color, lw=lw, label=kind)
-        for ax in (ax1, ax2):
-            ax.axvline(int(t) / T, color="gray", ls="--", lw=1)
-            ax.set_xlabel("diffusion step (t/T)")
-            ax.grid(alpha=0.3)
-            ax.legend()
-        ax1.set_title("alpha_bar(t)")
-        ax2.set_title("log SNR(t) = log(alpha_bar / (1 - alpha_bar))")
-        return fig
+        """alpha_bar(t) and log-SNR(t), linear vs cosine (Nichol & Dhariwal 2021, Fig. 5), t marked, as the page's
+        plot. Drawn and encoded once per (t, schedule) and kept: every visitor's new page asks for the default one,
+        and drawing it cost the server 0.2-0.3 s each time (a class opening the page at once waited for 30 of them)."""
+        return _schedule_plot(int(t), str(schedule))
+
+
+@functools.lru_cache(maxsize=64)
+def _schedule_plot(t: int, schedule: str):
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(8, 3.2), dpi=100, layout="constrained")
+    ax1, ax2 = fig.subplots(1, 2)
+    T = 1000
+    tt = np.arange(T) / T
+    for kind, color in (("linear", "tab:blue"), ("cosine", "tab:orange")):
+        s = make_schedule(kind, T)
+        lw = 2.5 if kind == schedule else 1.2
+        ax1.plot(tt, s.alpha_bar.numpy(), color=color, lw=lw, label=kind)
+        ax2.plot(tt, s.log_snr().numpy(), color=color, lw=lw, label=kind)
+    for ax in (ax1, ax2):
+        ax.axvline(t / T, color="gray", ls="--", lw=1)
+        ax.set_xlabel("diffusion step (t/T)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    ax1.set_title("alpha_bar(t)")
+    ax2.set_title("log SNR(t) = log(alpha_bar / (1 - alpha_bar))")
+    return _PLOT.postprocess(fig)       # the encoded PNG (gr.Plot passes it through as it is)
+
+
+_PLOT = gr.Plot(format="png", render=False)     # the page's plot component's format (ui_forward.py)

@@ -672,6 +672,9 @@ MUTANTS = [
  ("Live shows an overflowing network's images", "diffusion_app/live.py",
   "        if problem := output_problem(x):", "        if (problem := output_problem(x)) and False:",
   "tests/app/test_broken_outputs.py -k live"),
+ ("the schedule plot is drawn again for every page", "diffusion_app/forward.py",
+  "@functools.lru_cache(maxsize=64)\ndef _schedule_plot(", "def _schedule_plot(",
+  "tests/app/test_app.py -k drawn_once"),
 ]
 
 

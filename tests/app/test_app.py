@@ -201,6 +201,21 @@ def test_forward_upload_and_plot(client, files):
     assert plot
 
 
+def test_the_schedule_plot_is_drawn_once_per_t_and_schedule():
+    """Every new page asks for the default plot on load: it is drawn and encoded once and kept (the page's PNG
+    format, the figure's 800 x 320 px), and another t or schedule is another picture."""
+    import base64
+    import io
+
+    from diffusion_app.forward import ForwardTab
+    a = ForwardTab.schedule_plot(250, "cosine")
+    assert ForwardTab.schedule_plot(250, "cosine") is a
+    png = Image.open(io.BytesIO(base64.b64decode(a.plot.split(",", 1)[1])))
+    assert a.plot.startswith("data:image/png;base64,") and png.size == (800, 320)
+    others = {ForwardTab.schedule_plot(600, "cosine").plot, ForwardTab.schedule_plot(250, "linear").plot}
+    assert a.plot not in others and len(others) == 2
+
+
 def test_upscale(client):
     _, outs = run(client, model="tiny", steps=2, batch_size=1, seed=2)
     src = gallery_path(final_gallery(outs)[0])
