@@ -1,6 +1,6 @@
 """A classroom on one server: N visitors, each a new session, open the app within 1 s and press an example.
 
-    python benchmarks/classroom.py [--visitors 30] [--scenarios fashion emoji cascade] [--modes shared serial]
+    python benchmarks/classroom.py [--visitors 30] [--scenarios fashion emoji cascade live] [--modes shared serial]
                                    [--out docs/measurements/classroom.json]
 
 The app runs in its own process (``python app.py``, as on a Space), started once per mode: ``shared`` is the app
@@ -16,6 +16,10 @@ API info) p50 / p95 / max; time from arrival to the first preview and to the fin
 (every image of every visitor over the time from the first arrival to the last finish); one visitor alone
 before the class arrives (its finished time: the best single-run throughput). The ratio shared / serial of
 images/s is printed and kept, with the CPU model and the load average before each run.
+
+``live``: each visitor opens the page (its config) and drags Live's guidance slider on fashion-4step, the
+4-step student: LIVE_UPDATES updates, each POSTed as the page sends it (Live's events skip Gradio's queue) when the
+last has returned; per update, the time from its POST to its images (``live_update_s``), and images/s over all.
 
 The visitors run on the same machine as the server (a real class runs them elsewhere): their threads cost the
 server some CPU, the same in both modes.
@@ -41,7 +45,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SCENARIOS = {"fashion": "fashion", "emoji": "emoji", "cascade": "emoji-cascade-128"}
+SCENARIOS = {"fashion": "fashion", "emoji": "emoji", "cascade": "emoji-cascade-128", "live": "fashion-4step"}
+LIVE_UPDATES = 15           # a Live visitor drags the guidance slider: this many updates, each sent when the last returns
 BATCH = 4                   # the page's default batch size
 POLL_S = 0.02
 
@@ -63,6 +68,18 @@ def example_request(checkpoints: Path, model: str) -> dict:
     elif labels:
         req["class_label"] = labels[0]
     return req
+
+
+def live_request(checkpoints: Path, model: str) -> dict:
+    """Live mode on a student as the page sends it when its guidance slider moves (the page's inputs, in order)."""
+    from diffusion_app.cards import Cards
+    from diffusion_app.models import Models
+    from diffusion_app.presets import examples_for
+    pipe = Models(checkpoints).get(model)
+    ex = examples_for(pipe, model)[0]
+    labels = ex.get("labels") or []
+    return dict(model=model, live=True, class_label=labels[0] if labels else "any", guidance=2.0,
+                steps=Cards.sampling_defaults(pipe).steps, seed=ex.get("seed", 0), batch_size=BATCH)
 
 
 def pct(xs: list[float], q: float) -> float | None:
@@ -115,11 +132,58 @@ def visitor(url: str, req: dict, t_zero: float, delay: float, out: dict) -> None
         out["error"] = f"{type(e).__name__}: {e}"[:300]
 
 
+def live_event(config: dict) -> tuple[int, int, list[str]]:
+    """The page's event for a guidance drag in Live mode: (fn_index, trigger id, the inputs' elem_ids or labels)."""
+    ids = {c["id"]: c.get("props", {}) for c in config["components"]}
+    elem = {p.get("elem_id"): i for i, p in ids.items() if p.get("elem_id")}
+    view, guidance = elem["live-view"], elem["guidance"]
+    dep = next(d for d in config["dependencies"] if view in d["outputs"] and [guidance, "input"] in d["targets"])
+    return dep["id"], guidance, dep["inputs"]
+
+
+def live_visitor(url: str, req: dict, t_zero: float, delay: float, out: dict) -> None:
+    """A visitor who opens the page, turns Live on and drags the guidance slider: LIVE_UPDATES updates sent as the
+    page sends them (Live's events skip the queue: a POST each, the next when the last has returned)."""
+    import uuid
+    time.sleep(delay)
+    arrive = time.perf_counter()
+    out["arrive"] = arrive - t_zero
+    try:
+        urllib.request.urlopen(url, timeout=60).read()
+        out["page_s"] = time.perf_counter() - arrive
+        config = json.load(urllib.request.urlopen(url + "config", timeout=60))
+        out["config_s"] = time.perf_counter() - arrive
+        fn, trigger, inputs = live_event(config)
+        values = {"live-on": True, "model": req["model"], "guidance": req["guidance"], "steps": req["steps"],
+                  "seed": req["seed"], "live-seed-b": req["seed"] + 1, "live-blend": 0.0, "batch-size": req["batch_size"],
+                  "backend": "fp32", "class-label": req["class_label"], "attributes": []}
+        props = {c["id"]: c.get("props", {}) for c in config["components"]}
+        session, took = uuid.uuid4().hex[:11], []
+        for k in range(LIVE_UPDATES):
+            values["guidance"] = 1.0 + 3.0 * k / (LIVE_UPDATES - 1)
+            data = [values[props[i]["elem_id"]] for i in inputs]
+            body = json.dumps({"data": data, "fn_index": fn, "session_hash": session, "trigger_id": trigger,
+                               "event_data": None}).encode()
+            t = time.perf_counter()
+            got = json.load(urllib.request.urlopen(urllib.request.Request(
+                url + config["api_prefix"].lstrip("/") + "/run/predict", body,
+                {"Content-Type": "application/json"}), timeout=120))
+            took.append(time.perf_counter() - t)
+            if "data:image/png" not in str(got.get("data")):
+                raise RuntimeError(f"no images in a Live update: {str(got)[:200]}")
+            if k == 0:
+                out["first_s"] = time.perf_counter() - arrive
+        out.update(updates_s=took, done_s=time.perf_counter() - arrive, end=time.perf_counter() - t_zero)
+    except Exception as e:                                         # noqa: BLE001 - a refused or failed visitor
+        out["error"] = f"{type(e).__name__}: {e}"[:300]
+
+
 def run_class(url: str, req: dict, n: int, seed: int = 0) -> dict:
     rng = random.Random(seed)
     results = [dict() for _ in range(n)]
     t_zero = time.perf_counter()
-    threads = [threading.Thread(target=visitor, args=(url, dict(req, seed=req["seed"] + 10 * i), t_zero,
+    who = live_visitor if req.get("live") else visitor
+    threads = [threading.Thread(target=who, args=(url, dict(req, seed=req["seed"] + 10 * i), t_zero,
                                                       rng.random(), results[i])) for i in range(n)]
     for t in threads:
         t.start()
@@ -139,7 +203,13 @@ def run_class(url: str, req: dict, n: int, seed: int = 0) -> dict:
             # a waiting visitor's first "done in about" against its actual finish (both from its arrival)
             "estimate_error": summary([abs(r["told_at_s"] + r["told_done_s"] - r["done_s"]) / r["done_s"]
                                        for r in served if "told_done_s" in r]),
-            "images_per_s": round(len(served) * req["batch_size"] / span, 2) if span else None}
+            "images_per_s": round(len(served) * req["batch_size"] * (LIVE_UPDATES if req.get("live") else 1) / span, 2)
+            if span else None,
+            # Live: every update's time from its POST to its images, over all visitors
+            "live_update_s": summary([x for r in served for x in r.get("updates_s", [])]) if req.get("live") else None,
+            # each visitor's times from its arrival (s): page, config (a client ready), first preview, finished
+            "each": [{k: round(r[k], 3) for k in ("arrive", "page_s", "config_s", "first_s", "done_s")
+                      if r.get(k) is not None} for r in results]}
 
 
 def start_app(checkpoints: Path, env_extra: dict) -> tuple[subprocess.Popen, str]:
@@ -198,7 +268,7 @@ def main(argv=None) -> int:
     checkpoints = Path(args.checkpoints)
     counts = dict(zip(args.scenarios, args.visitors * len(args.scenarios) if len(args.visitors) == 1
                       else args.visitors))
-    reqs = {s: example_request(checkpoints, SCENARIOS[s]) for s in args.scenarios}
+    reqs = {s: (live_request if s == "live" else example_request)(checkpoints, SCENARIOS[s]) for s in args.scenarios}
     record = {"cpu": cpu_info().model, "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
               "command": "python benchmarks/classroom.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "requests": reqs, "runs": {}}
@@ -213,9 +283,11 @@ def main(argv=None) -> int:
             for s in args.scenarios:
                 req = reqs[s]
                 key = f"{s}/{mode}"
-                load_s = first_load_s(url, req)
+                load_s = None if req.get("live") else first_load_s(url, req)
                 alone: dict = {}
-                visitor(url, req, time.perf_counter(), 0.0, alone)
+                (live_visitor if req.get("live") else visitor)(url, req, time.perf_counter(), 0.0, alone)
+                if "updates_s" in alone:
+                    alone["done_s"] = sorted(alone["updates_s"])[len(alone["updates_s"]) // 2]  # one update alone
                 time.sleep(1.0)
                 load_avg = os.getloadavg()[0]
                 r = run_class(url, req, counts[s])
