@@ -468,15 +468,15 @@ def test_a_restart_removes_a_full_disks_link(tmp_path):
     assert not link.exists()
 
 
-def test_resume_exports_a_finished_run_on_a_full_disk(tmp_path):
+def test_resume_exports_a_finished_run_on_a_full_disk(tmp_path, run_main):
     """On a 2 MB disk the final re-save of an already-saved step failed, so every --resume exited 2 and the model
-    could never be exported. Here the resumed process may write no file as large as the state (RLIMIT_FSIZE)."""
+    could never be exported. Here the resumed process may write no file as large as the state (RLIMIT_FSIZE); the
+    first run, with room to write, is the same command run in this process."""
     from diffusion_core.training import STATE
     folder = write_idx(tmp_path / "idx")
     args = ["train", "--no-progress", *sum([["--set", s] for s in TINY + ["data.source=idx", f"data.path={folder}",
                                                                             f"out_dir={tmp_path / 'run'}", "steps=2"]], [])]
-    r = subprocess.run([sys.executable, "-m", "diffusion_core", *args, "--set", "sample_every=0"], cwd=ROOT,
-                       capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    r = run_main(*args, "--set", "sample_every=0")
     assert r.returncode == 0, r.stderr
     shutil.rmtree(tmp_path / "run" / "model")              # as if the export had not happened
     state = (tmp_path / "run" / STATE).read_bytes()
