@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SCENARIOS = {"fashion": "fashion", "emoji": "emoji", "cascade": "emoji-cascade-128", "live": "fashion-4step"}
-LIVE_UPDATES = 15           # a Live visitor drags the guidance slider: this many updates, each sent when the last returns
+LIVE_UPDATES = 15           # a Live visitor's guidance drag: this many updates, each sent when the last returns
 BATCH = 4                   # the page's default batch size
 POLL_S = 0.02
 
@@ -154,7 +154,8 @@ def live_visitor(url: str, req: dict, t_zero: float, delay: float, out: dict) ->
         out["config_s"] = time.perf_counter() - arrive
         fn, trigger, inputs = live_event(config)
         values = {"live-on": True, "model": req["model"], "guidance": req["guidance"], "steps": req["steps"],
-                  "seed": req["seed"], "live-seed-b": req["seed"] + 1, "live-blend": 0.0, "batch-size": req["batch_size"],
+                  "seed": req["seed"], "live-seed-b": req["seed"] + 1, "live-blend": 0.0,
+                  "batch-size": req["batch_size"],
                   "backend": "fp32", "class-label": req["class_label"], "attributes": []}
         props = {c["id"]: c.get("props", {}) for c in config["components"]}
         session, took = uuid.uuid4().hex[:11], []

@@ -40,7 +40,7 @@ import torch
 
 from ..conditioning import Condition
 
-MAX_TICK_PIXELS = 64 * 32 * 32      # input rows x pixels per tick: 64 rows at 32 px (about 0.35 s on 2 cores; see the docstring)
+MAX_TICK_PIXELS = 64 * 32 * 32      # input rows x pixels per tick: 64 rows at 32 px (about 0.35 s on 2 cores)
 
 
 class Cancelled(Exception):
