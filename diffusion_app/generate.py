@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 import torch
 
-from diffusion_core import (BACKENDS, BOUNDS, MAX_STEPS, Cancelled, SampleStep, load_image, make_generators, open_image,
+from diffusion_core import (BOUNDS, MAX_STEPS, Cancelled, SampleStep, load_image, make_generators, open_image,
                             output_problem, to_mode)
 
 from .base import AppBase
@@ -79,8 +79,7 @@ class GenerateTab(AppBase):
             if strength == 0.0:
                 raise ValueError("strength must be in (0, 1], got 0")
             seed = self._seed(seed)
-            if backend is not None and backend not in BACKENDS:
-                raise ValueError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
+            self.models.check_backend(backend)      # before "loading…" is said
             if model in self.models.names() and not self.models.is_ready(model, backend):
                 # loading (auto never measures here: Models): about a second, so say so
                 yield (gr.skip(), html_status(f"<b>{html.escape(model)}</b>: loading…"), None, None, gr.skip(),

@@ -6,8 +6,8 @@ import threading
 from pathlib import Path
 
 
-from diffusion_core import (BackendError, CheckpointError, SAMPLER_KINDS, Pipeline, load, part_outside, read_json,
-                            requested_backend)
+from diffusion_core import (BACKENDS, SAMPLER_KINDS, BackendError, CheckpointError, Pipeline, load, part_outside,
+                            read_json, requested_backend)
 
 from .settings import log
 
@@ -118,8 +118,15 @@ class Models:
         hit = self._cache.get(name)
         return bool(hit) and hit[0] == self.signature(name) and hit[1].backend_request == (backend or self.backend)
 
+    @staticmethod
+    def check_backend(backend: str | None) -> None:
+        """A backend a visitor may ask for (None: the catalogue's default); a ValueError naming the choices."""
+        if backend is not None and backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
+
     def get(self, name: str, backend: str | None = None) -> Pipeline:
         """The loaded pipeline of ``name``, its networks on ``backend`` (None: this catalogue's default)."""
+        self.check_backend(backend)
         folder = self.folder(name)
         sig = self.signature(name)
         backend = backend or self.backend
