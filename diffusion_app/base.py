@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .inputs import as_list, number
 from .models import Models
-from .runs import KeptRuns
+from .runs import KeptRun, KeptRuns
 from .settings import ANY, HERE, MAX_SEED, USER_ERRORS
 from .waiting import WaitingRoom
 from .zerogpu import on_zero_gpu
@@ -113,12 +113,12 @@ class AppBase:
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(model))[:40]
         return Path(tempfile.mkdtemp(prefix=f"{time.strftime('%H%M%S')}-{safe}-", dir=self.out_dir))
 
-    def _run_or_error(self, key) -> dict:
+    def _run_or_error(self, key) -> KeptRun:
         run = self.runs.get(key)
         if run is None and key is not None:
             raise ValueError(f"this session's last run is no longer kept (the server keeps the last runs of all "
                              f"sessions, up to {self.runs.max_bytes / 2**20:g} MB): run Generate again")
-        if not run or not run.get("steps"):
+        if run is None or not run.steps:
             raise ValueError("no Generate run to look at yet: run Generate first (this session keeps the steps of "
                              "its last run, first image)")
         return run

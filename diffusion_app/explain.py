@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from diffusion_core import SamplerSpec, explain_step, sampler_info
+
+from .runs import KeptRun
 
 
 def fmt(v: float) -> str:
@@ -17,29 +17,27 @@ def _alpha_bar(schedule, t: int) -> float:
     return float(schedule.alpha_bar_at(int(t)))
 
 
-def step_numbers(run: dict, i: int) -> dict:
+def step_numbers(run: KeptRun, i: int) -> dict:
     """The update of step ``i`` (0-based) of a kept run written out with its actual numbers.
 
-    ``run``: the records kept by Generate (``steps``: SampleStep list for the first image, maybe only the first
-    steps of the run; ``grid`` and ``grid_end``: every step's t and the last t_next; ``sampler``, ``eta``,
-    ``variance``, ``improved``; ``schedule`` or ``degradation`` (+ ``fixed_noise``)). The weights and terms are
+    ``run``: the run kept by Generate (``steps``: SampleStep list for the first image, maybe only the first
+    steps of the run; ``timesteps``: the whole grid; its request's sampler options; its schedule, or its
+    degradation and fixed noise). The weights and terms are
     the package's ``explain_step``: the sampler's own update, so they cannot drift from it. ``coefficients``
     maps a term (x_t, x0_hat, eps_hat, ``x0_hat[t_k]``: the x0_hat of an earlier step, or cold's D(x0_hat, t)
     and D(x0_hat, t_next)) to its weight, so that x_next = sum(coef * term) + sigma * z; ``residual_max`` is
     max |x_next - that sum| (~1e-7: float32 rounding)."""
-    recs = run["steps"]
+    recs = run.steps
     rec = recs[i]
     t, tn = int(rec.t), int(rec.t_next)
-    sampler = run["sampler"]
-    spec = SamplerSpec(sampler, eta=float(run.get("eta") or 0.0), variance=run.get("variance", "posterior"),
-                       improved=bool(run.get("improved", True)))
-    ts = torch.tensor(run["grid"] + [run["grid_end"]]) if run.get("grid") else \
-        torch.tensor([r.t for r in recs] + [recs[-1].t_next])
-    ex = explain_step(spec, ts, recs, i, schedule=run.get("schedule"), degradation=run.get("degradation"),
-                      fixed_noise=run.get("fixed_noise"))
+    r = run.request
+    sampler = r.sampler
+    spec = SamplerSpec(sampler, eta=float(r.eta), variance=r.variance, improved=r.improved)    # the run's own
+    ex = explain_step(spec, run.timesteps, recs, i, schedule=run.schedule, degradation=run.degradation,
+                      fixed_noise=run.fixed_noise)
     out = {"step": i + 1, "index": i, "num_steps": rec.num_steps, "sampler": sampler, "t": t, "t_next": tn}
-    if "schedule" in run:
-        ab_t, ab_n = _alpha_bar(run["schedule"], t), _alpha_bar(run["schedule"], tn)
+    if run.schedule is not None:
+        ab_t, ab_n = _alpha_bar(run.schedule, t), _alpha_bar(run.schedule, tn)
         out.update(alpha_bar_t=ab_t, alpha_bar_next=ab_n, noise_level_t=math.sqrt(1 - ab_t),
                    noise_level_next=math.sqrt(1 - ab_n))
     out.update(ex.info)
@@ -89,7 +87,7 @@ def term_tex(name: str, t: int, t_next: int) -> str:
             "D(x0_hat,t_next)": rf"D(\hat x_0, {t_next})"}[name]
 
 
-def explain_markdown(num: dict, run: dict) -> str:
+def explain_markdown(num: dict, run: KeptRun) -> str:
     """The formula of the run's sampler, then the same formula with this step's numbers."""
     t, tn, sampler = num["t"], num["t_next"], num["sampler"]
     info = sampler_info(sampler)
@@ -97,7 +95,7 @@ def explain_markdown(num: dict, run: dict) -> str:
     if info.noise_param:
         name += f" ({info.noise_param} = {fmt(num[info.noise_param])})"
     head = (f"### Step {num['step']} of {num['num_steps']} · {name} · t = {t} → t' = {tn}\n\n"
-            f"<small>{run.get('summary', '')}</small>\n\n")
+            f"<small>{run.summary}</small>\n\n")
     rows = [("`t`", str(t)), ("`t_next` (t')", f"{tn}" + (" (the clean image)" if tn < 0 else ""))]
     if "alpha_bar_t" in num:        # a Gaussian schedule's noise levels
         rows += [("`alpha_bar_t`", fmt(num["alpha_bar_t"])), ("`alpha_bar_t_next`", fmt(num["alpha_bar_next"])),

@@ -13,14 +13,15 @@ import numpy as np
 from PIL import Image
 import torch
 
-from diffusion_core import (BOUNDS, MAX_STEPS, Cancelled, SampleStep, load_image, make_generators, open_image,
-                            output_problem, to_mode)
+from diffusion_core import (BOUNDS, MAX_STEPS, Cancelled, Request, SampleStep, load_image, open_image, output_problem,
+                            to_mode)
 
 from .base import AppBase
 from .inputs import fit_note, number, user_error
 from .presets import bundled_name, settings_link
 from .render import (as_pil_uint8, batch_grid, eta_seconds, fitting_path, fmt_duration, html_status, save_png,
                      side_by_side)
+from .runs import KeptRun, kept_run
 from .settings import (ANY, DEFAULT_SAMPLER, GIF_MAX_FRAMES, MAX_BATCH, PREVIEW_GAP_BUSY_S, USER_ERRORS, log,
                        sampler_label, takes_eta)
 from .waiting import run_cost, seconds_per_flop
@@ -102,7 +103,8 @@ class GenerateTab(AppBase):
             elif init_image is not None:
                 kw["init_image"] = load_image(init_image, cfg.unet.image_size, cfg.unet.in_channels)
                 kw["strength"] = float(strength)
-            stream = pipe.stream(batch_size, **kw)
+            asked = Request(batch_size, **kw)      # the run as the pipeline runs it (and the Learn tab keeps it)
+            stream = pipe.run(asked)
             ticket = self.waiting.enter(*run_cost(pipe, batch_size, steps, float(guidance),
                                                   seconds_per_flop(self.models.loaded()),
                                                   from_low_res="low_res" in kw))
@@ -127,7 +129,7 @@ class GenerateTab(AppBase):
             if "cond_image" in kw:
                 meta["stickman"] = stick_source
             meta.update({"input": fitted} if fitted else {})
-            yield from self._sample(pipe, stream, kw, ticket, stop, session, meta, preview_every, make_gif,
+            yield from self._sample(pipe, stream, asked, ticket, stop, session, meta, preview_every, make_gif,
                                     gif_frames, (stick_source, stick_upload, init_image))
         finally:
             self.waiting.leave(ticket)
@@ -207,15 +209,13 @@ class GenerateTab(AppBase):
         if self.stopping.is_set():
             raise gr.Error(STOPPING)
 
-    def _sample(self, pipe, stream, kw, ticket, stop, session, meta, preview_every, make_gif, gif_frames, inputs):
+    def _sample(self, pipe, stream, asked, ticket, stop, session, meta, preview_every, make_gif, gif_frames, inputs):
         """The admitted run: previews while it samples, then the gallery, GIF, status and settings link
         (``inputs``: the stickman source and upload and the init image, which the link names when bundled)."""
         cfg = pipe.base.config
         model, seed, sampler, steps = meta["model"], meta["seed"], meta["sampler"], meta["steps"]
         n_stages = len(pipe.stages) if pipe.kind == "cascade" else 1
-        run = self._new_run(pipe, model, meta)     # the first image's steps, for the Learn tab
-        run["cond_image"] = kw.get("cond_image")   # a stickman (C, H, W): a branch of the run is conditioned on it
-        run["img2img"] = "init_image" in kw
+        run = kept_run(pipe, model, asked)          # the first image's steps, for the Learn tab
         self.runs.put(session, run)                 # the session's gr.State holds the key; the steps stay here
         frames: list[np.ndarray] = []
         t0 = time.time()
@@ -281,7 +281,7 @@ class GenerateTab(AppBase):
             if self.stopping.is_set():
                 text += f" · {STOPPING}"
         text += "<br>" + self._settings_link(meta, cfg, *inputs)
-        run["done"] = not stopped
+        run.progress.done = not stopped
         yield (side_by_side(last.x_t, final), html_status(text, 1.0), gallery, gif, seed, {"done": True}, session)
 
     @staticmethod
@@ -371,41 +371,16 @@ class GenerateTab(AppBase):
         return gallery, html_status(f"<b>Stopped</b> · {html.escape(meta['model'])} · at step {partial.get('step')} · "
                                     f"gallery shows the last x0_hat prediction (seed {meta['seed']})", None)
 
-    def _new_run(self, pipe, model, meta) -> dict:
-        """The record of a Generate run that the Learn tab explains (first image, base stage only)."""
-        base = pipe.base
-        d = base.config.diffusion
-        run = {"model": model, "sampler": meta["sampler"], "eta": meta.get("eta") or 0.0, "variance": "posterior",
-               "improved": True, "seed": meta["seed"], "steps": [], "grid": [], "done": False,
-               "labels": list(meta["labels"]), "spacing": meta["spacing"], "guidance": meta["guidance"],
-               "task": base.config.task,
-               "summary": (f"model {model} · {sampler_label(meta['sampler'])} · "
-                           f"{meta['steps']} steps ({meta['spacing']}) · guidance {meta['guidance']:g} · "
-                           f"seed {meta['seed']} · first image" + (" · base stage of the cascade"
-                                                                  if pipe.kind == "cascade" else ""))}
-        if d.is_cold:
-            deg = pipe.stages[0].degradation
-            run["degradation"] = deg
-            if deg.needs_noise:     # the run's fixed draw for image 0 (the stream seeds image i with seed + i)
-                c, s = base.config.unet.out_channels, base.config.unet.image_size
-                run["fixed_noise"] = torch.randn((c, s, s), generator=make_generators(meta["seed"], 1)[0])[None]
-        else:
-            run["schedule"] = pipe.stages[0].schedule
-            run["T"] = d.T
-        if pipe.kind == "ensemble":
-            run["experts"] = [(lo, hi) for lo, hi, _ in pipe.stages[0].experts]
-        return run
-
-    def _keep(self, key: str, run: dict, rec) -> None:
+    def _keep(self, key: str, run: KeptRun, rec) -> None:
         """Append a SampleStep of the first image (its x_t is the previous step's x_next: stored once), if the
         kept runs' byte budget allows it; otherwise the run is marked ``capped`` and keeps the steps it has."""
         if rec.stage != 0:
             return
-        run["grid"].append(int(rec.t))      # every step's t, kept or not: a multistep solver's weights depend on
-        run["grid_end"] = int(rec.t_next)   # the whole grid (its order drops near the end)
-        if run.get("capped"):
+        run.progress.grid.append(int(rec.t))      # every step's t, kept or not (Progress says why)
+        run.progress.grid_end = int(rec.t_next)
+        if run.progress.capped:
             return
-        steps = run["steps"]
+        steps = run.steps
         first = slice(0, 1)
         shared = steps and steps[-1].index == rec.index - 1
         x_t = steps[-1].x_next if shared else rec.x_t[first].detach().float().cpu().clone()
@@ -414,6 +389,6 @@ class GenerateTab(AppBase):
                rec.eps_hat[first].detach().float().cpu().clone()] + ([] if shared else [x_t]) + \
             ([] if noise is None else [noise])
         if not self.runs.grow(key, run, sum(t.numel() * t.element_size() for t in new)):
-            run["capped"] = True
+            run.progress.capped = True
             return
         steps.append(SampleStep(rec.index, rec.num_steps, int(rec.t), int(rec.t_next), x_t, *new[:3], 0, noise))

@@ -49,13 +49,13 @@ class LearnTab(AppBase):
     def after_run(self, key, step):
         """After Generate: the Explain slider spans the run's steps; a note says what is kept."""
         run = self.runs.get(key)
-        if not run or not run.get("steps"):
+        if run is None or not run.steps:
             return gr.skip(), gr.skip(), gr.skip()
-        n = run["steps"][0].num_steps
+        n = run.steps[0].num_steps
         step = int(step or 1)
-        note = f"Kept: {run['summary']} ({len(run['steps'])}/{n} steps" + (
-            f"; the first {len(run['steps'])} fit in the server's {self.runs.max_bytes / 2**20:g} MB for kept runs"
-            if run.get("capped") else "") + ")."
+        note = f"Kept: {run.summary} ({len(run.steps)}/{n} steps" + (
+            f"; the first {len(run.steps)} fit in the server's {self.runs.max_bytes / 2**20:g} MB for kept runs"
+            if run.progress.capped else "") + ")."
         return (gr.update(maximum=max(n, 2), value=min(max(step, 1), n)), note, note)
 
     @handles_errors("explaining the step")
@@ -63,17 +63,17 @@ class LearnTab(AppBase):
         """The kept run's step ``step`` (1 = first, noisiest): the sampler's update with its numbers, the
         images it combines, and the noise level over the run. Returns (markdown, image, plot, numbers)."""
         run = self._run_or_error(run)
-        recs = run["steps"]
+        recs = run.steps
         n = recs[0].num_steps
         step = int(number(step, f"step (the last run has {n} steps)", 1, n, whole=True))
-        if step > len(recs) and run.get("capped"):
+        if step > len(recs) and run.progress.capped:
             raise ValueError(f"step {step} is not kept: the server keeps the first {len(recs)} steps of this run "
                              f"({self.runs.max_bytes / 2**20:g} MB for the kept runs of all sessions)")
         if step > len(recs):
             raise ValueError(f"step {step} is not computed yet: the run is at step {len(recs)} of {n}")
         num = step_numbers(run, step - 1)
-        if run.get("experts"):
-            lo_hi = next(((lo, hi) for lo, hi in run["experts"] if lo <= num["t"] < hi), None)
+        if run.experts:
+            lo_hi = next(((lo, hi) for lo, hi in run.experts if lo <= num["t"] < hi), None)
             if lo_hi:
                 num["expert"] = f"t in [{lo_hi[0]}, {lo_hi[1]})"
         md = explain_markdown(num, run)
@@ -98,17 +98,17 @@ class LearnTab(AppBase):
     def _noise_plot(run, i):
         """sqrt(1 - alpha_bar_t) (or the cold severity) over the run, step i marked; and the measured std."""
         from matplotlib.figure import Figure
-        recs = run["steps"]
+        recs = run.steps
         ts = [r.t for r in recs] + [recs[-1].t_next]
         xs = np.arange(len(ts))
         measured = [float(r.x_t.std()) for r in recs] + [float(recs[-1].x_next.std())]
         fig = Figure(figsize=(6.4, 3.0), dpi=100, layout="constrained")
         ax = fig.subplots()
-        if "schedule" in run:
-            level = [math.sqrt(1 - _alpha_bar(run["schedule"], t)) for t in ts]
+        if run.schedule is not None:
+            level = [math.sqrt(1 - _alpha_bar(run.schedule, t)) for t in ts]
             ax.plot(xs, level, "-o", ms=3, color="tab:blue", label="noise level sqrt(1 - alpha_bar_t)")
         else:
-            T = run["degradation"].T
+            T = run.degradation.T
             level = [max(t + 1, 0) / T for t in ts]
             ax.plot(xs, level, "-o", ms=3, color="tab:blue", label="degradation severity (t + 1) / T")
         ax.plot(xs, measured, "--", color="tab:gray", lw=1.2, label="measured std of x_t (first image)")
@@ -128,12 +128,12 @@ class LearnTab(AppBase):
         if what not in ("x0_hat", "x_t"):
             raise ValueError(f"what must be x0_hat or x_t, got {what!r}")
         frames = int(number(frames, "frames", 2, 20, whole=True))
-        recs = list(run["steps"])
+        recs = list(run.steps)
         n = len(recs)
         pick = range(n) if n <= TRAJ_MAX_FRAMES else np.linspace(0, n - 1, TRAJ_MAX_FRAMES).round().astype(int)
         imgs = [framed(upscale_nearest(as_pil_uint8(getattr(recs[k], what)[0]).convert("RGB"), 192),
                        f"step {k + 1}/{recs[k].num_steps} · t = {recs[k].t}") for k in pick]
-        path = self._run_dir(run["model"]) / f"{run['model']}-{run['seed']}-{what}-trajectory.gif"
+        path = self._run_dir(run.model) / f"{run.model}-{run.request.seed}-{what}-trajectory.gif"
         imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=[100] * (len(imgs) - 1) + [1500],
                      loop=0)
         idx = sorted(set(np.linspace(0, n - 1, min(frames, n)).round().astype(int).tolist()))

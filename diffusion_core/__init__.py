@@ -4,6 +4,7 @@ Public API (the app and the CLI use only these):
     load(folder) -> Pipeline        single model, expert ensemble or cascade
     Pipeline.stream(n, sampler=..., steps=..., guidance=..., labels=..., seed=...) -> iterator of SampleStep
     Pipeline.sample(n, ...) -> (n, C, H, W) tensor in [-1, 1]
+    Pipeline.run(Request(n, ...)): the stream of a request made (and checked) beforehand
 
 The names below are imported from their modules on first use (PEP 562), so ``python -m diffusion_core --help``
 and ``import diffusion_core`` do not import torch.
@@ -27,7 +28,7 @@ _EXPORTS = {
     "runtime.shared": ("Cancelled",),
     "options": ("BACKEND_ENV", "BACKENDS", "BOUNDS", "MAX_BATCH", "MAX_GUIDANCE", "MAX_SEED", "MAX_STEPS", "SAMPLERS",
                 "SPACINGS"),
-    "pipeline": ("Pipeline", "load"),
+    "pipeline": ("Pipeline", "Request", "load"),
     "provenance": ("training_source",),
     "sampler_registry": ("DEFAULT_SAMPLER", "SamplerInfo", "all_samplers", "register_sampler", "sampler_info",
                          "unregister_sampler"),
@@ -47,7 +48,7 @@ if TYPE_CHECKING:     # what tools (type checkers, IDEs) see; tests/core/test_pu
     from .runtime.backends import BackendError, available, requested_backend
     from .runtime.shared import Cancelled
     from .options import BACKEND_ENV, BACKENDS, BOUNDS, MAX_BATCH, MAX_GUIDANCE, MAX_SEED, MAX_STEPS, SAMPLERS, SPACINGS
-    from .pipeline import Pipeline, load
+    from .pipeline import Pipeline, Request, load
     from .provenance import training_source
     from .sampler_registry import (DEFAULT_SAMPLER, SamplerInfo, all_samplers, register_sampler, sampler_info,
                                    unregister_sampler)

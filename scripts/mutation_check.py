@@ -220,9 +220,9 @@ MUTANTS = [
  ("a broken SR folder fails the others' cards", "diffusion_app/base.py",
   "            except USER_ERRORS:         # a broken SR folder is skipped", "            except KeyError:         #",
   "tests/app/test_bad_inputs.py -k broken"),
- ("explained weights from the kept steps' grid", "diffusion_app/explain.py", "torch.tensor(run[\"grid\"] + [run[\"grid_end\"]]) if run.get(\"grid\")",
-  "torch.tensor(run[\"grid\"] + [run[\"grid_end\"]]) if False", "tests/app/test_app_memory.py -k first_steps"),
- ("a run over the budget keeps every step", "diffusion_app/generate.py", "            run[\"capped\"] = True\n            return",
+ ("explained weights from the kept steps' grid", "diffusion_app/runs.py", "        if self.progress.grid:\n",
+  "        if False:\n", "tests/app/test_app_memory.py -k first_steps"),
+ ("a run over the budget keeps every step", "diffusion_app/generate.py", "            run.progress.capped = True\n            return",
   "            pass", "tests/app/test_app_memory.py -k first_steps"),
  ("a link's values taken unchecked", "diffusion_app/presets.py", "    return check(raw)\n",
   "    return raw, []\n", "tests/app/test_app.py -k round_trips"),
@@ -675,6 +675,9 @@ MUTANTS = [
  ("the schedule plot is drawn again for every page", "diffusion_app/forward.py",
   "@functools.lru_cache(maxsize=64)\ndef _schedule_plot(", "def _schedule_plot(",
   "tests/app/test_app.py -k drawn_once"),
+ ("a kept run explained with another eta than it ran", "diffusion_app/explain.py",
+  "spec = SamplerSpec(sampler, eta=float(r.eta),", "spec = SamplerSpec(sampler, eta=0.0,",
+  "tests/app/test_learning.py -k stochastic"),
 ]
 
 

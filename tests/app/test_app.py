@@ -674,7 +674,7 @@ def test_branch_from_a_step(tmp_path):
     assert a.models.get("tiny").config.diffusion.T % 10 == 0
     out = list(a.generate("tiny", "ddim", 10, "trailing", 0.0, 2.0, 5, 2, 1, "Coat"))
     key = out[-1][-1]
-    recs = a.runs.get(key)["steps"]
+    recs = a.runs.get(key).steps
     row, note, kept = a.branch(5, "ddim", None, 2.0, False, branches=None, run=key)
     assert torch.equal(kept[-1]["image"], recs[-1].x_next[0].clamp(-1, 1)) and "step 5 of 10" in note
     row2, _, kept = a.branch(5, "ddim", None, 6.0, False, branches=kept, run=key)
@@ -798,7 +798,7 @@ def test_every_visitor_of_generate_is_its_own_session(tmp_path):
         for seed in (1, 2):
             Client(url, verbose=False).submit(model="tiny", steps=2, batch_size=1, seed=seed,
                                               api_name="/generate").result()
-        kept = {key: run["seed"] for key, (run, _) in demo.app_state.runs._runs.items()}
+        kept = {key: run.request.seed for key, (run, _) in demo.app_state.runs._runs.items()}
         assert "api" not in kept and sorted(kept.values()) == [1, 2], kept
     finally:
         demo.close()

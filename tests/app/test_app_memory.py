@@ -195,7 +195,7 @@ def test_a_run_over_the_budget_keeps_its_first_steps(tmp_path):
     for out in state.generate("tiny", sampler="unipc", steps=20, batch_size=1, seed=1, request=Request()):
         pass
     key = out[-1]
-    assert key == "s1" and len(state.runs.get(key)["steps"]) == 3
+    assert key == "s1" and len(state.runs.get(key).steps) == 3
     _, note, _ = state.after_run(key, 1)
     assert "(3/20 steps; the first 3 fit in the server's" in note
     for step, order in ((1, 1), (2, 2), (3, 2)):    # UniPC lowers its order on the last steps of its grid: the

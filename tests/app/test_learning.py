@@ -148,18 +148,25 @@ def test_explain_multistep_solvers(client, server, sampler):
         assert Path(strip).is_file() and plot
 
 
-@pytest.mark.parametrize("model,sampler,expect", [
-    ("tiny", "ddpm", "posterior variance"),
-    ("tiny-cold", "cold", "D(\\hat x_0"),
+@pytest.mark.parametrize("model,sampler,eta,expect", [
+    ("tiny", "ddpm", 0.0, "posterior variance"),
+    ("tiny", "ddim", 0.5, "DDIM (eta = 0.5)"),
+    ("tiny-cold", "cold", 0.0, "D(\\hat x_0"),
 ])
-def test_explain_stochastic_and_cold(client, model, sampler, expect):
-    generate(client, model=model, sampler=sampler, steps=4, seed=2)
+def test_explain_stochastic_and_cold(client, model, sampler, eta, expect):
+    """A stochastic step is explained with the noise it drew: DDPM's posterior variance, and DDIM's with the eta
+    the run had (the kept run's own request), sigma as Song et al. 2021 eq. 16 writes it."""
+    generate(client, model=model, sampler=sampler, steps=4, seed=2, eta=eta)
     md, _, _, num = client.predict(step=2, api_name="/explain_step")
-    assert expect in md
+    assert expect in md, md[:300]
+    if sampler == "ddim":
+        ab, ab_prev = num["alpha_bar_t"], num["alpha_bar_next"]
+        sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab)) * math.sqrt(1 - ab / ab_prev)
+        assert abs(num["sigma"] - sigma) < 1e-6 and num["residual_max"] < 1e-4, (num["sigma"], sigma)
     if sampler == "ddpm":
         assert num["sigma"] > 0 and f"{num['sigma']:.6g}" in md
         assert 0.6 < num["noise_std"] < 1.4 and num["residual_max"] < 1e-4     # the z the step drew, N(0, 1)
-    else:
+    if sampler == "cold":
         assert num["residual_max"] < 1e-4 and set(num["coefficients"]) == {"x_t", "D(x0_hat,t)", "D(x0_hat,t_next)"}
 
 

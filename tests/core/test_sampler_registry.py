@@ -140,7 +140,7 @@ def test_a_sampler_added_in_the_core_reaches_the_apps_menus_and_tabs(toy, tmp_pa
     assert ("Toy jump", "toy") not in a.controls_for("tiny-cold")[0]["choices"]
     out = list(a.generate("tiny", "toy", 4, "trailing", 0.0, 2.0, 5, 1, 1, "Coat"))
     key = out[-1][-1]
-    recs = a.runs.get(key)["steps"]
+    recs = a.runs.get(key).steps
     assert len(recs) == 4 and "Toy jump 4 steps" in str(out[-1][1])
     md, _, _, num = a.explain_step(2, key)
     assert "Toy jump" in md and TOY.formula in md and TOY.note in md and "| toy noise level |" in md, md
