@@ -12,6 +12,7 @@ from diffusion_core import available
 
 from .base import AppBase
 from .inputs import _number, as_list, user_error
+from .outputs import Controls, filled
 from .render import fmt_duration
 from .presets import MAX_EXAMPLES, check, example_file, examples_for, from_query
 from .settings import (ANY, CARD_MEASUREMENTS, DEFAULT_SAMPLER, USER_ERRORS, sampler_choices, sampler_label,
@@ -216,13 +217,12 @@ class Cards(AppBase):
         return self.controls_for(model, class_label, attributes)
 
     def controls_for(self, model, class_label=ANY, attributes=None, settings: dict | None = None):
-        """The Generate controls for ``model`` (the outputs ``MODEL_OUTPUTS`` of the page): its defaults, then
-        ``settings`` (an example's or a link's, see presets) on top. Returns a tuple of updates; the last ones
-        (seed, batch size, stickman source and file, the example buttons) are skipped without settings."""
+        """The Generate controls for ``model``: its defaults, then ``settings`` (an example's or a link's, see
+        presets) on top. Returns their updates by name; the seed, batch size, stickman source and file are skipped
+        without settings."""
         if model in (None, "") and not self.models.names():
-            hide = gr.update(visible=False)
-            return (gr.skip(), gr.skip(), gr.skip(), hide, hide, hide, gr.skip(), gr.skip(), hide, gr.skip(),
-                    gr.skip()) + (gr.skip(),) * 5 + (hide,) * MAX_EXAMPLES
+            return filled(Controls, **{name: gr.update(visible=False) for name in (
+                "class_label", "attributes", "pose_group", "up_acc", *(f"example_{i}" for i in range(MAX_EXAMPLES)))})
         try:
             pipe = self.models.get(model)
             examples = examples_for(pipe, model)
@@ -256,28 +256,29 @@ class Cards(AppBase):
                            f"{self.models.backend} gives other images for the same seed")
         buttons = [gr.update(value=f"▶ {ex['title']}", visible=True) for ex in examples]
         buttons += [gr.update(visible=False)] * (MAX_EXAMPLES - len(buttons))
-        return (
-            gr.update(choices=choices, value=sampler),
-            gr.update(visible=takes_eta(sampler), **({"value": st["eta"]} if "eta" in st else {})),
-            gr.update(visible=guidable, value=st.get("guidance", sd.guidance)),     # no effect unguided
-            gr.update(visible=single, choices=[ANY] + list(cfg.label_names),
-                      value=class_label if single and class_label in cfg.label_names else ANY),
-            gr.update(visible=multi, choices=list(cfg.label_names),
-                      value=[a for a in as_list(attributes) if a in cfg.label_names] if multi else [],
-                      info=pipe.picks_meaning.capitalize() if multi else None),
-            gr.update(visible=pose),
+        return Controls(
+            sampler=gr.update(choices=choices, value=sampler),
+            eta=gr.update(visible=takes_eta(sampler), **({"value": st["eta"]} if "eta" in st else {})),
+            guidance=gr.update(visible=guidable, value=st.get("guidance", sd.guidance)),     # no effect unguided
+            class_label=gr.update(visible=single, choices=[ANY] + list(cfg.label_names),
+                                  value=class_label if single and class_label in cfg.label_names else ANY),
+            attributes=gr.update(visible=multi, choices=list(cfg.label_names),
+                                 value=[a for a in as_list(attributes) if a in cfg.label_names] if multi else [],
+                                 info=pipe.picks_meaning.capitalize() if multi else None),
+            pose_group=gr.update(visible=pose),
             # a hidden input never carries over to another model: the init / low-res image is the settings' or none
-            gr.update(label=init_label, value=str(lowres) if lowres else None),
-            gr.update(open=sr),
-            gr.update(visible=sr_name is not None),
-            gr.update(value=st.get("steps", sd.steps)),
-            gr.update(value=st.get("spacing", sd.spacing)),
-            gr.update(value=st["seed"]) if "seed" in st else keep,
-            gr.update(value=st["batch"]) if "batch" in st else keep,
-            gr.update(value="upload") if stickman else keep,
-            gr.update(value=str(stickman), visible=True) if stickman else keep if pose else gr.update(value=None),
-            backend,
-            *buttons,
+            init_image=gr.update(label=init_label, value=str(lowres) if lowres else None),
+            init_acc=gr.update(open=sr),
+            up_acc=gr.update(visible=sr_name is not None),
+            steps=gr.update(value=st.get("steps", sd.steps)),
+            spacing=gr.update(value=st.get("spacing", sd.spacing)),
+            seed=gr.update(value=st["seed"]) if "seed" in st else keep,
+            batch_size=gr.update(value=st["batch"]) if "batch" in st else keep,
+            stick_source=gr.update(value="upload") if stickman else keep,
+            stick_upload=gr.update(value=str(stickman), visible=True) if stickman else keep if pose else
+            gr.update(value=None),
+            backend=backend,
+            **{f"example_{i}": b for i, b in enumerate(buttons)},
         )
 
     def _unknown_to_model(self, settings: dict) -> list[str]:

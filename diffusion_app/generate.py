@@ -13,11 +13,11 @@ import numpy as np
 from PIL import Image
 import torch
 
-from diffusion_core import (BOUNDS, MAX_STEPS, Cancelled, Request, SampleStep, load_image, open_image, output_problem,
-                            to_mode)
+from diffusion_core import BOUNDS, MAX_STEPS, Cancelled, Request, SampleStep, open_image, output_problem, to_mode
 
 from .base import AppBase
 from .inputs import fit_note, number, user_error
+from .outputs import Shown, filled
 from .presets import bundled_name, settings_link
 from .render import (as_pil_uint8, batch_grid, eta_seconds, fitting_path, fmt_duration, html_status, save_png,
                      side_by_side)
@@ -41,20 +41,20 @@ class Waiting:
 
 
 class GenerateTab(AppBase):
-    def _cond_image(self, pipe, source, sketch, upload):
-        cfg = pipe.base.config
-        size, ch = cfg.unet.image_size, cfg.unet.cond_channels or 1
+    @staticmethod
+    def _stickman(source, sketch, upload):
+        """The pose model's drawing: the uploaded file, or the sketch pad's picture (refused when empty)."""
         if source == "upload":
             if upload is None:
                 raise ValueError("this is a pose model: upload a stickman drawing (or pick an example)")
-            return load_image(upload, size, ch)
+            return upload
         comp = sketch.get("composite") if isinstance(sketch, dict) else sketch
         if comp is None:
             raise ValueError("this is a pose model: draw a stickman in the sketch pad (black strokes on white)")
         img = to_mode(open_image(comp), 1)
         if np.asarray(img).min() > 200:
             raise ValueError("the sketch pad is empty: draw a stickman first (black strokes on white)")
-        return load_image(img, size, ch)
+        return img
 
     def generate(self, model, sampler=DEFAULT_SAMPLER, steps=25, spacing="trailing", eta=0.0, guidance=2.0, seed=-1,
                  batch_size=4, preview_every=1, class_label=ANY, attributes=None, stick_source="sketch",
@@ -83,28 +83,24 @@ class GenerateTab(AppBase):
             self.models.check_backend(backend)      # before "loading…" is said
             if model in self.models.names() and not self.models.is_ready(model, backend):
                 # loading (auto never measures here: Models): about a second, so say so
-                yield (gr.skip(), html_status(f"<b>{html.escape(model)}</b>: loading…"), None, None, gr.skip(),
-                       gr.skip(), gr.skip())
+                yield filled(Shown, status=html_status(f"<b>{html.escape(model)}</b>: loading…"), gallery=None,
+                             gif=None)
             pipe = self.models.get(model, backend)
             cfg = pipe.base.config
-            if sampler not in pipe.samplers:
-                raise ValueError(f"sampler {sampler!r} does not apply to model {model!r} "
-                                 f"(use {', '.join(pipe.samplers)})")
             labels = self._labels(pipe, model, class_label, attributes)
             fitted = fit_note(init_image, cfg.low_res if cfg.task == "super_resolution" else cfg.unet.image_size)
             kw = dict(sampler=sampler, steps=steps, spacing=spacing, eta=float(eta), guidance=float(guidance),
                       labels=labels, seed=seed, device=self.models.device, cancelled=stop.is_set)
-            if cfg.task == "pose":
-                kw["cond_image"] = self._cond_image(pipe, stick_source, stick_sketch, stick_upload)
-            if cfg.task == "super_resolution":
-                if init_image is None:
-                    raise ValueError("a super-resolution model needs a low-resolution input image (upload one)")
-                kw["low_res"] = load_image(init_image, cfg.low_res, cfg.unet.out_channels)[None]
-            elif init_image is not None:
-                kw["init_image"] = load_image(init_image, cfg.unet.image_size, cfg.unet.in_channels)
+            sr = cfg.task == "super_resolution"
+            if sr and init_image is None:
+                raise ValueError("a super-resolution model needs a low-resolution input image (upload one)")
+            kw.update(pipe.prepare(cond_image=self._stickman(stick_source, stick_sketch, stick_upload)
+                                   if cfg.task == "pose" else None, init_image=None if sr else init_image,
+                                   low_res=init_image if sr else None))
+            if "init_image" in kw:
                 kw["strength"] = float(strength)
             asked = Request(batch_size, **kw)      # the run as the pipeline runs it (and the Learn tab keeps it)
-            stream = pipe.run(asked)
+            stream = pipe.run(asked)               # refused here for all the core checks (sampler, grid, work)
             ticket = self.waiting.enter(*run_cost(pipe, batch_size, steps, float(guidance),
                                                   seconds_per_flop(self.models.loaded()),
                                                   from_low_res="low_res" in kw))
@@ -112,8 +108,8 @@ class GenerateTab(AppBase):
             raise user_error(e) from None
 
         # the last run's preview and results go first (issue 35: they showed under "step 1/25" until its file came)
-        yield (None, html_status(f"<b>{html.escape(model)}</b> · starting… · {pipe.backend}", 0.0), None, None, seed,
-               None, gr.skip())
+        yield filled(Shown, preview=None, status=html_status(f"<b>{html.escape(model)}</b> · starting… · {pipe.backend}",
+                                                              0.0), gallery=None, gif=None, last_seed=seed, partial=None)
         session = getattr(request, "session_hash", None) or "api"
         self._stops[session] = stop
         try:
@@ -186,10 +182,9 @@ class GenerateTab(AppBase):
                 gen.close()
 
     @staticmethod
-    def _stopped_early(when: str, model: str, seed: int) -> tuple:
+    def _stopped_early(when: str, model: str, seed: int) -> Shown:
         """The page's outputs for a run stopped before it made an image: the status line and the seed only."""
-        return (gr.skip(), html_status(f"<b>Stopped</b> · {html.escape(model)} · {when}"), gr.skip(), gr.skip(), seed,
-                gr.skip(), gr.skip())
+        return filled(Shown, status=html_status(f"<b>Stopped</b> · {html.escape(model)} · {when}"), last_seed=seed)
 
     def _wait_turn(self, ticket, stop, poll: bool):
         """Until ``ticket`` is admitted (or ``stop``): the status line with the run's place and estimated wait."""
@@ -200,7 +195,7 @@ class GenerateTab(AppBase):
             text = (f"<b>Waiting for a turn</b> · {place} of {waiting} waiting · {active} run"
                     f"{'s' * (active != 1)} sampling now · starts in about {fmt_duration(start)}, done in about "
                     f"{fmt_duration(end)}")
-            outputs = (gr.skip(), html_status(text, 0.0), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip())
+            outputs = filled(Shown, status=html_status(text, 0.0))
             if poll:
                 yield Waiting(outputs, ticket)
             else:
@@ -248,8 +243,8 @@ class GenerateTab(AppBase):
                                "step": f"{rec.index + 1}/{rec.num_steps}", "stage": rec.stage}
                     first = False
                     status = f"<b>{html.escape(model)}</b> · " + self._status(pipe, rec, n_stages, t0)
-                    yield (side_by_side(rec.x_t, rec.x0_hat), html_status(status, frac),
-                           gr.skip(), gr.skip(), seed, partial, session)
+                    yield filled(Shown, preview=side_by_side(rec.x_t, rec.x0_hat), status=html_status(status, frac),
+                                 last_seed=seed, partial=partial, learn_run=session)
         except Cancelled:           # stopped while its rows waited for a tick: they were never computed
             pass
         except USER_ERRORS as e:
@@ -282,7 +277,7 @@ class GenerateTab(AppBase):
                 text += f" · {STOPPING}"
         text += "<br>" + self._settings_link(meta, cfg, *inputs)
         run.progress.done = not stopped
-        yield (side_by_side(last.x_t, final), html_status(text, 1.0), gallery, gif, seed, {"done": True}, session)
+        yield Shown(side_by_side(last.x_t, final), html_status(text, 1.0), gallery, gif, seed, {"done": True}, session)
 
     @staticmethod
     def _settings_link(meta, cfg, stick_source, stick_upload, init_image) -> str:

@@ -14,6 +14,7 @@ from diffusion_core import BACKENDS, MAX_GUIDANCE, MAX_STEPS, SPACINGS, SR_SAMPL
 
 from .inputs import (Dropdown, LabelChecks, Number, Radio, SafeImage, SafeSketchpad, Slider, page_parts,
                      refuse_bad_upload)
+from .outputs import Controls, Shown, components, filled
 from .render import html_status
 from .settings import (ANY, DEFAULT_SAMPLER, LIGHT, MAX_BATCH, MAX_SEED, MAX_UPSCALE_INPUT, STATE_TTL_S,
                        STICKMEN_DIR, sampler_choices, takes_eta)
@@ -147,22 +148,14 @@ def generate_page(app) -> SimpleNamespace:
     return page_parts(locals())
 
 
-def model_outputs(g: SimpleNamespace) -> list:
-    """The controls ``Cards.controls_for`` sets, in its order."""
-    return [g.sampler, g.eta, g.guidance, g.class_label, g.attributes, g.pose_group, g.init_image, g.init_acc,
-            g.up_acc, g.steps, g.spacing, g.seed, g.batch_size, g.stick_source, g.stick_upload, g.backend,
-            g.example_0, g.example_1, g.example_2]
-
-
 SCROLL_TO_PREVIEW = "() => document.querySelector('#preview')?.scrollIntoView({block: 'center', behavior: 'instant'})"
 
 
-def failed(model, message: str) -> tuple:
+def failed(model, message: str) -> Shown:
     """Generate's outputs for a run that failed with ``message`` (a gr.Error's): the status line says so, naming
     the model; the rest is left as it was (issue 35: the status still said "Pick a model and press Generate")."""
     name = f" · {html.escape(str(model))}" if model else ""
-    return (gr.skip(), html_status(f"<b>Error</b>{name} · {html.escape(str(message))}"), gr.skip(), gr.skip(),
-            gr.skip(), gr.skip(), gr.skip())
+    return filled(Shown, status=html_status(f"<b>Error</b>{name} · {html.escape(str(message))}"))
 
 
 def queued_generate(app) -> SimpleNamespace:
@@ -193,7 +186,7 @@ def queued_generate(app) -> SimpleNamespace:
 def wire_generate(app, demo, g: SimpleNamespace, l: SimpleNamespace) -> None:
     """The tab's events (``l``: the Learn page, whose step slider and notes follow each run)."""
     quiet = dict(api_visibility="private", show_progress="hidden", **LIGHT)
-    controls = model_outputs(g)
+    controls = components(g, Controls)
     card = dict(fn=app.card_update, inputs=[g.model], outputs=[g.card, g.card_img], **quiet)
     # the card follows the controls (.then): once a model's card shows, its default settings are in place, so a
     # value typed after that is not reset by a late controls update. No progress overlay on the controls these
@@ -241,7 +234,7 @@ def wire_generate(app, demo, g: SimpleNamespace, l: SimpleNamespace) -> None:
     gen_inputs = [g.model, g.sampler, g.steps, g.spacing, g.eta, g.guidance, g.seed, g.batch_size, g.preview_every,
                   g.class_label, g.attributes, g.stick_source, g.stick_sketch, g.stick_upload, g.init_image,
                   g.strength, g.make_gif, g.gif_frames, g.backend]
-    gen_outputs = [g.preview, g.status, g.gallery, g.gif, g.last_seed, g.partial, g.learn_run]
+    gen_outputs = components(g, Shown)
     after = dict(fn=app.after_run, inputs=[g.learn_run, l.explain_idx], outputs=[l.explain_idx, l.explain_note,
                                                                                   l.traj_note], **local)
     # the live preview and its status line into view when a run starts (on a phone: below every control)

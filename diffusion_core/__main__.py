@@ -263,7 +263,6 @@ def check_ranges(args, bounds) -> None:
 
 
 def _sample(args) -> int:
-    from .images import load_image
     from .runtime.backends import requested_backend
     from .options import BOUNDS, MAX_SEED
     from .pipeline import load
@@ -276,9 +275,8 @@ def _sample(args) -> int:
     own = base.distilled        # a distilled student samples with its own rule and steps unless told otherwise
     sampler = args.sampler or (own.sampler if own.teacher else pipe.samplers[0 if pipe.samplers == ("cold",) else 1])
     args.steps = args.steps or (own.steps if own.teacher else 50)
-    ch, size = base.unet.out_channels, base.unet.image_size
-    cond = load_image(args.cond_image, size, base.unet.cond_channels or 1) if args.cond_image else None
-    init = load_image(args.init_image, size, ch) if args.init_image else None
+    given = pipe.prepare(cond_image=args.cond_image or None, init_image=args.init_image or None)
+    cond, init = given.get("cond_image"), given.get("init_image")
     low, names = None, None
     if args.low_res:
         low, names = _low_res_inputs(pipe, Path(args.low_res))
@@ -361,10 +359,8 @@ def _low_res_inputs(pipe, path: Path):
     """The low-resolution input(s) of a super-resolution model or cascade: one PNG, or every image in a folder
     (sorted by name), each read at the size the first super-resolution stage takes; (n, C, h, w) and names."""
     from .data import IMAGE_SUFFIXES
-    from .images import load_image
     sr = pipe.stages[1] if pipe.kind == "cascade" else pipe
-    cfg = sr.config
-    if cfg.task != "super_resolution":
+    if sr.config.task != "super_resolution":
         raise ValueError(f"--low-res: {pipe.path} is neither a super-resolution model nor a cascade")
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
     if not files:
@@ -372,8 +368,7 @@ def _low_res_inputs(pipe, path: Path):
     if len(files) > 10000:
         raise ValueError(f"--low-res: {len(files)} images in {path}, at most 10000")
     import torch
-    side = pipe.base.config.unet.image_size if pipe.kind == "cascade" else cfg.low_res
-    low = torch.stack([load_image(str(f), side, cfg.unet.out_channels) for f in files])
+    low = torch.cat([pipe.prepare(low_res=str(f))["low_res"] for f in files])
     return low, [f.name for f in files]
 
 

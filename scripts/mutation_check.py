@@ -678,6 +678,21 @@ MUTANTS = [
  ("a kept run explained with another eta than it ran", "diffusion_app/explain.py",
   "spec = SamplerSpec(sampler, eta=float(r.eta),", "spec = SamplerSpec(sampler, eta=0.0,",
   "tests/app/test_learning.py -k stochastic"),
+ ("a hidden low-res input kept when another model is picked", "diffusion_app/cards.py",
+  "init_image=gr.update(label=init_label, value=str(lowres) if lowres else None),",
+  "init_image=gr.update(label=init_label, **({'value': str(lowres)} if lowres else {})),",
+  "tests/app/test_app_second_pass.py -k carries_over"),
+ ("a grid with fewer timesteps said as the steps asked", "diffusion_app/generate.py",
+  "        if ran == asked:\n", "        if True:\n", "tests/app/test_app_second_pass.py -k fewer_timesteps"),
+ ("prepare: a cascade's low-res input at its SR stage's own side", "diffusion_core/pipeline/model.py",
+  "side = base.unet.image_size if len(self.stages) > 1 else sr.low_res", "side = sr.low_res",
+  "tests/core/test_pipeline.py -k prepare"),
+ ("prepare: a stickman read in the image's channels", "diffusion_core/pipeline/model.py",
+  "base.unet.image_size, base.unet.cond_channels or 1)", "base.unet.image_size, base.unet.out_channels)",
+  "tests/core/test_pipeline.py -k prepare"),
+ ("a run's sampler refused only at its first step", "diffusion_core/pipeline/stage.py",
+  "        self.spec(r)\n        sizes = self.run_size(r)", "        sizes = self.run_size(r)",
+  "tests/core/test_pipeline.py -k refused_when_asked"),
 ]
 
 

@@ -205,6 +205,27 @@ class Pipeline:
                 yield replace(rec, stage=i)
             x = last.x_next
 
+    def prepare(self, cond_image=None, init_image=None, low_res=None) -> dict:
+        """Image inputs (a path, PIL image or array each; None for none) as ``Request`` options, each read
+        (``images.load_image``: checked, centre-cropped square, resized) at the size and channels its stage takes: a
+        pose model's stickman ``cond_image`` (C, H, W), an img2img ``init_image`` (C, H, W), and a ``low_res`` input
+        (1, C, h, w) of a super-resolution model or of a cascade's first super-resolution stage (its base skipped).
+        The app and the CLI both read their files through this."""
+        from ..images import load_image
+        base = self.base.config
+        out = {}
+        if cond_image is not None:
+            out["cond_image"] = load_image(cond_image, base.unet.image_size, base.unet.cond_channels or 1)
+        if init_image is not None:
+            out["init_image"] = load_image(init_image, base.unet.image_size, base.unet.out_channels)
+        if low_res is not None:
+            sr = self.stages[1].config if len(self.stages) > 1 else base
+            if sr.task != "super_resolution":
+                raise ValueError(f"{self.path}: neither a super-resolution model nor a cascade takes a low_res input")
+            side = base.unet.image_size if len(self.stages) > 1 else sr.low_res
+            out["low_res"] = load_image(low_res, side, sr.unet.out_channels)[None]
+        return out
+
     def run_steps(self, steps: int, sr_steps: int | None = None) -> int:
         """Sampling steps that one ``stream(steps=steps)`` takes: ``steps``, plus every super-resolution stage's for
         a cascade (a work limit that counts only ``steps`` let a cascade's comparison run 79 s)."""

@@ -225,7 +225,9 @@ class Stage:
         """Refuse a run of ``r`` whose network work is over the bounds (``checkpoint.work_problem``, estimated
         from the config at the canvas the request makes): one image's pass, the passes of one step (the batch,
         guidance's second pass) and the rows of one network call (``chunk``). ValueError naming this folder;
-        returns the output size (None: the request lacks its input, refused when run)."""
+        returns the output size (None: the request lacks its input, refused when run). The sampler and its grid are
+        checked first (``spec``), so that everything a run can be refused for is said before it starts."""
+        self.spec(r)
         sizes = self.run_size(r)
         if sizes is None:
             return None
@@ -238,17 +240,22 @@ class Stage:
                              f"{'s' if r.n > 1 else ''}{' (2 network passes each)' if guided else ''}: {problem}")
         return h, w
 
+    def spec(self, r: Request) -> SamplerSpec:
+        """The sampler of request ``r``, refused (ValueError) where it or its grid does not apply to this stage."""
+        spec = SamplerSpec(r.sampler, eta=r.eta, variance=r.variance, improved=r.improved)
+        if spec.name not in self.samplers:
+            raise ValueError(f"sampler {r.sampler!r} does not apply to {self.path.name} (use {', '.join(self.samplers)})")
+        grids = sampler_info(spec.name).grids
+        if r.spacing in SPACINGS and r.spacing not in grids:
+            why = "follows a Gaussian noise schedule; a cold-diffusion model" if self.config.diffusion.is_cold else \
+                f"does not apply to the {spec.name} sampler, which"
+            raise ValueError(f"the {r.spacing} spacing {why} takes {', '.join(grids)}")
+        return spec
+
     def stream(self, r: Request) -> Iterator[SampleStep]:
         """This stage's run of request ``r``, every step."""
         cfg = self.config
-        spec = SamplerSpec(r.sampler, eta=r.eta, variance=r.variance, improved=r.improved)
-        if spec.name not in self.samplers:
-            raise ValueError(f"sampler {r.sampler!r} does not apply to this model (use {', '.join(self.samplers)})")
-        grids = sampler_info(spec.name).grids
-        if r.spacing in SPACINGS and r.spacing not in grids:
-            why = "follows a Gaussian noise schedule; a cold-diffusion model" if cfg.diffusion.is_cold else \
-                f"does not apply to the {spec.name} sampler, which"
-            raise ValueError(f"the {r.spacing} spacing {why} takes {', '.join(grids)}")
+        spec = self.spec(r)
         gens = make_generators(r.seed, r.n)
         s = cfg.unet.image_size
         cond = self.condition(r.n, r.labels, r.cond_image, r.device)

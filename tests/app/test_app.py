@@ -566,7 +566,7 @@ CONTROL_NAMES = ["sampler", "eta", "guidance", "class_label", "attributes", "pos
 
 
 def controls(updates) -> dict:
-    """controls_for's tuple of updates by control name (the order of ui_generate.model_outputs)."""
+    """controls_for's tuple of updates by control name (the order of the page's outputs: outputs.Controls)."""
     assert len(updates) == len(CONTROL_NAMES)
     return dict(zip(CONTROL_NAMES, updates))
 
@@ -576,9 +576,10 @@ def test_one_click_examples_for_every_model_generate(tmp_path):
     seeds), shown on its buttons; each example's settings, applied to the controls, make a Generate run that
     finishes, with the example's class / attributes / bundled input, and a link naming them."""
     import diffusion_app as app
-    from diffusion_app.ui_generate import model_outputs
+    from diffusion_app.outputs import Controls, components
     a = app.DiffusionApp(str(build_checkpoints(tmp_path / "ckpt")))
-    assert len(model_outputs(types.SimpleNamespace(**{n: n for n in CONTROL_NAMES}))) == len(CONTROL_NAMES)
+    # the page wires each update to the control of its name
+    assert components(types.SimpleNamespace(**{n: n for n in CONTROL_NAMES}), Controls) == CONTROL_NAMES
     for model in a.models.names():
         shown = controls(a.on_model_change(model, "ddim"))
         titles = [u["value"] for k, u in shown.items() if k.startswith("example_") and u.get("visible")]

@@ -127,3 +127,33 @@ def test_the_apps_models_say_what_they_return():
     from diffusion_app.models import Models
     from diffusion_core import Pipeline
     assert typing.get_type_hints(Models.get)["return"] is Pipeline
+
+
+def test_a_hidden_input_never_carries_over_to_another_model(tmp_path):
+    """Issue 35 item 1: an upscale example's low-res image stayed in the closed "img2img / low-res input" box when
+    another model was picked, and Generate then ran img2img from it (cats for "woman"). Every model's controls set
+    that box: to its own example's image, or to nothing."""
+    import diffusion_app as app
+    from diffusion_app.outputs import Controls
+    a = app.DiffusionApp(str(build_checkpoints(tmp_path / "ckpt")))
+    sr = Controls(*a.apply_example("tiny-sr", 0)[1:])
+    assert sr.init_image.get("value"), sr.init_image            # the example's low-res image is in the box
+    for model in ("tiny", "tiny-attr", "tiny-cascade", "tiny-linear"):
+        box = a.on_model_change(model, "ddim").init_image
+        assert "value" in box and box["value"] is None, (model, box)
+
+
+def test_a_grid_with_fewer_timesteps_than_asked_says_both(tmp_path):
+    """Issue 35 item 9: 1000 DDPM steps on the Karras grid ran as 518 and the status line said nothing. It says
+    how many ran and how many were asked; the number that ran is the core stream's own count of steps."""
+    import diffusion_app as app
+    from diffusion_core import load
+    root = build_checkpoints(tmp_path / "ckpt")
+    a = app.DiffusionApp(str(root))
+    T = a.models.get("tiny").config.diffusion.T
+    ran = sum(1 for _ in load(root / "tiny").stream(1, sampler="ddpm", steps=T, spacing="karras", seed=0))
+    assert ran < T
+    *_, last = a.generate("tiny", "ddpm", T, "karras", seed=0, batch_size=1, preview_every=T)
+    assert f"{ran} steps (karras; {T} asked, the grid has {ran} distinct timesteps)" in last.status, last.status
+    *_, last = a.generate("tiny", "ddpm", 5, "karras", seed=0, batch_size=1, preview_every=5)
+    assert "5 steps (karras)" in last.status and "asked" not in last.status, last.status

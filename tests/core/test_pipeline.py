@@ -384,3 +384,50 @@ def test_a_request_is_frozen_and_checked_against_the_bounds_the_cli_takes(run_ma
         out = run_main("sample", "--model", "nowhere", opt, bad)
         lo, hi = BOUNDS[opt[2:]]
         assert out.returncode != 0 and f"must be in [{lo}, {hi}]" in out.stderr, out.stderr
+
+
+def test_prepare_reads_each_input_at_the_size_and_channels_its_stage_takes(tmp_path):
+    """``Pipeline.prepare``, the one reader of input files for the app and the CLI (issue 35): each input is
+    centre-cropped square and resized to its stage's size, in its stage's channels. A 48 x 16 RGB picture, flat grey
+    in its middle 32 columns and white in its 8-column side bands, must read as that grey everywhere (grey / 127.5
+    - 1): the bands cropped away, and far enough from the crop that no resampling filter reaches them."""
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from app_fixtures import build_checkpoints
+    root = build_checkpoints(tmp_path / "ckpt")
+    pic = Image.new("RGB", (48, 16), (255, 255, 255))
+    pic.paste((100, 100, 100), (8, 0, 40, 16))
+    pic.save(tmp_path / "in.png")
+    grey = 100 / 127.5 - 1
+    cases = [("tiny-sr", "low_res", (1, 1, 8, 8)),             # a super-resolution model: its low_res side (8)
+             ("tiny-cascade", "low_res", (1, 1, 16, 16)),      # a cascade's first SR stage: the base's size (16)
+             ("tiny-pose", "cond_image", (1, 16, 16)),         # a stickman: the cond channels (1)
+             ("tiny-attr", "init_image", (3, 16, 16))]         # img2img: the model's own channels (3)
+    for model, name, shape in cases:
+        x = load(root / model).prepare(**{name: tmp_path / "in.png"})[name]
+        assert tuple(x.shape) == shape and torch.allclose(x, torch.full(shape, grey), atol=1e-6), (model, x.shape)
+    assert load(root / "tiny").prepare() == {}
+    with pytest.raises(ValueError, match="neither a super-resolution model nor a cascade"):
+        load(root / "tiny").prepare(low_res=tmp_path / "in.png")
+
+
+def test_a_run_is_refused_when_asked_for_not_at_its_first_step(pipe, tmp_path, make_model):
+    """Everything the core refuses a run for (the sampler, its grid, the work) is said when the run is asked for
+    (``stream`` / ``run`` return no generator), before any step: the app asks before a visitor waits for a turn,
+    and no longer checks the sampler a second time itself (issue 35)."""
+    for kw, msg in ((dict(sampler="cold"), "sampler 'cold' does not apply to"), (dict(n=64, steps=5), None)):
+        if msg is None:
+            assert pipe.stream(**kw) is not None
+            continue
+        with pytest.raises(ValueError, match=msg):
+            pipe.stream(1, **kw)
+    cfg, net = make_model(tmp_path / "c", diffusion=dict(degradation="blur", prediction="x0", T=20))
+    save_model(tmp_path / "c", cfg, net.state_dict(), extra={"prior": torch.rand(3, 1, 8, 8) * 2 - 1})
+    cold = load(tmp_path / "c")
+    with pytest.raises(ValueError, match="sampler 'ddim' does not apply to c "):
+        cold.stream(1, sampler="ddim")
+    with pytest.raises(ValueError, match="the karras spacing follows a Gaussian noise schedule"):
+        cold.stream(1, sampler="cold", spacing="karras")
