@@ -53,9 +53,9 @@ POLL_S = 0.02
 def example_request(checkpoints: Path, model: str) -> dict:
     """The first one-click example of ``model`` as the page sends it: the example's labels / stickman and seed,
     the model's own sampler, steps, spacing and guidance, the page's batch size, a preview every step."""
-    from diffusion_app.cards import Cards
+    from diffusion_app.generate.cards import Cards
     from diffusion_app.models import Models
-    from diffusion_app.presets import examples_for
+    from diffusion_app.generate.presets import examples_for
     pipe = Models(checkpoints).get(model)
     ex = examples_for(pipe, model)[0]
     sd = Cards.sampling_defaults(pipe)
@@ -71,9 +71,9 @@ def example_request(checkpoints: Path, model: str) -> dict:
 
 def live_request(checkpoints: Path, model: str) -> dict:
     """Live mode on a student as the page sends it when its guidance slider moves (the page's inputs, in order)."""
-    from diffusion_app.cards import Cards
+    from diffusion_app.generate.cards import Cards
     from diffusion_app.models import Models
-    from diffusion_app.presets import examples_for
+    from diffusion_app.generate.presets import examples_for
     pipe = Models(checkpoints).get(model)
     ex = examples_for(pipe, model)[0]
     labels = ex.get("labels") or []

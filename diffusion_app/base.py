@@ -1,4 +1,5 @@
-"""What every tab shares: the model catalogue, the kept runs, the output folder, labels and seeds."""
+"""What every tab shares: the model catalogue, the kept runs, the output folder, labels and seeds (a tab's own
+state is made by its class, in its package)."""
 from __future__ import annotations
 
 import atexit
@@ -7,9 +8,7 @@ import os
 import random
 import shutil
 import tempfile
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
@@ -17,7 +16,6 @@ from .inputs import as_list, number
 from .models import Models
 from .runs import KeptRun, KeptRuns
 from .settings import ANY, HERE, MAX_SEED, USER_ERRORS
-from .waiting import WaitingRoom
 from .zerogpu import on_zero_gpu
 
 
@@ -27,30 +25,8 @@ class AppBase:
         self.models = Models(root, device or os.environ.get("DIFFUSION_DEVICE") or ("cuda" if on_zero_gpu() else "cpu"))
         self.out_dir = Path(tempfile.mkdtemp(prefix="diffusion_app_"))
         atexit.register(shutil.rmtree, self.out_dir, ignore_errors=True)
-        self._stops: dict[str, threading.Event] = {}
-        self.stopping = threading.Event()        # set when the server is shutting down (stop_runs)
-        # sampling runs admitted at once, and the waiting line behind them (waiting.py says why these bounds)
-        self.waiting = WaitingRoom(int(os.environ.get("DIFFUSION_SLOTS", "32")),
-                                   int(os.environ.get("DIFFUSION_WAITING", "1000")))
-        # the threads that step admitted runs (a waiting run holds none): one per slot, and a few for waiting
-        # runs' status lines and closing runs whose visitors left
-        self.sampling_pool = ThreadPoolExecutor(self.waiting.slots + 4, thread_name_prefix="sampling")
-        self._cards: dict[str, tuple[tuple, tuple]] = {}      # model -> (what it was made from, (markdown, samples))
+        # each session's last Generate run, which the Learn tab explains (each tab's own state is in its package)
         self.runs = KeptRuns(int(float(os.environ.get("DIFFUSION_KEPT_RUNS_MB", "128")) * 2**20))
-        self._fashion = None
-        self._fashion_lock = threading.Lock()
-
-    def stop_runs(self, grace_s: float = 10.0) -> bool:
-        """The server is stopping (SIGTERM): mark it so, ask every sampling run in flight to stop at its next step,
-        and wait up to ``grace_s`` seconds for them to end. True when none is left. A run still inside the network
-        when the interpreter shut down failed with "cannot schedule new futures after shutdown" or aborted it."""
-        self.stopping.set()
-        deadline = time.monotonic() + grace_s
-        while self._stops and time.monotonic() < deadline:
-            for ev in list(self._stops.values()):
-                ev.set()
-            time.sleep(0.05)
-        return not self._stops
 
     def servable(self, path: Path) -> str:
         """A file of the models folder as Gradio serves it: Gradio moves into its cache only files under the

@@ -1,4 +1,4 @@
-"""The page: the four tabs, each built and wired by its ``ui_*`` module, and the launch settings."""
+"""The page: the four tabs, each built and wired by its package's ``page`` module, and the launch settings."""
 from __future__ import annotations
 
 import os
@@ -8,11 +8,11 @@ import torch
 
 from .application import DiffusionApp
 from .assets import ABOUT, ARM_SKETCH_JS, CSS
+from .forward.page import forward_page, wire_forward
+from .generate.live_page import wire_live
+from .generate.page import generate_page, wire_generate
 from .inputs import check_input_count
-from .ui_forward import forward_page, wire_forward
-from .ui_generate import generate_page, wire_generate
-from .ui_learn import learn_page, wire_learn
-from .ui_live import wire_live
+from .learn.page import learn_page, wire_learn
 
 
 def build_demo(checkpoints_dir=None) -> gr.Blocks:

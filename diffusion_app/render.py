@@ -34,7 +34,7 @@ def batch_grid(x: torch.Tensor, target: int = PREVIEW_PX) -> Image.Image:
 
 
 @functools.lru_cache(maxsize=8)
-def _font(size: int = 13):
+def caption_font(size: int = 13):
     """Pillow's default font at ``size`` (loaded once per size: loading costs ~10 ms, every preview uses it)."""
     try:
         return ImageFont.load_default(size=size)
@@ -49,7 +49,7 @@ def labelled(images: list[Image.Image], captions: list[str], gap: int = 8, size:
     h = max(im.height for im in images) + foot
     out = Image.new("RGB", (w, h), (255, 255, 255))
     draw = ImageDraw.Draw(out)
-    font = _font(size)
+    font = caption_font(size)
     x = 0
     for im, cap in zip(images, captions):
         out.paste(im.convert("RGB"), (x, 0))
@@ -140,7 +140,7 @@ def compose_grid(cells: list[list[tuple[Image.Image, list[str]]]]) -> Image.Imag
     w, h = grid_size(rows, cols)
     out = Image.new("RGB", (w, h), (255, 255, 255))
     draw = ImageDraw.Draw(out)
-    font = _font(12)
+    font = caption_font(12)
     cap = CAPTION_LINES * LINE_PX + 4
     for r, row in enumerate(cells):
         for c, (img, lines) in enumerate(row):
@@ -160,6 +160,6 @@ def framed(img: Image.Image, text: str, size: int = 12) -> Image.Image:
     band = size + 8
     out = Image.new("RGB", (img.width, img.height + band), (255, 255, 255))
     out.paste(img.convert("RGB"), (0, 0))
-    ImageDraw.Draw(out).text((img.width / 2, img.height + band / 2), text, fill=(40, 40, 40), font=_font(size),
+    ImageDraw.Draw(out).text((img.width / 2, img.height + band / 2), text, fill=(40, 40, 40), font=caption_font(size),
                              anchor="mm")
     return out

@@ -207,7 +207,7 @@ def test_the_schedule_plot_is_drawn_once_per_t_and_schedule():
     import base64
     import io
 
-    from diffusion_app.forward import ForwardTab
+    from diffusion_app.forward.handlers import ForwardTab
     a = ForwardTab.schedule_plot(250, "cosine")
     assert ForwardTab.schedule_plot(250, "cosine") is a
     png = Image.open(io.BytesIO(base64.b64decode(a.plot.split(",", 1)[1])))
@@ -529,7 +529,7 @@ def test_zero_gpu_wraps_every_sampling_handler_and_nothing_elsewhere(tmp_path, m
     assert not hasattr(by_api["forward"], "zero_gpu_duration")
     # the GPU time reserved follows the work asked for (the duration=callable form): 10 s to load and move the
     # model plus the work at the assumed GPU rate, at most 120 s; 60 s for a request generate will refuse
-    from diffusion_app import generate as gen_mod
+    from diffusion_app.generate import sampling as gen_mod
     duration = by_api["generate"].zero_gpu_duration
     assert duration("tiny", "ddim", 3) == 60                    # not loaded yet: it loads inside the GPU call
     demo.app_state.models.device = "cpu"                        # (no CUDA here)
@@ -620,7 +620,7 @@ def test_super_resolution_examples_are_of_the_models_own_kind_and_size(tmp_path,
     """Issue 35 item 4: pose-sr and pose-sr128 offered the emoji inputs though figures are bundled. A
     super-resolution model is offered the bundled inputs of the data it was trained on, at its own input size
     (a 64 px input for pose-sr128), else the smallest; a model of another data source is offered them all."""
-    from diffusion_app import presets
+    from diffusion_app.generate import presets
     (tmp_path / "train_config.json").write_text(json.dumps({"data": {"source": source}}))
     cfg = types.SimpleNamespace(low_res=low_res, task="super_resolution")
     pipe = types.SimpleNamespace(path=tmp_path, config=cfg, base=types.SimpleNamespace(path=tmp_path, config=cfg))
@@ -641,7 +641,7 @@ def test_a_settings_link_round_trips_and_bad_values_are_dropped(tmp_path):
     from urllib.parse import parse_qs, urlparse
 
     import diffusion_app as app
-    from diffusion_app import presets
+    from diffusion_app.generate import presets
     a = app.DiffusionApp(str(build_checkpoints(tmp_path / "ckpt")))
     out = list(a.generate("tiny-attr", "ddim", 4, "leading", 0.3, 3.5, 11, 2, 1, None, ["red", "round"]))
     href = html_lib.unescape(re.search(r'href="([^"]+)"', out[-1][1]).group(1))
@@ -779,7 +779,7 @@ def test_a_links_values_its_model_does_not_have_are_all_named(tmp_path, monkeypa
     import gradio as gr
 
     import diffusion_app as app
-    from diffusion_app import cards
+    from diffusion_app.generate import cards
     said = []
     monkeypatch.setattr(cards.gr, "Warning", lambda msg, *a, **k: said.append(msg))
     a = app.DiffusionApp(str(build_checkpoints(tmp_path / "ckpt")))

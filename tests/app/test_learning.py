@@ -43,7 +43,7 @@ def pixels(path) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------ slerp
 def test_slerp_endpoints_norm_and_fallback():
-    from diffusion_app import learn
+    from diffusion_app.learn import handlers as learn
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(3, 8, 8, generator=g), torch.randn(3, 8, 8, generator=g)
     assert torch.equal(learn.slerp(a, b, 0.0), a) and torch.equal(learn.slerp(a, b, 1.0), b)

@@ -72,7 +72,7 @@ def test_the_network_does_not_import_training_or_data():
     assert not bad, bad
 
 
-APP_FILES = [ROOT / "app.py", *sorted((ROOT / "diffusion_app").glob("*.py"))]
+APP_FILES = [ROOT / "app.py", *sorted((ROOT / "diffusion_app").rglob("*.py"))]     # the tab packages too
 
 
 def test_the_app_uses_only_the_public_api():

@@ -133,14 +133,14 @@ class _Models:
 def test_a_fractional_whole_number_in_a_link_is_dropped_not_rounded(key, value):
     """steps=2.5 is not a run of 2 (or 3) steps, seed=1.5 not seed 1: the value is dropped and named, and the
     other values are kept."""
-    from diffusion_app import presets
+    from diffusion_app.generate import presets
     settings, dropped = presets.from_query({"model": ["m"], key: [value], "guidance": ["2.5"]}, _Models())
     assert dropped == [key] and key not in settings
     assert settings == {"model": "m", "guidance": 2.5}
 
 
 def test_whole_numbers_in_a_link_are_kept():
-    from diffusion_app import presets
+    from diffusion_app.generate import presets
     settings, dropped = presets.from_query({"model": ["m"], "steps": ["25"], "seed": ["7"], "batch": ["2.0"]},
                                            _Models())
     assert dropped == [] and settings == {"model": "m", "steps": 25, "seed": 7, "batch": 2}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import diffusion_core
-from diffusion_app.presets import data_source
+from diffusion_app.generate.presets import data_source
 from diffusion_core import CheckpointError, training_source
 from diffusion_core.evaluation.super_resolution import _held_out_high_res
 

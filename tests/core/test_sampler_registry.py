@@ -24,7 +24,7 @@ from diffusion_core.samplers.updates import _ab  # noqa: E402
 
 # string constants in the app equal to a sampler's name that are not about a sampler, with the reason
 ALLOWED = {("compare.py", "cold"): "a cold-diffusion model's schedule column in a Compare caption, not a sampler"}
-APP_FILES = sorted((ROOT / "diffusion_app").glob("*.py")) + sorted((ROOT / "diffusion_app").glob("*.pyi")) \
+APP_FILES = sorted((ROOT / "diffusion_app").rglob("*.py")) + sorted((ROOT / "diffusion_app").rglob("*.pyi")) \
     + [ROOT / "app.py"]
 
 

@@ -14,11 +14,11 @@ from PIL import Image, ImageDraw
 
 from diffusion_core import BOUNDS, MAX_STEPS, grid, output_problem
 
-from .base import AppBase
-from .inputs import handles_errors, number
-from .learn import slerp
-from .render import _font, upscale_nearest
-from .settings import ANY, LIVE_MAX_IMAGES, MAX_SEED, sampler_label
+from ..base import AppBase
+from ..inputs import handles_errors, number
+from ..learn.handlers import slerp
+from ..render import caption_font, upscale_nearest
+from ..settings import ANY, LIVE_MAX_IMAGES, MAX_SEED, sampler_label
 
 LIVE_OFF = ("Live is off: tick it, then drag guidance or the blend, or change the class or a seed. "
             "Generate works as always.")
@@ -173,7 +173,7 @@ class LiveTab(AppBase):
 
 def _stack(strips, captions):
     """Strips one above another, each with its caption above it (white background)."""
-    font, line = _font(13), 20
+    font, line = caption_font(13), 20
     w = max(max(s.width for s in strips), *(int(font.getlength(c)) + 4 for c in captions))
     out = Image.new("RGB", (w, sum(s.height + line for s in strips)), (255, 255, 255))
     draw, y = ImageDraw.Draw(out), 0

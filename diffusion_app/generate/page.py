@@ -12,13 +12,13 @@ import gradio as gr
 
 from diffusion_core import BACKENDS, MAX_GUIDANCE, MAX_STEPS, SPACINGS, SR_SAMPLING
 
-from .inputs import (Dropdown, LabelChecks, Number, Radio, SafeImage, SafeSketchpad, Slider, page_parts,
+from ..inputs import (Dropdown, LabelChecks, Number, Radio, SafeImage, SafeSketchpad, Slider, page_parts,
                      refuse_bad_upload)
-from .outputs import Controls, Shown, components, filled
-from .render import html_status
-from .settings import (ANY, DEFAULT_SAMPLER, LIGHT, MAX_BATCH, MAX_SEED, MAX_UPSCALE_INPUT, STATE_TTL_S,
+from ..outputs import Controls, Shown, components, filled
+from ..render import html_status
+from ..settings import (ANY, DEFAULT_SAMPLER, LIGHT, MAX_BATCH, MAX_SEED, MAX_UPSCALE_INPUT, STATE_TTL_S,
                        STICKMEN_DIR, sampler_choices, takes_eta)
-from .zerogpu import gpu_task, on_zero_gpu
+from ..zerogpu import gpu_task, on_zero_gpu
 
 
 def generate_page(app) -> SimpleNamespace:

@@ -9,11 +9,11 @@ import torch
 
 from diffusion_core import BOUNDS, SR_SAMPLING, load_whole, open_image
 
-from .base import AppBase
-from .inputs import number, user_error
+from ..base import AppBase
+from ..inputs import number, user_error
+from ..render import as_pil_uint8, save_png, upscale_nearest
+from ..settings import MAX_UPSCALE_INPUT, PREVIEW_PX, USER_ERRORS, log, sampler_label
 from .presets import data_source
-from .render import as_pil_uint8, save_png, upscale_nearest
-from .settings import MAX_UPSCALE_INPUT, PREVIEW_PX, USER_ERRORS, log, sampler_label
 
 
 def size_text(w: int, h: int) -> str:

@@ -5,10 +5,10 @@ import time
 
 from diffusion_core import BOUNDS
 
-from .base import AppBase
-from .inputs import handles_errors, number
-from .render import as_pil_uint8, labelled, upscale_nearest
-from .settings import ANY, DEFAULT_SAMPLER, can_branch, sampler_short
+from ..base import AppBase
+from ..inputs import handles_errors, number
+from ..render import as_pil_uint8, labelled, upscale_nearest
+from ..settings import ANY, DEFAULT_SAMPLER, can_branch, sampler_short
 
 MAX_BRANCHES = 6        # kept per session, newest last; older ones drop off the row
 

@@ -5,7 +5,7 @@ import math
 
 from diffusion_core import SamplerSpec, explain_step, sampler_info
 
-from .runs import KeptRun
+from ..runs import KeptRun
 
 
 def fmt(v: float) -> str:

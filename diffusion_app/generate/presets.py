@@ -15,8 +15,8 @@ from PIL import Image
 
 from diffusion_core import BACKENDS, BOUNDS, SPACINGS, CheckpointError, read_json, training_source
 
-from .inputs import number
-from .settings import HERE, MAX_BATCH, MAX_SEED, STICKMEN_DIR
+from ..inputs import number
+from ..settings import HERE, MAX_BATCH, MAX_SEED, STICKMEN_DIR
 
 LOWRES_DIR = HERE / "examples" / "lowres"          # bundled low-resolution inputs (scripts/make_examples.py)
 EXAMPLES_FILE = "examples.json"     # optional, in a model folder: a list of settings dicts (without "model")

@@ -10,13 +10,13 @@ import gradio as gr
 
 from diffusion_core import available
 
-from .base import AppBase
-from .inputs import _number, as_list, user_error
-from .outputs import Controls, filled
-from .render import fmt_duration
-from .presets import MAX_EXAMPLES, check, example_file, examples_for, from_query
-from .settings import (ANY, CARD_MEASUREMENTS, DEFAULT_SAMPLER, USER_ERRORS, sampler_choices, sampler_label,
+from ..base import AppBase
+from ..inputs import _number, as_list, user_error
+from ..outputs import Controls, filled
+from ..render import fmt_duration
+from ..settings import (ANY, CARD_MEASUREMENTS, DEFAULT_SAMPLER, USER_ERRORS, sampler_choices, sampler_label,
                        takes_eta)
+from .presets import MAX_EXAMPLES, check, example_file, examples_for, from_query
 
 
 # an absolute path on the server ("/usr/share/datasets/fashion-mnist"): its folders are the server's business
@@ -30,6 +30,10 @@ def server_paths_named(text: str) -> str:
 
 
 class Cards(AppBase):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._cards: dict[str, tuple[tuple, tuple]] = {}      # model -> (what it was made from, (markdown, samples))
+
     def model_card(self, model):
         """Markdown card for a model: description, data, schedule, prediction, training, metrics; and its
         samples.png when present."""

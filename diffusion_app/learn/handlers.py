@@ -10,12 +10,12 @@ import torch
 
 from diffusion_core import BOUNDS
 
-from .base import AppBase
-from .explain import _alpha_bar, explain_markdown, step_numbers
-from .inputs import handles_errors, number
-from .render import as_pil_uint8, framed, labelled, save_png, upscale_nearest
-from .settings import (ANY, INTERP_MAX_FRAMES, INTERP_MAX_WORK, TRAJ_MAX_FRAMES, deterministic_choices,
+from ..base import AppBase
+from ..inputs import handles_errors, number
+from ..render import as_pil_uint8, framed, labelled, save_png, upscale_nearest
+from ..settings import (ANY, INTERP_MAX_FRAMES, INTERP_MAX_WORK, TRAJ_MAX_FRAMES, deterministic_choices,
                        sampler_label)
+from .explain import _alpha_bar, explain_markdown, step_numbers
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, alpha: float, eps: float = 1e-6) -> torch.Tensor:

@@ -4,8 +4,10 @@ from __future__ import annotations
 import asyncio
 import html
 import inspect
+import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import gradio as gr
@@ -15,16 +17,16 @@ import torch
 
 from diffusion_core import BOUNDS, MAX_STEPS, Cancelled, Request, SampleStep, open_image, output_problem, to_mode
 
-from .base import AppBase
-from .inputs import fit_note, number, user_error
-from .outputs import Shown, filled
-from .presets import bundled_name, settings_link
-from .render import (as_pil_uint8, batch_grid, eta_seconds, fitting_path, fmt_duration, html_status, save_png,
+from ..base import AppBase
+from ..inputs import fit_note, number, user_error
+from ..outputs import Shown, filled
+from ..render import (as_pil_uint8, batch_grid, eta_seconds, fitting_path, fmt_duration, html_status, save_png,
                      side_by_side)
-from .runs import KeptRun, kept_run
-from .settings import (ANY, DEFAULT_SAMPLER, GIF_MAX_FRAMES, MAX_BATCH, PREVIEW_GAP_BUSY_S, USER_ERRORS, log,
+from ..runs import KeptRun, kept_run
+from ..settings import (ANY, DEFAULT_SAMPLER, GIF_MAX_FRAMES, MAX_BATCH, PREVIEW_GAP_BUSY_S, USER_ERRORS, log,
                        sampler_label, takes_eta)
-from .waiting import run_cost, seconds_per_flop
+from ..waiting import WaitingRoom, run_cost, seconds_per_flop
+from .presets import bundled_name, settings_link
 
 _END = object()
 GPU_FLOPS_PER_S, GPU_SETUP_S = 5e12, 10     # ZeroGPU's share of an H200 for a small U-Net, loading the model
@@ -41,6 +43,29 @@ class Waiting:
 
 
 class GenerateTab(AppBase):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._stops: dict[str, threading.Event] = {}     # each session's run in flight: its Stop
+        self.stopping = threading.Event()        # set when the server is shutting down (stop_runs)
+        # sampling runs admitted at once, and the waiting line behind them (waiting.py says why these bounds)
+        self.waiting = WaitingRoom(int(os.environ.get("DIFFUSION_SLOTS", "32")),
+                                   int(os.environ.get("DIFFUSION_WAITING", "1000")))
+        # the threads that step admitted runs (a waiting run holds none): one per slot, and a few for waiting
+        # runs' status lines and closing runs whose visitors left
+        self.sampling_pool = ThreadPoolExecutor(self.waiting.slots + 4, thread_name_prefix="sampling")
+
+    def stop_runs(self, grace_s: float = 10.0) -> bool:
+        """The server is stopping (SIGTERM): mark it so, ask every sampling run in flight to stop at its next step,
+        and wait up to ``grace_s`` seconds for them to end. True when none is left. A run still inside the network
+        when the interpreter shut down failed with "cannot schedule new futures after shutdown" or aborted it."""
+        self.stopping.set()
+        deadline = time.monotonic() + grace_s
+        while self._stops and time.monotonic() < deadline:
+            for ev in list(self._stops.values()):
+                ev.set()
+            time.sleep(0.05)
+        return not self._stops
+
     @staticmethod
     def _stickman(source, sketch, upload):
         """The pose model's drawing: the uploaded file, or the sketch pad's picture (refused when empty)."""

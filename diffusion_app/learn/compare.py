@@ -6,11 +6,11 @@ import time
 
 from diffusion_core import BOUNDS
 
-from .base import AppBase
-from .inputs import as_list, handles_errors, number
-from .models import section
-from .render import cell_image, compose_grid
-from .settings import (ANY, COMPARE_MAX_CELLS, COMPARE_MAX_STEPS, DEFAULT_SAMPLER, compare_default_samplers,
+from ..base import AppBase
+from ..inputs import as_list, handles_errors, number
+from ..models import section
+from ..render import cell_image, compose_grid
+from ..settings import (ANY, COMPARE_MAX_CELLS, COMPARE_MAX_STEPS, DEFAULT_SAMPLER, compare_default_samplers,
                        sampler_label, sampler_names, sampler_short)
 
 

@@ -6,9 +6,9 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+from ..settings import LIGHT
+from ..zerogpu import gpu_task
 from .live import LIVE_OFF
-from .settings import LIGHT
-from .zerogpu import gpu_task
 
 
 def wire_live(app, g: SimpleNamespace, l: SimpleNamespace) -> None:

@@ -8,12 +8,12 @@ import gradio as gr
 
 from diffusion_core import MAX_GUIDANCE, MAX_STEPS
 
-from .assets import DISTILL_LESSON, LEARN_INTRO
-from .inputs import Choices, Dropdown, Number, NumberChecks, Radio, Slider, page_parts
-from .settings import (COMPARE_DEFAULT_GUIDANCE_STEPS, COMPARE_DEFAULT_STEPS, COMPARE_GUIDANCE, COMPARE_MAX_CELLS,
+from ..assets import DISTILL_LESSON, LEARN_INTRO
+from ..inputs import Choices, Dropdown, Number, NumberChecks, Radio, Slider, page_parts
+from ..settings import (COMPARE_DEFAULT_GUIDANCE_STEPS, COMPARE_DEFAULT_STEPS, COMPARE_GUIDANCE, COMPARE_MAX_CELLS,
                        COMPARE_MAX_STEPS, COMPARE_STEPS, DEFAULT_SAMPLER, INTERP_MAX_FRAMES, LATEX, LIGHT, MAX_SEED,
                        STATE_TTL_S, branch_choices, compare_choices, compare_default_samplers, deterministic_choices)
-from .zerogpu import gpu_task
+from ..zerogpu import gpu_task
 
 
 def learn_page() -> SimpleNamespace:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import math
 import random
+import threading
 
 import gradio as gr
 import numpy as np
@@ -12,13 +13,18 @@ import torch
 
 from diffusion_core import load_image, make_degradation, make_schedule, open_image
 
-from .base import AppBase
-from .inputs import number, user_error
-from .render import as_pil_uint8, is_gray, labelled, upscale_nearest
-from .settings import DEGRADATIONS, FASHION_DIR, PREVIEW_PX, USER_ERRORS, log
+from ..base import AppBase
+from ..inputs import number, user_error
+from ..render import as_pil_uint8, is_gray, labelled, upscale_nearest
+from ..settings import DEGRADATIONS, FASHION_DIR, PREVIEW_PX, USER_ERRORS, log
 
 
 class ForwardTab(AppBase):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._fashion = None        # the dataset examples, read once (fashion_example)
+        self._fashion_lock = threading.Lock()
+
     def fashion_example(self, index=None):
         """A Fashion-MNIST test image (random unless ``index``) as a PNG path; a pattern without the data."""
         if FASHION_DIR.is_dir():

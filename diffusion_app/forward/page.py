@@ -5,8 +5,8 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from .inputs import Radio, SafeImage, Slider, page_parts
-from .settings import DEGRADATIONS, LIGHT
+from ..inputs import Radio, SafeImage, Slider, page_parts
+from ..settings import DEGRADATIONS, LIGHT
 
 
 def forward_page() -> SimpleNamespace:

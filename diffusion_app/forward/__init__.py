@@ -1,0 +1,1 @@
+"""The Forward process tab: its page (``page``) and its handlers (``handlers``: ``ForwardTab``)."""
