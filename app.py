@@ -37,6 +37,7 @@ if "GRADIO_TEMP_DIR" not in os.environ:     # Gradio's cache of served files (1,
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from diffusion_app import LAUNCH_KW, build_demo  # noqa: E402
+from diffusion_app.layout import app_kwargs  # noqa: E402
 
 
 def freeze_startup_objects() -> None:
@@ -81,6 +82,7 @@ if __name__ == "__main__":
     signal.signal(signal.SIGTERM, exit_on_sigterm)
     demo = build_demo()
     demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-                server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), prevent_thread_lock=True, **LAUNCH_KW)
+                server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), prevent_thread_lock=True,
+                app_kwargs=app_kwargs(), **LAUNCH_KW)
     freeze_startup_objects()
     demo.block_thread()

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 
 import gradio as gr
 import torch
+from starlette.middleware import Middleware
 
 from .application import DiffusionApp
 from .assets import ABOUT, ARM_SKETCH_JS, CSS
@@ -44,9 +46,66 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
     return demo
 
 
+class PageCache:
+    """ASGI middleware: the page (``/``), its config (``/config``) and the API info (``/gradio_api/info``), each built
+    once per URL and proxy headers, then served as bytes. Gradio builds them anew for every request (a deep copy of
+    the page's 240 KB config, a 330 KB page template): 0.1 s of Python per new visitor on 2 cores, and 30 visitors at
+    once waited seconds for it while the network sampled (docs/performance.md). They are the same bytes every time:
+    the config is made once at launch (this app has no gr.render and no reload mode); a config object that is
+    rebuilt all the same misses the cache (its id is in the key). Nothing is cached behind a login (the page names
+    its user); only whole 200 responses are kept, at most MAX_ENTRIES (the three are 0.65 MB together)."""
+
+    PATHS = ("/", "/config", "/gradio_api/info")
+    KEY_HEADERS = (b"host", b"x-forwarded-host", b"x-forwarded-proto", b"x-gradio-server")   # the root URL
+    MAX_ENTRIES = 24
+
+    def __init__(self, app):
+        self.app = app
+        self.kept: OrderedDict = OrderedDict()
+
+    def _key(self, scope):
+        if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD") or scope["path"] not in self.PATHS:
+            return None
+        app = scope.get("app")
+        if getattr(app, "auth", None) is not None or getattr(app, "auth_dependency", None) is not None:
+            return None             # a login: the page names its user
+        try:
+            config_id = id(app.get_blocks().config)
+        except Exception:       # noqa: BLE001 - no Blocks yet: not cached
+            return None
+        headers = dict(scope["headers"])
+        return (config_id, scope["method"], scope["scheme"], scope["path"], scope["query_string"],
+                scope.get("root_path", ""), tuple(headers.get(h) for h in self.KEY_HEADERS))
+
+    async def __call__(self, scope, receive, send):
+        key = self._key(scope)
+        if key is None:
+            return await self.app(scope, receive, send)
+        if key in self.kept:
+            for message in self.kept[key]:
+                await send(message)
+            return
+        sent = []
+
+        async def keep(message):
+            sent.append(message)
+            await send(message)
+        await self.app(scope, receive, keep)
+        if sent and sent[0].get("status") == 200 and not any(m.get("more_body") for m in sent[1:]):
+            self.kept[key] = sent
+            while len(self.kept) > self.MAX_ENTRIES:
+                self.kept.popitem(last=False)
+
+
 # state_session_capacity: sessions whose state Gradio keeps, least recently used dropped first (Gradio's default,
 # 10,000, lets them take ~7 GB: each holds ~0.7 MB, measured, mostly its own copy of the page's config with the
 # last outputs)
 LAUNCH_KW = dict(theme=gr.themes.Soft(), css=CSS, js=ARM_SKETCH_JS, max_file_size="32mb",
                  state_session_capacity=int(os.environ.get("DIFFUSION_SESSIONS", "200")))
+
+
+def app_kwargs() -> dict:
+    """``demo.launch(app_kwargs=app_kwargs(), **LAUNCH_KW)``: the server's own middleware (PageCache). A new dict
+    for every launch: Gradio adds to the one it is given (its lifespan handler)."""
+    return {"middleware": [Middleware(PageCache)]}
 

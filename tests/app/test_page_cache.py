@@ -1,0 +1,71 @@
+"""layout.PageCache: the page, its config and the API info are built once per URL and served as bytes after."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+pytest.importorskip("httpx")
+from starlette.applications import Starlette  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
+from starlette.responses import PlainTextResponse  # noqa: E402
+from starlette.routing import Route  # noqa: E402
+from starlette.testclient import TestClient  # noqa: E402
+
+from diffusion_app.layout import PageCache, app_kwargs  # noqa: E402
+
+
+def serving():
+    """A stand-in for Gradio's app: each route answers how many times it was built; ``get_blocks().config`` and
+    ``auth`` as Gradio's App has them."""
+    built = []
+
+    async def page(request):
+        built.append(request.url.path)
+        return PlainTextResponse(f"{request.url} built {len(built)}")
+    app = Starlette(routes=[Route(p, page, methods=["GET", "HEAD"]) for p in ("/", "/config", "/gradio_api/info",
+                                                                                 "/other")],
+                    middleware=[Middleware(PageCache)])
+    blocks = SimpleNamespace(config={"components": []})
+    app.get_blocks = lambda: blocks
+    app.auth = app.auth_dependency = None
+    return app, blocks, built
+
+
+def test_the_page_config_and_api_info_are_built_once():
+    app, _, built = serving()
+    c = TestClient(app)
+    for path in ("/", "/config", "/gradio_api/info"):
+        first, again = c.get(path), c.get(path)
+        assert first.status_code == again.status_code == 200
+        assert again.text == first.text and again.headers["content-length"] == first.headers["content-length"]
+    assert built == ["/", "/config", "/gradio_api/info"]
+    c.get("/other"), c.get("/other")            # anything else is Gradio's every time
+    assert built[3:] == ["/other", "/other"]
+
+
+def test_another_url_or_host_or_config_is_built_anew():
+    app, blocks, built = serving()
+    c = TestClient(app)
+    c.get("/config")
+    c.get("/config?deep_link=abc")                              # another query
+    c.get("/config", headers={"host": "example.org"})           # another root URL
+    c.get("/config", headers={"x-forwarded-proto": "https"})
+    assert len(built) == 4
+    blocks.config = {"components": [1]}                         # a config made anew (a reload) is not served stale
+    assert c.get("/config").text.endswith("built 5")
+
+
+def test_nothing_is_cached_behind_a_login():
+    app, _, built = serving()
+    app.auth = [("a", "b")]
+    c = TestClient(app)
+    c.get("/"), c.get("/")
+    assert built == ["/", "/"]
+
+
+def test_every_launch_gets_its_own_app_kwargs():
+    """Gradio adds its lifespan handler to the dict it is given: a shared one would nest them launch after launch."""
+    a, b = app_kwargs(), app_kwargs()
+    assert a is not b and a["middleware"] is not b["middleware"]
+    assert [m.cls for m in a["middleware"]] == [PageCache]
