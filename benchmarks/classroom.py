@@ -12,7 +12,8 @@ example's settings to /generate (the model's own sampler, steps and guidance, 4 
 
 Per scenario and mode: visitors served and refused (with the first refusal's message); the time to the page
 (its config inside, what a browser waits for) and to a ready client (the page, then the client's own config and
-API info) p50 / p95 / max; time from arrival to the first preview and to the finished gallery, p50 / p95 / max; images/s
+API info) p50 / p95 / max; time from arrival to the handler's start (its first output, "starting…"), to the first
+preview and to the finished gallery, p50 / p95 / max; images/s
 (every image of every visitor over the time from the first arrival to the last finish); one visitor alone
 before the class arrives (its finished time: the best single-run throughput). The ratio shared / serial of
 images/s is printed and kept, with the CPU model and the load average before each run.
@@ -110,8 +111,10 @@ def visitor(url: str, req: dict, t_zero: float, delay: float, out: dict) -> None
         # shows previews by URL: the visitor does not download every preview file (it cost this machine CPU)
         out["config_s"] = time.perf_counter() - arrive
         job = client.submit(**req, api_name="/generate")
-        first = None
+        first = started = None
         while not job.done():       # a preview: its status line names the step ("fashion · step 1/10 · ...")
+            if started is None and job.outputs():       # the handler's first yield ("starting…"): it has started
+                out["started_s"] = started = time.perf_counter() - arrive
             if first is None and any(" · step " in str(o[1]) for o in job.outputs()):
                 first = time.perf_counter() - arrive
             time.sleep(POLL_S)
@@ -197,6 +200,7 @@ def run_class(url: str, req: dict, n: int, seed: int = 0) -> dict:
             "waited": sum(bool(r.get("waited")) for r in served),
             "page_s": summary([r["page_s"] for r in results if "page_s" in r]),
             "config_s": summary([r["config_s"] for r in results if "config_s" in r]),
+            "started_s": summary([r["started_s"] for r in served if "started_s" in r]),
             "first_preview_s": summary([r["first_s"] for r in served if r.get("first_s") is not None]),
             "finished_s": summary([r["done_s"] for r in served]),
             "last_finished_s": round(span, 3),
@@ -208,7 +212,7 @@ def run_class(url: str, req: dict, n: int, seed: int = 0) -> dict:
             # Live: every update's time from its POST to its images, over all visitors
             "live_update_s": summary([x for r in served for x in r.get("updates_s", [])]) if req.get("live") else None,
             # each visitor's times from its arrival (s): page, config (a client ready), first preview, finished
-            "each": [{k: round(r[k], 3) for k in ("arrive", "page_s", "config_s", "first_s", "done_s")
+            "each": [{k: round(r[k], 3) for k in ("arrive", "page_s", "config_s", "started_s", "first_s", "done_s")
                       if r.get(k) is not None} for r in results]}
 
 
