@@ -32,7 +32,8 @@ _EXPORTS = {
     "provenance": ("training_source",),
     "sampler_registry": ("DEFAULT_SAMPLER", "SamplerInfo", "all_samplers", "register_sampler", "sampler_info",
                          "unregister_sampler"),
-    "samplers": ("SampleStep", "SamplerSpec", "StepExplanation", "explain_step", "make_generators", "sample", "sample_stream"),
+    "samplers": ("SampleStep", "SamplerSpec", "StepExplanation", "explain_step", "make_generators", "sample", "sample_stream",
+                 "slerp"),
     "schedules": ("Schedule", "make_schedule", "spaced_timesteps", "timestep_pairs"),
     "unet": ("UNet", "network_cost"),
 }
@@ -52,7 +53,8 @@ if TYPE_CHECKING:     # what tools (type checkers, IDEs) see; tests/core/test_pu
     from .provenance import training_source
     from .sampler_registry import (DEFAULT_SAMPLER, SamplerInfo, all_samplers, register_sampler, sampler_info,
                                    unregister_sampler)
-    from .samplers import SampleStep, SamplerSpec, StepExplanation, explain_step, make_generators, sample, sample_stream
+    from .samplers import (SampleStep, SamplerSpec, StepExplanation, explain_step, make_generators, sample, sample_stream,
+                           slerp)
     from .schedules import Schedule, make_schedule, spaced_timesteps, timestep_pairs
     from .unet import UNet, network_cost
 

@@ -693,6 +693,9 @@ MUTANTS = [
  ("a run's sampler refused only at its first step", "diffusion_core/pipeline/stage.py",
   "        self.spec(r)\n        sizes = self.run_size(r)", "        sizes = self.run_size(r)",
   "tests/core/test_pipeline.py -k refused_when_asked"),
+ ("slerp shrinks towards the middle (a lerp)", "diffusion_core/samplers/spec.py",
+  "    return (math.sin((1 - alpha) * theta) / s * a64 + math.sin(alpha * theta) / s * b64).to(a.dtype)",
+  "    return ((1 - alpha) * a64 + alpha * b64).to(a.dtype)", "tests/core/test_samplers.py -k slerp"),
 ]
 
 

@@ -12,11 +12,10 @@ import gradio as gr
 import torch
 from PIL import Image, ImageDraw
 
-from diffusion_core import BOUNDS, MAX_STEPS, grid, output_problem
+from diffusion_core import BOUNDS, MAX_STEPS, grid, output_problem, slerp
 
 from ..base import AppBase
 from ..inputs import handles_errors, number
-from ..learn.handlers import slerp
 from ..render import caption_font, upscale_nearest
 from ..settings import ANY, LIVE_MAX_IMAGES, MAX_SEED, sampler_label
 

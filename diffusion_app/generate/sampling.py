@@ -220,7 +220,8 @@ class GenerateTab(AppBase):
             text = (f"<b>Waiting for a turn</b> · {place} of {waiting} waiting · {active} run"
                     f"{'s' * (active != 1)} sampling now · starts in about {fmt_duration(start)}, done in about "
                     f"{fmt_duration(end)}")
-            outputs = filled(Shown, status=html_status(text, 0.0))
+            # the images as the first output left them (None), not gr.skip(), which costs the event loop (_sample)
+            outputs = filled(Shown, preview=None, status=html_status(text, 0.0), gallery=None, gif=None)
             if poll:
                 yield Waiting(outputs, ticket)
             else:
@@ -268,8 +269,10 @@ class GenerateTab(AppBase):
                                "step": f"{rec.index + 1}/{rec.num_steps}", "stage": rec.stage}
                     first = False
                     status = f"<b>{html.escape(model)}</b> · " + self._status(pipe, rec, n_stages, t0)
+                    # the gallery and GIF as the first output left them (None), not gr.skip(): for a skip Gradio rebuilds
+                    # the component with its API schema on the event loop (3.7 ms for the Gallery; +17% images/s)
                     yield filled(Shown, preview=side_by_side(rec.x_t, rec.x0_hat), status=html_status(status, frac),
-                                 last_seed=seed, partial=partial, learn_run=session)
+                                 gallery=None, gif=None, last_seed=seed, partial=partial, learn_run=session)
         except Cancelled:           # stopped while its rows waited for a tick: they were never computed
             pass
         except USER_ERRORS as e:

@@ -8,7 +8,7 @@ import gradio as gr
 import numpy as np
 import torch
 
-from diffusion_core import BOUNDS
+from diffusion_core import BOUNDS, slerp
 
 from ..base import AppBase
 from ..inputs import handles_errors, number
@@ -16,33 +16,6 @@ from ..render import as_pil_uint8, framed, labelled, save_png, upscale_nearest
 from ..settings import (ANY, INTERP_MAX_FRAMES, INTERP_MAX_WORK, TRAJ_MAX_FRAMES, deterministic_choices,
                        sampler_label)
 from .explain import _alpha_bar, explain_markdown, step_numbers
-
-
-def slerp(a: torch.Tensor, b: torch.Tensor, alpha: float, eps: float = 1e-6) -> torch.Tensor:
-    """Spherical linear interpolation from ``a`` (alpha 0) to ``b`` (alpha 1) along the great circle
-    between their directions (Shoemake 1985; how DDIM interpolates x_T, Song et al. 2021 sec. 5.3):
-    sin((1-alpha) theta) / sin(theta) a + sin(alpha theta) / sin(theta) b, theta = angle(a, b).
-    Unit vectors stay unit vectors; Gaussian noise keeps its typical norm (a lerp would shrink it
-    towards the middle). Nearly parallel (or antiparallel, or zero) inputs fall back to the lerp.
-    Endpoints are returned exactly."""
-    alpha = float(alpha)
-    if a.shape != b.shape:
-        raise ValueError(f"slerp needs tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    if alpha == 0.0:
-        return a.clone()
-    if alpha == 1.0:
-        return b.clone()
-    a64, b64 = a.double(), b.double()
-    na, nb = float(a64.norm()), float(b64.norm())
-    if na == 0.0 or nb == 0.0:
-        return ((1 - alpha) * a64 + alpha * b64).to(a.dtype)
-    cos = max(-1.0, min(1.0, float((a64 * b64).sum()) / (na * nb)))
-    theta = math.acos(cos)
-    s = math.sin(theta)
-    if s < eps:
-        return ((1 - alpha) * a64 + alpha * b64).to(a.dtype)
-    return (math.sin((1 - alpha) * theta) / s * a64 + math.sin(alpha * theta) / s * b64).to(a.dtype)
-
 
 
 class LearnTab(AppBase):

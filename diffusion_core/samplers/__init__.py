@@ -11,7 +11,7 @@ sampling loop, ``explain_step``, img2img), ``spec`` (the request and the record,
 from .loop import StepExplanation, explain_step, img2img_timesteps, noised_start, sample, sample_stream
 from .steps import (ColdStep, ConsistencyStep, DDIMStep, DDPMStep, DPMpp2MStep, DPMpp3MStep, ProgressiveStep, Step,
                     UniPCStep, make_step)
-from .spec import SampleStep, SamplerSpec, make_generators, per_image_noise
+from .spec import SampleStep, SamplerSpec, make_generators, per_image_noise, slerp
 from .updates import (cold_step, cold_update, consistency_step, ddim_sigma, ddim_step, ddpm_step, ddpm_variance,
                       dpm_step_size, dpmpp_2m_step, dpmpp_3m_step, progressive_step, progressive_target, redegrade,
                       unipc_correct, unipc_step)
@@ -19,6 +19,6 @@ from .updates import (cold_step, cold_update, consistency_step, ddim_sigma, ddim
 __all__ = ["StepExplanation", "explain_step", "img2img_timesteps", "noised_start", "sample", "sample_stream",
            "ColdStep", "ConsistencyStep", "consistency_step", "DDIMStep", "DDPMStep", "DPMpp2MStep", "DPMpp3MStep",
            "ProgressiveStep", "Step", "UniPCStep", "make_step",
-           "SampleStep", "SamplerSpec", "make_generators", "per_image_noise", "cold_step", "cold_update",
+           "SampleStep", "SamplerSpec", "make_generators", "per_image_noise", "slerp", "cold_step", "cold_update",
            "ddim_sigma", "ddim_step", "ddpm_step", "ddpm_variance", "dpm_step_size", "dpmpp_2m_step", "dpmpp_3m_step",
            "progressive_step", "progressive_target", "redegrade", "unipc_correct", "unipc_step"]

@@ -736,3 +736,28 @@ def test_degradation_identity_at_minus_one_and_monotone(name):
         ab = float(make_schedule("linear", T).alpha_bar_at(T - 1))
         assert torch.allclose(deg(x0, torch.full((2,), T - 1), fixed), math.sqrt(ab) * x0 + math.sqrt(1 - ab) * fixed,
                               atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ slerp
+def test_slerp_endpoints_norm_and_fallback():
+    """slerp (Shoemake 1985), how Live and Interpolate blend two seeds' x_T: exact endpoints, on the unit sphere at
+    constant angular speed, a lerp for (nearly) parallel inputs, finite for antiparallel ones."""
+    from diffusion_core import slerp
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(3, 8, 8, generator=g), torch.randn(3, 8, 8, generator=g)
+    assert torch.equal(slerp(a, b, 0.0), a) and torch.equal(slerp(a, b, 1.0), b)
+    ua, ub = a / a.norm(), b / b.norm()
+    theta = math.acos(float((ua * ub).sum()))
+    for alpha in (0.1, 0.25, 0.5, 0.9):
+        m = slerp(ua, ub, alpha)
+        assert abs(float(m.norm()) - 1) < 1e-5                       # stays on the unit sphere
+        assert abs(math.acos(min(1.0, float((ua * m).sum()))) - alpha * theta) < 1e-4   # constant speed
+    lerp_mid = 0.5 * (ua + ub)
+    assert float(lerp_mid.norm()) < 0.9                             # a lerp would shrink it
+    near = ua + 1e-9 * ub                                            # nearly parallel: falls back to lerp
+    m = slerp(ua, near, 0.5)
+    assert torch.isfinite(m).all() and torch.allclose(m, 0.5 * (ua + near), atol=1e-7)
+    m = slerp(ua, -ua, 0.3)                                      # antiparallel: no division by ~0
+    assert torch.isfinite(m).all()
+    with pytest.raises(ValueError):
+        slerp(a, b[:2], 0.5)
