@@ -32,7 +32,6 @@ import json
 import os
 import random
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -217,21 +216,9 @@ def run_class(url: str, req: dict, n: int, seed: int = 0) -> dict:
 
 
 def start_app(checkpoints: Path, env_extra: dict) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, DIFFUSION_CHECKPOINTS=str(checkpoints), GRADIO_SERVER_PORT=str(port), **env_extra)
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/"
-    for _ in range(600):
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            return proc, url
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("the app did not start")
+    """``python app.py`` on ``checkpoints`` with ``env_extra``, in its own process (``diffusion_app.process``)."""
+    from diffusion_app.process import start_server
+    return start_server(dict(os.environ, DIFFUSION_CHECKPOINTS=str(checkpoints), **env_extra), timeout_s=120)
 
 
 def first_load_s(url: str, req: dict) -> float:

@@ -47,32 +47,14 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default="app_latency.json")
     args = p.parse_args(argv)
-    import socket
-    import subprocess
-    import urllib.request
-
     from gradio_client import Client
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from diffusion_app.process import start_server
+
     # the app in its own process, as `python app.py` runs on a Space; the client (a stand-in for the browser,
     # which runs on the user's machine) in this one, so that the server does not share its GIL with it
-    env = dict(os.environ, GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1",
-               DIFFUSION_CHECKPOINTS=str(Path(args.checkpoints).resolve()))
-    server = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 180
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            if server.poll() is not None or time.time() > deadline:
-                server.kill()
-                raise SystemExit(f"the app did not start: {server.stderr.read()[-2000:]}")
-            time.sleep(0.5)
+    env = dict(os.environ, GRADIO_SERVER_NAME="127.0.0.1", DIFFUSION_CHECKPOINTS=str(Path(args.checkpoints).resolve()))
+    server, url = start_server(env, timeout_s=180)
     # like a browser, the client does not wait for each preview file to download (files stay on the server)
     client = Client(url, verbose=False, download_files=False)
     rows = []

@@ -126,30 +126,15 @@ def add_students(root) -> Path:
 def start_app_process(env: dict, log=None):
     """``python app.py`` in its own process with ``env`` (GRADIO_SERVER_PORT set), its output to ``log`` (an open
     file) or discarded; returns (process, url) once the page answers. A process that exits first, or a page that
-    does not answer within 120 s, fails the test."""
-    import subprocess
-    import time
-    import urllib.request
-    out = (dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) if log is None
-           else dict(stdout=log, stderr=subprocess.STDOUT))
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, **out)
-    url = f"http://127.0.0.1:{env['GRADIO_SERVER_PORT']}/"
-    for _ in range(240):
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            return proc, url
-        except OSError:
-            assert proc.poll() is None, "the app exited at start-up"
-            time.sleep(0.5)
-    proc.kill()
-    raise AssertionError("the app did not answer within 120 s")
+    does not answer within 120 s, fails the test. The app's own starter (``diffusion_app.process``), which the
+    benchmarks use too; imported here when called, so that the core's tests do not import Gradio."""
+    from diffusion_app.process import start_server
+    return start_server(env, log, timeout_s=120)
 
 
 def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    from diffusion_app.process import free_port as free
+    return free()
 
 
 def launch_app(checkpoints_dir) -> tuple[object, str]:
