@@ -9,6 +9,8 @@ CSS = """
 .dc-bar {height: 8px; background: var(--neutral-200, #e5e7eb); border-radius: 4px; margin-top: 6px; overflow: hidden;}
 .dc-fill {height: 100%; background: var(--color-accent, #f97316); transition: width 0.15s;}
 .dc-small-btn {align-self: end;}
+/* a number typed past its box's bounds, set to the bound (NUMBER_BOUNDS_JS) */
+.dc-clamped {display: block; font-size: 12px; color: #b45309; white-space: nowrap;}
 .dc-pixel img {image-rendering: pixelated;}
 #fwd-image img, #card-img img {width: 100%; height: 100%; object-fit: contain;}
 /* Upscale's before/after slider: both halves fit its box (they overflowed it at their natural 500 px and the
@@ -130,3 +132,35 @@ ARM_SKETCH_JS = """
     .observe(document.body, {subtree: true, childList: true, attributes: true, attributeFilter: ['style', 'class']});
 }
 """
+
+# A number typed past a slider's or box's bounds (batch 99 where 16 is the most): Gradio sent the bound and left the
+# typed number in the box, without a word (issue 35 item 9). When the box is committed (Enter or leaving it), the
+# page sets it to the bound itself, so the box shows what runs, and says so under it for a few seconds.
+NUMBER_BOUNDS_JS = """
+() => {
+  document.addEventListener('change', (e) => {
+    const box = e.target;
+    if (!(box instanceof HTMLInputElement) || box.type !== 'number' || box.value === '') return;
+    const v = Number(box.value);
+    const lo = box.min === '' ? -Infinity : Number(box.min), hi = box.max === '' ? Infinity : Number(box.max);
+    if (Number.isNaN(v) || (v >= lo && v <= hi)) return;
+    const bound = v > hi ? hi : lo;
+    box.value = String(bound);
+    box.dispatchEvent(new Event('input', {bubbles: true}));
+    const head = box.closest('.head') || box.parentElement;      // right under the box: a slider's head row
+    let note = head.parentElement.querySelector(':scope > .dc-clamped');
+    if (!note) {
+      note = document.createElement('span');
+      note.className = 'dc-clamped';
+      head.insertAdjacentElement('afterend', note);
+    }
+    note.textContent = `${v} typed: ${v > hi ? 'at most' : 'at least'} ${bound}`;
+    clearTimeout(note.dcTimer);
+    note.dcTimer = setTimeout(() => note.remove(), 8000);
+  }, true);
+}
+"""
+
+# the page's script: each part above, once the page has loaded
+PAGE_JS = f"() => {{ ({ARM_SKETCH_JS.strip()})(); ({NUMBER_BOUNDS_JS.strip()})(); }}"
+

@@ -9,7 +9,7 @@ import torch
 from starlette.middleware import Middleware
 
 from .application import DiffusionApp
-from .assets import ABOUT, ARM_SKETCH_JS, CSS
+from .assets import ABOUT, CSS, PAGE_JS
 from .forward.page import forward_page, wire_forward
 from .generate.live_page import wire_live
 from .generate.page import generate_page, wire_generate
@@ -100,7 +100,7 @@ class PageCache:
 # state_session_capacity: sessions whose state Gradio keeps, least recently used dropped first (Gradio's default,
 # 10,000, lets them take ~7 GB: each holds ~0.7 MB, measured, mostly its own copy of the page's config with the
 # last outputs)
-LAUNCH_KW = dict(theme=gr.themes.Soft(), css=CSS, js=ARM_SKETCH_JS, max_file_size="32mb",
+LAUNCH_KW = dict(theme=gr.themes.Soft(), css=CSS, js=PAGE_JS, max_file_size="32mb",
                  state_session_capacity=int(os.environ.get("DIFFUSION_SESSIONS", "200")))
 
 

@@ -696,6 +696,14 @@ MUTANTS = [
  ("slerp shrinks towards the middle (a lerp)", "diffusion_core/samplers/spec.py",
   "    return (math.sin((1 - alpha) * theta) / s * a64 + math.sin(alpha * theta) / s * b64).to(a.dtype)",
   "    return ((1 - alpha) * a64 + alpha * b64).to(a.dtype)", "tests/core/test_samplers.py -k slerp"),
+ ("an old model's examples stay clickable while the picked one loads", "diffusion_app/generate/page.py",
+  "*[gr.update(interactive=False)] * len(examples)),", "*[gr.skip()] * len(examples)),",
+  "tests/app/test_browser.py -k waits_until_the_picked"),
+ ("a number typed past its bounds stays in the box without a word", "diffusion_app/assets.py",
+  "    box.value = String(bound);\n", "", "tests/app/test_browser_second_pass.py -k past_its_bounds"),
+ ("Generate usable while the picked model loads", "diffusion_app/generate/page.py",
+  "gr.update(interactive=False, value=f\"Loading {m or 'the model'}…\")", "gr.update(value=f\"Loading {m or 'the model'}…\")",
+  "tests/app/test_browser.py -k waits_until_the_picked"),
 ]
 
 

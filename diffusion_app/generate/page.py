@@ -204,12 +204,17 @@ def wire_generate(app, demo, g: SimpleNamespace, l: SimpleNamespace) -> None:
     def loaded(model, class_label, attributes, request: gr.Request):
         out = app.on_load(model, class_label, attributes, request)
         return (*out, out[0]["value"] if isinstance(out[0], dict) and "value" in out[0] else model)
-    # Generate waits, visibly, until the controls shown are the picked model's (its first load can take seconds):
-    # a run started meanwhile would have mixed one model's name with the other's settings
-    lock = dict(fn=lambda m=None: gr.update(interactive=False, value=f"Loading {m or 'the model'}…"),
-                inputs=[g.model], outputs=[g.run_btn], api_visibility="private", queue=False, show_progress="hidden")
-    unlock = dict(fn=lambda: gr.update(interactive=True, value="Generate"), inputs=None, outputs=[g.run_btn],
-                  api_visibility="private", queue=False, show_progress="hidden")
+    # Generate and the example buttons wait, visibly, until the controls shown are the picked model's (its first load
+    # can take seconds): a run started meanwhile mixed one model's name with the other's settings, and an old
+    # model's example ran the new model's example of the same place (issue 35 item 2)
+    examples = [g.example_0, g.example_1, g.example_2]
+    lock = dict(fn=lambda m=None: (gr.update(interactive=False, value=f"Loading {m or 'the model'}…"),
+                                   *[gr.update(interactive=False)] * len(examples)),
+                inputs=[g.model], outputs=[g.run_btn, *examples], api_visibility="private", queue=False,
+                show_progress="hidden")
+    unlock = dict(fn=lambda: (gr.update(interactive=True, value="Generate"), *[gr.update(interactive=True)] * len(examples)),
+                  inputs=None, outputs=[g.run_btn, *examples], api_visibility="private", queue=False,
+                  show_progress="hidden")
     g.model.input(**lock).then(picked, [g.model, g.sampler, g.class_label, g.attributes, shown], controls + [shown],
                                **quiet).then(**card).then(**unlock)
     demo.load(loaded, [g.model, g.class_label, g.attributes], [g.model] + controls + [shown], **quiet).then(

@@ -265,3 +265,26 @@ def test_the_trajectory_strip_lies_below_its_label(page):
         assert img["top"] >= label["bottom"] - 1, (part, label, img)
         assert img["left"] >= box["left"] - 1 and img["right"] <= box["right"] + 1, (part, box, img)
         assert img["bottom"] <= box["bottom"] + 1 and img["height"] > 10, (part, box, img)
+
+
+def test_a_number_typed_past_its_bounds_is_set_to_the_bound_with_a_word(page):
+    """Issue 35 item 9: batch 99 (16 is the most) stayed in the box while the browser sent 16, without a word. The
+    box is set to the bound, a note inside the batch control says so, and the run makes the 16 images it shows."""
+    pick(page, "tiny")
+    set_number(page, "steps", 2)
+    box = page.locator("#batch-size input[type=number]").first
+    page.evaluate("() => document.querySelector('#batch-size').scrollIntoView({block: 'center'})")
+    box.fill("99")
+    box.press("Enter")
+    page.wait_for_selector("#batch-size .dc-clamped")
+    note = page.locator("#batch-size .dc-clamped")
+    assert box.input_value() == "16" and note.inner_text() == "99 typed: at most 16"
+    block, mark, number, bar = page.evaluate(RECTS, ["#batch-size", "#batch-size .dc-clamped",
+                                                     "#batch-size input[type=number]", "#run-row"])
+    # inside the batch control, just under its box, and in view above the sticky Generate bar
+    assert mark["height"] > 0 and block["top"] <= mark["top"] and mark["bottom"] <= block["bottom"] + 1, (block, mark)
+    assert 0 <= mark["top"] - number["bottom"] < 40 and mark["bottom"] <= bar["top"], (number, mark, bar)
+    page.screenshot(path=str(ARTIFACTS / f"batch-99-{page.size}.png"))
+    page.locator("#generate-btn").click()
+    page.wait_for_function("document.querySelector('#status')?.innerText.includes('Done')")
+    assert "16 image(s)" in status(page), status(page)
