@@ -31,6 +31,15 @@ from .render import fmt_duration
 DEFAULT_FLOPS_PER_S = 2e10      # until a tick has been measured here: about what 2 cores give a small U-Net
 
 
+@dataclass
+class Waiting:
+    """What ``generate(..., poll=True)`` yields while its run waits for a slot: the page's outputs (the status
+    line) and the ticket, which the page's handler watches without holding a thread (``generate_queued``)."""
+
+    outputs: tuple
+    ticket: object
+
+
 @dataclass(eq=False)
 class Ticket:
     """One run's place: ``steps`` (network steps in all), ``step_cost`` (estimated seconds of one step alone in a

@@ -704,6 +704,9 @@ MUTANTS = [
  ("Generate usable while the picked model loads", "diffusion_app/generate/page.py",
   "gr.update(interactive=False, value=f\"Loading {m or 'the model'}…\")", "gr.update(value=f\"Loading {m or 'the model'}…\")",
   "tests/app/test_browser.py -k waits_until_the_picked"),
+ ("a stopped cascade does not say its stage", "diffusion_app/generate/sampling.py",
+  "        return at if n_stages == 1 else \\\n", "        return at if True else \\\n",
+  "tests/app/test_app_second_pass.py -k cascade_says"),
 ]
 
 

@@ -8,7 +8,6 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import gradio as gr
 import numpy as np
@@ -25,21 +24,12 @@ from ..render import (as_pil_uint8, batch_grid, eta_seconds, fitting_path, fmt_d
 from ..runs import KeptRun, kept_run
 from ..settings import (ANY, DEFAULT_SAMPLER, GIF_MAX_FRAMES, MAX_BATCH, PREVIEW_GAP_BUSY_S, USER_ERRORS, log,
                        sampler_label, takes_eta)
-from ..waiting import WaitingRoom, run_cost, seconds_per_flop
+from ..waiting import Waiting, WaitingRoom, run_cost, seconds_per_flop
 from .presets import bundled_name, settings_link
 
 _END = object()
 GPU_FLOPS_PER_S, GPU_SETUP_S = 5e12, 10     # ZeroGPU's share of an H200 for a small U-Net, loading the model
 STOPPING = "the server is stopping: run it again in a minute, once it is back"
-
-
-@dataclass
-class Waiting:
-    """What ``generate(..., poll=True)`` yields while its run waits for a slot: the page's outputs (the status
-    line) and the ticket, which the page's handler watches without holding a thread (``generate_queued``)."""
-
-    outputs: tuple
-    ticket: object
 
 
 class GenerateTab(AppBase):
@@ -266,7 +256,7 @@ class GenerateTab(AppBase):
                     last_preview = time.monotonic()
                     frac = (rec.stage + (rec.index + 1) / rec.num_steps) / n_stages
                     partial = {"x0": rec.x0_hat.detach().float().cpu().clamp(-1, 1).numpy(), "meta": meta,
-                               "step": f"{rec.index + 1}/{rec.num_steps}", "stage": rec.stage}
+                               "step": self._at(rec, n_stages), "stage": rec.stage}
                     first = False
                     status = f"<b>{html.escape(model)}</b> · " + self._status(pipe, rec, n_stages, t0)
                     # the gallery and GIF as the first output left them (None), not gr.skip(): for a skip Gradio rebuilds
@@ -291,7 +281,7 @@ class GenerateTab(AppBase):
             raise gr.Error(f"{model}: {problem}: the network's output is broken")
         final = final.clamp(-1, 1)
         if stopped:
-            meta = dict(meta, partial=True, stopped_at=f"{last.index + 1}/{last.num_steps}")
+            meta = dict(meta, partial=True, stopped_at=self._at(last, n_stages))
         gallery = self._save_gallery(final, meta)
         gif = self._save_gif(frames, meta) if make_gif and frames else None
         text = (f"<b>{'Stopped' if stopped else 'Done'}</b> · {html.escape(model)} · {meta['batch_size']} image(s) · "
@@ -336,6 +326,13 @@ class GenerateTab(AppBase):
         parts.append(f"{el:.1f} s" + (f", about {fmt_duration(left)} left" if left is not None else ""))
         parts.append(pipe.backend)
         return " · ".join(parts)
+
+    @staticmethod
+    def _at(rec, n_stages: int) -> str:
+        """Where a run is: "3/10", or in a cascade "3/10 of stage 2/3 (super-resolution)"."""
+        at = f"{rec.index + 1}/{rec.num_steps}"
+        return at if n_stages == 1 else \
+            f"{at} of stage {rec.stage + 1}/{n_stages} ({'base' if rec.stage == 0 else 'super-resolution'})"
 
     @staticmethod
     def _steps_ran(asked: int, ran: int, spacing: str) -> str:

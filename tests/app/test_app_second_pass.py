@@ -157,3 +157,21 @@ def test_a_grid_with_fewer_timesteps_than_asked_says_both(tmp_path):
     assert f"{ran} steps (karras; {T} asked, the grid has {ran} distinct timesteps)" in last.status, last.status
     *_, last = a.generate("tiny", "ddpm", 5, "karras", seed=0, batch_size=1, preview_every=5)
     assert "5 steps (karras)" in last.status and "asked" not in last.status, last.status
+
+
+def test_a_stopped_cascade_says_which_stage_it_stopped_in(tmp_path):
+    """Walkthrough (issue 35, "say what ran"): "Stopped · pose-cascade-256 · at step 2/10" did not say the run had
+    finished its base and stopped in a super-resolution stage. Both Stop's line and the run's last line say it."""
+    import diffusion_app as app
+    a = app.DiffusionApp(str(build_checkpoints(tmp_path / "ckpt")))
+    stop = threading.Event()
+    outs = a.generate("tiny-cascade", steps=3, batch_size=1, seed=2, stop=stop)
+    partial = next(o.partial for o in outs if isinstance(o.partial, dict) and o.partial.get("stage") == 1)
+    stop.set()
+    *_, last = outs
+    assert "stopped at step 1/3 of stage 2/2 (super-resolution)" in last.status, last.status
+    _, line = a.stop(partial)
+    assert "at step 1/3 of stage 2/2 (super-resolution)" in line, line
+    outs = a.generate("tiny", steps=3, batch_size=1, seed=2, stop=threading.Event())     # one model: the step alone
+    partial = next(o.partial for o in outs if isinstance(o.partial, dict) and "x0" in o.partial)
+    assert a.stop(partial)[1].count("at step 1/3 ·") == 1
