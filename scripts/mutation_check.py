@@ -707,6 +707,9 @@ MUTANTS = [
  ("a stopped cascade does not say its stage", "diffusion_app/generate/sampling.py",
   "        return at if n_stages == 1 else \\\n", "        return at if True else \\\n",
   "tests/app/test_app_second_pass.py -k cascade_says"),
+ ("a running grid with fewer timesteps than asked says only its own", "diffusion_app/generate/sampling.py",
+  "        fewer = rec.stage == 0 and asked not in (None, rec.num_steps)", "        fewer = False",
+  "tests/app/test_app_second_pass.py -k fewer_timesteps"),
 ]
 
 

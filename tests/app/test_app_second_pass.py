@@ -153,8 +153,10 @@ def test_a_grid_with_fewer_timesteps_than_asked_says_both(tmp_path):
     T = a.models.get("tiny").config.diffusion.T
     ran = sum(1 for _ in load(root / "tiny").stream(1, sampler="ddpm", steps=T, spacing="karras", seed=0))
     assert ran < T
-    *_, last = a.generate("tiny", "ddpm", T, "karras", seed=0, batch_size=1, preview_every=T)
+    *outs, last = a.generate("tiny", "ddpm", T, "karras", seed=0, batch_size=1, preview_every=T // 4)
+    first = next(o for o in outs if "step 1/" in str(o.status))
     assert f"{ran} steps (karras; {T} asked, the grid has {ran} distinct timesteps)" in last.status, last.status
+    assert f"step 1/{ran} ({T} asked)" in first.status, first.status         # and while it runs
     *_, last = a.generate("tiny", "ddpm", 5, "karras", seed=0, batch_size=1, preview_every=5)
     assert "5 steps (karras)" in last.status and "asked" not in last.status, last.status
 
