@@ -94,9 +94,10 @@ def test_full_vector_emoji_model_samples_as_before():
     lab[:, [1, 9, 21]] = 1
     lab[2, 28] = 1
     got_t = e.sample(4, sampler="ddim", steps=10, guidance=2.0, labels=lab, seed=5)
-    # bit-identical on the machine that wrote it; a small bound elsewhere (other CPUs round differently)
-    assert (got - ref["emoji_names"]).abs().max() <= 1e-5
-    assert (got_t - ref["emoji_tensor"]).abs().max() <= 1e-5
+    # bit-identical on the machine that wrote it (a Xeon); other CPUs round differently and 10 guided steps grow
+    # it: 2e-4 on an AVX2-only EPYC. A changed condition moves pixels by tenths
+    assert (got - ref["emoji_names"]).abs().max() <= 1e-3
+    assert (got_t - ref["emoji_tensor"]).abs().max() <= 1e-3
 
 
 def _grown(seed=0):
