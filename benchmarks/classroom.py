@@ -180,11 +180,27 @@ def live_visitor(url: str, req: dict, t_zero: float, delay: float, out: dict) ->
         out["error"] = f"{type(e).__name__}: {e}"[:300]
 
 
-def run_class(url: str, req: dict, n: int, seed: int = 0) -> dict:
+def page_visitor(url: str, req: dict, t_zero: float, delay: float, out: dict) -> None:
+    """A visitor as a browser tab: the page's own requests (``benchmarks/page_visitor.py``), its load events, the
+    model picked, the model's first one-click example pressed (its own seed: a class presses the same example)."""
+    from benchmarks.page_visitor import timed_visit
+    if url not in CONFIGS:                  # the page has its config inline: fetched once, outside the timings
+        CONFIGS[url] = json.load(urllib.request.urlopen(url + "config", timeout=60))
+    timed_visit(url, CONFIGS[url], req["model"], "example-0", t_zero, delay, out, batch=req["batch_size"])
+    if "ready_s" in out:
+        out["config_s"] = out["ready_s"]    # "client ready": Generate enabled for the visitor's model
+    if "waiting_status" in out and estimate_s(out["waiting_status"][1]) is not None:
+        out["told_at_s"], out["told_done_s"] = out["waiting_status"][0], estimate_s(out["waiting_status"][1])
+
+
+CONFIGS: dict[str, dict] = {}
+
+
+def run_class(url: str, req: dict, n: int, seed: int = 0, client: str = "page") -> dict:
     rng = random.Random(seed)
     results = [dict() for _ in range(n)]
     t_zero = time.perf_counter()
-    who = live_visitor if req.get("live") else visitor
+    who = live_visitor if req.get("live") else (page_visitor if client == "page" else visitor)
     threads = [threading.Thread(target=who, args=(url, dict(req, seed=req["seed"] + 10 * i), t_zero,
                                                       rng.random(), results[i])) for i in range(n)]
     for t in threads:
@@ -254,6 +270,9 @@ def main(argv=None) -> int:
     p.add_argument("--modes", nargs="+", default=["shared", "serial"], choices=["shared", "serial"])
     p.add_argument("--out", default=str(ROOT / "docs" / "measurements" / "classroom.json"))
     p.add_argument("--no-loads", action="store_true", help="skip timing every model's first load")
+    p.add_argument("--client", default="page", choices=["page", "gradio"],
+                   help="page: each visitor sends what the page sends (load events, the example's chain); "
+                        "gradio: a gradio_client per visitor submitting /generate (the earlier tables)")
     args = p.parse_args(argv)
     from diffusion_core.runtime.machine import cpu_info
     checkpoints = Path(args.checkpoints)
@@ -261,6 +280,7 @@ def main(argv=None) -> int:
                       else args.visitors))
     reqs = {s: (live_request if s == "live" else example_request)(checkpoints, SCENARIOS[s]) for s in args.scenarios}
     record = {"cpu": cpu_info().model, "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
+              "client": args.client,
               "command": "python benchmarks/classroom.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "requests": reqs, "runs": {}}
     if not args.no_loads:
@@ -276,12 +296,13 @@ def main(argv=None) -> int:
                 key = f"{s}/{mode}"
                 load_s = None if req.get("live") else first_load_s(url, req)
                 alone: dict = {}
-                (live_visitor if req.get("live") else visitor)(url, req, time.perf_counter(), 0.0, alone)
+                (live_visitor if req.get("live") else page_visitor if args.client == "page" else visitor)(
+                    url, req, time.perf_counter(), 0.0, alone)
                 if "updates_s" in alone:
                     alone["done_s"] = sorted(alone["updates_s"])[len(alone["updates_s"]) // 2]  # one update alone
                 time.sleep(1.0)
                 load_avg = os.getloadavg()[0]
-                r = run_class(url, req, counts[s])
+                r = run_class(url, req, counts[s], client=args.client)
                 r.update(first_load_s=load_s, alone_s=round(alone.get("done_s", float("nan")), 3),
                          load_before=round(load_avg, 2))
                 r["bound_s"] = round(1.2 * counts[s] * r["alone_s"], 1)    # 1.2 x total work / one run's rate

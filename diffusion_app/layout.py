@@ -29,13 +29,13 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
             with gr.Tab("Generate", id="generate"):
                 g = generate_page(app)
             with gr.Tab("Forward process", id="forward"):
-                f = forward_page()
+                f = forward_page(app)
             with gr.Tab("Learn", id="learn"):
                 l = learn_page()
             with gr.Tab("About", id="about"):
                 gr.Markdown(ABOUT)
         wire_generate(app, demo, g, l)
-        wire_forward(app, demo, f)
+        wire_forward(app, f)
         wire_learn(app, g, l)
         wire_live(app, g, l)
     demo.validate_inputs = check_input_count     # an API call short of inputs: one line, not {"error": null}

@@ -710,6 +710,20 @@ MUTANTS = [
  ("a running grid with fewer timesteps than asked says only its own", "diffusion_app/generate/sampling.py",
   "        fewer = rec.stage == 0 and asked not in (None, rec.num_steps)", "        fewer = False",
   "tests/app/test_app_second_pass.py -k fewer_timesteps"),
+ ("the page opens empty: every visitor asks for the default model's controls", "diffusion_app/generate/cards.py",
+  "        updates.update(card=dict(value=card), card_img=card_img)\n", "        return {}\n",
+  "tests/app/test_page_open.py"),
+ ("a link's load event leaves Generate locked", "diffusion_app/generate/page.py",
+  "        return (model_out, *ctl, new, *cards, gr.update(interactive=True, value=\"Generate\"))",
+  "        return (model_out, *ctl, new, *cards, gr.skip())", "tests/app/test_page_open.py"),
+ ("the Forward tab's images asked for on every page open again", "diffusion_app/forward/page.py",
+  "    out, strip, info = app.forward()\n", "    out, strip, info = None, None, ''\n",
+  "tests/app/test_page_open.py"),
+ ("with no link the load event sends every control anew", "diffusion_app/generate/cards.py",
+  "        if not settings and model == shown:", "        if False:", "tests/app/test_page_open.py"),
+ ("a page opened without a link never makes Generate usable", "diffusion_app/generate/page.py",
+  "{__type__: \"update\", interactive: true};", "{__type__: \"update\"};",
+  "tests/app/test_browser.py -k streams_then"),
 ]
 
 

@@ -298,10 +298,12 @@ class Cards(AppBase):
         out = ["sampler"] if "sampler" in settings and settings["sampler"] not in pipe.samplers else []
         return out + [f"label {x!r}" for x in settings.get("labels") or [] if x not in names]
 
-    def on_load(self, model, class_label=ANY, attributes=None, request: gr.Request = None):
+    def on_load(self, model, class_label=ANY, attributes=None, request: gr.Request = None, shown=None):
         """Page load: the controls for the chosen model, or for the settings of a link (``?model=...&seed=...``,
         see presets.settings_link) where the page was opened with one. A value the link gets wrong is named in a
-        warning and left at the model's default. Returns the model's update, then ``controls_for``'s."""
+        warning and left at the model's default. Returns the model's update, then ``controls_for``'s: all left
+        as they are where no link sets anything and the page already shows ``model``'s controls (``shown``), but for
+        the sampler list (the page opens with every sampler listed: the API's list)."""
         params = getattr(request, "query_params", None) or {}
         settings, bad = from_query(params, self.models)
         bad += self._unknown_to_model(settings)
@@ -310,10 +312,29 @@ class Cards(AppBase):
         elif bad:
             gr.Warning(f"the link's {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not valid here; "
                        "the model's defaults are used instead")
+        if not settings and model == shown:     # the page's sampler list was every sampler (the API's): the model's
+            return (gr.skip(),) + filled(Controls, sampler=gr.update(choices=sampler_choices(self.models.get(model).samplers)))
         if not settings:
             return (gr.skip(),) + self.controls_for(model, class_label, attributes)
         return (gr.update(value=settings["model"]),) + self.controls_for(settings["model"], class_label, attributes,
                                                                          settings)
+
+    def opening(self, model) -> dict[str, dict]:
+        """What the page opens with for ``model``, built once at start-up (issue 34: each visitor's page used to ask
+        for it, 30 updates a visitor, and a class opening the page at once waited seconds for them): its controls and
+        card as constructor arguments by component name. Empty where ``model`` cannot be shown (none, or broken):
+        the page's load event then sets the controls as it did before."""
+        if self.models.device != "cpu":     # on ZeroGPU a network is loaded inside a GPU call, not at start-up
+            return {}
+        try:
+            if model in (None, "") or model not in self.models.names():
+                return {}
+            updates = dict(zip(Controls._fields, self.controls_for(model)))
+            card, card_img = self.card_update(model)
+        except (gr.Error, *USER_ERRORS):
+            return {}
+        updates.update(card=dict(value=card), card_img=card_img)
+        return {name: {k: v for k, v in u.items() if k != "__type__"} for name, u in updates.items()}
 
     def apply_example(self, model, index: int):
         """Example ``index`` of ``model`` (its button's): the model's controls set to the example's settings, which

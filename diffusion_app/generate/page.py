@@ -25,6 +25,10 @@ def generate_page(app) -> SimpleNamespace:
     """Build the tab's components (inside its ``gr.Tab``); returns them by name."""
     names = app.models.choices()        # (label, folder): a broken folder is listed with its reason
     default = app.models.default()
+    opening = app.opening(default)      # the page opens set for the default model (its controls, examples, card)
+
+    def at(name: str, **kwargs) -> dict:
+        return {**kwargs, **opening.get(name, {})}
     stickmen = sorted(str(p) for p in STICKMEN_DIR.glob("*.png")) if STICKMEN_DIR.is_dir() else []
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=330):
@@ -36,42 +40,51 @@ def generate_page(app) -> SimpleNamespace:
                                     elem_classes="dc-small-btn")
             # one click: the model's example settings (a class, attributes, a stickman, a low-res image), then Generate
             with gr.Row(elem_id="examples-row", elem_classes="dc-examples"):
-                example_0 = gr.Button(visible=False, size="sm", min_width=90, elem_id="example-0")
-                example_1 = gr.Button(visible=False, size="sm", min_width=90, elem_id="example-1")
-                example_2 = gr.Button(visible=False, size="sm", min_width=90, elem_id="example-2")
-            class_label = gr.Dropdown([ANY], value=ANY, label="Class", allow_custom_value=True,
-                                      info="(any) samples unconditionally", visible=False,
-                                      elem_id="class-label")
-            attributes = LabelChecks([], value=[], label="Attributes", visible=False, elem_id="attributes")
-            with gr.Group(visible=False) as pose_group:
-                stick_source = Radio([("Sketch pad", "sketch"), ("Upload / example", "upload")],
-                                        value="sketch", label="Stickman (black strokes on white)",
-                                        info="sketch pad: draw with the mouse or a finger; the eraser "
-                                             "and undo are on its toolbars")
+                # usable once the page's load event has run (a settings link may set another model's)
+                example_0 = gr.Button(**at("example_0", visible=False, size="sm", min_width=90, elem_id="example-0",
+                                           interactive=False))
+                example_1 = gr.Button(**at("example_1", visible=False, size="sm", min_width=90, elem_id="example-1",
+                                           interactive=False))
+                example_2 = gr.Button(**at("example_2", visible=False, size="sm", min_width=90, elem_id="example-2",
+                                           interactive=False))
+            class_label = gr.Dropdown(**at("class_label", choices=[ANY], value=ANY, label="Class",
+                                           allow_custom_value=True, info="(any) samples unconditionally",
+                                           visible=False, elem_id="class-label"))
+            attributes = LabelChecks(**at("attributes", choices=[], value=[], label="Attributes", visible=False,
+                                          elem_id="attributes"))
+            with gr.Group(**at("pose_group", visible=False)) as pose_group:
+                stick_source = Radio(**at("stick_source", choices=[("Sketch pad", "sketch"),
+                                                                   ("Upload / example", "upload")],
+                                          value="sketch", label="Stickman (black strokes on white)",
+                                          info="sketch pad: draw with the mouse or a finger; the eraser "
+                                               "and undo are on its toolbars"))
                 stick_sketch = SafeSketchpad(label="Stickman sketch", type="pil",
                                             image_mode="RGBA",
                                             canvas_size=(256, 256), fixed_canvas=True, height=300,
                                             brush=gr.Brush(default_size=6, colors=["#000000"],
                                                            color_mode="fixed"),
                                             layers=False, elem_id="stick-sketch")
-                stick_upload = SafeImage(label="Stickman image", type="filepath", image_mode=None,
-                                         sources=["upload", "clipboard"], height=220, visible=False,
-                                         elem_id="stick-upload")
+                stick_upload = SafeImage(**at("stick_upload", label="Stickman image", type="filepath",
+                                              image_mode=None, sources=["upload", "clipboard"], height=220,
+                                              visible=False, elem_id="stick-upload"))
                 if stickmen:
                     with gr.Column(visible=False) as stick_examples:
                         gr.Examples([[p] for p in stickmen], inputs=[stick_upload],
                                     label="Example stickmen", examples_per_page=8)
                 else:
                     stick_examples = gr.Column(visible=False)
-            sampler = Dropdown(sampler_choices(), value=DEFAULT_SAMPLER, label="Sampler")
-            eta = Slider(0, 1, value=0.0, step=0.05, label="DDIM eta", visible=False,
-                            info="0 deterministic, 1 DDPM-like")
+            # every sampler, as the API's list (an API call is checked against it; its model, by the handler); the
+            # page's own list is the model's (wire_generate's ``loaded``)
+            sampler = Dropdown(**{**at("sampler", value=DEFAULT_SAMPLER, label="Sampler"), "choices": sampler_choices()})
+            eta = Slider(0, 1, **at("eta", value=0.0, step=0.05, label="DDIM eta", visible=False,
+                                    info="0 deterministic, 1 DDPM-like"))
             with gr.Row():
-                steps = Slider(1, MAX_STEPS, value=25, step=1, label="Steps", elem_id="steps")
-                spacing = Radio(list(SPACINGS), value="trailing", label="Timestep spacing",
-                                   info="logsnr / karras: grids in noise level (Gaussian models)")
-            guidance = Slider(0, MAX_GUIDANCE, value=2.0, step=0.25, label="Guidance scale", elem_id="guidance",
-                                 info="classifier-free guidance; 1 = off, 0 = unconditional")
+                steps = Slider(1, MAX_STEPS, **at("steps", value=25, step=1, label="Steps", elem_id="steps"))
+                spacing = Radio(**at("spacing", choices=list(SPACINGS), value="trailing", label="Timestep spacing",
+                                     info="logsnr / karras: grids in noise level (Gaussian models)"))
+            guidance = Slider(0, MAX_GUIDANCE, **at("guidance", value=2.0, step=0.25, label="Guidance scale",
+                                                    elem_id="guidance",
+                                                    info="classifier-free guidance; 1 = off, 0 = unconditional"))
             # a distilled student's images follow the sliders as they are dragged (ui_live, live.py)
             with gr.Group(visible=False, elem_id="live-group") as live_group:
                 live_on = gr.Checkbox(False, label="Live: the images follow guidance, class, seeds and the blend "
@@ -85,22 +98,23 @@ def generate_page(app) -> SimpleNamespace:
                 # right under the sliders, so that the images are in view while one is dragged (on a phone too)
                 live_view = gr.HTML(visible=False, elem_id="live-view")
             with gr.Row(equal_height=False):
-                seed = Number(-1, label="Seed (-1 = random)", precision=0, minimum=-1,
-                              maximum=MAX_SEED, scale=3, elem_id="seed")
+                seed = Number(**at("seed", value=-1, label="Seed (-1 = random)", precision=0, minimum=-1,
+                                   maximum=MAX_SEED, scale=3, elem_id="seed"))
                 with gr.Column(scale=1, min_width=90):
                     rand_btn = gr.Button("🎲 random", size="sm", elem_classes="dc-small-btn")
                     reuse_btn = gr.Button("♻ reuse last", size="sm", elem_classes="dc-small-btn")
             with gr.Row():
-                batch_size = Slider(1, MAX_BATCH, value=4, step=1, label="Batch size", elem_id="batch-size")
+                batch_size = Slider(1, MAX_BATCH, **at("batch_size", value=4, step=1, label="Batch size",
+                                                       elem_id="batch-size"))
                 preview_every = Slider(1, 50, value=1, step=1, label="Preview every k steps")
-            backend = Dropdown(list(BACKENDS), value=app.models.backend, label="Backend",
-                               elem_id="backend",
-                               info="where the network runs: auto measures this CPU and picks the "
-                                    "fastest that matches fp32 (bf16, OpenVINO); the status line says which")
-            with gr.Accordion("img2img / low-res input", open=False) as init_acc:
-                init_image = SafeImage(label="Init image (optional, img2img)", type="filepath",
-                                       image_mode=None, sources=["upload", "clipboard"], height=200,
-                                       elem_id="init-image")
+            backend = Dropdown(**at("backend", choices=list(BACKENDS), value=app.models.backend, label="Backend",
+                                    elem_id="backend",
+                                    info="where the network runs: auto measures this CPU and picks the "
+                                         "fastest that matches fp32 (bf16, OpenVINO); the status line says which"))
+            with gr.Accordion(**at("init_acc", label="img2img / low-res input", open=False)) as init_acc:
+                init_image = SafeImage(**at("init_image", label="Init image (optional, img2img)", type="filepath",
+                                            image_mode=None, sources=["upload", "clipboard"], height=200,
+                                            elem_id="init-image"))
                 strength = Slider(0.05, 1.0, value=0.6, step=0.05, label="Strength",
                                      info="how much noise is added to the init image (1 = all)")
             with gr.Row():
@@ -125,7 +139,7 @@ def generate_page(app) -> SimpleNamespace:
                                  interactive=False, elem_id="gallery", elem_classes="dc-pixel")
             gif = gr.Image(label="Reverse process (GIF)", type="filepath", height=220,
                            interactive=False, visible=False, elem_id="gif")
-            with gr.Accordion("Upscale (super-resolution)", open=False, visible=False) as up_acc:
+            with gr.Accordion(**at("up_acc", label="Upscale (super-resolution)", open=False, visible=False)) as up_acc:
                 with gr.Row():
                     up_input = SafeImage(label="Image to upscale (click a gallery image)",
                                          type="filepath", image_mode=None, height=160,
@@ -138,9 +152,10 @@ def generate_page(app) -> SimpleNamespace:
                                            elem_id="up-slider", elem_classes="dc-pixel")
                 up_file = gr.File(label="Upscaled PNG (full resolution)")
             with gr.Accordion("Model card", open=True):
-                card = gr.Markdown(elem_id="model-card")
-                card_img = gr.Image(label="samples.png", type="filepath", height=280, interactive=False,
-                                    elem_classes="dc-pixel", elem_id="card-img")
+                card = gr.Markdown(**at("card", elem_id="model-card"))
+                card_img = gr.Image(**at("card_img", label="samples.png", type="filepath", height=280,
+                                         interactive=False, elem_classes="dc-pixel", elem_id="card-img"))
+    shown = gr.State(default if opening else None)     # the model the controls are set for (wire_generate)
     last_seed = gr.State(None)
     partial = gr.State(None, time_to_live=STATE_TTL_S)
     # the key of the session's last run in app.runs (the steps themselves stay there, under a budget)
@@ -148,6 +163,12 @@ def generate_page(app) -> SimpleNamespace:
     return page_parts(locals())
 
 
+# a page built for its model and opened without a link has nothing to wait for: Generate and the examples are made
+# usable at once, in the browser (wire_generate). With a link they wait for the server's ``loaded``.
+OPEN_JS = """() => {
+    const use = window.location.search ? {__type__: "update"} : {__type__: "update", interactive: true};
+    return [window.location.search ? use : {...use, value: "Generate"}, use, use, use];
+}"""
 SCROLL_TO_PREVIEW = "() => document.querySelector('#preview')?.scrollIntoView({block: 'center', behavior: 'instant'})"
 
 
@@ -194,16 +215,27 @@ def wire_generate(app, demo, g: SimpleNamespace, l: SimpleNamespace) -> None:
     # .change) gets its defaults; a model set by a link or an example gets their settings instead.
     # A dropdown's input event fires even when the same model is picked again: ``shown`` (the model the controls
     # are set for) makes that a no-op, so re-picking the model keeps the settings typed since.
-    shown = gr.State(None)
+    shown = g.shown
 
     def picked(model, sampler, class_label, attributes, current):
         if model == current:
             return (gr.skip(),) * (len(controls) + 1)
         return (*app.on_model_change(model, sampler, class_label, attributes), model)
 
-    def loaded(model, class_label, attributes, request: gr.Request):
-        out = app.on_load(model, class_label, attributes, request)
-        return (*out, out[0]["value"] if isinstance(out[0], dict) and "value" in out[0] else model)
+    def loaded(model, class_label, attributes, current, request: gr.Request):
+        # issue 34: a visitor's page asked the server for four events, and a class opening the page at once waited
+        # seconds for 120 of them. The page now opens set for its model (generate_page); with no link, the page's
+        # own script makes Generate usable (OPEN_JS) and this returns nothing; a link's settings (or a page not built
+        # for its model) set the controls and the card here, and then Generate is made usable
+        model_out, *rest = app.on_load(model, class_label, attributes, request, shown=current)
+        ctl = Controls(*rest)
+        if not getattr(request, "query_params", None) and model == current:     # usable already (OPEN_JS)
+            return (model_out, *ctl, *(gr.skip(),) * 4)
+        ctl = ctl._replace(**{f: dict(getattr(ctl, f), interactive=True) for f in Controls._fields
+                              if f.startswith("example_")})
+        new = model_out["value"] if "value" in model_out else model
+        cards = app.card_update(new) if new != current else (gr.skip(), gr.skip())
+        return (model_out, *ctl, new, *cards, gr.update(interactive=True, value="Generate"))
     # Generate and the example buttons wait, visibly, until the controls shown are the picked model's (its first load
     # can take seconds): a run started meanwhile mixed one model's name with the other's settings, and an old
     # model's example ran the new model's example of the same place (issue 35 item 2)
@@ -217,8 +249,10 @@ def wire_generate(app, demo, g: SimpleNamespace, l: SimpleNamespace) -> None:
                   show_progress="hidden")
     g.model.input(**lock).then(picked, [g.model, g.sampler, g.class_label, g.attributes, shown], controls + [shown],
                                **quiet).then(**card).then(**unlock)
-    demo.load(loaded, [g.model, g.class_label, g.attributes], [g.model] + controls + [shown], **quiet).then(
-        **card).then(**unlock)
+    demo.load(loaded, [g.model, g.class_label, g.attributes, shown],
+              [g.model] + controls + [shown, g.card, g.card_img, g.run_btn], **quiet)
+    if shown.value is not None:       # the page was built for its model (generate_page)
+        demo.load(None, None, [g.run_btn, *examples], js=OPEN_JS)
     # API endpoint (markdown, samples.png): on a never-shown button, so the UI does not run it twice
     card_api = gr.Button(visible=False)
     card_api.click(app.model_card, [g.model], [g.card, g.card_img], api_name="model_card", **LIGHT)
@@ -251,7 +285,7 @@ def wire_generate(app, demo, g: SimpleNamespace, l: SimpleNamespace) -> None:
     runs = [gen]
     for i, button in enumerate((g.example_0, g.example_1, g.example_2)):
         run = button.click(functools.partial(app.apply_example, index=i), [g.model], [g.model] + controls,
-                           **quiet).then(**card).then(None, None, None, js=SCROLL_TO_PREVIEW).then(
+                           **quiet).then(None, None, None, js=SCROLL_TO_PREVIEW).then(
             sampling.fn, gen_inputs, gen_outputs, api_visibility="private", show_progress="hidden",
             **sampling.limits)
         run.then(**after)
