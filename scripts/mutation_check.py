@@ -723,7 +723,7 @@ MUTANTS = [
   "        if not settings and model == shown:", "        if False:", "tests/app/test_page_open.py"),
  ("a page opened without a link never makes Generate usable", "diffusion_app/generate/page.py",
   "{__type__: \"update\", interactive: true};", "{__type__: \"update\"};",
-  "tests/app/test_browser.py -k streams_then"),
+  "tests/app/test_browser.py -k opened_without_a_link"),
 ]
 
 

@@ -468,3 +468,18 @@ def test_no_progress_overlays_on_the_controls_after_load(url, browser):
     finally:
         pg.close()
     assert not seen, seen[:3]
+
+
+def test_a_page_opened_without_a_link_is_usable_with_its_models_examples(url, browser):
+    """Issue 34: the page opens set for its default model; with no link nothing is waited for (the page's own script
+    makes Generate and the examples usable), and the examples are the default model's."""
+    pg = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        pg.goto(url)
+        pg.wait_for_selector("#generate-btn:not([disabled])", timeout=15_000)
+        assert pg.locator("#generate-btn").inner_text().strip() == "Generate"
+        assert not pg.locator("#example-0").is_disabled() and pg.locator("#example-0").inner_text().startswith("▶")
+        model = pg.locator("#model input").input_value()
+        assert pg.locator("#model-card h3").first.inner_text().strip() == model
+    finally:
+        pg.close()
