@@ -213,6 +213,7 @@ def run_class(url: str, req: dict, n: int, seed: int = 0, client: str = "page") 
     return {"visitors": n, "served": len(served), "refused": len(refused),
             "first_refusal": refused[0]["error"] if refused else None,
             "waited": sum(bool(r.get("waited")) for r in served),
+            "broken_files": sum(r.get("broken_files", 0) for r in served),     # page visitors: images not whole
             "page_s": summary([r["page_s"] for r in results if "page_s" in r]),
             "config_s": summary([r["config_s"] for r in results if "config_s" in r]),
             "started_s": summary([r["started_s"] for r in served if "started_s" in r]),

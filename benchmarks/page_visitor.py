@@ -63,6 +63,7 @@ class PageVisitor:
         self.values = {c["id"]: c.get("props", {}).get("value") for c in config["components"]}
         self.elem = {c["props"]["elem_id"]: c["id"] for c in config["components"] if c.get("props", {}).get("elem_id")}
         self.fetched: set[str] = set()
+        self.broken = 0                 # files that did not come whole (fetch_new_files)
 
     # ---- what the page does -------------------------------------------------------------------------------
     def open(self) -> None:
@@ -167,11 +168,17 @@ class PageVisitor:
         return last
 
     def fetch_new_files(self, value) -> None:
-        """The page shows an output's images: each new file URL is fetched once."""
+        """The page shows an output's images: each new file URL is fetched once. A file that does not come whole is
+        counted in ``broken``, not raised: a browser shows a broken image and goes on. (Gradio writes a cached image
+        in place, named by its content's hash: visitors who press the same example get the same previews, and one's
+        write truncates the file another is being sent.)"""
         for u in urls(value):
             if u not in self.fetched:
                 self.fetched.add(u)
-                self.http.get(u).raise_for_status()
+                try:
+                    self.http.get(u).raise_for_status()
+                except (httpx.HTTPStatusError, httpx.RemoteProtocolError):
+                    self.broken += 1
 
 
 def timed_visit(url: str, config: dict, model: str, example: str, t_zero: float, delay: float, out: dict,
@@ -215,7 +222,7 @@ def timed_visit(url: str, config: dict, model: str, example: str, t_zero: float,
             if not (isinstance(gallery, list) and len(gallery) == batch):
                 raise RuntimeError(f"no gallery of {batch} at the end: {str(last.get(generate))[:200]}")
             page.fetch_new_files(gallery)
-            out.update(done_s=time.perf_counter() - arrive, end=time.perf_counter() - t_zero,
+            out.update(broken_files=page.broken, done_s=time.perf_counter() - arrive, end=time.perf_counter() - t_zero,
                        waited=any("Waiting for a turn" in s for s in statuses), button=button,
                        statuses=statuses[:1] + [s for s in statuses if "Waiting" in s][:1])
     except Exception as e:                                         # noqa: BLE001 - a refused or failed visitor
