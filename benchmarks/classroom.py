@@ -196,11 +196,16 @@ def page_visitor(url: str, req: dict, t_zero: float, delay: float, out: dict) ->
 CONFIGS: dict[str, dict] = {}
 
 
+def visitor_for(req: dict, client: str):
+    """The visitor that runs ``req``: Live's slider drag, or a page (``client`` "page") or a gradio_client."""
+    return live_visitor if req.get("live") else page_visitor if client == "page" else visitor
+
+
 def run_class(url: str, req: dict, n: int, seed: int = 0, client: str = "page") -> dict:
     rng = random.Random(seed)
     results = [dict() for _ in range(n)]
     t_zero = time.perf_counter()
-    who = live_visitor if req.get("live") else (page_visitor if client == "page" else visitor)
+    who = visitor_for(req, client)
     threads = [threading.Thread(target=who, args=(url, dict(req, seed=req["seed"] + 10 * i), t_zero,
                                                       rng.random(), results[i])) for i in range(n)]
     for t in threads:
@@ -297,8 +302,7 @@ def main(argv=None) -> int:
                 key = f"{s}/{mode}"
                 load_s = None if req.get("live") else first_load_s(url, req)
                 alone: dict = {}
-                (live_visitor if req.get("live") else page_visitor if args.client == "page" else visitor)(
-                    url, req, time.perf_counter(), 0.0, alone)
+                visitor_for(req, args.client)(url, req, time.perf_counter(), 0.0, alone)
                 if "updates_s" in alone:
                     alone["done_s"] = sorted(alone["updates_s"])[len(alone["updates_s"]) // 2]  # one update alone
                 time.sleep(1.0)
