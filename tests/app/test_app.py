@@ -694,7 +694,7 @@ def test_branch_from_a_step(tmp_path):
         a.branch(2, "ddim", None, 1.0, False, branches=None, run=cold[-1][-1])
 
 
-def test_upscale_keeps_the_whole_image_and_says_what_it_did(tmp_path):
+def test_upscale_keeps_the_whole_image_and_says_what_it_did(tmp_path, monkeypatch):
     """Issue 35 item 5: a non-square image was centre-cropped without a word (20x14 came out as 28 px). Upscale
     now keeps the whole image, its shape too (the "before" half is the input, pixel for pixel), scales down only an
     image longer than MAX_UPSCALE_INPUT and says so, and refuses an image too thin to upscale. Generate, which
@@ -702,7 +702,10 @@ def test_upscale_keeps_the_whole_image_and_says_what_it_did(tmp_path):
     import numpy as np
 
     import diffusion_app as app
-    from diffusion_app.settings import MAX_UPSCALE_INPUT
+    from diffusion_app.generate import upscale
+    # the bound made small (32 px, the app's is 128): the tiny SR model's attention at 256x170 px took 17 s a run
+    MAX_UPSCALE_INPUT = 32
+    monkeypatch.setattr(upscale, "MAX_UPSCALE_INPUT", MAX_UPSCALE_INPUT)
     a = app.DiffusionApp(str(build_checkpoints(tmp_path / "ckpt")))
     rng = np.random.default_rng(0)
     src = tmp_path / "in.png"
@@ -714,11 +717,11 @@ def test_upscale_keeps_the_whole_image_and_says_what_it_did(tmp_path):
     assert before.size == (20 * f, 14 * f)
     assert np.array_equal(np.asarray(before.convert("L"))[::f, ::f], np.asarray(Image.open(src))), "not the input"
     big = tmp_path / "big.png"
-    Image.fromarray(rng.integers(0, 256, (200, 300), dtype=np.uint8)).save(big)
+    Image.fromarray(rng.integers(0, 256, (50, 75), dtype=np.uint8)).save(big)
     _, path, note = a.upscale("tiny", str(big), 2)
-    w, h = MAX_UPSCALE_INPUT, round(200 * MAX_UPSCALE_INPUT / 300)
+    w, h = MAX_UPSCALE_INPUT, round(50 * MAX_UPSCALE_INPUT / 75)
     assert Image.open(path).size == (2 * w, 2 * h), note
-    assert f"the 300×200 px input was scaled down to {w}×{h} px" in note, note
+    assert f"the 75×50 px input was scaled down to {w}×{h} px" in note, note
     thin = tmp_path / "thin.png"
     Image.fromarray(np.zeros((2, 40), dtype=np.uint8)).save(thin)
     with pytest.raises(Exception, match="too thin"):

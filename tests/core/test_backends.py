@@ -249,12 +249,13 @@ FASHION = ROOT / "checkpoints" / "fashion"
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["bf16", pytest.param("openvino", marks=needs_openvino)])
 def test_shipped_fashion_samples_stay_close_to_fp32(backend):
-    """The app's default for fashion (DPM-Solver++(3M), 10 Karras steps, guidance 2), 8 images of a fixed seed:
-    the per-pixel difference from fp32 is bounded (bf16 rounding moves a few trajectories a little; the FID
-    gate in docs/performance.md shows the distribution is unchanged)."""
+    """The app's default for fashion (DPM-Solver++(3M), 10 Karras steps, guidance 2), 4 images of a fixed seed
+    (4,096 pixels; bf16 is emulated and slow on a CPU without AVX-512 BF16): the per-pixel difference from fp32 is
+    bounded (bf16 rounding moves a few trajectories a little; the FID gate in docs/performance.md shows the
+    distribution is unchanged)."""
     kw = dict(sampler="dpm++3m", steps=10, spacing="karras", guidance=2.0, labels=[3], seed=5)
-    ref = load(FASHION, backend="fp32").sample(8, **kw)
-    out = load(FASHION, backend=backend).sample(8, **kw)
+    ref = load(FASHION, backend="fp32").sample(4, **kw)
+    out = load(FASHION, backend=backend).sample(4, **kw)
     diff = (out - ref).abs()
     assert diff.pow(2).mean().sqrt() < 0.04, diff.pow(2).mean().sqrt()
     assert torch.quantile(diff.flatten(), 0.99) < 0.2, torch.quantile(diff.flatten(), 0.99)
