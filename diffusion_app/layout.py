@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections import OrderedDict
+from pathlib import Path
 
 import gradio as gr
+from gradio import processing_utils
 import torch
 from starlette.middleware import Middleware
 
@@ -18,6 +21,7 @@ from .learn.page import learn_page, wire_learn
 
 
 def build_demo(checkpoints_dir=None) -> gr.Blocks:
+    processing_utils.save_pil_to_cache = save_pil_to_cache_whole
     app = DiffusionApp(checkpoints_dir)
     threads = os.environ.get("DIFFUSION_THREADS")
     if threads:
@@ -44,6 +48,33 @@ def build_demo(checkpoints_dir=None) -> gr.Blocks:
     demo.queue(default_concurrency_limit=int(os.environ.get("DIFFUSION_CONCURRENCY", "2")),
                max_size=int(os.environ.get("DIFFUSION_QUEUE", "256")))
     return demo
+
+
+def save_pil_to_cache_whole(img, cache_dir: str, name: str = "image", format: str = "webp") -> str:
+    """Gradio's ``processing_utils.save_pil_to_cache`` (which its Image and Gallery call for every picture a handler
+    returns), written so that a file being sent is never rewritten. Gradio names the file by its bytes' hash and
+    rewrote it in place each time: a class pressing the same example gets identical previews, and one visitor's write
+    emptied the file another's browser was fetching (a broken image; 1-2 in a class of 30). Here an existing file
+    (the same bytes) is only touched, for ``delete_cache``'s ageing, and a new one is renamed into place whole."""
+    data = processing_utils.encode_pil_to_bytes(img, format)
+    folder = Path(cache_dir) / processing_utils.hash_bytes(data)
+    folder.mkdir(exist_ok=True, parents=True)
+    path = (folder / f"{name}.{format}").resolve()
+    if path.exists():
+        try:
+            os.utime(path)
+        except OSError:
+            pass
+        return str(path)
+    fd, staging = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(staging, path)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
+    return str(path)
 
 
 class PageCache:

@@ -724,6 +724,12 @@ MUTANTS = [
  ("a page opened without a link never makes Generate usable", "diffusion_app/generate/page.py",
   "{__type__: \"update\", interactive: true};", "{__type__: \"update\"};",
   "tests/app/test_browser.py -k opened_without_a_link"),
+ ("Gradio's in-place write of a cached picture kept", "diffusion_app/layout.py",
+  "    processing_utils.save_pil_to_cache = save_pil_to_cache_whole\n", "",
+  "tests/app/test_page_cache.py -k never_rewritten"),
+ ("a cached picture written again in place", "diffusion_app/layout.py",
+  "    if path.exists():\n        try:", "    path.write_bytes(data)\n    if path.exists():\n        try:",
+  "tests/app/test_page_cache.py -k never_rewritten"),
 ]
 
 

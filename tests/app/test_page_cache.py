@@ -69,3 +69,36 @@ def test_every_launch_gets_its_own_app_kwargs():
     a, b = app_kwargs(), app_kwargs()
     assert a is not b and a["middleware"] is not b["middleware"]
     assert [m.cls for m in a["middleware"]] == [PageCache]
+
+
+def test_a_cached_picture_is_never_rewritten_while_it_is_sent(tmp_path):
+    """Gradio names a returned picture's file by its bytes' hash and rewrote it in place each time: a visitor fetching
+    it while another's identical preview was saved got an empty or cut file (issue 34). Built by the app, the same
+    picture saved 200 times in one thread while another reads the file: every read is the whole file."""
+    import threading
+
+    import gradio as gr
+    import numpy as np
+    from PIL import Image
+
+    from app_fixtures import build_checkpoints
+    from diffusion_app import build_demo
+    build_demo(str(build_checkpoints(tmp_path / "ckpt")))
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8))
+    preview = gr.Image(type="pil", format="png")            # as the app's preview: a PIL picture returned
+    path = preview.postprocess(img).path
+    whole = open(path, "rb").read()
+    done = threading.Event()
+
+    def save_again():
+        for _ in range(200):
+            assert preview.postprocess(img).path == path
+        done.set()
+    writer = threading.Thread(target=save_again)
+    writer.start()
+    reads, cut = 0, 0
+    while not done.is_set():
+        reads += 1
+        cut += open(path, "rb").read() != whole
+    writer.join()
+    assert reads > 100 and cut == 0, (reads, cut)
