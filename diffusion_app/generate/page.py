@@ -169,6 +169,11 @@ OPEN_JS = """() => {
     const use = window.location.search ? {__type__: "update"} : {__type__: "update", interactive: true};
     return [window.location.search ? use : {...use, value: "Generate"}, use, use, use];
 }"""
+# Generate and the examples while a picked model's controls are fetched, and after (wire_generate)
+LOCK_JS = """(m) => { const off = {__type__: "update", interactive: false};
+    return [{...off, value: `Loading ${m || 'the model'}…`}, off, off, off]; }"""
+UNLOCK_JS = """() => { const on = {__type__: "update", interactive: true};
+    return [{...on, value: "Generate"}, on, on, on]; }"""
 SCROLL_TO_PREVIEW = "() => document.querySelector('#preview')?.scrollIntoView({block: 'center', behavior: 'instant'})"
 
 
@@ -240,15 +245,13 @@ def wire_generate(app, demo, g: SimpleNamespace, l: SimpleNamespace) -> None:
     # can take seconds): a run started meanwhile mixed one model's name with the other's settings, and an old
     # model's example ran the new model's example of the same place (issue 35 item 2)
     examples = [g.example_0, g.example_1, g.example_2]
-    lock = dict(fn=lambda m=None: (gr.update(interactive=False, value=f"Loading {m or 'the model'}…"),
-                                   *[gr.update(interactive=False)] * len(examples)),
-                inputs=[g.model], outputs=[g.run_btn, *examples], api_visibility="private", queue=False,
-                show_progress="hidden")
-    unlock = dict(fn=lambda: (gr.update(interactive=True, value="Generate"), *[gr.update(interactive=True)] * len(examples)),
-                  inputs=None, outputs=[g.run_btn, *examples], api_visibility="private", queue=False,
-                  show_progress="hidden")
-    g.model.input(**lock).then(picked, [g.model, g.sampler, g.class_label, g.attributes, shown], controls + [shown],
-                               **quiet).then(**card).then(**unlock)
+    # the lock and the unlock run in the browser (issue 34: each was a request, and a class picking at once waited on
+    # them); the card comes after the controls, by which time the page has drawn them
+    lock = dict(fn=None, inputs=[g.model], outputs=[g.run_btn, *examples], js=LOCK_JS)
+    unlock = dict(fn=None, inputs=None, outputs=[g.run_btn, *examples], js=UNLOCK_JS)
+    pick = dict(fn=picked, inputs=[g.model, g.sampler, g.class_label, g.attributes, shown], outputs=controls + [shown],
+                **quiet)
+    g.model.input(**lock).then(**pick).then(**card).then(**unlock)
     demo.load(loaded, [g.model, g.class_label, g.attributes, shown],
               [g.model] + controls + [shown, g.card, g.card_img, g.run_btn], **quiet)
     if shown.value is not None:       # the page was built for its model (generate_page)
@@ -256,8 +259,7 @@ def wire_generate(app, demo, g: SimpleNamespace, l: SimpleNamespace) -> None:
     # API endpoint (markdown, samples.png): on a never-shown button, so the UI does not run it twice
     card_api = gr.Button(visible=False)
     card_api.click(app.model_card, [g.model], [g.card, g.card_img], api_name="model_card", **LIGHT)
-    g.refresh.click(app.refresh_models, [g.model], [g.model], **quiet).then(
-        picked, [g.model, g.sampler, g.class_label, g.attributes, shown], controls + [shown], **quiet).then(**card)
+    g.refresh.click(app.refresh_models, [g.model], [g.model], **quiet).then(**pick).then(**card)
     local = dict(api_visibility="private", queue=False)
     g.sampler.change(lambda s: gr.update(visible=takes_eta(s)), [g.sampler], [g.eta], **local)
     g.stick_source.change(lambda s: (gr.update(visible=s == "sketch"), gr.update(visible=s == "upload"),
