@@ -139,6 +139,7 @@ def test_generate_streams_then_gallery(page):
     assert height < 2500, height
     # the preview (x_t | x0_hat of 4 images) fills its 300 px high box: two 2x2 grids; a row of four per side
     # drew 64 px tiles in a strip about 150 px high (issue 18)
+    page.wait_for_function("document.querySelector('#preview img')?.naturalWidth > 0")   # decoded (late under load)
     w, h, nw, nh = page.evaluate("() => { const i = document.querySelector('#preview img'); "
                                  "const r = i.getBoundingClientRect(); return [r.width, r.height, i.naturalWidth, "
                                  "i.naturalHeight]; }")
