@@ -50,7 +50,7 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-FILES_GRACE_S = 1.5
+FILES_GRACE_S = 3.0
 
 
 def exit_on_sigterm(signum, frame):

@@ -546,7 +546,7 @@ def test_sample_reports_a_broken_output(tmp_path, make_model, capsys, monkeypatc
 
 
 # ---- 14. SIGTERM with a run in flight ----------------------------------------------------------------------------
-HOLD_S = 0.75       # half of app.FILES_GRACE_S (1.5 s): a client this slow must still get its last files
+HOLD_S = 1.5        # half of app.FILES_GRACE_S (3 s): a client this slow must still get its last files
 
 
 def test_sigterm_with_a_run_in_flight(tmp_path, monkeypatch):
