@@ -730,6 +730,8 @@ MUTANTS = [
  ("Gradio's in-place write of a cached picture kept", "diffusion_app/layout.py",
   "    processing_utils.save_pil_to_cache = save_pil_to_cache_whole\n", "",
   "tests/app/test_page_cache.py -k never_rewritten"),
+ ("the idle queue looks for work every 1 ms", "diffusion_app/layout.py",
+  "    demo._queue.sleep_when_free = QUEUE_POLL_S\n", "", "tests/app/test_page_cache.py -k idle_queue"),
  ("a cached picture written again in place", "diffusion_app/layout.py",
   "    if path.exists():\n        try:", "    path.write_bytes(data)\n    if path.exists():\n        try:",
   "tests/app/test_page_cache.py -k never_rewritten"),
