@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 
@@ -10,6 +9,8 @@ import gradio as gr
 from gradio import processing_utils
 import torch
 from starlette.middleware import Middleware
+
+from diffusion_core import atomic_write_bytes
 
 from .application import DiffusionApp
 from .assets import ABOUT, CSS, PAGE_JS
@@ -63,23 +64,14 @@ def save_pil_to_cache_whole(img, cache_dir: str, name: str = "image", format: st
     emptied the file another's browser was fetching (a broken image; 1-2 in a class of 30). Here an existing file
     (the same bytes) is only touched, for ``delete_cache``'s ageing, and a new one is renamed into place whole."""
     data = processing_utils.encode_pil_to_bytes(img, format)
-    folder = Path(cache_dir) / processing_utils.hash_bytes(data)
-    folder.mkdir(exist_ok=True, parents=True)
-    path = (folder / f"{name}.{format}").resolve()
+    path = (Path(cache_dir) / processing_utils.hash_bytes(data) / f"{name}.{format}").resolve()
     if path.exists():
         try:
             os.utime(path)
         except OSError:
             pass
         return str(path)
-    fd, staging = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(staging, path)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data, durable=False)       # a cache: no fsync on the previews' path
     return str(path)
 
 

@@ -15,7 +15,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 _EXPORTS = {
-    "checkpoint": ("SAMPLER_KINDS", "CheckpointError", "part_outside", "read_json", "save_cascade", "save_ensemble",
+    "checkpoint": ("SAMPLER_KINDS", "CheckpointError", "atomic_write_bytes", "part_outside", "read_json", "save_cascade", "save_ensemble",
                    "save_model"),
     "conditioning": ("Condition",),
     "config": ("SR_SAMPLING", "ConfigError", "DiffusionConfig", "ModelConfig", "UNetConfig"),
@@ -38,8 +38,8 @@ _EXPORTS = {
     "unet": ("UNet", "network_cost"),
 }
 if TYPE_CHECKING:     # what tools (type checkers, IDEs) see; tests/core/test_public_api.py keeps it equal to _EXPORTS
-    from .checkpoint import (SAMPLER_KINDS, CheckpointError, part_outside, read_json, save_cascade, save_ensemble,
-                             save_model)
+    from .checkpoint import (SAMPLER_KINDS, CheckpointError, atomic_write_bytes, part_outside, read_json, save_cascade,
+                             save_ensemble, save_model)
     from .conditioning import Condition
     from .config import SR_SAMPLING, ConfigError, DiffusionConfig, ModelConfig, UNetConfig
     from .data import DataConfig, load_data

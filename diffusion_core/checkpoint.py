@@ -61,8 +61,8 @@ class CheckpointError(ValueError):
 SAMPLER_KINDS = ("model", "ensemble", "cascade")      # the config.json kinds that ``load`` samples from
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
+def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
+    """Write to a temporary file in the same folder, fsync if ``durable``, then rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -70,8 +70,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.fchmod(fd, 0o666 & ~UMASK)        # mkstemp makes 0600; the file gets a normal file's mode
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         if os.environ.get("DIFFUSION_FAULT_PAUSE_BEFORE_RENAME"):     # fault injection for the kill -9 test
             import time
             time.sleep(float(os.environ["DIFFUSION_FAULT_PAUSE_BEFORE_RENAME"]))

@@ -163,17 +163,14 @@ def generate_page(app) -> SimpleNamespace:
     return page_parts(locals())
 
 
-# a page built for its model and opened without a link has nothing to wait for: Generate and the examples are made
-# usable at once, in the browser (wire_generate). With a link they wait for the server's ``loaded``.
-OPEN_JS = """() => {
-    const use = window.location.search ? {__type__: "update"} : {__type__: "update", interactive: true};
-    return [window.location.search ? use : {...use, value: "Generate"}, use, use, use];
-}"""
 # Generate and the examples while a picked model's controls are fetched, and after (wire_generate)
 LOCK_JS = """(m) => { const off = {__type__: "update", interactive: false};
     return [{...off, value: `Loading ${m || 'the model'}…`}, off, off, off]; }"""
 UNLOCK_JS = """() => { const on = {__type__: "update", interactive: true};
     return [{...on, value: "Generate"}, on, on, on]; }"""
+# a page built for its model and opened without a link has nothing to wait for: Generate and the examples are made
+# usable at once, in the browser (wire_generate). With a link they wait for the server's ``loaded``.
+OPEN_JS = f"""() => window.location.search ? Array(4).fill({{__type__: "update"}}) : ({UNLOCK_JS})()"""
 SCROLL_TO_PREVIEW = "() => document.querySelector('#preview')?.scrollIntoView({block: 'center', behavior: 'instant'})"
 
 
