@@ -20,6 +20,7 @@ MAX_UPSCALE_INPUT = 128          # side of an image handed to a super-resolution
 PREVIEW_PX = 256                 # previews are nearest-neighbour upscaled to about this size
 GIF_MAX_FRAMES = 60
 PREVIEW_GAP_BUSY_S = 0.5         # while other runs sample too, a run's previews come at most this often
+STOP_WAIT_S = 2.0                # Stop's result waits at most this long for the run to end
 ANY = "(any)"
 DEGRADATIONS = ["noise", "blur", "pixelate", "mask"]
 USER_ERRORS = (ImageError, CheckpointError, ValueError)

@@ -289,7 +289,11 @@ def wire_generate(app, demo, g: SimpleNamespace, l: SimpleNamespace) -> None:
             **sampling.limits)
         run.then(**after)
         runs.append(run)
-    g.stop_btn.click(app.stop, [g.partial], [g.gallery, g.status], cancels=runs, **local)
+    # Stop: the run ends at once (unqueued); its partial result follows queued, on the same event stream as the
+    # run's previews and so after them (sent unqueued, a preview already on its way arrived later and emptied it)
+    g.stop_btn.click(app.stop_now, None, None, cancels=runs, **local).then(
+        app.stop, [g.partial], [g.gallery, g.status], api_visibility="private", show_progress="hidden",
+        concurrency_limit=None)
 
     def pick(gal, evt: gr.SelectData):
         if not gal or evt.index is None or evt.index >= len(gal):

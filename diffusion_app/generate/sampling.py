@@ -22,8 +22,8 @@ from ..outputs import Shown, filled
 from ..render import (as_pil_uint8, batch_grid, eta_seconds, fitting_path, fmt_duration, html_status, save_png,
                      side_by_side)
 from ..runs import KeptRun, kept_run
-from ..settings import (ANY, DEFAULT_SAMPLER, GIF_MAX_FRAMES, MAX_BATCH, PREVIEW_GAP_BUSY_S, USER_ERRORS, log,
-                       sampler_label, takes_eta)
+from ..settings import (ANY, DEFAULT_SAMPLER, GIF_MAX_FRAMES, MAX_BATCH, PREVIEW_GAP_BUSY_S, STOP_WAIT_S,
+                       USER_ERRORS, log, sampler_label, takes_eta)
 from ..waiting import Waiting, WaitingRoom, run_cost, seconds_per_flop
 from .presets import bundled_name, settings_link
 
@@ -153,8 +153,7 @@ class GenerateTab(AppBase):
         [GPU_SETUP_S, 120]; 60 when the model is not loaded yet (it is loaded inside the GPU call) or the request
         cannot be read (``generate`` then reports what is wrong)."""
         try:
-            a = inspect.signature(self.generate).bind(*args, **kwargs)
-            a.apply_defaults()
+            (a := inspect.signature(self.generate).bind(*args, **kwargs)).apply_defaults()
             a = a.arguments
             if not self.models.is_ready(a["model"], a["backend"]):
                 return 60
@@ -379,12 +378,18 @@ class GenerateTab(AppBase):
         imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=durations, loop=0)
         return str(path)
 
-    def stop(self, partial, request: gr.Request = None):
-        """Stop button: end the sampling loop at once and show the latest x0_hat in the gallery."""
-        session = getattr(request, "session_hash", None) or "api"
-        ev = self._stops.get(session)
-        if ev is not None:
+    def stop_now(self, request: gr.Request = None) -> threading.Event | None:
+        """Stop button, first part (unqueued, at once): end the session's sampling loop."""
+        if (ev := self._stops.get(getattr(request, "session_hash", None) or "api")) is not None:
             ev.set()
+        return ev
+
+    def stop(self, partial, request: gr.Request = None):
+        """Stop button: end the run, show its latest x0_hat. Queued, after ``stop_now`` and the run's end: its result
+        comes after the run's last preview on the session's stream (unqueued, a later preview emptied it)."""
+        ev, deadline = self.stop_now(request), time.monotonic() + STOP_WAIT_S
+        while ev is not None and ev in self._stops.values() and time.monotonic() < deadline:
+            time.sleep(0.01)
         if not partial or partial.get("done"):
             return gr.skip(), gr.skip()
         meta = dict(partial["meta"], partial=True, stopped_at=partial.get("step"))

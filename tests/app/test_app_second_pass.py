@@ -30,6 +30,31 @@ def test_a_stopped_run_names_the_model_that_ran(tmp_path):
     assert "<b>Stopped</b> · tiny-attr · before it started" in last[1], last[1]
 
 
+def test_stops_result_comes_after_the_run_has_ended(tmp_path):
+    """Stop's result (queued on the page, behind ``stop_now``) waits for the run in flight to end, so that it is sent
+    after the run's last preview: sent at once, a preview still on its way arrived after it and emptied the gallery
+    (seen under load). Here the run's visitor pulls its next output only 0.4 s after Stop is pressed."""
+    import time
+    import diffusion_app as app
+    a = app.DiffusionApp(str(build_checkpoints(tmp_path / "ckpt")))
+    outs = a.generate("tiny", steps=200, batch_size=1, seed=5)
+    partial = next(o.partial for o in outs if isinstance(o.partial, dict) and "x0" in o.partial)
+    seen = []
+
+    def visitor():
+        time.sleep(0.4)
+        seen.extend(outs)
+    t0 = time.monotonic()
+    pulling = threading.Thread(target=visitor)
+    pulling.start()
+    gallery, line = a.stop(partial)
+    waited = time.monotonic() - t0
+    pulling.join(30)
+    assert waited >= 0.35, waited            # not before the run had ended
+    assert "<b>Stopped</b> · tiny" in line and len(gallery) == 1
+    assert "<b>Stopped</b>" in seen[-1].status and "/200" in seen[-1].status
+
+
 def test_a_run_stopped_between_steps_says_where_it_stopped(tmp_path):
     """Walkthrough (issue 35 item 9, "say what ran"): a run whose loop saw Stop ended with "Stopped · fashion · 4
     image(s) · ... 268 steps (karras; 400 asked, ...)" and not the step it stopped at, which reads as if 268 steps

@@ -113,3 +113,14 @@ def test_a_cached_picture_is_never_rewritten_while_it_is_sent(demo):
         cut += open(path, "rb").read() != whole
     writer.join()
     assert reads > 100 and cut == 0, (reads, cut)
+
+
+@pytest.mark.slow
+def test_stops_result_is_queued_behind_the_run(demo):
+    """Stop ends the run at once (unqueued ``stop_now``, beside Gradio's cancel) and sends its partial result queued,
+    after it: on the session's event stream, behind the run's previews (unqueued, a preview still on its way came
+    after it and emptied the gallery). test_app_second_pass checks that the result also waits for the run's end."""
+    fns = {getattr(f.fn, "__name__", None): f for f in demo.fns.values()}
+    now, result = fns["stop_now"], fns["stop"]
+    assert now.queue is False and result.queue is True and result.trigger_after == now._id
+    assert result.concurrency_limit is None      # never behind the sampling runs' own limit
