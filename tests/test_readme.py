@@ -35,6 +35,7 @@ SETUP = {"python3 -m venv .venv", ". .venv/bin/activate"}          # shell set-u
 WEB = {"npm ci --prefix web --ignore-scripts", "python web/build.py --out web/dist", "python -m http.server -d web/dist 8000"}
 CLI = re.compile(r"^(?:python -m|torchrun \S+ -m) diffusion_core ([\w-]+)(.*)$")
 QUICK = 'python -m pytest tests -q -m "not slow"'                    # the quick subset
+FULL = "python -m pytest tests -q -n 2 --dist loadfile"                 # everything, on 2 workers: what CI runs
 
 
 def code_blocks(lang: str, text: str = README) -> list[str]:
@@ -77,13 +78,13 @@ def cli_commands(kind):
 
 def test_every_readme_command_is_checked():
     checked = {"pip install -r requirements.txt", "python app.py", "pip install -r requirements-dev.txt",
-               "python -m pytest tests -q", QUICK}
+               FULL, QUICK}
     unknown = [c for c in commands() if c not in SETUP | WEB | checked and not CLI.match(c)
                and not c.startswith("sudo apt-get install -y ")]
     assert not unknown, f"README commands without a check in tests/test_readme.py: {unknown}"
     # the first screen's order: set-up, the app, then the tests
     order = [commands().index(c) for c in ("pip install -r requirements.txt", "python app.py",
-                                           "pip install -r requirements-dev.txt", "python -m pytest tests -q")]
+                                           "pip install -r requirements-dev.txt", FULL)]
     assert order == sorted(order)
 
 
@@ -91,7 +92,7 @@ def test_install_and_test_lines_are_what_ci_runs():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "python -m pip install -q -r requirements-dev.txt" in ci
     assert "npm ci --prefix web --ignore-scripts" in ci                     # the README's web/ install line
-    assert ci.strip().splitlines()[-1] == "python -m pytest tests -q"       # CI ends with the README's test line
+    assert ci.strip().splitlines()[-1] == FULL                             # CI ends with the README's test line
     (apt,) = [c for c in commands() if c.startswith("sudo apt-get install -y ")]
     # CI installs $PKGS: the README's packages, plus nodejs and npm only where npm is missing (as the README's comment)
     assert re.search(r"apt-get install -y \$PKGS >", ci)
