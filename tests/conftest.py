@@ -78,8 +78,6 @@ def make_model():
 
 
 def pytest_configure(config):
-    if hasattr(config.option, "loadscopereorder"):     # xdist would put the modules with most tests first instead
-        config.option.loadscopereorder = False
     config.addinivalue_line("markers", "slow: trains, starts processes or servers, or runs the shipped models "
                                        "(python -m pytest tests -q -m 'not slow' leaves them out: the quick subset)")
 
@@ -90,24 +88,13 @@ SLOW_MODULES = {"test_app", "test_bad_inputs", "test_learning", "test_browser", 
                 "test_hostile_round3", "test_cli"}
 
 
-# the longest modules, longest first (seconds in a full run, AMD EPYC, 2026-12-07): the README's command hands whole
-# modules to 2 workers (-n 2 --dist loadfile) in collection order (pytest_configure keeps xdist from reordering them),
-# so these go first and no long one is left to end the run alone. The rest keep pytest's order.
-LONGEST_FIRST = ("test_web", "test_browser_second_pass", "test_train", "test_browser", "test_readme",
-                 "test_app_memory", "test_backends", "test_bad_inputs", "test_app", "test_load", "test_learning",
-                 "test_hostile_round3")     # 154, 133, 111, 77, 67, 62, 61, 61, 51, 35, 35, 32 s
-
-
 def pytest_collection_modifyitems(config, items):
     """Marks slow every test of SLOW_MODULES and every test that talks to the session's app server (app_server,
-    through app_fixtures' server / client or test_browser's page: the first starts it, each sends requests), and
-    puts the LONGEST_FIRST modules first (a stable sort: the order within a module is kept)."""
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    through app_fixtures' server / client or test_browser's page: the first starts it, each sends requests)."""
     for item in items:
         module = getattr(getattr(item, "module", None), "__name__", "").rsplit(".", 1)[-1]
         if module in SLOW_MODULES or "app_server" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
-    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))
 
 
 @pytest.fixture
