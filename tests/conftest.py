@@ -79,7 +79,7 @@ def make_model():
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: trains, starts processes or servers, or runs the shipped models "
-                                       "(python -m pytest tests -q -m 'not slow' leaves them out: the quick subset)")
+                                       "(the README's quick subset, -m 'not slow', leaves them out)")
 
 
 # modules about the app as a page, a server, a browser or processes, and about hostile inputs to all of them: slow

@@ -34,7 +34,7 @@ SETUP = {"python3 -m venv .venv", ". .venv/bin/activate"}          # shell set-u
 # web/build.py's build() and serves it as http.server does
 WEB = {"npm ci --prefix web --ignore-scripts", "python web/build.py --out web/dist", "python -m http.server -d web/dist 8000"}
 CLI = re.compile(r"^(?:python -m|torchrun \S+ -m) diffusion_core ([\w-]+)(.*)$")
-QUICK = 'python -m pytest tests -q -m "not slow"'                    # the quick subset
+QUICK = 'python -m pytest tests/core tests/training tests/test_readme.py -q -m "not slow" -n 2'   # the quick subset
 FULL = "python -m pytest tests -q -n 2 --dist loadfile"                 # everything, on 2 workers: what CI runs
 
 
@@ -104,14 +104,18 @@ def test_install_and_test_lines_are_what_ci_runs():
 
 @pytest.mark.slow
 def test_the_quick_subset_is_the_maths_without_the_slow_tests(tmp_path):
-    """The README's quick line, collected by pytest as written (a plugin lists what the marker leaves out): it keeps
-    the maths' test files whole but for the shipped models and the learning run, and leaves out every test that
-    talks to the app's server or drives the browser, the memory and load tests, and the processes that train."""
+    """The README's quick line, collected by pytest as written (a plugin lists what the marker leaves out): the core
+    and training rooms and the README's own checks, never the app's or the web page's (each imports Gradio or
+    drives a browser). It keeps the maths' test files whole but for the shipped models and the learning run, and
+    leaves out the processes that train and every test that imports the app."""
     assert QUICK in commands()
     (tmp_path / "list_deselected.py").write_text(
         "def pytest_deselected(items):\n"
         "    for item in items:\n"
-        "        print('DESELECTED', item.nodeid)\n")
+        "        print('DESELECTED', item.nodeid)\n"
+        "def pytest_collection_finish(session):\n"
+        "    import sys\n"
+        "    print('IMPORTED', sorted({'gradio', 'diffusion_app'} & set(sys.modules)))\n")
     r = subprocess.run([sys.executable, *shlex.split(QUICK)[1:], "--collect-only", "-p", "no:cacheprovider",
                         "-p", "list_deselected"], cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)])))
@@ -122,17 +126,20 @@ def test_the_quick_subset_is_the_maths_without_the_slow_tests(tmp_path):
 
     def in_file(t: str, name: str) -> bool:            # t: tests/<room>/<name>.py::<test>
         return t.split("::")[0].endswith(f"/{name}.py")
-    assert len(quick) > 400 and len(slow) > 100 and not quick & slow
+    assert len(quick) > 400 and len(slow) > 50 and not quick & slow
     for name in ("test_schedules", "test_samplers", "test_unet", "test_denoisers", "test_shared",
                  "test_training_math", "test_python_version"):
         assert any(in_file(t, name) for t in quick), name
         left_out = {t for t in slow if in_file(t, name)}
         assert all("shipped" in t or "a_tiny_model_learns" in t for t in left_out), (name, left_out)
-    for name in ("test_browser", "test_load", "test_app_signals", "test_learning", "test_bad_inputs"):
+    assert not any(t.startswith(("tests/app/", "tests/web/")) for t in quick | slow)
+    for name in ("test_cli", "test_hostile_round3"):
         assert not any(in_file(t, name) for t in quick), name
     for name in ("test_repeated_kill_9_at_random_points_then_resume", "test_ddp_two_processes_identical_weights",
-                 "test_the_app_starts_with_requirements_txt_alone", "test_memory_stays_flat_over_many_new_sessions"):
+                 "test_the_app_starts_with_requirements_txt_alone", "test_a_fractional_whole_number_in_a_link_is_"
+                 "dropped_not_rounded[steps-2.5]"):
         assert any(t.endswith(f"::{name}") for t in slow), name
+    assert "IMPORTED []" in lines, [line for line in lines if line.startswith("IMPORTED")]   # collected without the app
 
 
 def _free_port() -> int:

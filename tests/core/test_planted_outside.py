@@ -128,6 +128,7 @@ class _Models:
         return ["m"]
 
 
+@pytest.mark.slow      # imports the app (Gradio, ~5 s): not in the quick subset
 @pytest.mark.parametrize("key, value", [("steps", "2.5"), ("seed", "1.5"), ("batch", "2.5"), ("steps", "0.5"),
                                         ("seed", "-0.5")])
 def test_a_fractional_whole_number_in_a_link_is_dropped_not_rounded(key, value):
@@ -139,6 +140,7 @@ def test_a_fractional_whole_number_in_a_link_is_dropped_not_rounded(key, value):
     assert settings == {"model": "m", "guidance": 2.5}
 
 
+@pytest.mark.slow      # imports the app
 def test_whole_numbers_in_a_link_are_kept():
     from diffusion_app.generate import presets
     settings, dropped = presets.from_query({"model": ["m"], "steps": ["25"], "seed": ["7"], "batch": ["2.0"]},
