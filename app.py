@@ -51,29 +51,37 @@ def freeze_startup_objects() -> None:
 
 
 FILES_GRACE_S = 3.0
+STOP_SIGNALS: list[int] = []     # the signals that asked the process to stop
 
 
 def exit_on_sigterm(signum, frame):
-    """SIGTERM (a Space or a service manager stopping the app): the sampling runs in flight are stopped and given a
-    few seconds to end (exiting under them gave their clients "cannot schedule new futures after shutdown" or
-    aborted the process), then the process exits like Ctrl-C, so the atexit cleanup runs and the app's temp folder
-    of generated files and Gradio's cache go with it (the default action kills the process at once)."""
-    blocks = globals().get("demo")
-    app_state = getattr(blocks, "app_state", None)
-    if app_state is not None:
-        logging.getLogger("diffusion_app").info("SIGTERM: the server is stopping")
-        app_state.stop_runs()
-        jobs = getattr(getattr(blocks, "_queue", None), "active_jobs", [])
-        for _ in range(100):        # and Gradio's queue sends their last outputs (up to 5 s more)
-            if not any(jobs):
-                break
-            time.sleep(0.05)
-        time.sleep(FILES_GRACE_S)   # and their clients fetch the files those outputs name (the last status says
-                                    # "the server is stopping"; a client that found the server gone lost it)
-        try:        # the server stops taking requests before atexit removes the files it serves (a preview's GET
-            blocks.close(verbose=False)     # still in flight found its file gone: a FileNotFoundError traceback)
-        except Exception:       # noqa: BLE001 (exiting anyway)
-            logging.getLogger("diffusion_app").exception("closing the server")
+    """SIGTERM (a Space or a service manager stopping the app; the default action kills the process at once). While
+    the app starts there is nothing to stop: the process exits like Ctrl-C. Once it serves, the handler only notes
+    the signal, and the main thread's loop stops the server (stop_and_exit). Raised from here, the SystemExit could
+    land inside a __del__ or a weakref callback that Python runs between two bytecodes of the main thread, where it
+    is ignored: the server closed and the process exited 0 (2 of 6 starts under load)."""
+    STOP_SIGNALS.append(signum)
+    if getattr(globals().get("demo"), "app_state", None) is None:
+        raise SystemExit(128 + signum)      # (ignored there too, the loop stops the app once it serves)
+
+
+def stop_and_exit(blocks, signum: int) -> None:
+    """The sampling runs in flight are stopped and given a few seconds to end (exiting under them gave their clients
+    "cannot schedule new futures after shutdown" or aborted the process), then the process exits like Ctrl-C, so
+    the atexit cleanup runs and the app's temp folder of generated files and Gradio's cache go with it."""
+    logging.getLogger("diffusion_app").info("SIGTERM: the server is stopping")
+    blocks.app_state.stop_runs()
+    jobs = getattr(getattr(blocks, "_queue", None), "active_jobs", [])
+    for _ in range(100):        # and Gradio's queue sends their last outputs (up to 5 s more)
+        if not any(jobs):
+            break
+        time.sleep(0.05)
+    time.sleep(FILES_GRACE_S)   # and their clients fetch the files those outputs name (the last status says
+                                # "the server is stopping"; a client that found the server gone lost it)
+    try:        # the server stops taking requests before atexit removes the files it serves (a preview's GET
+        blocks.close(verbose=False)     # still in flight found its file gone: a FileNotFoundError traceback)
+    except Exception:       # noqa: BLE001 (exiting anyway)
+        logging.getLogger("diffusion_app").exception("closing the server")
     raise SystemExit(128 + signum)
 
 
@@ -85,4 +93,10 @@ if __name__ == "__main__":
                 server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), prevent_thread_lock=True,
                 app_kwargs=app_kwargs(), **LAUNCH_KW)
     freeze_startup_objects()
-    demo.block_thread()
+    try:        # Gradio's block_thread, which also ends when a signal was noted
+        while demo.is_running and not STOP_SIGNALS:
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        demo.close()
+    if STOP_SIGNALS:
+        stop_and_exit(demo, STOP_SIGNALS[0])

@@ -93,7 +93,7 @@ def test_the_app_is_a_launcher_and_small_modules():
     longer than about 400 lines (issue 18: each readable in one sitting)."""
     tree = ast.parse((ROOT / "app.py").read_text())
     defs = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
-    assert defs <= {"freeze_startup_objects", "exit_on_sigterm"}, defs
+    assert defs <= {"freeze_startup_objects", "exit_on_sigterm", "stop_and_exit"}, defs
     assert "diffusion_app" in imports(ROOT / "app.py")
     long = {p.name: n for p in APP_FILES if (n := len(p.read_text().splitlines())) > 420}
     assert not long, long
