@@ -15,8 +15,8 @@ import importlib
 from typing import TYPE_CHECKING
 
 _EXPORTS = {
-    "checkpoint": ("SAMPLER_KINDS", "CheckpointError", "atomic_write_bytes", "part_outside", "read_json", "save_cascade", "save_ensemble",
-                   "save_model"),
+    "checkpoint": ("SAMPLER_KINDS", "CheckpointError", "atomic_write_bytes", "part_outside", "read_json",
+                   "save_cascade", "save_ensemble", "save_model"),
     "conditioning": ("Condition",),
     "config": ("SR_SAMPLING", "ConfigError", "DiffusionConfig", "ModelConfig", "UNetConfig"),
     "data": ("DataConfig", "load_data"),
