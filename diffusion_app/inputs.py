@@ -9,14 +9,30 @@ import re
 from types import SimpleNamespace
 
 import gradio as gr
+import numpy as np
 from PIL import Image
 from pydantic import ConfigDict, ValidationError
 import torch
 
-from diffusion_core import ImageError, load_whole, open_image
+from diffusion_core import ImageError, load_whole, open_image, to_mode
 
 from .render import html_status
 from .settings import USER_ERRORS, log
+
+
+def stickman_input(source, sketch, upload):
+    """The pose model's drawing: the uploaded file, or the sketch pad's picture (refused when empty)."""
+    if source == "upload":
+        if upload is None:
+            raise ValueError("this is a pose model: upload a stickman drawing (or pick an example)")
+        return upload
+    comp = sketch.get("composite") if isinstance(sketch, dict) else sketch
+    if comp is None:
+        raise ValueError("this is a pose model: draw a stickman in the sketch pad (black strokes on white)")
+    img = to_mode(open_image(comp), 1)
+    if np.asarray(img).min() > 200:
+        raise ValueError("the sketch pad is empty: draw a stickman first (black strokes on white)")
+    return img
 
 
 def read_image(src, label: str) -> Image.Image:

@@ -14,10 +14,10 @@ import numpy as np
 from PIL import Image
 import torch
 
-from diffusion_core import BOUNDS, MAX_STEPS, Cancelled, Request, SampleStep, open_image, output_problem, to_mode
+from diffusion_core import BOUNDS, MAX_STEPS, Cancelled, Request, SampleStep, output_problem
 
 from ..base import AppBase
-from ..inputs import fit_note, number, user_error
+from ..inputs import fit_note, number, stickman_input, user_error
 from ..outputs import Shown, filled
 from ..render import (as_pil_uint8, batch_grid, eta_seconds, fitting_path, fmt_duration, html_status, save_png,
                      side_by_side)
@@ -56,21 +56,6 @@ class GenerateTab(AppBase):
             time.sleep(0.05)
         return not self._stops
 
-    @staticmethod
-    def _stickman(source, sketch, upload):
-        """The pose model's drawing: the uploaded file, or the sketch pad's picture (refused when empty)."""
-        if source == "upload":
-            if upload is None:
-                raise ValueError("this is a pose model: upload a stickman drawing (or pick an example)")
-            return upload
-        comp = sketch.get("composite") if isinstance(sketch, dict) else sketch
-        if comp is None:
-            raise ValueError("this is a pose model: draw a stickman in the sketch pad (black strokes on white)")
-        img = to_mode(open_image(comp), 1)
-        if np.asarray(img).min() > 200:
-            raise ValueError("the sketch pad is empty: draw a stickman first (black strokes on white)")
-        return img
-
     def generate(self, model, sampler=DEFAULT_SAMPLER, steps=25, spacing="trailing", eta=0.0, guidance=2.0, seed=-1,
                  batch_size=4, preview_every=1, class_label=ANY, attributes=None, stick_source="sketch",
                  stick_sketch=None, stick_upload=None, init_image=None, strength=0.6, make_gif=False,
@@ -81,7 +66,8 @@ class GenerateTab(AppBase):
         The run first takes its place in the waiting room (waiting.py): until admitted it yields the status line
         with its place and estimated wait about once a second (``poll``: yields ``Waiting`` at once instead,
         for ``generate_queued``, which waits without a thread). ``stop``: an Event that stops the run (Stop, a
-        visitor who left); while it waits, the run's rows are dropped from the network's next tick."""
+        visitor who left); while it waits, the run's rows are dropped from the network's next tick. Once the run's
+        own last output has gone (its consumer asked for the next), ``stop.shown`` is True: Stop then adds nothing."""
         stop = stop or threading.Event()
         if self.stopping.is_set():
             raise gr.Error(STOPPING)
@@ -109,7 +95,7 @@ class GenerateTab(AppBase):
             sr = cfg.task == "super_resolution"
             if sr and init_image is None:
                 raise ValueError("a super-resolution model needs a low-resolution input image (upload one)")
-            kw.update(pipe.prepare(cond_image=self._stickman(stick_source, stick_sketch, stick_upload)
+            kw.update(pipe.prepare(cond_image=stickman_input(stick_source, stick_sketch, stick_upload)
                                    if cfg.task == "pose" else None, init_image=None if sr else init_image,
                                    low_res=init_image if sr else None))
             if "init_image" in kw:
@@ -131,6 +117,7 @@ class GenerateTab(AppBase):
             yield from self._wait_turn(ticket, stop, poll)
             if stop.is_set():
                 yield self._stopped_early("before it started", model, seed)
+                stop.shown = True       # Gradio asked for the next output: the run's own last one went to the page
                 return
             meta = {"model": model, "sampler": sampler, "steps": steps, "spacing": spacing,
                     "eta": float(eta) if takes_eta(sampler) else None, "guidance": float(guidance), "labels": labels,
@@ -142,6 +129,7 @@ class GenerateTab(AppBase):
             meta.update({"input": fitted} if fitted else {})
             yield from self._sample(pipe, stream, asked, ticket, stop, session, meta, preview_every, make_gif,
                                     gif_frames, (stick_source, stick_upload, init_image))
+            stop.shown = True           # (not when Gradio's cancel closed the run before its last output)
         finally:
             self.waiting.leave(ticket)
             if self._stops.get(session) is stop:
@@ -386,11 +374,14 @@ class GenerateTab(AppBase):
 
     def stop(self, partial, request: gr.Request = None):
         """Stop button: end the run, show its latest x0_hat. Queued, after ``stop_now`` and the run's end: its result
-        comes after the run's last preview on the session's stream (unqueued, a later preview emptied it)."""
+        comes after the run's last preview on the session's stream (unqueued, a later preview emptied it). When the
+        run sent its own last output ("Stopped ... at step k", with its settings link), Stop adds nothing: its result,
+        made from the ``partial`` read before the wait, replaced that richer line. It shows the partial gallery only
+        when Gradio's cancel closed the run before that output."""
         ev, deadline = self.stop_now(request), time.monotonic() + STOP_WAIT_S
         while ev is not None and ev in self._stops.values() and time.monotonic() < deadline:
             time.sleep(0.01)
-        if not partial or partial.get("done"):
+        if getattr(ev, "shown", False) or not partial or partial.get("done"):     # the run said where it stopped
             return gr.skip(), gr.skip()
         meta = dict(partial["meta"], partial=True, stopped_at=partial.get("step"))
         gallery = self._save_gallery(torch.from_numpy(np.asarray(partial["x0"])), meta)

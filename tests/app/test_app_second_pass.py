@@ -33,8 +33,11 @@ def test_a_stopped_run_names_the_model_that_ran(tmp_path):
 def test_stops_result_comes_after_the_run_has_ended(tmp_path):
     """Stop's result (queued on the page, behind ``stop_now``) waits for the run in flight to end, so that it is sent
     after the run's last preview: sent at once, a preview still on its way arrived after it and emptied the gallery
-    (seen under load). Here the run's visitor pulls its next output only 0.4 s after Stop is pressed."""
+    (seen under load). Here the run's visitor pulls its next output only 0.4 s after Stop is pressed. The run then
+    sends its own last line ("Stopped ... stopped at step k/200", with its settings link), and Stop adds nothing:
+    its own shorter line, made from the partial read before the wait, replaced that one (seen in the browser)."""
     import time
+    import gradio as gr
     import diffusion_app as app
     a = app.DiffusionApp(str(build_checkpoints(tmp_path / "ckpt")))
     outs = a.generate("tiny", steps=200, batch_size=1, seed=5)
@@ -47,12 +50,25 @@ def test_stops_result_comes_after_the_run_has_ended(tmp_path):
     t0 = time.monotonic()
     pulling = threading.Thread(target=visitor)
     pulling.start()
-    gallery, line = a.stop(partial)
+    result = a.stop(partial)
     waited = time.monotonic() - t0
     pulling.join(30)
     assert waited >= 0.35, waited            # not before the run had ended
-    assert "<b>Stopped</b> · tiny" in line and len(gallery) == 1
-    assert "<b>Stopped</b>" in seen[-1].status and "/200" in seen[-1].status
+    assert "<b>Stopped</b>" in seen[-1].status and "/200" in seen[-1].status and "settings-link" in seen[-1].status
+    assert result == (gr.skip(), gr.skip()), result      # the run's own line stays
+
+
+def test_stop_shows_the_partial_gallery_when_the_run_was_closed_before_its_last_output(tmp_path):
+    """The other order: Gradio's cancel (``cancels=runs``) closed the run's generator before it could send its last
+    output. Stop's result is then all the page gets: the partial x0_hat gallery and where it stopped."""
+    import diffusion_app as app
+    a = app.DiffusionApp(str(build_checkpoints(tmp_path / "ckpt")))
+    outs = a.generate("tiny", steps=200, batch_size=1, seed=5)
+    partial = next(o.partial for o in outs if isinstance(o.partial, dict) and "x0" in o.partial)
+    a.stop_now()
+    outs.close()                             # the cancel: no more outputs from the run
+    gallery, line = a.stop(partial)
+    assert "<b>Stopped</b> · tiny · at step" in line and len(gallery) == 1, line
 
 
 def test_a_run_stopped_between_steps_says_where_it_stopped(tmp_path):
