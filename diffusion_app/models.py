@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 from diffusion_core import (BACKENDS, SAMPLER_KINDS, BackendError, CheckpointError, Pipeline, load, part_outside,
-                            read_json, requested_backend)
+                            read_config, read_json, requested_backend)
 
 from .settings import log
 
@@ -35,10 +35,10 @@ class Models:
         self.backend = requested_backend(backend, default="fp32")
         self._cache: dict[str, tuple[tuple, object]] = {}
         self._failed: dict[str, tuple[tuple, str]] = {}         # name -> (signature, reason) of a failed load
-        self._scanned: dict[str, tuple[tuple, bool, dict, str | None]] = {}   # name -> (stat, listed, config, error)
+        self._scanned: dict[str, tuple[tuple, bool, object, str | None]] = {}   # name -> (stat, listed, config, error)
         self._lock = threading.Lock()
 
-    def _scan(self) -> dict[str, tuple[tuple, bool, dict, str | None]]:
+    def _scan(self) -> dict[str, tuple[tuple, bool, object, str | None]]:
         out = {}
         folders = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
             if self.root.is_dir() else []
@@ -50,11 +50,11 @@ class Models:
             stat = (st.st_mtime_ns, st.st_size)
             hit = self._scanned.get(p.name)
             if hit is None or hit[0] != stat:
-                try:
-                    raw = read_json(p / "config.json")          # bounded in size and depth
-                    hit = (stat, raw.get("kind", "model") in SAMPLER_KINDS, raw, None)
+                try:        # bounded in size and depth; a folder of another kind (a training state) is not listed
+                    listed = read_json(p / "config.json").get("kind", "model") in SAMPLER_KINDS
+                    hit = (stat, listed, read_config(p) if listed else None, None)     # typed, checked as loading does
                 except CheckpointError as e:
-                    hit = (stat, True, {}, str(e))                 # listed, as broken with the reason
+                    hit = (stat, True, None, str(e))               # listed, as broken with the reason
             out[p.name] = hit
         self._scanned = out
         return out
@@ -176,24 +176,22 @@ class Models:
         """The pipelines loaded now."""
         return [pipe for _, pipe in list(self._cache.values())]
 
-    def raw_config(self, name) -> dict:
-        """The parsed config.json of a listed folder (from the scan; {} for an unreadable one)."""
+    def config(self, name):
+        """The typed config.json of a listed folder, from the scan (core ``read_config``: a ModelConfig, an
+        EnsembleManifest or a CascadeManifest, told apart by ``kind``); None for an unreadable or unknown one."""
         hit = self._scanned.get(name) or self._scan().get(name)
-        return hit[2] if hit else {}
+        return hit[2] if hit else None
 
     def sr_models(self, channels: int, base: str | None = None) -> list[str]:
         """Stand-alone super-resolution models with ``channels`` output channels (config.json only); those that a
         cascade here runs after ``base`` first (pose -> pose-sr, not the emoji one that also takes RGB)."""
         out, paired = [], set()
         for n in self.names():
-            c = self.raw_config(n)
-            if c.get("kind", "model") == "model" and c.get("task") == "super_resolution" \
-                    and section(c, "unet").get("out_channels", 1) == channels:
+            c = self.config(n)
+            if getattr(c, "kind", None) == "model" and c.task == "super_resolution" and c.unet.out_channels == channels:
                 out.append(n)
-            stages = c.get("stages") if c.get("kind") == "cascade" else None
-            if isinstance(stages, list) and stages and all(isinstance(st, dict) for st in stages) \
-                    and Path(str(stages[0].get("path", ""))).name == base:
-                paired.update(Path(str(st.get("path", ""))).name for st in stages[1:])
+            if getattr(c, "kind", None) == "cascade" and Path(c.stages[0].path).name == base:
+                paired.update(Path(st.path).name for st in c.stages[1:])
         return sorted(out, key=lambda n: n not in paired)
 
 
@@ -206,9 +204,3 @@ def pipeline_bytes(pipe) -> int:
             size = sum(t.numel() * t.element_size() for t in list(net.parameters()) + list(net.buffers()))
             total += size * (2 if st.runners.get(id(net), (None, None))[0] not in (None, net) else 1)
     return total
-
-
-def section(config: dict, key: str) -> dict:
-    """``config[key]`` when it is a JSON object, else {} (a hostile config.json may hold anything there)."""
-    value = config.get(key)
-    return value if isinstance(value, dict) else {}

@@ -29,7 +29,7 @@ _EXPORTS = {
     "options": ("BACKEND_ENV", "BACKENDS", "BOUNDS", "MAX_BATCH", "MAX_GUIDANCE", "MAX_SEED", "MAX_STEPS", "SAMPLERS",
                 "SPACINGS"),
     "pipeline": ("Pipeline", "Request", "load"),
-    "provenance": ("training_source",),
+    "provenance": ("read_config", "training_source"),
     "sampler_registry": ("DEFAULT_SAMPLER", "SamplerInfo", "all_samplers", "register_sampler", "sampler_info",
                          "unregister_sampler"),
     "samplers": ("SampleStep", "SamplerSpec", "StepExplanation", "explain_step", "make_generators", "sample", "sample_stream",
@@ -50,7 +50,7 @@ if TYPE_CHECKING:     # what tools (type checkers, IDEs) see; tests/core/test_pu
     from .runtime.shared import Cancelled
     from .options import BACKEND_ENV, BACKENDS, BOUNDS, MAX_BATCH, MAX_GUIDANCE, MAX_SEED, MAX_STEPS, SAMPLERS, SPACINGS
     from .pipeline import Pipeline, Request, load
-    from .provenance import training_source
+    from .provenance import read_config, training_source
     from .sampler_registry import (DEFAULT_SAMPLER, SamplerInfo, all_samplers, register_sampler, sampler_info,
                                    unregister_sampler)
     from .samplers import (SampleStep, SamplerSpec, StepExplanation, explain_step, make_generators, sample, sample_stream,

@@ -61,10 +61,8 @@ def blended_noise(pipe, n: int, seed_a: int, seed_b: int, blend: float) -> torch
 class LiveTab(AppBase):
     def is_student(self, model) -> bool:
         """Whether ``model`` is a distilled student (its config.json names a teacher; no network is loaded)."""
-        try:
-            return bool(model) and bool((self.models.raw_config(model).get("distilled") or {}).get("teacher"))
-        except Exception:       # a broken or missing folder: no Live mode (Generate says what is wrong)
-            return False
+        c = self.models.config(model) if model else None     # None: a broken or missing folder (Generate says why)
+        return getattr(c, "kind", None) == "model" and bool(c.distilled.teacher)
 
     def live_available(self, model):
         """The Live group shows for a student model only; picking another model switches Live off."""
@@ -149,12 +147,9 @@ class LiveTab(AppBase):
             raise ValueError("pick a model on the Generate tab first")
         teacher_of = {}
         for name in self.models.names():
-            try:
-                d = self.models.raw_config(name).get("distilled") or {}
-            except Exception:
-                continue
-            if d.get("teacher"):
-                teacher_of[name] = (Path(d["teacher"]).name, int(d.get("steps", 0)))
+            if self.is_student(name):
+                d = self.models.config(name).distilled
+                teacher_of[name] = (Path(d.teacher).name, d.steps)
         def root(name):         # a student of a student (fashion-1step of fashion-4step): the first teacher
             seen = set()
             while name in teacher_of and name not in seen:

@@ -31,8 +31,7 @@ class UpscaleTab(AppBase):
             return name, sr
         family = data_source(last.path)
         for n in self.models.sr_models(last.config.unet.out_channels):
-            c = self.models.raw_config(n)
-            if c.get("low_res") == side and data_source(self.models.folder(n)) == family:
+            if self.models.config(n).low_res == side and data_source(self.models.folder(n)) == family:
                 try:
                     return n, self.models.get(n)
                 except USER_ERRORS:     # a broken folder: keep the model's own upscaler

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 
 
 from diffusion_core import BOUNDS
 
 from ..base import AppBase
 from ..inputs import as_list, handles_errors, number
-from ..models import section
 from ..render import cell_image, compose_grid
 from ..settings import (ANY, COMPARE_MAX_CELLS, COMPARE_MAX_STEPS, DEFAULT_SAMPLER, compare_default_samplers,
                        sampler_label, sampler_names, sampler_short)
@@ -18,23 +18,23 @@ class CompareTab(AppBase):
     def schedule_siblings(self, model) -> list[str]:
         """Other models that differ from ``model`` only in the noise schedule (same U-Net, labels, task and
         prediction; config.json compared)."""
-        mine = self.models.raw_config(model)
-        if mine.get("kind", "model") != "model" or "diffusion" not in mine:
+        mine = self.models.config(model)
+        if getattr(mine, "kind", None) != "model":
             return []
         sched_keys = ("schedule", "beta_1", "beta_T")
 
         def rest(c):
-            d = {k: v for k, v in section(c, "diffusion").items() if k not in sched_keys}
-            return (c.get("unet"), c.get("label_names"), c.get("multi_label"), c.get("task"), d)
+            d = {k: v for k, v in asdict(c.diffusion).items() if k not in sched_keys}
+            return (c.unet, c.label_names, c.multi_label, c.task, d)
 
         def sched(c):
-            return tuple(section(c, "diffusion").get(k) for k in sched_keys)
+            return tuple(getattr(c.diffusion, k) for k in sched_keys)
         out = []
         for n in self.models.names():
             if n == model:
                 continue
-            c = self.models.raw_config(n)
-            if c.get("kind", "model") == "model" and rest(c) == rest(mine) and sched(c) != sched(mine) \
+            c = self.models.config(n)
+            if getattr(c, "kind", None) == "model" and rest(c) == rest(mine) and sched(c) != sched(mine) \
                     and self.models.broken(n) is None:
                 out.append(n)
         return out

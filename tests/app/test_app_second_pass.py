@@ -220,3 +220,28 @@ def test_a_stopped_cascade_says_which_stage_it_stopped_in(tmp_path):
     outs = a.generate("tiny", steps=3, batch_size=1, seed=2, stop=threading.Event())     # one model: the step alone
     partial = next(o.partial for o in outs if isinstance(o.partial, dict) and "x0" in o.partial)
     assert a.stop(partial)[1].count("at step 1/3 ·") == 1
+
+
+def test_the_catalogue_reads_typed_configs(tmp_path):
+    """Issue 35 (structure: "the app reads raw config.json"): the catalogue holds each folder's typed config (the
+    core's read_config). Compare's schedule pairs were found by comparing raw dicts: ``tiny-linear`` with its
+    ``prediction`` written out as the default "eps" and ``tiny`` with it left out were not a pair. A config that
+    loading would refuse is listed as broken, with its reason, before anyone loads it."""
+    import diffusion_app as app
+    root = build_checkpoints(tmp_path / "ckpt")
+    for name, keep in (("tiny", False), ("tiny-linear", True)):
+        path = root / name / "config.json"
+        cfg = json.loads(path.read_text())
+        assert cfg["diffusion"]["prediction"] == "eps"
+        if not keep:
+            del cfg["diffusion"]["prediction"]
+        path.write_text(json.dumps(cfg))
+    bad = json.loads((root / "tiny" / "config.json").read_text())
+    bad["unet"]["base_channels"] = -1
+    (root / "tiny-bad").mkdir()
+    (root / "tiny-bad" / "config.json").write_text(json.dumps(bad))
+    a = app.DiffusionApp(str(root))
+    assert a.schedule_siblings("tiny") == ["tiny-linear"] and a.schedule_siblings("tiny-linear") == ["tiny"]
+    assert a.models.config("tiny").diffusion.prediction == "eps"
+    assert "base_channels" in (a.models.broken("tiny-bad") or ""), a.models.broken("tiny-bad")
+    assert a.models.config("tiny-bad") is None and not a.is_student("tiny-bad")

@@ -1,5 +1,6 @@
-"""One reader of a model folder's training data source (diffusion_core.training_source): the app's choice of
-low-res examples and the super-resolution evaluator's held-out data both go through it (issue 35, structure)."""
+"""One reader of each of a model folder's facts (issue 35, structure): its typed config.json (read_config), which
+the app's catalogue reads, and its training data source (training_source), which the app's choice of low-res
+examples and the super-resolution evaluator's held-out data both go through."""
 from __future__ import annotations
 
 import json
@@ -65,3 +66,31 @@ def test_the_app_and_the_evaluator_read_the_same_source(tmp_path):
     assert training_source(folder) == data_source(folder) == "pose"
     images, what = _held_out_high_res(folder, 2, 32, seed=0)
     assert images.shape == (2, 3, 32, 32) and "procedural figures" in what
+
+
+def test_read_config_types_each_kind_with_the_defaults_filled_in(tmp_path):
+    """The typed reader of config.json (issue 35: the app compared raw dicts, so a folder that wrote a default out
+    and one that left it to the default read as different models): each kind's typed config, a key left out read
+    as its default, the values written read as written."""
+    from diffusion_core import DiffusionConfig, ModelConfig, read_config
+    assert [read_config(ROOT / "checkpoints" / n).kind for n in ("fashion", "fashion-experts", "pose-cascade")] \
+        == ["model", "ensemble", "cascade"]
+    raw = json.loads((ROOT / "checkpoints" / "fashion" / "config.json").read_text())
+    cfg = read_config(ROOT / "checkpoints" / "fashion")
+    assert isinstance(cfg, ModelConfig) and list(cfg.label_names) == raw["label_names"]
+    assert cfg.unet.base_channels == raw["unet"]["base_channels"]
+    assert cfg.diffusion.schedule == raw["diffusion"]["schedule"]
+    (tmp_path / "config.json").write_text('{"unet": {"base_channels": 8}}')
+    assert read_config(tmp_path).diffusion == DiffusionConfig() and read_config(tmp_path).unet.base_channels == 8
+    assert read_config(ROOT / "checkpoints" / "pose-cascade").stages[0].path == "../pose"
+
+
+@pytest.mark.parametrize("text, says", [('{"unet": {"base_channels": -1}}', "base_channels"),
+                                        ('{"kind": "painting"}', "unknown kind"), ("[]", "expected a JSON object"),
+                                        ('{"kind": "cascade", "stages": []}', "2 to 4 stages")])
+def test_read_config_refuses_what_loading_refuses_naming_the_file(tmp_path, text, says):
+    from diffusion_core import read_config
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(CheckpointError, match=says) as e:
+        read_config(tmp_path)
+    assert "config.json" in str(e.value)
