@@ -86,17 +86,19 @@ def generate_page(app) -> SimpleNamespace:
                                                     elem_id="guidance",
                                                     info="classifier-free guidance; 1 = off, 0 = unconditional"))
             # a distilled student's images follow the sliders as they are dragged (ui_live, live.py)
-            with gr.Group(visible=False, elem_id="live-group") as live_group:
-                live_on = gr.Checkbox(False, label="Live: the images follow guidance, class, seeds and the blend "
-                                      "as you drag", elem_id="live-on",
-                                      info="a distilled student makes an image in a few network passes")
-                with gr.Row(equal_height=True):
-                    live_blend = Slider(0, 1, value=0.0, step=0.02, label="Blend seed → seed B (slerp of x_T)",
-                                        elem_id="live-blend", scale=3)
-                    live_seed_b = Number(1, label="Seed B", precision=0, minimum=0, maximum=MAX_SEED, scale=1,
-                                         elem_id="live-seed-b")
-                # right under the sliders, so that the images are in view while one is dragged (on a phone too)
-                live_view = gr.HTML(visible=False, elem_id="live-view")
+            # a Column holds the id (gr.Group writes its elem_id on two nested elements: the id was in the page twice)
+            with gr.Column(visible=False, elem_id="live-group") as live_group:
+                with gr.Group():
+                    live_on = gr.Checkbox(False, label="Live: the images follow guidance, class, seeds and the blend "
+                                          "as you drag", elem_id="live-on",
+                                          info="a distilled student makes an image in a few network passes")
+                    with gr.Row(equal_height=True):
+                        live_blend = Slider(0, 1, value=0.0, step=0.02, label="Blend seed → seed B (slerp of x_T)",
+                                            elem_id="live-blend", scale=3)
+                        live_seed_b = Number(1, label="Seed B", precision=0, minimum=0, maximum=MAX_SEED, scale=1,
+                                             elem_id="live-seed-b")
+                    # right under the sliders, so that the images are in view while one is dragged (on a phone too)
+                    live_view = gr.HTML(visible=False, elem_id="live-view")
             with gr.Row(equal_height=False):
                 seed = Number(**at("seed", value=-1, label="Seed (-1 = random)", precision=0, minimum=-1,
                                    maximum=MAX_SEED, scale=3, elem_id="seed"))

@@ -34,6 +34,9 @@ def test_live_redraws_as_the_slider_moves_with_the_images_in_view(url, browser, 
     page.goto(url + "?model=tiny-4step&seed=3")
     page.wait_for_function("document.querySelector('#model-card h3')?.innerText.trim() === 'tiny-4step'")
     page.locator("#live-group").first.wait_for(state="visible")
+    # every id once in the page (gr.Group wrote the Live group's id on two nested elements, issue 35)
+    assert page.evaluate("() => { const ids = [...document.querySelectorAll('[id]')].map((e) => e.id).filter(Boolean);"
+                         " return ids.filter((id, k) => ids.indexOf(id) !== k); }") == []
     assert "Live is off" in page.locator("#live-view").first.inner_text()     # Live starts off and says how to use it
     page.locator("#live-on input").check()
     page.wait_for_function("document.querySelector('#live-view p')?.innerText.includes('guidance 2 ')")
