@@ -143,7 +143,8 @@ def generate_page(app) -> SimpleNamespace:
                            interactive=False, visible=False, elem_id="gif")
             with gr.Accordion(**at("up_acc", label="Upscale (super-resolution)", open=False, visible=False)) as up_acc:
                 with gr.Row():
-                    up_input = SafeImage(label="Image to upscale (click a gallery image)",
+                    # a label of one line on a phone: of two it covered the box's "Drop Image Here" (issue 35)
+                    up_input = SafeImage(label="Image to upscale", placeholder="Upload one, or click a gallery image",
                                          type="filepath", image_mode=None, height=160,
                                          sources=["upload", "clipboard"], elem_id="up-input")
                     with gr.Column():

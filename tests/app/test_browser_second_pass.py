@@ -307,6 +307,21 @@ def test_result_images_lie_below_their_label_and_toolbar(page):
         assert img["bottom"] <= g["box"]["bottom"] + 1 and img["height"] > 10, (part, g)
 
 
+def test_the_upscale_box_says_what_to_do_below_its_label(page):
+    """Walkthrough of issue 35: on a phone the Upscale input's label, "Image to upscale (click a gallery image)",
+    took two lines and covered the top of the box's "Drop Image Here · Click to Upload". The label is one line and
+    the box's own text, which says both ways in, lies below it, whole in the box."""
+    pick(page, "tiny")                       # a model with an upscaler: the Upscale section shows
+    page.get_by_text("Upscale (super-resolution)").first.click()
+    hint = page.locator("#up-input").get_by_text("Upload one, or click a gallery image")
+    hint.scroll_into_view_if_needed()
+    page.wait_for_timeout(300)
+    label = page.locator("#up-input [data-testid=block-label]").bounding_box()
+    text, box = hint.bounding_box(), page.locator("#up-input").bounding_box()
+    assert label["height"] < 40 and text["y"] >= label["y"] + label["height"] - 1, (label, text)
+    assert box["x"] - 1 <= text["x"] and text["x"] + text["width"] <= box["x"] + box["width"] + 1, (box, text)
+
+
 def test_a_number_typed_past_its_bounds_is_set_to_the_bound_with_a_word(page):
     """Issue 35 item 9: batch 99 (16 is the most) stayed in the box while the browser sent 16, without a word. The
     box is set to the bound, a note inside the batch control says so, and the run makes the 16 images it shows."""
