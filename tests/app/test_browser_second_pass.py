@@ -243,14 +243,19 @@ def test_the_model_box_keeps_its_width_and_rescan_sits_below_it_on_a_phone(page)
         assert model["width"] >= row["width"] - 2 and rescan["top"] >= model["bottom"], (row, model, rescan)
 
 
-def test_the_trajectory_strip_lies_below_its_label(page):
-    """Walkthrough of issue 35: the Trajectory tab's "Evenly spaced steps" label covered the strip's first frame
-    (t = 999) at 1280x900 and on a phone. The strip starts below the label, whole inside its box."""
+def run_tiny(page, steps: int = 10):
+    """Pick ``tiny``, set its steps, press Generate and wait for "Done": a run for the Learn tab."""
     pick(page, "tiny")
-    page.locator("#steps input[type=number]").first.fill("10")
+    page.locator("#steps input[type=number]").first.fill(str(steps))
     page.locator("#steps input[type=number]").first.press("Enter")
     page.locator("#generate-btn").click()
     page.wait_for_function("document.querySelector('#status .dc-status').innerText.startsWith('Done')")
+
+
+def test_the_trajectory_strip_lies_below_its_label(page):
+    """Walkthrough of issue 35: the Trajectory tab's "Evenly spaced steps" label covered the strip's first frame
+    (t = 999) at 1280x900 and on a phone. The strip starts below the label, whole inside its box."""
+    run_tiny(page)
     page.get_by_role("tab", name="Learn").click()
     page.get_by_role("tab", name="Trajectory").click()
     page.locator("#trajectory-btn").click()
@@ -278,11 +283,7 @@ def test_result_images_lie_below_their_label_and_toolbar(page):
     """Walkthrough of issue 35: on a phone the "Comparison grid" label and the image toolbar (full screen, download,
     share) covered the Compare grid's first and last cells, the toolbar the Branch row's last image, and the Forward
     tab's x_t lay under its label. Each result image starts below its label and its toolbar, whole in its box."""
-    pick(page, "tiny")
-    page.locator("#steps input[type=number]").first.fill("10")
-    page.locator("#steps input[type=number]").first.press("Enter")
-    page.locator("#generate-btn").click()
-    page.wait_for_function("document.querySelector('#status .dc-status').innerText.startsWith('Done')")
+    run_tiny(page)
     page.get_by_role("tab", name="Learn").click()
     page.get_by_role("tab", name="Explain").click()
     page.locator("#branch-btn").click()
