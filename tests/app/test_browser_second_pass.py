@@ -5,7 +5,6 @@ layout details of its cosmetic list. Screenshots go to test-artifacts/. Skipped 
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import pytest
