@@ -91,7 +91,8 @@ def generate_page(app) -> SimpleNamespace:
                 with gr.Group():
                     live_on = gr.Checkbox(False, label="Live: the images follow guidance, class, seeds and the blend "
                                           "as you drag", elem_id="live-on",
-                                          info="a distilled student makes an image in a few network passes")
+                                          info="a distilled student makes an image in a few network passes; "
+                                               "a 1-step student follows a drag fastest")
                     with gr.Row(equal_height=True):
                         live_blend = Slider(0, 1, value=0.0, step=0.02, label="Blend seed → seed B (slerp of x_T)",
                                             elem_id="live-blend", scale=3)
