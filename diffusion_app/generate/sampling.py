@@ -297,7 +297,7 @@ class GenerateTab(AppBase):
                 + (f" (without {missing}: only bundled examples travel in a link)" if missing else ""))
 
     def _status(self, pipe, rec, n_stages, t0, asked: int | None = None) -> str:
-        fewer = rec.stage == 0 and asked not in (None, rec.num_steps)     # a grid with fewer distinct timesteps
+        fewer = rec.stage == 0 and self._fewer(asked, rec.num_steps)
         parts = [f"step {rec.index + 1}/{rec.num_steps}" + (f" ({asked} asked)" if fewer else ""), f"t = {rec.t} → {rec.t_next}"]
         if n_stages > 1:
             name = pipe.stages[rec.stage].path.name
@@ -323,10 +323,15 @@ class GenerateTab(AppBase):
             f"{at} of stage {rec.stage + 1}/{n_stages} ({'base' if rec.stage == 0 else 'super-resolution'})"
 
     @staticmethod
-    def _steps_ran(asked: int, ran: int, spacing: str) -> str:
-        """"25 steps (trailing)"; where the grid had fewer distinct timesteps than asked (1000 on karras: 518),
-        both numbers, so the status says what ran."""
-        if ran == asked:
+    def _fewer(asked: int | None, ran: int) -> bool:
+        """Whether the run's grid had fewer distinct timesteps than the steps asked (1000 on karras: 518)."""
+        return asked is not None and ran != asked
+
+    @classmethod
+    def _steps_ran(cls, asked: int, ran: int, spacing: str) -> str:
+        """"25 steps (trailing)"; where the grid had fewer distinct timesteps than asked (``_fewer``), both numbers,
+        so the status says what ran."""
+        if not cls._fewer(asked, ran):
             return f"{asked} step{'s' * (asked != 1)} ({spacing})"       # a 1-step student: "1 step"
         return f"{ran} steps ({spacing}; {asked} asked, the grid has {ran} distinct timesteps)"
 
