@@ -18,15 +18,12 @@ CSS = """
 #up-slider img {width: 100% !important; height: 100% !important; max-height: 100% !important;
   object-fit: contain !important; top: 0 !important; transform: none !important;}
 #fwd-strip img {max-width: 100%; height: auto; object-fit: contain;}
-/* result images start below their label and toolbar, whole in their box: the "Evenly spaced steps" label covered
-   the Trajectory strip's first frames (on a phone the whole strip); on a phone the "Comparison grid" label and the
-   toolbar covered the Compare grid's first and last cells, the toolbar the Branch row's last image (issue 35) */
-#trajectory-strip .image-container, #trajectory-gif .image-container, #compare-img .image-container,
-#branch-row .image-container, #lesson-img .image-container, #interpolate-row .image-container,
-#explain-img .image-container, #fwd-out .image-container, #fwd-strip .image-container
-  {padding-top: 40px; box-sizing: border-box;}
-#trajectory-strip img, #trajectory-gif img, #compare-img img, #branch-row img, #lesson-img img, #interpolate-row img,
-#explain-img img, #fwd-out img, #fwd-strip img {max-width: 100%; max-height: 100%; object-fit: contain;}
+/* result images (class dc-result) start below their label and toolbar, whole in their box: the "Evenly spaced
+   steps" label covered the Trajectory strip's first frames (on a phone the whole strip); on a phone the "Comparison
+   grid" label and the toolbar covered the Compare grid's first and last cells, the toolbar the Branch row's last
+   image (issue 35) */
+.dc-result .image-container {padding-top: 40px; box-sizing: border-box;}
+.dc-result img {max-width: 100%; max-height: 100%; object-fit: contain;}
 /* uploaded inputs fill their box, pixels kept sharp (a 32 px image showed as a 32 px thumbnail, issue 35) */
 #init-image img, #stick-upload img, #up-input img {width: 100% !important; height: 100% !important;
   object-fit: contain !important; image-rendering: pixelated;}

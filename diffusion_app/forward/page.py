@@ -27,10 +27,11 @@ def forward_page(app) -> SimpleNamespace:
             fwd_t = Slider(0, 999, value=250, step=1, label="t")
         with gr.Column(scale=2):
             fwd_out = gr.Image(out, label="x_t ~ q(x_t | x_0)", type="pil", format="png", height=280,
-                               interactive=False, elem_id="fwd-out")
+                               interactive=False, elem_id="fwd-out", elem_classes="dc-result")
             fwd_info = gr.Markdown(info)
             fwd_strip = gr.Image(strip, label="x_t at 8 values of t", show_label=False, type="pil",
-                                 format="png", height=150, interactive=False, elem_id="fwd-strip")
+                                 format="png", height=150, interactive=False, elem_id="fwd-strip",
+                                 elem_classes="dc-result")
     gr.Markdown("**Linear vs cosine schedule** (Nichol & Dhariwal 2021, Fig. 5): the cosine schedule "
                 "destroys information more slowly; the dashed line marks t.")
     sched_plot = gr.Plot(app.schedule_plot(), show_label=False, format="png", elem_id="schedule-plot")

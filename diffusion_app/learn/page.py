@@ -16,6 +16,9 @@ from ..settings import (COMPARE_DEFAULT_GUIDANCE_STEPS, COMPARE_DEFAULT_STEPS, C
 from ..zerogpu import gpu_task
 
 
+# a result image: pixels kept sharp, drawn below its label and toolbar (assets.CSS)
+RESULT_IMAGE = ["dc-pixel", "dc-result"]
+
 def learn_page() -> SimpleNamespace:
     """Build the tab's components (inside its ``gr.Tab``); returns them by name."""
     gr.Markdown(LEARN_INTRO)
@@ -36,7 +39,7 @@ def learn_page() -> SimpleNamespace:
             gr.Markdown("**What this step combines** (first image of the run)")
             explain_img = gr.Image(label="What this step combines", show_label=False, type="pil",
                                    format="png", interactive=False, elem_id="explain-img",
-                                   elem_classes="dc-pixel")
+                                   elem_classes=RESULT_IMAGE)
             with gr.Accordion("All numbers of this step (JSON)", open=False):
                 explain_json = gr.JSON(elem_id="explain-json")
             with gr.Accordion("Branch from this step: what if the guidance (sampler, steps, labels) changed here?",
@@ -56,7 +59,7 @@ def learn_page() -> SimpleNamespace:
                 branch_note = gr.Markdown(elem_id="branch-note")
                 branch_row = gr.Image(label="x_t at the step · the original · the branches", show_label=False,
                                       type="pil", format="png", interactive=False, elem_id="branch-row",
-                                      elem_classes="dc-pixel")
+                                      elem_classes=RESULT_IMAGE)
                 branches = gr.State([], time_to_live=STATE_TTL_S)
         with gr.Tab("Compare", id="learn-compare"):
             gr.Markdown(f"One seed, one image per cell; the model, class and guidance are the Generate "
@@ -82,7 +85,7 @@ def learn_page() -> SimpleNamespace:
                 cmp_gbtn = gr.Button("Compare guidance scales", elem_id="compare-guidance-btn", scale=1)
             cmp_note = gr.Markdown(elem_id="compare-note")
             cmp_img = gr.Image(label="Comparison grid", type="pil", format="png", interactive=False,
-                               elem_id="compare-img", elem_classes="dc-pixel")
+                               elem_id="compare-img", elem_classes=RESULT_IMAGE)
             # the distillation lesson (issue 38): a comparison too, of a teacher and its few-step students
             with gr.Accordion("Distillation: teacher and students on the same noise", open=False,
                               elem_id="lesson-acc"):
@@ -94,7 +97,7 @@ def learn_page() -> SimpleNamespace:
                                            elem_id="lesson-btn")
                 lesson_note = gr.Markdown(elem_id="lesson-note")
                 lesson_img = gr.Image(label="teacher (10 steps) · students (4, 2, 1 steps)", type="pil", format="png",
-                                      interactive=False, elem_id="lesson-img", elem_classes="dc-pixel")
+                                      interactive=False, elem_id="lesson-img", elem_classes=RESULT_IMAGE)
         with gr.Tab("Interpolate", id="learn-interpolate"):
             gr.Markdown("Spherical interpolation (slerp) between the starting noise x_T of two seeds, "
                         "each point sampled with a deterministic sampler, so the row changes smoothly; "
@@ -110,7 +113,7 @@ def learn_page() -> SimpleNamespace:
                 int_btn = gr.Button("Interpolate", variant="primary", elem_id="interpolate-btn")
             int_note = gr.Markdown()
             int_row = gr.Image(label="seed a → seed b", type="pil", format="png", interactive=False,
-                               elem_id="interpolate-row", elem_classes="dc-pixel")
+                               elem_id="interpolate-row", elem_classes=RESULT_IMAGE)
             int_gallery = gr.Gallery(label="Frames (PNG, full resolution)", columns=8, height="auto",
                                      format="png", object_fit="contain", interactive=False,
                                      elem_classes="dc-pixel")
@@ -122,9 +125,9 @@ def learn_page() -> SimpleNamespace:
                 traj_btn = gr.Button("Trajectory of the last run", variant="primary",
                                      elem_id="trajectory-btn")
             traj_strip = gr.Image(label="Evenly spaced steps", type="pil", format="png",
-                                  interactive=False, elem_id="trajectory-strip", elem_classes="dc-pixel")
+                                  interactive=False, elem_id="trajectory-strip", elem_classes=RESULT_IMAGE)
             traj_gif = gr.Image(label="Every step (GIF)", type="filepath", height=260, interactive=False,
-                                elem_id="trajectory-gif", elem_classes="dc-pixel")
+                                elem_id="trajectory-gif", elem_classes=RESULT_IMAGE)
     return page_parts(locals())
 
 
