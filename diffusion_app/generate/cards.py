@@ -220,6 +220,18 @@ class Cards(AppBase):
         and attributes stay chosen where the new model has them (emoji -> emoji-cascade keeps the picks)."""
         return self.controls_for(model, class_label, attributes)
 
+    def pick(self, model, sampler, class_label, attributes, current):
+        """A model picked on the page: ``on_model_change``'s updates and the model the controls are then set for
+        (``current`` before; the page's picks run one after another: generate.page.wire_generate). A model that
+        cannot be loaded becomes the shown one with the controls left as they were: its card says why, and Generate
+        says it cannot be used (generate.page.PICKED_JS)."""
+        if model == current:
+            return (gr.skip(),) * (len(Controls._fields) + 1)
+        try:
+            return (*self.on_model_change(model, sampler, class_label, attributes), model)
+        except gr.Error:
+            return (*(gr.skip(),) * len(Controls._fields), model)
+
     def controls_for(self, model, class_label=ANY, attributes=None, settings: dict | None = None):
         """The Generate controls for ``model``: its defaults, then ``settings`` (an example's or a link's, see
         presets) on top. Returns their updates by name; the seed, batch size, stickman source and file are skipped

@@ -172,6 +172,14 @@ LOCK_JS = """(m) => { const off = {__type__: "update", interactive: false};
     return [{...off, value: `Loading ${m || 'the model'}…`}, off, off, off]; }"""
 UNLOCK_JS = """() => { const on = {__type__: "update", interactive: true};
     return [{...on, value: "Generate"}, on, on, on]; }"""
+# after a pick: Generate is made usable only when the card, drawn for the model the controls are set for, names the
+# model in the box. An earlier pick's chain ended while a later model still loaded (its card read the box's new name
+# and its unlock came before the new controls); a model that cannot be loaded leaves Generate saying so.
+PICKED_JS = f"""(m, card) => {{ const name = /^### (.+)/.exec(card || '')?.[1].trim();
+    if (name === m) return ({UNLOCK_JS})();
+    const off = {{__type__: "update", interactive: false}};
+    return name === `${{m}} (broken)` ? [{{...off, value: `${{m}} cannot be used`}}, off, off, off]
+                                      : Array(4).fill({{__type__: "update"}}); }}"""
 # a page built for its model and opened without a link has nothing to wait for: Generate and the examples are made
 # usable at once, in the browser (wire_generate). With a link they wait for the server's ``loaded``.
 OPEN_JS = f"""() => window.location.search ? Array(4).fill({{__type__: "update"}}) : ({UNLOCK_JS})()"""
@@ -215,6 +223,7 @@ def wire_generate(app, demo, g: SimpleNamespace, l: SimpleNamespace) -> None:
     quiet = dict(api_visibility="private", show_progress="hidden", **LIGHT)
     controls = components(g, Controls)
     card = dict(fn=app.card_update, inputs=[g.model], outputs=[g.card, g.card_img], **quiet)
+    shown_card = dict(card, inputs=[g.shown])   # a pick's: the card of the model the controls are set for
     # the card follows the controls (.then): once a model's card shows, its default settings are in place, so a
     # value typed after that is not reset by a late controls update. No progress overlay on the controls these
     # fill in: after the page loaded they spun for 2-3 s (issue 18). A model picked by the user (.input, not
@@ -222,11 +231,6 @@ def wire_generate(app, demo, g: SimpleNamespace, l: SimpleNamespace) -> None:
     # A dropdown's input event fires even when the same model is picked again: ``shown`` (the model the controls
     # are set for) makes that a no-op, so re-picking the model keeps the settings typed since.
     shown = g.shown
-
-    def picked(model, sampler, class_label, attributes, current):
-        if model == current:
-            return (gr.skip(),) * (len(controls) + 1)
-        return (*app.on_model_change(model, sampler, class_label, attributes), model)
 
     def loaded(model, class_label, attributes, current, request: gr.Request):
         # issue 34: a visitor's page asked the server for four events, and a class opening the page at once waited
@@ -249,10 +253,13 @@ def wire_generate(app, demo, g: SimpleNamespace, l: SimpleNamespace) -> None:
     # the lock and the unlock run in the browser (issue 34: each was a request, and a class picking at once waited on
     # them); the card comes after the controls, by which time the page has drawn them
     lock = dict(fn=None, inputs=[g.model], outputs=[g.run_btn, *examples], js=LOCK_JS)
-    unlock = dict(fn=None, inputs=None, outputs=[g.run_btn, *examples], js=UNLOCK_JS)
-    pick = dict(fn=picked, inputs=[g.model, g.sampler, g.class_label, g.attributes, shown], outputs=controls + [shown],
-                **quiet)
-    g.model.input(**lock).then(**pick).then(**card).then(**unlock)
+    # A pick made while an earlier one still loads runs after it, not never (Gradio's default for a chained event,
+    # trigger_mode "once", dropped it: Generate stayed "Loading ..." or was made usable with the earlier controls)
+    last = dict(trigger_mode="always_last")
+    unlock = dict(fn=None, inputs=[g.model, g.card], outputs=[g.run_btn, *examples], js=PICKED_JS, **last)
+    pick = dict(fn=app.pick, inputs=[g.model, g.sampler, g.class_label, g.attributes, shown],
+                outputs=controls + [shown], **quiet, **last)
+    g.model.input(**lock).then(**pick).then(**shown_card, **last).then(**unlock)
     demo.load(loaded, [g.model, g.class_label, g.attributes, shown],
               [g.model] + controls + [shown, g.card, g.card_img, g.run_btn], **quiet)
     if shown.value is not None:       # the page was built for its model (generate_page)

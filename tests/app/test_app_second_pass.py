@@ -245,3 +245,21 @@ def test_the_catalogue_reads_typed_configs(tmp_path):
     assert a.models.config("tiny").diffusion.prediction == "eps"
     assert "base_channels" in (a.models.broken("tiny-bad") or ""), a.models.broken("tiny-bad")
     assert a.models.config("tiny-bad") is None and not a.is_student("tiny-bad")
+
+
+def test_a_model_that_cannot_load_becomes_the_shown_one_with_the_controls_left_alone(tmp_path):
+    """CI failure (stop 49), the pick's other end: a picked model whose load fails becomes the shown model (so its
+    card, drawn for the shown model, says why, and the page's Generate says it cannot be used) and the controls stay
+    as they were; the shown model picked again changes nothing; a good pick sets its controls."""
+    import gradio as gr
+    import diffusion_app as app
+    from diffusion_app.outputs import Controls
+    root = build_checkpoints(tmp_path / "ckpt")
+    (root / "tiny-attr" / "model.safetensors").write_bytes(b"not weights")
+    state = app.DiffusionApp(str(root))
+    n, skip = len(Controls._fields), gr.skip()
+    assert state.pick("tiny", None, "any", [], "tiny") == (skip,) * (n + 1)
+    assert state.pick("tiny-attr", None, "any", [], "tiny") == (*(skip,) * n, "tiny-attr")
+    assert state.card_update("tiny-attr")[0].startswith("### tiny-attr (broken)")
+    good = state.pick("tiny-ensemble", None, "any", [], "tiny")
+    assert good[-1] == "tiny-ensemble" and Controls(*good[:-1]).attributes["visible"] is False, good

@@ -243,6 +243,72 @@ def test_generate_waits_until_the_picked_models_controls_show(page):
     assert page.locator("#attributes").is_visible()                 # the new model's own controls
 
 
+# picks delayed in the page's fetch: model -> ms (a pick's request carries its model and four more inputs)
+DELAY_PICKS_JS = """(delays) => { window.__fetch = window.__fetch || window.fetch;
+    window.fetch = async (url, opts) => {
+        let data = null;
+        try { data = JSON.parse(opts?.body || 'null')?.data; } catch (e) {}
+        if (String(url).includes('queue/join') && Array.isArray(data) && data.length === 5 && delays[data[0]])
+            await new Promise((r) => setTimeout(r, delays[data[0]]));
+        return window.__fetch(url, opts); }; }"""
+WATCH_BUTTON_JS = """() => {
+    const b = document.querySelector('#generate-btn');
+    const shown = (sel) => { const e = document.querySelector(sel); return !!e && e.offsetParent !== null; };
+    window.__btn = [];
+    window.__btnObs = new MutationObserver(() => window.__btn.push([b.disabled, b.innerText.trim(),
+        document.querySelector('#model-card h3')?.innerText.trim(), shown('#attributes')]));
+    window.__btnObs.observe(b, {attributes: true, childList: true, subtree: true, characterData: true});
+}"""
+
+
+def test_an_overtaken_pick_does_not_make_generate_usable(page):
+    """CI failure (stop 49): the shown model picked again, then another model at once. The first pick's chain ended
+    while the second model still loaded: its card read the box's new name and its unlock made Generate usable with
+    the old model's controls (tiny-attr's attributes not shown). Here the first pick answers after 1 s, the second
+    after 3 s, so the first chain always ends in between."""
+    choose(page, "model", "tiny")
+    wait_card(page, "tiny")
+    page.wait_for_selector("#generate-btn:not([disabled])")
+    page.evaluate(DELAY_PICKS_JS, {"tiny": 1000, "tiny-attr": 3000})
+    page.evaluate(WATCH_BUTTON_JS)
+    try:
+        choose(page, "model", "tiny")
+        choose(page, "model", "tiny-attr")
+        page.wait_for_function("document.querySelector('#attributes')?.offsetParent && "
+                               "!document.querySelector('#generate-btn').disabled")
+        wait_card(page, "tiny-attr")
+    finally:
+        seen = page.evaluate("() => { window.__btnObs.disconnect(); window.fetch = window.__fetch; "
+                             "return window.__btn; }")
+    picked = next(k for k, s in enumerate(seen) if s[1] == "Loading tiny-attr…")
+    assert not [s for s in seen[picked:] if not s[0] and not s[3]], seen
+    assert seen[-1][:2] == [False, "Generate"], seen
+
+
+def test_a_model_that_cannot_load_says_so_on_generate(page, app_server):
+    """The pick's other end: a model whose load fails becomes the shown one, its card says why, and Generate says
+    the model cannot be used (the chain made it usable again with the previous model's controls under the new
+    name). Picking a good model makes it usable."""
+    import shutil
+    bad = app_server[1] / "zz-unloadable"
+    shutil.copytree(app_server[1] / "tiny", bad)
+    (bad / "model.safetensors").write_bytes(b"not weights")
+    try:
+        page.get_by_text("↻ rescan").click()
+        choose(page, "model", "zz-unloadable")
+        wait_card(page, "zz-unloadable (broken)")
+        page.wait_for_function("document.querySelector('#generate-btn').innerText.trim() === "
+                               "'zz-unloadable cannot be used'")
+        assert page.locator("#generate-btn").is_disabled() and page.locator("#example-0").is_disabled()
+        choose(page, "model", "tiny")
+        wait_card(page, "tiny")
+        page.wait_for_selector("#generate-btn:not([disabled])")
+        assert page.inner_text("#generate-btn").strip() == "Generate"
+    finally:
+        shutil.rmtree(bad)
+        page.get_by_text("↻ rescan").click()
+
+
 def test_stop_keeps_partial_result(page):
     choose(page, "model", "tiny")
     wait_card(page, "tiny")

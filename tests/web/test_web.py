@@ -218,6 +218,16 @@ def browser(playwright):
     b.close()
 
 
+def wait_ready(page, timeout=120_000):
+    """Wait until the page's Generate is usable; on a timeout, say where the page stood (CI once waited 2 minutes
+    with nothing more to go on)."""
+    try:
+        page.wait_for_selector("#generate:not([disabled])", timeout=timeout)
+    except Exception as e:
+        where = page.evaluate("() => ['status', 'loading-text'].map((id) => document.getElementById(id)?.textContent)")
+        raise AssertionError(f"the page never became ready: {where}") from e
+
+
 COUNT_STEPS = """() => { window.__steps = new Set();
   new MutationObserver(() => window.__steps.add(document.getElementById('stepinfo').textContent))
     .observe(document.getElementById('stepinfo'), {childList: true, characterData: true, subtree: true}); }"""
@@ -253,7 +263,7 @@ def test_page_makes_images_from_a_class_a_pick_and_a_drawing_and_works_offline(s
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(site + "#model=fashion&picks=Trouser&steps=6&n=2&seed=1")
-    page.wait_for_selector("#generate:not([disabled])", timeout=120_000)
+    wait_ready(page)
     assert page.locator("#loading").is_hidden()                 # the first load's progress bar is gone once ready
     assert page.input_value("#class") == "1"                    # the link's class
     status = _run(page, 6)
@@ -300,10 +310,10 @@ def test_page_makes_images_from_a_class_a_pick_and_a_drawing_and_works_offline(s
     # offline after the first load: the service worker and the page's cache answer
     page.wait_for_function("navigator.serviceWorker.controller !== null || navigator.serviceWorker.ready", timeout=30_000)
     page.goto(site + "#model=fashion&picks=Bag&steps=3&n=1")
-    page.wait_for_selector("#generate:not([disabled])", timeout=120_000)
+    wait_ready(page)
     ctx.set_offline(True)
     page.reload()
-    page.wait_for_selector("#generate:not([disabled])", timeout=120_000)
+    wait_ready(page)
     _run(page, 3)
     assert not errors, errors
     ctx.close()
@@ -358,7 +368,7 @@ def test_live_mode_follows_a_dragged_slider_to_its_last_value(site, browser):
     images shown at the end are those of the slider's last position (no run is lost or left behind)."""
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.goto(site + "#model=fashion-4step&n=2&picks=Sneaker")
-    page.wait_for_selector("#generate:not([disabled])", timeout=120_000)
+    wait_ready(page)
     assert page.locator("#live-box").is_visible() and page.locator("#steps").is_disabled()
     for v in ("1.5", "2.5", "3", "3.5"):                   # a drag: input events faster than a run
         page.evaluate("(v) => { const g = document.getElementById('guidance'); g.value = v;"
@@ -386,7 +396,8 @@ def test_webgpu_on_request_makes_the_images_webassembly_makes(site, playwright):
     b = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=["--enable-unsafe-webgpu"])
     page = b.new_page(viewport={"width": 1280, "height": 900})
     page.goto(site + "#model=fashion-1step&n=2&picks=Bag&seed=4")
-    page.wait_for_selector("#generate:not([disabled])", timeout=120_000)
+    wait_ready(page)
+    page.wait_for_selector("#gpu-box[data-probed]", state="attached")
     if not page.locator("#gpu-box").is_visible():
         b.close()
         pytest.skip("this Chromium offers no WebGPU adapter")

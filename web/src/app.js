@@ -51,6 +51,13 @@ function progress(label, got, total) {
   $('loading-text').textContent = `${label}: ${(got / 1e6).toFixed(1)} of ${(total / 1e6).toFixed(1)} MB`;
 }
 
+/** The browser's WebGPU adapter, or null when it has none or does not answer within ``ms``. */
+function gpuAdapter(ms) {
+  if (!navigator.gpu) return Promise.resolve(null);
+  const late = new Promise((resolve) => setTimeout(() => resolve(null), ms));
+  return Promise.race([navigator.gpu.requestAdapter().catch(() => null), late]);
+}
+
 async function loadRuntime() {
   const wasm = await fetchWithProgress('ort/ort-wasm-simd-threaded.wasm', (g, t) => progress('Runtime (WebAssembly)', g, t));
   ortWasm.env.wasm.wasmBinary = wasm.buffer;
@@ -396,11 +403,12 @@ async function start() {
     try { await loadModel($('model').value); updateLink(); } catch (err) { setBusy(false, `Error: ${err.message}`, true); }
   };
   await loadRuntime();
-  const adapter = navigator.gpu ? await navigator.gpu.requestAdapter().catch(() => null) : null;
-  $('gpu-box').hidden = !adapter;
+  // the GPU probe runs beside the first load, never before it: the page's first model does not wait on a GPU process
+  // (a CI page once stayed "Loading" for 2 minutes); the box shows when an adapter answers, within 10 s
+  const adapter = gpuAdapter(10_000).then((a) => { $('gpu-box').hidden = !a; $('gpu-box').dataset.probed = '1'; return a; });
   $('gpu').onchange = () => useWebGPU($('gpu').checked).catch((err) => setBusy(false, `Error: ${err.message}`, true));
   await loadModel($('model').value);
-  if (adapter && hash.get('ep') === 'webgpu') { $('gpu').checked = true; await useWebGPU(true); }
+  if (hash.get('ep') === 'webgpu' && await adapter) { $('gpu').checked = true; await useWebGPU(true); }
   applyLink(hash);
   updateLink();
   if ('serviceWorker' in navigator && location.protocol !== 'file:') navigator.serviceWorker.register('sw.js').catch(() => {});
