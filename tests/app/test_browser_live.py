@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from app_fixtures import add_students, build_checkpoints, launch_app
-from test_browser import ARTIFACTS, CHROMIUM, browser  # noqa: F401 (its module-scoped Chromium fixture)
+from test_browser import ARTIFACTS, CHROMIUM, browser, new_page  # noqa: F401 (its module-scoped Chromium fixture)
 
 pytestmark = [pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium not installed"), pytest.mark.slow]
 
@@ -29,7 +29,7 @@ def caption(page) -> str:
 
 @pytest.mark.parametrize("size", [(1280, 900), (390, 844)], ids=["desktop", "phone"])
 def test_live_redraws_as_the_slider_moves_with_the_images_in_view(url, browser, size):
-    page = browser.new_page(viewport={"width": size[0], "height": size[1]})
+    page = new_page(browser, size[0], size[1])
     page.set_default_timeout(30_000)
     page.goto(url + "?model=tiny-4step&seed=3")
     page.wait_for_function("document.querySelector('#model-card h3')?.innerText.trim() === 'tiny-4step'")
@@ -73,7 +73,7 @@ def test_live_redraws_as_the_slider_moves_with_the_images_in_view(url, browser, 
 def test_learns_step_slider_explains_each_step_as_it_moves(url, browser):
     """Learn's Explain slider redraws the explanation on every step it moves to (no button press): a student's run
     of 4 steps, the slider moved by the arrow keys from step 1."""
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page = new_page(browser, 1280, 900)
     page.set_default_timeout(30_000)
     page.goto(url + "?model=tiny-4step&seed=3")
     page.wait_for_function("document.querySelector('#model-card h3')?.innerText.trim() === 'tiny-4step'")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from test_browser import ARTIFACTS, CHROMIUM, browser, url, wait_card  # noqa: E402,F401  (fixtures)
+from test_browser import ARTIFACTS, CHROMIUM, browser, new_page, url, wait_card  # noqa: E402,F401  (fixtures)
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium not installed")
 SIZES = [(1280, 900), (390, 844)]
@@ -26,7 +26,7 @@ IN_VIEW = """(sel) => { const r = document.querySelector(sel).getBoundingClientR
 @pytest.fixture(params=SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 def page(request, url, browser):
     w, h = request.param
-    pg = browser.new_page(viewport={"width": w, "height": h})
+    pg = new_page(browser, w, h)
     pg.set_default_timeout(30_000)
     pg.goto(url)
     pg.wait_for_selector("#model-card h3")
