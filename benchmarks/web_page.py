@@ -112,7 +112,9 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         page.goto(base)
         page.wait_for_selector("#generate:not([disabled])", timeout=300_000)
-        result["first_visit_ready_s"] = round(time.perf_counter() - t0, 2)
+        result["first_visit_ready_s"] = round(time.perf_counter() - t0, 2)       # a first visit reloads once (sw.js)
+        result["cross_origin_isolated"] = page.evaluate("self.crossOriginIsolated")    # WebAssembly threads
+        result["status"] = page.inner_text("#status")
         result["first_visit_bytes"] = sum(sizes.values())
         result["first_visit_files"] = {u.replace(base, ""): n for u, n in sorted(sizes.items(), key=lambda kv: -kv[1])[:4]}
         for name, link in RUNS:

@@ -786,6 +786,13 @@ MUTANTS = [
  ("Generate left saying 'Loading' when the picked model cannot load", "diffusion_app/generate/page.py",
   "    return name === `${{m}} (broken)` ?", "    return false ?",
   "tests/app/test_browser.py -k cannot_load"),
+ ("the service worker serves the page without COOP / COEP (no WebAssembly threads)", "web/sw.js",
+  "      return isolated(res);", "      return res;",
+  "tests/web/test_web.py -k works_offline"),
+ ("a first visit is not reloaded once the worker controls it (single-threaded until the next visit)", "web/src/app.js",
+  "      if (!state.generated) { sessionStorage.setItem('isolating', '1'); location.reload(); }",
+  "      if (false) { sessionStorage.setItem('isolating', '1'); location.reload(); }",
+  "tests/web/test_web.py -k works_offline"),
 ]
 
 

@@ -268,6 +268,10 @@ def test_page_makes_images_from_a_class_a_pick_and_a_drawing_and_works_offline(s
     assert page.input_value("#class") == "1"                    # the link's class
     status = _run(page, 6)
     assert "2 images" in status and "6 of 6 steps" in status
+    # the service worker makes the page cross-origin isolated (a first visit reloads once), so WebAssembly gets threads
+    assert page.evaluate("self.crossOriginIsolated")
+    threads = min(4, page.evaluate("navigator.hardwareConcurrency"))
+    assert f"WebAssembly ({threads} thread" in status, status
     # nothing wider than the screen, and the controls and pictures do not overlap on the desktop
     assert page.evaluate("document.scrollingElement.scrollWidth") <= size[0]
     ok, box, _ = _in_view(page, "#xt")
