@@ -52,11 +52,13 @@ function progress(label, got, total) {
 }
 
 /** The service worker (sw.js): the page offline, and cross-origin isolated so that WebAssembly gets threads (the
- *  worker adds the headers). A first visit is served before the worker controls the page, so the page reloads once
- *  when the worker takes over, unless the visitor has generated already (2 threads: a student's 4 images 573 -> 377 ms). */
+ *  worker adds the headers; on 2 cores a student's 4 images went from 593 to 371 ms). A first visit is served before
+ *  the worker controls the page, so the page reloads once when the worker takes over, unless the visitor has
+ *  generated already. A page in a frame (a Space shown on huggingface.co) cannot be isolated by its own headers, so
+ *  it is not reloaded; opened directly (its *.hf.space address), it is. */
 function serveIsolated() {
   if (!('serviceWorker' in navigator) || location.protocol === 'file:') return;
-  if (!self.crossOriginIsolated && !sessionStorage.getItem('isolating')) {
+  if (!self.crossOriginIsolated && !sessionStorage.getItem('isolating') && window.top === window) {
     navigator.serviceWorker.addEventListener('controllerchange', () => {
       if (!state.generated) { sessionStorage.setItem('isolating', '1'); location.reload(); }
     }, { once: true });
