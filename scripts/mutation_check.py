@@ -793,6 +793,15 @@ MUTANTS = [
   "      if (!state.generated) { sessionStorage.setItem('isolating', '1'); location.reload(); }",
   "      if (false) { sessionStorage.setItem('isolating', '1'); location.reload(); }",
   "tests/web/test_web.py -k works_offline"),
+ ("training ignores SIGTERM (no checkpoint, killed)", "diffusion_core/training/loop.py",
+  "self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}", "self._on_signal) for s in (signal.SIGINT,)}",
+  "tests/training/test_train.py -k sigterm_saves"),
+ ("a failed periodic checkpoint write ends training", "diffusion_core/training/state.py",
+  "            if final:\n                raise OSError(msg) from None", "            if True:\n                raise OSError(msg) from None",
+  "tests/training/test_train.py -k disk_full"),
+ ("a checkpoint written in place (a kill leaves it torn)", "diffusion_core/checkpoint.py",
+  "            f.write(data)\n", "            path.write_bytes(data[: len(data) // 2])\n            f.write(data)\n",
+  "tests/training/test_train.py -k 'kill_during or repeated_kill'"),
 ]
 
 

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from cli_process import CliProcess
 from diffusion_core import load
 from diffusion_core.data import DataConfig, load_data, read_idx
 from diffusion_core.training import STATE, TrainConfig, Trainer, load_train_config
@@ -198,8 +199,7 @@ def test_kill_during_checkpoint_write_then_resume(tmp_path, run_main):
     args = ["train", "--no-progress", *sum([["--set", s] for s in TINY + ["data.source=idx", f"data.path={folder}",
                                                                           f"out_dir={out}", "steps=8"]], [])]
     env = dict(os.environ, OMP_NUM_THREADS="1", DIFFUSION_FAULT_PAUSE_BEFORE_RENAME="3")
-    p = subprocess.Popen([sys.executable, "-m", "diffusion_core", *args], cwd=ROOT, env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = CliProcess(args, env=env)
     deadline = time.time() + 120
     killed_mid_write = False
     while time.time() < deadline and p.poll() is None:
@@ -231,8 +231,7 @@ def test_repeated_kill_9_at_random_points_then_resume(tmp_path, run_main):
     rng = random.Random(1234)
     steps_seen = []
     for _ in range(5):
-        p = subprocess.Popen([sys.executable, "-m", "diffusion_core", *args], cwd=ROOT, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p = CliProcess(args, env=env)
         starts = len((out / "commands.txt").read_text().splitlines()) if (out / "commands.txt").exists() else 0
         deadline = time.time() + 120
         while time.time() < deadline and p.poll() is None and (not (out / "commands.txt").exists() or len(
@@ -265,7 +264,6 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path, run_main)
     every checkpoint write fails (EFBIG, as a full disk fails with ENOSPC). Periodic failures warn and
     training goes on; the final one exits with a one-line error; the step-4 checkpoint survives intact and a
     later --resume (with room to write) finishes the run."""
-    import resource
     folder = write_idx(tmp_path / "idx")
     out = tmp_path / "run"
     base = TINY + ["data.source=idx", f"data.path={folder}", f"out_dir={out}"]
@@ -274,20 +272,17 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path, run_main)
     size = (out / STATE).stat().st_size
     before = (out / STATE).read_bytes()
 
-    def limit():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (size // 2, size // 2))
-
-    r = subprocess.run([sys.executable, "-m", "diffusion_core", *args, "--set", "steps=8", "--resume"], cwd=ROOT,
-                       capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
-                       preexec_fn=limit, timeout=300)
-    assert r.returncode == 2, r.stderr
-    assert "warning: could not write" in r.stderr and "at step 6" in r.stderr
-    last = r.stderr.strip().splitlines()[-1]
+    p = CliProcess([*args, "--set", "steps=8", "--resume"], env=dict(os.environ, OMP_NUM_THREADS="1"), capture=True,
+                   max_file_bytes=size // 2, output_dir=tmp_path)
+    code, printed = p.wait(timeout=300), p.output()
+    assert code == 2, printed
+    assert "warning: could not write" in printed and "at step 6" in printed
+    last = printed.strip().splitlines()[-1]
     assert last.startswith("error: could not write") and "step 8" in last and "(step 4) is kept" in last, last
-    assert "Traceback" not in r.stderr
+    assert "Traceback" not in printed
     assert (out / STATE).read_bytes() == before
     assert not list(out.glob(f".{STATE}.*.tmp"))                # no partial temp files left behind
-    r = run_cli(*args, "--set", "steps=8", "--resume")
+    r = run_main(*args, "--set", "steps=8", "--resume")
     assert r.returncode == 0, r.stderr
     assert json.loads((out / "model" / "training.json").read_text())["steps"] == 8
 
@@ -299,8 +294,7 @@ def test_sigterm_saves_a_checkpoint(tmp_path):
     args = ["train", "--no-progress", *sum([["--set", s] for s in TINY + ["data.source=idx", f"data.path={folder}",
                                                                           f"out_dir={out}", "steps=100000",
                                                                           "checkpoint_every=100000"]], [])]
-    p = subprocess.Popen([sys.executable, "-m", "diffusion_core", *args], cwd=ROOT,
-                         env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p = CliProcess(args, env=dict(os.environ, OMP_NUM_THREADS="1"))
     deadline = time.time() + 120
     def logged_steps():
         return len((out / "log.csv").read_text().splitlines()) - 1 if (out / "log.csv").exists() else 0
