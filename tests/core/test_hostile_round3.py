@@ -5,11 +5,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import resource
 import shutil
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -17,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cli_process import CliProcess
 from diffusion_core import CheckpointError, load
 from diffusion_core.__main__ import main as cli
 from diffusion_core.config import ConfigError
@@ -481,12 +479,10 @@ def test_resume_exports_a_finished_run_on_a_full_disk(tmp_path, run_main):
     shutil.rmtree(tmp_path / "run" / "model")              # as if the export had not happened
     state = (tmp_path / "run" / STATE).read_bytes()
     limit = len(state) // 2
-
-    def small_disk():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    r = subprocess.run([sys.executable, "-m", "diffusion_core", *args, "--resume"], cwd=ROOT, capture_output=True,
-                       text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300, preexec_fn=small_disk)
-    assert r.returncode == 0 and "exported" in r.stdout, r.stderr
+    p = CliProcess([*args, "--resume"], env=dict(os.environ, OMP_NUM_THREADS="1"), capture=True, max_file_bytes=limit,
+                   output_dir=tmp_path)
+    code, printed = p.wait(timeout=300), p.output()
+    assert code == 0 and "exported" in printed, printed
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
     assert (tmp_path / "run" / STATE).read_bytes() == state
 

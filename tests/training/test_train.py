@@ -27,12 +27,6 @@ TINY = ["unet.base_channels=8", "unet.channel_mults=[1,2]", "unet.num_res_blocks
 HAS_FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists()
 
 
-def run_cli(*args, env=None, timeout=300):
-    e = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
-    return subprocess.run([sys.executable, "-m", "diffusion_core", *args], cwd=ROOT, capture_output=True, text=True,
-                          env=e, timeout=timeout)
-
-
 def write_idx(folder: Path, n: int = 40) -> Path:
     """A tiny IDX dataset (MNIST layout) as a fixture: class k is a bright square at a class-dependent place."""
     folder.mkdir(parents=True, exist_ok=True)

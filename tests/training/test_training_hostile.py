@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
-import subprocess
-import sys
+import signal
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from diffusion_core.config import ConfigError
 from diffusion_core.training import PREV_STATE, STATE, Trainer, load_train_config
 
+from cli_process import CliProcess
 from test_train import TINY, write_idx
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -138,8 +138,7 @@ def test_two_trainings_cannot_write_one_folder(tmp_path, run_main):
     folder = write_idx(tmp_path / "idx")
     args = ["train", "--no-progress", "--set", "steps=100000", "--set", "data.source=idx", "--set", f"data.path={folder}",
             "--set", f"out_dir={tmp_path / 'run'}"] + [x for s in TINY for x in ("--set", s)]
-    first = subprocess.Popen([sys.executable, "-m", "diffusion_core", *args], cwd=ROOT, stderr=subprocess.PIPE,
-                             env=dict(os.environ, OMP_NUM_THREADS="1"))
+    first = CliProcess(args, env=dict(os.environ, OMP_NUM_THREADS="1"))
     try:
         for _ in range(600):            # until the first one is training (it logs every step)
             if (tmp_path / "run" / "log.csv").is_file() and len((tmp_path / "run" / "log.csv").read_text().splitlines()) > 2:
@@ -149,7 +148,7 @@ def test_two_trainings_cannot_write_one_folder(tmp_path, run_main):
         assert second.returncode != 0, second.stderr
         assert "another training is writing this folder" in second.stderr and "Traceback" not in second.stderr
     finally:
-        first.terminate()
+        first.send_signal(signal.SIGTERM)
         first.wait(timeout=60)
 
 
