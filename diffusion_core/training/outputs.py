@@ -108,7 +108,8 @@ def plot_loss(csv_path: Path, out: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    rows = list(csv.DictReader(open(csv_path)))
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
     if not rows:
         return
     steps = [int(r["step"]) for r in rows]
