@@ -4,7 +4,6 @@ from __future__ import annotations
 import base64
 import functools
 import html
-import math
 import re
 from types import SimpleNamespace
 
@@ -14,7 +13,7 @@ from PIL import Image
 from pydantic import ConfigDict, ValidationError
 import torch
 
-from diffusion_core import ImageError, load_whole, open_image, to_mode
+from diffusion_core import ImageError, load_whole, number, open_image, to_mode
 
 from .render import html_status
 from .settings import USER_ERRORS, log
@@ -248,24 +247,6 @@ class Choices(_NamedErrors, gr.CheckboxGroup):
 
     def preprocess(self, payload):
         return super().preprocess(as_list(payload))
-
-
-def number(value, name: str, lo: float, hi: float, whole: bool = False) -> float:
-    """A numeric input checked once, for every endpoint: a finite number (or a numeric string, as an API client
-    may send) in [lo, hi], whole where asked; otherwise a ValueError naming the input and its range (None, text,
-    NaN and inf used to surface as Gradio's generic error or {"error": null})."""
-    bounds = f"[{int(lo)}, {int(hi)}]" if whole else f"[{lo:g}, {hi:g}]"
-    got = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-    what = f"{name} must be a {'whole ' if whole else ''}number in {bounds}, got {got}"
-    if isinstance(value, bool) or value is None:
-        raise ValueError(what)
-    try:
-        v = float(value)
-    except (TypeError, ValueError, OverflowError):
-        raise ValueError(what) from None
-    if not math.isfinite(v) or not lo <= v <= hi or (whole and v != int(v)):
-        raise ValueError(what)
-    return v
 
 
 def _number(v, default=None):

@@ -27,7 +27,7 @@ _EXPORTS = {
     "runtime.backends": ("BackendError", "available", "requested_backend"),
     "runtime.shared": ("Cancelled",),
     "options": ("BACKEND_ENV", "BACKENDS", "BOUNDS", "MAX_BATCH", "MAX_GUIDANCE", "MAX_SEED", "MAX_STEPS", "SAMPLERS",
-                "SPACINGS"),
+                "SPACINGS", "number"),
     "pipeline": ("Pipeline", "Request", "load"),
     "provenance": ("read_config", "training_source"),
     "sampler_registry": ("DEFAULT_SAMPLER", "SamplerInfo", "all_samplers", "register_sampler", "sampler_info",
@@ -48,7 +48,8 @@ if TYPE_CHECKING:     # what tools (type checkers, IDEs) see; tests/core/test_pu
     from .images import ImageError, grid, load_image, load_whole, open_image, output_problem, to_mode, to_pil, to_uint8
     from .runtime.backends import BackendError, available, requested_backend
     from .runtime.shared import Cancelled
-    from .options import BACKEND_ENV, BACKENDS, BOUNDS, MAX_BATCH, MAX_GUIDANCE, MAX_SEED, MAX_STEPS, SAMPLERS, SPACINGS
+    from .options import (BACKEND_ENV, BACKENDS, BOUNDS, MAX_BATCH, MAX_GUIDANCE, MAX_SEED, MAX_STEPS, SAMPLERS, SPACINGS,
+                          number)
     from .pipeline import Pipeline, Request, load
     from .provenance import read_config, training_source
     from .sampler_registry import (DEFAULT_SAMPLER, SamplerInfo, all_samplers, register_sampler, sampler_info,

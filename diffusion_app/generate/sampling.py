@@ -14,10 +14,12 @@ import numpy as np
 from PIL import Image
 import torch
 
-from diffusion_core import BOUNDS, MAX_STEPS, Cancelled, Request, SampleStep, output_problem
+from dataclasses import replace
+
+from diffusion_core import MAX_STEPS, Cancelled, Request, SampleStep, number, output_problem
 
 from ..base import AppBase
-from ..inputs import fit_note, number, stickman_input, user_error
+from ..inputs import fit_note, stickman_input, user_error
 from ..outputs import Shown, filled
 from ..render import (as_pil_uint8, batch_grid, eta_seconds, fitting_path, fmt_duration, html_status, save_png,
                      side_by_side)
@@ -72,15 +74,13 @@ class GenerateTab(AppBase):
         if self.stopping.is_set():
             raise gr.Error(STOPPING)
         try:
-            steps = int(number(steps, "steps", *BOUNDS["steps"], whole=True))
-            batch_size = int(number(batch_size, "batch size", 1, MAX_BATCH, whole=True))
+            # the run's numbers are checked by the Request, before any model loads; the app adds its own limits
+            # (batch at most MAX_BATCH, seed -1 for random) and its own option (preview_every)
+            asked = Request(batch_size, sampler=sampler, steps=steps, spacing=spacing, eta=eta, guidance=guidance,
+                            seed=self._seed(seed), strength=strength, device=self.models.device, cancelled=stop.is_set)
+            if asked.n > MAX_BATCH:
+                raise ValueError(f"batch size must be a whole number in [1, {MAX_BATCH}], got {asked.n}")
             preview_every = max(1, int(number(preview_every, "preview every", 0, MAX_STEPS, whole=True)))
-            guidance = number(guidance, "guidance scale", *BOUNDS["guidance"])
-            eta = number(eta, "eta", *BOUNDS["eta"])
-            strength = number(strength, "strength", *BOUNDS["strength"])
-            if strength == 0.0:
-                raise ValueError("strength must be in (0, 1], got 0")
-            seed = self._seed(seed)
             self.models.check_backend(backend)      # before "loading…" is said
             if model in self.models.names() and not self.models.is_ready(model, backend):
                 # loading (auto never measures here: Models): about a second, so say so
@@ -90,41 +90,37 @@ class GenerateTab(AppBase):
             cfg = pipe.base.config
             labels = self._labels(pipe, model, class_label, attributes)
             fitted = fit_note(init_image, cfg.low_res if cfg.task == "super_resolution" else cfg.unet.image_size)
-            kw = dict(sampler=sampler, steps=steps, spacing=spacing, eta=float(eta), guidance=float(guidance),
-                      labels=labels, seed=seed, device=self.models.device, cancelled=stop.is_set)
             sr = cfg.task == "super_resolution"
             if sr and init_image is None:
                 raise ValueError("a super-resolution model needs a low-resolution input image (upload one)")
-            kw.update(pipe.prepare(cond_image=stickman_input(stick_source, stick_sketch, stick_upload)
-                                   if cfg.task == "pose" else None, init_image=None if sr else init_image,
-                                   low_res=init_image if sr else None))
-            if "init_image" in kw:
-                kw["strength"] = float(strength)
-            asked = Request(batch_size, **kw)      # the run as the pipeline runs it (and the Learn tab keeps it)
+            prepared = pipe.prepare(cond_image=stickman_input(stick_source, stick_sketch, stick_upload)
+                                    if cfg.task == "pose" else None, init_image=None if sr else init_image,
+                                    low_res=init_image if sr else None)
+            asked = replace(asked, labels=labels, **prepared)    # the run as the pipeline runs it (and Learn keeps it)
             stream = pipe.run(asked)               # refused here for all the core checks (sampler, grid, work)
-            ticket = self.waiting.enter(*run_cost(pipe, batch_size, steps, float(guidance),
+            ticket = self.waiting.enter(*run_cost(pipe, asked.n, asked.steps, asked.guidance,
                                                   seconds_per_flop(self.models.loaded()),
-                                                  from_low_res="low_res" in kw))
+                                                  from_low_res="low_res" in prepared))
         except USER_ERRORS as e:
             raise user_error(e) from None
 
         # the last run's preview and results go first (issue 35: they showed under "step 1/25" until its file came)
         yield filled(Shown, preview=None, status=html_status(f"<b>{html.escape(model)}</b> · starting… · {pipe.backend}",
-                                                              0.0), gallery=None, gif=None, last_seed=seed, partial=None)
+                                                              0.0), gallery=None, gif=None, last_seed=asked.seed, partial=None)
         session = getattr(request, "session_hash", None) or "api"
         self._stops[session] = stop
         try:
             yield from self._wait_turn(ticket, stop, poll)
             if stop.is_set():
-                yield self._stopped_early("before it started", model, seed)
+                yield self._stopped_early("before it started", model, asked.seed)
                 stop.shown = True       # Gradio asked for the next output: the run's own last one went to the page
                 return
-            meta = {"model": model, "sampler": sampler, "steps": steps, "spacing": spacing,
-                    "eta": float(eta) if takes_eta(sampler) else None, "guidance": float(guidance), "labels": labels,
-                    "seed": seed, "batch_size": batch_size, "backend": pipe.backend}
-            if "init_image" in kw:
-                meta["img2img_strength"] = float(strength)
-            if "cond_image" in kw:
+            meta = {"model": model, "sampler": asked.sampler, "steps": asked.steps, "spacing": asked.spacing,
+                    "eta": asked.eta if takes_eta(asked.sampler) else None, "guidance": asked.guidance,
+                    "labels": labels, "seed": asked.seed, "batch_size": asked.n, "backend": pipe.backend}
+            if "init_image" in prepared:
+                meta["img2img_strength"] = asked.strength
+            if "cond_image" in prepared:
                 meta["stickman"] = stick_source
             meta.update({"input": fitted} if fitted else {})
             yield from self._sample(pipe, stream, asked, ticket, stop, session, meta, preview_every, make_gif,

@@ -6,7 +6,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..options import BOUNDS
+from ..options import BOUNDS, number
 
 
 @dataclass(frozen=True)
@@ -24,9 +24,9 @@ class Request:
     at the guidance scale, plain classifier-free guidance); cancelled: a callable checked while the run's rows wait
     for the shared network (``runtime.SharedNet``): once it returns True the run raises ``runtime.Cancelled``.
 
-    Checked here: n, steps, seed and guidance against ``options.BOUNDS``. The sampler's own options (sampler,
-    eta, variance), the spacing and the strength are checked by what uses them (``SamplerSpec``,
-    ``spaced_timesteps``, ``noised_start``)."""
+    Checked here, the one place a run's numbers are checked: n, steps, seed, guidance, eta and strength against
+    ``options.BOUNDS`` (text and floats that hold whole numbers are taken, as their type). The names (sampler,
+    spacing, variance) and what depends on the model are checked when the run is asked for (``Stage.check_work``)."""
 
     n: int = 1
     sampler: str = "ddim"
@@ -54,15 +54,12 @@ class Request:
     cancelled: Callable[[], bool] | None = None     # once True, the run's next network call raises runtime.Cancelled
 
     def __post_init__(self):
-        lo, hi = BOUNDS["n"]
-        if not lo <= self.n <= hi:
-            raise ValueError(f"batch size must be in [{lo}, {hi}], got {self.n}")
-        lo, hi = BOUNDS["steps"]
-        if not lo <= self.steps <= hi:
-            raise ValueError(f"steps must be in [{lo}, {hi}], got {self.steps}")
-        lo, hi = BOUNDS["seed"]
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not lo <= self.seed <= hi:
-            raise ValueError(f"seed must be a whole number in [{lo}, {hi}], got {self.seed!r}")
-        lo, hi = BOUNDS["guidance"]
-        if not lo <= self.guidance <= hi:
-            raise ValueError(f"guidance scale must be in [{lo:g}, {hi:g}], got {self.guidance}")
+        """Each number checked and made its type here, once, whatever sent it (a form's float, an API client's text:
+        ``options.number``); the app and the command line keep only their own tighter limits."""
+        for field, name, whole in (("n", "batch size", True), ("steps", "steps", True), ("seed", "seed", True),
+                                   ("guidance", "guidance scale", False), ("eta", "eta", False),
+                                   ("strength", "strength", False)):
+            value = number(getattr(self, field), name, *BOUNDS[field], whole=whole)
+            object.__setattr__(self, field, value if whole else float(value))
+        if self.init_image is not None and self.strength == 0:
+            raise ValueError("strength must be in (0, 1] for img2img, got 0")

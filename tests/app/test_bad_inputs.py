@@ -220,6 +220,28 @@ def test_number_checks_type_range_and_finiteness():
         app.DiffusionApp._seed(float("nan"))
 
 
+def test_generate_leaves_a_runs_numbers_to_the_request(tmp_path):
+    """Issue 35: Generate checks none of the run's numbers itself; the Request does, once, before any model loads
+    (its message, not Gradio's generic error). Only the app's own limits stay in the app: a batch above the
+    page's 16, -1 for a random seed, and how often to preview."""
+    import gradio as gr
+    import diffusion_app as app
+    from app_fixtures import build_checkpoints
+    a = app.DiffusionApp(str(build_checkpoints(tmp_path / "ckpt")))
+    for kw, msg in ((dict(steps=2.5), r"^steps must be a whole number in \[1, 1000\], got 2.5$"),
+                    (dict(steps="many"), r"^steps must be a whole number in \[1, 1000\], got 'many'$"),
+                    (dict(guidance="lots"), r"^guidance scale must be a number in \[0, 30\], got 'lots'$"),
+                    (dict(eta=3.0), r"^eta must be a number in \[0, 1\], got 3.0$"),
+                    (dict(batch_size=0), r"^batch size must be a whole number in \[1, 64\], got 0$"),
+                    (dict(batch_size=17), r"^batch size must be a whole number in \[1, 16\], got 17$")):
+        with pytest.raises(gr.Error) as e:
+            next(a.generate("tiny", **kw))
+        assert re.match(msg, e.value.message), e.value.message
+        assert not a.models.loaded(), kw        # refused before the model loaded
+    outs = list(a.generate("tiny", sampler="ddim", steps="3", guidance="1.5", seed="7", batch_size=2.0))
+    assert "seed 7" in outs[-1].status and "3 steps" in outs[-1].status
+
+
 def test_pixel_limit_is_checked_before_decoding(bad_files, monkeypatch):
     """A 25 MP image (over the app's 16.7 MP, under Pillow's own 2x refusal) is refused from its header: Pillow
     would otherwise decode all of it first (issue 24: a sketch or upload under Pillow's limit cost gigabytes)."""

@@ -386,6 +386,29 @@ def test_a_request_is_frozen_and_checked_against_the_bounds_the_cli_takes(run_ma
         assert out.returncode != 0 and f"must be in [{lo}, {hi}]" in out.stderr, out.stderr
 
 
+def test_a_request_is_the_one_check_of_a_runs_numbers():
+    """Issue 35: the Request checks and types every number of a run, whatever sent it: a form's float that holds a
+    whole number, an API client's text; fractions, booleans, NaN, None and text that is no number are refused with
+    the option's name and range. A seed near 2^63 keeps its last digits (a float holds it only to 2^10)."""
+    from diffusion_core.options import BOUNDS
+    from diffusion_core.pipeline import Request
+    r = Request("4", steps=25.0, seed="9223372036854675000", guidance="2", eta=0.5, strength="0.3")
+    assert (r.n, r.steps, r.seed, r.guidance, r.eta, r.strength) == (4, 25, 9223372036854675000, 2.0, 0.5, 0.3)
+    assert all(type(v) is int for v in (r.n, r.steps, r.seed)) and type(r.guidance) is float
+    assert Request(1, seed=2 ** 62 + 1).seed == 2 ** 62 + 1
+    for field, name, whole in (("n", "batch size", True), ("steps", "steps", True), ("seed", "seed", True),
+                               ("guidance", "guidance scale", False), ("eta", "eta", False),
+                               ("strength", "strength", False)):
+        lo, hi = BOUNDS[field]
+        kind = "a whole number" if whole else "a number"
+        for bad in ((2.5, True, float("nan"), None, "many", hi + 1) if whole else
+                    (True, float("nan"), float("inf"), None, "lots", hi + 1, lo - 1)):
+            with pytest.raises(ValueError, match=rf"^{name} must be {kind} in \[.*\], got "):
+                Request(**{field: bad})
+    with pytest.raises(ValueError, match=r"strength must be in \(0, 1\] for img2img"):
+        Request(1, init_image=torch.zeros(1, 8, 8), strength=0)
+
+
 def test_prepare_reads_each_input_at_the_size_and_channels_its_stage_takes(tmp_path):
     """``Pipeline.prepare``, the one reader of input files for the app and the CLI (issue 35): each input is
     centre-cropped square and resized to its stage's size, in its stage's channels. A 48 x 16 RGB picture, flat grey
