@@ -22,7 +22,12 @@ CSS = """
    steps" label covered the Trajectory strip's first frames (on a phone the whole strip); on a phone the "Comparison
    grid" label and the toolbar covered the Compare grid's first and last cells, the toolbar the Branch row's last
    image (issue 35) */
-.dc-result .image-container {padding-top: 40px; box-sizing: border-box;}
+.dc-result .image-container, #fwd-image .image-container, #up-input .image-container {padding-top: 40px;
+  box-sizing: border-box;}
+/* the Upscale slider's halves below its "before (nearest) / after" label (it covered a small result's top) */
+#up-slider .slider-wrap, #up-slider .image-container {padding-top: 40px; box-sizing: border-box;}
+/* a formula wider than a phone scrolls in its own box instead of being cut at the screen's edge */
+.katex-display {overflow-x: auto; overflow-y: hidden; max-width: 100%;}
 .dc-result img {max-width: 100%; max-height: 100%; object-fit: contain;}
 /* uploaded inputs fill their box, pixels kept sharp (a 32 px image showed as a 32 px thumbnail, issue 35) */
 #init-image img, #stick-upload img, #up-input img {width: 100% !important; height: 100% !important;
@@ -41,6 +46,11 @@ CSS = """
 }
 #run-row {position: sticky; bottom: 0; z-index: 100; padding: 8px 0;
   background: var(--background-fill-primary, #fff);}
+/* "Loading emoji-cascade-128…" on one line: wrapped, it made the sticky bar taller and covered a slider */
+#generate-btn {white-space: nowrap; overflow: hidden; text-overflow: ellipsis;}
+/* while a picked model loads (LOCK_JS), the model being left keeps no live controls or card (issue 35 item 2) */
+body.dc-loading #gen-controls > :not(#model-row):not(#run-row), body.dc-loading #model-card,
+body.dc-loading #card-img {opacity: 0.4; pointer-events: none; transition: opacity 0.15s;}
 /* what the keyboard or a script scrolls to stops above that bar, never under it ("Make GIF" was covered) */
 html {scroll-padding-bottom: 80px;}
 /* phones: the Model box takes the whole width, "rescan" a small button under it (it floated beside a narrowed box) */
@@ -105,7 +115,8 @@ gallery image.
 **Reproducibility.** Image i of a run with seed s uses its own random stream seeded s + i, so a seed gives
 the same image at any batch size. Every PNG carries its settings as JSON in the `parameters` text chunk.
 
-**API.** `from gradio_client import Client; c = Client("http://127.0.0.1:7860/")`, then
+**API.** `from gradio_client import Client; c = Client(URL)` with this page's address as URL (on a Space, its name,
+`"user/space"`), then
 `c.predict("fashion", api_name="/model_card")`, `c.submit(model="fashion", steps=20, api_name="/generate")`
 (streams previews), `/forward`, `/schedule_plot`, `/upscale`; the Learn tab's `/explain_step` and `/trajectory`
 (about the session's last `/generate` run), `/compare`, `/compare_guidance` and `/interpolate`.

@@ -211,7 +211,11 @@ class _CheckedNumber(_Template):
     control steps by whole numbers) before Gradio's own preprocessing, so text, None, NaN or inf from an API client
     get a message naming the control and its range (Gradio's check failed on them with its generic error)."""
 
+    checked_by_handler = False      # True: its handler checks the value (RunSlider, RunNumber)
+
     def preprocess(self, payload):
+        if self.checked_by_handler:
+            return payload
         if payload is None and isinstance(self, gr.Number):
             return None         # an empty Number field: the handler's default (-1 or nothing: a random seed)
         whole = getattr(self, "precision", None) == 0 or getattr(self, "step", None) == 1
@@ -229,6 +233,22 @@ class Slider(_CheckedNumber, gr.Slider):
 
 class Number(_CheckedNumber, gr.Number):
     is_template = True
+
+
+class RunSlider(Slider):
+    """A number of Generate's run, passed on as sent: the run's Request checks it (and the handler the app's own
+    limits), and a refusal is said in the page's status line. Checked here, a bad value (seed 12.5) was only a
+    toast, and the status kept "Pick a model and press Generate" or an older error (issue 35 item 7). Every other
+    handler these boxes feed (Live, Compare, Interpolate) checks its numbers itself. A class attribute, not one
+    set on the box: Gradio rebuilds a session's component from its config after an update."""
+    is_template = True
+    checked_by_handler = True
+
+
+class RunNumber(Number):
+    __doc__ = RunSlider.__doc__
+    is_template = True
+    checked_by_handler = True
 
 
 class Radio(_NamedErrors, gr.Radio):

@@ -16,7 +16,7 @@ def forward_page(app) -> SimpleNamespace:
     out, strip, info = app.forward()
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=300):
-            fwd_image = SafeImage(label="x_0 (upload, or use a dataset example)", type="filepath",
+            fwd_image = SafeImage(label="x_0 (upload, or an example)", type="filepath",
                                   image_mode=None, sources=["upload", "clipboard"], height=220,
                                   elem_classes="dc-pixel", elem_id="fwd-image")
             example_btn = gr.Button("Dataset example")

@@ -12,8 +12,8 @@ import gradio as gr
 
 from diffusion_core import BACKENDS, MAX_GUIDANCE, MAX_STEPS, SPACINGS, SR_SAMPLING
 
-from ..inputs import (Dropdown, LabelChecks, Number, Radio, SafeImage, SafeSketchpad, Slider, page_parts,
-                     refuse_bad_upload)
+from ..inputs import (Dropdown, LabelChecks, Number, Radio, RunNumber, RunSlider, SafeImage, SafeSketchpad, Slider,
+                      page_parts, refuse_bad_upload)
 from ..outputs import Controls, Shown, components, filled
 from ..render import html_status
 from ..settings import (ANY, DEFAULT_SAMPLER, LIGHT, MAX_BATCH, MAX_SEED, MAX_UPSCALE_INPUT, STATE_TTL_S,
@@ -31,7 +31,7 @@ def generate_page(app) -> SimpleNamespace:
         return {**kwargs, **opening.get(name, {})}
     stickmen = sorted(str(p) for p in STICKMEN_DIR.glob("*.png")) if STICKMEN_DIR.is_dir() else []
     with gr.Row(equal_height=False):
-        with gr.Column(scale=2, min_width=330):
+        with gr.Column(scale=2, min_width=330, elem_id="gen-controls"):
             with gr.Row(equal_height=False, elem_id="model-row"):
                 model = gr.Dropdown(names, value=default, label="Model", allow_custom_value=True,
                                     scale=5, elem_id="model",
@@ -76,13 +76,13 @@ def generate_page(app) -> SimpleNamespace:
             # every sampler, as the API's list (an API call is checked against it; its model, by the handler); the
             # page's own list is the model's (wire_generate's ``loaded``)
             sampler = Dropdown(**{**at("sampler", value=DEFAULT_SAMPLER, label="Sampler"), "choices": sampler_choices()})
-            eta = Slider(0, 1, **at("eta", value=0.0, step=0.05, label="DDIM eta", visible=False,
+            eta = RunSlider(0, 1, **at("eta", value=0.0, step=0.05, label="DDIM eta", visible=False,
                                     info="0 deterministic, 1 DDPM-like"))
             with gr.Row():
-                steps = Slider(1, MAX_STEPS, **at("steps", value=25, step=1, label="Steps", elem_id="steps"))
+                steps = RunSlider(1, MAX_STEPS, **at("steps", value=25, step=1, label="Steps", elem_id="steps"))
                 spacing = Radio(**at("spacing", choices=list(SPACINGS), value="trailing", label="Timestep spacing",
                                      info="logsnr / karras: grids in noise level (Gaussian models)"))
-            guidance = Slider(0, MAX_GUIDANCE, **at("guidance", value=2.0, step=0.25, label="Guidance scale",
+            guidance = RunSlider(0, MAX_GUIDANCE, **at("guidance", value=2.0, step=0.25, label="Guidance scale",
                                                     elem_id="guidance",
                                                     info="classifier-free guidance; 1 = off, 0 = unconditional"))
             # a distilled student's images follow the sliders as they are dragged (ui_live, live.py)
@@ -101,15 +101,15 @@ def generate_page(app) -> SimpleNamespace:
                     # right under the sliders, so that the images are in view while one is dragged (on a phone too)
                     live_view = gr.HTML(visible=False, elem_id="live-view")
             with gr.Row(equal_height=False):
-                seed = Number(**at("seed", value=-1, label="Seed (-1 = random)", precision=0, minimum=-1,
+                seed = RunNumber(**at("seed", value=-1, label="Seed (-1 = random)", precision=0, minimum=-1,
                                    maximum=MAX_SEED, scale=3, elem_id="seed"))
                 with gr.Column(scale=1, min_width=90):
                     rand_btn = gr.Button("🎲 random", size="sm", elem_classes="dc-small-btn")
                     reuse_btn = gr.Button("♻ reuse last", size="sm", elem_classes="dc-small-btn")
             with gr.Row():
-                batch_size = Slider(1, MAX_BATCH, **at("batch_size", value=4, step=1, label="Batch size",
+                batch_size = RunSlider(1, MAX_BATCH, **at("batch_size", value=4, step=1, label="Batch size",
                                                        elem_id="batch-size"))
-                preview_every = Slider(1, 50, value=1, step=1, label="Preview every k steps")
+                preview_every = RunSlider(1, 50, value=1, step=1, label="Preview every k steps")
             backend = Dropdown(**at("backend", choices=list(BACKENDS), value=app.models.backend, label="Backend",
                                     elem_id="backend",
                                     info="where the network runs: auto measures this CPU and picks the "
@@ -118,7 +118,7 @@ def generate_page(app) -> SimpleNamespace:
                 init_image = SafeImage(**at("init_image", label="Init image (optional, img2img)", type="filepath",
                                             image_mode=None, sources=["upload", "clipboard"], height=200,
                                             elem_id="init-image"))
-                strength = Slider(0.05, 1.0, value=0.6, step=0.05, label="Strength",
+                strength = RunSlider(0.05, 1.0, value=0.6, step=0.05, label="Strength",
                                      info="how much noise is added to the init image (1 = all)")
             with gr.Row():
                 make_gif = gr.Checkbox(False, label="Make GIF of the reverse process", elem_id="make-gif")
@@ -168,9 +168,13 @@ def generate_page(app) -> SimpleNamespace:
 
 
 # Generate and the examples while a picked model's controls are fetched, and after (wire_generate)
+# While it loads, the old model's controls and card are dimmed and take no input (class dc-loading, assets.CSS):
+# they stayed live, and a class picked there belonged to the model being left (issue 35 item 2)
 LOCK_JS = """(m) => { const off = {__type__: "update", interactive: false};
+    document.body.classList.add('dc-loading');
     return [{...off, value: `Loading ${m || 'the model'}…`}, off, off, off]; }"""
 UNLOCK_JS = """() => { const on = {__type__: "update", interactive: true};
+    document.body.classList.remove('dc-loading');
     return [{...on, value: "Generate"}, on, on, on]; }"""
 # after a pick: Generate is made usable only when the card, drawn for the model the controls are set for, names the
 # model in the box. An earlier pick's chain ended while a later model still loaded (its card read the box's new name
@@ -178,11 +182,16 @@ UNLOCK_JS = """() => { const on = {__type__: "update", interactive: true};
 PICKED_JS = f"""(m, card) => {{ const name = /^### (.+)/.exec(card || '')?.[1].trim();
     if (name === m) return ({UNLOCK_JS})();
     const off = {{__type__: "update", interactive: false}};
-    return name === `${{m}} (broken)` ? [{{...off, value: `${{m}} cannot be used`}}, off, off, off]
-                                      : Array(4).fill({{__type__: "update"}}); }}"""
+    if (name !== `${{m}} (broken)`) return Array(4).fill({{__type__: "update"}});
+    document.body.classList.remove('dc-loading');
+    return [{{...off, value: `${{m}} cannot be used`}}, off, off, off]; }}"""
 # a page built for its model and opened without a link has nothing to wait for: Generate and the examples are made
 # usable at once, in the browser (wire_generate). With a link they wait for the server's ``loaded``.
 OPEN_JS = f"""() => window.location.search ? Array(4).fill({{__type__: "update"}}) : ({UNLOCK_JS})()"""
+# a refused upload: the status line saying why is brought into view (under an init image or on a phone it was off
+# screen, and the file only vanished from its box)
+SHOW_REFUSAL_JS = """() => setTimeout(() => { const s = document.querySelector('#status');
+    if (s && s.textContent.includes('Refused')) s.scrollIntoView({block: 'center', behavior: 'instant'}); }, 60)"""
 SCROLL_TO_PREVIEW = "() => document.querySelector('#preview')?.scrollIntoView({block: 'center', behavior: 'instant'})"
 
 
@@ -276,7 +285,8 @@ def wire_generate(app, demo, g: SimpleNamespace, l: SimpleNamespace) -> None:
     g.make_gif.change(lambda v: gr.update(visible=bool(v)), [g.make_gif], [g.gif], **local)
     # a bad upload is refused as it arrives (not at Generate): taken out of its box, the status line says why
     for box, side in ((g.init_image, None), (g.stick_upload, None), (g.up_input, MAX_UPSCALE_INPUT)):
-        box.upload(refuse_bad_upload(box.label, side), [box], [box, g.status], preprocess=False, **local)
+        box.upload(refuse_bad_upload(box.label, side), [box], [box, g.status], preprocess=False, **local).then(
+            None, None, None, js=SHOW_REFUSAL_JS)
     g.rand_btn.click(lambda: -1, None, [g.seed], **local)
     g.reuse_btn.click(lambda s: s if s is not None else gr.skip(), [g.last_seed], [g.seed], **local)
 

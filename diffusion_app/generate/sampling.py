@@ -74,12 +74,12 @@ class GenerateTab(AppBase):
         if self.stopping.is_set():
             raise gr.Error(STOPPING)
         try:
-            # the run's numbers are checked by the Request, before any model loads; the app adds its own limits
-            # (batch at most MAX_BATCH, seed -1 for random) and its own option (preview_every)
-            asked = Request(batch_size, sampler=sampler, steps=steps, spacing=spacing, eta=eta, guidance=guidance,
-                            seed=self._seed(seed), strength=strength, device=self.models.device, cancelled=stop.is_set)
-            if asked.n > MAX_BATCH:
-                raise ValueError(f"batch size must be a whole number in [1, {MAX_BATCH}], got {asked.n}")
+            # the run's numbers are checked by the Request, before any model loads (the page's boxes pass them on
+            # as sent: page.checked_by_handler); the app checks only its own limits (a batch of at most MAX_BATCH,
+            # seed -1 for random) and its own option (preview_every)
+            asked = Request(number(batch_size, "batch size", 1, MAX_BATCH, whole=True), sampler=sampler, steps=steps,
+                            spacing=spacing, eta=eta, guidance=guidance, seed=self._seed(seed), strength=strength,
+                            device=self.models.device, cancelled=stop.is_set)
             preview_every = max(1, int(number(preview_every, "preview every", 0, MAX_STEPS, whole=True)))
             self.models.check_backend(backend)      # before "loading…" is said
             if model in self.models.names() and not self.models.is_ready(model, backend):

@@ -54,8 +54,9 @@ def sketch(composite: str, layers=(), background=None) -> dict:
 
 CASES = [
     # endpoint, kwargs, expected message (alternatives separated by |). Every numeric input is checked by
-    # inputs.number, through the Slider / Number preprocessing or in the handler: "<name> must be a (whole) number
-    # in [lo, hi], got <value>", for out-of-range values and for wrong types alike
+    # options.number, through the Slider / Number preprocessing or in the handler (Generate's: its Request, and the
+    # app's own limits): "<name> must be a (whole) number in [lo, hi], got <value>", for out-of-range values and for
+    # wrong types alike
     (G, dict(model="tiny", init_image="notes.png"), "Init image (optional, img2img): not a readable image"),
     (G, dict(model="tiny", init_image="zero.png"), "not a readable image"),
     (G, dict(model="tiny", init_image="giant.png"), "too large"),
@@ -67,8 +68,8 @@ CASES = [
     (G, dict(model="tiny", batch_size=0), f"Batch size {W} [1, 16]"),
     (G, dict(model="tiny", batch_size=1000), f"Batch size {W} [1, 16]"),
     (G, dict(model="tiny", seed=2**40), f"Seed {W} [-1, "),
-    (G, dict(model="tiny", sampler="ddim", eta=3.0), f"DDIM eta {N} [0, 1]"),
-    (G, dict(model="tiny", init_image="ok.png", strength=0.0), f"Strength {N} [0.05, 1]"),
+    (G, dict(model="tiny", sampler="ddim", eta=3.0), f"eta {N} [0, 1], got 3.0"),
+    (G, dict(model="tiny", init_image="ok.png", strength=0.0), "strength must be in (0, 1] for img2img, got 0"),
     (G, dict(model="no-such-model"), "unknown model"),
     (G, dict(model="../../etc"), "unknown model"),
     (G, dict(model="tiny", class_label="Unicorn"), "unknown label"),
@@ -118,9 +119,9 @@ CASES = [
     (G, dict(model="tiny", batch_size=None), f"Batch size {W} [1, 16], got None"),
     (G, dict(model="tiny", seed="abc"), f"Seed {W} [-1, "),
     (G, dict(model="tiny", seed=[1]), f"Seed {W} [-1, "),
-    (G, dict(model="tiny", sampler="ddim", eta=None), f"DDIM eta {N} [0, 1], got None"),
-    (G, dict(model="tiny", init_image="ok.png", strength="half"), f"Strength {N} [0.05, 1], got 'half'"),
-    (G, dict(model="tiny", preview_every="x" * 1000), f"Preview every k steps {W} [1, 50], got 'xxxx"),
+    (G, dict(model="tiny", sampler="ddim", eta=None), f"eta {N} [0, 1], got None"),
+    (G, dict(model="tiny", init_image="ok.png", strength="half"), f"strength {N} [0, 1], got 'half'"),
+    (G, dict(model="tiny", preview_every="x" * 1000), f"preview every {W} [0, 1000], got 'xxxx"),
     (G, dict(model="tiny-attr", attributes="woman"), "unknown label 'woman'"),
     (G, dict(model="tiny", sampler="euler"), "Sampler: Value: euler is not in the list of choices"),
     (G, dict(model="tiny", spacing=3), "Timestep spacing: Value: 3 (type: <class 'int'>) is not in the list of choices"),
@@ -183,9 +184,9 @@ def _raw_call(url: str, client, endpoint: str, **kw) -> str:
 
 
 @pytest.mark.parametrize("endpoint,kw,message", [
-    (G, dict(model="tiny", steps=2, batch_size=1, seed=float("nan")), f"Seed {W} [-1, "),
-    (G, dict(model="tiny", steps=float("inf"), batch_size=1), f"Steps {W} [1, 1000], got inf"),
-    (G, dict(model="tiny", steps=2, batch_size=1, guidance=float("nan")), f"Guidance scale {N} [0, 30], got nan"),
+    (G, dict(model="tiny", steps=2, batch_size=1, seed=float("nan")), f"seed {W} [-1, "),
+    (G, dict(model="tiny", steps=float("inf"), batch_size=1), f"steps {W} [1, 1000], got inf"),
+    (G, dict(model="tiny", steps=2, batch_size=1, guidance=float("nan")), f"guidance scale {N} [0, 30], got nan"),
     ("/compare", dict(model="tiny", step_counts=[float("inf")]), f"step counts {W} [1, 1000], got inf"),
     ("/compare", dict(model="tiny", seed=float("nan")), f"Seed {W} [-1, "),
     ("/interpolate", dict(model="tiny", seed_a=float("nan")), f"Seed a {W} [0, "),
@@ -232,7 +233,7 @@ def test_generate_leaves_a_runs_numbers_to_the_request(tmp_path):
                     (dict(steps="many"), r"^steps must be a whole number in \[1, 1000\], got 'many'$"),
                     (dict(guidance="lots"), r"^guidance scale must be a number in \[0, 30\], got 'lots'$"),
                     (dict(eta=3.0), r"^eta must be a number in \[0, 1\], got 3.0$"),
-                    (dict(batch_size=0), r"^batch size must be a whole number in \[1, 64\], got 0$"),
+                    (dict(batch_size=0), r"^batch size must be a whole number in \[1, 16\], got 0$"),
                     (dict(batch_size=17), r"^batch size must be a whole number in \[1, 16\], got 17$")):
         with pytest.raises(gr.Error) as e:
             next(a.generate("tiny", **kw))

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from test_browser import ARTIFACTS, CHROMIUM, browser, new_page, url, wait_card  # noqa: E402,F401  (fixtures)
+from test_browser import (ARTIFACTS, CHROMIUM, DELAY_PICKS_JS, browser, new_page, url, wait_card,  # noqa: E402,F401
+                          )  # (fixtures)
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium not installed")
 SIZES = [(1280, 900), (390, 844)]
@@ -58,6 +59,61 @@ def test_a_handled_error_is_said_in_the_status_line_without_error_badges(page):
     assert status(page).startswith("Error · tiny-pose · ") and "draw a stickman" in status(page), status(page)
     assert page.evaluate(IN_VIEW, "#status"), "the status line is out of view"
     assert page.evaluate(BADGES) == []
+
+
+def test_a_refused_number_is_said_in_the_status_line(page):
+    """Issue 35 item 7, the typed-value half: seed 12.5 was refused by the box itself, before Generate's handler,
+    so the page showed only a toast and the status line kept "Pick a model and press Generate" (or an earlier
+    error). Generate's numbers are now checked by its handler (the run's Request): the status line names the
+    model and the refusal, after an earlier error too; no component shows a badge."""
+    pick(page, "tiny-pose")
+    page.locator("#generate-btn").click()
+    page.wait_for_function("document.querySelector('#status .dc-status').innerText.includes('draw a stickman')")
+    pick(page, "tiny")
+    box = page.locator("#seed input").first
+    box.fill("12.5")
+    box.press("Tab")
+    page.locator("#generate-btn").click()
+    page.wait_for_function("document.querySelector('#status .dc-status').innerText.includes('seed must be')")
+    page.screenshot(path=str(ARTIFACTS / f"refused-number-{page.size}.png"))
+    assert status(page).startswith("Error · tiny · seed must be a whole number in [-1, "), status(page)
+    assert status(page).endswith("got 12.5"), status(page)
+    assert page.evaluate(IN_VIEW, "#status"), "the status line is out of view"
+    assert page.evaluate(BADGES) == []
+
+
+DIMMED = """() => { const o = (sel) => { const e = document.querySelector(sel); const s = e && getComputedStyle(e);
+        let op = 1, el = e;
+        for (; el; el = el.parentElement) op *= +getComputedStyle(el).opacity;    // as drawn: its ancestors' too
+        return s ? [Math.round(op * 100) / 100, s.pointerEvents] : null; };
+    return {class: o('#class-label'), card: o('#model-card'), model: o('#model'), seed: o('#seed'),
+            bar: document.querySelector('#run-row').getBoundingClientRect().height}; }"""
+
+
+def test_the_model_being_left_is_dimmed_while_a_pick_loads(page):
+    """Issue 35 item 2, its other half: while a picked model loads, the model being left kept live controls and its
+    card at full strength (its class box could be changed for a model no longer picked). They are now dimmed and
+    take no input until the new model's controls show, while the Model box stays usable; "Loading <model>…" stays
+    on one line (wrapped, it made the sticky bar taller, over a slider)."""
+    pick(page, "tiny")
+    before = page.evaluate(DIMMED)
+    assert before["class"] == [1, "auto"] and before["card"][0] == 1, before
+    page.evaluate(DELAY_PICKS_JS, {"tiny-attr": 2500})
+    page.locator("#model input").click()
+    page.get_by_role("option", name="tiny-attr", exact=True).click()
+    page.wait_for_function("document.querySelector('#generate-btn').innerText.includes('Loading')")
+    page.wait_for_timeout(300)
+    during = page.evaluate(DIMMED)
+    page.screenshot(path=str(ARTIFACTS / f"loading-dimmed-{page.size}.png"))
+    assert during["class"][0] < 0.5 and during["class"][1] == "none", during
+    assert during["seed"][0] < 0.5 and during["seed"][1] == "none", during
+    assert during["card"][0] < 0.5, during
+    assert during["model"] == [1, "auto"], during           # another model can still be picked
+    assert abs(during["bar"] - before["bar"]) < 2, (before, during)
+    wait_card(page, "tiny-attr")
+    page.wait_for_function("!document.querySelector('#generate-btn').disabled")
+    after = page.evaluate(DIMMED)
+    assert after["seed"] == [1, "auto"] and after["card"][0] == 1, after
 
 
 def test_compare_failure_clears_the_grid_with_its_note(page):
@@ -281,7 +337,8 @@ LOADED = "(sel) => { const i = document.querySelector(sel); return !!i && i.comp
 def test_result_images_lie_below_their_label_and_toolbar(page):
     """Walkthrough of issue 35: on a phone the "Comparison grid" label and the image toolbar (full screen, download,
     share) covered the Compare grid's first and last cells, the toolbar the Branch row's last image, and the Forward
-    tab's x_t lay under its label. Each result image starts below its label and its toolbar, whole in its box."""
+    tab's x_t lay under its label; its x_0 input under its label too (issue 35's second walkthrough). Each result
+    image starts below its label and its toolbar, whole in its box."""
     run_tiny(page)
     page.get_by_role("tab", name="Learn").click()
     page.get_by_role("tab", name="Explain").click()
@@ -291,13 +348,15 @@ def test_result_images_lie_below_their_label_and_toolbar(page):
     page.locator("#compare-btn").click()
     page.wait_for_function(LOADED, arg="#compare-img img")
     parts = {"#branch-row": "Explain", "#compare-img": "Compare", "#fwd-out": "Forward process",
-             "#fwd-strip": "Forward process"}
+             "#fwd-strip": "Forward process", "#fwd-image": "Forward process"}
     for part, tab in parts.items():
         page.get_by_role("tab", name=tab).click()
+        if part == "#fwd-image":
+            page.get_by_role("button", name="Dataset example").click()
         page.wait_for_function(LOADED, arg=f"{part} img")
         page.locator(part).scroll_into_view_if_needed()
         page.wait_for_timeout(300)
-        if part in ("#compare-img", "#fwd-out"):
+        if part in ("#compare-img", "#fwd-out", "#fwd-image"):
             page.screenshot(path=str(ARTIFACTS / f"below-toolbar-{part[1:]}-{page.size}.png"))
         g = page.evaluate(GEOMETRY, part)
         img, above = g["img"], [x for x in (g["label"], g["tools"]) if x]
