@@ -47,7 +47,7 @@ CSS = """
 #run-row {position: sticky; bottom: 0; z-index: 100; padding: 8px 0;
   background: var(--background-fill-primary, #fff);}
 /* "Loading emoji-cascade-128…" on one line: wrapped, it made the sticky bar taller and covered a slider */
-#generate-btn {white-space: nowrap; overflow: hidden; text-overflow: ellipsis;}
+#generate-btn {display: block; white-space: nowrap; overflow: hidden; text-overflow: ellipsis;}
 /* while a picked model loads (LOCK_JS), the model being left keeps no live controls or card (issue 35 item 2) */
 body.dc-loading #gen-controls > :not(#model-row):not(#run-row), body.dc-loading #model-card,
 body.dc-loading #card-img {opacity: 0.4; pointer-events: none; transition: opacity 0.15s;}
