@@ -109,7 +109,7 @@ def generate_page(app) -> SimpleNamespace:
             with gr.Row():
                 batch_size = RunSlider(1, MAX_BATCH, **at("batch_size", value=4, step=1, label="Batch size",
                                                        elem_id="batch-size"))
-                preview_every = RunSlider(1, 50, value=1, step=1, label="Preview every k steps")
+                preview_every = RunSlider(1, 50, value=1, step=1, label="Preview every", elem_id="preview-every")
             backend = Dropdown(**at("backend", choices=list(BACKENDS), value=app.models.backend, label="Backend",
                                     elem_id="backend",
                                     info="where the network runs: auto measures this CPU and picks the "

@@ -402,3 +402,15 @@ def test_a_number_typed_past_its_bounds_is_set_to_the_bound_with_a_word(page):
     page.locator("#generate-btn").click()
     page.wait_for_function("document.querySelector('#status')?.innerText.includes('Done')")
     assert "16 image(s)" in status(page), status(page)
+
+
+def test_batch_size_and_preview_every_line_up(page):
+    """Walkthrough of issue 35, phone: "Preview every k steps" took two lines beside "Batch size", so the two number
+    boxes of one row sat 19 px apart. Their labels and boxes now line up at both sizes."""
+    page.locator("#batch-size").scroll_into_view_if_needed()
+    tops = page.evaluate("""() => ['#batch-size', '#preview-every'].map((s) => {
+        const r = (q) => document.querySelector(`${s} ${q}`).getBoundingClientRect();
+        return [r('input[type=number]').top, r('[data-testid=block-info], label, span').height]; })""")
+    page.screenshot(path=str(ARTIFACTS / f"batch-preview-{page.size}.png"))
+    assert abs(tops[0][0] - tops[1][0]) <= 2, tops
+
