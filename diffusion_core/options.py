@@ -31,8 +31,8 @@ def __getattr__(name: str):
 
 def number(value, name: str, lo: float, hi: float, whole: bool = False) -> float | int:
     """A numeric input checked: a finite number (or a numeric string, as an API client or a form may send) in
-    [lo, hi], whole where asked; otherwise a ValueError naming the input and its range. A whole number comes back as an int, exactly (a
-    seed near 2^63 as text or int keeps its last digits)."""
+    [lo, hi], whole where asked; otherwise a ValueError naming the input and its range. A whole number comes back as
+    an int, exactly (a seed near 2^63 as text or int keeps its last digits)."""
     bounds = f"[{int(lo)}, {int(hi)}]" if whole else f"[{lo:g}, {hi:g}]"
     got = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
     what = f"{name} must be a {'whole ' if whole else ''}number in {bounds}, got {got}"

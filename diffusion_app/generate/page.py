@@ -77,14 +77,14 @@ def generate_page(app) -> SimpleNamespace:
             # page's own list is the model's (wire_generate's ``loaded``)
             sampler = Dropdown(**{**at("sampler", value=DEFAULT_SAMPLER, label="Sampler"), "choices": sampler_choices()})
             eta = RunSlider(0, 1, **at("eta", value=0.0, step=0.05, label="DDIM eta", visible=False,
-                                    info="0 deterministic, 1 DDPM-like"))
+                                       info="0 deterministic, 1 DDPM-like"))
             with gr.Row():
                 steps = RunSlider(1, MAX_STEPS, **at("steps", value=25, step=1, label="Steps", elem_id="steps"))
                 spacing = Radio(**at("spacing", choices=list(SPACINGS), value="trailing", label="Timestep spacing",
                                      info="logsnr / karras: grids in noise level (Gaussian models)"))
             guidance = RunSlider(0, MAX_GUIDANCE, **at("guidance", value=2.0, step=0.25, label="Guidance scale",
-                                                    elem_id="guidance",
-                                                    info="classifier-free guidance; 1 = off, 0 = unconditional"))
+                                                       elem_id="guidance",
+                                                       info="classifier-free guidance; 1 = off, 0 = unconditional"))
             # a distilled student's images follow the sliders as they are dragged (ui_live, live.py)
             # a Column holds the id (gr.Group writes its elem_id on two nested elements: the id was in the page twice)
             with gr.Column(visible=False, elem_id="live-group") as live_group:
@@ -102,13 +102,13 @@ def generate_page(app) -> SimpleNamespace:
                     live_view = gr.HTML(visible=False, elem_id="live-view")
             with gr.Row(equal_height=False):
                 seed = RunNumber(**at("seed", value=-1, label="Seed (-1 = random)", precision=0, minimum=-1,
-                                   maximum=MAX_SEED, scale=3, elem_id="seed"))
+                                      maximum=MAX_SEED, scale=3, elem_id="seed"))
                 with gr.Column(scale=1, min_width=90):
                     rand_btn = gr.Button("🎲 random", size="sm", elem_classes="dc-small-btn")
                     reuse_btn = gr.Button("♻ reuse last", size="sm", elem_classes="dc-small-btn")
             with gr.Row():
                 batch_size = RunSlider(1, MAX_BATCH, **at("batch_size", value=4, step=1, label="Batch size",
-                                                       elem_id="batch-size"))
+                                                          elem_id="batch-size"))
                 preview_every = RunSlider(1, 50, value=1, step=1, label="Preview every", elem_id="preview-every")
             backend = Dropdown(**at("backend", choices=list(BACKENDS), value=app.models.backend, label="Backend",
                                     elem_id="backend",
@@ -119,7 +119,7 @@ def generate_page(app) -> SimpleNamespace:
                                             image_mode=None, sources=["upload", "clipboard"], height=200,
                                             elem_id="init-image"))
                 strength = RunSlider(0.05, 1.0, value=0.6, step=0.05, label="Strength",
-                                     info="how much noise is added to the init image (1 = all)")
+                                        info="how much noise is added to the init image (1 = all)")
             with gr.Row():
                 make_gif = gr.Checkbox(False, label="Make GIF of the reverse process", elem_id="make-gif")
                 gif_frames = Radio(["x0_hat", "x_t"], value="x0_hat", label="GIF frames",

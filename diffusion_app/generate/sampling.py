@@ -8,13 +8,12 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import gradio as gr
 import numpy as np
 from PIL import Image
 import torch
-
-from dataclasses import replace
 
 from diffusion_core import MAX_STEPS, Cancelled, Request, SampleStep, number, output_problem
 
@@ -75,7 +74,7 @@ class GenerateTab(AppBase):
             raise gr.Error(STOPPING)
         try:
             # the run's numbers are checked by the Request, before any model loads (the page's boxes pass them on
-            # as sent: page.checked_by_handler); the app checks only its own limits (a batch of at most MAX_BATCH,
+            # as sent: inputs.RunSlider / RunNumber); the app checks only its own limits (a batch of at most MAX_BATCH,
             # seed -1 for random) and its own option (preview_every)
             asked = Request(number(batch_size, "batch size", 1, MAX_BATCH, whole=True), sampler=sampler, steps=steps,
                             spacing=spacing, eta=eta, guidance=guidance, seed=self._seed(seed), strength=strength,
@@ -106,7 +105,8 @@ class GenerateTab(AppBase):
 
         # the last run's preview and results go first (issue 35: they showed under "step 1/25" until its file came)
         yield filled(Shown, preview=None, status=html_status(f"<b>{html.escape(model)}</b> · starting… · {pipe.backend}",
-                                                              0.0), gallery=None, gif=None, last_seed=asked.seed, partial=None)
+                                                              0.0), gallery=None, gif=None, last_seed=asked.seed,
+                     partial=None)
         session = getattr(request, "session_hash", None) or "api"
         self._stops[session] = stop
         try:
