@@ -69,11 +69,7 @@ class AppBase:
     def _seed(seed) -> int:
         """-1 (or nothing) for a random seed, else a whole number in [0, MAX_SEED]."""
         seed = -1 if seed is None else int(number(seed, "seed", -1, MAX_SEED, whole=True))
-        if seed < 0:
-            seed = random.randint(0, MAX_SEED)
-        if seed > MAX_SEED:
-            raise ValueError(f"seed must be in [0, {MAX_SEED}] (or -1 for random), got {seed}")
-        return seed
+        return random.randint(0, MAX_SEED) if seed < 0 else seed
 
     @staticmethod
     def _needs_plain_generation(pipe, model, what):
