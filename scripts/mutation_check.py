@@ -18,6 +18,19 @@ SRC = Path(__file__).resolve().parents[1]
 DST = Path(tempfile.gettempdir()) / "diffusion_core_mutants" / "repo"
 
 MUTANTS = [
+ ("a shared tick takes rows of other labels for the same rows", "diffusion_core/runtime/shared.py",
+  "                     for v in (self.x_t, self.t, *fields)]", "                     for v in (self.x_t, self.t)]",
+  "tests/core/test_shared.py -k computed_once"),
+ ("a shared tick takes a row at another timestep for the same row", "diffusion_core/runtime/shared.py",
+  "                     for v in (self.x_t, self.t, *fields)]", "                     for v in (self.x_t, *fields)]",
+  "tests/core/test_shared.py -k one_bit"),
+ ("a shared tick counts a repeated row against its cap", "diffusion_core/runtime/shared.py",
+  "new = c.pixels if rows is None else c.row_pixels * len(set(rows) - seen)",
+  "new = c.pixels if rows is None else c.row_pixels * len(rows)", "tests/core/test_shared.py -k pixel_cap"),
+ ("a repeated row's output handed out by its place among the distinct rows", "diffusion_core/runtime/shared.py",
+  "                    out = out[torch.tensor(where, device=out.device)]",
+  "                    out = out[torch.tensor(where, device=out.device).clamp(max=out.shape[0] - 1).sort().values]",
+  "tests/core/test_shared.py -k same_rows"),
  ("SharedNet calls compared field by field", "diffusion_core/runtime/shared.py",
   "@dataclass(eq=False)        # compared by identity", "@dataclass        # compared by identity",
   "tests/core/test_shared.py -k another_key"),

@@ -56,13 +56,14 @@ class _Call:
     out: torch.Tensor | None = None
     error: BaseException | None = None
     done: bool = False
+    _rows: list[bytes] | None = None
 
     @property
     def key(self) -> tuple:
         """Calls with equal keys can share one network call (``torch.cat`` of every tensor)."""
         c = self.cond
         fields = () if c is None else tuple(None if v is None else (tuple(v.shape[1:]), v.dtype) for v in c._fields())
-        return tuple(self.x_t.shape[1:]), self.x_t.dtype, self.x_t.device, fields
+        return tuple(self.x_t.shape[1:]), self.x_t.dtype, self.x_t.device, self.t.dtype, fields
 
     @property
     def noise_level(self) -> float:
@@ -73,6 +74,21 @@ class _Call:
     def pixels(self) -> int:
         return int(self.x_t.shape[0] * self.x_t.shape[-1] * self.x_t.shape[-2])
 
+    @property
+    def row_pixels(self) -> int:
+        return int(self.x_t.shape[-1] * self.x_t.shape[-2])
+
+    @property
+    def rows(self) -> list[bytes] | None:
+        """Each row's exact bits (x_t, t and every condition field), for finding rows that several runs ask for
+        at once; None where the tensors are not on the CPU (reading them back would cost more than it saves)."""
+        if self._rows is None and self.x_t.device.type == "cpu":
+            fields = [] if self.cond is None else [v for v in self.cond._fields() if v is not None]
+            parts = [v.detach().reshape(v.shape[0], -1).contiguous().view(torch.uint8).numpy()
+                     for v in (self.x_t, self.t, *fields)]
+            self._rows = [b"".join(p[i].tobytes() for p in parts) for i in range(self.x_t.shape[0])]
+        return self._rows
+
 
 @dataclass
 class Stats:
@@ -82,6 +98,7 @@ class Stats:
     pixels: int = 0
     seconds: float = 0.0
     max_calls: int = 0                    # the most calls one tick gathered
+    repeated_rows: int = 0                # rows asked again in the same tick, computed once and copied
     recent: list = field(default_factory=list)    # seconds per pixel of the last ticks
 
     @property
@@ -149,11 +166,16 @@ class SharedNet:
         if not self._pending:
             return []
         order = sorted(self._pending, key=lambda c: -c.noise_level)     # stable: arrival order among equals
-        key, group, pixels = order[0].key, [], 0
+        key, group, pixels, seen = order[0].key, [], 0, set()
         for c in order:
-            if c.key == key and (not group or pixels + c.pixels <= self.max_pixels):
+            if c.key != key:
+                continue
+            rows = c.rows
+            new = c.pixels if rows is None else c.row_pixels * len(set(rows) - seen)   # a row asked twice costs once
+            if not group or pixels + new <= self.max_pixels:
                 group.append(c)
-                pixels += c.pixels
+                pixels += new
+                seen.update(rows or ())
         for c in group:
             self._pending.remove(c)
         return group
@@ -161,7 +183,7 @@ class SharedNet:
     def _tick(self, group: list[_Call]) -> None:
         if not group:
             return
-        start = time.perf_counter()
+        start, computed = time.perf_counter(), sum(c.x_t.shape[0] for c in group)
         try:
             if len(group) == 1:
                 outs = [self.net(group[0].x_t, group[0].t, group[0].cond)]
@@ -169,7 +191,15 @@ class SharedNet:
                 conds = [c.cond for c in group]
                 cond = None if conds[0] is None else Condition(
                     *(None if v[0] is None else torch.cat(v) for v in zip(*(c._fields() for c in conds))))
-                out = self.net(torch.cat([c.x_t for c in group]), torch.cat([c.t for c in group]), cond)
+                x_t, t = torch.cat([c.x_t for c in group]), torch.cat([c.t for c in group])
+                first, where = _distinct_rows(group)
+                if len(first) < x_t.shape[0]:       # rows asked by several runs (the same example, seed and step)
+                    computed = len(first)
+                    pick = torch.tensor(first, device=x_t.device)
+                    out = self.net(x_t[pick], t[pick], None if cond is None else cond.index(pick))
+                    out = out[torch.tensor(where, device=out.device)]
+                else:
+                    out = self.net(x_t, t, cond)
                 outs = out.split([c.x_t.shape[0] for c in group])
             for c, o in zip(group, outs):
                 c.out = o
@@ -179,13 +209,35 @@ class SharedNet:
         finally:
             for c in group:
                 c.done = True
-        self._count(group, time.perf_counter() - start)
+        self._count(group, computed, time.perf_counter() - start)
 
-    def _count(self, group: list[_Call], seconds: float) -> None:
+    def _count(self, group: list[_Call], computed: int, seconds: float) -> None:
+        """``computed``: the rows the network was given (the group's rows less those asked again)."""
         s = self.stats
-        pixels = sum(c.pixels for c in group)
+        pixels = computed * group[0].row_pixels
         s.ticks, s.calls, s.seconds = s.ticks + 1, s.calls + len(group), s.seconds + seconds
-        s.rows += sum(c.x_t.shape[0] for c in group)
+        rows = sum(c.x_t.shape[0] for c in group)
+        s.rows += rows
+        s.repeated_rows += rows - computed
         s.pixels += pixels
         s.max_calls = max(s.max_calls, len(group))
         s.recent = (s.recent + [seconds / max(1, pixels)])[-self.RECENT:]
+
+
+def _distinct_rows(group: list[_Call]) -> tuple[list[int], list[int]]:
+    """Over the group's rows in order: the index of each distinct row's first occurrence, and for every row the
+    place of its distinct row in that list. Rows are distinct by their exact bits; a network gives a row the same
+    output bits in any batch (ChunkedNet's fixed chunks), so computing a repeated row once changes no image.
+    Where a call's rows cannot be read (not on the CPU), every row counts as distinct."""
+    first, where, index = [], [], {}
+    offset = 0
+    for c in group:
+        rows = c.rows
+        for i in range(c.x_t.shape[0]):
+            row = (offset + i,) if rows is None else rows[i]
+            j = index.setdefault(row, len(first))
+            if j == len(first):
+                first.append(offset + i)
+            where.append(j)
+        offset += c.x_t.shape[0]
+    return first, where

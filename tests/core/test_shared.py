@@ -29,8 +29,18 @@ class SlowNet:
         return out
 
 
-def _call(shared, rows, t, labels=None, results=None, key=None, **kw):
-    x = torch.full((rows, 1, 2, 2), float(t))
+def _rows(rows, t, shift=0.0):
+    """A call's x_t: every row its own (row i is t + shift + i / 4), so no two rows of one call are the same."""
+    return float(t) + shift + torch.arange(rows, dtype=torch.float32).view(-1, 1, 1, 1).expand(rows, 1, 2, 2) / 4
+
+
+def _want(rows, t, labels=0.0, shift=0.0):
+    """SlowNet's output for ``_call``'s rows: 2 x + t + sum(labels)."""
+    return 2 * _rows(rows, t, shift) + t + labels
+
+
+def _call(shared, rows, t, labels=None, results=None, key=None, shift=0.0, **kw):
+    x = _rows(rows, t, shift).contiguous()
     cond = None if labels is None else Condition(labels=torch.full((rows, 3), float(labels)),
                                                  uncond=torch.zeros(rows, dtype=torch.bool))
     try:
@@ -76,7 +86,7 @@ def test_calls_waiting_during_a_tick_share_the_next_one_and_get_their_own_rows()
     assert shared.stats.ticks == 2 and shared.stats.max_calls == 3 and shared.stats.rows == 10
     for rows, t in ((2, 1), (3, 5), (1, 7), (4, 9)):
         got = res["a" if t == 1 else t]
-        assert got.shape == (rows, 1, 2, 2) and torch.equal(got, torch.full((rows, 1, 2, 2), 3.0 * t))
+        assert got.shape == (rows, 1, 2, 2) and torch.equal(got, _want(rows, t))
 
 
 def test_calls_with_other_condition_fields_or_over_the_pixel_cap_wait_for_a_later_tick():
@@ -96,8 +106,8 @@ def test_calls_with_other_condition_fields_or_over_the_pixel_cap_wait_for_a_late
         th.join(10)
     # the noisiest first (d, t 4); b cannot join it (3 + 4 rows > 6), c has labels: three ticks after the first
     assert net.sizes == [1, 3, 2, 4]
-    assert torch.equal(res["c"], torch.full((2, 1, 2, 2), 9.0 + 3.0))    # 2x + t + sum(labels)
-    assert torch.equal(res["d"], torch.full((3, 1, 2, 2), 12.0))
+    assert torch.equal(res["c"], _want(2, 3, 3.0))    # 2x + t + sum(labels)
+    assert torch.equal(res["d"], _want(3, 4))
 
 
 def test_a_tick_that_cannot_hold_every_call_takes_the_runs_that_have_come_least_far():
@@ -110,15 +120,16 @@ def test_a_tick_that_cannot_hold_every_call_takes_the_runs_that_have_come_least_
     first = _start(_call, shared, 1, 1, results=res, key="a")
     _wait_first_tick(net)
     ths = []
-    for n, (key, t) in enumerate((("b", 300), ("c", 999), ("d", 500), ("e", 999))):    # arrival order
-        ths.append(_start(_call, shared, 2, t, results=res, key=key))
+    calls = (("b", 300, 0.0), ("c", 999, 0.0), ("d", 500, 0.0), ("e", 999, 0.5))    # arrival order; c, e differ
+    for n, (key, t, shift) in enumerate(calls):
+        ths.append(_start(_call, shared, 2, t, results=res, key=key, shift=shift))
         _wait_pending(shared, n + 1)
     net.gate.set()
     for th in [first, *ths]:
         th.join(10)
     assert net.ts == [[1], [999, 999, 999, 999], [500, 500, 300, 300]]
-    for key, t in (("b", 300), ("c", 999), ("d", 500), ("e", 999)):
-        assert torch.equal(res[key], torch.full((2, 1, 2, 2), 3.0 * t))
+    for key, t, shift in calls:
+        assert torch.equal(res[key], _want(2, t, shift=shift))
 
 
 def test_a_group_taken_past_a_call_of_another_key_leaves_that_call_waiting():
@@ -140,8 +151,8 @@ def test_a_group_taken_past_a_call_of_another_key_leaves_that_call_waiting():
     for th in [first, *ths]:
         th.join(10)
     assert not any(th.is_alive() for th in [first, *ths]), "a caller waits forever"
-    assert net.sizes == [1, 4, 2] and torch.equal(res["d"], torch.full((2, 1, 2, 2), 12.0))
-    assert torch.equal(res["c"], torch.full((2, 1, 2, 2), 9.0 + 3.0)) and not shared._busy
+    assert net.sizes == [1, 4, 2] and torch.equal(res["d"], _want(2, 4))
+    assert torch.equal(res["c"], _want(2, 3, 3.0)) and not shared._busy
 
 
 def test_a_cancelled_run_is_dropped_while_it_waits_and_never_computed():
@@ -171,7 +182,71 @@ def test_an_error_in_a_tick_reaches_every_caller_of_that_tick_only():
     shared, res = SharedNet(Boom()), {}
     _call(shared, 3, 1, results=res, key="a")
     _call(shared, 2, 1, results=res, key="b")
-    assert isinstance(res["a"], RuntimeError) and torch.equal(res["b"], torch.full((2, 1, 2, 2), 3.0))
+    assert isinstance(res["a"], RuntimeError) and torch.equal(res["b"], _want(2, 1))
+
+
+def test_rows_asked_by_several_calls_in_one_tick_are_computed_once_and_each_caller_gets_them():
+    """Two calls with the same rows (x_t, t and condition, bit for bit) cost the network their rows once; a call
+    with the same x_t and t but other labels, or the same x_t at another t, is computed on its own rows."""
+    net = SlowNet()
+    net.gate = threading.Event()
+    shared, res = SharedNet(net), {}
+    first = _start(_call, shared, 1, 1, results=res, key="a")
+    _wait_first_tick(net)
+    ths = []
+    for n, (key, t, labels) in enumerate((("b", 5, 1.0), ("c", 5, 1.0), ("d", 5, 2.0), ("e", 5, 1.0))):
+        ths.append(_start(_call, shared, 3, t, labels=labels, results=res, key=key))
+        _wait_pending(shared, n + 1)
+    net.gate.set()
+    for th in [first, *ths]:
+        th.join(10)
+    assert net.sizes == [1, 3 + 3]                      # b, c and e ask the same 3 rows; d's labels differ
+    assert shared.stats.rows == 1 + 12 and shared.stats.repeated_rows == 6
+    for key, labels in (("b", 1.0), ("c", 1.0), ("d", 2.0), ("e", 1.0)):
+        assert torch.equal(res[key], _want(3, 5, 3 * labels)), key
+    assert res["b"].data_ptr() != res["c"].data_ptr()     # each caller its own rows, not one shared tensor
+
+
+def test_a_row_that_differs_in_one_bit_is_its_own_row():
+    """Rows are the same only when every bit is: x_t one ulp apart, or t one apart, are computed separately."""
+    net = SlowNet()
+    net.gate = threading.Event()
+    shared, res = SharedNet(net), {}
+    first = _start(_call, shared, 1, 1, results=res, key="a")
+    _wait_first_tick(net)
+    x = _rows(2, 5).contiguous()
+    nudged = x.clone()
+    nudged[1, 0, 1, 1] = torch.nextafter(x[1, 0, 1, 1], torch.tensor(6.0))
+    calls = (("b", x, 5), ("c", nudged, 5), ("d", x, 4))
+    for n, (key, xs, t) in enumerate(calls):
+        ths = _start(lambda k=key, xs=xs, t=t: res.__setitem__(k, shared(xs, torch.full((2,), t), None)))
+        _wait_pending(shared, n + 1)
+    net.gate.set()
+    first.join(10)
+    for _ in range(500):
+        if len(res) == 4:
+            break
+        time.sleep(0.01)
+    assert net.sizes == [1, 2 + 1 + 2]                  # c's first row is b's; its second and d's are their own
+    for key, xs, t in calls:
+        assert torch.equal(res[key], 2 * xs + t), key
+
+
+def test_a_tick_counts_a_repeated_row_once_against_its_pixel_cap():
+    net = SlowNet()
+    net.gate = threading.Event()
+    shared, res = SharedNet(net, max_pixels=4 * 4), {}          # 4 rows of 2x2 per tick
+    first = _start(_call, shared, 1, 1, results=res, key="a")
+    _wait_first_tick(net)
+    ths = []
+    for n, (key, t) in enumerate((("b", 9), ("c", 9), ("d", 9), ("e", 8))):
+        ths.append(_start(_call, shared, 3, t, results=res, key=key))
+        _wait_pending(shared, n + 1)
+    net.gate.set()
+    for th in [first, *ths]:
+        th.join(10)
+    assert net.ts == [[1], [9, 9, 9], [8, 8, 8]]       # b, c, d: 3 distinct rows fit; e's 3 more would not
+    assert shared.stats.repeated_rows == 6
 
 
 RUNS = [dict(n=3, sampler="ddim", steps=6, guidance=2.0, labels=["b"], seed=5),
@@ -203,6 +278,38 @@ def test_concurrent_runs_are_bit_identical_to_the_same_runs_alone(tmp_path, make
         assert torch.equal(out[i], alone[i]), RUNS[i]
     assert shared.stats.max_calls >= 2                                    # the runs did share network calls
     assert shared.stats.ticks - ticks_alone < ticks_alone                # fewer ticks than the runs alone took
+
+
+SAME = [dict(n=4, sampler="dpm++3m", steps=5, guidance=2.0, labels=["b"], seed=7),
+        dict(n=4, sampler="dpm++3m", steps=5, guidance=2.0, labels=["b"], seed=7),     # the same example again
+        dict(n=2, sampler="dpm++3m", steps=5, guidance=2.0, labels=["b"], seed=9),     # image 0 is image 2 above
+        dict(n=4, sampler="dpm++3m", steps=5, guidance=2.0, labels=["a"], seed=7),     # same noise, other class
+        dict(n=3, sampler="ddim", steps=6, guidance=2.0, labels=["c"], seed=7)]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_runs_asking_the_same_rows_at_once_are_bit_identical_to_the_same_runs_alone(tmp_path, make_model, workers):
+    """A class pressing one example: the runs' identical rows are computed once per tick, and every run's images
+    are exactly those it gives alone (rows of a seed shared with another seed's batch, or the unconditional half
+    of another class's run, included)."""
+    make_model(tmp_path / "m", unet={"num_labels": 3}, label_names=("a", "b", "c"))
+    pipe = load(tmp_path / "m")
+    pipe.workers = workers
+    alone = [pipe.sample(**r) for r in SAME]
+    shared = pipe.stages[0].shared_net(pipe.net)
+    assert shared.stats.repeated_rows == 0
+    out, barrier = {}, threading.Barrier(len(SAME))
+
+    def run(i):
+        barrier.wait()
+        out[i] = pipe.sample(**SAME[i])
+    ths = [_start(run, i) for i in range(len(SAME))]
+    for th in ths:
+        th.join(60)
+    for i in range(len(SAME)):
+        assert torch.equal(out[i], alone[i]), SAME[i]
+    assert torch.equal(out[0], out[1]) and not torch.equal(out[0], out[3])
+    assert shared.stats.repeated_rows > 0
 
 
 def test_a_stream_with_a_cancel_flag_stops_at_its_next_network_call(tmp_path, make_model):
