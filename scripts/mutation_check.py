@@ -18,6 +18,23 @@ SRC = Path(__file__).resolve().parents[1]
 DST = Path(tempfile.gettempdir()) / "diffusion_core_mutants" / "repo"
 
 MUTANTS = [
+ ("an example's bare values drop a prop a visitor changed", "diffusion_app/generate/cards.py",
+  'USER_SET_PROPS = frozenset({"open"})', "USER_SET_PROPS = frozenset()", "tests/app/test_app.py -k bare_values"),
+ ("an example's bare values drop a changed prop", "diffusion_app/generate/cards.py",
+  '    if props != {k: v for k, v in shown.items() if k not in ("value", "__type__")} or props.keys() & USER_SET_PROPS:',
+  "    if props.keys() & USER_SET_PROPS:", "tests/app/test_app.py -k bare_values"),
+ ("a lazy session drops a value set before its config is built", "diffusion_app/sessions.py",
+  "        if key in self._pending:\n            self._pending[key][1] = value",
+  "        if key in self._pending:\n            pass", "tests/app/test_sessions.py"),
+ ("a lazy session builds a replaced component's config from the new one", "diffusion_app/sessions.py",
+  "        if block:\n            self.config_values.rebuild(key, block)",
+  "        if block:\n            self.config_values.rebuild(key, value)", "tests/app/test_sessions.py"),
+ ("a lazy session's built config ignores the value set since", "diffusion_app/sessions.py",
+  '        if value is not _NO_VALUE and "props" in config:', '        if False:', "tests/app/test_sessions.py"),
+ ("a lazy session builds configs once, never again after an event", "diffusion_app/sessions.py",
+  "        super().pop(key, None)\n        self._pending[key] = [block, _NO_VALUE]",
+  "        if dict.__contains__(self, key):\n            return\n        self._pending[key] = [block, _NO_VALUE]",
+  "tests/app/test_sessions.py"),
  ("a shared tick takes rows of other labels for the same rows", "diffusion_core/runtime/shared.py",
   "                     for v in (self.x_t, self.t, *fields)]", "                     for v in (self.x_t, self.t)]",
   "tests/core/test_shared.py -k computed_once"),
