@@ -64,17 +64,29 @@ def save_pil_to_cache_whole(img, cache_dir: str, name: str = "image", format: st
     returns), written so that a file being sent is never rewritten. Gradio names the file by its bytes' hash and
     rewrote it in place each time: a class pressing the same example gets identical previews, and one visitor's write
     emptied the file another's browser was fetching (a broken image; 1-2 in a class of 30). Here an existing file
-    (the same bytes) is only touched, for ``delete_cache``'s ageing, and a new one is renamed into place whole."""
+    (the same bytes) is only touched, for ``delete_cache``'s ageing, and a new one is renamed into place whole.
+    (An image given again, as render.side_by_side gives a preview many visitors share, is not encoded again: the
+    file it was saved to is remembered on it, ``img.dc_saved``.)"""
+    where = (str(cache_dir), name, format)
+    saved = getattr(img, "dc_saved", None)
+    if saved is not None and saved[0] == where and Path(saved[1]).exists():
+        _touch(saved[1])
+        return saved[1]
     data = processing_utils.encode_pil_to_bytes(img, format)
-    path = (Path(cache_dir) / processing_utils.hash_bytes(data) / f"{name}.{format}").resolve()
-    if path.exists():
-        try:
-            os.utime(path)
-        except OSError:
-            pass
-        return str(path)
-    atomic_write_bytes(path, data, durable=False)       # a cache: no fsync on the previews' path
-    return str(path)
+    path = str((Path(cache_dir) / processing_utils.hash_bytes(data) / f"{name}.{format}").resolve())
+    if Path(path).exists():
+        _touch(path)
+    else:
+        atomic_write_bytes(Path(path), data, durable=False)     # a cache: no fsync on the previews' path
+    img.dc_saved = (where, path)
+    return path
+
+
+def _touch(path: str) -> None:
+    try:
+        os.utime(path)
+    except OSError:
+        pass
 
 
 class PageCache:

@@ -18,11 +18,14 @@ SRC = Path(__file__).resolve().parents[1]
 DST = Path(tempfile.gettempdir()) / "diffusion_core_mutants" / "repo"
 
 MUTANTS = [
- ("an example's bare values drop a prop a visitor changed", "diffusion_app/generate/cards.py",
-  'USER_SET_PROPS = frozenset({"open"})', "USER_SET_PROPS = frozenset()", "tests/app/test_app.py -k bare_values"),
- ("an example's bare values drop a changed prop", "diffusion_app/generate/cards.py",
-  '    if props != {k: v for k, v in shown.items() if k not in ("value", "__type__")} or props.keys() & USER_SET_PROPS:',
-  "    if props.keys() & USER_SET_PROPS:", "tests/app/test_app.py -k bare_values"),
+ ("a kept preview found by x_t alone", "diffusion_app/render.py",
+  "    key = _digest(x_t, x0_hat)", "    key = _digest(x_t)", "tests/app/test_page_cache.py -k drawn_once"),
+ ("a picture's remembered file used for another format or folder", "diffusion_app/layout.py",
+  "    if saved is not None and saved[0] == where and Path(saved[1]).exists():",
+  "    if saved is not None and Path(saved[1]).exists():", "tests/app/test_page_cache.py -k given_again"),
+ ("a picture's remembered file used after the cache deleted it", "diffusion_app/layout.py",
+  "    if saved is not None and saved[0] == where and Path(saved[1]).exists():",
+  "    if saved is not None and saved[0] == where:", "tests/app/test_page_cache.py -k given_again"),
  ("a lazy session drops a value set before its config is built", "diffusion_app/sessions.py",
   "        if key in self._pending:\n            self._pending[key][1] = value",
   "        if key in self._pending:\n            pass", "tests/app/test_sessions.py"),

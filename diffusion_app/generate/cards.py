@@ -20,23 +20,6 @@ from .presets import MAX_EXAMPLES, check, example_file, examples_for, from_query
 
 
 # an absolute path on the server ("/usr/share/datasets/fashion-mnist"): its folders are the server's business
-# the props of a control a visitor can change in the page (an accordion opened): an example's update keeps them
-USER_SET_PROPS = frozenset({"open"})
-
-
-def value_only(update, shown):
-    """``update`` (of one control) as the page needs it where the control already shows ``shown``'s props: its bare
-    value, or gr.skip() where it sets none; the whole update where it changes a prop or sets one a visitor may have
-    changed. Gradio builds a new component (a constructor call and its config) for every update dict it sends, and
-    a bare value costs it none."""
-    if not isinstance(update, dict) or not isinstance(shown, dict):
-        return update
-    props = {k: v for k, v in update.items() if k not in ("value", "__type__")}
-    if props != {k: v for k, v in shown.items() if k not in ("value", "__type__")} or props.keys() & USER_SET_PROPS:
-        return update
-    return update["value"] if "value" in update else gr.skip()
-
-
 SERVER_PATH = re.compile(r"(?<![\w.~])/(?:[^\s/()\[\],]+/)*([^\s/()\[\],]+)")
 
 
@@ -376,13 +359,6 @@ class Cards(AppBase):
             raise gr.Error(f"{model} has {len(examples)} examples")
         settings, _ = check(examples[index])
         return (gr.skip(),) + self.controls_for(model, ANY, [], settings)
-
-    def example_values(self, model, index: int):
-        """``apply_example`` as the page sends it: the example's buttons are usable only while ``model``'s controls
-        are shown (issue 35), so each control's update is cut to its value where the rest is what those controls
-        show (``value_only``). A class pressing an example at once paid for 20 component rebuilds per visitor."""
-        example = self.apply_example(model, index)
-        return (example[0],) + tuple(value_only(u, s) for u, s in zip(example[1:], self.controls_for(model)))
 
     def card_update(self, model):
         """The model card for the UI (hides the samples image when there is none)."""

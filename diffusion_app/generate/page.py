@@ -269,11 +269,12 @@ def wire_generate(app, demo, g: SimpleNamespace, l: SimpleNamespace) -> None:
     pick = dict(fn=app.pick, inputs=[g.model, g.sampler, g.class_label, g.attributes, shown],
                 outputs=controls + [shown], **quiet, **last)
     g.model.input(**lock).then(**pick).then(**shown_card, **last).then(**unlock)
-    # unqueued: for a page opened without a link it sets only the sampler list, and queued, a class opening the page
-    # at once waited for 30 of them in the light lane's 4 slots
+    # queued (a link's warnings reach the page only through the queue's messages), but in no lane: for a page opened
+    # without a link it sets only the sampler list, and in the light lane's 4 slots a class opening the page at once
+    # waited for 30 of them, one visitor after another
     demo.load(loaded, [g.model, g.class_label, g.attributes, shown],
               [g.model] + controls + [shown, g.card, g.card_img, g.run_btn], api_visibility="private",
-              show_progress="hidden", queue=False)
+              show_progress="hidden", concurrency_limit=None)
     if shown.value is not None:       # the page was built for its model (generate_page)
         demo.load(None, None, [g.run_btn, *examples], js=OPEN_JS)
     # API endpoint (markdown, samples.png): on a never-shown button, so the UI does not run it twice
@@ -309,7 +310,7 @@ def wire_generate(app, demo, g: SimpleNamespace, l: SimpleNamespace) -> None:
     # an example's settings are set unqueued (a millisecond of work, for a model already loaded: the buttons are
     # locked while a pick loads): queued, a class pressing an example at once was served one visitor after another
     for i, button in enumerate((g.example_0, g.example_1, g.example_2)):
-        run = button.click(functools.partial(app.example_values, index=i), [g.model], [g.model] + controls,
+        run = button.click(functools.partial(app.apply_example, index=i), [g.model], [g.model] + controls,
                            show_progress="hidden", **local).then(None, None, None, js=SCROLL_TO_PREVIEW).then(
             sampling.fn, gen_inputs, gen_outputs, api_visibility="private", show_progress="hidden",
             **sampling.limits)

@@ -1,6 +1,7 @@
 """layout.PageCache: the page, its config and the API info are built once per URL and served as bytes after."""
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -102,8 +103,8 @@ def test_a_cached_picture_is_never_rewritten_while_it_is_sent(demo):
     done = threading.Event()
 
     def save_again():
-        for _ in range(200):
-            assert preview.postprocess(img).path == path
+        for _ in range(200):        # a copy each time: the same object is not saved again (dc_saved, below)
+            assert preview.postprocess(img.copy()).path == path
         done.set()
     writer = threading.Thread(target=save_again)
     writer.start()
@@ -124,3 +125,51 @@ def test_stops_result_is_queued_behind_the_run(demo):
     now, result = fns["stop_now"], fns["stop"]
     assert now.queue is False and result.queue is True and result.trigger_after == now._id
     assert result.concurrency_limit is None      # never behind the sampling runs' own limit
+
+
+def test_a_picture_given_again_is_not_encoded_again(tmp_path, monkeypatch):
+    """A preview that many visitors share (render.side_by_side gives the same object for the same tensors) is
+    encoded once; the same bytes in another object, or a file the cache has since deleted, are written anew."""
+    import numpy as np
+    from gradio import processing_utils
+    from PIL import Image
+
+    from diffusion_app.layout import save_pil_to_cache_whole
+    encoded = []
+    real = processing_utils.encode_pil_to_bytes
+    monkeypatch.setattr(processing_utils, "encode_pil_to_bytes", lambda im, fmt: encoded.append(fmt) or real(im, fmt))
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    path = save_pil_to_cache_whole(img, str(tmp_path), format="png")
+    assert save_pil_to_cache_whole(img, str(tmp_path), format="png") == path and len(encoded) == 1
+    assert Image.open(path).tobytes() == img.tobytes()
+    assert save_pil_to_cache_whole(img.copy(), str(tmp_path), format="png") == path and len(encoded) == 2
+    other = save_pil_to_cache_whole(img, str(tmp_path), format="webp")          # another format: its own file
+    assert other != path and other.endswith(".webp") and len(encoded) == 3
+    elsewhere = save_pil_to_cache_whole(img, str(tmp_path / "b"), format="png")  # another cache folder
+    assert Path(elsewhere).parent.parent == tmp_path / "b"
+    Path(path).unlink()                                                          # Gradio's delete_cache
+    assert save_pil_to_cache_whole(img, str(tmp_path), format="png") == path and Path(path).exists()
+    changed = img.copy()
+    changed.putpixel((0, 0), (1, 2, 3))
+    assert save_pil_to_cache_whole(changed, str(tmp_path), format="png") != path
+
+
+def test_a_preview_is_drawn_once_for_the_same_tensors_and_anew_for_others():
+    import torch
+
+    from diffusion_app import render
+    x = torch.linspace(-1, 1, 4 * 3 * 8 * 8).reshape(4, 3, 8, 8)
+    first = render.side_by_side(x, -x)
+    assert render.side_by_side(x.clone(), (-x).clone()) is first
+    nudged = x.clone()
+    nudged[3, 2, 7, 7] = torch.nextafter(nudged[3, 2, 7, 7], torch.tensor(2.0))
+    assert render.side_by_side(nudged, -x) is not first                 # x_t one ulp apart
+    assert render.side_by_side(x, -nudged) is not first                 # x0_hat one ulp apart
+    assert render.side_by_side(x[:2], -x[:2]) is not first              # another batch
+    fresh = render.side_by_side(x + 0.0, -x)
+    assert fresh is first
+    for k in range(render.PREVIEWS_KEPT + 1):                         # bounded: the oldest drop out
+        render.side_by_side(x * (k + 2) / 100, x)
+    assert len(render._previews) == render.PREVIEWS_KEPT
+    assert render.side_by_side(x, -x) is not first
+    assert render.side_by_side(x, -x).tobytes() == first.tobytes()
