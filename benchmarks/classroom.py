@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import re
 import subprocess
 import sys
@@ -201,9 +202,22 @@ def visitor_for(req: dict, client: str):
     return live_visitor if req.get("live") else page_visitor if client == "page" else visitor
 
 
-def run_class(url: str, req: dict, n: int, seed: int = 0, client: str = "page") -> dict:
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds of process ``pid`` (None: this one, every thread)."""
+    if pid is None:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_class(url: str, req: dict, n: int, seed: int = 0, client: str = "page", server_pid: int | None = None) -> dict:
+    """``n`` visitors arriving within 1 s. The visitors run in this process, on the server's cores: its CPU seconds
+    over the class (``visitors_cpu_s``) are what a class's browsers would have spent on their own machines, beside
+    the server's (``server_cpu_s``, where ``server_pid`` is given)."""
     rng = random.Random(seed)
     results = [dict() for _ in range(n)]
+    cpu0, server0 = cpu_seconds(), cpu_seconds(server_pid) if server_pid else None
     t_zero = time.perf_counter()
     who = visitor_for(req, client)
     threads = [threading.Thread(target=who, args=(url, dict(req, seed=req["seed"] + 10 * i), t_zero,
@@ -212,10 +226,13 @@ def run_class(url: str, req: dict, n: int, seed: int = 0, client: str = "page") 
         t.start()
     for t in threads:
         t.join()
+    visitors_cpu = cpu_seconds() - cpu0
+    server_cpu = cpu_seconds(server_pid) - server0 if server_pid else None
     served = [r for r in results if "error" not in r]
     refused = [r for r in results if "error" in r]
     span = max((r["end"] for r in served), default=0.0) - min((r["arrive"] for r in results), default=0.0)
     return {"visitors": n, "served": len(served), "refused": len(refused),
+            "visitors_cpu_s": round(visitors_cpu, 2), "server_cpu_s": None if server_cpu is None else round(server_cpu, 2),
             "first_refusal": refused[0]["error"] if refused else None,
             "waited": sum(bool(r.get("waited")) for r in served),
             "broken_files": sum(r.get("broken_files", 0) for r in served),     # page visitors: images not whole
@@ -307,7 +324,7 @@ def main(argv=None) -> int:
                     alone["done_s"] = sorted(alone["updates_s"])[len(alone["updates_s"]) // 2]  # one update alone
                 time.sleep(1.0)
                 load_avg = os.getloadavg()[0]
-                r = run_class(url, req, counts[s], client=args.client)
+                r = run_class(url, req, counts[s], client=args.client, server_pid=proc.pid)
                 r.update(first_load_s=load_s, alone_s=round(alone.get("done_s", float("nan")), 3),
                          load_before=round(load_avg, 2))
                 r["bound_s"] = round(1.2 * counts[s] * r["alone_s"], 1)    # 1.2 x total work / one run's rate
