@@ -142,13 +142,14 @@ def test_a_picture_given_again_is_not_encoded_again(tmp_path, monkeypatch):
     path = save_pil_to_cache_whole(img, str(tmp_path), format="png")
     assert save_pil_to_cache_whole(img, str(tmp_path), format="png") == path and len(encoded) == 1
     assert Image.open(path).tobytes() == img.tobytes()
-    assert save_pil_to_cache_whole(img.copy(), str(tmp_path), format="png") == path and len(encoded) == 2
-    other = save_pil_to_cache_whole(img, str(tmp_path), format="webp")          # another format: its own file
-    assert other != path and other.endswith(".webp") and len(encoded) == 3
-    elsewhere = save_pil_to_cache_whole(img, str(tmp_path / "b"), format="png")  # another cache folder
-    assert Path(elsewhere).parent.parent == tmp_path / "b"
     Path(path).unlink()                                                          # Gradio's delete_cache
     assert save_pil_to_cache_whole(img, str(tmp_path), format="png") == path and Path(path).exists()
+    assert len(encoded) == 2
+    assert save_pil_to_cache_whole(img.copy(), str(tmp_path), format="png") == path and len(encoded) == 3
+    other = save_pil_to_cache_whole(img, str(tmp_path), format="webp")          # another format: its own file
+    assert other != path and other.endswith(".webp") and len(encoded) == 4
+    elsewhere = save_pil_to_cache_whole(img, str(tmp_path / "b"), format="png")  # another cache folder
+    assert Path(elsewhere).parent.parent == tmp_path / "b"
     changed = img.copy()
     changed.putpixel((0, 0), (1, 2, 3))
     assert save_pil_to_cache_whole(changed, str(tmp_path), format="png") != path

@@ -2,6 +2,7 @@
 caller getting exactly its rows; concurrent sampling runs bit-identical to the same runs made alone."""
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -63,6 +64,17 @@ def _wait_first_tick(net):
         time.sleep(0.01)
 
 
+def _held(max_pixels=None):
+    """A SharedNet over a SlowNet whose first tick (call "a": 1 row at t 1) holds until ``net.gate`` is set, so
+    that the calls started next wait together: (net, shared, results, the first call's thread)."""
+    net = SlowNet()
+    net.gate = threading.Event()
+    shared, res = (SharedNet(net) if max_pixels is None else SharedNet(net, max_pixels=max_pixels)), {}
+    first = _start(_call, shared, 1, 1, results=res, key="a")
+    _wait_first_tick(net)
+    return net, shared, res, first
+
+
 def _wait_pending(shared, n):
     for _ in range(500):
         if len(shared._pending) >= n:
@@ -90,11 +102,7 @@ def test_calls_waiting_during_a_tick_share_the_next_one_and_get_their_own_rows()
 
 
 def test_calls_with_other_condition_fields_or_over_the_pixel_cap_wait_for_a_later_tick():
-    net = SlowNet()
-    net.gate = threading.Event()
-    shared, res = SharedNet(net, max_pixels=6 * 4), {}          # 6 rows of 2x2 per tick
-    first = _start(_call, shared, 1, 1, results=res, key="a")
-    _wait_first_tick(net)
+    net, shared, res, first = _held(6 * 4)          # 6 rows of 2x2 per tick
     ths = [_start(_call, shared, 4, 2, labels=None, results=res, key="b")]
     _wait_pending(shared, 1)
     ths.append(_start(_call, shared, 2, 3, labels=1.0, results=res, key="c"))    # labels: another key
@@ -114,11 +122,7 @@ def test_a_tick_that_cannot_hold_every_call_takes_the_runs_that_have_come_least_
     """With more waiting than a tick holds, the calls at the highest timestep go first (a run's first step is its
     noisiest: a visitor who has just arrived gets a first preview before older runs take their next step), equal
     timesteps in arrival order; the rest wait for the next tick."""
-    net = SlowNet()
-    net.gate = threading.Event()
-    shared, res = SharedNet(net, max_pixels=4 * 4), {}          # 4 rows of 2x2 per tick
-    first = _start(_call, shared, 1, 1, results=res, key="a")
-    _wait_first_tick(net)
+    net, shared, res, first = _held(4 * 4)          # 4 rows of 2x2 per tick
     ths = []
     calls = (("b", 300, 0.0), ("c", 999, 0.0), ("d", 500, 0.0), ("e", 999, 0.5))    # arrival order; c, e differ
     for n, (key, t, shift) in enumerate(calls):
@@ -136,11 +140,7 @@ def test_a_group_taken_past_a_call_of_another_key_leaves_that_call_waiting():
     """Pending [b (no labels), c (labels), d (no labels)]: the tick takes b and d past c. Taking d out of the line
     compared it with c (a dataclass's field-wise ==, on tensors), which raised inside the leader with the
     network marked busy: every later call then waited forever (the concurrent-runs test hung 3 times in 10)."""
-    net = SlowNet()
-    net.gate = threading.Event()
-    shared, res = SharedNet(net), {}
-    first = _start(_call, shared, 1, 1, results=res, key="a")
-    _wait_first_tick(net)
+    net, shared, res, first = _held()
     ths = [_start(_call, shared, 2, 2, results=res, key="b")]
     _wait_pending(shared, 1)
     ths.append(_start(_call, shared, 2, 3, labels=1.0, results=res, key="c"))
@@ -188,11 +188,7 @@ def test_an_error_in_a_tick_reaches_every_caller_of_that_tick_only():
 def test_rows_asked_by_several_calls_in_one_tick_are_computed_once_and_each_caller_gets_them():
     """Two calls with the same rows (x_t, t and condition, bit for bit) cost the network their rows once; a call
     with the same x_t and t but other labels, or the same x_t at another t, is computed on its own rows."""
-    net = SlowNet()
-    net.gate = threading.Event()
-    shared, res = SharedNet(net), {}
-    first = _start(_call, shared, 1, 1, results=res, key="a")
-    _wait_first_tick(net)
+    net, shared, res, first = _held()
     ths = []
     for n, (key, t, labels) in enumerate((("b", 5, 1.0), ("c", 5, 1.0), ("d", 5, 2.0), ("e", 5, 1.0))):
         ths.append(_start(_call, shared, 3, t, labels=labels, results=res, key=key))
@@ -209,11 +205,7 @@ def test_rows_asked_by_several_calls_in_one_tick_are_computed_once_and_each_call
 
 def test_a_row_that_differs_in_one_bit_is_its_own_row():
     """Rows are the same only when every bit is: x_t one ulp apart, or t one apart, are computed separately."""
-    net = SlowNet()
-    net.gate = threading.Event()
-    shared, res = SharedNet(net), {}
-    first = _start(_call, shared, 1, 1, results=res, key="a")
-    _wait_first_tick(net)
+    net, shared, res, first = _held()
     x = _rows(2, 5).contiguous()
     nudged = x.clone()
     nudged[1, 0, 1, 1] = torch.nextafter(x[1, 0, 1, 1], torch.tensor(6.0))
@@ -233,11 +225,7 @@ def test_a_row_that_differs_in_one_bit_is_its_own_row():
 
 
 def test_a_tick_counts_a_repeated_row_once_against_its_pixel_cap():
-    net = SlowNet()
-    net.gate = threading.Event()
-    shared, res = SharedNet(net, max_pixels=4 * 4), {}          # 4 rows of 2x2 per tick
-    first = _start(_call, shared, 1, 1, results=res, key="a")
-    _wait_first_tick(net)
+    net, shared, res, first = _held(4 * 4)          # 4 rows of 2x2 per tick
     ths = []
     for n, (key, t) in enumerate((("b", 9), ("c", 9), ("d", 9), ("e", 8))):
         ths.append(_start(_call, shared, 3, t, results=res, key=key))
@@ -255,29 +243,36 @@ RUNS = [dict(n=3, sampler="ddim", steps=6, guidance=2.0, labels=["b"], seed=5),
         dict(n=1, sampler="unipc", steps=7, spacing="karras", guidance=1.5, labels=["a"], seed=3)]
 
 
+def _alone_then_at_once(tmp_path, make_model, workers, runs):
+    """``runs`` made one after another, then all at once, through one loaded pipeline (so through one SharedNet):
+    (their images alone, their images at once, the SharedNet, a copy of its stats after the runs alone)."""
+    make_model(tmp_path / "m", unet={"num_labels": 3}, label_names=("a", "b", "c"))
+    pipe = load(tmp_path / "m")
+    pipe.workers = workers
+    alone = [pipe.sample(**r) for r in runs]
+    shared = pipe.stages[0].shared_net(pipe.net)
+    before = replace(shared.stats)
+    out, barrier = {}, threading.Barrier(len(runs))
+
+    def run(i):
+        barrier.wait()
+        out[i] = pipe.sample(**runs[i])
+    ths = [_start(run, i) for i in range(len(runs))]
+    for th in ths:
+        th.join(60)
+    return alone, [out[i] for i in range(len(runs))], shared, before
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_concurrent_runs_are_bit_identical_to_the_same_runs_alone(tmp_path, make_model, workers):
     """Four runs with other samplers, step counts, grids, guidance and labels, made at once through one loaded
     pipeline (so through one SharedNet), give exactly the images each gives alone; and they did share ticks."""
-    make_model(tmp_path / "m", unet={"num_labels": 3}, label_names=("a", "b", "c"))
-    pipe = load(tmp_path / "m")
-    pipe.workers = workers
-    alone = [pipe.sample(**r) for r in RUNS]
-    shared = pipe.stages[0].shared_net(pipe.net)
-    ticks_alone = shared.stats.ticks
-    assert shared.stats.max_calls == 1
-    out, barrier = {}, threading.Barrier(len(RUNS))
-
-    def run(i):
-        barrier.wait()
-        out[i] = pipe.sample(**RUNS[i])
-    ths = [_start(run, i) for i in range(len(RUNS))]
-    for th in ths:
-        th.join(60)
+    alone, out, shared, before = _alone_then_at_once(tmp_path, make_model, workers, RUNS)
+    assert before.max_calls == 1
     for i in range(len(RUNS)):
         assert torch.equal(out[i], alone[i]), RUNS[i]
     assert shared.stats.max_calls >= 2                                    # the runs did share network calls
-    assert shared.stats.ticks - ticks_alone < ticks_alone                # fewer ticks than the runs alone took
+    assert shared.stats.ticks - before.ticks < before.ticks              # fewer ticks than the runs alone took
 
 
 SAME = [dict(n=4, sampler="dpm++3m", steps=5, guidance=2.0, labels=["b"], seed=7),
@@ -292,20 +287,8 @@ def test_runs_asking_the_same_rows_at_once_are_bit_identical_to_the_same_runs_al
     """A class pressing one example: the runs' identical rows are computed once per tick, and every run's images
     are exactly those it gives alone (rows of a seed shared with another seed's batch, or the unconditional half
     of another class's run, included)."""
-    make_model(tmp_path / "m", unet={"num_labels": 3}, label_names=("a", "b", "c"))
-    pipe = load(tmp_path / "m")
-    pipe.workers = workers
-    alone = [pipe.sample(**r) for r in SAME]
-    shared = pipe.stages[0].shared_net(pipe.net)
-    assert shared.stats.repeated_rows == 0
-    out, barrier = {}, threading.Barrier(len(SAME))
-
-    def run(i):
-        barrier.wait()
-        out[i] = pipe.sample(**SAME[i])
-    ths = [_start(run, i) for i in range(len(SAME))]
-    for th in ths:
-        th.join(60)
+    alone, out, shared, before = _alone_then_at_once(tmp_path, make_model, workers, SAME)
+    assert before.repeated_rows == 0
     for i in range(len(SAME)):
         assert torch.equal(out[i], alone[i]), SAME[i]
     assert torch.equal(out[0], out[1]) and not torch.equal(out[0], out[3])
