@@ -266,9 +266,12 @@ def wire_generate(app, demo, g: SimpleNamespace, l: SimpleNamespace) -> None:
     # trigger_mode "once", dropped it: Generate stayed "Loading ..." or was made usable with the earlier controls)
     last = dict(trigger_mode="always_last")
     unlock = dict(fn=None, inputs=[g.model, g.card], outputs=[g.run_btn, *examples], js=PICKED_JS, **last)
+    # the pick and its card in no lane: in the light lane's 4 slots a class picking a model at once waited for 60
+    # of them, one visitor after another (a model's first load is serialised by Models' own lock)
+    unlaned = dict(quiet, concurrency_limit=None, concurrency_id=None)
     pick = dict(fn=app.pick, inputs=[g.model, g.sampler, g.class_label, g.attributes, shown],
-                outputs=controls + [shown], **quiet, **last)
-    g.model.input(**lock).then(**pick).then(**shown_card, **last).then(**unlock)
+                outputs=controls + [shown], **unlaned, **last)
+    g.model.input(**lock).then(**pick).then(**dict(shown_card, **unlaned), **last).then(**unlock)
     # queued (a link's warnings reach the page only through the queue's messages), but in no lane: for a page opened
     # without a link it sets only the sampler list, and in the light lane's 4 slots a class opening the page at once
     # waited for 30 of them, one visitor after another
