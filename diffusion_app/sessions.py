@@ -89,6 +89,26 @@ class LazyConfigs(dict):
         self._build_all()
         return dict.keys(self)
 
+    def copy(self) -> dict:
+        self._build_all()
+        return dict(dict.items(self))
+
+    def pop(self, key, *default):
+        if key in self._pending:
+            self._build(key)
+        return dict.pop(self, key, *default)
+
+    def setdefault(self, key, default=None):
+        if key in self._pending:
+            self._build(key)
+        return dict.setdefault(self, key, default)
+
+    def __eq__(self, other) -> bool:
+        self._build_all()
+        return dict.__eq__(self, other)
+
+    __hash__ = None
+
 
 class LazySessionState(state_holder.SessionState):
     """Gradio's ``SessionState`` with its ``config_values`` built when read (see the module's docstring)."""

@@ -78,6 +78,26 @@ def test_read_one_at_a_time_between_events_it_still_matches(demo):
     assert _configs(lazy) == _configs(eager)
 
 
+@pytest.mark.parametrize("read", ["copy", "eq", "pop", "setdefault", "iter", "values"])
+def test_every_way_of_reading_it_sees_the_configs_not_yet_built(demo, read):
+    eager, lazy = GradioSessionState(demo), LazySessionState(demo)
+    _events(eager, demo.ids)
+    _events(lazy, demo.ids)
+    e, z, k = eager.config_values, lazy.config_values, demo.ids["drop"]
+    if read == "copy":
+        assert z.copy() == e.copy()
+    elif read == "eq":
+        assert z == e
+    elif read == "pop":
+        assert z.pop(k) == e.pop(k) and k not in z and z.pop(k, "gone") == "gone"
+    elif read == "setdefault":
+        assert z.setdefault(k, None) == e.setdefault(k, None)
+    elif read == "iter":
+        assert sorted(z) == sorted(e)
+    else:
+        assert list(z.values()) == [z[i] for i in z] and len(list(z.values())) == len(e)
+
+
 def test_a_lazy_session_builds_no_config_until_one_is_read(demo, monkeypatch):
     built = []
     real = type(demo.default_config).config_for_block
