@@ -41,6 +41,10 @@ INTERP_MAX_WORK = 1600           # frames x steps
 TRAJ_MAX_FRAMES = 250            # GIF frames (more steps are subsampled evenly)
 STATE_TTL_S = 2 * 3600           # a session's kept run and partial result expire this long after they were set
 LIGHT = dict(concurrency_limit=4, concurrency_id="light")     # events that do not sample
+# a page's load event, a model pick and its card: a class arriving sends 30-60 of them at once, and in the light
+# lane's 4 slots they were served one visitor after another; not unlimited, because each may wait on a model's first
+# load (Models' lock) in one of the 40 worker threads that every other handler and preview needs too
+PICKS = dict(concurrency_limit=16, concurrency_id="picks")
 LATEX = [{"left": "$$", "right": "$$", "display": True}]
 
 log = logging.getLogger("diffusion_app")

@@ -16,7 +16,7 @@ from ..inputs import (Dropdown, LabelChecks, Number, Radio, RunNumber, RunSlider
                       page_parts, refuse_bad_upload)
 from ..outputs import Controls, Shown, components, filled
 from ..render import html_status
-from ..settings import (ANY, DEFAULT_SAMPLER, LIGHT, MAX_BATCH, MAX_SEED, MAX_UPSCALE_INPUT, STATE_TTL_S,
+from ..settings import (ANY, DEFAULT_SAMPLER, LIGHT, PICKS, MAX_BATCH, MAX_SEED, MAX_UPSCALE_INPUT, STATE_TTL_S,
                        STICKMEN_DIR, sampler_choices, takes_eta)
 from ..zerogpu import gpu_task, on_zero_gpu
 
@@ -266,18 +266,16 @@ def wire_generate(app, demo, g: SimpleNamespace, l: SimpleNamespace) -> None:
     # trigger_mode "once", dropped it: Generate stayed "Loading ..." or was made usable with the earlier controls)
     last = dict(trigger_mode="always_last")
     unlock = dict(fn=None, inputs=[g.model, g.card], outputs=[g.run_btn, *examples], js=PICKED_JS, **last)
-    # the pick and its card in no lane: in the light lane's 4 slots a class picking a model at once waited for 60
-    # of them, one visitor after another (a model's first load is serialised by Models' own lock)
-    unlaned = dict(quiet, concurrency_limit=None, concurrency_id=None)
+    # the pick and its card in their own lane (settings.PICKS)
+    unlaned = dict(quiet, **PICKS)
     pick = dict(fn=app.pick, inputs=[g.model, g.sampler, g.class_label, g.attributes, shown],
                 outputs=controls + [shown], **unlaned, **last)
     g.model.input(**lock).then(**pick).then(**dict(shown_card, **unlaned), **last).then(**unlock)
-    # queued (a link's warnings reach the page only through the queue's messages), but in no lane: for a page opened
-    # without a link it sets only the sampler list, and in the light lane's 4 slots a class opening the page at once
-    # waited for 30 of them, one visitor after another
+    # queued (a link's warnings reach the page only through the queue's messages), in the picks' lane (settings.PICKS):
+    # for a page opened without a link it sets only the sampler list
     demo.load(loaded, [g.model, g.class_label, g.attributes, shown],
               [g.model] + controls + [shown, g.card, g.card_img, g.run_btn], api_visibility="private",
-              show_progress="hidden", concurrency_limit=None)
+              show_progress="hidden", **PICKS)
     if shown.value is not None:       # the page was built for its model (generate_page)
         demo.load(None, None, [g.run_btn, *examples], js=OPEN_JS)
     # API endpoint (markdown, samples.png): on a never-shown button, so the UI does not run it twice

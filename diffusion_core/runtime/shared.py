@@ -56,7 +56,6 @@ class _Call:
     out: torch.Tensor | None = None
     error: BaseException | None = None
     done: bool = False
-    _rows: list[bytes] | None = None
 
     @property
     def key(self) -> tuple:
@@ -78,16 +77,22 @@ class _Call:
     def row_pixels(self) -> int:
         return int(self.x_t.shape[-1] * self.x_t.shape[-2])
 
-    @property
-    def rows(self) -> list[bytes] | None:
+    rows: list[bytes] | None = None     # each row's exact bits (read_rows), None where they cannot be read
+
+    def read_rows(self) -> None:
         """Each row's exact bits (x_t, t and every condition field), for finding rows that several runs ask for
-        at once; None where the tensors are not on the CPU (reading them back would cost more than it saves)."""
-        if self._rows is None and self.x_t.device.type == "cpu":
+        at once. Left None where the tensors are not on the CPU (reading them back would cost more than it saves)
+        or cannot be read row by row (a timestep given once for the batch): such a call's rows count as its own.
+        Done in the caller's thread, before the call waits, so that nothing here can fail inside a tick's leader."""
+        try:
+            if self.x_t.device.type != "cpu":
+                return
             fields = [] if self.cond is None else [v for v in self.cond._fields() if v is not None]
-            parts = [v.detach().reshape(v.shape[0], -1).contiguous().view(torch.uint8).numpy()
-                     for v in (self.x_t, self.t, *fields)]
-            self._rows = [b"".join(p[i].tobytes() for p in parts) for i in range(self.x_t.shape[0])]
-        return self._rows
+            tensors = (self.x_t, self.t, *fields)
+            parts = [v.detach().reshape(v.shape[0], -1).contiguous().view(torch.uint8).numpy() for v in tensors]
+            self.rows = [b"".join(p[i].tobytes() for p in parts) for i in range(self.x_t.shape[0])]
+        except Exception:       # noqa: BLE001 - a dtype numpy cannot view, say: the rows are simply not shared
+            self.rows = None
 
 
 @dataclass
@@ -130,6 +135,7 @@ class SharedNet:
         if cancelled is not None and cancelled():
             raise Cancelled("the run was cancelled")
         call = _Call(x_t, t, cond, cancelled)
+        call.read_rows()
         with self._cv:
             self._pending.append(call)
         while True:

@@ -224,6 +224,18 @@ def test_a_row_that_differs_in_one_bit_is_its_own_row():
         assert torch.equal(res[key], 2 * xs + t), key
 
 
+def test_a_call_whose_rows_cannot_be_read_is_computed_and_jams_no_later_call():
+    """A timestep given once for the whole batch (no entry per row) cannot be split into rows: the call is computed
+    as its own rows, and the calls after it are served (reading rows inside a tick's leader once raised there and
+    left the call waiting forever, failing every later tick)."""
+    net = SlowNet()
+    shared = SharedNet(net)
+    x = _rows(3, 4).contiguous()
+    assert torch.equal(shared(x, torch.tensor([4]), None), 2 * x + 4)
+    assert torch.equal(shared(x, torch.tensor(4), None), 2 * x + 4)
+    assert torch.equal(shared(x, torch.full((3,), 4), None), 2 * x + 4) and not shared._pending
+
+
 def test_a_tick_counts_a_repeated_row_once_against_its_pixel_cap():
     net, shared, res, first = _held(4 * 4)          # 4 rows of 2x2 per tick
     ths = []
@@ -285,8 +297,8 @@ SAME = [dict(n=4, sampler="dpm++3m", steps=5, guidance=2.0, labels=["b"], seed=7
 @pytest.mark.parametrize("workers", [1, 2])
 def test_runs_asking_the_same_rows_at_once_are_bit_identical_to_the_same_runs_alone(tmp_path, make_model, workers):
     """A class pressing one example: the runs' identical rows are computed once per tick, and every run's images
-    are exactly those it gives alone (rows of a seed shared with another seed's batch, or the unconditional half
-    of another class's run, included)."""
+    are exactly those it gives alone (the rows of a seed shared with another seed's batch included, and a run with
+    the same noise but another class, whose rows differ in their labels, computed on its own)."""
     alone, out, shared, before = _alone_then_at_once(tmp_path, make_model, workers, SAME)
     assert before.repeated_rows == 0
     for i in range(len(SAME)):
