@@ -48,7 +48,10 @@ class LazyConfigs(dict):
             self._pending[key][1] = value
 
     def _build(self, key: int) -> None:
-        block, value = self._pending.pop(key)
+        entry = self._pending.pop(key, None)
+        if entry is None:           # built meanwhile by another reader (the deep-link route runs in a worker thread)
+            return
+        block, value = entry
         config = self._blocks_config.config_for_block(key, [], block)
         if value is not _NO_VALUE and "props" in config:
             config["props"]["value"] = value
@@ -63,6 +66,15 @@ class LazyConfigs(dict):
             self._build(key)
             return dict.__getitem__(self, key)
         raise KeyError(key)
+
+    def __setitem__(self, key, config) -> None:
+        """A config set whole replaces the one still to be built."""
+        self._pending.pop(key, None)
+        dict.__setitem__(self, key, config)
+
+    def __delitem__(self, key) -> None:
+        if self._pending.pop(key, None) is None:
+            dict.__delitem__(self, key)
 
     def __contains__(self, key) -> bool:
         return key in self._pending or dict.__contains__(self, key)

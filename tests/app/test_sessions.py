@@ -78,6 +78,18 @@ def test_read_one_at_a_time_between_events_it_still_matches(demo):
     assert _configs(lazy) == _configs(eager)
 
 
+def test_a_config_set_or_deleted_whole_replaces_the_one_still_to_be_built(demo):
+    lazy, ids = LazySessionState(demo), demo.ids
+    lazy._update_value_in_config(ids["text"], "typed")           # pending, with a value
+    lazy.config_values[ids["text"]] = {"set": "whole"}
+    assert lazy.config_values[ids["text"]] == {"set": "whole"}
+    del lazy.config_values[ids["slider"]]                          # never built
+    assert ids["slider"] not in lazy.config_values
+    assert len(lazy.config_values) == len(GradioSessionState(demo).config_values) - 1
+    built = dict(lazy.config_values.items())
+    assert ids["slider"] not in built and built[ids["text"]] == {"set": "whole"}
+
+
 @pytest.mark.parametrize("read", ["copy", "eq", "pop", "setdefault", "iter", "values"])
 def test_every_way_of_reading_it_sees_the_configs_not_yet_built(demo, read):
     eager, lazy = GradioSessionState(demo), LazySessionState(demo)
