@@ -47,15 +47,6 @@ def start(root: Path, checkpoints: Path, env_extra: dict) -> tuple[subprocess.Po
         classroom.ROOT = here
 
 
-def cpu_s(pid: int | None = None) -> float:
-    """CPU seconds (user + system) this process has used, or process ``pid`` (Linux /proc)."""
-    if pid is None:
-        t = os.times()
-        return t.user + t.system
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def connect_class(url: str, n: int, seed: int = 0) -> dict:
     """``n`` new sessions opened within 1 s that press nothing: each fetches the page, then connects a
     gradio_client (config, API info); the time from arrival to a ready client, p50 / p95 / max."""
@@ -118,15 +109,15 @@ def main(argv=None) -> int:
         for name in order:
             load = os.getloadavg()[0]
             proc = servers[name][0]
-            cpu0, srv0, t0 = cpu_s(), cpu_s(proc.pid), time.perf_counter()
+            cpu0, srv0, t0 = classroom.cpu_seconds(), classroom.cpu_seconds(proc.pid), time.perf_counter()
             r = (connect_class(servers[name][1], args.visitors) if args.connect_only
                  else classroom.run_class(servers[name][1], req, args.visitors))
             wall = time.perf_counter() - t0
             row = {"variant": name, "load_before": round(load, 2), "served": r["served"], "refused": r["refused"],
                    "images_per_s": r["images_per_s"], **{k: r.get(k) for k in KEYS},
                    # where the 2 cores went during the class: the server's and the visitors' (this process) CPU s
-                   "wall_s": round(wall, 1), "server_cpu_s": round(cpu_s(proc.pid) - srv0, 1),
-                   "visitors_cpu_s": round(cpu_s() - cpu0, 1), "each": r["each"]}
+                   "wall_s": round(wall, 1), "server_cpu_s": round(classroom.cpu_seconds(proc.pid) - srv0, 1),
+                   "visitors_cpu_s": round(classroom.cpu_seconds() - cpu0, 1), "each": r["each"]}
             record["classes"].append(row)
             print(name, json.dumps({k: v for k, v in row.items() if k != "each"}), flush=True)
             time.sleep(3.0)

@@ -266,16 +266,15 @@ def wire_generate(app, demo, g: SimpleNamespace, l: SimpleNamespace) -> None:
     # trigger_mode "once", dropped it: Generate stayed "Loading ..." or was made usable with the earlier controls)
     last = dict(trigger_mode="always_last")
     unlock = dict(fn=None, inputs=[g.model, g.card], outputs=[g.run_btn, *examples], js=PICKED_JS, **last)
-    # the pick and its card in their own lane (settings.PICKS)
-    unlaned = dict(quiet, **PICKS)
+    # the pick, its card and the page's load event in their own lane (settings.PICKS)
+    in_picks = dict(quiet, **PICKS)
     pick = dict(fn=app.pick, inputs=[g.model, g.sampler, g.class_label, g.attributes, shown],
-                outputs=controls + [shown], **unlaned, **last)
-    g.model.input(**lock).then(**pick).then(**dict(shown_card, **unlaned), **last).then(**unlock)
-    # queued (a link's warnings reach the page only through the queue's messages), in the picks' lane (settings.PICKS):
-    # for a page opened without a link it sets only the sampler list
+                outputs=controls + [shown], **in_picks, **last)
+    g.model.input(**lock).then(**pick).then(**dict(shown_card, **in_picks), **last).then(**unlock)
+    # queued (a link's warnings reach the page only through the queue's messages); for a page opened without a link
+    # it sets only the sampler list
     demo.load(loaded, [g.model, g.class_label, g.attributes, shown],
-              [g.model] + controls + [shown, g.card, g.card_img, g.run_btn], api_visibility="private",
-              show_progress="hidden", **PICKS)
+              [g.model] + controls + [shown, g.card, g.card_img, g.run_btn], **in_picks)
     if shown.value is not None:       # the page was built for its model (generate_page)
         demo.load(None, None, [g.run_btn, *examples], js=OPEN_JS)
     # API endpoint (markdown, samples.png): on a never-shown button, so the UI does not run it twice
