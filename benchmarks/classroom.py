@@ -32,6 +32,7 @@ import json
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -210,6 +211,34 @@ def cpu_seconds(pid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU seconds of each thread of process ``pid``, by thread id (Linux /proc)."""
+    out: dict[int, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:                         # the thread ended meanwhile
+            continue
+        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def by_thread_kind(pid: int, before: dict[int, float], after: dict[int, float]) -> dict[str, float] | None:
+    """The CPU seconds between ``before`` and ``after`` by kind of Python thread ("Thread-1 (run)" is Gradio's
+    event loop, "sampling" the runs' threads, "diffusion-core-rows" the network's row workers), named by a
+    ``py-spy dump`` of the process (None without py-spy: Python does not give its threads' names to the OS)."""
+    if not shutil.which("py-spy"):
+        return None
+    dump = subprocess.run(["py-spy", "dump", "-p", str(pid)], capture_output=True, text=True, timeout=60).stdout
+    names = {int(tid): re.sub(r"[_-]?\d+$", "", name) for tid, name in re.findall(r'^Thread (\d+) \(\w+\): "(.*)"',
+                                                                                  dump, re.M)}
+    out: dict[str, float] = {}
+    for tid, seconds in after.items():
+        kind = names.get(tid, "ended or unnamed")
+        out[kind] = round(out.get(kind, 0.0) + seconds - before.get(tid, 0.0), 2)
+    return {k: v for k, v in sorted(out.items(), key=lambda kv: -kv[1]) if v >= 0.01}
+
+
 def run_class(url: str, req: dict, n: int, seed: int = 0, client: str = "page", server_pid: int | None = None) -> dict:
     """``n`` visitors arriving within 1 s. The visitors run in this process, on the server's cores: its CPU seconds
     over the class (``visitors_cpu_s``) are what a class's browsers would have spent on their own machines, beside
@@ -217,6 +246,7 @@ def run_class(url: str, req: dict, n: int, seed: int = 0, client: str = "page", 
     rng = random.Random(seed)
     results = [dict() for _ in range(n)]
     cpu0, server0 = cpu_seconds(), cpu_seconds(server_pid) if server_pid else None
+    threads0 = thread_cpu_seconds(server_pid) if server_pid else {}
     t_zero = time.perf_counter()
     who = visitor_for(req, client)
     threads = [threading.Thread(target=who, args=(url, dict(req, seed=req["seed"] + 10 * i), t_zero,
@@ -227,11 +257,14 @@ def run_class(url: str, req: dict, n: int, seed: int = 0, client: str = "page", 
         t.join()
     visitors_cpu = cpu_seconds() - cpu0
     server_cpu = cpu_seconds(server_pid) - server0 if server_pid else None
+    threads1 = thread_cpu_seconds(server_pid) if server_pid else {}
     served = [r for r in results if "error" not in r]
     refused = [r for r in results if "error" in r]
     span = max((r["end"] for r in served), default=0.0) - min((r["arrive"] for r in results), default=0.0)
     return {"visitors": n, "served": len(served), "refused": len(refused),
             "visitors_cpu_s": round(visitors_cpu, 2), "server_cpu_s": None if server_cpu is None else round(server_cpu, 2),
+            # the server's CPU seconds by kind of thread (a thread that ended during the class is missing)
+            "server_threads_cpu_s": by_thread_kind(server_pid, threads0, threads1) if server_pid else None,
             "first_refusal": refused[0]["error"] if refused else None,
             "waited": sum(bool(r.get("waited")) for r in served),
             "broken_files": sum(r.get("broken_files", 0) for r in served),     # page visitors: images not whole
@@ -257,6 +290,15 @@ def start_app(checkpoints: Path, env_extra: dict) -> tuple[subprocess.Popen, str
     """``python app.py`` on ``checkpoints`` with ``env_extra``, in its own process (``diffusion_app.process``)."""
     from diffusion_app.process import start_server
     return start_server(dict(os.environ, DIFFUSION_CHECKPOINTS=str(checkpoints), **env_extra), timeout_s=120)
+
+
+def profile_server(pid: int, out: Path) -> subprocess.Popen:
+    """py-spy sampling the server's threads that hold the GIL (what serialises a class) until SIGINT."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spy = subprocess.Popen(["py-spy", "record", "-p", str(pid), "--nonblocking", "--threads", "--format", "raw", "-r", "200",
+                            "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)                             # py-spy attaches before the class arrives
+    return spy
 
 
 def first_load_s(url: str, req: dict) -> float:
@@ -292,6 +334,8 @@ def main(argv=None) -> int:
     p.add_argument("--modes", nargs="+", default=["shared", "serial"], choices=["shared", "serial"])
     p.add_argument("--out", default=str(ROOT / "docs" / "measurements" / "classroom.json"))
     p.add_argument("--no-loads", action="store_true", help="skip timing every model's first load")
+    p.add_argument("--profile", metavar="DIR", help="record the server with py-spy (--gil, raw) during each class "
+                                                   "into DIR/<scenario>-<mode>.txt (pip install py-spy)")
     p.add_argument("--client", default="page", choices=["page", "gradio"],
                    help="page: each visitor sends what the page sends (load events, the example's chain); "
                         "gradio: a gradio_client per visitor submitting /generate (the earlier tables)")
@@ -323,7 +367,11 @@ def main(argv=None) -> int:
                     alone["done_s"] = sorted(alone["updates_s"])[len(alone["updates_s"]) // 2]  # one update alone
                 time.sleep(1.0)
                 load_avg = os.getloadavg()[0]
+                spy = profile_server(proc.pid, Path(args.profile) / f"{s}-{mode}.txt") if args.profile else None
                 r = run_class(url, req, counts[s], client=args.client, server_pid=proc.pid)
+                if spy:
+                    spy.send_signal(2)         # py-spy writes its profile on SIGINT
+                    spy.wait(60)
                 r.update(first_load_s=load_s, alone_s=round(alone.get("done_s", float("nan")), 3),
                          load_before=round(load_avg, 2))
                 r["bound_s"] = round(1.2 * counts[s] * r["alone_s"], 1)    # 1.2 x total work / one run's rate

@@ -17,7 +17,7 @@ from .assets import ABOUT, CSS, PAGE_JS
 from .forward.page import forward_page, wire_forward
 from .generate.live_page import wire_live
 from .generate.page import generate_page, wire_generate
-from . import sessions
+from . import sessions, skips
 from .inputs import check_input_count
 from .learn.page import learn_page, wire_learn
 
@@ -28,6 +28,7 @@ QUEUE_POLL_S = 0.01
 def build_demo(checkpoints_dir=None) -> gr.Blocks:
     processing_utils.save_pil_to_cache = save_pil_to_cache_whole
     sessions.install()          # a session's config copy built when read, not at its start and after each event
+    skips.install()             # a gr.skip() output sent without rebuilding its component
     app = DiffusionApp(checkpoints_dir)
     threads = os.environ.get("DIFFUSION_THREADS")
     if threads:

@@ -6,8 +6,8 @@ import threading
 from pathlib import Path
 
 
-from diffusion_core import (BACKENDS, SAMPLER_KINDS, BackendError, CheckpointError, Pipeline, load, part_outside,
-                            read_config, read_json, requested_backend)
+from diffusion_core import (BACKENDS, SAMPLER_KINDS, BackendError, CheckpointError, Pipeline, RowMemory, load,
+                            part_outside, read_config, read_json, requested_backend)
 
 from .settings import log
 
@@ -21,8 +21,13 @@ class Models:
     until the folder's files change. A folder whose files change on disk (a training run re-exporting) is reloaded
     on next use."""
 
-    def __init__(self, root, device="cpu", backend=None, budget_bytes: int | None = None):
+    def __init__(self, root, device="cpu", backend=None, budget_bytes: int | None = None,
+                 row_memory_bytes: int | None = None):
         self.root = Path(root)
+        # the outputs of rows the networks computed lately, for runs that ask for them again (a class pressing one
+        # example: runtime/shared.py), every loaded model's in one budget: $DIFFUSION_ROW_MEMORY_MB, default 64
+        self.rows = RowMemory(row_memory_bytes if row_memory_bytes is not None else
+                              float(os.environ.get("DIFFUSION_ROW_MEMORY_MB", "64")) * 2**20)
         # loaded pipelines are kept up to this many bytes of network weights (pipeline_bytes), the least recently
         # used dropped first (loading every folder once held 4.8 GB): $DIFFUSION_MODELS_MB, default 1024
         self.budget = int(budget_bytes if budget_bytes is not None else
@@ -156,6 +161,7 @@ class Models:
                 self._failed[name] = (sig, f"{folder}: {type(e).__name__}: {e}")
                 raise CheckpointError(self.unrooted(self._failed[name][1])) from None
             self._failed.pop(name, None)
+            pipe.row_memory = self.rows
             self._cache[name] = (sig, pipe)
             self._evict(keep=name)
             return pipe

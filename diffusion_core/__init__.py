@@ -25,7 +25,7 @@ _EXPORTS = {
     "images": ("ImageError", "grid", "load_image", "load_whole", "open_image", "output_problem", "to_mode", "to_pil",
                "to_uint8"),
     "runtime.backends": ("BackendError", "available", "requested_backend"),
-    "runtime.shared": ("Cancelled",),
+    "runtime.shared": ("Cancelled", "RowMemory"),
     "options": ("BACKEND_ENV", "BACKENDS", "BOUNDS", "MAX_BATCH", "MAX_GUIDANCE", "MAX_SEED", "MAX_STEPS", "SAMPLERS",
                 "SPACINGS", "number"),
     "pipeline": ("Pipeline", "Request", "load"),
@@ -47,7 +47,7 @@ if TYPE_CHECKING:     # what tools (type checkers, IDEs) see; tests/core/test_pu
     from .denoisers import ClassifierFreeGuidance, ClipX0, ExpertEnsemble, ModelDenoiser, Prediction
     from .images import ImageError, grid, load_image, load_whole, open_image, output_problem, to_mode, to_pil, to_uint8
     from .runtime.backends import BackendError, available, requested_backend
-    from .runtime.shared import Cancelled
+    from .runtime.shared import Cancelled, RowMemory
     from .options import (BACKEND_ENV, BACKENDS, BOUNDS, MAX_BATCH, MAX_GUIDANCE, MAX_SEED, MAX_STEPS, SAMPLERS, SPACINGS,
                           number)
     from .pipeline import Pipeline, Request, load

@@ -93,6 +93,16 @@ class Pipeline:
             st.workers = value
 
     @property
+    def row_memory(self):
+        return self.stages[0].row_memory
+
+    @row_memory.setter
+    def row_memory(self, memory):
+        """The ``runtime.RowMemory`` every stage's shared networks keep their rows' outputs in (None: none)."""
+        for st in self.stages:
+            st.row_memory = memory
+
+    @property
     def picks_meaning(self) -> str:
         """What picked labels ask of this model (``conditioning.picks_meaning``); "" for a model without labels."""
         cfg = self.config

@@ -17,7 +17,7 @@ from ..conditioning import (Condition, augment_low_res, back_project, back_proje
 from ..config import ModelConfig
 from ..degradations import Degradation, make_degradation
 from ..denoisers import ClassifierFreeGuidance, ClipX0, ExpertEnsemble, GuidanceInput, ModelDenoiser
-from ..runtime import ChunkedNet, SharedNet, backends
+from ..runtime import ChunkedNet, RowMemory, SharedNet, backends
 from ..options import SPACINGS
 from ..sampler_registry import all_samplers, sampler_info
 from ..samplers import (SampleStep, SamplerSpec, img2img_timesteps, make_generators, noised_start, per_image_noise,
@@ -69,6 +69,7 @@ class Stage:
     runners: dict = field(default_factory=dict)     # id(net) -> (runner, backends.Choice): where each network runs
     backend_request: str = "fp32"                   # what set_backend was asked for (auto, or a name)
     workers: int | None = None                      # row workers on a CPU (runtime.parallel; None: the default)
+    row_memory: RowMemory | None = None             # rows' outputs kept across ticks (runtime/shared.py; a server's)
     shared: dict = field(default_factory=dict, repr=False)   # id(net) -> (key, SharedNet): one per network, so
     # concurrent runs of this stage share each network call (runtime/shared.py)
     _shared_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -148,11 +149,12 @@ class Stage:
         """The one ``SharedNet`` of ``net`` as this stage runs it now (backend, chunk, workers): every run of this
         stage calls the network through it, so concurrent runs share each network call."""
         runner = self.runner(net)
-        key = (id(runner), self.chunk, self.workers)
+        key = (id(runner), self.chunk, self.workers, self.row_memory)
         with self._shared_lock:
             hit = self.shared.get(id(net))
             if hit is None or hit[0] != key:
-                hit = self.shared[id(net)] = (key, SharedNet(ChunkedNet(runner, self.chunk, self.workers)))
+                hit = self.shared[id(net)] = (key, SharedNet(ChunkedNet(runner, self.chunk, self.workers),
+                                                             memory=self.row_memory))
         return hit[1]
 
     def denoiser(self, guidance: float = 1.0, clip: str | None = None, hold: bool = True, cancelled=None):

@@ -26,13 +26,24 @@ each row the same bits in any batch (chunked.py), so a run's images are bit-iden
 (fp32; ``tests/core/test_shared.py`` runs concurrent runs and compares). Conditions are concatenated only between
 calls whose fields are the same (present or absent), so no field is filled in for a run that did not have it.
 
+Rows asked again later: a ``RowMemory`` (optional, shared by every ``SharedNet`` given it) keeps the outputs of
+recent rows by network and exact input bits, within a byte budget, least recently used out first. A call whose
+rows are all there is answered from it at once, without waiting for a tick. A class pressing one example starts
+its runs a few ticks apart, each at a different step from the others, so no tick holds two runs' same row; the
+runs behind find every row they ask for already computed by the first, and the class costs the network about one
+run. The images are the same bits, for the reason above (a row's output does not depend on its batch). A served
+app sets one (diffusion_app.models); a script sampling alone never asks for a row twice and has none.
+
 ``stats`` counts ticks, rows and seconds: ``seconds_per_pixel`` (one input pixel of one row through the network,
 measured on ticks) is what a server's wait estimates read.
 """
 from __future__ import annotations
 
+import hashlib
+import itertools
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -104,6 +115,7 @@ class Stats:
     seconds: float = 0.0
     max_calls: int = 0                    # the most calls one tick gathered
     repeated_rows: int = 0                # rows asked again in the same tick, computed once and copied
+    remembered_rows: int = 0              # rows answered from the RowMemory, without a tick
     recent: list = field(default_factory=list)    # seconds per pixel of the last ticks
 
     @property
@@ -114,14 +126,68 @@ class Stats:
         return sorted(self.recent)[len(self.recent) // 2]
 
 
+class RowMemory:
+    """The outputs of recent rows, by network and the digest of their exact input bits (x_t, t and every condition
+    field: ``_Call.read_rows``), within ``max_bytes`` (outputs and keys), least recently used out first. Shared by
+    every ``SharedNet`` given it: one budget for all of a server's networks. Thread-safe."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = int(max_bytes)
+        self.bytes = 0
+        self._rows: OrderedDict[tuple[int, bytes], torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(net: int, row: bytes) -> tuple[int, bytes]:
+        return net, hashlib.blake2b(row, digest_size=32).digest()
+
+    @staticmethod
+    def _size(out: torch.Tensor) -> int:
+        return out.nbytes + 32 + 8
+
+    def recall(self, net: int, rows: list[bytes]) -> torch.Tensor | None:
+        """The outputs of ``rows`` of network ``net`` stacked in order, or None unless every one is here."""
+        keys = [self._key(net, r) for r in rows]
+        with self._lock:
+            found = [self._rows.get(k) for k in keys]
+            if any(o is None for o in found):
+                return None
+            for k in keys:
+                self._rows.move_to_end(k)
+        return torch.stack(found)
+
+    def keep(self, net: int, rows: list[bytes], out: torch.Tensor) -> None:
+        """Remember row i's output ``out[i]`` (a copy of it), dropping the least recently used beyond the budget."""
+        entries = [(self._key(net, r), out[i].clone()) for i, r in enumerate(rows)]
+        with self._lock:
+            for k, o in entries:
+                old = self._rows.pop(k, None)
+                if old is not None:
+                    self.bytes -= self._size(old)
+                if self._size(o) > self.max_bytes:
+                    continue
+                self._rows[k] = o
+                self.bytes += self._size(o)
+            while self.bytes > self.max_bytes:
+                _, o = self._rows.popitem(last=False)
+                self.bytes -= self._size(o)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+
+_net_ids = itertools.count()
+
+
 class SharedNet:
     """``net`` shared by concurrent callers: each tick is one call of ``net`` on the rows of every waiting call that
     fits (see the module's docstring)."""
 
     RECENT = 16
 
-    def __init__(self, net: Callable, max_pixels: int = MAX_TICK_PIXELS):
-        self.net, self.max_pixels = net, int(max_pixels)
+    def __init__(self, net: Callable, max_pixels: int = MAX_TICK_PIXELS, memory: RowMemory | None = None):
+        self.net, self.max_pixels, self.memory = net, int(max_pixels), memory
+        self._id = next(_net_ids)           # this network's rows in the memory (never reused, unlike id())
         self._cv = threading.Condition()
         self._pending: list[_Call] = []
         self._busy = False
@@ -136,6 +202,12 @@ class SharedNet:
             raise Cancelled("the run was cancelled")
         call = _Call(x_t, t, cond, cancelled)
         call.read_rows()
+        if self.memory is not None and call.rows is not None:
+            out = self.memory.recall(self._id, call.rows)
+            if out is not None:
+                with self._cv:
+                    self.stats.remembered_rows += len(call.rows)
+                return out
         with self._cv:
             self._pending.append(call)
         while True:
@@ -209,6 +281,10 @@ class SharedNet:
                 outs = out.split([c.x_t.shape[0] for c in group])
             for c, o in zip(group, outs):
                 c.out = o
+            if self.memory is not None:
+                for c in group:
+                    if c.rows is not None:
+                        self.memory.keep(self._id, c.rows, c.out)
         except BaseException as err:      # every caller of the tick sees the network's error
             for c in group:
                 c.error = err

@@ -778,6 +778,25 @@ def test_loaded_models_live_under_a_byte_budget_least_recently_used_first(tmp_pa
     assert small.is_ready("tiny-attr") and not small.is_ready("tiny")
 
 
+def test_every_loaded_model_remembers_rows_in_the_catalogues_one_memory(tmp_path, monkeypatch):
+    """Issue 34: the catalogue gives every pipeline it loads (every stage of a cascade) its one RowMemory, sized by
+    $DIFFUSION_ROW_MEMORY_MB, so a visitor's run made again is answered from it: here with no new network call."""
+    import torch
+
+    from diffusion_app.models import Models
+    monkeypatch.setenv("DIFFUSION_ROW_MEMORY_MB", "2")
+    m = Models(build_checkpoints(tmp_path / "ckpt"))
+    assert m.rows.max_bytes == 2 << 20
+    pipes = [m.get(n) for n in ("tiny", "tiny-attr", "tiny-cascade")]
+    assert all(st.row_memory is m.rows for p in pipes for st in p.stages)
+    tiny = pipes[0]
+    first = tiny.sample(2, sampler="ddim", steps=3, seed=4)
+    shared = tiny.stages[0].shared_net(tiny.net)
+    ticks = shared.stats.ticks
+    assert torch.equal(tiny.sample(2, sampler="ddim", steps=3, seed=4), first) and shared.stats.ticks == ticks
+    assert Models(tmp_path / "ckpt", row_memory_bytes=0).get("tiny").sample(2, sampler="ddim", steps=3, seed=4).equal(first)
+
+
 def test_a_links_values_its_model_does_not_have_are_all_named(tmp_path, monkeypatch):
     """Issue 35 (item 10): a link with a bad number, a sampler and a label the model does not have names all three
     in one warning (the sampler and label were dropped without a word)."""

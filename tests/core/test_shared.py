@@ -9,7 +9,7 @@ import torch
 
 from diffusion_core import load
 from diffusion_core.conditioning import Condition
-from diffusion_core.runtime import Cancelled, SharedNet
+from diffusion_core.runtime import Cancelled, RowMemory, SharedNet
 
 
 class SlowNet:
@@ -305,6 +305,87 @@ def test_runs_asking_the_same_rows_at_once_are_bit_identical_to_the_same_runs_al
         assert torch.equal(out[i], alone[i]), SAME[i]
     assert torch.equal(out[0], out[1]) and not torch.equal(out[0], out[3])
     assert shared.stats.repeated_rows > 0
+
+
+class Times3:
+    """Another network than SlowNet's: out = 3 x + t."""
+
+    def __call__(self, x_t, t, cond):
+        return 3 * x_t + t.view(-1, 1, 1, 1).float()
+
+
+def test_rows_asked_again_later_are_answered_from_the_memory_without_a_tick():
+    """A call whose rows were all computed before (by any caller) is answered from the RowMemory, with the network's
+    own output for each row (2 x + t here, written out), and no tick; a call with one row not there is computed
+    whole; another network sharing the memory never gets the first network's rows."""
+    net, memory = SlowNet(), RowMemory(1 << 20)
+    shared = SharedNet(net, memory=memory)
+    x = _rows(4, 5).contiguous()
+    assert torch.equal(shared(x, torch.full((4,), 5), None), 2 * x + 5) and net.sizes == [4]
+    assert torch.equal(shared(x[2:].clone(), torch.full((2,), 5), None), 2 * x[2:] + 5)    # rows 2, 3 again
+    assert torch.equal(shared(x[[3, 0]].clone(), torch.full((2,), 5), None), 2 * x[[3, 0]] + 5)
+    assert net.sizes == [4] and shared.stats.remembered_rows == 4 and shared.stats.ticks == 1
+    assert torch.equal(shared(x, torch.full((4,), 4), None), 2 * x + 4)        # the same x_t at another t
+    y = torch.cat([x[:1], x[:1] + 1])                                          # one row there, one not
+    assert torch.equal(shared(y, torch.full((2,), 5), None), 2 * y + 5)
+    assert net.sizes == [4, 4, 2]
+    other = SharedNet(Times3(), memory=memory)
+    assert torch.equal(other(x, torch.full((4,), 5), None), 3 * x + 5)
+    assert other.stats.remembered_rows == 0 and len(memory) == 4 + 4 + 1 + 4
+
+
+def test_an_answer_changed_in_place_by_its_caller_changes_no_later_answer():
+    """The memory keeps copies: a sampler writing into the output it got (from a tick or from the memory) does not
+    change what the next caller of the same rows gets."""
+    net = SlowNet()
+    shared = SharedNet(net, memory=RowMemory(1 << 20))
+    x = _rows(3, 2).contiguous()
+    first = shared(x, torch.full((3,), 2), None)
+    first.mul_(0)
+    again = shared(x.clone(), torch.full((3,), 2), None)
+    assert torch.equal(again, 2 * x + 2)
+    again.add_(7)
+    assert torch.equal(shared(x.clone(), torch.full((3,), 2), None), 2 * x + 2) and net.sizes == [3]
+
+
+def test_the_memory_stays_within_its_bytes_dropping_the_least_recently_used():
+    """Each row costs its output's bytes and 40 for its key: a budget of 3 rows of 2x2 floats keeps the 3 used
+    last, a recalled row counting as used."""
+    row = 4 * 4 + 40
+    memory = RowMemory(3 * row)
+    outs = {i: torch.full((1, 1, 2, 2), float(i)) for i in range(5)}
+    for i in range(3):
+        memory.keep(0, [bytes([i])], outs[i])
+    assert memory.bytes == 3 * row and len(memory) == 3
+    assert torch.equal(memory.recall(0, [bytes([0])]), outs[0])          # 0 used: 1 is now the oldest
+    memory.keep(0, [bytes([3])], outs[3])
+    assert memory.recall(0, [bytes([1])]) is None and memory.bytes == 3 * row
+    assert [memory.recall(0, [bytes([i])]) is not None for i in (0, 2, 3)] == [True, True, True]
+    memory.keep(0, [bytes([3])], outs[3])                                 # kept again: counted once
+    assert memory.bytes == 3 * row
+    assert memory.recall(1, [bytes([0])]) is None                         # another network's row 0
+    RowMemory(row - 1).keep(0, [bytes([4])], outs[4])                     # a row over the whole budget: not kept
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_runs_made_again_from_the_memory_are_bit_identical_to_the_same_runs_alone(tmp_path, make_model, workers):
+    """A class pressing one example, one visitor a few steps behind another: with a RowMemory, the run made again
+    (and a seed whose images are another batch's last two) is answered from the memory without a tick, and every
+    run gives exactly the images it gives on a pipeline without one; another class's run is computed."""
+    make_model(tmp_path / "m", unet={"num_labels": 3}, label_names=("a", "b", "c"))
+    plain = load(tmp_path / "m")
+    plain.workers = workers
+    alone = [plain.sample(**r) for r in SAME[:4]]
+    pipe = load(tmp_path / "m")
+    pipe.workers, pipe.row_memory = workers, RowMemory(64 << 20)
+    shared = pipe.stages[0].shared_net(pipe.net)
+    ticks = []
+    for r, want in zip(SAME[:4], alone):
+        before = shared.stats.ticks
+        assert torch.equal(pipe.sample(**r), want), r
+        ticks.append(shared.stats.ticks - before)
+    assert ticks[0] > 0 and ticks[1] == 0 and ticks[2] == 0 and ticks[3] > 0
+    assert shared.stats.remembered_rows > 0 and plain.stages[0].shared_net(plain.net).stats.remembered_rows == 0
 
 
 def test_a_stream_with_a_cancel_flag_stops_at_its_next_network_call(tmp_path, make_model):
