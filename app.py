@@ -7,7 +7,8 @@ Environment: DIFFUSION_CHECKPOINTS (model folders, default ``checkpoints``), GRA
 GRADIO_SERVER_PORT, DIFFUSION_CONCURRENCY (sampling runs at once, default 1), DIFFUSION_QUEUE (queued
 requests, default 16), DIFFUSION_DEVICE (default cpu; cuda on ZeroGPU), DIFFUSION_THREADS (torch CPU threads),
 OMP_WAIT_POLICY (default PASSIVE here), DIFFUSION_KEPT_RUNS_MB (the Learn tab's kept runs, all sessions together,
-default 128), DIFFUSION_SESSIONS (sessions whose state is kept, default 200).
+default 128), DIFFUSION_SESSIONS (sessions whose state is kept, default 200), DIFFUSION_MODELS_MB (loaded models' weights,
+default 1024), DIFFUSION_ROW_MEMORY_MB (rows' outputs kept for runs that ask for them again, default 64).
 
 This file is the launcher (and a Hugging Face Space's entry point); the app itself is the ``diffusion_app``
 package, one module per tab or concern, which uses only ``diffusion_core``'s public API.

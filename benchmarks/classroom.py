@@ -4,8 +4,9 @@
                                    [--out docs/measurements/classroom.json]
 
 The app runs in its own process (``python app.py``, as on a Space), started once per mode: ``shared`` is the app
-as shipped (DIFFUSION_SLOTS runs admitted at once, their network calls shared per tick); ``serial`` is the same app
-with one slot (DIFFUSION_SLOTS=1: one run at a time, the others in line, as the app served before). Each visitor
+as shipped (DIFFUSION_SLOTS runs admitted at once, their network calls shared per tick, rows computed lately kept in
+a RowMemory); ``serial`` is the same app as it served before (SERIAL_ENV: one run at a time, the others in line,
+no row memory). Each visitor
 is a thread here with its own ``gradio_client.Client`` (a new session: the page's config and API info are fetched
 anew) that also fetches the page itself, arriving at a random moment in the first second, and submits the
 example's settings to /generate (the model's own sampler, steps and guidance, 4 images, a preview every step).
@@ -49,6 +50,9 @@ SCENARIOS = {"fashion": "fashion", "emoji": "emoji", "cascade": "emoji-cascade-1
 LIVE_UPDATES = 15           # a Live visitor's guidance drag: this many updates, each sent when the last returns
 BATCH = 4                   # the page's default batch size
 POLL_S = 0.02
+# the app as it served before issue 34: one run at a time, and no rows remembered between runs (runtime/shared.py:
+# with a RowMemory, a class pressing one example in line is answered from it after the first run)
+SERIAL_ENV = {"DIFFUSION_SLOTS": "1", "DIFFUSION_ROW_MEMORY_MB": "0"}
 
 
 def example_request(checkpoints: Path, model: str) -> dict:
@@ -355,7 +359,7 @@ def main(argv=None) -> int:
         record["first_load_s"] = first_loads(checkpoints)
         print("first loads:", json.dumps(record["first_load_s"]), flush=True)
     for mode in args.modes:
-        proc, url = start_app(checkpoints, {"DIFFUSION_SLOTS": "1"} if mode == "serial" else {})
+        proc, url = start_app(checkpoints, SERIAL_ENV if mode == "serial" else {})
         try:
             for s in args.scenarios:
                 req = reqs[s]
