@@ -45,7 +45,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Hashable
 
 import torch
 
@@ -127,25 +127,26 @@ class Stats:
 
 
 class RowMemory:
-    """The outputs of recent rows, by network and the digest of their exact input bits (x_t, t and every condition
-    field: ``_Call.read_rows``), within ``max_bytes`` (outputs and keys), least recently used out first. Shared by
-    every ``SharedNet`` given it: one budget for all of a server's networks. Thread-safe."""
+    """The outputs of recent rows, by network (``net``: any hashable naming it and the rows' shapes and dtypes) and
+    the digest of their exact input bits (x_t, t and every condition field: ``_Call.read_rows``), within
+    ``max_bytes`` (outputs and keys), least recently used out first. Shared by every ``SharedNet`` given it: one
+    budget for all of a server's networks. Thread-safe."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes = int(max_bytes)
         self.bytes = 0
-        self._rows: OrderedDict[tuple[int, bytes], torch.Tensor] = OrderedDict()
+        self._rows: OrderedDict[tuple[Hashable, bytes], torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()
 
     @staticmethod
-    def _key(net: int, row: bytes) -> tuple[int, bytes]:
+    def _key(net: Hashable, row: bytes) -> tuple[Hashable, bytes]:
         return net, hashlib.blake2b(row, digest_size=32).digest()
 
     @staticmethod
     def _size(out: torch.Tensor) -> int:
         return out.nbytes + 32 + 8
 
-    def recall(self, net: int, rows: list[bytes]) -> torch.Tensor | None:
+    def recall(self, net: Hashable, rows: list[bytes]) -> torch.Tensor | None:
         """The outputs of ``rows`` of network ``net`` stacked in order, or None unless every one is here."""
         keys = [self._key(net, r) for r in rows]
         with self._lock:
@@ -156,7 +157,7 @@ class RowMemory:
                 self._rows.move_to_end(k)
         return torch.stack(found)
 
-    def keep(self, net: int, rows: list[bytes], out: torch.Tensor) -> None:
+    def keep(self, net: Hashable, rows: list[bytes], out: torch.Tensor) -> None:
         """Remember row i's output ``out[i]`` (a copy of it), dropping the least recently used beyond the budget."""
         entries = [(self._key(net, r), out[i].clone()) for i, r in enumerate(rows)]
         with self._lock:
@@ -203,7 +204,7 @@ class SharedNet:
         call = _Call(x_t, t, cond, cancelled)
         call.read_rows()
         if self.memory is not None and call.rows is not None:
-            out = self.memory.recall(self._id, call.rows)
+            out = self.memory.recall((self._id, call.key), call.rows)
             if out is not None:
                 with self._cv:
                     self.stats.remembered_rows += len(call.rows)
@@ -284,7 +285,7 @@ class SharedNet:
             if self.memory is not None:
                 for c in group:
                     if c.rows is not None:
-                        self.memory.keep(self._id, c.rows, c.out)
+                        self.memory.keep((self._id, c.key), c.rows, c.out)
         except BaseException as err:      # every caller of the tick sees the network's error
             for c in group:
                 c.error = err

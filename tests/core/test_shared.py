@@ -332,6 +332,8 @@ def test_rows_asked_again_later_are_answered_from_the_memory_without_a_tick():
     other = SharedNet(Times3(), memory=memory)
     assert torch.equal(other(x, torch.full((4,), 5), None), 3 * x + 5)
     assert other.stats.remembered_rows == 0 and len(memory) == 4 + 4 + 1 + 4
+    flat = x.reshape(4, 1, 1, 4)                                  # the same bytes in another shape: its own rows
+    assert torch.equal(shared(flat, torch.full((4,), 5), None), 2 * flat + 5) and net.sizes[-1] == 4
 
 
 def test_an_answer_changed_in_place_by_its_caller_changes_no_later_answer():
