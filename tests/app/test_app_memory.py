@@ -32,6 +32,8 @@ SESSIONS = 8
 REQUESTS_PER_SESSION = 10
 WIDE_STEPS = 20                  # one run per session of the 64 px RGB model: 2.8 MB of kept steps
 BUDGET_MB = 4
+ROW_MEMORY_MB = 2                # the rows' outputs kept for runs asking again (DIFFUSION_ROW_MEMORY_MB, default 64):
+# every session's runs are new seeds, so it fills within two sessions and then keeps its size
 KEPT_SESSIONS = 3
 # Measured on this workload: the server holds one wide run's steps (2.8 MB; two do not fit the budget) and the
 # models' weights (under 0.2 MB) in tensors, the same after every session; the objects it holds grow by ~1,300 a
@@ -39,7 +41,8 @@ KEPT_SESSIONS = 3
 # Broken by hand: with every run kept (a budget of 1,000 MB) the tensors grow 2.8 MB a session (the run in each
 # session's gr.State did the same); with Gradio keeping every session (DIFFUSION_SESSIONS=10000) the objects grow
 # ~1,300 a session, +5,000 over the last 4.
-BOUND_TENSOR_MB = BUDGET_MB + 1             # held in all, at every point: the kept runs' budget + the models
+# Broken by hand: with a row memory of 1,000 MB the tensors grow 0.94 MB a session.
+BOUND_TENSOR_MB = BUDGET_MB + ROW_MEMORY_MB + 1     # held in all, at every point: the two budgets + the models
 BOUND_LAST_HALF_TENSOR_MB = 0.5
 BOUND_LAST_HALF_OBJECTS = 2_000
 
@@ -122,7 +125,7 @@ def app_process(tmp_path):
     (site / "sitecustomize.py").write_text(PROBE)
     env = dict(os.environ, DIFFUSION_CHECKPOINTS=str(_models(tmp_path / "ckpt")), GRADIO_SERVER_PORT=str(port),
                OMP_NUM_THREADS="1", DIFFUSION_THREADS="1", DIFFUSION_KEPT_RUNS_MB=str(BUDGET_MB),
-               DIFFUSION_SESSIONS=str(KEPT_SESSIONS), GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1",
+               DIFFUSION_ROW_MEMORY_MB=str(ROW_MEMORY_MB), DIFFUSION_SESSIONS=str(KEPT_SESSIONS), GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1",
                TMPDIR=str(tmp_path), PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
                DIFFUSION_TEST_PROBE=str(tmp_path / "held.json"))
     proc, url = start_app_process(env)
