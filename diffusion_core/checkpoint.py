@@ -102,8 +102,9 @@ def write_json(path: Path, obj) -> None:
     atomic_write_bytes(Path(path), (json.dumps(obj, indent=2) + "\n").encode())
 
 
-def read_json(path: Path) -> dict:
-    """A JSON object from ``path``, refusing files over MAX_CONFIG_BYTES and nesting deeper than MAX_JSON_DEPTH."""
+def read_json(path: Path, expect: type = dict) -> dict:
+    """A JSON object (or, with ``expect=list``, a list) from ``path``, refusing files over MAX_CONFIG_BYTES and
+    nesting deeper than MAX_JSON_DEPTH."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: missing")
@@ -116,8 +117,8 @@ def read_json(path: Path) -> dict:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
     except RecursionError:
         raise CheckpointError(f"{path}: JSON nested too deeply") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
+    if not isinstance(data, expect):
+        raise CheckpointError(f"{path}: expected a JSON {'list' if expect is list else 'object'}")
     if json_depth(data) > MAX_JSON_DEPTH:
         raise CheckpointError(f"{path}: JSON nested more than {MAX_JSON_DEPTH} levels deep")
     return data

@@ -72,6 +72,8 @@ MUTANTS = [
   "    return False and (type(value) is dict and value == SKIP", "tests/app/test_skips.py"),
  ("a skipped HTML output is sent as other outputs' skips", "diffusion_app/skips.py",
   "            and not isinstance(block, components.HTML))", "            )", "tests/app/test_skips.py"),
+ ("a folder's examples.json read as a JSON object", "diffusion_app/generate/presets.py",
+  "read_json(f, expect=list)", "read_json(f)", "tests/app/test_app.py -k lists_its_own_examples"),
  ("a shared tick takes rows of other labels for the same rows", "diffusion_core/runtime/shared.py",
   "            tensors = (self.x_t, self.t, *fields)", "            tensors = (self.x_t, self.t)",
   "tests/core/test_shared.py -k computed_once"),

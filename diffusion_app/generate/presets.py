@@ -70,10 +70,7 @@ def _listed(pipe) -> list[dict]:
     for folder in (pipe.path, pipe.base.path):
         f = Path(folder) / EXAMPLES_FILE
         if f.is_file():
-            items = read_json(f)
-            if not isinstance(items, list):
-                raise ValueError(f"{f}: expected a list of settings")
-            return [dict(x) for x in items if isinstance(x, dict)]
+            return [dict(x) for x in read_json(f, expect=list) if isinstance(x, dict)]
     return []
 
 

@@ -778,6 +778,28 @@ def test_loaded_models_live_under_a_byte_budget_least_recently_used_first(tmp_pa
     assert small.is_ready("tiny-attr") and not small.is_ready("tiny")
 
 
+def test_a_model_folder_lists_its_own_examples_and_its_cascade_offers_them(tmp_path):
+    """Issue 39 (item 3): a folder's examples.json (a list of settings) is what its buttons offer, in its order, for
+    the model and for a cascade built on it; a file that is not a list is refused with its one line (every list was
+    refused as "expected a JSON object", so no folder's own examples were ever offered)."""
+    import json
+
+    from diffusion_app.generate.presets import examples_for
+    from diffusion_app.models import Models
+    from diffusion_core import CheckpointError
+    root = build_checkpoints(tmp_path / "ckpt")
+    listed = [{"title": "a coat", "labels": ["Coat"], "seed": 7}, {"title": "bags", "labels": ["Bag"]}]
+    (root / "tiny" / "examples.json").write_text(json.dumps(listed))
+    m = Models(root)
+    for name in ("tiny", "tiny-cascade"):
+        got = examples_for(m.get(name), name)
+        assert [(e["title"], e["labels"], e["seed"], e["model"]) for e in got] == \
+            [("a coat", ["Coat"], 7, name), ("bags", ["Bag"], 0, name)], name
+    (root / "tiny" / "examples.json").write_text(json.dumps({"title": "a coat"}))
+    with pytest.raises(CheckpointError, match=r"examples.json: expected a JSON list$"):
+        examples_for(m.get("tiny"), "tiny")
+
+
 def test_every_loaded_model_remembers_rows_in_the_catalogues_one_memory(tmp_path, monkeypatch):
     """Issue 34: the catalogue gives every pipeline it loads (every stage of a cascade) its one RowMemory, sized by
     $DIFFUSION_ROW_MEMORY_MB, so a visitor's run made again is answered from it: here with no new network call."""
