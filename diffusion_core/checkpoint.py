@@ -103,8 +103,7 @@ def write_json(path: Path, obj) -> None:
 
 
 def read_json(path: Path, expect: type = dict) -> dict:
-    """A JSON object (or, with ``expect=list``, a list) from ``path``, refusing files over MAX_CONFIG_BYTES and
-    nesting deeper than MAX_JSON_DEPTH."""
+    """A JSON object (or list: ``expect``) from ``path``, refusing files over MAX_CONFIG_BYTES or MAX_JSON_DEPTH deep."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: missing")
