@@ -54,6 +54,7 @@ class Ticket:
     started: float | None = None        # when it was admitted ...
     predicted: float | None = None      # ... and the seconds the simulation then gave it
     measured: bool = True               # its step cost came from measured ticks (else from FLOPs at a guess)
+    same: object = None                 # equal for runs that ask the network for the same rows (None: unknown)
 
 
 class WaitingRoom:
@@ -66,12 +67,14 @@ class WaitingRoom:
         self._waiting: list[Ticket] = []
         self._order = itertools.count()
         self._ratios: list[float] = []      # actual / predicted seconds of the last runs that finished
+        self._finished: list = []           # the ``same`` keys of the last runs that ran all their steps
     # ---- admission ----------------------------------------------------------------------------
-    def enter(self, steps: int, step_cost: float, measured: bool = True) -> Ticket:
+    def enter(self, steps: int, step_cost: float, measured: bool = True, same=None) -> Ticket:
         """A place for a run of ``steps`` steps of ``step_cost`` seconds each (``measured``: from ticks measured
         here); admitted at once when a slot is free and nobody waits. ValueError when the waiting line is full
-        (its length and wait named)."""
-        t = Ticket(max(1, int(steps)), max(0.0, float(step_cost)), measured=bool(measured))
+        (its length and wait named). ``same``: a key equal for runs that ask the network for the same rows (one
+        model, its settings and seed), which a server computes once for them all (``simulate`` says how)."""
+        t = Ticket(max(1, int(steps)), max(0.0, float(step_cost)), measured=bool(measured), same=same)
         with self._cv:
             if len(self._active) < self.slots and not self._waiting:
                 self._start(t)
@@ -90,6 +93,8 @@ class WaitingRoom:
         with self._cv:
             if t in self._active:
                 self._active.remove(t)
+                if t.same is not None and t.done >= t.steps:
+                    self._finished = (self._finished + [t.same])[-self.RECENT:]
                 if t.done >= t.steps and t.predicted and t.measured:     # a guessed cost teaches nothing
                     self._ratios = (self._ratios + [(time.monotonic() - t.started) / t.predicted])[-self.RECENT:]
             elif t in self._waiting:
@@ -104,7 +109,7 @@ class WaitingRoom:
     def _start(self, t: Ticket) -> None:
         t.admitted, t.started = True, time.monotonic()
         self._active.append(t)
-        t.predicted = simulate(self._left(), [], self.slots, t)[1]
+        t.predicted = simulate(self._left(), [], self.slots, t, self._finished)[1]
 
     def _left(self) -> list:
         """[steps left, step cost, ticket] of every admitted run, as ``simulate`` takes them (under the lock)."""
@@ -137,7 +142,8 @@ class WaitingRoom:
             active = self._left()
             waiting = list(self._waiting)
             k = self.correction
-        start, end = simulate(active, waiting, self.slots, t)
+            finished = list(self._finished)
+        start, end = simulate(active, waiting, self.slots, t, finished)
         return start * k, end * k
 
     @property
@@ -149,16 +155,24 @@ class WaitingRoom:
         return r[(len(r) - 1) // 2] if r else 1.0
 
 
-def simulate(active: list, waiting: list[Ticket], slots: int, mine: Ticket) -> tuple[float, float]:
+def simulate(active: list, waiting: list[Ticket], slots: int, mine: Ticket, finished=()) -> tuple[float, float]:
     """Ticks until ``mine`` starts and ends: ``active`` holds [steps left, step cost, ticket]; every tick advances
     each active run one step and costs the sum of their step costs; a finished run's slot goes to the next in
-    ``waiting``. Runs that finish together leave together (one event per distinct finishing step)."""
+    ``waiting``. Runs that finish together leave together (one event per distinct finishing step).
+
+    Runs that ask for the same rows (equal ``same`` keys) cost the network once (rows computed once per tick, and
+    kept in the RowMemory for the runs behind): a run with the key of an earlier active run adds nothing to a tick
+    and ends when that run ends (its steps up to there are remembered), and one whose key is in ``finished`` (runs
+    that ended lately) ends as it starts."""
     now, start = 0.0, None
     queue = list(waiting)
+    active = [list(a) for a in active]
+    for i, a in enumerate(active):
+        _priced(a, active[:i], finished)
     while True:
         while queue and len(active) < slots:
             w = queue.pop(0)
-            active.append([w.steps, w.step_cost, w])
+            active.append(_priced([w.steps, w.step_cost, w], active, finished))
         if start is None and any(a[2] is mine for a in active):
             start = now
         if not active:
@@ -170,6 +184,21 @@ def simulate(active: list, waiting: list[Ticket], slots: int, mine: Ticket) -> t
         if any(a[2] is mine and a[0] <= 0 for a in active):
             return start or 0.0, now
         active = [a for a in active if a[0] > 0]
+
+
+def _priced(entry: list, before: list, finished) -> list:
+    """``entry`` ([steps left, step cost, ticket]) priced against the runs ``before`` it (see ``simulate``)."""
+    same = entry[2].same
+    if same is None:
+        return entry
+    if same in finished:
+        entry[0], entry[1] = 0, 0.0
+        return entry
+    for b in before:
+        if b[2].same == same and b[1] > 0:
+            entry[0], entry[1] = min(entry[0], b[0]), 0.0
+            break
+    return entry
 
 
 # ---- a run's cost ------------------------------------------------------------------------------

@@ -99,7 +99,8 @@ class GenerateTab(AppBase):
             stream = pipe.run(asked)               # refused here for all the core checks (sampler, grid, work)
             ticket = self.waiting.enter(*run_cost(pipe, asked.n, asked.steps, asked.guidance,
                                                   seconds_per_flop(self.models.loaded()),
-                                                  from_low_res="low_res" in prepared))
+                                                  from_low_res="low_res" in prepared),
+                                        same=self._same_rows(model, pipe, asked, prepared))
         except USER_ERRORS as e:
             raise user_error(e) from None
 
@@ -130,6 +131,15 @@ class GenerateTab(AppBase):
             self.waiting.leave(ticket)
             if self._stops.get(session) is stop:
                 del self._stops[session]
+
+    def _same_rows(self, model, pipe, asked, prepared):
+        """A key equal for runs that ask the network for the same rows, which the catalogue's RowMemory and the
+        ticks then compute once (waiting.simulate prices them so); None where that cannot be told cheaply (an
+        input image) or nothing is remembered."""
+        if any(v is not None for v in prepared.values()) or self.models.rows.max_bytes <= 0:
+            return None
+        return (model, pipe.backend, asked.n, asked.sampler, asked.steps, asked.spacing, asked.eta, asked.guidance,
+                asked.seed, repr(asked.labels))
 
     def gpu_seconds(self, *args, **kwargs) -> int:
         """ZeroGPU: the seconds to reserve for ``generate(*args, **kwargs)`` (``spaces.GPU(duration=...)``): its

@@ -94,3 +94,49 @@ def test_a_run_whose_cost_was_guessed_teaches_the_estimates_nothing():
     a.started, a.done = time.monotonic() - 10.0, 2
     room.leave(a)
     assert room.correction == 1.0
+
+
+def test_runs_asking_for_the_same_rows_are_priced_once():
+    """Issue 34: runs of one example and seed (equal ``same`` keys) cost the network once: a run behind another adds
+    nothing to a round and ends with it (its steps so far are remembered), and one whose key ended lately ends as it
+    starts. Worked by hand, 2 slots: A (10 steps of 1 s) has run 4 when B (the same rows) is admitted; C (5 steps of
+    1 s, its own rows) waits. Rounds cost A's 1 s: A and B end at 6 s, C runs 6 -> 11 s. Priced as three runs,
+    rounds would cost 2 s: A ends at 12 s, C starts there and ends at 21 s (B's last 4 rounds at 2 s, then 1 s).
+    Then D (A's rows, ended lately) beside C ends as it starts, and E (3 steps of 2 s) waiting behind them takes
+    D's slot at once."""
+    room = WaitingRoom(slots=2, max_waiting=5)
+    a = room.enter(10, 1.0, same="example", measured=False)     # (unmeasured: their instant ends teach nothing)
+    for _ in range(4):
+        room.stepped(a)
+    b = room.enter(10, 1.0, same="example", measured=False)
+    c = room.enter(5, 1.0)
+    assert not c.admitted and room.estimate(c) == (6.0, 11.0) and room.estimate(b) == (0.0, 6.0)
+    for t in (a, b):
+        t.done = t.steps
+        room.leave(t)
+    assert c.admitted
+    d = room.enter(10, 1.0, same="example")      # A's rows are remembered: it ends as it starts
+    e = room.enter(3, 2.0, same="other")
+    assert d.admitted and room.estimate(d) == (0.0, 0.0) and not e.admitted
+    assert room.estimate(e) == (0.0, 9.0)         # D's slot is free at once; rounds of C's 1 s and E's 2 s
+
+
+def test_generate_gives_runs_of_the_same_rows_one_same_rows_key(tmp_path):
+    """Generate enters each run with a key that is equal for the same model, settings and seed, and differs for
+    another seed or class; None with an input image (its rows cannot be told cheaply) or without a row memory."""
+    from app_fixtures import build_checkpoints
+
+    from diffusion_app.application import DiffusionApp
+    app = DiffusionApp(build_checkpoints(tmp_path / "ckpt"))
+    keys = []
+    enter = app.waiting.enter
+    app.waiting.enter = lambda *a, **k: (keys.append(k.get("same")), enter(*a, **k))[1]
+    runs = [dict(seed=1, class_label="Coat"), dict(seed=1, class_label="Coat"), dict(seed=2, class_label="Coat"),
+            dict(seed=1, class_label="Bag")]
+    for r in runs:
+        list(app.generate("tiny", "ddim", 3, batch_size=2, **r))
+    assert keys[0] is not None and keys[0] == keys[1] and len({keys[0], keys[2], keys[3]}) == 3
+    list(app.generate("tiny", "ddim", 3, batch_size=2, seed=1, init_image=str(tmp_path / "ckpt" / "tiny" / "samples.png")))
+    app.models.rows.max_bytes = 0
+    list(app.generate("tiny", "ddim", 3, batch_size=2, seed=1, class_label="Coat"))
+    assert keys[4:] == [None, None]
