@@ -97,10 +97,9 @@ class GenerateTab(AppBase):
                                     low_res=init_image if sr else None)
             asked = replace(asked, labels=labels, **prepared)    # the run as the pipeline runs it (and Learn keeps it)
             stream = pipe.run(asked)               # refused here for all the core checks (sampler, grid, work)
-            ticket = self.waiting.enter(*run_cost(pipe, asked.n, asked.steps, asked.guidance,
-                                                  seconds_per_flop(self.models.loaded()),
-                                                  from_low_res="low_res" in prepared),
-                                        same=self._same_rows(model, pipe, asked, prepared))
+            cost = run_cost(pipe, asked.n, asked.steps, asked.guidance, seconds_per_flop(self.models.loaded()),
+                            from_low_res="low_res" in prepared)
+            ticket = self.waiting.enter(*cost, same=self._same_rows(model, pipe, asked, prepared))
         except USER_ERRORS as e:
             raise user_error(e) from None
 
@@ -133,9 +132,8 @@ class GenerateTab(AppBase):
                 del self._stops[session]
 
     def _same_rows(self, model, pipe, asked, prepared):
-        """A key equal for runs that ask the network for the same rows, which the catalogue's RowMemory and the
-        ticks then compute once (waiting.simulate prices them so); None where that cannot be told cheaply (an
-        input image) or nothing is remembered."""
+        """A key equal for runs asking the network for the same rows (computed once: waiting.simulate prices them
+        so); None with an input image (not told cheaply) or where the catalogue remembers no rows."""
         if any(v is not None for v in prepared.values()) or self.models.rows.max_bytes <= 0:
             return None
         return (model, pipe.backend, asked.n, asked.sampler, asked.steps, asked.spacing, asked.eta, asked.guidance,
