@@ -70,11 +70,11 @@ def save_pil_to_cache_whole(img, cache_dir: str, name: str = "image", format: st
     file it was saved to is remembered on it, ``img.dc_saved``.)"""
     where = (str(cache_dir), name, format)
     saved = getattr(img, "dc_saved", None)
-    if saved is not None and saved[0] == where and Path(saved[1]).exists() and _touch(saved[1]):
+    if saved is not None and saved[0] == where and _touch(saved[1]):
         return saved[1]
     data = processing_utils.encode_pil_to_bytes(img, format)
     path = str((Path(cache_dir) / processing_utils.hash_bytes(data) / f"{name}.{format}").resolve())
-    if not (Path(path).exists() and _touch(path)):
+    if not _touch(path):
         atomic_write_bytes(Path(path), data, durable=False)     # a cache: no fsync on the previews' path
     img.dc_saved = (where, path)
     return path
