@@ -867,7 +867,7 @@ MUTANTS = [
   "#up-input .image-container {padding-top: 40px;", "#up-input .image-container {padding-top: 0px;",
   "tests/app/test_browser_second_pass.py -k below_their_label_and_toolbar"),
  ("a cached picture written again in place", "diffusion_app/layout.py",
-  "    if not (Path(path).exists() and _touch(path)):", "    Path(path).write_bytes(data)\n    if not (Path(path).exists() and _touch(path)):",
+  "    if not _touch(path):", "    Path(path).write_bytes(data)\n    if not _touch(path):",
   "tests/app/test_page_cache.py -k never_rewritten"),
  ("a pick made while an earlier one loads is dropped (Gradio's 'once')", "diffusion_app/generate/page.py",
   '    last = dict(trigger_mode="always_last")', '    last = dict(trigger_mode="once")',
