@@ -89,6 +89,7 @@ class _Call:
         return int(self.x_t.shape[-1] * self.x_t.shape[-2])
 
     rows: list[bytes] | None = None     # each row's exact bits (read_rows), None where they cannot be read
+    digests: list[bytes] | None = None  # their RowMemory digests, where the SharedNet has a memory
 
     def read_rows(self) -> None:
         """Each row's exact bits (x_t, t and every condition field), for finding rows that several runs ask for
@@ -128,7 +129,7 @@ class Stats:
 
 class RowMemory:
     """The outputs of recent rows, by network (``net``: any hashable naming it and the rows' shapes and dtypes) and
-    the digest of their exact input bits (x_t, t and every condition field: ``_Call.read_rows``), within
+    the ``digest`` of their exact input bits (x_t, t and every condition field: ``_Call.read_rows``), within
     ``max_bytes`` (outputs and keys), least recently used out first. Shared by every ``SharedNet`` given it: one
     budget for all of a server's networks. Thread-safe."""
 
@@ -139,16 +140,16 @@ class RowMemory:
         self._lock = threading.Lock()
 
     @staticmethod
-    def _key(net: Hashable, row: bytes) -> tuple[Hashable, bytes]:
-        return net, hashlib.blake2b(row, digest_size=32).digest()
+    def digest(row: bytes) -> bytes:
+        return hashlib.blake2b(row, digest_size=32).digest()
 
     @staticmethod
     def _size(out: torch.Tensor) -> int:
         return out.nbytes + 32 + 8
 
-    def recall(self, net: Hashable, rows: list[bytes]) -> torch.Tensor | None:
-        """The outputs of ``rows`` of network ``net`` stacked in order, or None unless every one is here."""
-        keys = [self._key(net, r) for r in rows]
+    def recall(self, net: Hashable, digests: list[bytes]) -> torch.Tensor | None:
+        """The outputs of the rows ``digests`` of network ``net`` stacked in order, or None unless every one is here."""
+        keys = [(net, d) for d in digests]
         with self._lock:
             found = [self._rows.get(k) for k in keys]
             if any(o is None for o in found):
@@ -157,9 +158,9 @@ class RowMemory:
                 self._rows.move_to_end(k)
         return torch.stack(found)
 
-    def keep(self, net: Hashable, rows: list[bytes], out: torch.Tensor) -> None:
+    def keep(self, net: Hashable, digests: list[bytes], out) -> None:
         """Remember row i's output ``out[i]`` (a copy of it), dropping the least recently used beyond the budget."""
-        entries = [(self._key(net, r), out[i].clone()) for i, r in enumerate(rows)]
+        entries = [((net, d), out[i].clone()) for i, d in enumerate(digests)]
         with self._lock:
             for k, o in entries:
                 old = self._rows.pop(k, None)
@@ -204,7 +205,8 @@ class SharedNet:
         call = _Call(x_t, t, cond, cancelled)
         call.read_rows()
         if self.memory is not None and call.rows is not None:
-            out = self.memory.recall((self._id, call.key), call.rows)
+            call.digests = [RowMemory.digest(r) for r in call.rows]      # hashed once: recalled, then kept
+            out = self.memory.recall(self._memory_net(call), call.digests)
             if out is not None:
                 with self._cv:
                     self.stats.remembered_rows += len(call.rows)
@@ -230,6 +232,21 @@ class SharedNet:
         if call.error is not None:
             raise call.error
         return call.out
+
+    def _memory_net(self, call: _Call) -> tuple:
+        """The call's network in the memory: this SharedNet and the call's shapes and dtypes."""
+        return (self._id, call.key)
+
+    def _remember(self, group: list[_Call]) -> None:
+        """Every distinct row the tick computed, once (a row several callers asked for is kept once)."""
+        seen, digests, outs = set(), [], []
+        for c in group:
+            for d, o in zip(c.digests or (), c.out):
+                if d not in seen:
+                    seen.add(d)
+                    digests.append(d)
+                    outs.append(o)
+        self.memory.keep(self._memory_net(group[0]), digests, outs)
 
     def _drop_cancelled(self) -> None:
         for c in [c for c in self._pending if c.cancelled is not None and c.cancelled()]:
@@ -283,9 +300,7 @@ class SharedNet:
             for c, o in zip(group, outs):
                 c.out = o
             if self.memory is not None:
-                for c in group:
-                    if c.rows is not None:
-                        self.memory.keep((self._id, c.key), c.rows, c.out)
+                self._remember(group)
         except BaseException as err:      # every caller of the tick sees the network's error
             for c in group:
                 c.error = err
