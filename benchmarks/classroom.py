@@ -206,13 +206,18 @@ def visitor_for(req: dict, client: str):
     return live_visitor if req.get("live") else page_visitor if client == "page" else visitor
 
 
+def _stat_seconds(stat: Path) -> float:
+    """User + system CPU seconds in a /proc ``stat`` file (a process's or one of its threads')."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds(pid: int | None = None) -> float:
     """User + system CPU seconds of process ``pid`` (None: this one, every thread; Linux /proc)."""
     if pid is None:
         t = os.times()
         return t.user + t.system
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return _stat_seconds(Path(f"/proc/{pid}/stat"))
 
 
 def thread_cpu_seconds(pid: int) -> dict[int, float]:
@@ -220,10 +225,9 @@ def thread_cpu_seconds(pid: int) -> dict[int, float]:
     out: dict[int, float] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            out[int(task.name)] = _stat_seconds(task / "stat")
         except OSError:                         # the thread ended meanwhile
             continue
-        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return out
 
 
@@ -297,7 +301,7 @@ def start_app(checkpoints: Path, env_extra: dict) -> tuple[subprocess.Popen, str
 
 
 def profile_server(pid: int, out: Path) -> subprocess.Popen:
-    """py-spy sampling the server's threads that hold the GIL (what serialises a class) until SIGINT."""
+    """py-spy sampling the server's active threads, named (``--threads``), without pausing it, until SIGINT."""
     out.parent.mkdir(parents=True, exist_ok=True)
     spy = subprocess.Popen(["py-spy", "record", "-p", str(pid), "--nonblocking", "--threads", "--format", "raw", "-r", "200",
                             "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -338,8 +342,8 @@ def main(argv=None) -> int:
     p.add_argument("--modes", nargs="+", default=["shared", "serial"], choices=["shared", "serial"])
     p.add_argument("--out", default=str(ROOT / "docs" / "measurements" / "classroom.json"))
     p.add_argument("--no-loads", action="store_true", help="skip timing every model's first load")
-    p.add_argument("--profile", metavar="DIR", help="record the server with py-spy (--gil, raw) during each class "
-                                                   "into DIR/<scenario>-<mode>.txt (pip install py-spy)")
+    p.add_argument("--profile", metavar="DIR", help="record the server's threads with py-spy (raw, non-blocking) "
+                                                   "during each class into DIR/<scenario>-<mode>.txt (pip install py-spy)")
     p.add_argument("--client", default="page", choices=["page", "gradio"],
                    help="page: each visitor sends what the page sends (load events, the example's chain); "
                         "gradio: a gradio_client per visitor submitting /generate (the earlier tables)")
