@@ -136,7 +136,7 @@ MUTANTS = [
  ("a whole number read through a float (a seed near 2^63 loses digits)", "diffusion_core/options.py",
   "    if whole and isinstance(value, int):", "    if False:", "tests/core/test_pipeline.py -k one_check"),
  ("ChunkedNet ignores its worker count", "diffusion_core/runtime/chunked.py",
-  "in_parallel = parallel.usable(x_t, self.workers)", "in_parallel = parallel.usable(x_t)",
+  "in_parallel = k != 1 and parallel.usable(x_t, self.workers)", "in_parallel = k != 1 and parallel.usable(x_t)",
   "tests/core/test_parallel.py -k arguments"),
  ("every model padded to 8 rows", "diffusion_core/pipeline/loading.py",
   "chunk=eval_chunk(cfg.output_size),", "chunk=EVAL_CHUNK,", "tests/core/test_pipeline.py -k large_model"),
@@ -900,6 +900,12 @@ MUTANTS = [
  ("a checkpoint written in place (a kill leaves it torn)", "diffusion_core/checkpoint.py",
   "            f.write(data)\n", "            path.write_bytes(data[: len(data) // 2])\n            f.write(data)\n",
   "tests/training/test_train.py -k 'kill_during or repeated_kill'"),
+ ("1-row chunks handed to single-threaded row workers", "diffusion_core/runtime/chunked.py",
+  "in_parallel = k != 1 and parallel.usable", "in_parallel = parallel.usable",
+  "tests/core/test_parallel.py -k alone"),
+ ("a 256 px stage padded to 2 rows again", "diffusion_core/pipeline/stage.py",
+  "    if side >= ALONE_SIDE:\n        return 1\n", "",
+  "tests/core/test_parallel.py -k alone"),
 ]
 
 

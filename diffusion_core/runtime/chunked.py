@@ -20,7 +20,9 @@ class ChunkedNet:
     CPU convolution and matmul libraries pick their algorithm, and so their rounding, by batch size; with a
     fixed evaluation batch every image sees the same kernels whatever the batch it was requested in, so a seed
     gives bit-identical images at any batch size (for a fixed thread count). ``chunk`` = 0 runs the whole batch
-    at once (fastest, not batch-invariant). On a multi-core CPU without autograd the pieces (chunks, or for
+    at once (fastest, not batch-invariant). ``chunk`` = 1 runs each row alone on the caller's threads, one after
+    another, never on row workers: a lone row would otherwise get every thread and a batch's rows one each, and
+    those kernels round differently. On a multi-core CPU without autograd the pieces (chunks, or for
     chunk = 0 one part of the batch per core) run in parallel, one core each (``parallel.py``). A backend that
     chunks and threads itself (``own_batching``, backends.py) is called as it is. ``workers``: how many
     (``parallel.workers``: None = the machine's default, 1 = none).
@@ -44,7 +46,7 @@ class ChunkedNet:
         if getattr(self.net, "own_batching", False):     # a backend that chunks and threads itself (backends.py)
             return self.net(x_t, t, cond)
         b, k = x_t.shape[0], self.chunk
-        in_parallel = parallel.usable(x_t, self.workers)
+        in_parallel = k != 1 and parallel.usable(x_t, self.workers)
         if k > 0:
             per = 1
             if in_parallel and b > k and self._merges(x_t, t, cond):

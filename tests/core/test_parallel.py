@@ -232,3 +232,35 @@ def test_the_worker_count_and_the_layout_are_arguments():
     cfg = tiny_config({"num_labels": 3})
     assert UNet(cfg.unet).channels_last is True and UNet(cfg.unet, channels_last=False).channels_last is False
     assert not hasattr(parallel, "WORKERS")
+
+
+def test_rows_alone_run_on_the_callers_threads_and_keep_the_seed_contract(tmp_path, make_model):
+    """Issue 40: a 256 px stage runs each row alone (chunk 1) on all of the caller's intra-op threads, one row after
+    another, never on single-threaded row workers: a lone image's row would then get 2 threads and a batch's rows
+    1 each, which round differently. So every call is one row, on the calling thread, with its thread count, and
+    image i of a batch is image 0 of seed + i bit for bit, with 2 threads and 2 workers asked for."""
+    from diffusion_core.pipeline import load
+    seen = []
+
+    def net(x, t, cond):
+        seen.append((x.shape[0], threading.get_ident(), torch.get_num_threads()))
+        return 2 * x + t.to(x.dtype).view(-1, 1, 1, 1)
+    old_threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with torch.inference_mode():
+            out = ChunkedNet(net, 1, workers=2)(torch.randn(5, 1, 4, 4), torch.arange(5), None)
+        assert out.shape == (5, 1, 4, 4)
+        assert seen == [(1, threading.get_ident(), 2)] * 5
+        make_model(tmp_path / "sr", seed=3, task="super_resolution", low_res=128, high_res=256,
+                   unet=dict(in_channels=3, out_channels=3, cond_channels=3, aug_level_embedding=True, image_size=256,
+                             base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=()))
+        sr = load(tmp_path / "sr")
+        assert sr.chunk == 1
+        sr.workers = 2
+        low = torch.rand(3, 3, 128, 128, generator=torch.Generator().manual_seed(1)) * 2 - 1
+        three = sr.sample(3, low_res=low, steps=2, seed=6)
+        for i in range(3):
+            assert torch.equal(three[i], sr.sample(1, low_res=low[i:i + 1], steps=2, seed=6 + i)[0]), i
+    finally:
+        torch.set_num_threads(old_threads)
