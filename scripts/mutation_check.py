@@ -906,6 +906,12 @@ MUTANTS = [
  ("a 256 px stage padded to 2 rows again", "diffusion_core/pipeline/stage.py",
   "    if side >= ALONE_SIDE:\n        return 1\n", "",
   "tests/core/test_parallel.py -k alone"),
+ ("bf16 times its layouts at the training crop's size", "diffusion_core/runtime/backends.py",
+  "        side = self.image_size or self.net.cfg.image_size", "        side = self.net.cfg.image_size",
+  "tests/core/test_backends.py -k at_the_size"),
+ ("a forced backend made without the stage's size", "diffusion_core/runtime/backends.py",
+  "return make(net, name, cache, chunk, image_size), Choice(name", "return make(net, name, cache, chunk), Choice(name",
+  "tests/core/test_backends.py -k at_the_size"),
 ]
 
 
