@@ -912,6 +912,9 @@ MUTANTS = [
  ("a forced backend made without the stage's size", "diffusion_core/runtime/backends.py",
   "return make(net, name, cache, chunk, image_size), Choice(name", "return make(net, name, cache, chunk), Choice(name",
   "tests/core/test_backends.py -k at_the_size"),
+ ("a fine-tune exported with the plain sampling defaults", "diffusion_core/training/loop.py",
+  "                self.mcfg = dataclasses.replace(self.mcfg, sampling=pcfg.sampling)\n", "                pass\n",
+  "tests/training/test_train.py -k parents_sampling"),
 ]
 
 

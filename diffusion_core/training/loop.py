@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import shlex
 import signal
@@ -65,6 +66,11 @@ class Trainer(CheckpointState, Outputs):
                 load_parent_state(self.net, pcfg.unet, pnet.state_dict())
             except ValueError as e:
                 raise ConfigError(f"{cfg.parent}: {e}") from None
+            if (pcfg.task, pcfg.label_names) == (self.mcfg.task, self.mcfg.label_names):
+                # a fine-tune samples as its parent was measured to sample best (the app's defaults: emoji's held
+                # skin tones and colours), until it is measured itself; without them its picks were judged with
+                # every pick guided at full scale, darker tones than the parent's app ever draws (issue 39)
+                self.mcfg = dataclasses.replace(self.mcfg, sampling=pcfg.sampling)
         if self.distill:
             self.distill.init_student(self.net)
         self.ema = AveragedModel(self.net, multi_avg_fn=ema_with_warmup(cfg.ema_decay), use_buffers=True)

@@ -381,6 +381,27 @@ def test_experts_branch_from_parent_and_assemble(tmp_path, run_main):
 
 
 @pytest.mark.slow
+def test_a_fine_tune_keeps_its_parents_sampling_defaults(tmp_path):
+    """Issue 39: a model trained from a ``parent`` of the same task and labels is exported with the parent's
+    ``sampling`` section (the app's measured defaults: for emoji, the skin tones and colours held at weight 1).
+    Exported with the plain defaults, every emoji fine-tune's picks and tones were judged with every pick guided
+    at full scale, unlike the parent's app."""
+    folder = write_idx(tmp_path / "idx")
+    common = TINY + ["data.source=idx", f"data.path={folder}", "steps=1"]
+    parent = Trainer(load_train_config(None, common + [f"out_dir={tmp_path / 'p'}"]), progress=False).run()
+    cfg_file = Path(parent) / "config.json"
+    measured = dict(sampler="ddpm", steps=7, spacing="leading", guidance=3.5, why="measured on the parent",
+                    held_labels=[])
+    cfg_file.write_text(json.dumps(dict(json.loads(cfg_file.read_text()), sampling=measured)))
+    child = Trainer(load_train_config(None, common + [f"out_dir={tmp_path / 'c'}", f"parent={parent}"]),
+                    progress=False).run()
+    assert json.loads((Path(child) / "config.json").read_text())["sampling"] == measured
+    assert load(child).stages[0].config.sampling == load(parent).stages[0].config.sampling
+    plain = Trainer(load_train_config(None, common + [f"out_dir={tmp_path / 'q'}"]), progress=False).run()
+    assert json.loads((Path(plain) / "config.json").read_text())["sampling"] != measured
+
+
+@pytest.mark.slow
 def test_cli_sample_and_bad_arguments(tmp_path, run_main):
     folder = write_idx(tmp_path / "idx")
     out = Trainer(tiny_cfg(tmp_path, "data.source=idx", f"data.path={folder}", "steps=1"), progress=False).run()
