@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -24,13 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from diffusion_core.pipeline import load  # noqa: E402
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
+from diffusion_core.runtime.machine import cpu_info  # noqa: E402
 
 
 def stickman(side: int, channels: int) -> torch.Tensor:
@@ -72,7 +65,7 @@ def main() -> None:
                        all_s=[round(r[0], 3) for r in runs])
             rows.append(row)
             print(json.dumps(row), flush=True)
-    out = dict(cpu=cpu_model(), threads=torch.get_num_threads(), date=time.strftime("%Y-%m-%d"),
+    out = dict(cpu=cpu_info().model, threads=torch.get_num_threads(), date=time.strftime("%Y-%m-%d"),
                model=a.model, defaults=defaults, command="python " + " ".join(sys.argv), rows=rows)
     if a.out:
         Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
