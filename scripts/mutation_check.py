@@ -903,6 +903,8 @@ MUTANTS = [
  ("1-row chunks handed to single-threaded row workers", "diffusion_core/runtime/chunked.py",
   "in_parallel = k != 1 and parallel.usable", "in_parallel = parallel.usable",
   "tests/core/test_parallel.py -k alone"),
+ ("a 128 px stage back on padded 2-row chunks", "diffusion_core/pipeline/stage.py",
+  "ALONE_SIDE = 128 ", "ALONE_SIDE = 256 ", "tests/core/test_pipeline.py -k large_model"),
  ("a 256 px stage padded to 2 rows again", "diffusion_core/pipeline/stage.py",
   "    if side >= ALONE_SIDE:\n        return 1\n", "",
   "tests/core/test_parallel.py -k alone"),

@@ -33,7 +33,7 @@ from .request import Request
 # chunks cost little: each worker runs its consecutive chunks as one call where that is verified bit-identical
 # (ChunkedNet._merges).
 EVAL_CHUNK = 8
-ALONE_SIDE = 256    # from this side up, every row runs alone on all the intra-op threads (ChunkedNet's chunk 1)
+ALONE_SIDE = 128    # from this side up, every row runs alone on all the intra-op threads (ChunkedNet's chunk 1)
 
 
 def eval_chunk(side: int) -> int:
@@ -42,9 +42,10 @@ def eval_chunk(side: int) -> int:
     to 8 rows (8x the work); 2 rows stay bit-identical however the batch is split here (1 row did not: one
     image then runs on 2 threads, a batch's rows on 1 each, and the kernels round differently).
     From ALONE_SIDE up, 1: each row alone on the caller's threads, one after another (ChunkedNet never hands
-    1-row chunks to row workers, so every row sees the same kernels). On 2 cores (AMD EPYC, pose-sr256, fp32) one
-    256 px row took 0.32 s on 2 threads, against 0.76 s for the padded 2-row chunk, and 4 rows 1.28 s against
-    1.34 s. At 128 px a 4-row batch was 11% slower that way (64 px: 23%), so smaller sides keep row workers."""
+    1-row chunks to row workers, so every row sees the same kernels). On 2 cores (AMD EPYC Zen 4, fp32) one 256 px
+    row took 0.32 s on 2 threads, against 0.76 s for the padded 2-row chunk; at 128 px one figure's stage took
+    0.87 s alone against 1.53 s padded, and 4 rows about the same either way (docs/models.md). At 64 px a 4-row
+    batch was 23% slower alone, so smaller sides keep row workers."""
     if side >= ALONE_SIDE:
         return 1
     return min(EVAL_CHUNK, backends.rows_at(EVAL_CHUNK, side))

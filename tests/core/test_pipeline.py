@@ -344,10 +344,10 @@ def test_super_resolution_output_downsamples_back_to_its_input(tmp_path, make_mo
 def test_a_large_model_runs_fewer_rows_per_call_and_keeps_the_seed_contract(tmp_path, make_model):
     """The network runs on fixed batches (EVAL_CHUNK rows at 32 px) so that image i of a batch is image 0 of seed
     + i. A 128 px super-resolution stage padded one image to 8 rows: 8x the work of the image. A model's chunk now
-    scales with 1 / side^2 (never below 2, never above 8), and the seed contract still holds bit for bit. From 256 px
+    scales with 1 / side^2 (never below 2, never above 8), and the seed contract still holds bit for bit. From 128 px
     up a row runs alone (chunk 1, on every thread: test_parallel's ``-k alone``)."""
     from diffusion_core.pipeline import EVAL_CHUNK, eval_chunk
-    assert [eval_chunk(s) for s in (8, 16, 32, 64, 128, 256, 512)] == [EVAL_CHUNK] * 3 + [2, 2, 1, 1]
+    assert [eval_chunk(s) for s in (8, 16, 32, 64, 128, 256, 512)] == [EVAL_CHUNK] * 3 + [2, 1, 1, 1]
     make_model(tmp_path / "sr", seed=21, task="super_resolution", low_res=32, high_res=64,
                unet=dict(in_channels=3, out_channels=3, cond_channels=3, aug_level_embedding=True, image_size=64,
                          channel_mults=(1, 2)))
