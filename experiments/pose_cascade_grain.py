@@ -88,6 +88,7 @@ def main():
     ap.add_argument("--sr-sampler", default=None, help="every SR stage's sampler (default: its own)")
     ap.add_argument("--variance", default="posterior", help="DDPM's variance: posterior or beta")
     ap.add_argument("--aug", type=float, default=None, help="every SR stage's noise augmentation level")
+    ap.add_argument("--sr-spacing", default=None, help="every SR stage's step grid (default: the request's, trailing)")
     a = ap.parse_args()
     n = a.n
     real = load_data(DataConfig(source="pose", split="test", image_size=32, channels=3, pose_pairs=200))
@@ -98,10 +99,15 @@ def main():
         from dataclasses import replace
         for st in pipe.stages[1:]:
             st.cascade = replace(st.cascade, aug_level=a.aug)
+    if a.sr_spacing is not None:
+        from dataclasses import replace
+        stage_request = pipe._stage_request
+        pipe._stage_request = lambda r, i, x: (stage_request(r, i, x) if i == 0
+                                               else replace(stage_request(r, i, x), spacing=a.sr_spacing))
     t0 = time.time()
     low = pipe.base.sample(n, sampler="ddpm", steps=25, guidance=2.0, seed=0, cond_image=cond)
     print(f"SR stages: steps {a.sr_steps or 'own'}, sampler {a.sr_sampler or 'own'}, variance {a.variance}, aug "
-          f"{a.aug if a.aug is not None else 'own'}")
+          f"{a.aug if a.aug is not None else 'own'}, spacing {a.sr_spacing or 'trailing'}")
     print(f"{a.model}, {n} held-out drawings; base 32 px (DDPM 25, guidance 2): grain {grain(low, low)[0]:.2f} "
           f"({time.time() - t0:.0f} s)", flush=True)
     for name in a.variants:
