@@ -42,6 +42,16 @@ def one_run(pipe, n: int, defaults: dict, cond: torch.Tensor) -> tuple[float, li
     return wall, [round(b - a, 3) for a, b in zip(ends, ends[1:])]
 
 
+def write_rows(out: str, model: str, defaults: dict, rows: list[dict]) -> None:
+    """The JSON of a timing run, at ``out`` (nothing when empty): the rows with the CPU model, thread count, date,
+    model, its defaults and the command line."""
+    if out:
+        Path(out).write_text(json.dumps(dict(cpu=cpu_info().model, threads=torch.get_num_threads(),
+                                             date=time.strftime("%Y-%m-%d"), model=model, defaults=defaults,
+                                             command="python " + " ".join(sys.argv), rows=rows), indent=1) + "\n")
+        print("wrote", out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="checkpoints/pose-cascade-256")
@@ -65,11 +75,7 @@ def main() -> None:
                        all_s=[round(r[0], 3) for r in runs])
             rows.append(row)
             print(json.dumps(row), flush=True)
-    out = dict(cpu=cpu_info().model, threads=torch.get_num_threads(), date=time.strftime("%Y-%m-%d"),
-               model=a.model, defaults=defaults, command="python " + " ".join(sys.argv), rows=rows)
-    if a.out:
-        Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
-        print("wrote", a.out)
+    write_rows(a.out, a.model, defaults, rows)
 
 
 if __name__ == "__main__":

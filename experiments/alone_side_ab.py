@@ -13,10 +13,7 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
-
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -25,7 +22,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import cascade_time  # noqa: E402
 import diffusion_core.pipeline.stage as stage  # noqa: E402
 from diffusion_core.pipeline import load  # noqa: E402
-from diffusion_core.runtime.machine import cpu_info  # noqa: E402
 
 
 def main() -> None:
@@ -58,11 +54,7 @@ def main() -> None:
             row = dict(alone_side=side, images=n, median_s=statistics.median(walls[side]), all_s=walls[side])
             rows.append(row)
             print(json.dumps(row), flush=True)
-    out = dict(cpu=cpu_info().model, threads=torch.get_num_threads(), date=time.strftime("%Y-%m-%d"),
-               model=a.model, defaults=defaults, command="python " + " ".join(sys.argv), rows=rows)
-    if a.out:
-        Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
-        print("wrote", a.out)
+    cascade_time.write_rows(a.out, a.model, defaults, rows)
 
 
 if __name__ == "__main__":
