@@ -17,7 +17,7 @@ TRAIN_BOUNDS = (("steps", 1, 10 ** 9), ("batch_size", 1, 65536), ("lr", 0.0, 1.0
                 ("min_snr_gamma", 0.0, 1e6), ("low_res", 0, 1024), ("crop", 0, 1024), ("aug_max", 0.0, 1.0),
                 ("seed", 0, 2 ** 31 - 1), ("threads", 0, 1024), ("checkpoint_every", 1, 10 ** 9),
                 ("sample_every", 0, 10 ** 9), ("log_every", 1, 10 ** 9), ("sample_steps", 1, 1000),
-                ("sample_images", 1, 64), ("balance", 0.0, 1.0))
+                ("sample_images", 1, 64), ("balance", 0.0, 1.0), ("balance_mix", 0.0, 1.0))
 
 @dataclass(frozen=True)
 class DistillConfig:
@@ -78,6 +78,7 @@ class TrainConfig:
     label_hiding: LabelHiding = field(default_factory=LabelHiding)   # partial labels (only with unet.label_mask)
     min_snr_gamma: float = 0.0          # 0: off; 5 is the paper's choice
     balance: float = 0.0                # multi-label data: attribute-balanced sampling (objective.sample_weights)
+    balance_mix: float = 1.0            # with balance: the share of draws balanced, the rest uniform (the data's mix)
     low_res: int = 0                    # super-resolution: size of the low-res input
     crop: int = 0                       # super-resolution: train on random crops of this size (0: full)
     aug_max: float = 0.2                # super-resolution: max noise-augmentation level of the condition

@@ -11,19 +11,23 @@ from ..denoisers import min_snr_weight, training_target
 from .config import TrainConfig
 
 
-def sample_weights(labels, power: float) -> torch.Tensor | None:
+def sample_weights(labels, power: float, mix: float = 1.0) -> torch.Tensor | None:
     """Attribute-balanced sampling of multi-hot ``labels`` (N, L): image i is drawn with probability
     proportional to max over its attributes a of (N / n_a) ** power, n_a the number of images with a (an image
     without attributes: 1), so an image is weighted by its rarest attribute. power 0: uniform (None); 1: every
     attribute's rarest images as likely as the commonest. Rare kinds (cat, a red heart) are then seen often
-    enough to be learnt, while the common ones are still seen far more than each rare one."""
+    enough to be learnt, while the common ones are still seen far more than each rare one.
+    ``mix`` < 1 draws only that share balanced and the rest uniformly: the probabilities (1 - mix) / N +
+    mix w_i / sum(w), so the data's own label mix stays in the stream (a balanced stream raised FID, and a
+    uniform phase after it forgot the rare kinds: docs/models.md)."""
     if power <= 0 or labels is None:
         return None
     present = torch.as_tensor(labels) > 0.5
     n_a = present.sum(dim=0).clamp(min=1).double()
     per_attr = (present.shape[0] / n_a) ** power
     w = torch.where(present, per_attr, torch.zeros_like(per_attr)).amax(dim=1)
-    return torch.where(present.any(dim=1), w, torch.ones_like(w))
+    w = torch.where(present.any(dim=1), w, torch.ones_like(w))
+    return w if mix >= 1 else (1 - mix) / len(w) + mix * w / w.sum()
 
 
 def training_batch(cfg: TrainConfig, data: ImageData, g: torch.Generator, t_lo: int, t_hi: int):
@@ -33,7 +37,7 @@ def training_batch(cfg: TrainConfig, data: ImageData, g: torch.Generator, t_lo: 
     conditioning image, with attributes hidden (partial labels) and the whole condition dropped with
     probability p_uncond (classifier-free guidance, Ho & Salimans 2022). Returns (x0, t, eps, cond)."""
     b = cfg.batch_size
-    weights = sample_weights(data.labels, cfg.balance) if data.multi_label else None
+    weights = sample_weights(data.labels, cfg.balance, cfg.balance_mix) if data.multi_label else None
     idx = (torch.randint(len(data), (b,), generator=g) if weights is None
            else torch.multinomial(weights, b, replacement=True, generator=g))
     flip = torch.rand(b, generator=g) < 0.5 if cfg.data.hflip else None

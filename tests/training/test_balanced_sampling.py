@@ -26,7 +26,19 @@ def test_weights_are_the_rarest_attributes_inverse_frequency_to_the_power():
     assert sample_weights(labels, 0.0) is None and sample_weights(None, 1.0) is None
 
 
-def _trainer(tmp_path, balance: float, batch: int) -> Trainer:
+def test_a_mixed_stream_draws_that_share_balanced_and_the_rest_uniformly():
+    """balance_mix m: probabilities (1 - m) / N + m w_i / sum(w); with p = 1, w = (4/3, 4/3, 4, 1), sum 23/3, so
+    half balanced gives 1/8 + (2/23, 2/23, 6/23, 1.5/23); m = 0 is the uniform stream, m = 1 the weights as they
+    were."""
+    labels = np.array(LABELS, np.float32)
+    half = sample_weights(labels, 1.0, 0.5)
+    assert torch.allclose(half, torch.tensor([1 / 8 + 2 / 23, 1 / 8 + 2 / 23, 1 / 8 + 6 / 23, 1 / 8 + 1.5 / 23],
+                                             dtype=torch.float64))
+    assert torch.allclose(sample_weights(labels, 1.0, 0.0), torch.full((4,), 0.25, dtype=torch.float64))
+    assert torch.equal(sample_weights(labels, 1.0, 1.0), sample_weights(labels, 1.0))
+
+
+def _trainer(tmp_path, balance: float, batch: int, mix: float = 1.0) -> Trainer:
     """A multi-label folder data set of LABELS, image i a flat grey of value 40 * (i + 1)."""
     d = tmp_path / "imgs"
     d.mkdir(parents=True, exist_ok=True)
@@ -36,7 +48,8 @@ def _trainer(tmp_path, balance: float, batch: int) -> Trainer:
         rows.append(f"{i}.png,{lab[0]},{lab[1]}")
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
     sets = [f"data.path={d}", "data.source=folder", "data.image_size=8", "data.channels=1", "data.labels=file",
-            f"data.labels_file={tmp_path / 'labels.csv'}", f"balance={balance}", f"batch_size={batch}",
+            f"data.labels_file={tmp_path / 'labels.csv'}", f"balance={balance}", f"balance_mix={mix}",
+            f"batch_size={batch}",
             f"out_dir={tmp_path / 'run'}"]
     tr = Trainer(load_train_config(None, TINY + sets), progress=False, workers=1)
     assert tr.data.multi_label
@@ -54,6 +67,15 @@ def test_training_batches_draw_images_in_proportion_to_their_weights(tmp_path):
     x0, _, _, _ = tr.make_batch()
     counts = torch.bincount(_which(tr, x0), minlength=4).double()
     want = torch.tensor([4 / 3, 4 / 3, 4.0, 1.0]) / (8 / 3 + 5)
+    sd = (want * (1 - want) / 8000).sqrt()
+    assert ((counts / 8000 - want).abs() < 4 * sd).all(), (counts / 8000, want)
+
+
+def test_training_batches_follow_the_mixed_weights(tmp_path):
+    tr = _trainer(tmp_path, 1.0, 8000, mix=0.5)
+    x0, _, _, _ = tr.make_batch()
+    counts = torch.bincount(_which(tr, x0), minlength=4).double()
+    want = 0.5 / 4 + 0.5 * torch.tensor([4 / 3, 4 / 3, 4.0, 1.0]) / (8 / 3 + 5)
     sd = (want * (1 - want) / 8000).sqrt()
     assert ((counts / 8000 - want).abs() < 4 * sd).all(), (counts / 8000, want)
 
