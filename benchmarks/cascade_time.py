@@ -32,6 +32,14 @@ def stickman(side: int, channels: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.float32)).reshape(side, side, -1).permute(2, 0, 1) / 127.5 - 1
 
 
+def defaults_and_drawing(pipe) -> tuple[dict, torch.Tensor]:
+    """The cascade's own sampling defaults (its base stage's: the app's Generate) and the stickman at its size."""
+    cfg = pipe.stages[0].config
+    s = cfg.sampling
+    return (dict(sampler=s.sampler, steps=s.steps, guidance=s.guidance, spacing=s.spacing),
+            stickman(cfg.unet.image_size, cfg.unet.cond_channels))
+
+
 def one_run(pipe, n: int, defaults: dict, cond: torch.Tensor) -> tuple[float, list[float]]:
     marks: dict[int, list[float]] = {}
     start = time.perf_counter()
@@ -63,10 +71,7 @@ def main() -> None:
     rows = []
     for backend in a.backends:
         pipe = load(ROOT / a.model, backend=backend, measure=False)
-        s = pipe.stages[0].config.sampling
-        defaults = dict(sampler=s.sampler, steps=s.steps, guidance=s.guidance, spacing=s.spacing)
-        u = pipe.stages[0].config.unet
-        cond = stickman(u.image_size, u.cond_channels)
+        defaults, cond = defaults_and_drawing(pipe)
         for n in a.images:
             one_run(pipe, n, defaults, cond)              # warm-up: first calls, kernels, caches
             runs = [one_run(pipe, n, defaults, cond) for _ in range(a.repeats)]

@@ -38,10 +38,7 @@ def main() -> None:
         stage.ALONE_SIDE = side
         pipes[side] = load(ROOT / a.model, backend="fp32", measure=False)
     stage.ALONE_SIDE = saved
-    first = pipes[a.sides[0]].stages[0].config
-    s = first.sampling
-    defaults = dict(sampler=s.sampler, steps=s.steps, guidance=s.guidance, spacing=s.spacing)
-    cond = cascade_time.stickman(first.unet.image_size, first.unet.cond_channels)
+    defaults, cond = cascade_time.defaults_and_drawing(pipes[a.sides[0]])
     rows = []
     for n in a.images:
         walls: dict[int, list[float]] = {side: [] for side in a.sides}

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -96,11 +97,9 @@ def main():
     sticks = u8(cond)[..., 0]
     pipe = load(a.model, "cpu")
     if a.aug is not None:
-        from dataclasses import replace
         for st in pipe.stages[1:]:
             st.cascade = replace(st.cascade, aug_level=a.aug)
     if a.sr_spacing is not None:
-        from dataclasses import replace
         stage_request = pipe._stage_request
         pipe._stage_request = lambda r, i, x: (stage_request(r, i, x) if i == 0
                                                else replace(stage_request(r, i, x), spacing=a.sr_spacing))

@@ -49,8 +49,7 @@ def _trainer(tmp_path, balance: float, batch: int, mix: float = 1.0) -> Trainer:
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
     sets = [f"data.path={d}", "data.source=folder", "data.image_size=8", "data.channels=1", "data.labels=file",
             f"data.labels_file={tmp_path / 'labels.csv'}", f"balance={balance}", f"balance_mix={mix}",
-            f"batch_size={batch}",
-            f"out_dir={tmp_path / 'run'}"]
+            f"batch_size={batch}", f"out_dir={tmp_path / 'run'}"]
     tr = Trainer(load_train_config(None, TINY + sets), progress=False, workers=1)
     assert tr.data.multi_label
     return tr
@@ -62,20 +61,13 @@ def _which(tr, x0) -> torch.Tensor:
     return (x0[:, 0, 0, 0, None] - greys).abs().argmin(dim=1)
 
 
-def test_training_batches_draw_images_in_proportion_to_their_weights(tmp_path):
-    tr = _trainer(tmp_path, 1.0, 8000)
+@pytest.mark.parametrize("mix", [1.0, 0.5], ids=["balanced", "mixed"])
+def test_training_batches_draw_images_in_proportion_to_their_weights(tmp_path, mix):
+    """The draws' frequencies within 4 sigma of (1 - mix) / N + mix w_i / sum(w), w = (4/3, 4/3, 4, 1)."""
+    tr = _trainer(tmp_path, 1.0, 8000, mix=mix)
     x0, _, _, _ = tr.make_batch()
     counts = torch.bincount(_which(tr, x0), minlength=4).double()
-    want = torch.tensor([4 / 3, 4 / 3, 4.0, 1.0]) / (8 / 3 + 5)
-    sd = (want * (1 - want) / 8000).sqrt()
-    assert ((counts / 8000 - want).abs() < 4 * sd).all(), (counts / 8000, want)
-
-
-def test_training_batches_follow_the_mixed_weights(tmp_path):
-    tr = _trainer(tmp_path, 1.0, 8000, mix=0.5)
-    x0, _, _, _ = tr.make_batch()
-    counts = torch.bincount(_which(tr, x0), minlength=4).double()
-    want = 0.5 / 4 + 0.5 * torch.tensor([4 / 3, 4 / 3, 4.0, 1.0]) / (8 / 3 + 5)
+    want = (1 - mix) / 4 + mix * torch.tensor([4 / 3, 4 / 3, 4.0, 1.0]) / (8 / 3 + 5)
     sd = (want * (1 - want) / 8000).sqrt()
     assert ((counts / 8000 - want).abs() < 4 * sd).all(), (counts / 8000, want)
 
