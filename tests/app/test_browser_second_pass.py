@@ -200,6 +200,7 @@ def test_a_run_is_named_after_its_model_when_the_model_is_switched_during_it(pag
     The status line and every gallery caption name the model that ran, whole (captions wrap, never cut)."""
     pick(page, "tiny-ensemble")
     set_number(page, "steps", 200)
+    set_number(page, "preview-every", 10)   # the run's length is what matters: fewer previews to encode and draw
     page.locator("#generate-btn").click()
     page.wait_for_function("document.querySelector('#status').innerText.includes('· step ')")
     page.locator("#model input").click()
