@@ -236,9 +236,9 @@ def test_the_worker_count_and_the_layout_are_arguments():
 
 def test_rows_alone_run_on_the_callers_threads_and_keep_the_seed_contract(tmp_path, make_model):
     """Issue 40: a 128 px or larger stage runs each row alone (chunk 1) on all of the caller's intra-op threads, one
-    row after another, never on single-threaded row workers: a lone image's row would then get 2 threads and a batch's rows
-    1 each, which round differently. So every call is one row, on the calling thread, with its thread count, and
-    image i of a batch is image 0 of seed + i bit for bit, with 2 threads and 2 workers asked for."""
+    row after another, never on single-threaded row workers: a lone image's row would then get 2 threads and a
+    batch's rows 1 each, which round differently. So every call is one row, on the calling thread, with its thread
+    count, and image i of a batch is image 0 of seed + i bit for bit, with 2 threads and 2 workers asked for."""
     from diffusion_core.pipeline import load
     seen = []
 
