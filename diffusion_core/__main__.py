@@ -62,10 +62,10 @@ def _parser() -> argparse.ArgumentParser:
 
     ca = parser("cascade", help="assemble a base model and super-resolution stages into a cascade folder")
     ca.add_argument("--out", required=True, help="the cascade folder (stage paths are relative to it)")
-    ca.add_argument("--stage", action="append", required=True, metavar="FOLDER[:AUG_LEVEL[:MATCH_SCALE]]",
-                    help="the base model first, then each super-resolution stage with its noise-augmentation level "
-                         "and, optionally, the scale at which its result is matched back to its input (1: pixel "
-                         "for pixel; default 4 for an augmented input, else 1)")
+    ca.add_argument("--stage", action="append", required=True, metavar="FOLDER[:AUG_LEVEL[:MATCH_SCALE[:DENOISE_T]]]",
+                    help="the base model first, then each super-resolution stage with its noise-augmentation level; "
+                         "optionally the scale its result is matched back to its input at (1: pixel for pixel; default "
+                         "4 for an augmented input, else 1) and the timestep its last step denoises at (default: none)")
     ca.add_argument("--description", default="", help="shown on the model card")
 
     b = parser("backends", help="measure once, idle, which backend runs each model fastest here (what auto uses "

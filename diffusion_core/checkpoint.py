@@ -7,6 +7,7 @@ Folder kinds (the ``kind`` key of config.json):
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import math
@@ -27,9 +28,8 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 PRIOR = "prior.safetensors"
 MAX_PARAMETERS = 200_000_000    # 0.8 GB in fp32: 80x the largest shipped network; checked on the config, before allocating
-# the work of one network pass per image, estimated from the config (unet.network_cost): parameters alone do not
-# bound it (attention at 1,024 px has 46k parameters and ran past 300 s a step); ~85x / ~150x the largest shipped
-# network's (emoji-sr128: 1.2e10 FLOPs, 28 MB)
+# the work of one network pass per image, estimated from the config (unet.network_cost): parameters do not bound it
+# (attention at 1,024 px: 46k parameters, past 300 s a step); ~85x / ~150x emoji-sr128's (1.2e10 FLOPs, 28 MB)
 MAX_STEP_FLOPS = 1e12
 MAX_ACTIVATION_BYTES = 4 * 2 ** 30
 # a request's step (every image, both passes of guidance): 10 one-image limits, 1.6x the shipped models' largest step
@@ -78,10 +78,8 @@ def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
             time.sleep(float(os.environ["DIFFUSION_FAULT_PAUSE_BEFORE_RENAME"]))
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
 
 
@@ -327,16 +325,16 @@ class EnsembleManifest:
 
 @dataclass(frozen=True)
 class CascadeStage:
-    """One stage of a cascade: its folder (relative to the cascade's) and, for a super-resolution stage, the
-    noise-augmentation level of its low-res input (Ho et al. 2021) and, if set, its own steps / sampler and the
-    scale at which its result is matched back to its input (``conditioning.back_project``)."""
+    """One stage of a cascade: its folder (relative to the cascade's); for a super-resolution stage its input's noise
+    level (Ho et al. 2021), if set its own steps / sampler and the scale its result is matched back to its input at
+    (``conditioning.back_project``); for any stage, a last denoising step's timestep (``samplers.final_denoise``)."""
 
     path: str
     aug_level: float = 0.0
     steps: int = 0                  # 0: the request's super-resolution steps, else the stage model's own
     sampler: str = ""               # "": the request's super-resolution sampler, else the stage model's own
-    match_scale: int = 0            # back-projection target: the input at 1/match_scale of its size (0: the
-                                    # rule of conditioning.back_projection_scale)
+    match_scale: int = 0            # back-projection target: the input at 1/match_scale (0: back_projection_scale's)
+    denoise_t: int = -1             # >= 0: the run's last step denoises its result once more at this timestep
 
     def __post_init__(self):
         from .sampler_registry import sampler_names
@@ -349,6 +347,8 @@ class CascadeStage:
             raise ConfigError(f"stage {self.path}: unknown sampler {self.sampler!r}")
         if not 0 <= self.match_scale <= 8:
             raise ConfigError(f"stage {self.path}: match_scale must be in [0, 8], got {self.match_scale}")
+        if not -1 <= self.denoise_t < 1000:
+            raise ConfigError(f"stage {self.path}: denoise_t must be -1 (none) or in [0, 1000), got {self.denoise_t}")
 
 
 @dataclass(frozen=True)

@@ -97,12 +97,13 @@ def _manifest(args, out: Path):
     stages = []
     for item in args.stage:
         path, _, rest = item.partition(":")
-        aug, _, scale = rest.partition(":")
+        aug, _, rest = rest.partition(":")
+        scale, _, t_d = rest.partition(":")
         try:
-            level, match = float(aug) if aug else 0.0, int(scale) if scale else 0
+            level, match, t_d = float(aug) if aug else 0.0, int(scale) if scale else 0, int(t_d) if t_d else -1
         except ValueError:
-            raise ValueError(f"--stage expects FOLDER[:AUG_LEVEL[:MATCH_SCALE]], got {item!r}") from None
-        stages.append(CascadeStage(path, level, match_scale=match))
+            raise ValueError(f"--stage expects FOLDER[:AUG_LEVEL[:MATCH_SCALE[:DENOISE_T]]], got {item!r}") from None
+        stages.append(CascadeStage(path, level, match_scale=match, denoise_t=t_d))
     return CascadeManifest(tuple(stages), args.description)
 
 

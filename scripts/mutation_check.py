@@ -923,6 +923,22 @@ MUTANTS = [
  ("a fine-tune exported with the plain sampling defaults", "diffusion_core/training/loop.py",
   "                self.mcfg = dataclasses.replace(self.mcfg, sampling=pcfg.sampling)\n", "                pass\n",
   "tests/training/test_train.py -k parents_sampling"),
+ # ---- issue 40: a last denoising step ----
+ ("final denoise: the result not scaled by sqrt(alpha_bar_t)", "diffusion_core/samplers/loop.py",
+  "x_t = schedule.alpha_bar_at(t).sqrt().to(x.dtype) * x", "x_t = x", "tests/core/test_final_denoise.py"),
+ ("final denoise: guided like the run", "diffusion_core/pipeline/stage.py",
+  "final_denoise(records, self.denoiser(1.0, r.clip", "final_denoise(records, self.denoiser(r.guidance, r.clip",
+  "tests/core/test_final_denoise.py"),
+ ("final denoise: one step more than asked", "diffusion_core/pipeline/stage.py",
+  "self._start(r if t_d < 0 else replace(r, steps=r.steps - 1), hw, gens)", "self._start(r, hw, gens)",
+  "tests/core/test_final_denoise.py"),
+ ("final denoise: before the back-projection", "diffusion_core/pipeline/stage.py",
+  "        if cfg.task == \"super_resolution\":\n            records = self._sr_records(",
+  "        if t_d >= 0:\n            records = final_denoise(records, self.denoiser(1.0, r.clip, r.hold, r.cancelled), "
+  "t_d, self.schedule, cond)\n            t_d = -1\n        if cfg.task == \"super_resolution\":\n"
+  "            records = self._sr_records(", "tests/core/test_final_denoise.py"),
+ ("final denoise: the cascade command drops DENOISE_T", "diffusion_core/folders.py",
+  "match_scale=match, denoise_t=t_d))", "match_scale=match))", "tests/core/test_checkpoint.py -k checks_everything"),
 ]
 
 

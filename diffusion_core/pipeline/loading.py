@@ -90,6 +90,9 @@ def load_cascade(folder: Path, manifest: CascadeManifest, device="cpu") -> Pipel
             (size, _), canvas = sr_canvas(cfg, (size, size))
         if size > MAX_CASCADE_SIZE:
             raise CheckpointError(f"{where}: the cascade would make {size} px images (limit {MAX_CASCADE_SIZE})")
+        if st.denoise_t >= 0 and (cfg.diffusion.is_cold or st.denoise_t >= cfg.diffusion.T):
+            raise CheckpointError(f"{where}: stage {i} ({st.path}): denoise_t {st.denoise_t} is not a timestep of its "
+                                  f"Gaussian schedule")
         too_much = i and work_problem(cfg.unet, canvas)     # its own config was checked at its high_res, not at size
         if too_much:
             raise CheckpointError(f"{where}: stage {i} ({st.path}) makes {size} px images: {too_much}")

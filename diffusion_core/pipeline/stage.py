@@ -20,8 +20,8 @@ from ..denoisers import ClassifierFreeGuidance, ClipX0, ExpertEnsemble, Guidance
 from ..runtime import ChunkedNet, RowMemory, SharedNet, backends
 from ..options import SPACINGS
 from ..sampler_registry import all_samplers, sampler_info
-from ..samplers import (SampleStep, SamplerSpec, img2img_timesteps, make_generators, noised_start, per_image_noise,
-                       sample_stream)
+from ..samplers import (SampleStep, SamplerSpec, final_denoise, img2img_timesteps, make_generators, noised_start,
+                       per_image_noise, sample_stream)
 from ..schedules import Schedule, make_schedule, spaced_timesteps
 from .request import Request
 
@@ -62,8 +62,8 @@ def sr_canvas(cfg: ModelConfig, low_hw: tuple[int, int]) -> tuple[tuple[int, int
 @dataclass
 class Stage:
     """``experts``: (t_lo, t_hi, net) routed by timestep (``routed``: an eDiff-I ensemble), or one network for
-    every t. ``cascade``: this stage's entry in a cascade's manifest, how the cascade runs it when it is not the
-    first (aug_level, steps, sampler, match_scale; unset: CascadeStage's defaults)."""
+    every t. ``cascade``: this stage's entry in a cascade's manifest, how the cascade runs it (when it is not the
+    first: aug_level, steps, sampler, match_scale; any stage: denoise_t; unset: CascadeStage's defaults)."""
 
     config: ModelConfig
     path: Path
@@ -276,13 +276,16 @@ class Stage:
         if cfg.diffusion.is_cold:
             yield from self._stream_cold(den, r, spec, gens, cond)
             return
-        x_start, ts = self._start(r, hw, gens)
+        t_d = self.cascade.denoise_t if r.steps > 1 else -1     # the last of the steps denoises the result
+        x_start, ts = self._start(r if t_d < 0 else replace(r, steps=r.steps - 1), hw, gens)
         records = sample_stream(den, x_start, ts, spec, schedule=self.schedule, cond=cond, generators=gens)
-        if cfg.task != "super_resolution":
-            yield from records
-            return
-        yield from self._sr_records(records, low_res, crop_to, back_projection_scale(r.aug_level, r.match_scale),
-                                    r.device)
+        if cfg.task == "super_resolution":
+            records = self._sr_records(records, low_res, crop_to, back_projection_scale(r.aug_level, r.match_scale),
+                                       r.device)
+        if t_d >= 0:        # unguided: guidance's push would put back the grain the step removes (docs/models.md)
+            records = final_denoise(records, self.denoiser(1.0, r.clip, r.hold, r.cancelled), t_d, self.schedule,
+                                    cond, hw if crop_to is not None else None)
+        yield from records
 
     def _sr_input(self, r: Request):
         """A super-resolution model's input: ``r.low_res`` as (n, C, h, w), its bicubic upscale (on a canvas padded

@@ -1,12 +1,13 @@
 """The one sampling loop: ``sample_stream`` iterates explicit (t, t_next) pairs and yields a frozen ``SampleStep``
-after every step; ``sample`` runs it to the end; ``explain_step`` reads a recorded step's weights off its rule;
-img2img (SDEdit) starts from a noised image."""
+after every step; ``sample`` runs it to the end; ``final_denoise`` adds a last denoising step; ``explain_step``
+reads a recorded step's weights off its rule; img2img (SDEdit) starts from a noised image."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from ..conditioning import Condition
 from ..degradations import Degradation
@@ -40,6 +41,29 @@ def sample_stream(denoiser: Denoiser, x_start: torch.Tensor, timesteps: torch.Te
             x_next = step(x, t, t_next, pred, noise)
         yield SampleStep(i, len(pairs), t, t_next, x, x_next, pred.x0_hat, pred.eps_hat, stage, noise)
         x = x_next
+
+
+def final_denoise(records: Iterator[SampleStep], denoiser: Denoiser, t: int, schedule: Schedule,
+                  cond: Condition | None = None, canvas: tuple[int, int] | None = None) -> Iterator[SampleStep]:
+    """``records`` (a run), then one more step: its result x denoised once at timestep ``t``, taken as x_t =
+    sqrt(alpha_bar_t) x, so that x = x_0 + sigma_t eps with sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t), and
+    replaced by the denoiser's E[x_0 | x_t] (Tweedie's formula; the last denoising step of Song et al. 2021 and
+    Jolicoeur-Martineau et al. 2021, which removes the small noise a sampler leaves). Every record's ``num_steps``
+    counts the added step. ``canvas``: the (H, W) the denoiser runs on when the records were cropped from it (the
+    result is padded by edge replication to it, and the step cropped back)."""
+    last = None
+    for last in records:
+        yield replace(last, num_steps=last.num_steps + 1)
+    if last is None:
+        return
+    x = last.x_next
+    h, w = x.shape[-2:]
+    with torch.inference_mode():
+        x_t = schedule.alpha_bar_at(t).sqrt().to(x.dtype) * x
+        padded = x_t if canvas is None else F.pad(x_t, (0, canvas[1] - w, 0, canvas[0] - h), mode="replicate")
+        pred = denoiser(padded, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device), cond)
+    x0, eps = pred.x0_hat[..., :h, :w], pred.eps_hat[..., :h, :w]
+    yield SampleStep(last.index + 1, last.num_steps + 1, t, -1, x_t, x0, x0, eps, last.stage)
 
 
 @dataclass(frozen=True)

@@ -263,10 +263,13 @@ def test_cascade_cycles_are_refused_without_recursing(tmp_path, make_model):
 @pytest.mark.parametrize("args, fragment", [
     (["--stage", "../base", "--stage", "../nowhere"], "no such checkpoint folder"),
     (["--stage", "../base", "--stage", "../base"], "not a super-resolution model"),
-    (["--stage", "../base", "--stage", "../sr:lots"], "FOLDER[:AUG_LEVEL[:MATCH_SCALE]]"),
+    (["--stage", "../base", "--stage", "../sr:lots"], "FOLDER[:AUG_LEVEL[:MATCH_SCALE[:DENOISE_T]]]"),
     (["--stage", "../base", "--stage", "../sr:3"], "aug_level"),
-    (["--stage", "../base", "--stage", "../sr:0.1:half"], "FOLDER[:AUG_LEVEL[:MATCH_SCALE]]"),
+    (["--stage", "../base", "--stage", "../sr:0.1:half"], "FOLDER[:AUG_LEVEL[:MATCH_SCALE[:DENOISE_T]]]"),
     (["--stage", "../base", "--stage", "../sr:0.1:9"], "match_scale"),
+    (["--stage", "../base", "--stage", "../sr:0.1:1:soon"], "FOLDER[:AUG_LEVEL[:MATCH_SCALE[:DENOISE_T]]]"),
+    (["--stage", "../base", "--stage", "../sr:0.1:1:1000"], "denoise_t must be -1 (none) or in [0, 1000)"),
+    (["--stage", "../base:0:0:100", "--stage", "../sr"], "denoise_t 100 is not a timestep"),      # the base's T is 100
     (["--stage", ".", "--stage", "."], "itself a cascade"),
 ])
 def test_cascade_command_checks_everything_before_writing(tmp_path, make_model, run_main, args, fragment):

@@ -103,8 +103,16 @@ def _cascade(folder, make_model):
     return dict(sampler="ddim", steps=2)
 
 
+def _cascade_denoised(folder, make_model):
+    """A cascade whose stages end with a denoising step (``denoise_t``, issue 40)."""
+    _cascade(folder, make_model)
+    save_cascade(folder / "casc", [{"path": "../base", "denoise_t": 30},
+                                   {"path": "../sr", "aug_level": 0.2, "steps": 3, "denoise_t": 10}])
+    return dict(sampler="ddpm", steps=3)
+
+
 KINDS = {"plain": _plain, "cold-blur": _cold("blur"), "cold-pixelate": _cold("pixelate"), "cold-mask": _cold("mask"),
-         "cascade": _cascade}
+         "cascade": _cascade, "cascade-denoised": _cascade_denoised}
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -114,7 +122,7 @@ def test_image_i_of_a_batch_is_image_0_of_seed_plus_i(tmp_path, make_model, kind
     from its prior (each image picks its start with its own stream), and a cascade (each stage's noise, the
     augmentation of its input included, per image). The 4 images differ (the streams are not one stream)."""
     kw = KINDS[kind](tmp_path / "m", make_model)
-    pipe = load(tmp_path / "m" / "casc" if kind == "cascade" else tmp_path / "m")
+    pipe = load(tmp_path / "m" / "casc" if kind.startswith("cascade") else tmp_path / "m")
     batch = pipe.sample(4, seed=40, **kw)
     for i in range(4):
         assert torch.equal(batch[i], pipe.sample(1, seed=40 + i, **kw)[0]), (kind, i)
