@@ -937,6 +937,13 @@ MUTANTS = [
   "        if t_d >= 0:\n            records = final_denoise(records, self.denoiser(1.0, r.clip, r.hold, r.cancelled), "
   "t_d, self.schedule, cond)\n            t_d = -1\n        if cfg.task == \"super_resolution\":\n"
   "            records = self._sr_records(", "tests/core/test_final_denoise.py"),
+ ("match_edges: every block matched, flat ones too", "diffusion_core/conditioning.py",
+  "residual if where is None else where * residual", "residual", "tests/core/test_final_denoise.py"),
+ ("match_edges: the edge mask inverted", "diffusion_core/conditioning.py",
+  "(spread > span).to(x.dtype)", "(spread <= span).to(x.dtype)", "tests/core/test_final_denoise.py"),
+ ("a denoised super-resolution result not matched again at the edges", "diffusion_core/pipeline/stage.py",
+  "            if cfg.task == \"super_resolution\":      # the input's edges matched again",
+  "            if False:      # the input's edges matched again", "tests/core/test_final_denoise.py"),
  ("final denoise: the cascade command drops DENOISE_T", "diffusion_core/folders.py",
   "match_scale=match, denoise_t=t_d))", "match_scale=match))", "tests/core/test_checkpoint.py -k checks_everything"),
 ]

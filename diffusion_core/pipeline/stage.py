@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ..checkpoint import CascadeStage, work_problem
 from ..conditioning import (Condition, augment_low_res, back_project, back_projection_scale, labels_to_vector,
-                            picks_condition, resolve_labels)
+                            match_edges, picks_condition, resolve_labels)
 from ..config import ModelConfig
 from ..degradations import Degradation, make_degradation
 from ..denoisers import ClassifierFreeGuidance, ClipX0, ExpertEnsemble, GuidanceInput, ModelDenoiser
@@ -285,6 +285,9 @@ class Stage:
         if t_d >= 0:        # unguided: guidance's push would put back the grain the step removes (docs/models.md)
             records = final_denoise(records, self.denoiser(1.0, r.clip, r.hold, r.cancelled), t_d, self.schedule,
                                     cond, hw if crop_to is not None else None)
+            if cfg.task == "super_resolution":      # the input's edges matched again, its flat parts left denoised
+                records = self._last_matched(records, low_res, back_projection_scale(r.aug_level, r.match_scale),
+                                             r.device)
         yield from records
 
     def _sr_input(self, r: Request):
@@ -347,6 +350,14 @@ class Stage:
                               noise=None if rec.noise is None else rec.noise[..., :h, :w])
             if rec.index == rec.num_steps - 1:      # the result downsamples back to its input (un-augmented)
                 rec = replace(rec, x_next=back_project(rec.x_next, low_res.to(device), scale))
+            yield rec
+
+    @staticmethod
+    def _last_matched(records, low_res, scale: int, device):
+        """The records, the last one's result matched to its input where the input has edges (``match_edges``)."""
+        for rec in records:
+            if rec.index == rec.num_steps - 1:
+                rec = replace(rec, x_next=match_edges(rec.x_next, low_res.to(device), scale))
             yield rec
 
     def _stream_cold(self, den, r: Request, spec: SamplerSpec, gens, cond):

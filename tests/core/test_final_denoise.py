@@ -1,10 +1,12 @@
 """The last denoising step (issue 40): ``samplers.final_denoise`` against Tweedie's formula written out here for
-Gaussian data, and a cascade whose manifest sets ``denoise_t``: the step is the last of each stage's steps, it runs on
-the back-projected result of a super-resolution stage, and it denoises without guidance."""
+Gaussian data; ``conditioning.match_edges`` against a hand-made edge; and a cascade whose manifest sets
+``denoise_t``: the step is the last of each stage's steps, it runs on the back-projected result of a
+super-resolution stage and without guidance, and the result is matched again where its input has edges."""
 import torch
 import torch.nn.functional as F
 
 from diffusion_core import load, save_cascade
+from diffusion_core.conditioning import match_edges
 from diffusion_core.denoisers import Prediction
 from diffusion_core.samplers import SampleStep, final_denoise
 from diffusion_core.schedules import make_schedule
@@ -99,7 +101,28 @@ def test_a_cascades_denoise_t_is_the_last_of_each_stages_steps(tmp_path, make_mo
     low = base[-1].x_next
     torch.testing.assert_close(F.avg_pool2d(sr[-2].x_next, 2), low, atol=1e-5, rtol=0)
     torch.testing.assert_close(sr[-1].x_t, ab1 ** 0.5 * sr[-2].x_next)
-    assert not torch.equal(sr[-1].x_next, sr[-2].x_next)
+    assert not torch.equal(sr[-1].x0_hat, sr[-2].x_next)
+    assert torch.equal(sr[-1].x_next, match_edges(sr[-1].x0_hat, low, 1))     # the denoised result, edges matched
+    assert not torch.equal(sr[-1].x_next, sr[-1].x0_hat)
+
+
+def test_match_edges_matches_the_blocks_at_an_edge_and_leaves_flat_ones():
+    """A 4 x 4 target, -0.5 in columns 0-1 and +0.5 in columns 2-3 (a step of 127 grey levels), so that the 3x3
+    neighbourhoods of columns 1 and 2 span the step and those of columns 0 and 3 (edges replicated) are flat. x at
+    twice the size, off the target everywhere: after ``match_edges`` the 2 x 2 blocks of columns 1 and 2 average to
+    the target exactly, and the pixels of columns 0 and 3 are x's. A step of 6 grey levels (under EDGE_SPAN's 8)
+    is no edge: nothing moves."""
+    target = torch.tensor([-0.5, -0.5, 0.5, 0.5]).repeat(1, 3, 4, 1)
+    g = torch.Generator().manual_seed(1)
+    x = F.interpolate(target, scale_factor=2, mode="nearest") + 0.1 * torch.randn(1, 3, 8, 8, generator=g) + 0.05
+    out = match_edges(x, target, 1)
+    blocks = F.avg_pool2d(out, 2)
+    torch.testing.assert_close(blocks[..., 1:3], target[..., 1:3], atol=1e-6, rtol=0)
+    assert torch.equal(out[..., 0:2], x[..., 0:2]) and torch.equal(out[..., 6:8], x[..., 6:8])
+    assert (blocks[..., 0] - target[..., 0]).abs().min() > 1e-3        # the flat blocks were not matched
+    small = target * (6 / 127.0)
+    x_small = F.interpolate(small, scale_factor=2, mode="nearest") + 0.1 * torch.randn(1, 3, 8, 8, generator=g)
+    assert torch.equal(match_edges(x_small, small, 1), x_small)
 
 
 def test_without_denoise_t_a_cascade_runs_as_before(tmp_path, make_model):
