@@ -125,9 +125,9 @@ def evaluate_cascade(cascade_dir: Path, n: int = 100, steps: int = 20, sampler: 
     low, high = torch.cat(low), torch.cat(high)
     bicubic = F.interpolate(low, size=(hi_size, hi_size), mode="bicubic", align_corners=False).clamp(-1, 1)
     m = {"model": str(cascade_dir), "n": n, "sampler": sampler, "steps": steps, "guidance": guidance, "seed": seed,
-         "stage_sizes": list(pipe.stage_sizes),
+         "stage_sizes": list(pipe.stage_sizes), "base_denoise_t": pipe.stages[0].cascade.denoise_t,
          "sr_stages": [{"sampler": st.run_sampler(), "steps": st.run_steps(),
-                        "aug_level": st.cascade.aug_level,
+                        "aug_level": st.cascade.aug_level, "denoise_t": st.cascade.denoise_t,
                         "match_scale": back_projection_scale(st.cascade.aug_level, st.cascade.match_scale or None)}
                        for st in pipe.stages[1:]],
          "sampling_s_per_image": round((time.time() - t0) / n, 4),
