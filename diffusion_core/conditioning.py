@@ -233,14 +233,20 @@ def back_project(x: torch.Tensor, low_res: torch.Tensor, scale: int = 1,
     in a cascade): at 1/4 size its speckle averages out, so the base stage's grain is not drawn back in.
     Exactness is what lets a cascade keep its base's figure: a 128 px stage matched at 1/2 of its 64 px input,
     itself matched pixel for pixel to the 32 px base, downsamples to the base's image."""
-    h, w = max(1, low_res.shape[-2] // scale), max(1, low_res.shape[-1] // scale)
-    target = low_res if scale == 1 else F.interpolate(low_res, size=(h, w), mode="area")
+    target = _match_target(low_res, scale)
+    h, w = target.shape[-2:]
     for _ in range(rounds):
         residual = target - F.interpolate(x, size=(h, w), mode="area")
         x = x + F.interpolate(residual, size=x.shape[-2:], mode="bicubic", align_corners=False)
     if x.shape[-2] % h or x.shape[-1] % w:      # not a whole multiple (an odd-size input at scale > 1)
         return x
     return _exact_rounds(x, target)
+
+
+def _match_target(low_res: torch.Tensor, scale: int) -> torch.Tensor:
+    """What back-projection matches: ``low_res`` area-averaged to 1/scale of its size (at least 1 pixel a side)."""
+    h, w = max(1, low_res.shape[-2] // scale), max(1, low_res.shape[-1] // scale)
+    return low_res if scale == 1 else F.interpolate(low_res, size=(h, w), mode="area")
 
 
 def _exact_rounds(x: torch.Tensor, target: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
@@ -263,10 +269,9 @@ def match_edges(x: torch.Tensor, low_res: torch.Tensor, scale: int = 1, span: fl
     matching carries from the base into flat backgrounds; this puts the figure's blocks, where the drawing is
     followed, back on the input exactly (issue 40: grain 1.8 -> 0.8 grey levels, no drawing followed less). An
     x that is not a whole multiple of the target's size is returned as it is."""
-    h, w = max(1, low_res.shape[-2] // scale), max(1, low_res.shape[-1] // scale)
-    if x.shape[-2] % h or x.shape[-1] % w:
+    target = _match_target(low_res, scale)
+    if x.shape[-2] % target.shape[-2] or x.shape[-1] % target.shape[-1]:
         return x
-    target = low_res if scale == 1 else F.interpolate(low_res, size=(h, w), mode="area")
     padded = F.pad(target, (1, 1, 1, 1), mode="replicate")
     spread = (F.max_pool2d(padded, 3, 1) + F.max_pool2d(-padded, 3, 1)).amax(1, keepdim=True)
     return _exact_rounds(x, target, (spread > span).to(x.dtype))
