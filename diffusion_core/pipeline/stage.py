@@ -279,15 +279,14 @@ class Stage:
         t_d = self.cascade.denoise_t if r.steps > 1 else -1     # the last of the steps denoises the result
         x_start, ts = self._start(r if t_d < 0 else replace(r, steps=r.steps - 1), hw, gens)
         records = sample_stream(den, x_start, ts, spec, schedule=self.schedule, cond=cond, generators=gens)
+        scale = back_projection_scale(r.aug_level, r.match_scale)
         if cfg.task == "super_resolution":
-            records = self._sr_records(records, low_res, crop_to, back_projection_scale(r.aug_level, r.match_scale),
-                                       r.device)
+            records = self._sr_records(records, low_res, crop_to, scale, r.device)
         if t_d >= 0:        # unguided: guidance's push would put back the grain the step removes (docs/models.md)
             records = final_denoise(records, self.denoiser(1.0, r.clip, r.hold, r.cancelled), t_d, self.schedule,
                                     cond, hw if crop_to is not None else None)
             if cfg.task == "super_resolution":      # the input's edges matched again, its flat parts left denoised
-                records = self._last_matched(records, low_res, back_projection_scale(r.aug_level, r.match_scale),
-                                             r.device)
+                records = self._last_matched(records, low_res, scale, r.device)
         yield from records
 
     def _sr_input(self, r: Request):
